@@ -1,0 +1,60 @@
+"""Every error harvest raises on purpose, in one tree.
+
+    HarvestError                      root: catch this to catch anything harvest means to raise
+    ├── ConfigError                   a setting or run config is invalid (bad URL, unknown geocoder…)
+    │   └── DisallowedURLError        a URL is well-formed but refused (scheme, private address: SSRF guard)
+    ├── StorageError                  the object store failed or a stored object is missing/corrupt
+    ├── DatabaseError                 the metadata/activities database failed
+    ├── CrawlError                    a page could not be fetched or rendered (per URL; never fatal alone)
+    ├── ExtractionError               a page's content could not be turned into activities
+    ├── ImageError                    one image was refused (type, size, bomb, broken); never fatal alone
+    ├── GeocodeError                  the geocoder failed for one address; never fatal alone
+    └── EmbeddingError                the embeddings service failed
+        └── BatchNotReadyError        an embeddings batch is still running (the poll task retries on it)
+"""
+
+from __future__ import annotations
+
+
+class HarvestError(Exception):
+    """Root of harvest's own errors."""
+
+
+class ConfigError(HarvestError, ValueError):
+    """Raised when a setting or a run config is invalid; the message says which and why."""
+
+
+class DisallowedURLError(ConfigError):
+    """Raised when a URL is refused: not http(s), or it points at a private/loopback/metadata address."""
+
+
+class StorageError(HarvestError):
+    """Raised when the object store cannot write, read or delete an object."""
+
+
+class DatabaseError(HarvestError):
+    """Raised when the metadata or activities database cannot be reached or written."""
+
+
+class CrawlError(HarvestError):
+    """Raised for one URL that could not be fetched or rendered after its retries."""
+
+
+class ExtractionError(HarvestError):
+    """Raised when a page's content cannot be turned into activities."""
+
+
+class ImageError(HarvestError):
+    """Raised for one image that was refused or could not be processed."""
+
+
+class GeocodeError(HarvestError):
+    """Raised when the geocoder fails for one address after its retries."""
+
+
+class EmbeddingError(HarvestError):
+    """Raised when the embeddings service fails (upload, batch creation, a failed or expired batch)."""
+
+
+class BatchNotReadyError(EmbeddingError):
+    """Raised while an embeddings batch is still validating or in progress: poll again later."""

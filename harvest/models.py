@@ -1,0 +1,147 @@
+"""Typed records that cross module boundaries: the run config, activities at each stage, file references."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from harvest.urls import validate_start_url
+
+Urgency = Literal["low", "medium", "high"]
+
+
+class RunConfig(BaseModel):
+    """How far and how a run crawls, and what it does with the result. Rendered as a form in the Prefect UI."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_pages: int = Field(default=150, ge=1, le=100_000, description="Stop after this many pages are fetched.")
+    max_depth: int = Field(default=3, ge=0, le=50, description="Links followed from the start page (0 = only it).")
+    max_extractions: int = Field(
+        default=150, ge=1, le=1_000_000, description="Stop extracting after this many raw activities."
+    )
+    follow_external_links: bool = Field(default=False, description="Also crawl pages on other sites.")
+    include_paths: list[str] = Field(
+        default_factory=list, description="Only crawl URL paths matching one of these globs (e.g. /events/*)."
+    )
+    exclude_paths: list[str] = Field(default_factory=list, description="Never crawl URL paths matching these globs.")
+    tags_hint: list[str] = Field(default_factory=list, description="Tags added to every activity of this run.")
+    auto_import: bool = Field(
+        default=False, description="Import into the activities table and delete the run's files when it succeeds."
+    )
+    urgency_default: Urgency = Field(default="medium", description="Urgency of activities that do not say.")
+    embedding_model: str = Field(default="text-embedding-3-small", description="OpenAI embeddings model.")
+    keep_files: bool | None = Field(
+        default=None, description="Override cleanup: true keeps files even after a successful auto-import."
+    )
+    render: Literal["auto", "browser", "http"] = Field(
+        default="auto",
+        description="auto: plain HTTP first, the browser only for pages that need scripts; browser: always render.",
+    )
+
+
+class StartRequest(BaseModel):
+    """The URL and config a run starts from, validated before anything runs."""
+
+    url: str
+    config: RunConfig = Field(default_factory=RunConfig)
+
+    @field_validator("url")
+    @classmethod
+    def _url_is_crawlable(cls, value: str) -> str:
+        return validate_start_url(value)
+
+
+class Location(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    name: str | None = None
+    formattedAddress: str | None = None
+    street_address: str | None = None
+    city: str | None = None
+    state_province: str | None = None
+    postal_code: str | None = None
+    country_code: str | None = None
+
+
+class RawActivity(BaseModel):
+    """An activity as extracted from a page: every field optional and untrusted."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    name: str | None = None
+    description: str | None = None
+    location: Location | None = None
+    startDate: str | None = None
+    endDate: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    imageURL: str | None = None
+    sourceUrl: str | None = None
+    extractedBy: str | None = Field(default=None, description="jsonld | microdata | rdfa | llm | fixture")
+
+
+class Activity(BaseModel):
+    """A standardized activity: a name, clean fields and a stable id used to dedupe and to join enrichments."""
+
+    id: str = Field(description="sha256 of the normalized name + formatted address (first 32 hex chars).")
+    name: str
+    description: str | None = None
+    urgency: Urgency = "medium"
+    is_public: bool = True
+    location: Location
+    start_date: datetime | None = None
+    end_date: datetime | None = None
+    tags: list[str] = Field(default_factory=list)
+    image_url: str | None = None
+    source_url: str | None = None
+    content_hash: str = Field(description="sha256 of the fields that feed enrichment; unchanged input, same hash.")
+
+
+class ImageInfo(BaseModel):
+    """A processed image, stored content-addressed as WebP."""
+
+    id: str
+    source_url: str | None = None
+    uri: str | None = None
+    width: int | None = None
+    height: int | None = None
+    bytes: int | None = None
+    sha256: str | None = None
+    error: str | None = None
+
+
+class Geocode(BaseModel):
+    """What a geocoder said about one address; all empty when it failed."""
+
+    address: str
+    latitude: float | None = None
+    longitude: float | None = None
+    place_id: str | None = None
+    formatted_address: str | None = None
+    components: dict[str, str] = Field(default_factory=dict)
+    error: str | None = None
+
+
+class FileRef(BaseModel):
+    """A reference to one stored file: the only thing that travels between steps."""
+
+    kind: str
+    uri: str
+    records: int = 0
+    bytes: int = 0
+    sha256: str = ""
+    content_type: str = "application/octet-stream"
+
+
+class ImportSummary(BaseModel):
+    imported: int = 0
+    updated: int = 0
+    skipped: int = 0
+    failed: int = 0
+    errors: list[str] = Field(default_factory=list)
+
+
+RunStatus = Literal["running", "completed", "failed", "crashed", "cancelled", "expired"]
+Retention = Literal["pending", "kept", "cleaned", "cleanup_failed", "expired"]

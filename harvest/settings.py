@@ -1,0 +1,111 @@
+"""One settings object, read from the environment once and passed down.
+
+The variable names are a contract other tools rely on (deploy scripts, CI, the README): keep them.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+HARVEST_HOME = Path(os.environ.get("HARVEST_HOME", str(Path.home() / ".harvest")))
+
+
+def _default_database_url() -> str:
+    return f"sqlite:///{HARVEST_HOME / 'harvest.db'}"
+
+
+def _default_storage_url() -> str:
+    return (HARVEST_HOME / "storage").as_uri()
+
+
+def _default_browser_path() -> str | None:
+    for candidate in ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"):
+        if Path(candidate).exists():
+            return candidate
+    return None
+
+
+class HarvestSettings(BaseSettings):
+    """Everything that changes harvest's behaviour per environment. Secrets are `SecretStr`."""
+
+    model_config = SettingsConfigDict(env_prefix="HARVEST_", extra="ignore", populate_by_name=True)
+
+    database_url: str = Field(
+        default_factory=_default_database_url,
+        description="SQLAlchemy URL of the metadata/activities database; SQLite under ~/.harvest by default.",
+    )
+    storage_url: str = Field(
+        default_factory=_default_storage_url,
+        description="Where run files go: s3://bucket/prefix, file:///abs/path, or a block slug s3-bucket/<name>.",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3-compatible endpoint (MinIO, moto, R2); unset for AWS itself."
+    )
+    openai_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("OPENAI_API_KEY", "HARVEST_OPENAI_API_KEY"),
+        description="No key: embeddings and LLM extraction are skipped with a visible warning.",
+    )
+    openai_base_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("OPENAI_BASE_URL", "HARVEST_OPENAI_BASE_URL"),
+        description="Any OpenAI-compatible endpoint; unset for api.openai.com.",
+    )
+    extraction_model: str = Field(
+        default="gpt-4o-mini", description="Chat model used for LLM extraction of pages without structured data."
+    )
+    embedding_dimensions: int = Field(
+        default=1536, description="Expected vector length; vectors of any other length are refused."
+    )
+    geocoder: Literal["nominatim", "google", "none"] = Field(default="nominatim")
+    geocoder_url: str | None = Field(
+        default=None, description="Base URL of a self-hosted Nominatim, a Google-compatible endpoint or a test server."
+    )
+    google_maps_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("GOOGLE_MAPS_API_KEY", "HARVEST_GOOGLE_MAPS_API_KEY")
+    )
+    geocoder_rate_per_second: float = Field(
+        default=1.0, description="Geocoder calls per second (Nominatim's usage policy asks for at most 1)."
+    )
+    browser_path: str | None = Field(
+        default_factory=_default_browser_path, description="Chromium executable driven by Playwright."
+    )
+    allow_private_networks: bool = Field(
+        default=False,
+        description="Allow crawling/downloading loopback, private, link-local and metadata addresses (tests, demo).",
+    )
+    batch_poll_seconds: float = Field(default=30.0, description="First interval between batch status polls.")
+    batch_poll_max_seconds: float = Field(default=600.0, description="Cap on the growing poll interval.")
+    batch_max_wait_seconds: float = Field(default=24 * 3600.0, description="Total time to wait for a batch.")
+    user_agent: str = Field(default="harvest/0.1 (+https://github.com/harvest; family-activities crawler)")
+    request_timeout_seconds: float = Field(default=20.0)
+    per_host_concurrency: int = Field(default=4, description="Concurrent page/image requests per host.")
+    image_max_bytes: int = Field(default=15 * 1024 * 1024, description="Images larger than this are refused.")
+    image_max_pixels: int = Field(default=50_000_000, description="Decompression-bomb guard for images.")
+    task_runner: Literal["threads", "dask"] = Field(default="threads")
+    dask_address: str | None = None
+
+    @field_validator("storage_url")
+    @classmethod
+    def _storage_url_has_a_known_form(cls, value: str) -> str:
+        if not value.startswith(("s3://", "file://", "s3-bucket/")):
+            raise ValueError(
+                f"HARVEST_STORAGE_URL must be s3://bucket/prefix, file:///abs/path or s3-bucket/<block>, got {value!r}"
+            )
+        return value
+
+    @property
+    def has_openai(self) -> bool:
+        return self.openai_api_key is not None and bool(self.openai_api_key.get_secret_value())
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> HarvestSettings:
+    """The process-wide settings, read from the environment on first use."""
+    return HarvestSettings()

@@ -1,0 +1,72 @@
+"""URL rules: what a run may start from and what the crawler and image downloader may fetch (SSRF guard)."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from urllib.parse import urlsplit
+
+from harvest.errors import ConfigError, DisallowedURLError
+
+ALLOWED_SCHEMES = ("http", "https")
+# Cloud metadata endpoints are refused by address even when private networks are allowed.
+METADATA_ADDRESSES = {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")}
+
+
+def validate_start_url(url: str) -> str:
+    """Return the URL stripped, or raise ConfigError/DisallowedURLError saying what is wrong with it."""
+    if not isinstance(url, str) or not url.strip():
+        raise ConfigError("url is empty: give the http(s) address of the site to crawl")
+    url = url.strip()
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"url {url!r} is malformed: {exc}") from exc
+    if parts.scheme.lower() not in ALLOWED_SCHEMES:
+        raise DisallowedURLError(
+            f"url {url!r} has scheme {parts.scheme or '(none)'!r}: only http and https sites can be crawled"
+        )
+    if not parts.hostname:
+        raise ConfigError(f"url {url!r} has no host name")
+    if any(ch.isspace() for ch in url):
+        raise ConfigError(f"url {url!r} contains white space")
+    if port is not None and not 0 < port < 65536:
+        raise ConfigError(f"url {url!r} has port {port}, outside 1-65535")
+    return url
+
+
+def is_public_address(address: str) -> bool:
+    """True for a globally routable address; False for loopback, private, link-local, reserved, metadata."""
+    ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and ip not in METADATA_ADDRESSES
+
+
+def check_fetch_allowed(url: str, *, allow_private_networks: bool) -> None:
+    """Raise DisallowedURLError unless `url` is http(s) and every address its host resolves to may be fetched.
+
+    Called for the start URL, every link, every redirect hop and every image, so a hostname that
+    resolves to an internal address is refused wherever it appears.
+    """
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ALLOWED_SCHEMES:
+        raise DisallowedURLError(f"refused {url!r}: scheme {parts.scheme!r} is not http(s)")
+    host = parts.hostname
+    if not host:
+        raise DisallowedURLError(f"refused {url!r}: no host")
+    try:
+        infos = socket.getaddrinfo(host, parts.port or (443 if parts.scheme == "https" else 80))
+    except socket.gaierror as exc:
+        raise DisallowedURLError(f"refused {url!r}: host {host!r} does not resolve ({exc})") from exc
+    for info in infos:
+        address = str(info[4][0]).split("%", 1)[0]
+        ip = ipaddress.ip_address(address)
+        if ip in METADATA_ADDRESSES or (ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None) in METADATA_ADDRESSES:
+            raise DisallowedURLError(f"refused {url!r}: {host} resolves to the cloud metadata address {address}")
+        if not allow_private_networks and not is_public_address(address):
+            raise DisallowedURLError(
+                f"refused {url!r}: {host} resolves to non-public address {address} "
+                "(set HARVEST_ALLOW_PRIVATE_NETWORKS=true to allow)"
+            )
