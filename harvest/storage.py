@@ -288,6 +288,21 @@ def write_jsonl(store: ObjectStore, key: str, kind: str, records: Iterable[BaseM
     return out[0]
 
 
+def store_local_file(store: ObjectStore, key: str, kind: str, path: Path, *, records: int, content_type: str) -> FileRef:
+    """Upload a finished local file (binary arrays) and return its reference with size and sha256."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    store.put_file(key, path, content_type)
+    return FileRef(
+        kind=kind, uri=store.uri_for(key), records=records, bytes=size, sha256=digest.hexdigest(),
+        content_type=content_type,
+    )
+
+
 def write_json(store: ObjectStore, key: str, kind: str, document: Any, records: int = 1) -> FileRef:
     """Store one JSON document (small maps and summaries)."""
     with staged_file(store, key, kind, "application/json") as (writer, out):

@@ -1,0 +1,1 @@
+"""The metadata database: run records, run files and the activities table."""

@@ -1,0 +1,199 @@
+"""The run record (`scrape_runs`) and its files (`run_files`): the whole story of every run."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from harvest.db.schema import run_files, scrape_runs
+from harvest.errors import DatabaseError
+from harvest.models import FileRef
+
+MAX_WARNINGS = 500  # a hostile site must not grow a run row without bound
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Connection]:
+    """A transaction whose driver errors surface as DatabaseError with the cause in the message."""
+    try:
+        with engine.begin() as connection:
+            yield connection
+    except sa.exc.SQLAlchemyError as exc:
+        raise DatabaseError(f"database error: {exc.__class__.__name__}: {str(exc).splitlines()[0]}") from exc
+
+
+def create_run(
+    engine: Engine,
+    run_id: str,
+    url: str,
+    config: dict[str, Any],
+    *,
+    flow_run_name: str | None = None,
+    deployment_id: str | None = None,
+    deployment_name: str | None = None,
+    work_pool: str | None = None,
+) -> bool:
+    """Insert the run row with status `running`; a retried flow run (same id) is set running again.
+
+    Returns True when the row is new, False when an existing run was resumed.
+    """
+    now = utcnow()
+    with transaction(engine) as connection:
+        existing = connection.execute(
+            sa.select(scrape_runs.c.id).where(scrape_runs.c.id == run_id).with_for_update()
+        ).first()
+        if existing is None:
+            connection.execute(
+                scrape_runs.insert().values(
+                    id=run_id, url=url, status="running", retention="pending", config=config,
+                    started_at=now, updated_at=now, flow_run_name=flow_run_name, deployment_id=deployment_id,
+                    deployment_name=deployment_name, work_pool=work_pool, warnings=[], failed_urls=[], steps={},
+                )
+            )
+            return True
+        connection.execute(
+            scrape_runs.update().where(scrape_runs.c.id == run_id).values(
+                status="running", error=None, finished_at=None, updated_at=now, retention="pending"
+            )
+        )
+        return False
+
+
+def update_run(engine: Engine, run_id: str, **values: Any) -> None:
+    """Set columns of one run row (and `updated_at`)."""
+    with transaction(engine) as connection:
+        connection.execute(
+            scrape_runs.update().where(scrape_runs.c.id == run_id).values(updated_at=utcnow(), **values)
+        )
+
+
+def record_step(engine: Engine, run_id: str, step: str, stats: dict[str, Any]) -> None:
+    """Merge one step's counters and timing into the run's `steps` map."""
+    with transaction(engine) as connection:
+        row = connection.execute(
+            sa.select(scrape_runs.c.steps).where(scrape_runs.c.id == run_id).with_for_update()
+        ).first()
+        if row is None:
+            raise DatabaseError(f"run {run_id} has no row")
+        steps = dict(row.steps or {})
+        steps[step] = stats
+        connection.execute(
+            scrape_runs.update().where(scrape_runs.c.id == run_id).values(steps=steps, updated_at=utcnow())
+        )
+
+
+def add_warnings(engine: Engine, run_id: str, warnings: list[str], *, failed_urls: list[dict[str, Any]] | None = None) -> None:
+    """Append warnings (and failed URLs) to the run row, bounded so a hostile site cannot bloat it."""
+    if not warnings and not failed_urls:
+        return
+    with transaction(engine) as connection:
+        row = connection.execute(
+            sa.select(scrape_runs.c.warnings, scrape_runs.c.failed_urls)
+            .where(scrape_runs.c.id == run_id)
+            .with_for_update()
+        ).first()
+        if row is None:
+            raise DatabaseError(f"run {run_id} has no row")
+        merged = _bounded(list(row.warnings or []) + list(warnings))
+        urls = _bounded(list(row.failed_urls or []) + list(failed_urls or []))
+        connection.execute(
+            scrape_runs.update().where(scrape_runs.c.id == run_id).values(
+                warnings=merged, failed_urls=urls, updated_at=utcnow()
+            )
+        )
+
+
+def _bounded(items: list[Any]) -> list[Any]:
+    if len(items) <= MAX_WARNINGS:
+        return items
+    dropped = len(items) - MAX_WARNINGS + 1
+    head = [item for item in items[: MAX_WARNINGS - 1]]
+    return head + [f"... and {dropped} more"]
+
+
+def record_file(engine: Engine, run_id: str, ref: FileRef) -> None:
+    """Record (or re-record, on a resumed run) one stored file of the run."""
+    values = dict(
+        uri=ref.uri, bytes=ref.bytes, records=ref.records, sha256=ref.sha256,
+        content_type=ref.content_type, created_at=utcnow(), deleted_at=None,
+    )
+    with transaction(engine) as connection:
+        updated = connection.execute(
+            run_files.update()
+            .where(run_files.c.run_id == run_id, run_files.c.kind == ref.kind)
+            .values(**values)
+        ).rowcount
+        if not updated:
+            connection.execute(run_files.insert().values(run_id=run_id, kind=ref.kind, **values))
+
+
+def finish_run(
+    engine: Engine,
+    run_id: str,
+    status: str,
+    *,
+    retention: str | None = None,
+    error: str | None = None,
+    **values: Any,
+) -> None:
+    """Write the terminal status of a run (and what it produced)."""
+    now = utcnow()
+    changes: dict[str, Any] = {"status": status, "finished_at": now, "updated_at": now, **values}
+    if retention is not None:
+        changes["retention"] = retention
+    if error is not None:
+        changes["error"] = error[:10_000]
+    with transaction(engine) as connection:
+        connection.execute(scrape_runs.update().where(scrape_runs.c.id == run_id).values(**changes))
+
+
+def get_run(engine: Engine, run_id: str) -> dict[str, Any] | None:
+    with transaction(engine) as connection:
+        row = connection.execute(sa.select(scrape_runs).where(scrape_runs.c.id == run_id)).mappings().first()
+        return dict(row) if row else None
+
+
+def list_runs(engine: Engine, *, limit: int = 50, url: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+    query = sa.select(scrape_runs).order_by(scrape_runs.c.started_at.desc()).limit(limit)
+    if url:
+        query = query.where(scrape_runs.c.url == url)
+    if status:
+        query = query.where(scrape_runs.c.status == status)
+    with transaction(engine) as connection:
+        return [dict(row) for row in connection.execute(query).mappings()]
+
+
+def list_files(engine: Engine, run_id: str, *, include_deleted: bool = True) -> list[dict[str, Any]]:
+    query = sa.select(run_files).where(run_files.c.run_id == run_id).order_by(run_files.c.id)
+    if not include_deleted:
+        query = query.where(run_files.c.deleted_at.is_(None))
+    with transaction(engine) as connection:
+        return [dict(row) for row in connection.execute(query).mappings()]
+
+
+def files_view(engine: Engine, run_id: str) -> dict[str, FileRef]:
+    """kind → reference for the run's live files: the original design's `files` object."""
+    return {
+        row["kind"]: FileRef(
+            kind=row["kind"], uri=row["uri"], records=row["records"], bytes=row["bytes"],
+            sha256=row["sha256"], content_type=row["content_type"],
+        )
+        for row in list_files(engine, run_id, include_deleted=False)
+    }
+
+
+def mark_files_deleted(engine: Engine, run_id: str, kinds: list[str] | None = None) -> int:
+    query = run_files.update().where(run_files.c.run_id == run_id, run_files.c.deleted_at.is_(None))
+    if kinds is not None:
+        query = query.where(run_files.c.kind.in_(kinds))
+    with transaction(engine) as connection:
+        return connection.execute(query.values(deleted_at=utcnow())).rowcount

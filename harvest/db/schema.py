@@ -1,0 +1,103 @@
+"""The tables harvest owns: run records, their files, and the imported activities.
+
+Defined once here with SQLAlchemy Core; Alembic migrations in `migrations/` create them.
+Types are portable (Postgres in production and tests, SQLite as the embedded default).
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# JSONB on Postgres (indexable, compact), JSON text elsewhere.
+Json = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+# A real float array on Postgres; JSON list elsewhere.
+FloatArray = sa.JSON().with_variant(postgresql.ARRAY(sa.REAL()), "postgresql")
+Timestamp = sa.DateTime(timezone=True)
+
+scrape_runs = sa.Table(
+    "scrape_runs",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True, comment="The Prefect flow run id."),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False, comment="running|completed|failed|crashed|cancelled|expired"),
+    sa.Column("retention", sa.String(16), nullable=False, server_default="pending",
+              comment="pending|kept|cleaned|cleanup_failed|expired"),
+    sa.Column("config", Json, nullable=False, comment="The run config, never any secret."),
+    sa.Column("started_at", Timestamp, nullable=False),
+    sa.Column("finished_at", Timestamp),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    sa.Column("flow_run_name", sa.Text),
+    sa.Column("deployment_id", sa.String(64)),
+    sa.Column("deployment_name", sa.Text),
+    sa.Column("work_pool", sa.Text),
+    sa.Column("activities_processed", sa.Integer),
+    sa.Column("import_summary", Json),
+    sa.Column("error", sa.Text),
+    sa.Column("warnings", Json, nullable=False, server_default="[]"),
+    sa.Column("failed_urls", Json, nullable=False, server_default="[]"),
+    sa.Column("steps", Json, nullable=False, server_default="{}",
+              comment="step -> {items_in, items_out, skipped, seconds}"),
+    sa.Column("expires_at", Timestamp),
+    sa.Index("ix_scrape_runs_url_started_at", "url", "started_at"),
+    sa.Index("ix_scrape_runs_status", "status"),
+)
+
+run_files = sa.Table(
+    "run_files",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(64), sa.ForeignKey("scrape_runs.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("kind", sa.String(64), nullable=False),
+    sa.Column("uri", sa.Text, nullable=False),
+    sa.Column("bytes", sa.BigInteger, nullable=False),
+    sa.Column("records", sa.Integer, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("content_type", sa.String(128), nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("deleted_at", Timestamp),
+    sa.UniqueConstraint("run_id", "kind"),
+)
+
+activities = sa.Table(
+    "activities",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True, comment="Stable activity id: hash of name + address."),
+    sa.Column("dedupe_key", sa.Text, nullable=False, unique=True,
+              comment="Normalized name + formatted address: the original design's dedupe rule."),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("description", sa.Text),
+    sa.Column("urgency", sa.String(8), nullable=False),
+    sa.Column("is_public", sa.Boolean, nullable=False),
+    sa.Column("location_name", sa.Text),
+    sa.Column("formatted_address", sa.Text),
+    sa.Column("street_address", sa.Text),
+    sa.Column("city", sa.Text),
+    sa.Column("state_province", sa.Text),
+    sa.Column("postal_code", sa.Text),
+    sa.Column("country_code", sa.String(8)),
+    sa.Column("latitude", sa.Float),
+    sa.Column("longitude", sa.Float),
+    sa.Column("place_id", sa.Text),
+    sa.Column("start_date", Timestamp),
+    sa.Column("end_date", Timestamp),
+    sa.Column("tags", Json, nullable=False),
+    sa.Column("embedding", FloatArray),
+    sa.Column("image_uri", sa.Text),
+    sa.Column("image_width", sa.Integer),
+    sa.Column("image_height", sa.Integer),
+    sa.Column("source_url", sa.Text),
+    sa.Column("content_hash", sa.String(64), nullable=False),
+    sa.Column("run_id", sa.String(64), comment="The run that last wrote this row."),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+)
