@@ -1,0 +1,168 @@
+"""The `scrape-website` flow: it only composes. Each step is a task over the domain package; between steps
+only small file references travel (persisted as JSON), never the activities themselves."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.futures import PrefectFuture
+from prefect.runtime import deployment as runtime_deployment
+from prefect.runtime import flow_run as runtime_flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import BaseModel, Field
+
+from blocks.storage import result_storage_block
+from flows import tasks
+from flows.hooks import on_cancellation, on_completion, on_crashed, on_failure
+from flows.polling import poll_schedule
+from flows.resources import resources
+from harvest.db import runs as run_rows
+from harvest.models import FileRef, ImportSummary, RunConfig, StartRequest
+from harvest.urls import check_fetch_allowed
+
+
+class RunSummary(BaseModel):
+    """What a run returns (and what `harvest scrape --json` prints)."""
+
+    run_id: str
+    url: str
+    status: str
+    activities_processed: int
+    files: dict[str, FileRef]
+    import_summary: ImportSummary | None = None
+    warnings: list[str] = Field(default_factory=list)
+    failed_urls: list[dict[str, Any]] = Field(default_factory=list)
+    bytes_between_tasks: int = Field(description="JSON bytes of every task's parameters and result in this run.")
+    task_runs: int = 0
+
+
+class _Traffic:
+    """Counts what travels between tasks: the point of the design is that this stays small and constant."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.calls = 0
+
+    def add(self, *values: Any) -> None:
+        self.calls += 1
+        for value in values:
+            if isinstance(value, BaseModel):
+                self.bytes += len(value.model_dump_json())
+            elif isinstance(value, list):
+                self.add_many(value)
+            elif value is not None:
+                self.bytes += len(json.dumps(value, default=str))
+
+    def add_many(self, values: list[Any]) -> None:
+        for value in values:
+            self.bytes += len(value.model_dump_json()) if isinstance(value, BaseModel) else len(json.dumps(value))
+
+
+def _optional(future: PrefectFuture[Any], what: str, run_id: str, warnings: list[str]) -> Any:
+    """A non-critical step's result, or None with a recorded warning when it failed: the run goes on."""
+    try:
+        return future.result()
+    except Exception as exc:  # noqa: BLE001 - any failure of an enrichment step is survivable
+        message = f"{what}: step failed, continuing without it: {exc.__class__.__name__}: {exc}"
+        get_run_logger().warning(message)
+        warnings.append(message)
+        run_rows.add_warnings(resources().engine, run_id, [message])
+        return None
+
+
+@flow(
+    name="scrape-website",
+    description="Crawl a family-activities site, extract, standardize and enrich activities, write JSONL, optionally import.",
+    task_runner=ThreadPoolTaskRunner(max_workers=4),
+    on_completion=[on_completion],
+    on_failure=[on_failure],
+    on_crashed=[on_crashed],
+    on_cancellation=[on_cancellation],
+)
+def scrape_website(url: str, config: RunConfig = RunConfig()) -> RunSummary:
+    """Scrape `url` into enriched activity records. Files land in HARVEST_STORAGE_URL under runs/<flow run id>/."""
+    logger = get_run_logger()
+    request = StartRequest(url=url, config=config)
+    res = resources()
+    check_fetch_allowed(request.url, allow_private_networks=res.settings.allow_private_networks)
+    run_id = str(runtime_flow_run.id)
+    traffic = _Traffic()
+    warnings: list[str] = []
+
+    is_new = run_rows.create_run(
+        res.engine, run_id, request.url, config.model_dump(mode="json"),
+        flow_run_name=runtime_flow_run.name, deployment_id=runtime_deployment.id,
+        deployment_name=runtime_deployment.name, work_pool=_work_pool_name(),
+    )
+    logger.info("run %s %s for %s", run_id, "started" if is_new else "resumed", request.url)
+
+    storage = result_storage_block(res.settings)
+    bound = {name: getattr(tasks, name).with_options(result_storage=storage) for name in (
+        "crawl_and_extract", "standardize", "images", "geocode", "submit_embeddings_batch",
+        "poll_embeddings_batch", "merge", "write_final", "import_activities",
+    )}
+
+    # 1-2. Crawl + extract, then standardize: both critical.
+    raw = bound["crawl_and_extract"](run_id, request.url, config)
+    traffic.add(request.url, config, raw)
+    standardized = bound["standardize"](run_id, raw, config)
+    traffic.add(raw, config, standardized)
+
+    # 3. Enrich concurrently; each branch may fail without failing the run.
+    images_future = bound["images"].submit(run_id, standardized)
+    geocode_future = bound["geocode"].submit(run_id, standardized)
+    batch_future = bound["submit_embeddings_batch"].submit(run_id, standardized, config.embedding_model)
+    batch = _optional(batch_future, "embeddings", run_id, warnings)
+    traffic.add(standardized, config.embedding_model, batch)
+    embedding_files: list[FileRef] | None = None
+    if batch is not None:
+        retries, delays = poll_schedule(
+            res.settings.batch_poll_seconds, res.settings.batch_poll_max_seconds, res.settings.batch_max_wait_seconds
+        )
+        poll = bound["poll_embeddings_batch"].with_options(retries=retries, retry_delay_seconds=delays)
+        embedding_files = _optional(poll.submit(run_id, standardized, batch), "embeddings", run_id, warnings)
+        traffic.add(standardized, batch, embedding_files)
+    images_map = _optional(images_future, "images", run_id, warnings)
+    geocoded_map = _optional(geocode_future, "geocode", run_id, warnings)
+    traffic.add(standardized, images_map)
+    traffic.add(standardized, geocoded_map)
+    embeddings = {ref.kind: ref for ref in embedding_files or []}
+
+    # 4-5. Merge, then the final JSONL: both critical.
+    merged = bound["merge"](run_id, standardized, images_map, geocoded_map, embeddings.get("embeddings_index"))
+    traffic.add(standardized, images_map, geocoded_map, embeddings.get("embeddings_index"), merged)
+    final = bound["write_final"](run_id, merged, embeddings.get("embeddings"))
+    traffic.add(merged, embeddings.get("embeddings"), final)
+
+    # 6. Import when asked.
+    summary: ImportSummary | None = None
+    if config.auto_import:
+        summary = bound["import_activities"](run_id, final)
+        traffic.add(final, summary)
+
+    # 7. Done: the hooks decide what happens to the files.
+    run_rows.finish_run(
+        res.engine, run_id, "completed", activities_processed=final.records,
+        import_summary=summary.model_dump() if summary else None,
+    )
+    row = run_rows.get_run(res.engine, run_id) or {}
+    run_rows.record_step(res.engine, run_id, "traffic", {"bytes_between_tasks": traffic.bytes, "task_runs": traffic.calls})
+    logger.info(
+        "run %s completed: %d activities, %d bytes passed between %d tasks",
+        run_id, final.records, traffic.bytes, traffic.calls,
+    )
+    return RunSummary(
+        run_id=run_id, url=request.url, status="completed", activities_processed=final.records,
+        files=run_rows.files_view(res.engine, run_id), import_summary=summary,
+        warnings=list(row.get("warnings") or []), failed_urls=list(row.get("failed_urls") or []),
+        bytes_between_tasks=traffic.bytes, task_runs=traffic.calls,
+    )
+
+
+def _work_pool_name() -> str | None:
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    return getattr(context.flow_run, "work_pool_name", None) if context and context.flow_run else None

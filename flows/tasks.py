@@ -1,0 +1,159 @@
+"""Tasks: each wraps one domain stage, records what it stored, and returns only small references.
+
+Results are persisted as JSON under `runs/<run_id>/results/<step>.json` in the run's own storage, so a
+flow run retried (or restarted with the same run id) loads finished steps instead of running them again,
+and deleting the run's prefix removes them with the run's files. The key is also Prefect's cache key,
+which is why every key carries the run id.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import get_run_logger, task
+
+from flows.resources import Resources, resources
+from harvest.db import runs as run_rows
+from harvest.embeddings import make_openai_client
+from harvest.errors import BatchNotReadyError
+from harvest.extract.llm import LLMExtractor
+from harvest.geocode import make_geocoder
+from harvest.models import FileRef, ImportSummary, RunConfig
+from harvest.stages.collect import collect_raw_activities
+from harvest.stages.common import StageResult
+from harvest.stages.embed import SubmittedBatch, collect_embeddings, submit_embeddings
+from harvest.stages.geocode import geocode_addresses
+from harvest.stages.images import process_images
+from harvest.stages.load import import_final_records
+from harvest.stages.merge import merge_enrichments, write_final_records
+from harvest.stages.standardize import standardize_raw_activities
+
+LOGGED_WARNINGS = 20
+
+
+def result_key(step: str) -> str:
+    return "runs/{parameters[run_id]}/results/" + step + ".json"
+
+
+PERSISTED: dict[str, Any] = {"persist_result": True, "result_serializer": "json"}
+
+
+def record_stage(res: Resources, run_id: str, step: str, result: StageResult) -> None:
+    """Write what a stage stored and counted into the run row, and surface its warnings in the run's logs."""
+    logger = get_run_logger()
+    for ref in result.files:
+        run_rows.record_file(res.engine, run_id, ref)
+    run_rows.record_step(res.engine, run_id, step, result.stats.model_dump())
+    run_rows.add_warnings(res.engine, run_id, [f"{step}: {w}" for w in result.warnings], failed_urls=result.failed_urls)
+    for warning in result.warnings[:LOGGED_WARNINGS]:
+        logger.warning("%s: %s", step, warning)
+    if len(result.warnings) > LOGGED_WARNINGS:
+        logger.warning("%s: %d more warnings in the run record", step, len(result.warnings) - LOGGED_WARNINGS)
+    logger.info(
+        "%s: %d in, %d out, %d skipped in %.2fs", step, result.stats.items_in, result.stats.items_out,
+        result.stats.skipped, result.stats.seconds,
+    )
+
+
+def _openai_client(res: Resources) -> Any:
+    settings = res.settings
+    assert settings.openai_api_key is not None
+    return make_openai_client(settings.openai_api_key.get_secret_value(), settings.openai_base_url)
+
+
+@task(name="crawl-and-extract", result_storage_key=result_key("crawl"), **PERSISTED)
+def crawl_and_extract(run_id: str, url: str, config: RunConfig) -> FileRef:
+    res = resources()
+    llm = LLMExtractor(_openai_client(res), res.settings.extraction_model) if res.settings.has_openai else None
+    result = collect_raw_activities(res.store, run_id, url, config, res.settings, llm=llm)
+    record_stage(res, run_id, "crawl", result)
+    return result.file("raw_activities")
+
+
+@task(name="standardize", result_storage_key=result_key("standardize"), **PERSISTED)
+def standardize(run_id: str, raw: FileRef, config: RunConfig) -> FileRef:
+    res = resources()
+    result = standardize_raw_activities(res.store, run_id, raw, config)
+    record_stage(res, run_id, "standardize", result)
+    return result.file("standardized")
+
+
+@task(name="process-images", result_storage_key=result_key("images"), **PERSISTED)
+def images(run_id: str, standardized: FileRef) -> FileRef:
+    res = resources()
+    result = process_images(res.store, run_id, standardized, res.settings)
+    record_stage(res, run_id, "images", result)
+    return result.file("images_map")
+
+
+@task(name="geocode", result_storage_key=result_key("geocode"), **PERSISTED)
+def geocode(run_id: str, standardized: FileRef) -> FileRef:
+    res = resources()
+    settings = res.settings
+    geocoder = make_geocoder(
+        settings.geocoder, base_url=settings.geocoder_url,
+        google_api_key=settings.google_maps_api_key.get_secret_value() if settings.google_maps_api_key else None,
+        user_agent=settings.user_agent, rate_per_second=settings.geocoder_rate_per_second,
+        timeout_s=settings.request_timeout_seconds,
+    )
+    result = geocode_addresses(res.store, run_id, standardized, geocoder)
+    record_stage(res, run_id, "geocode", result)
+    return result.file("geocoded_map")
+
+
+@task(name="submit-embeddings-batch", result_storage_key=result_key("embeddings_batch"), **PERSISTED)
+def submit_embeddings_batch(run_id: str, standardized: FileRef, model: str) -> SubmittedBatch | None:
+    res = resources()
+    if not res.settings.has_openai:
+        message = "OPENAI_API_KEY not set: embeddings skipped"
+        get_run_logger().warning(message)
+        run_rows.add_warnings(res.engine, run_id, [f"embeddings: {message}"])
+        return None
+    result, batch = submit_embeddings(res.store, run_id, standardized, _openai_client(res), model)
+    record_stage(res, run_id, "embeddings_submit", result)
+    return batch
+
+
+def _only_while_running(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry the poll only while the batch is still running; a batch that ended badly is final."""
+    return isinstance(state.result(raise_on_failure=False), BatchNotReadyError)
+
+
+@task(
+    name="poll-embeddings-batch", result_storage_key=result_key("embeddings"), retry_condition_fn=_only_while_running,
+    **PERSISTED,
+)
+def poll_embeddings_batch(run_id: str, standardized: FileRef, batch: SubmittedBatch) -> list[FileRef]:
+    res = resources()
+    result = collect_embeddings(
+        res.store, run_id, standardized, _openai_client(res), batch, dimensions=res.settings.embedding_dimensions
+    )
+    record_stage(res, run_id, "embeddings", result)
+    return result.files
+
+
+@task(name="merge", result_storage_key=result_key("merge"), **PERSISTED)
+def merge(
+    run_id: str, standardized: FileRef, images_map: FileRef | None, geocoded_map: FileRef | None,
+    embeddings_index: FileRef | None,
+) -> FileRef:
+    res = resources()
+    result = merge_enrichments(res.store, run_id, standardized, images_map, geocoded_map, embeddings_index)
+    record_stage(res, run_id, "merge", result)
+    return result.file("merged")
+
+
+@task(name="write-final-jsonl", result_storage_key=result_key("final"), **PERSISTED)
+def write_final(run_id: str, merged: FileRef, embeddings: FileRef | None) -> FileRef:
+    res = resources()
+    result = write_final_records(res.store, run_id, merged, embeddings)
+    record_stage(res, run_id, "final", result)
+    return result.file("final_jsonl")
+
+
+@task(name="import-activities", result_storage_key=result_key("import"), **PERSISTED)
+def import_activities(run_id: str, final: FileRef) -> ImportSummary:
+    res = resources()
+    result, summary = import_final_records(res.store, run_id, final, res.engine)
+    record_stage(res, run_id, "import", result)
+    return summary

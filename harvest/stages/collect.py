@@ -1,0 +1,101 @@
+"""Stage 1: crawl the site and extract raw activities into `raw_activities.jsonl`, streaming page by page."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+
+from harvest.crawl import Crawl, CrawlStats, Page, crawl
+from harvest.errors import ExtractionError
+from harvest.extract.llm import LLMExtractor
+from harvest.extract.structured import extract_structured, page_text
+from harvest.models import RawActivity, RunConfig
+from harvest.settings import HarvestSettings
+from harvest.stages.common import StageResult, run_key, timed
+from harvest.storage import ObjectStore, write_jsonl
+
+logger = logging.getLogger(__name__)
+
+
+def collect_raw_activities(
+    store: ObjectStore,
+    run_id: str,
+    url: str,
+    config: RunConfig,
+    settings: HarvestSettings,
+    *,
+    llm: LLMExtractor | None = None,
+    on_progress: Callable[[CrawlStats], None] | None = None,
+) -> StageResult:
+    """Crawl from `url`, extract activities from each page as it arrives, and store them as JSONL.
+
+    Structured data (JSON-LD, microdata, RDFa) comes first; the LLM only sees pages without any.
+    The crawl stops early once `max_extractions` activities are found.
+    """
+    result = StageResult()
+    llm_pages = 0
+    llm_skipped_pages = 0
+
+    def activities(session: Crawl) -> Iterator[RawActivity]:
+        nonlocal llm_pages, llm_skipped_pages
+        found = 0
+        for page in session:
+            items = _extract_page(page, result)
+            if not items:
+                if llm is not None:
+                    llm_pages += 1
+                    try:
+                        items = llm.extract(page_text(page.html), page.url)
+                    except ExtractionError as exc:
+                        result.warn(f"LLM extraction failed for {page.url}: {exc}")
+                        items = []
+                else:
+                    llm_skipped_pages += 1
+            for item in items:
+                yield item
+                found += 1
+                if found >= config.max_extractions:
+                    result.warn(f"stopped at max_extractions={config.max_extractions}")
+                    session.close()
+                    return
+
+    with timed(result.stats):
+        session = crawl(
+            url,
+            config,
+            browser_path=settings.browser_path,
+            user_agent=settings.user_agent,
+            allow_private_networks=settings.allow_private_networks,
+            per_host_concurrency=settings.per_host_concurrency,
+            timeout_s=settings.request_timeout_seconds,
+            on_progress=on_progress,
+        )
+        with session:
+            ref = write_jsonl(store, run_key(run_id, "raw_activities", "jsonl"), "raw_activities", activities(session))
+        stats = session.stats
+    result.files.append(ref)
+    result.stats.items_in = stats.pages_fetched
+    result.stats.items_out = ref.records
+    result.stats.skipped = len(stats.failed_urls)
+    result.stats.details.update(
+        pages_fetched=stats.pages_fetched, pages_rendered=stats.pages_rendered, pages_http=stats.pages_http,
+        llm_pages=llm_pages, **{f"skipped_{reason}": count for reason, count in stats.skipped.items()},
+    )
+    result.failed_urls.extend(
+        {"url": failed.url, "reason": failed.reason, "status": failed.status} for failed in stats.failed_urls
+    )
+    if llm_skipped_pages:
+        result.warn(
+            f"OPENAI_API_KEY not set: LLM extraction skipped for {llm_skipped_pages} page(s) without structured data"
+        )
+    if ref.records == 0:
+        result.warn(f"no activities found on {url} ({stats.pages_fetched} page(s) crawled)")
+    return result
+
+
+def _extract_page(page: Page, result: StageResult) -> list[RawActivity]:
+    try:
+        return extract_structured(page.html, page.url)
+    except ExtractionError as exc:
+        result.warn(f"structured extraction failed for {page.url}: {exc}")
+        return []

@@ -1,0 +1,68 @@
+"""Stage 3b: geocode each distinct address once (`geocoded_map.jsonl`, one line per activity)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+from harvest.geocode import Geocoder, normalize_address
+from harvest.models import Activity, FileRef, Geocode
+from harvest.stages.common import StageResult, run_key, timed
+from harvest.stages.concurrency import ordered_map
+from harvest.storage import ObjectStore, iter_jsonl, write_jsonl
+
+
+class _OncePerAddress:
+    """Each distinct address is sent to the geocoder once, even when several threads ask at the same time."""
+
+    def __init__(self, geocoder: Geocoder) -> None:
+        self.geocoder = geocoder
+        self.results: dict[str, Geocode] = {}
+        self.locks: dict[str, threading.Lock] = {}
+        self.guard = threading.Lock()
+        self.calls = 0
+
+    def __call__(self, address: str) -> Geocode:
+        key = normalize_address(address)
+        with self.guard:
+            lock = self.locks.setdefault(key, threading.Lock())
+        with lock:
+            if key not in self.results:
+                self.results[key] = self.geocoder.geocode(address)
+                self.calls += 1
+            return self.results[key]
+
+
+def geocode_addresses(
+    store: ObjectStore, run_id: str, standardized: FileRef, geocoder: Geocoder, *, workers: int = 4
+) -> StageResult:
+    """Failures leave coordinates empty with the error recorded; they never fail the stage."""
+    result = StageResult()
+    cached = _OncePerAddress(geocoder)
+
+    def one(activity: Activity) -> dict[str, object]:
+        address = activity.location.formattedAddress
+        if not address:
+            return {"id": activity.id, "address": None}
+        return {"id": activity.id, **cached(address).model_dump(mode="json")}
+
+    def activities() -> Iterator[Activity]:
+        for record in iter_jsonl(store, standardized.uri):
+            result.stats.items_in += 1
+            yield Activity.model_validate(record)
+
+    def rows() -> Iterator[dict[str, object]]:
+        for row in ordered_map(one, activities(), workers=workers):
+            if row.get("error"):
+                result.stats.skipped += 1
+                result.warn(f"geocode failed for {row['address']!r}: {row['error']}")
+            elif row.get("latitude") is not None:
+                result.stats.items_out += 1
+            yield row
+
+    with timed(result.stats):
+        ref = write_jsonl(store, run_key(run_id, "geocoded_map", "jsonl"), "geocoded_map", rows())
+    result.files.append(ref)
+    result.stats.details["geocoder_calls"] = cached.calls
+    result.stats.details["distinct_addresses"] = len(cached.results)
+    return result

@@ -1,0 +1,50 @@
+"""Stage 3a: download, verify, resize and store each activity's primary image (`images_map.jsonl`).
+
+Images are stored content-addressed outside the run's folder (`images/<sha256>.webp`), because final
+records and imported activities point at them: cleaning up a run must never delete them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from harvest.images import process_activity_image
+from harvest.models import Activity, FileRef, ImageInfo
+from harvest.settings import HarvestSettings
+from harvest.stages.common import StageResult, run_key, timed
+from harvest.stages.concurrency import ordered_map
+from harvest.storage import ObjectStore, iter_jsonl, write_jsonl
+
+
+def process_images(store: ObjectStore, run_id: str, standardized: FileRef, settings: HarvestSettings) -> StageResult:
+    """One line per activity, in file order; a bad image is recorded with its error and never fails the stage."""
+    result = StageResult()
+
+    def one(activity: Activity) -> ImageInfo:
+        if not activity.image_url:
+            return ImageInfo(id=activity.id)
+        return process_activity_image(
+            activity.id, activity.image_url, store,
+            max_bytes=settings.image_max_bytes, max_pixels=settings.image_max_pixels,
+            timeout_s=settings.request_timeout_seconds, user_agent=settings.user_agent,
+            allow_private_networks=settings.allow_private_networks,
+        )
+
+    def activities() -> Iterator[Activity]:
+        for record in iter_jsonl(store, standardized.uri):
+            result.stats.items_in += 1
+            yield Activity.model_validate(record)
+
+    def infos() -> Iterator[ImageInfo]:
+        for info in ordered_map(one, activities(), workers=max(2, settings.per_host_concurrency * 2)):
+            if info.error:
+                result.stats.skipped += 1
+                result.warn(f"image for {info.id} skipped: {info.error}")
+            elif info.uri:
+                result.stats.items_out += 1
+            yield info
+
+    with timed(result.stats):
+        ref = write_jsonl(store, run_key(run_id, "images_map", "jsonl"), "images_map", infos())
+    result.files.append(ref)
+    return result

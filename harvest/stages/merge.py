@@ -1,0 +1,132 @@
+"""Stages 4 and 5: merge the enrichment maps into each activity (`merged.jsonl`), then write the final
+records in the `activities` schema with their vectors (`final.jsonl`).
+
+Every map has one line per activity in `standardized.jsonl` order, so the merge is a streaming zip: memory
+does not grow with the number of activities. A missing map (its stage failed) leaves those fields empty.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from itertools import repeat
+from typing import Any
+
+import numpy as np
+
+from harvest.errors import StorageError
+from harvest.models import FileRef
+from harvest.stages.common import StageResult, run_key, timed
+from harvest.storage import ObjectStore, iter_jsonl, local_copy, write_jsonl
+
+
+def _lines(store: ObjectStore, ref: FileRef | None) -> Iterator[dict[str, Any] | None]:
+    if ref is None:
+        return repeat(None)
+    return iter_jsonl(store, ref.uri)
+
+
+def _aligned(activity_id: str, row: dict[str, Any] | None, kind: str) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    if row.get("id") != activity_id:
+        raise StorageError(f"{kind} is out of step with standardized.jsonl at activity {activity_id}")
+    return row
+
+
+def merge_enrichments(
+    store: ObjectStore,
+    run_id: str,
+    standardized: FileRef,
+    images: FileRef | None,
+    geocodes: FileRef | None,
+    embeddings_index: FileRef | None,
+) -> StageResult:
+    """Join by activity id (asserted line by line) into one record per activity."""
+    result = StageResult()
+
+    def merged() -> Iterator[dict[str, Any]]:
+        streams = zip(
+            iter_jsonl(store, standardized.uri), _lines(store, images), _lines(store, geocodes),
+            _lines(store, embeddings_index),
+        )
+        for activity, image, geocode, embedding in streams:
+            result.stats.items_in += 1
+            activity_id = activity["id"]
+            image = _aligned(activity_id, image, "images_map")
+            geocode = _aligned(activity_id, geocode, "geocoded_map")
+            embedding = _aligned(activity_id, embedding, "embeddings_index")
+            yield {
+                "activity": activity,
+                "image": image if image and image.get("uri") else None,
+                "geocode": geocode if geocode and geocode.get("latitude") is not None else None,
+                "embedding_row": embedding["row"] if embedding and embedding.get("ok") else None,
+            }
+
+    with timed(result.stats):
+        ref = write_jsonl(store, run_key(run_id, "merged", "jsonl"), "merged", merged())
+    if ref.records != standardized.records:
+        raise StorageError(f"merged {ref.records} records but standardized.jsonl has {standardized.records}")
+    result.files.append(ref)
+    result.stats.items_out = ref.records
+    return result
+
+
+def final_record(merged: dict[str, Any], vector: list[float] | None) -> dict[str, Any]:
+    """One line of `final.jsonl`: the `activities` schema."""
+    activity = merged["activity"]
+    location = activity.get("location") or {}
+    geocode = merged.get("geocode") or {}
+    image = merged.get("image")
+    return {
+        "id": activity["id"],
+        "name": activity["name"],
+        "description": activity.get("description"),
+        "urgency": activity.get("urgency", "medium"),
+        "is_public": activity.get("is_public", True),
+        "location": {
+            "name": location.get("name"),
+            "formatted_address": location.get("formattedAddress"),
+            "street_address": location.get("street_address"),
+            "city": location.get("city"),
+            "state_province": location.get("state_province"),
+            "postal_code": location.get("postal_code"),
+            "country_code": location.get("country_code"),
+            "latitude": geocode.get("latitude"),
+            "longitude": geocode.get("longitude"),
+            "place_id": geocode.get("place_id"),
+            "geocoded_address": geocode.get("formatted_address"),
+        },
+        "start_date": activity.get("start_date"),
+        "end_date": activity.get("end_date"),
+        "tags": activity.get("tags") or [],
+        "embedding": vector,
+        "image": {"uri": image["uri"], "width": image["width"], "height": image["height"]} if image else None,
+        "source_url": activity.get("source_url"),
+        "content_hash": activity.get("content_hash"),
+    }
+
+
+def write_final_records(store: ObjectStore, run_id: str, merged: FileRef, embeddings: FileRef | None) -> StageResult:
+    """Stream the merge and the memory-mapped vectors into `final.jsonl`."""
+    result = StageResult()
+
+    def records(matrix: np.ndarray | None) -> Iterator[dict[str, Any]]:
+        for row in iter_jsonl(store, merged.uri):
+            result.stats.items_in += 1
+            index = row.get("embedding_row")
+            vector = matrix[index].tolist() if matrix is not None and index is not None else None
+            if vector is not None:
+                result.stats.details["with_embedding"] = int(result.stats.details.get("with_embedding", 0)) + 1
+            yield final_record(row, vector)
+
+    with timed(result.stats):
+        if embeddings is None:
+            ref = write_jsonl(store, run_key(run_id, "final", "jsonl"), "final_jsonl", records(None))
+        else:
+            with local_copy(store, embeddings.uri) as path:
+                matrix = np.load(path, mmap_mode="r")
+                ref = write_jsonl(store, run_key(run_id, "final", "jsonl"), "final_jsonl", records(matrix))
+                del matrix
+    result.files.append(ref)
+    result.stats.items_out = ref.records
+    return result

@@ -1,0 +1,41 @@
+"""Stage 2: raw activities → standardized, deduplicated activities (`standardized.jsonl`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from pydantic import ValidationError
+
+from harvest.models import Activity, FileRef, RawActivity, RunConfig
+from harvest.stages.common import StageResult, run_key, timed
+from harvest.standardize import Standardizer
+from harvest.storage import ObjectStore, iter_jsonl, write_jsonl
+
+
+def standardize_raw_activities(store: ObjectStore, run_id: str, raw: FileRef, config: RunConfig) -> StageResult:
+    """Stream the raw file through the Standardizer; skipped records are counted and explained, never lost silently."""
+    result = StageResult()
+    standardizer = Standardizer(config)
+
+    def activities() -> Iterator[Activity]:
+        for number, record in enumerate(iter_jsonl(store, raw.uri), start=1):
+            result.stats.items_in += 1
+            try:
+                item = RawActivity.model_validate(record)
+            except ValidationError as exc:
+                result.stats.skipped += 1
+                result.warn(f"raw record {number} is malformed: {exc.errors()[0]['msg']}")
+                continue
+            activity = standardizer.standardize(item)
+            if activity is not None:
+                yield activity
+
+    with timed(result.stats):
+        ref = write_jsonl(store, run_key(run_id, "standardized", "jsonl"), "standardized", activities())
+    result.files.append(ref)
+    result.stats.items_out = ref.records
+    result.stats.skipped += sum(standardizer.skipped.values())
+    result.stats.details.update({f"skipped_{reason}": n for reason, n in standardizer.skipped.items()})
+    for warning in standardizer.warnings:
+        result.warn(warning)
+    return result
