@@ -1,0 +1,869 @@
+"""A local OpenAI API speaking the real wire protocol: files, batches, embeddings and chat completions.
+
+There is no network in tests, the demo or the benchmarks. harvest talks to OpenAI only through the official
+``openai`` SDK, so the SDK is pointed at this server by ``base_url`` (``http://127.0.0.1:PORT/v1``) and runs
+unmodified: same multipart uploads, same base64 embeddings, same retries on 429/5xx.
+
+Endpoints (shapes as in the OpenAI API reference):
+
+* ``POST /v1/files`` (multipart ``purpose``, ``file``), ``GET /v1/files``, ``GET /v1/files/{id}``,
+  ``GET /v1/files/{id}/content`` (raw bytes), ``DELETE /v1/files/{id}``.
+* ``POST /v1/batches`` → status ``validating``; each ``GET /v1/batches/{id}`` advances it: ``in_progress``
+  until the ``polls_until_complete``-th poll, which finalizes it to the configured outcome (``completed`` with
+  a real Batch-API JSONL output file computed from the input file, error lines in the error file; or
+  ``failed`` / ``expired`` / ``cancelled``). ``POST /v1/batches/{id}/cancel`` → ``cancelling`` → ``cancelled``.
+* ``POST /v1/embeddings``: ``input`` str or list, ``encoding_format`` ``float`` or ``base64`` (little-endian
+  float32, what the SDK asks for by default), optional ``dimensions``; usage tokens.
+* ``POST /v1/chat/completions`` with ``response_format`` json_schema: a rule-based stand-in "model" (below).
+
+Embeddings are deterministic: :func:`embedding_vector` seeds numpy's Generator from sha256(text), draws a
+normal vector, L2-normalizes it and returns float32, so the same text always gives the same vector, through
+either endpoint.
+
+The stand-in chat model extracts activities from the text of the *user* messages by a labelled-text
+convention (the demo site's unstructured pages use it). Each activity is a block of lines; a block starts at
+an ``Activity:`` line, each field is one line, labels are case-insensitive, other lines are ignored::
+
+    Activity: Anthony Beale Reserve playground
+    Where: Anthony Beale Reserve, 277 St Helena Rd, St Helena VIC 3088, Australia
+    When: 2025-03-01T10:00:00+11:00            (optionally "<start> to <end>")
+    About: A bright, colourful playground with a flying fox.
+    Tags: park, playground, family
+    Image: https://example.org/beale.jpg
+
+``Where:`` is "<place name>, <address>" (split at the first comma; the address is parsed into street, city,
+state, postcode, country). The reply is ``{"activities": [...]}`` with, per activity, ``name``,
+``description``, ``location`` {name, formattedAddress, street_address, city, state_province, postal_code,
+country_code}, ``startDate``, ``endDate``, ``tags``, ``imageURL``; a missing field is null (``tags`` is []).
+
+Auth: every ``/v1`` request needs ``Authorization: Bearer <non-empty>`` (or exactly ``api_key`` when the
+server was given one); otherwise 401 in OpenAI's error shape.
+
+Failure injection and counters, in-process (:meth:`OpenAITestServer.configure`, :meth:`fail_next`,
+:meth:`stats`, :meth:`reset`) or over HTTP for an out-of-process server (``POST /_testkit/config`` with the
+same JSON keys, ``GET /_testkit/stats``, ``POST /_testkit/reset``). Config keys:
+
+* ``fail``: ``[{"path": "/v1/embeddings", "count": 2, "status": 429, "retry_after": 0.1}]`` — the next
+  ``count`` requests under ``path`` answer ``status`` (429 always carries Retry-After, default 1 s);
+* ``batch_outcome``: ``completed`` | ``failed`` | ``expired`` | ``cancelled``;
+* ``error_ids``: custom_ids whose batch output line is an error (in the error file);
+* ``wrong_dimension_ids``: custom_ids whose vector has half the requested dimensions;
+* ``delay_s`` (and ``delay_path``, default ``/v1/``): sleep before answering;
+* ``polls_until_complete``, ``dimensions``.
+
+CLI: ``python -m testkit.openai_server --port P [--dimensions D]`` prints the base URL, runs until SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import re
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from testkit.geocoder_server import parse_address
+
+BATCH_OUTCOMES = ("completed", "failed", "expired", "cancelled")
+FILE_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
+LABELS = ("activity", "where", "when", "about", "tags", "image")
+
+
+def embedding_vector(text: str, dimensions: int) -> np.ndarray:
+    """The deterministic unit vector (float32) this server returns for `text`."""
+    seed = int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest(), "big")
+    vector = np.random.default_rng(seed).standard_normal(dimensions)
+    vector /= np.linalg.norm(vector)
+    return vector.astype(np.float32)
+
+
+def count_tokens(text: str) -> int:
+    """A rough token count (words and punctuation), enough for plausible usage numbers."""
+    return max(1, len(re.findall(r"\w+|[^\w\s]", text)))
+
+
+def _split_when(value: str) -> tuple[str | None, str | None]:
+    parts = re.split(r"\s+(?:to|until|–|—)\s+|\s+/\s+", value.strip(), maxsplit=1)
+    start = parts[0].strip() or None
+    end = parts[1].strip() if len(parts) > 1 and parts[1].strip() else None
+    return start, end
+
+
+def _activity_from_fields(fields: dict[str, str]) -> dict[str, Any]:
+    location: dict[str, Any] | None = None
+    if fields.get("where"):
+        where = fields["where"]
+        name, _, address = (part.strip() for part in where.partition(","))
+        parsed = parse_address(address) if address else {}
+        location = {
+            "name": name or None,
+            "formattedAddress": address or None,
+            "street_address": parsed.get("street_address"),
+            "city": parsed.get("city"),
+            "state_province": parsed.get("state_province"),
+            "postal_code": parsed.get("postal_code"),
+            "country_code": parsed.get("country_code"),
+        }
+    start, end = _split_when(fields["when"]) if fields.get("when") else (None, None)
+    tags = [t.strip() for t in fields.get("tags", "").split(",") if t.strip()]
+    return {
+        "name": fields["activity"],
+        "description": fields.get("about") or None,
+        "location": location,
+        "startDate": start,
+        "endDate": end,
+        "tags": tags,
+        "imageURL": fields.get("image") or None,
+    }
+
+
+def extract_labelled_activities(text: str) -> list[dict[str, Any]]:
+    """The stand-in model: activities from `Activity:`/`Where:`/`When:`/`About:`/`Tags:`/`Image:` blocks."""
+    activities: list[dict[str, Any]] = []
+    current: dict[str, str] | None = None
+    label_re = re.compile(r"^\s*(?:[-*•]\s*)?(" + "|".join(LABELS) + r")\s*:\s*(.*?)\s*$", re.IGNORECASE)
+    for line in text.splitlines():
+        match = label_re.match(line)
+        if not match:
+            continue
+        label, value = match[1].casefold(), match[2]
+        if label == "activity":
+            if current and current.get("activity"):
+                activities.append(_activity_from_fields(current))
+            current = {"activity": value}
+        elif current is not None and value:
+            current.setdefault(label, value)
+    if current and current.get("activity"):
+        activities.append(_activity_from_fields(current))
+    return activities
+
+
+def _openai_error(message: str, type_: str = "invalid_request_error", param: str | None = None,
+                  code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:24]}"
+
+
+def _parse_multipart(content_type: str, body: bytes) -> dict[str, tuple[str | None, bytes]]:
+    """name → (filename, bytes) for a multipart/form-data body."""
+    match = re.search(r'boundary="?([^";]+)"?', content_type)
+    if not match:
+        raise ValueError("multipart body without a boundary")
+    delimiter = b"--" + match[1].encode("latin-1")
+    fields: dict[str, tuple[str | None, bytes]] = {}
+    for chunk in body.split(delimiter)[1:]:
+        if chunk.startswith(b"--"):
+            break
+        head, sep, content = chunk.partition(b"\r\n\r\n")
+        if not sep:
+            continue
+        if content.endswith(b"\r\n"):
+            content = content[:-2]
+        disposition = next((h for h in head.decode("utf-8", "replace").split("\r\n")
+                            if h.lower().startswith("content-disposition")), "")
+        name = re.search(r'\bname="([^"]*)"', disposition)
+        filename = re.search(r'\bfilename="([^"]*)"', disposition)
+        if name:
+            fields[name[1]] = (filename[1] if filename else None, content)
+    return fields
+
+
+@dataclass
+class FailureRule:
+    """Answer the next `count` requests under `path` with `status` (429 carries Retry-After)."""
+
+    path: str = "/v1/"
+    count: int = 1
+    status: int = 500
+    retry_after: float | None = None
+
+    def __post_init__(self) -> None:
+        if not 400 <= self.status <= 599:
+            raise ValueError(f"failure status must be 4xx/5xx, got {self.status}")
+        if self.count < 0:
+            raise ValueError("count must be >= 0")
+
+
+@dataclass
+class _Config:
+    failures: list[FailureRule] = field(default_factory=list)
+    batch_outcome: str = "completed"
+    error_ids: set[str] = field(default_factory=set)
+    wrong_dimension_ids: set[str] = field(default_factory=set)
+    delay_s: float = 0.0
+    delay_path: str = "/v1/"
+    polls_until_complete: int = 2
+    dimensions: int = 1536
+
+
+@dataclass
+class _File:
+    id: str
+    filename: str
+    purpose: str
+    data: bytes
+    created_at: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "object": "file", "bytes": len(self.data), "created_at": self.created_at,
+                "filename": self.filename, "purpose": self.purpose, "status": "processed",
+                "expires_at": None, "status_details": None}
+
+
+@dataclass
+class _Batch:
+    id: str
+    input_file_id: str
+    endpoint: str
+    completion_window: str
+    metadata: dict[str, str] | None
+    created_at: int
+    status: str = "validating"
+    polls: int = 0
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    errors: list[dict[str, Any]] | None = None
+    counts: dict[str, int] = field(default_factory=lambda: {"total": 0, "completed": 0, "failed": 0})
+    times: dict[str, int | None] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        t = self.times
+        return {
+            "id": self.id, "object": "batch", "endpoint": self.endpoint,
+            "errors": None if self.errors is None else {"object": "list", "data": self.errors},
+            "input_file_id": self.input_file_id, "completion_window": self.completion_window,
+            "status": self.status, "output_file_id": self.output_file_id, "error_file_id": self.error_file_id,
+            "created_at": self.created_at, "in_progress_at": t.get("in_progress_at"),
+            "expires_at": self.created_at + 24 * 3600, "finalizing_at": t.get("finalizing_at"),
+            "completed_at": t.get("completed_at"), "failed_at": t.get("failed_at"),
+            "expired_at": t.get("expired_at"), "cancelling_at": t.get("cancelling_at"),
+            "cancelled_at": t.get("cancelled_at"), "request_counts": dict(self.counts),
+            "metadata": self.metadata,
+        }
+
+
+class _Server(ThreadingHTTPServer):
+    """Tracks open connections so stop() can close kept-alive ones instead of serving them after shutdown."""
+
+    daemon_threads = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.connections: set[socket.socket] = set()
+        self.connections_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.connections_lock:
+            self.connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self.connections_lock:
+            self.connections.discard(request)
+        super().shutdown_request(request)
+
+    def close_all(self) -> None:
+        with self.connections_lock:
+            for conn in list(self.connections):
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+class OpenAITestServer:
+    """Threaded OpenAI-compatible server; ``base_url`` ends in ``/v1`` like the SDK expects."""
+
+    def __init__(self, port: int = 0, dimensions: int = 1536, *, polls_until_complete: int = 2,
+                 api_key: str | None = None, host: str = "127.0.0.1") -> None:
+        self._host = host
+        self._port = port
+        self._api_key = api_key
+        self._defaults = {"dimensions": dimensions, "polls_until_complete": polls_until_complete}
+        self._lock = threading.RLock()
+        self._config = _Config(dimensions=dimensions, polls_until_complete=polls_until_complete)
+        self._stats: Counter[str] = Counter()
+        self._files: dict[str, _File] = {}
+        self._batches: dict[str, _Batch] = {}
+        self._stopping = threading.Event()
+        self._httpd: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    def start(self) -> OpenAITestServer:
+        handler = type("_BoundHandler", (_Handler,), {"app": self})
+        self._httpd = _Server((self._host, self._port), handler)
+        self._port = self._httpd.server_address[1]
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="openai-test-server", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.close_all()
+            self._httpd.server_close()
+            self._httpd = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> OpenAITestServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self._host}:{self._port}/v1"
+
+    @property
+    def dimensions(self) -> int:
+        return self._config.dimensions
+
+    # -- control ---------------------------------------------------------------------------------------
+    def configure(self, config: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        """Apply config keys (module docstring); the same JSON ``POST /_testkit/config`` takes."""
+        settings = {**(config or {}), **kwargs}
+        known = {"fail", "batch_outcome", "error_ids", "wrong_dimension_ids", "delay_s", "delay_path",
+                 "polls_until_complete", "dimensions"}
+        unknown = set(settings) - known
+        if unknown:
+            raise ValueError(f"unknown config keys: {sorted(unknown)}")
+        if "batch_outcome" in settings and settings["batch_outcome"] not in BATCH_OUTCOMES:
+            raise ValueError(f"batch_outcome must be one of {BATCH_OUTCOMES}, got {settings['batch_outcome']!r}")
+        fail = settings.get("fail", [])
+        rules = [FailureRule(**rule) for rule in ([fail] if isinstance(fail, dict) else fail)]
+        with self._lock:
+            c = self._config
+            c.failures.extend(rules)
+            if "batch_outcome" in settings:
+                c.batch_outcome = settings["batch_outcome"]
+            if "error_ids" in settings:
+                c.error_ids = set(settings["error_ids"])
+            if "wrong_dimension_ids" in settings:
+                c.wrong_dimension_ids = set(settings["wrong_dimension_ids"])
+            if "delay_s" in settings:
+                c.delay_s = float(settings["delay_s"])
+            if "delay_path" in settings:
+                c.delay_path = str(settings["delay_path"])
+            if "polls_until_complete" in settings:
+                c.polls_until_complete = int(settings["polls_until_complete"])
+            if "dimensions" in settings:
+                c.dimensions = int(settings["dimensions"])
+
+    def fail_next(self, path: str = "/v1/", count: int = 1, *, status: int = 500,
+                  retry_after: float | None = None) -> None:
+        """Answer the next `count` requests under `path` with `status` (e.g. 429 → SDK retries)."""
+        self.configure(fail=[{"path": path, "count": count, "status": status, "retry_after": retry_after}])
+
+    def reset(self) -> None:
+        """Back to a fresh server: default config, zero counters, no files or batches."""
+        with self._lock:
+            self._config = _Config(**self._defaults)
+            self._stats.clear()
+            self._files.clear()
+            self._batches.clear()
+
+    def stats(self) -> dict[str, int]:
+        """Counters: requests per endpoint (``embeddings``, ``files.create``, ``batches.retrieve``…),
+        ``embeddings.inputs`` (texts embedded synchronously), ``batches.lines``, ``unauthorized``,
+        ``injected.<status>``."""
+        with self._lock:
+            return dict(self._stats)
+
+    def file_content(self, file_id: str) -> bytes:
+        """The stored bytes of a file (tests inspect what the client uploaded)."""
+        with self._lock:
+            return self._files[file_id].data
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self._stats[key] += n
+
+    def _take_failure(self, path: str) -> FailureRule | None:
+        with self._lock:
+            for rule in self._config.failures:
+                if rule.count > 0 and path.startswith(rule.path):
+                    rule.count -= 1
+                    self._stats[f"injected.{rule.status}"] += 1
+                    return rule
+            self._config.failures = [r for r in self._config.failures if r.count > 0]
+        return None
+
+    # -- dispatch --------------------------------------------------------------------------------------
+    _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
+        ("POST", re.compile(r"^/v1/files$"), "files.create"),
+        ("GET", re.compile(r"^/v1/files$"), "files.list"),
+        ("GET", re.compile(r"^/v1/files/(?P<id>[^/]+)$"), "files.retrieve"),
+        ("DELETE", re.compile(r"^/v1/files/(?P<id>[^/]+)$"), "files.delete"),
+        ("GET", re.compile(r"^/v1/files/(?P<id>[^/]+)/content$"), "files.content"),
+        ("POST", re.compile(r"^/v1/batches$"), "batches.create"),
+        ("GET", re.compile(r"^/v1/batches$"), "batches.list"),
+        ("GET", re.compile(r"^/v1/batches/(?P<id>[^/]+)$"), "batches.retrieve"),
+        ("POST", re.compile(r"^/v1/batches/(?P<id>[^/]+)/cancel$"), "batches.cancel"),
+        ("POST", re.compile(r"^/v1/embeddings$"), "embeddings"),
+        ("POST", re.compile(r"^/v1/chat/completions$"), "chat.completions"),
+    ]
+
+    def handle(self, req: _Handler, method: str) -> None:
+        path = urlsplit(req.path).path
+        body = req.read_body()
+        if path.startswith("/_testkit/"):
+            self._handle_control(req, method, path, body)
+            return
+        self._count("requests")
+        with self._lock:
+            delay = self._config.delay_s if path.startswith(self._config.delay_path) else 0.0
+        if delay:
+            self._stopping.wait(delay)
+        route = next(((name, m) for verb, pattern, name in self._ROUTES
+                      if verb == method and (m := pattern.match(path))), None)
+        if route is None:
+            req.send_json(404, _openai_error(f"Invalid URL ({method} {path})"))
+            return
+        name, match = route
+        self._count(name)
+        auth = req.headers.get("Authorization", "")
+        token = auth[7:].strip() if auth.startswith("Bearer ") else ""
+        if not token or (self._api_key is not None and token != self._api_key):
+            self._count("unauthorized")
+            message = ("You didn't provide an API key. You need to provide your API key in an Authorization "
+                       "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)." if not token
+                       else "Incorrect API key provided.")
+            req.send_json(401, _openai_error(message, code=None if not token else "invalid_api_key"))
+            return
+        rule = self._take_failure(path)
+        if rule is not None:
+            headers: dict[str, str] = {}
+            if rule.status == 429:
+                headers["Retry-After"] = f"{1.0 if rule.retry_after is None else rule.retry_after:g}"
+                error = _openai_error("Rate limit reached for requests (testkit injected).", "requests",
+                                      code="rate_limit_exceeded")
+            else:
+                if rule.retry_after is not None:
+                    headers["Retry-After"] = f"{rule.retry_after:g}"
+                error = _openai_error("The server had an error while processing your request (testkit injected).",
+                                      "server_error")
+            req.send_json(rule.status, error, headers)
+            return
+        try:
+            handler = getattr(self, "_" + name.replace(".", "_"))
+            status, payload, *rest = handler(req, body, **match.groupdict())
+        except _ApiError as exc:
+            req.send_json(exc.status, _openai_error(exc.message, param=exc.param, code=exc.code))
+            return
+        if isinstance(payload, bytes):
+            req.send_bytes(status, payload, rest[0] if rest else "application/octet-stream")
+        else:
+            req.send_json(status, payload)
+
+    def _handle_control(self, req: _Handler, method: str, path: str, body: bytes) -> None:
+        try:
+            if path == "/_testkit/stats" and method == "GET":
+                req.send_json(200, self.stats())
+            elif path == "/_testkit/reset" and method == "POST":
+                self.reset()
+                req.send_json(200, {"ok": True})
+            elif path == "/_testkit/config" and method == "POST":
+                self.configure(json.loads(body or b"{}"))
+                req.send_json(200, {"ok": True})
+            else:
+                req.send_json(404, {"error": f"no control route {method} {path}"})
+        except (ValueError, TypeError) as exc:
+            req.send_json(400, {"error": str(exc)})
+
+    # -- files -----------------------------------------------------------------------------------------
+    def _get_file(self, file_id: str) -> _File:
+        with self._lock:
+            stored = self._files.get(file_id)
+        if stored is None:
+            raise _ApiError(404, f"No such File object: {file_id}", param="id")
+        return stored
+
+    def _store_file(self, filename: str, purpose: str, data: bytes) -> _File:
+        stored = _File(id=_new_id("file-"), filename=filename, purpose=purpose, data=data,
+                       created_at=int(time.time()))
+        with self._lock:
+            self._files[stored.id] = stored
+        return stored
+
+    def _files_create(self, req: _Handler, body: bytes) -> tuple[int, Any]:
+        content_type = req.headers.get("Content-Type", "")
+        if not content_type.startswith("multipart/form-data"):
+            raise _ApiError(400, "Expected multipart/form-data with 'file' and 'purpose'.")
+        try:
+            form = _parse_multipart(content_type, body)
+        except ValueError as exc:
+            raise _ApiError(400, str(exc)) from exc
+        if "file" not in form:
+            raise _ApiError(400, "Missing required parameter: 'file'.", param="file")
+        purpose = form.get("purpose", (None, b""))[1].decode()
+        if purpose not in FILE_PURPOSES:
+            raise _ApiError(400, f"Invalid value for 'purpose': {purpose!r}.", param="purpose")
+        filename, data = form["file"]
+        if purpose == "batch" and not (filename or "").endswith(".jsonl"):
+            raise _ApiError(400, "Invalid file format for Batch API. Must be .jsonl", param="file")
+        return 200, self._store_file(filename or "upload", purpose, data).to_json()
+
+    def _files_list(self, req: _Handler, body: bytes) -> tuple[int, Any]:
+        with self._lock:
+            data = [f.to_json() for f in self._files.values()]
+        return 200, {"object": "list", "data": data, "has_more": False,
+                     "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None}
+
+    def _files_retrieve(self, req: _Handler, body: bytes, id: str) -> tuple[int, Any]:  # noqa: A002
+        return 200, self._get_file(id).to_json()
+
+    def _files_content(self, req: _Handler, body: bytes, id: str) -> tuple[int, Any, str]:  # noqa: A002
+        return 200, self._get_file(id).data, "application/octet-stream"
+
+    def _files_delete(self, req: _Handler, body: bytes, id: str) -> tuple[int, Any]:  # noqa: A002
+        self._get_file(id)
+        with self._lock:
+            self._files.pop(id, None)
+        return 200, {"id": id, "object": "file", "deleted": True}
+
+    # -- batches ---------------------------------------------------------------------------------------
+    def _batches_create(self, req: _Handler, body: bytes) -> tuple[int, Any]:
+        params = _json_body(body)
+        endpoint = params.get("endpoint")
+        if endpoint != "/v1/embeddings":
+            raise _ApiError(400, f"Invalid endpoint {endpoint!r}: the testkit server batches /v1/embeddings only.",
+                            param="endpoint")
+        if params.get("completion_window") != "24h":
+            raise _ApiError(400, "Invalid completion_window: only '24h' is supported.", param="completion_window")
+        metadata = params.get("metadata")
+        if metadata is not None and (not isinstance(metadata, dict) or len(metadata) > 16
+                                     or not all(isinstance(v, str) for v in metadata.values())):
+            raise _ApiError(400, "metadata must be at most 16 string key/value pairs.", param="metadata")
+        input_file = self._get_file(str(params.get("input_file_id")))
+        if input_file.purpose != "batch":
+            raise _ApiError(400, f"File {input_file.id} has purpose {input_file.purpose!r}, not 'batch'.",
+                            param="input_file_id")
+        batch = _Batch(id=_new_id("batch_"), input_file_id=input_file.id, endpoint=endpoint,
+                       completion_window="24h", metadata=metadata, created_at=int(time.time()))
+        with self._lock:
+            self._batches[batch.id] = batch
+        return 200, batch.to_json()
+
+    def _get_batch(self, batch_id: str) -> _Batch:
+        with self._lock:
+            batch = self._batches.get(batch_id)
+        if batch is None:
+            raise _ApiError(404, f"No batch found with id '{batch_id}'.", param="batch_id")
+        return batch
+
+    def _batches_list(self, req: _Handler, body: bytes) -> tuple[int, Any]:
+        with self._lock:
+            data = [b.to_json() for b in self._batches.values()]
+        return 200, {"object": "list", "data": data, "has_more": False,
+                     "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None}
+
+    def _batches_retrieve(self, req: _Handler, body: bytes, id: str) -> tuple[int, Any]:  # noqa: A002
+        batch = self._get_batch(id)
+        with self._lock:
+            now = int(time.time())
+            if batch.status == "cancelling":
+                batch.status = "cancelled"
+                batch.times["cancelled_at"] = now
+            elif batch.status in ("validating", "in_progress"):
+                batch.polls += 1
+                if batch.polls >= self._config.polls_until_complete:
+                    self._finalize(batch, self._config.batch_outcome)
+                else:
+                    batch.status = "in_progress"
+                    batch.times.setdefault("in_progress_at", now)
+                    batch.counts["total"] = sum(1 for raw in self._files[batch.input_file_id].data.splitlines()
+                                                if raw.strip())
+            return 200, batch.to_json()
+
+    def _batches_cancel(self, req: _Handler, body: bytes, id: str) -> tuple[int, Any]:  # noqa: A002
+        batch = self._get_batch(id)
+        with self._lock:
+            if batch.status in ("completed", "failed", "expired", "cancelled"):
+                raise _ApiError(409, f"Cannot cancel a batch with status '{batch.status}'.")
+            if batch.status != "cancelling":
+                batch.status = "cancelling"
+                batch.times["cancelling_at"] = int(time.time())
+            return 200, batch.to_json()
+
+    def _finalize(self, batch: _Batch, outcome: str) -> None:
+        """Turn a running batch into its terminal state; called with the lock held."""
+        now = int(time.time())
+        batch.times.setdefault("in_progress_at", now)
+        lines, problems = self._validate_input(self._files[batch.input_file_id].data, batch.endpoint)
+        batch.counts = {"total": len(lines), "completed": 0, "failed": 0}
+        if problems:
+            batch.status, batch.errors, batch.times["failed_at"] = "failed", problems, now
+            batch.counts["total"] = 0
+            return
+        if outcome == "failed":
+            batch.status, batch.times["failed_at"] = "failed", now
+            batch.errors = [{"code": "testkit_injected_failure", "message": "The batch failed (testkit injected).",
+                             "param": None, "line": None}]
+            return
+        if outcome == "cancelled":
+            batch.status = "cancelled"
+            batch.times["cancelling_at"] = batch.times["cancelled_at"] = now
+            return
+        outputs: list[bytes] = []
+        errors: list[bytes] = []
+        for request in lines:
+            if outcome == "expired":
+                record = {"id": _new_id("batch_req_"), "custom_id": request["custom_id"], "response": None,
+                          "error": {"code": "batch_expired",
+                                    "message": "This request could not be executed before the completion window "
+                                               "expired."}}
+                errors.append(json.dumps(record).encode())
+                continue
+            status, response_body = self._batch_embedding(request)
+            self._stats["batches.lines"] += 1
+            record = {"id": _new_id("batch_req_"), "custom_id": request["custom_id"],
+                      "response": {"status_code": status, "request_id": _new_id("req_"), "body": response_body},
+                      "error": None}
+            (outputs if status == 200 else errors).append(json.dumps(record).encode())
+        batch.counts["completed"], batch.counts["failed"] = len(outputs), len(errors)
+        if outputs:
+            batch.output_file_id = self._store_output(batch, "output", outputs).id
+        if errors:
+            batch.error_file_id = self._store_output(batch, "error", errors).id
+        batch.times["finalizing_at"] = now
+        if outcome == "expired":
+            batch.status, batch.times["expired_at"] = "expired", now
+        else:
+            batch.status, batch.times["completed_at"] = "completed", now
+
+    def _store_output(self, batch: _Batch, kind: str, lines: list[bytes]) -> _File:
+        return self._store_file(f"batch_{batch.id}_{kind}.jsonl", "batch_output", b"\n".join(lines) + b"\n")
+
+    @staticmethod
+    def _validate_input(data: bytes, endpoint: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        lines: list[dict[str, Any]] = []
+        problems: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for number, raw in enumerate(data.splitlines(), start=1):
+            if not raw.strip():
+                continue
+            try:
+                request = json.loads(raw)
+            except json.JSONDecodeError:
+                problems.append({"code": "invalid_json_line", "line": number, "param": None,
+                                 "message": "This line is not parseable as valid JSON."})
+                continue
+            if not isinstance(request, dict) or not isinstance(request.get("custom_id"), str):
+                problems.append({"code": "missing_required_parameter", "line": number, "param": "custom_id",
+                                 "message": "Missing required parameter: 'custom_id'."})
+                continue
+            if request.get("url") != endpoint or request.get("method") != "POST":
+                problems.append({"code": "mismatched_endpoint", "line": number, "param": "url",
+                                 "message": f"The url must be {endpoint!r} with method POST."})
+                continue
+            if request["custom_id"] in seen:
+                problems.append({"code": "duplicate_custom_id", "line": number, "param": "custom_id",
+                                 "message": f"The custom_id {request['custom_id']!r} is duplicated."})
+                continue
+            seen.add(request["custom_id"])
+            lines.append(request)
+        if not lines and not problems:
+            problems.append({"code": "empty_file", "line": None, "param": None, "message": "The input file is empty."})
+        return lines, problems
+
+    def _batch_embedding(self, request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        custom_id = request["custom_id"]
+        if custom_id in self._config.error_ids:
+            return 500, _openai_error("The server had an error processing this request (testkit injected).",
+                                      "server_error")
+        try:
+            return 200, self._embedding_response(request.get("body") or {}, short=custom_id in
+                                                 self._config.wrong_dimension_ids)
+        except _ApiError as exc:
+            return exc.status, _openai_error(exc.message, param=exc.param, code=exc.code)
+
+    # -- embeddings ------------------------------------------------------------------------------------
+    def _embedding_response(self, params: dict[str, Any], *, short: bool = False,
+                            default_format: str = "float") -> dict[str, Any]:
+        model = params.get("model")
+        if not isinstance(model, str) or not model:
+            raise _ApiError(400, "Missing required parameter: 'model'.", param="model")
+        inputs = params.get("input")
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        if not isinstance(inputs, list) or not inputs or len(inputs) > 2048:
+            raise _ApiError(400, "'input' must be a non-empty string or a list of at most 2048 strings.",
+                            param="input")
+        if not all(isinstance(text, str) and text for text in inputs):
+            raise _ApiError(400, "'$.input' is invalid: every input must be a non-empty string.", param="input")
+        dimensions = params.get("dimensions", self._config.dimensions)
+        if not isinstance(dimensions, int) or dimensions < 1:
+            raise _ApiError(400, "'dimensions' must be a positive integer.", param="dimensions")
+        encoding = params.get("encoding_format", default_format)
+        if encoding not in ("float", "base64"):
+            raise _ApiError(400, f"Invalid 'encoding_format': {encoding!r}.", param="encoding_format")
+        size = (dimensions // 2 if dimensions > 1 else 2) if short else dimensions
+        data = []
+        for index, text in enumerate(inputs):
+            vector = embedding_vector(text, size)
+            payload: Any = (base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
+                            if encoding == "base64" else vector.tolist())
+            data.append({"object": "embedding", "index": index, "embedding": payload})
+        tokens = sum(count_tokens(text) for text in inputs)
+        return {"object": "list", "data": data, "model": model,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+    def _embeddings(self, req: _Handler, body: bytes) -> tuple[int, Any]:
+        params = _json_body(body)
+        response = self._embedding_response(params)
+        self._count("embeddings.inputs", len(response["data"]))
+        return 200, response
+
+    # -- chat ------------------------------------------------------------------------------------------
+    def _chat_completions(self, req: _Handler, body: bytes) -> tuple[int, Any]:
+        params = _json_body(body)
+        model = params.get("model")
+        if not isinstance(model, str) or not model:
+            raise _ApiError(400, "Missing required parameter: 'model'.", param="model")
+        if params.get("stream"):
+            raise _ApiError(400, "The testkit server does not stream chat completions.", param="stream")
+        messages = params.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise _ApiError(400, "Missing required parameter: 'messages'.", param="messages")
+        response_format = params.get("response_format") or {"type": "text"}
+        if response_format.get("type") == "json_schema":
+            schema = response_format.get("json_schema") or {}
+            if not schema.get("name") or not isinstance(schema.get("schema"), dict):
+                raise _ApiError(400, "response_format.json_schema needs 'name' and 'schema'.",
+                                param="response_format")
+        user_text = "\n".join(_message_text(m) for m in messages if isinstance(m, dict) and m.get("role") == "user")
+        all_text = "\n".join(_message_text(m) for m in messages if isinstance(m, dict))
+        content = json.dumps({"activities": extract_labelled_activities(user_text)}, ensure_ascii=False)
+        prompt_tokens, completion_tokens = count_tokens(all_text), count_tokens(content)
+        return 200, {
+            "id": _new_id("chatcmpl-"), "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
+                         "message": {"role": "assistant", "content": content, "refusal": None, "annotations": []}}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens},
+            "system_fingerprint": "fp_testkit",
+        }
+
+
+def _message_text(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return ""
+
+
+def _json_body(body: bytes) -> dict[str, Any]:
+    try:
+        params = json.loads(body or b"{}")
+    except json.JSONDecodeError as exc:
+        raise _ApiError(400, f"We could not parse the JSON body of your request: {exc}") from exc
+    if not isinstance(params, dict):
+        raise _ApiError(400, "The request body must be a JSON object.")
+    return params
+
+
+class _ApiError(Exception):
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    app: OpenAITestServer
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+        self.app.handle(self, "GET")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.app.handle(self, "POST")
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self.app.handle(self, "DELETE")
+
+    def read_body(self) -> bytes:
+        """The whole request body (Content-Length or chunked): always read, so keep-alive stays in sync."""
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def send_bytes(self, status: int, payload: bytes, content_type: str,
+                   headers: dict[str, str] | None = None) -> None:
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(payload)))
+            self.send_header("x-request-id", _new_id("req_"))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the client gave up (its timeout fired): nothing left to answer
+
+    def send_json(self, status: int, data: Any, headers: dict[str, str] | None = None) -> None:
+        self.send_bytes(status, json.dumps(data).encode("utf-8"), "application/json", headers)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - keep test output quiet
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run the testkit OpenAI-compatible server.")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--dimensions", type=int, default=1536)
+    parser.add_argument("--polls-until-complete", type=int, default=2)
+    args = parser.parse_args(argv)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    server = OpenAITestServer(args.port, args.dimensions, polls_until_complete=args.polls_until_complete,
+                              host=args.host).start()
+    print(server.base_url, flush=True)
+    try:
+        done.wait()
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
