@@ -149,11 +149,12 @@ class S3Store:
         return object_key
 
     def _call(self, what: str, key: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        from boto3.exceptions import Boto3Error
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             return fn(*args, **kwargs)
-        except (BotoCoreError, ClientError, OSError) as exc:
+        except (BotoCoreError, ClientError, Boto3Error, OSError) as exc:
             raise StorageError(f"S3 {what} {self.uri_for(key)} failed: {exc}") from exc
 
     def put_file(self, key: str, path: Path, content_type: str) -> None:

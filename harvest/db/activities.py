@@ -20,7 +20,7 @@ from harvest.db.runs import transaction, utcnow
 from harvest.db.schema import activities
 from harvest.errors import DatabaseError
 from harvest.models import ImportSummary
-from harvest.standardize import dedupe_text
+from harvest.extract.text import normalize_key as dedupe_text
 
 MAX_ERRORS = 50
 UPDATABLE = [c.name for c in activities.columns if c.name not in ("id", "created_at")]

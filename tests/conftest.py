@@ -1,0 +1,128 @@
+"""Test services: real Postgres, a real S3 HTTP endpoint (moto server), the local OpenAI and geocoder
+wire-protocol servers, the demo site on loopback, and Prefect's ephemeral API in a private PREFECT_HOME.
+
+Environment is fixed before Prefect is imported so the whole session uses its own Prefect database.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from testkit.s3 import MotoS3
+from tests.helpers import TEST_OPENAI_KEY, reset_harvest_caches
+
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="harvest-tests-"))
+os.environ.update(
+    {
+        "PREFECT_HOME": str(_SESSION_HOME / "prefect"),
+        "DO_NOT_TRACK": "1",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+        "HARVEST_HOME": str(_SESSION_HOME / "harvest"),
+        "AWS_ACCESS_KEY_ID": "testing-access-key",
+        "AWS_SECRET_ACCESS_KEY": "testing-secret-key-do-not-leak",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+)
+for _name in ("PREFECT_API_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL", "GOOGLE_MAPS_API_KEY"):
+    os.environ.pop(_name, None)
+
+DEFAULT_PG_URL = "postgresql+psycopg://harvest:harvest@127.0.0.1:5432/harvest_test"
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[MotoS3]:
+    server = MotoS3().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    """The Postgres database `make test` prepared; tests fail loudly (not skip) when it is missing."""
+    url = os.environ.get("HARVEST_TEST_DATABASE_URL", DEFAULT_PG_URL)
+    from harvest.db.engine import upgrade
+
+    upgrade(url)
+    return url
+
+
+@pytest.fixture
+def clean_db(pg_url: str) -> str:
+    import sqlalchemy as sa
+
+    from harvest.db.engine import get_engine
+
+    with get_engine(pg_url).begin() as connection:
+        connection.execute(sa.text("TRUNCATE activities, run_files, scrape_runs CASCADE"))
+    return pg_url
+
+
+@pytest.fixture(scope="session")
+def openai_server() -> Iterator[object]:
+    from testkit.openai_server import OpenAITestServer
+
+    with OpenAITestServer(dimensions=1536) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def geocoder_server() -> Iterator[object]:
+    from testkit.geocoder_server import GeocoderTestServer
+
+    with GeocoderTestServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def demo_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """The bundled demo site (40 real activities) served on loopback."""
+    from testkit.demo_site import build_demo_site, serve_site
+
+    root = tmp_path_factory.mktemp("demo-site")
+    info = build_demo_site(root, limit=40)
+    with serve_site(root) as server:
+        server.info = info
+        yield server
+
+
+@pytest.fixture
+def harvest_env(
+    monkeypatch: pytest.MonkeyPatch, clean_db: str, s3: MotoS3, openai_server: object, geocoder_server: object
+) -> Iterator[dict[str, str]]:
+    """HARVEST_* settings for a flow run against Postgres, a fresh S3 bucket and the local API servers."""
+    bucket = s3.new_bucket()
+    env = {
+        "HARVEST_DATABASE_URL": clean_db,
+        "HARVEST_STORAGE_URL": f"s3://{bucket}/harvest",
+        "HARVEST_S3_ENDPOINT_URL": s3.endpoint,
+        "OPENAI_API_KEY": TEST_OPENAI_KEY,
+        "OPENAI_BASE_URL": openai_server.base_url,  # type: ignore[attr-defined]
+        "HARVEST_GEOCODER": "nominatim",
+        "HARVEST_GEOCODER_URL": geocoder_server.base_url,  # type: ignore[attr-defined]
+        "HARVEST_GEOCODER_RATE_PER_SECOND": "200",
+        "HARVEST_ALLOW_PRIVATE_NETWORKS": "true",
+        "HARVEST_BATCH_POLL_SECONDS": "0.2",
+        "HARVEST_BATCH_POLL_MAX_SECONDS": "0.5",
+        "HARVEST_BATCH_MAX_WAIT_SECONDS": "30",
+        "HARVEST_REQUEST_TIMEOUT_SECONDS": "5",
+        "HARVEST_BUCKET": bucket,
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    for server in (openai_server, geocoder_server):
+        server.reset()  # type: ignore[attr-defined]
+    reset_harvest_caches()
+    yield env
+    reset_harvest_caches()

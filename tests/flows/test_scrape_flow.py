@@ -1,0 +1,215 @@
+"""The scrape-website flow end to end on Prefect's ephemeral API, against real Postgres, a real S3
+endpoint (moto server), the demo site on loopback, and the local OpenAI/geocoder wire-protocol servers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from harvest.db.engine import get_engine
+from harvest.db.schema import activities, run_files, scrape_runs
+from harvest.models import RunConfig
+
+ALL_KINDS = {
+    "raw_activities", "standardized", "images_map", "geocoded_map", "embeddings_batch_input",
+    "embeddings", "embeddings_index", "merged", "final_jsonl",
+}
+
+
+def run(url: str, **config: object):  # noqa: ANN201 - a Prefect State
+    from flows.scrape import scrape_website
+
+    return scrape_website(url=url, config=RunConfig(**config), return_state=True)
+
+
+def run_row(db_url: str, run_id: str) -> dict:
+    with get_engine(db_url).begin() as connection:
+        return dict(connection.execute(sa.select(scrape_runs).where(scrape_runs.c.id == run_id)).mappings().one())
+
+
+def file_rows(db_url: str, run_id: str) -> dict[str, dict]:
+    with get_engine(db_url).begin() as connection:
+        rows = connection.execute(sa.select(run_files).where(run_files.c.run_id == run_id)).mappings()
+        return {row["kind"]: dict(row) for row in rows}
+
+
+def s3_object(s3, uri: str) -> bytes:  # noqa: ANN001
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    return s3.client().get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def jsonl(data: bytes) -> list[dict]:
+    return [json.loads(line) for line in data.splitlines() if line.strip()]
+
+
+def test_run_without_auto_import_keeps_every_file_and_records_it(harvest_env, s3, demo_site) -> None:
+    state = run(demo_site.base_url + "/", max_pages=200, max_extractions=1000)
+    assert state.is_completed(), state.message
+    summary = state.result()
+    row = run_row(harvest_env["HARVEST_DATABASE_URL"], summary.run_id)
+    assert (row["status"], row["retention"]) == ("completed", "kept")
+    assert row["activities_processed"] == summary.activities_processed > 0
+
+    files = file_rows(harvest_env["HARVEST_DATABASE_URL"], summary.run_id)
+    assert set(files) == ALL_KINDS
+    for kind, item in files.items():
+        body = s3_object(s3, item["uri"])
+        assert len(body) == item["bytes"], kind
+        assert hashlib.sha256(body).hexdigest() == item["sha256"], kind
+        assert item["uri"].startswith(f"s3://{harvest_env['HARVEST_BUCKET']}/harvest/runs/{summary.run_id}/")
+        assert item["deleted_at"] is None
+
+    merged = jsonl(s3_object(s3, files["merged"]["uri"]))
+    final = jsonl(s3_object(s3, files["final_jsonl"]["uri"]))
+    geocoded = jsonl(s3_object(s3, files["geocoded_map"]["uri"]))
+    with open("/dev/null"):  # the embeddings matrix, read back as numpy
+        import io
+
+        matrix = np.load(io.BytesIO(s3_object(s3, files["embeddings"]["uri"])))
+    assert matrix.dtype == np.float32 and matrix.shape == (len(final), 1536)
+    assert [m["activity"]["id"] for m in merged] == [f["id"] for f in final] == [g["id"] for g in geocoded]
+    for merged_row, final_row, geocode in zip(merged, final, geocoded):
+        activity = merged_row["activity"]
+        assert final_row["name"] == activity["name"]
+        assert final_row["location"]["formatted_address"] == activity["location"]["formattedAddress"]
+        assert final_row["location"]["latitude"] == geocode.get("latitude")
+        if merged_row["embedding_row"] is not None:
+            assert np.allclose(final_row["embedding"], matrix[merged_row["embedding_row"]])
+        if merged_row["image"]:
+            assert final_row["image"]["uri"] == merged_row["image"]["uri"]
+            assert final_row["image"]["width"] <= 1200 and final_row["image"]["height"] <= 630
+    assert sum(1 for f in final if f["embedding"]) == len(final)
+    assert sum(1 for f in final if f["location"]["latitude"] is not None) > len(final) // 2
+    assert sum(1 for f in final if f["image"]) > 0
+    # Only references travel between tasks: a few KB whatever the number of activities.
+    assert summary.bytes_between_tasks < 16_000
+    # Every object the run wrote is under its prefix or a content-addressed image.
+    for key in s3.keys(harvest_env["HARVEST_BUCKET"]):
+        assert key.startswith((f"harvest/runs/{summary.run_id}/", "harvest/images/")), key
+
+
+def test_auto_import_deletes_run_files_and_reimport_adds_no_duplicates(harvest_env, s3, demo_site) -> None:
+    db_url, bucket = harvest_env["HARVEST_DATABASE_URL"], harvest_env["HARVEST_BUCKET"]
+    state = run(demo_site.base_url + "/", max_pages=200, max_extractions=1000, auto_import=True)
+    assert state.is_completed(), state.message
+    summary = state.result()
+    assert summary.import_summary.imported == summary.activities_processed > 0
+    row = run_row(db_url, summary.run_id)
+    assert (row["status"], row["retention"]) == ("completed", "cleaned")
+    assert s3.keys(bucket, f"harvest/runs/{summary.run_id}/") == []
+    assert s3.keys(bucket, "harvest/images/"), "content-addressed images must survive cleanup"
+    assert all(item["deleted_at"] is not None for item in file_rows(db_url, summary.run_id).values())
+    with get_engine(db_url).begin() as connection:
+        count = connection.execute(sa.select(sa.func.count()).select_from(activities)).scalar_one()
+        embedded = connection.execute(
+            sa.select(sa.func.count()).select_from(activities).where(activities.c.embedding.is_not(None))
+        ).scalar_one()
+    assert count == summary.activities_processed and embedded == count
+
+    again = run(demo_site.base_url + "/", max_pages=200, max_extractions=1000, auto_import=True).result()
+    assert again.import_summary.imported == 0
+    assert again.import_summary.skipped == again.activities_processed
+    with get_engine(db_url).begin() as connection:
+        assert connection.execute(sa.select(sa.func.count()).select_from(activities)).scalar_one() == count
+
+
+def test_failed_batch_completes_without_embeddings_and_says_so(harvest_env, s3, demo_site, openai_server) -> None:
+    openai_server.configure(batch_outcome="failed")
+    state = run(demo_site.base_url + "/", max_pages=30, max_extractions=10)
+    assert state.is_completed(), state.message
+    summary = state.result()
+    assert any("embeddings" in w and "failed" in w for w in summary.warnings), summary.warnings
+    final = jsonl(s3_object(s3, summary.files["final_jsonl"].uri))
+    assert final and all(record["embedding"] is None for record in final)
+    assert "embeddings" not in summary.files
+
+
+def test_no_openai_key_skips_embeddings_with_a_visible_warning(harvest_env, demo_site, monkeypatch) -> None:
+    from tests.helpers import reset_harvest_caches
+
+    monkeypatch.delenv("OPENAI_API_KEY")
+    reset_harvest_caches()
+    summary = run(demo_site.base_url + "/", max_pages=30, max_extractions=10).result()
+    assert any("OPENAI_API_KEY not set" in w for w in summary.warnings)
+    assert summary.activities_processed > 0
+
+
+def test_invalid_url_is_refused_before_a_run_row_exists(harvest_env) -> None:
+    state = run("ftp://example.com/")
+    assert state.is_failed()
+    assert "only http and https" in str(state.result(raise_on_failure=False))
+    with get_engine(harvest_env["HARVEST_DATABASE_URL"]).begin() as connection:
+        assert connection.execute(sa.select(sa.func.count()).select_from(scrape_runs)).scalar_one() == 0
+
+
+def test_storage_outage_mid_run_fails_the_run_and_keeps_the_record(harvest_env, monkeypatch, demo_site, openai_server) -> None:
+    from testkit.s3 import MotoS3
+    from tests.helpers import reset_harvest_caches
+
+    outage = MotoS3().start()
+    bucket = outage.new_bucket()
+    monkeypatch.setenv("HARVEST_STORAGE_URL", f"s3://{bucket}/harvest")
+    monkeypatch.setenv("HARVEST_S3_ENDPOINT_URL", outage.endpoint)
+    reset_harvest_caches()
+    openai_server.configure(polls_until_complete=1000)  # keeps the run busy while S3 goes away
+    db_url = harvest_env["HARVEST_DATABASE_URL"]
+
+    def stop_s3_after_standardize() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            with get_engine(db_url).begin() as connection:
+                kinds = set(connection.execute(sa.select(run_files.c.kind)).scalars())
+            if "embeddings_batch_input" in kinds:
+                outage.stop()
+                return
+            time.sleep(0.1)
+
+    stopper = threading.Thread(target=stop_s3_after_standardize)
+    stopper.start()
+    try:
+        state = run(demo_site.base_url + "/", max_pages=30, max_extractions=10)
+    finally:
+        stopper.join()
+        outage.stop()
+    assert state.is_failed()
+    with get_engine(db_url).begin() as connection:
+        row = connection.execute(sa.select(scrape_runs)).mappings().one()
+    assert (row["status"], row["retention"]) == ("failed", "kept")
+    assert row["error"] and ("S3" in row["error"] or "Storage" in row["error"])
+    kinds = set(file_rows(db_url, row["id"]))
+    assert {"raw_activities", "standardized", "embeddings_batch_input"} <= kinds
+    assert all(item["deleted_at"] is None for item in file_rows(db_url, row["id"]).values())
+
+
+def test_resumed_run_skips_completed_steps(harvest_env, demo_site, openai_server, geocoder_server) -> None:
+    from flows.resume import resume_flow_run
+
+    db_url = harvest_env["HARVEST_DATABASE_URL"]
+    with get_engine(db_url).begin() as connection:  # make the import step fail: its table is gone
+        connection.execute(sa.text("ALTER TABLE activities RENAME TO activities_away"))
+    try:
+        state = run(demo_site.base_url + "/", max_pages=30, max_extractions=10, auto_import=True)
+    finally:
+        with get_engine(db_url).begin() as connection:
+            connection.execute(sa.text("ALTER TABLE activities_away RENAME TO activities"))
+    assert state.is_failed()
+    run_id = str(state.state_details.flow_run_id)
+    assert run_row(db_url, run_id)["status"] == "failed"
+
+    pages_before = demo_site.total_requests()
+    openai_before = openai_server.stats()
+    geocoder_before = geocoder_server.stats()
+    resumed = resume_flow_run(run_id)
+    assert resumed.is_completed(), resumed.message
+    assert demo_site.total_requests() == pages_before, "a resumed run must not crawl again"
+    assert openai_server.stats() == openai_before, "a resumed run must not call OpenAI again"
+    assert geocoder_server.stats() == geocoder_before
+    row = run_row(db_url, run_id)
+    assert (row["status"], row["retention"]) == ("completed", "cleaned")
+    assert row["import_summary"]["imported"] == row["activities_processed"] > 0

@@ -1,0 +1,91 @@
+"""Run records and the activities import against real Postgres (and SQLite, the embedded default)."""
+
+from __future__ import annotations
+
+import pytest
+
+from harvest.db import runs
+from harvest.db.activities import count_activities, import_activities
+from harvest.db.engine import get_engine, upgrade
+from harvest.errors import DatabaseError
+from harvest.models import FileRef
+
+
+@pytest.fixture(params=["postgres", "sqlite"])
+def engine(request, tmp_path):  # noqa: ANN001, ANN201
+    if request.param == "postgres":
+        url = request.getfixturevalue("clean_db")
+    else:
+        url = f"sqlite:///{tmp_path / 'harvest.db'}"
+        upgrade(url)
+    return get_engine(url)
+
+
+def record(n: int, **changes: object) -> dict:
+    base = {
+        "id": f"id-{n}", "name": f"Playground {n}", "description": "Swings", "urgency": "medium", "is_public": True,
+        "location": {"name": f"Park {n}", "formatted_address": f"{n} Main Rd, Eltham VIC 3095, Australia",
+                     "latitude": -37.7, "longitude": 145.1, "place_id": f"p{n}"},
+        "start_date": "2024-05-01T10:00:00+10:00", "end_date": None, "tags": ["park"],
+        "embedding": [0.5, 0.25], "image": {"uri": "s3://b/images/x.webp", "width": 10, "height": 5},
+        "source_url": "http://site/a", "content_hash": f"h{n}",
+    }
+    base.update(changes)
+    return base
+
+
+def test_run_lifecycle(engine) -> None:  # noqa: ANN001
+    assert runs.create_run(engine, "r1", "http://site/", {"max_pages": 3}, work_pool="pool") is True
+    runs.record_file(engine, "r1", FileRef(kind="raw_activities", uri="s3://b/runs/r1/raw.jsonl", records=3, bytes=10, sha256="ab"))
+    runs.record_file(engine, "r1", FileRef(kind="raw_activities", uri="s3://b/runs/r1/raw.jsonl", records=4, bytes=12, sha256="cd"))
+    runs.record_step(engine, "r1", "crawl", {"items_in": 3})
+    runs.add_warnings(engine, "r1", ["w1"], failed_urls=[{"url": "http://site/x", "reason": "404", "status": 404}])
+    assert runs.create_run(engine, "r1", "http://site/", {}) is False  # a resumed run
+    runs.finish_run(engine, "r1", "completed", retention="kept", activities_processed=4)
+    row = runs.get_run(engine, "r1")
+    assert row["status"] == "completed" and row["steps"]["crawl"] == {"items_in": 3} and row["warnings"] == ["w1"]
+    assert row["failed_urls"][0]["status"] == 404 and row["work_pool"] == "pool"
+    view = runs.files_view(engine, "r1")
+    assert view["raw_activities"].records == 4  # re-recorded, not duplicated
+    assert runs.mark_files_deleted(engine, "r1") == 1 and runs.files_view(engine, "r1") == {}
+
+
+def test_warnings_are_bounded(engine) -> None:  # noqa: ANN001
+    runs.create_run(engine, "r2", "http://site/", {})
+    runs.add_warnings(engine, "r2", [f"w{i}" for i in range(2000)])
+    warnings = runs.get_run(engine, "r2")["warnings"]
+    assert len(warnings) == runs.MAX_WARNINGS and warnings[-1].startswith("... and")
+
+
+def test_import_dedupes_and_reimport_is_harmless(engine) -> None:  # noqa: ANN001
+    batch = [record(n) for n in range(1200)] + [record(5)]  # one duplicate within the file
+    summary = import_activities(engine, batch, run_id="r1", batch_size=500)
+    assert (summary.imported, summary.updated, summary.skipped, summary.failed) == (1200, 0, 1, 0)
+    again = import_activities(engine, [record(n) for n in range(1200)], run_id="r2")
+    assert (again.imported, again.updated, again.skipped) == (0, 0, 1200)
+    changed = import_activities(engine, [record(1, description="New swings", content_hash="new")], run_id="r3")
+    assert (changed.imported, changed.updated) == (0, 1)
+    assert count_activities(engine) == 1200
+
+
+def test_same_name_and_address_with_other_spelling_is_one_row(engine) -> None:  # noqa: ANN001
+    a = record(1)
+    b = record(1, id="id-other", name="  PLAYGROUND   1 ", content_hash="other")
+    b["location"] = {**a["location"], "formatted_address": a["location"]["formatted_address"].upper()}
+    summary = import_activities(engine, [a], run_id="r")
+    summary2 = import_activities(engine, [b], run_id="r")
+    assert (summary.imported, summary2.updated) == (1, 1) and count_activities(engine) == 1
+
+
+def test_malformed_records_are_counted_not_lost(engine) -> None:  # noqa: ANN001
+    bad = [record(1, name=""), record(2, start_date="not a date"), {"nothing": True}]
+    summary = import_activities(engine, bad + [record(3)], run_id="r")
+    assert (summary.imported, summary.failed) == (1, 3) and len(summary.errors) == 3
+
+
+def test_dead_database_is_a_database_error() -> None:
+    from testkit.net import free_port
+
+    engine = get_engine(f"postgresql+psycopg://harvest:harvest@127.0.0.1:{free_port()}/none")
+    with pytest.raises(DatabaseError, match="OperationalError"):
+        runs.get_run(engine, "x")
