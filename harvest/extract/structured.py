@@ -1,0 +1,518 @@
+"""Activities from schema.org structured data (JSON-LD, microdata, RDFa) embedded in a page.
+
+Structured data is the cheap, exact path: when a page has it, no LLM call is needed. Pages are
+untrusted, so every syntax and every JSON-LD block is parsed in isolation (one broken block does
+not hide the others), all walks are bounded in depth and size, and nothing here raises for bad
+input: a page without usable data yields an empty list.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import extruct
+import lxml.html
+from extruct.jsonld import JsonLdExtractor
+
+from harvest.extract.page import looks_script_rendered, page_text, parse_html, prepare_html
+from harvest.extract.text import absolute_http_url, clean_text, format_address, normalize_key
+from harvest.models import Location, RawActivity
+
+__all__ = [
+    "extract_structured",
+    "has_structured_activity",
+    "looks_script_rendered",
+    "page_text",
+]
+
+log = logging.getLogger(__name__)
+
+EXTRACTED_BY = {"json-ld": "jsonld", "microdata": "microdata", "rdfa": "rdfa"}
+
+MAX_DEPTH = 8  # nesting followed inside one item (Event > location > address > ... )
+MAX_NODES = 20_000  # dict/list/scalar values visited per syntax on one page
+MAX_LIST_ITEMS = 500  # elements read from any one list
+MAX_JSONLD_BLOCK_CHARS = 2_000_000
+MAX_ACTIVITIES_PER_PAGE = 1_000
+MAX_NAME_CHARS = 500
+MAX_DESCRIPTION_CHARS = 20_000
+MAX_FIELD_CHARS = 500
+MAX_TAGS = 50
+MAX_TAG_CHARS = 100
+
+# schema.org types that are activities in themselves. Every type whose name ends in "Event" is an
+# event (ChildrensEvent, SportsEvent, EducationEvent, ExhibitionEvent, ...); these are the others.
+_EVENT_TYPES = frozenset({"Festival", "Hackathon", "EventSeries", "CourseInstance"})
+_COURSE_TYPES = frozenset({"Course"})
+_PLACE_TYPES = frozenset(
+    """
+    Place TouristAttraction TouristDestination LandmarksOrHistoricalBuildings CivicStructure LocalBusiness
+    Park Playground Zoo Aquarium Beach Campground Museum MusicVenue EventVenue PerformingArtsTheater MovieTheater
+    StadiumOrArena PublicSwimmingPool Library AmusementPark ArtGallery EntertainmentBusiness Casino ComedyClub
+    NightClub SportsActivityLocation BowlingAlley ExerciseGym GolfCourse HealthClub SkiResort SportsClub
+    TennisComplex ChildCare TouristInformationCenter ShoppingCenter Store ToyStore BookStore FoodEstablishment
+    Restaurant CafeOrCoffeeShop IceCreamShop Bakery FastFoodRestaurant Winery Brewery BarOrPub Distillery
+    Landform BodyOfWater Mountain Continent Volcano LakeBodyOfWater RiverBodyOfWater SeaBodyOfWater Waterfall
+    Reservoir Canal Pond Accommodation Campsite LodgingBusiness Resort Hotel Hostel BedAndBreakfast
+    RVPark PlaceOfWorship EducationalOrganization School Preschool ElementarySchool
+    """.split()
+)
+_PLACE_SUFFIXES = ("Park", "Attraction", "Venue", "Museum", "Gallery", "Theater", "Theatre", "Club", "Store")
+# Containers whose members may be activities: walked into, never activities themselves.
+_CONTAINER_KEYS = (
+    "@graph", "itemListElement", "item", "mainEntity", "mainEntityOfPage", "hasPart", "about", "subjectOf",
+    "containsPlace", "event", "events", "itemOffered",
+)  # fmt: skip
+_RANK = {"place": 1, "event": 2, "course": 3}
+_GEO_RE = re.compile(r"^-?\d{1,3}(?:\.\d+)?$")
+
+
+class _Budget:
+    """Counts values visited so one hostile page cannot make a walk unbounded."""
+
+    def __init__(self, limit: int) -> None:
+        self.left = limit
+        self.exhausted = False
+
+    def take(self) -> bool:
+        if self.left <= 0:
+            self.exhausted = True
+            return False
+        self.left -= 1
+        return True
+
+
+def _short_name(key: str) -> str:
+    """'http://schema.org/name', 'schema:name', 'https://schema.org/Event' -> 'name', 'Event'."""
+    for separator in ("#", "/", ":"):
+        if separator in key:
+            key = key.rstrip(separator).rsplit(separator, 1)[-1]
+    return key
+
+
+def _compact(value: Any, budget: _Budget, depth: int = 0) -> Any:
+    """Normalise JSON-LD (compacted or expanded), microdata and RDFa output to one shape.
+
+    Result: dicts with short property names, "@type" as a list of short type names, "@id" kept,
+    {"@value": x} unwrapped, and only data (str/int/float/bool/dict/list) in it. Bounded by depth and budget.
+    """
+    if depth > MAX_DEPTH * 2 or not budget.take():
+        return None
+    if isinstance(value, dict):
+        if "@value" in value:
+            return _compact(value["@value"], budget, depth + 1)
+        if "@list" in value:
+            return _compact(value["@list"], budget, depth + 1)
+        out: dict[str, Any] = {}
+        for key, item in list(value.items())[:MAX_LIST_ITEMS]:
+            if not isinstance(key, str):
+                continue
+            if key == "@type":
+                types = item if isinstance(item, list) else [item]
+                out["@type"] = [_short_name(t) for t in types[:20] if isinstance(t, str)]
+            elif key == "@id":
+                if isinstance(item, str):
+                    out["@id"] = item
+            elif key == "@graph":
+                out["@graph"] = _compact(item, budget, depth + 1)
+            elif key.startswith("@") or key == "htmlNode":
+                continue
+            else:
+                out[_short_name(key)] = _compact(item, budget, depth + 1)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_compact(item, budget, depth + 1) for item in list(value)[:MAX_LIST_ITEMS]]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def _types(node: dict[str, Any]) -> list[str]:
+    types = node.get("@type")
+    if isinstance(types, list):
+        return [t for t in types if isinstance(t, str)]
+    if isinstance(types, str):  # microdata with a single, already short type
+        return [_short_name(types)]
+    return []
+
+
+def _kind(node: dict[str, Any]) -> str | None:
+    """'course', 'event', 'place' or None for a node's schema.org type (highest rank wins)."""
+    best: str | None = None
+    for name in _types(node):
+        if name in _COURSE_TYPES:
+            kind = "course"
+        elif name in _EVENT_TYPES or name.endswith("Event"):
+            kind = "event"
+        elif name in _PLACE_TYPES or name.endswith(_PLACE_SUFFIXES):
+            kind = "place"
+        else:
+            continue
+        if best is None or _RANK[kind] > _RANK[best]:
+            best = kind
+    return best
+
+
+def _first(value: Any) -> Any:
+    """The first non-empty element of a list (RDFa and microdata wrap repeated values in lists)."""
+    if isinstance(value, list):
+        for item in value[:MAX_LIST_ITEMS]:
+            if item not in (None, "", [], {}):
+                return item
+        return None
+    return value
+
+
+def _text(value: Any, max_chars: int = MAX_FIELD_CHARS, depth: int = 0) -> str | None:
+    """A clean string from whatever a page put there: str, number, list, {"name": ...} or nothing."""
+    if depth > 3 or value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        return clean_text(value, max_chars=max_chars)
+    if isinstance(value, int):
+        try:
+            return str(value)
+        except ValueError:  # more digits than Python will print
+            return None
+    if isinstance(value, float):
+        return None if not math.isfinite(value) else repr(value).removesuffix(".0")
+    if isinstance(value, list):
+        for item in value[:20]:
+            text = _text(item, max_chars, depth + 1)
+            if text:
+                return text
+        return None
+    if isinstance(value, dict):
+        for key in ("name", "text"):
+            text = _text(value.get(key), max_chars, depth + 1)
+            if text:
+                return text
+    return None
+
+
+class _Mapper:
+    """Turns compacted nodes of one syntax on one page into RawActivity records."""
+
+    def __init__(self, nodes: list[Any], url: str, extracted_by: str, budget: _Budget) -> None:
+        self.url = url
+        self.extracted_by = extracted_by
+        self.budget = budget
+        self.index: dict[str, dict[str, Any]] = {}
+        self.candidates: list[tuple[str, dict[str, Any]]] = []
+        self._walk(nodes)
+
+    # --- discovery ---------------------------------------------------------------------------
+    def _walk(self, nodes: list[Any]) -> None:
+        """Find activity-typed nodes among top-level items and inside containers (ItemList, @graph...)."""
+        stack: list[tuple[Any, int]] = [(node, 0) for node in reversed(nodes)]
+        while stack:
+            node, depth = stack.pop()
+            if depth > MAX_DEPTH or not self.budget.take():
+                continue
+            if isinstance(node, list):
+                stack.extend((item, depth + 1) for item in reversed(node[:MAX_LIST_ITEMS]))
+                continue
+            if not isinstance(node, dict):
+                continue
+            node_id = node.get("@id")
+            if isinstance(node_id, str) and len(node) > 1:
+                self.index.setdefault(node_id, node)
+            kind = _kind(node)
+            if kind is not None:
+                self.candidates.append((kind, node))
+                continue
+            for key in _CONTAINER_KEYS:
+                if key in node:
+                    stack.append((node[key], depth + 1))
+
+    def _resolve(self, value: Any) -> Any:
+        """Follow an {"@id": ...} reference to the node it names on this page (one hop)."""
+        value = _first(value)
+        if isinstance(value, dict) and set(value) == {"@id"}:
+            return self.index.get(value["@id"], None)
+        return value
+
+    def _references(self, node: dict[str, Any]) -> set[str]:
+        """@ids a node points at through its properties (bounded walk), excluding itself."""
+        found: set[str] = set()
+        stack: list[tuple[Any, int]] = [(value, 0) for key, value in node.items() if not key.startswith("@")]
+        while stack:
+            value, depth = stack.pop()
+            if depth > 3 or not self.budget.take():
+                continue
+            if isinstance(value, list):
+                stack.extend((item, depth + 1) for item in value[:MAX_LIST_ITEMS])
+            elif isinstance(value, dict):
+                ref = value.get("@id")
+                if isinstance(ref, str):
+                    found.add(ref)
+                    if len(value) > 1:  # an inline node with an id: others may point at it
+                        self.index.setdefault(ref, value)
+                stack.extend((item, depth + 1) for key, item in value.items() if not key.startswith("@"))
+        found.discard(node.get("@id"))  # type: ignore[arg-type]
+        return found
+
+    def activities(self) -> list[RawActivity]:
+        # A place that is the venue of an event on this page (or an instance of a course) is part of
+        # that item, not an activity of its own.
+        referenced_by_rank: dict[str, int] = {}
+        for kind, node in self.candidates:
+            for ref in self._references(node):
+                referenced_by_rank[ref] = max(referenced_by_rank.get(ref, 0), _RANK[kind])
+        out: list[RawActivity] = []
+        for kind, node in self.candidates:
+            node_id = node.get("@id")
+            if isinstance(node_id, str) and referenced_by_rank.get(node_id, 0) > _RANK[kind]:
+                continue
+            try:
+                raw = self._map(kind, node)
+            except (ValueError, TypeError, RecursionError) as exc:  # hostile shapes pydantic refuses
+                log.info("skipped a %s item on %s: %s", self.extracted_by, self.url, exc)
+                continue
+            if raw is not None:
+                out.append(raw)
+        return out
+
+    # --- mapping -----------------------------------------------------------------------------
+    def _map(self, kind: str, node: dict[str, Any]) -> RawActivity | None:
+        name = _text(node.get("name"), MAX_NAME_CHARS)
+        description = _text(node.get("description"), MAX_DESCRIPTION_CHARS)
+        start = _text(node.get("startDate"))
+        end = _text(node.get("endDate"))
+        location: Location | None
+        if kind == "place":
+            location = self._place(node, fallback_name=name)
+        else:
+            source = node
+            if kind == "course":
+                instance = self._resolve(node.get("hasCourseInstance"))
+                if isinstance(instance, dict):
+                    source = instance
+                    start = start or _text(instance.get("startDate"))
+                    end = end or _text(instance.get("endDate"))
+            location = self._location(source.get("location"))
+        if not (name or description):
+            log.debug("ignored a %s %s without name or description on %s", self.extracted_by, kind, self.url)
+            return None
+        return RawActivity(
+            name=name,
+            description=description,
+            location=location,
+            startDate=start,
+            endDate=end,
+            tags=self._tags(node.get("keywords")),
+            imageURL=self._image(node.get("image")) or self._image(node.get("thumbnailUrl")),
+            sourceUrl=self.url,
+            extractedBy=self.extracted_by,
+        )
+
+    def _location(self, value: Any) -> Location | None:
+        """Event.location: a Place (with address/geo), a PostalAddress, a plain string, or a list of them."""
+        candidates = value if isinstance(value, list) else [value]
+        for candidate in candidates[:10]:
+            resolved = self._resolve(candidate)
+            if isinstance(resolved, str):
+                address = clean_text(resolved, max_chars=MAX_FIELD_CHARS)
+                if address:
+                    return Location(formattedAddress=address)
+            elif isinstance(resolved, dict):
+                types = _types(resolved)
+                if "VirtualLocation" in types:
+                    continue
+                if "PostalAddress" in types:
+                    location = self._address(resolved)
+                else:
+                    location = self._place(resolved, fallback_name=None)
+                if location is not None:
+                    return location
+        return None
+
+    def _place(self, node: dict[str, Any], fallback_name: str | None) -> Location | None:
+        name = _text(node.get("name"), MAX_NAME_CHARS) or fallback_name
+        location = self._address(self._resolve(node.get("address"))) or Location()
+        if not location.formattedAddress:
+            location.formattedAddress = self._geo(self._resolve(node.get("geo")))
+        location.name = name
+        if not any(location.model_dump().values()):
+            return None
+        return location
+
+    def _address(self, value: Any) -> Location | None:
+        if isinstance(value, str):
+            text = clean_text(value, max_chars=MAX_FIELD_CHARS)
+            return Location(formattedAddress=text) if text else None
+        if not isinstance(value, dict):
+            return None
+        street = _text(value.get("streetAddress"))
+        city = _text(value.get("addressLocality"))
+        state = _text(value.get("addressRegion"))
+        postal = _text(value.get("postalCode"))
+        country = _text(self._resolve(value.get("addressCountry")))
+        code = country.upper() if country and len(country) == 2 and country.isalpha() else None
+        formatted = format_address(street, city, state, postal, country)
+        if not formatted:
+            formatted = _text(value.get("name"))
+        if not formatted:
+            return None
+        return Location(
+            formattedAddress=formatted,
+            street_address=street,
+            city=city,
+            state_province=state,
+            postal_code=postal,
+            country_code=code,
+        )
+
+    def _geo(self, value: Any) -> str | None:
+        """'lat, lon' from GeoCoordinates: the only address left when a page gives coordinates alone."""
+        if not isinstance(value, dict):
+            return None
+        lat, lon = _text(value.get("latitude")), _text(value.get("longitude"))
+        if not (lat and lon and _GEO_RE.match(lat) and _GEO_RE.match(lon)):
+            return None
+        if abs(float(lat)) > 90 or abs(float(lon)) > 180:
+            return None
+        return f"{lat}, {lon}"
+
+    def _image(self, value: Any) -> str | None:
+        """image: a URL string, an ImageObject (url/contentUrl), or a list of either."""
+        items = value if isinstance(value, list) else [value]
+        for item in items[:20]:
+            item = _first(item)
+            if isinstance(item, dict) and set(item) == {"@id"}:
+                # A reference to an ImageObject on the page, or (RDFa) the image URL itself.
+                item = self.index.get(item["@id"], item)
+            if isinstance(item, dict):
+                item = item.get("url") or item.get("contentUrl") or item.get("@id")
+            url = absolute_http_url(_text(_first(item), 4_000), self.url)
+            if url:
+                return url
+        return None
+
+    def _tags(self, value: Any) -> list[str]:
+        """keywords: "a, b" or ["a", "b"] (or a mix) -> ["a", "b"]."""
+        items = value if isinstance(value, list) else [value]
+        tags: list[str] = []
+        for item in items[:MAX_TAGS]:
+            text = item if isinstance(item, str) else _text(item, MAX_TAG_CHARS)
+            if not text:
+                continue
+            for part in text[: MAX_TAGS * MAX_TAG_CHARS].split(","):
+                tag = clean_text(part, max_chars=MAX_TAG_CHARS)
+                if tag and tag not in tags:
+                    tags.append(tag)
+        return tags[:MAX_TAGS]
+
+
+# --- per-syntax readers: each returns compacted nodes and never raises ----------------------------
+
+
+def _jsonld_nodes(tree: lxml.html.HtmlElement, url: str, budget: _Budget) -> list[Any]:
+    nodes: list[Any] = []
+    extractor = JsonLdExtractor()
+    scripts = tree.xpath(
+        "//script[contains(translate(@type, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz'), 'ld+json')]"
+    )
+    for number, script in enumerate(scripts, start=1):
+        size = len(script.text or "")
+        if size > MAX_JSONLD_BLOCK_CHARS:
+            log.warning("skipped JSON-LD block %d on %s: %d characters is too large", number, url, size)
+            continue
+        script.set("type", "application/ld+json")  # extruct matches the exact attribute value
+        try:
+            items = extractor.extract_items(script, base_url=url)
+        except (ValueError, RecursionError, TypeError) as exc:
+            log.info("skipped invalid JSON-LD block %d on %s: %s", number, url, str(exc)[:200])
+            continue
+        nodes.extend(_compact(items, budget) or [])
+    return nodes
+
+
+def _microdata_nodes(tree: lxml.html.HtmlElement, url: str, budget: _Budget) -> list[Any]:
+    if not tree.xpath("//*[@itemscope]"):
+        return []
+    try:
+        data = extruct.extract(tree, base_url=url, syntaxes=["microdata"], uniform=True, errors="strict")
+    except Exception as exc:  # noqa: BLE001 - extruct/lxml raise arbitrary types on hostile markup
+        log.info("skipped microdata on %s: %s: %s", url, type(exc).__name__, str(exc)[:200])
+        return []
+    return _compact(data.get("microdata", []), budget) or []
+
+
+_TYPEOF_RE = re.compile(r"\stypeof\s*=", re.IGNORECASE)
+
+
+def _rdfa_nodes(html: str, url: str, budget: _Budget) -> list[Any]:
+    if not _TYPEOF_RE.search(html):  # RDFa items are typed with typeof=; skip the (slow) RDF parse otherwise
+        return []
+    try:
+        data = extruct.extract(html, base_url=url, syntaxes=["rdfa"], uniform=True, errors="strict")
+    except Exception as exc:  # noqa: BLE001 - rdflib/pyRdfa raise arbitrary types on hostile markup
+        log.info("skipped RDFa on %s: %s: %s", url, type(exc).__name__, str(exc)[:200])
+        return []
+    return _compact(data.get("rdfa", []), budget) or []
+
+
+def _dedupe_key(activity: RawActivity) -> tuple[str, str] | None:
+    if not activity.name:
+        return None
+    return normalize_key(activity.name), (activity.startDate or "")[:10]
+
+
+def _merge(kept: RawActivity, duplicate: RawActivity) -> None:
+    """Fill what the first copy of an item lacks from a later copy (another syntax may say more)."""
+    for field in ("description", "location", "startDate", "endDate", "imageURL"):
+        if getattr(kept, field) is None and getattr(duplicate, field) is not None:
+            setattr(kept, field, getattr(duplicate, field))
+    if not kept.tags:
+        kept.tags = list(duplicate.tags)
+
+
+def extract_structured(html: str | bytes, url: str) -> list[RawActivity]:
+    """Every schema.org activity (events, places, courses) in the page's JSON-LD, microdata and RDFa.
+
+    The same item marked up in two syntaxes (or twice in one) is returned once, preferring JSON-LD,
+    then microdata, then RDFa, with gaps filled from the other copies. Never raises on bad markup.
+    """
+    text = prepare_html(html)
+    tree = parse_html(text)
+    if tree is None:
+        return []
+    readers: list[tuple[str, Callable[[_Budget], list[Any]]]] = [
+        ("json-ld", lambda budget: _jsonld_nodes(tree, url, budget)),
+        ("microdata", lambda budget: _microdata_nodes(tree, url, budget)),
+        ("rdfa", lambda budget: _rdfa_nodes(text, url, budget)),
+    ]
+    found: list[RawActivity] = []
+    for syntax, read in readers:
+        budget = _Budget(MAX_NODES)
+        try:
+            nodes = read(budget)
+            found.extend(_Mapper(nodes, url, EXTRACTED_BY[syntax], budget).activities())
+        except RecursionError as exc:  # last line of defence: one syntax never sinks the others
+            log.warning("gave up on %s data of %s: %s", syntax, url, exc)
+        if budget.exhausted:
+            log.warning("%s data of %s is larger than %d values; the rest was ignored", syntax, url, MAX_NODES)
+    return list(_unique(found))[:MAX_ACTIVITIES_PER_PAGE]
+
+
+def _unique(activities: list[RawActivity]) -> Iterator[RawActivity]:
+    kept: dict[tuple[str, str], RawActivity] = {}
+    for activity in activities:
+        key = _dedupe_key(activity)
+        if key is None:
+            yield activity
+        elif key in kept:
+            _merge(kept[key], activity)
+        else:
+            kept[key] = activity
+            yield activity
+
+
+def has_structured_activity(html: str | bytes, url: str) -> bool:
+    """True when the page's structured data already names at least one activity (no LLM needed)."""
+    return any(activity.name for activity in extract_structured(html, url))
