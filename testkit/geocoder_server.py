@@ -36,6 +36,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass
@@ -367,6 +368,7 @@ class GeocoderTestServer:
         self._lock = threading.Lock()
         self._rules: list[FailureRule] = []
         self._stats: Counter[str] = Counter()
+        self._log: list[dict[str, Any]] = []
         self._stopping = threading.Event()
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -377,7 +379,7 @@ class GeocoderTestServer:
         self._httpd = _Server((self._host, self._port), handler)
         self._port = self._httpd.server_address[1]
         self._stopping.clear()
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="geocoder-test-server", daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="geocoder-test-server", daemon=True)
         self._thread.start()
         return self
 
@@ -430,11 +432,17 @@ class GeocoderTestServer:
         with self._lock:
             self._rules.clear()
             self._stats.clear()
+            self._log.clear()
 
     def stats(self) -> dict[str, int]:
         """Counters: requests per endpoint (``nominatim.search``, ``google.geocode``), injected failures."""
         with self._lock:
             return dict(self._stats)
+
+    def requests_seen(self) -> list[dict[str, Any]]:
+        """Every geocoding request: ``path``, ``query``, ``user_agent`` and arrival time ``at`` (monotonic)."""
+        with self._lock:
+            return [dict(entry) for entry in self._log]
 
     def _count(self, key: str) -> None:
         with self._lock:
@@ -471,6 +479,9 @@ class GeocoderTestServer:
             req.send_json(404, {"error": f"no route for {path}"})
             return
         self._count(endpoint)
+        with self._lock:
+            self._log.append({"path": path, "query": query, "user_agent": req.headers.get("User-Agent"),
+                              "at": time.monotonic()})
         rule = self._take_failure(path)
         if rule is not None:
             if rule.mode == "timeout":

@@ -311,7 +311,7 @@ class OpenAITestServer:
         self._httpd = _Server((self._host, self._port), handler)
         self._port = self._httpd.server_address[1]
         self._stopping.clear()
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="openai-test-server", daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="openai-test-server", daemon=True)
         self._thread.start()
         return self
 
@@ -605,7 +605,7 @@ class OpenAITestServer:
         batch = self._get_batch(id)
         with self._lock:
             if batch.status in ("completed", "failed", "expired", "cancelled"):
-                raise _ApiError(409, f"Cannot cancel a batch with status '{batch.status}'.")
+                raise _ApiError(400, f"Cannot cancel a batch with status '{batch.status}'.")
             if batch.status != "cancelling":
                 batch.status = "cancelling"
                 batch.times["cancelling_at"] = int(time.time())
