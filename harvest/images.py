@@ -153,7 +153,7 @@ def to_webp(data: bytes, *, max_pixels: int, max_size: tuple[int, int] = CARD_SI
         raise
     except Image.DecompressionBombError as exc:
         raise ImageError(f"image refused as a decompression bomb: {exc}") from exc
-    except Exception as exc:  # noqa: BLE001 - decoders raise many types (OSError, SyntaxError, struct.error…) on bad input
+    except Exception as exc:  # noqa: BLE001 - decoders raise many types (OSError, SyntaxError, struct.error…)
         raise ImageError(f"image could not be decoded ({type(exc).__name__}: {exc})") from exc
     webp = out.getvalue()
     return ProcessedImage(webp=webp, width=img.width, height=img.height, sha256=hashlib.sha256(webp).hexdigest())
