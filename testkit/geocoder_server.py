@@ -379,7 +379,8 @@ class GeocoderTestServer:
         self._httpd = _Server((self._host, self._port), handler)
         self._port = self._httpd.server_address[1]
         self._stopping.clear()
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="geocoder-test-server", daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="geocoder-test-server", daemon=True)
         self._thread.start()
         return self
 

@@ -11,7 +11,8 @@ Endpoints (shapes as in the OpenAI API reference):
 * ``POST /v1/batches`` → status ``validating``; each ``GET /v1/batches/{id}`` advances it: ``in_progress``
   until the ``polls_until_complete``-th poll, which finalizes it to the configured outcome (``completed`` with
   a real Batch-API JSONL output file computed from the input file, error lines in the error file; or
-  ``failed`` / ``expired`` / ``cancelled``). ``POST /v1/batches/{id}/cancel`` → ``cancelling`` → ``cancelled``.
+  ``failed`` / ``expired`` / ``cancelled``). ``POST /v1/batches/{id}/cancel`` → ``cancelling`` (for one
+  more poll) → ``cancelled``.
 * ``POST /v1/embeddings``: ``input`` str or list, ``encoding_format`` ``float`` or ``base64`` (little-endian
   float32, what the SDK asks for by default), optional ``dimensions``; usage tokens.
 * ``POST /v1/chat/completions`` with ``response_format`` json_schema: a rule-based stand-in "model" (below).
@@ -236,6 +237,7 @@ class _Batch:
     created_at: int
     status: str = "validating"
     polls: int = 0
+    cancel_poll: int = 0
     output_file_id: str | None = None
     error_file_id: str | None = None
     errors: list[dict[str, Any]] | None = None
@@ -311,7 +313,8 @@ class OpenAITestServer:
         self._httpd = _Server((self._host, self._port), handler)
         self._port = self._httpd.server_address[1]
         self._stopping.clear()
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="openai-test-server", daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="openai-test-server", daemon=True)
         self._thread.start()
         return self
 
@@ -588,8 +591,10 @@ class OpenAITestServer:
         with self._lock:
             now = int(time.time())
             if batch.status == "cancelling":
-                batch.status = "cancelled"
-                batch.times["cancelled_at"] = now
+                batch.polls += 1
+                if batch.polls > batch.cancel_poll:  # cancelling is seen by one poll, then it is cancelled
+                    batch.status = "cancelled"
+                    batch.times["cancelled_at"] = now
             elif batch.status in ("validating", "in_progress"):
                 batch.polls += 1
                 if batch.polls >= self._config.polls_until_complete:
@@ -608,6 +613,7 @@ class OpenAITestServer:
                 raise _ApiError(400, f"Cannot cancel a batch with status '{batch.status}'.")
             if batch.status != "cancelling":
                 batch.status = "cancelling"
+                batch.cancel_poll = batch.polls + 1
                 batch.times["cancelling_at"] = int(time.time())
             return 200, batch.to_json()
 

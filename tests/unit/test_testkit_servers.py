@@ -115,7 +115,8 @@ def test_batch_error_ids_and_wrong_dimensions(client: openai.OpenAI, oai: OpenAI
     done = _run_batch(client, _batch_lines([("ok", "x"), ("bad", "y"), ("short", "z")]))
     assert done.status == "completed"
     assert (done.request_counts.completed, done.request_counts.failed) == (2, 1)
-    outputs = {json.loads(l)["custom_id"]: json.loads(l) for l in client.files.content(done.output_file_id).text.splitlines()}
+    output_text = client.files.content(done.output_file_id).text
+    outputs = {json.loads(line)["custom_id"]: json.loads(line) for line in output_text.splitlines()}
     errors = [json.loads(l) for l in client.files.content(done.error_file_id).text.splitlines()]
     assert set(outputs) == {"ok", "short"}
     assert len(outputs["short"]["response"]["body"]["data"][0]["embedding"]) == DIMS // 2
@@ -140,7 +141,9 @@ def test_cancel_goes_through_cancelling(client: openai.OpenAI) -> None:
     uploaded = client.files.create(file=("input.jsonl", _batch_lines([("a", "x")])), purpose="batch")
     batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/embeddings", completion_window="24h")
     assert client.batches.cancel(batch.id).status == "cancelling"
-    assert client.batches.retrieve(batch.id).status == "cancelled"
+    assert client.batches.retrieve(batch.id).status == "cancelling"
+    cancelled = client.batches.retrieve(batch.id)
+    assert cancelled.status == "cancelled" and cancelled.cancelling_at and cancelled.cancelled_at
     with pytest.raises(openai.BadRequestError):
         client.batches.cancel(batch.id)
 
@@ -203,7 +206,9 @@ def test_auth_is_required_in_openai_error_shape(oai: OpenAITestServer, http: htt
 
 # -- OpenAI: failure injection and control ----------------------------------------------------------------
 
-def test_429_carries_retry_after_and_the_sdk_retries(client: openai.OpenAI, oai: OpenAITestServer, http: httpx.Client) -> None:
+def test_429_carries_retry_after_and_the_sdk_retries(
+    client: openai.OpenAI, oai: OpenAITestServer, http: httpx.Client
+) -> None:
     oai.fail_next("/v1/embeddings", 1, status=429, retry_after=0.05)
     raw = http.post(f"{oai.base_url}/embeddings", headers={"Authorization": "Bearer k"},
                      json={"model": "m", "input": "x"})

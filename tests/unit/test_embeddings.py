@@ -1,0 +1,320 @@
+"""harvest.embeddings driven through the real openai SDK against the local OpenAI wire-protocol server:
+batch input, submit, poll, stream results, the sync endpoint, and the float32 .npy matrix."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import openai
+import pytest
+
+from harvest.embeddings import (
+    BatchResult,
+    EmbeddingMatrix,
+    check_batch,
+    embed_texts,
+    embedding_text,
+    iter_batch_results,
+    make_openai_client,
+    missing_rows,
+    read_embeddings,
+    split_batch_input,
+    submit_batch,
+    write_batch_input,
+)
+from harvest.errors import BatchNotReadyError, ConfigError, EmbeddingError
+from harvest.models import Activity, Location
+from testkit.openai_server import OpenAITestServer, embedding_vector
+
+DIMS = 32
+MODEL = "text-embedding-3-small"
+
+
+@pytest.fixture
+def oai() -> Iterator[OpenAITestServer]:
+    with OpenAITestServer(dimensions=DIMS, polls_until_complete=2) as server:
+        yield server
+
+
+@pytest.fixture
+def client(oai: OpenAITestServer) -> openai.OpenAI:
+    return make_openai_client("sk-test", oai.base_url, max_retries=3, timeout_s=10)
+
+
+def activity(n: int, **overrides: object) -> Activity:
+    fields: dict = {
+        "id": f"act{n:04d}", "name": f"Playground {n}", "description": f"Swings and slides number {n}.",
+        "location": Location(name=f"Reserve {n}", formattedAddress=f"{n} Main Rd, Eltham VIC 3095, Australia"),
+        "tags": ["park", "playground"], "content_hash": f"h{n}", **overrides,
+    }
+    return Activity(**fields)
+
+
+def batch_file(tmp_path: Path, activities: list[Activity]) -> Path:
+    path = tmp_path / "input.jsonl"
+    with path.open("wb") as out:
+        write_batch_input(activities, MODEL, out)
+    return path
+
+
+def poll_until_done(client: openai.OpenAI, batch_id: str, polls: int = 5) -> BatchResult:
+    for _ in range(polls):
+        try:
+            return check_batch(client, batch_id)
+        except BatchNotReadyError:
+            continue
+    raise AssertionError(f"batch {batch_id} never finished")
+
+
+# -- input -----------------------------------------------------------------------------------------------
+
+def test_embedding_text_joins_the_parts_that_exist_and_is_bounded() -> None:
+    assert embedding_text(activity(1)) == (
+        "Playground 1 | Swings and slides number 1. | 1 Main Rd, Eltham VIC 3095, Australia | park, playground")
+    bare = activity(2, description=None, location=Location(), tags=[])
+    assert embedding_text(bare) == "Playground 2"
+    messy = activity(3, description="  lots\n\n of   space ", tags=[" a ", "", "b"])
+    assert " lots of space " in embedding_text(messy) and embedding_text(messy).endswith("| a, b")
+    assert len(embedding_text(activity(4, description="x" * 50_000))) == 8_000
+
+
+def test_write_batch_input_writes_one_request_per_activity() -> None:
+    out = io.BytesIO()
+    acts = [activity(1), activity(2), activity(1), activity(3, name="  ", description=None, location=Location(),
+                                                               tags=[])]
+    assert write_batch_input(acts, MODEL, out) == 2  # duplicate id and empty text skipped
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert lines[0] == {"custom_id": "act0001", "method": "POST", "url": "/v1/embeddings",
+                        "body": {"model": MODEL, "input": embedding_text(activity(1))}}
+    assert [line["custom_id"] for line in lines] == ["act0001", "act0002"]
+
+
+def test_write_batch_input_max_lines_continues_from_the_same_iterator() -> None:
+    remaining = iter([activity(n) for n in range(5)])
+    sizes = []
+    while True:
+        out = io.BytesIO()
+        written = write_batch_input(remaining, MODEL, out, max_lines=2)
+        if not written:
+            break
+        sizes.append(written)
+    assert sizes == [2, 2, 1]
+
+
+def test_split_batch_input_respects_line_and_byte_limits(tmp_path: Path) -> None:
+    acts = [activity(n) for n in range(7)]
+    by_lines = split_batch_input(acts, MODEL, tmp_path / "lines", max_lines=3)
+    assert [p.lines for p in by_lines] == [3, 3, 1]
+    first_line = by_lines[0].path.read_bytes().splitlines()[0]
+    line_size = len(first_line) + 1  # every line here has the same length (single-digit n)
+    by_bytes = split_batch_input(acts, MODEL, tmp_path / "bytes", max_bytes=line_size * 2 + 5)
+    assert [p.lines for p in by_bytes] == [2, 2, 2, 1]
+    assert all(p.bytes == p.path.stat().st_size <= line_size * 2 + 5 for p in by_bytes)
+    ids = [json.loads(l)["custom_id"] for p in by_bytes for l in p.path.read_bytes().splitlines()]
+    assert ids == [a.id for a in acts]
+
+
+# -- batch life cycle ------------------------------------------------------------------------------------
+
+def test_batch_happy_path_gives_each_activity_its_deterministic_vector(
+    tmp_path: Path, client: openai.OpenAI, oai: OpenAITestServer
+) -> None:
+    acts = [activity(n) for n in range(5)]
+    handle = submit_batch(client, batch_file(tmp_path, acts), metadata={"harvest_run_id": "run-1"})
+    assert oai.file_content(handle.input_file_id) == (tmp_path / "input.jsonl").read_bytes()
+    with pytest.raises(BatchNotReadyError, match="in_progress"):
+        check_batch(client, handle.batch_id)
+    result = check_batch(client, handle.batch_id)
+    assert result.status == "completed" and result.error_file_id is None
+    assert result.request_counts == {"total": 5, "completed": 5, "failed": 0}
+    rows = list(iter_batch_results(client, result, dimensions=DIMS))
+    assert [r.custom_id for r in rows] == [a.id for a in acts]
+    for row, act in zip(rows, acts, strict=True):
+        assert row.error is None and row.vector is not None and row.vector.dtype == np.float32
+        assert np.array_equal(row.vector, embedding_vector(embedding_text(act), DIMS))
+    # Same text through the synchronous endpoint: the same vector.
+    [sync] = embed_texts(client, [embedding_text(acts[0])], model=MODEL, dimensions=DIMS)
+    assert np.array_equal(sync, rows[0].vector)
+
+
+def test_upload_and_create_survive_429_and_500(tmp_path: Path, client: openai.OpenAI, oai: OpenAITestServer) -> None:
+    oai.fail_next("/v1/files", 1, status=429, retry_after=0.02)
+    oai.fail_next("/v1/batches", 1, status=500, retry_after=0.02)
+    handle = submit_batch(client, batch_file(tmp_path, [activity(1)]), metadata={})
+    assert handle.batch_id.startswith("batch_")
+    stats = oai.stats()
+    assert stats["files.create"] == 2 and stats["batches.create"] == 2
+    assert stats["injected.429"] == 1 and stats["injected.500"] == 1
+
+
+def test_per_line_errors_and_wrong_dimensions_are_rows_not_exceptions(
+    tmp_path: Path, client: openai.OpenAI, oai: OpenAITestServer
+) -> None:
+    acts = [activity(n) for n in range(4)]
+    oai.configure(error_ids=["act0001"], wrong_dimension_ids=["act0002"])
+    handle = submit_batch(client, batch_file(tmp_path, acts), metadata={})
+    result = poll_until_done(client, handle.batch_id)
+    assert result.error_file_id is not None
+    rows = {r.custom_id: r for r in iter_batch_results(client, result, dimensions=DIMS)}
+    assert set(rows) == {a.id for a in acts}
+    assert rows["act0000"].vector is not None and rows["act0003"].vector is not None
+    assert rows["act0001"].vector is None and rows["act0001"].error.startswith("HTTP 500")
+    assert rows["act0002"].vector is None and rows["act0002"].error == f"wrong dimension {DIMS // 2} (expected {DIMS})"
+
+
+def test_unreadable_lines_in_an_output_file_do_not_stop_the_stream(client: openai.OpenAI) -> None:
+    good = {"id": "r1", "custom_id": "a", "error": None, "response": {"status_code": 200, "request_id": "q",
+            "body": {"object": "list", "data": [{"object": "embedding", "index": 0,
+                                                 "embedding": embedding_vector("a", DIMS).tolist()}]}}}
+    expired = {"id": "r2", "custom_id": "b", "response": None,
+               "error": {"code": "batch_expired", "message": "not run in time"}}
+    nan = {**good, "custom_id": "c", "response": {"status_code": 200, "body": {"data": [
+        {"embedding": [float("nan")] * DIMS}]}}}
+    content = "\n".join([json.dumps(good), "{truncated", json.dumps({"no": "id"}), json.dumps(expired),
+                         json.dumps(nan), ""]).encode()
+    uploaded = client.files.create(file=("out.jsonl", content), purpose="batch")
+    result = BatchResult(batch_id="b", status="completed", output_file_id=uploaded.id, error_file_id=None)
+    rows = list(iter_batch_results(client, result, dimensions=DIMS))
+    assert [r.custom_id for r in rows] == ["a", None, None, "b", "c"]
+    assert rows[0].vector is not None and rows[0].error is None
+    assert rows[1].error.startswith("line 2: unreadable") and rows[2].error.startswith("line 3")
+    assert rows[3].error == "batch_expired: not run in time"
+    assert rows[4].error == "vector has non-finite values"
+
+
+@pytest.mark.parametrize("outcome", ["failed", "expired", "cancelled"])
+def test_bad_batch_outcomes_raise_embedding_error(
+    tmp_path: Path, client: openai.OpenAI, oai: OpenAITestServer, outcome: str
+) -> None:
+    oai.configure(batch_outcome=outcome, polls_until_complete=1)
+    handle = submit_batch(client, batch_file(tmp_path, [activity(1)]), metadata={})
+    with pytest.raises(EmbeddingError) as caught:
+        check_batch(client, handle.batch_id)
+    assert not isinstance(caught.value, BatchNotReadyError)
+    assert f"ended {outcome}" in str(caught.value) and handle.batch_id in str(caught.value)
+    if outcome == "failed":
+        assert "testkit_injected_failure" in str(caught.value)
+
+
+def test_cancelling_is_not_ready_then_cancelled_is_an_error(tmp_path: Path, client: openai.OpenAI) -> None:
+    handle = submit_batch(client, batch_file(tmp_path, [activity(1)]), metadata={})
+    client.batches.cancel(handle.batch_id)
+    with pytest.raises(BatchNotReadyError, match="cancelling"):
+        check_batch(client, handle.batch_id)
+    with pytest.raises(EmbeddingError, match="cancelled"):
+        check_batch(client, handle.batch_id)
+
+
+def test_failed_validation_names_the_lines(tmp_path: Path, client: openai.OpenAI, oai: OpenAITestServer) -> None:
+    path = tmp_path / "broken.jsonl"
+    path.write_bytes(batch_file(tmp_path, [activity(1)]).read_bytes() + b"{oops\n")
+    oai.configure(polls_until_complete=1)
+    handle = submit_batch(client, path, metadata={})
+    with pytest.raises(EmbeddingError, match=r"line 2: invalid_json_line"):
+        check_batch(client, handle.batch_id)
+
+
+def test_submit_and_check_turn_api_failures_into_embedding_errors(
+    tmp_path: Path, client: openai.OpenAI, oai: OpenAITestServer
+) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    with pytest.raises(EmbeddingError, match="empty"):
+        submit_batch(client, empty, metadata={})
+    with pytest.raises(EmbeddingError, match="HTTP 404"):
+        check_batch(client, "batch_does_not_exist")
+    oai.fail_next("/v1/batches", 10, status=500, retry_after=0.01)
+    impatient = make_openai_client("sk-test", oai.base_url, max_retries=1, timeout_s=5)
+    with pytest.raises(EmbeddingError, match="HTTP 500"):
+        submit_batch(impatient, batch_file(tmp_path, [activity(1)]), metadata={})
+    # The uploaded input file was cleaned up after the batch could not be created.
+    assert oai.stats()["files.delete"] == 1 and list(client.files.list()) == []
+
+
+def test_a_refused_key_is_an_embedding_error() -> None:
+    with OpenAITestServer(dimensions=DIMS, api_key="the-right-key") as strict:
+        wrong = make_openai_client("the-wrong-key", strict.base_url, max_retries=0)
+        with pytest.raises(EmbeddingError, match="HTTP 401"):
+            embed_texts(wrong, ["x"], model=MODEL, dimensions=DIMS)
+        with pytest.raises(EmbeddingError, match="HTTP 401"):
+            check_batch(wrong, "batch_x")
+
+
+# -- sync endpoint ---------------------------------------------------------------------------------------
+
+def test_embed_texts_chunks_and_keeps_order(client: openai.OpenAI, oai: OpenAITestServer) -> None:
+    texts = [f"activity text {n}" for n in range(600)]
+    vectors = embed_texts(client, texts, model=MODEL, dimensions=DIMS)
+    assert len(vectors) == 600 and oai.stats()["embeddings"] == 3  # 256 + 256 + 88
+    assert oai.stats()["embeddings.inputs"] == 600
+    for n in (0, 255, 256, 599):
+        assert np.array_equal(vectors[n], embedding_vector(texts[n], DIMS))
+    assert embed_texts(client, [], model=MODEL, dimensions=DIMS) == []
+
+
+def test_embed_texts_survives_429_then_500(client: openai.OpenAI, oai: OpenAITestServer) -> None:
+    oai.fail_next("/v1/embeddings", 1, status=429, retry_after=0.02)
+    oai.fail_next("/v1/embeddings", 1, status=500, retry_after=0.02)
+    [vector] = embed_texts(client, ["hello"], model=MODEL, dimensions=DIMS)
+    assert np.array_equal(vector, embedding_vector("hello", DIMS))
+    assert oai.stats()["embeddings"] == 3
+
+
+def test_embed_texts_refuses_wrong_dimensions_and_empty_text(client: openai.OpenAI) -> None:
+    # ada-002 takes no `dimensions` parameter, so the server answers its default size (32), not 64.
+    with pytest.raises(EmbeddingError, match="wrong dimension 32 \\(expected 64\\)"):
+        embed_texts(client, ["x"], model="text-embedding-ada-002", dimensions=64)
+    with pytest.raises(EmbeddingError, match="text 1 is empty"):
+        embed_texts(client, ["x", "  "], model=MODEL, dimensions=DIMS)
+
+
+def test_make_openai_client_validates() -> None:
+    with pytest.raises(ConfigError):
+        make_openai_client("", None)
+    with pytest.raises(ConfigError):
+        make_openai_client("k", "ftp://example.org")
+    made = make_openai_client("k", "http://127.0.0.1:1/v1", max_retries=2, timeout_s=3)
+    assert made.max_retries == 2 and str(made.base_url) == "http://127.0.0.1:1/v1/"
+
+
+# -- matrix ----------------------------------------------------------------------------------------------
+
+def test_matrix_stores_float32_rows_and_flags_missing_ones_as_nan(tmp_path: Path) -> None:
+    path = tmp_path / "embeddings.npy"
+    with EmbeddingMatrix(path, rows=4, dimensions=DIMS) as matrix:
+        matrix.write(0, embedding_vector("a", DIMS))
+        matrix.write(2, embedding_vector("c", DIMS))
+        with pytest.raises(ValueError, match="wrong dimension"):
+            matrix.write(1, np.zeros(DIMS + 1, dtype=np.float32))
+        with pytest.raises(ValueError, match="non-finite"):
+            matrix.write(1, np.full(DIMS, np.inf, dtype=np.float32))
+        with pytest.raises(IndexError):
+            matrix.write(4, embedding_vector("d", DIMS))
+    loaded = read_embeddings(path)
+    assert isinstance(loaded, np.memmap) and loaded.dtype == np.float32 and loaded.shape == (4, DIMS)
+    assert missing_rows(loaded).tolist() == [False, True, False, True]
+    assert np.array_equal(loaded[2], embedding_vector("c", DIMS))
+    header = path.stat().st_size - 4 * DIMS * 4
+    assert 0 < header <= 128  # the .npy header; the rest is exactly 4 bytes × dimensions per activity
+
+
+def test_matrix_write_rows_from_a_real_batch(tmp_path: Path, client: openai.OpenAI, oai: OpenAITestServer) -> None:
+    acts = [activity(n) for n in range(3)]
+    oai.configure(error_ids=["act0001"])
+    handle = submit_batch(client, batch_file(tmp_path, acts), metadata={})
+    result = poll_until_done(client, handle.batch_id)
+    row_of = {a.id: row for row, a in enumerate(acts)}
+    with EmbeddingMatrix(tmp_path / "m.npy", rows=len(acts), dimensions=DIMS) as matrix:
+        failures = matrix.write_rows(iter_batch_results(client, result, dimensions=DIMS), row_of)
+        assert matrix.written == 2
+    assert list(failures) == ["act0001"] and failures["act0001"].startswith("HTTP 500")
+    loaded = read_embeddings(tmp_path / "m.npy")
+    assert missing_rows(loaded).tolist() == [False, True, False]
+    assert np.array_equal(loaded[2], embedding_vector(embedding_text(acts[2]), DIMS))
+    with EmbeddingMatrix(tmp_path / "empty.npy", rows=0, dimensions=DIMS):
+        pass
+    assert missing_rows(read_embeddings(tmp_path / "empty.npy")).shape == (0,)
