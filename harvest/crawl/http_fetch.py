@@ -1,0 +1,256 @@
+"""Plain HTTP fetching for the crawler: manual redirects through the SSRF guard, retries, a size cap, decoding.
+
+Redirects are followed by hand (never by httpx) because every hop must pass
+`harvest.urls.check_fetch_allowed`: a public page that redirects to 169.254.169.254 or an intranet
+host is the classic server-side request forgery, and only a per-hop check stops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from urllib.parse import urljoin, urlsplit, urlunsplit
+
+import httpx
+from w3lib.encoding import html_to_unicode
+
+from harvest.errors import CrawlError
+from harvest.urls import check_fetch_allowed
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BYTES = 5 * 1024 * 1024
+PAGE_TYPES = ("text/html", "application/xhtml+xml")
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+# 501 (not implemented) will not get better by asking again; the other 5xx and 429 often do.
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504, 507, 509, 520, 521, 522, 523, 524})
+GUARD_CACHE_SECONDS = 60.0
+ACCEPT_PAGES = "text/html,application/xhtml+xml;q=0.9,*/*;q=0.1"
+
+
+class FetchFailed(CrawlError):
+    """One URL could not be fetched (network error after retries, redirect loop, too many redirects)."""
+
+    def __init__(self, url: str, reason: str, status: int | None = None) -> None:
+        super().__init__(f"{url}: {reason}")
+        self.url = url
+        self.reason = reason
+        self.status = status
+
+
+@dataclass
+class FetchResult:
+    """The final (non-redirect) response for a URL, body capped at the fetcher's byte limit."""
+
+    url: str
+    requested_url: str
+    status: int
+    content_type: str
+    headers: httpx.Headers
+    body: bytes
+    truncated: bool = False
+    redirects: list[str] = field(default_factory=list)
+
+    @property
+    def is_page(self) -> bool:
+        """Only HTML documents are pages; PDFs, images, feeds and downloads are not crawled."""
+        return self.content_type in PAGE_TYPES
+
+    def text(self) -> str:
+        """The body decoded like a browser would: BOM, Content-Type charset, <meta charset>, then a sniff."""
+        _, text = html_to_unicode(self.headers.get("content-type"), self.body, auto_detect_fun=_sniff_encoding)
+        return text
+
+
+def _sniff_encoding(body: bytes) -> str | None:
+    """Undeclared pages are UTF-8 if they decode as such, otherwise most likely Windows-1252 (a latin-1 superset)."""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # A multi-byte character cut by the size cap is still UTF-8.
+        if exc.start < len(body) - 4:
+            return "cp1252"
+    return "utf-8"
+
+
+def media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date); None if absent/garbled."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    current = datetime.fromtimestamp(now if now is not None else time.time(), tz=timezone.utc)
+    return max(0.0, (when - current).total_seconds())
+
+
+def _drop_fragment(url: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, parts.query, ""))
+
+
+class HttpFetcher:
+    """An httpx AsyncClient wrapped with the crawler's safety rules. Use as `async with HttpFetcher(...)`."""
+
+    def __init__(
+        self,
+        *,
+        user_agent: str,
+        allow_private_networks: bool,
+        timeout_s: float = 20.0,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        retries: int = 3,
+        backoff_s: float = 0.5,
+        retry_after_cap_s: float = 30.0,
+        max_redirects: int = 10,
+        max_connections: int = 16,
+    ) -> None:
+        self.user_agent = user_agent
+        self.allow_private_networks = allow_private_networks
+        self.timeout_s = timeout_s
+        self.max_bytes = max_bytes
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.retry_after_cap_s = retry_after_cap_s
+        self.max_redirects = max_redirects
+        self._guard_cache: dict[tuple[str, str], float] = {}
+        self._client = httpx.AsyncClient(
+            follow_redirects=False,
+            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
+            headers={"User-Agent": user_agent},
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        )
+
+    async def __aenter__(self) -> HttpFetcher:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def check_allowed(self, url: str) -> None:
+        """Run the SSRF guard (it resolves DNS, so off the event loop); raises DisallowedURLError.
+
+        A host's verdict is cached briefly so a 500-page crawl does not resolve the same name 500 times.
+        """
+        parts = urlsplit(url)
+        key = (parts.scheme.lower(), parts.netloc.lower())
+        checked_at = self._guard_cache.get(key)
+        if checked_at is not None and time.monotonic() - checked_at < GUARD_CACHE_SECONDS:
+            return
+        await asyncio.to_thread(check_fetch_allowed, url, allow_private_networks=self.allow_private_networks)
+        self._guard_cache[key] = time.monotonic()
+
+    async def fetch(self, url: str, *, pages_only: bool = True, max_bytes: int | None = None) -> FetchResult:
+        """GET `url`, following up to `max_redirects` redirects, each hop checked by the SSRF guard.
+
+        Returns the final response even for 4xx/5xx (the caller decides what a status means); raises
+        FetchFailed for network failures after retries and for redirect loops/chains, and
+        DisallowedURLError when any hop is refused. With `pages_only`, non-HTML bodies are not downloaded.
+        """
+        limit = self.max_bytes if max_bytes is None else max_bytes
+        current = _drop_fragment(url)
+        chain = [current]
+        for hop in range(self.max_redirects + 1):
+            await self.check_allowed(current)
+            result = await self._get_with_retries(current, pages_only=pages_only, max_bytes=limit)
+            location = result.headers.get("location")
+            if result.status not in REDIRECT_STATUSES or not location:
+                result.requested_url = url
+                result.redirects = chain[:-1]
+                return result
+            target = _drop_fragment(urljoin(current, location.strip()))
+            if urlsplit(target).scheme.lower() not in ("http", "https"):
+                raise FetchFailed(url, f"redirect from {current} to non-http(s) URL {target!r} refused", result.status)
+            if target in chain:
+                loop = " -> ".join(chain[chain.index(target):] + [target])
+                raise FetchFailed(url, f"redirect loop: {loop}", result.status)
+            if hop == self.max_redirects:
+                raise FetchFailed(
+                    url, f"too many redirects: more than {self.max_redirects} hops (last {current})", result.status
+                )
+            chain.append(target)
+            current = target
+        raise AssertionError("unreachable: the redirect loop always returns or raises")
+
+    async def _get_with_retries(self, url: str, *, pages_only: bool, max_bytes: int) -> FetchResult:
+        """One hop, retried with exponential backoff on timeouts, connection errors, 5xx and 429."""
+        last_reason = "no attempt made"
+        for attempt in range(self.retries + 1):
+            final = attempt == self.retries
+            try:
+                # httpx timeouts are per read; the overall bound stops a server dripping one byte a second.
+                async with asyncio.timeout(self.timeout_s * 3):
+                    result = await self._get_once(url, pages_only=pages_only, max_bytes=max_bytes)
+            except (httpx.TimeoutException, TimeoutError):
+                last_reason = f"timed out after {self.timeout_s:g}s"
+            except httpx.TransportError as exc:
+                last_reason = f"connection failed: {type(exc).__name__}: {exc}"
+            else:
+                if result.status not in RETRY_STATUSES or final:
+                    return result
+                delay = self._backoff(attempt)
+                retry_after = parse_retry_after(result.headers.get("retry-after"))
+                if retry_after is not None:
+                    delay = min(retry_after, self.retry_after_cap_s)
+                log.info("HTTP %d from %s; retry %d/%d in %.2fs", result.status, url, attempt + 1, self.retries, delay)
+                await asyncio.sleep(delay)
+                continue
+            if final:
+                break
+            delay = self._backoff(attempt)
+            log.info("%s for %s; retry %d/%d in %.2fs", last_reason, url, attempt + 1, self.retries, delay)
+            await asyncio.sleep(delay)
+        raise FetchFailed(url, f"{last_reason} ({self.retries + 1} attempts)")
+
+    def _backoff(self, attempt: int) -> float:
+        return self.backoff_s * (2**attempt) * (1 + random.random() * 0.25)
+
+    async def _get_once(self, url: str, *, pages_only: bool, max_bytes: int) -> FetchResult:
+        headers = {"Accept": ACCEPT_PAGES} if pages_only else {}
+        async with self._client.stream("GET", url, headers=headers) as response:
+            ctype = media_type(response.headers.get("content-type"))
+            result = FetchResult(
+                url=url,
+                requested_url=url,
+                status=response.status_code,
+                content_type=ctype,
+                headers=response.headers,
+                body=b"",
+            )
+            if response.status_code in REDIRECT_STATUSES or response.status_code >= 400:
+                return result
+            if pages_only and ctype and ctype not in PAGE_TYPES:
+                return result  # not a page: do not spend bandwidth on a PDF or a video
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.aiter_bytes():
+                if size + len(chunk) > max_bytes:
+                    chunks.append(chunk[: max_bytes - size])
+                    result.truncated = True
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+            result.body = b"".join(chunks)
+        if result.truncated:
+            log.warning("%s is larger than %d bytes: truncated to the first %d bytes", url, max_bytes, max_bytes)
+        if not ctype and result.body.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<"):
+            result.content_type = "text/html"  # no Content-Type at all: sniff like a browser would
+        return result
