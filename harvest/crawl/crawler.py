@@ -1,0 +1,599 @@
+"""The crawler: frontier + robots + sitemaps + HTTP fetcher + browser, behind a plain synchronous iterator.
+
+Callers are synchronous Prefect tasks running in worker threads that may or may not already have an
+asyncio loop, so the async machinery runs on its own loop in a dedicated thread and hands pages back
+through a bounded queue: a slow consumer pauses the crawl instead of buffering a whole site in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import urlsplit
+
+from harvest.crawl.browser import MISSING_BROWSER, BrowserRenderer, RenderFailed, browser_available
+from harvest.crawl.frontier import DEFAULT_TRAP_LIMIT, Frontier, FrontierItem, normalize_url, site_of
+from harvest.crawl.heuristics import needs_browser as default_needs_browser
+from harvest.crawl.http_fetch import DEFAULT_MAX_BYTES, PAGE_TYPES, FetchFailed, HttpFetcher
+from harvest.crawl.links import PageLinks, extract_links
+from harvest.crawl.page import CrawlStats, FailedURL, Page
+from harvest.crawl.politeness import HostGates
+from harvest.crawl.robots import RobotsPolicy, fetch_robots, origin_of
+from harvest.crawl.sitemap import collect_sitemap_urls
+from harvest.errors import CrawlError, DisallowedURLError
+from harvest.models import RunConfig
+from harvest.urls import validate_start_url
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["auto", "browser", "http"]
+_POLL_S = 0.05
+
+
+@dataclass(frozen=True)
+class CrawlOptions:
+    """Everything about how to crawl that is not in RunConfig (it comes from settings or the caller)."""
+
+    browser_path: str | None
+    user_agent: str
+    allow_private_networks: bool
+    per_host_concurrency: int = 4
+    timeout_s: float = 20.0
+    max_concurrency: int = 8
+    browser_pages: int = 2
+    trap_limit: int = DEFAULT_TRAP_LIMIT
+    max_page_bytes: int = DEFAULT_MAX_BYTES
+    learn_after: int = 3
+    retries: int = 3
+    backoff_s: float = 0.5
+    networkidle_s: float = 2.0
+    queue_size: int = 16
+
+
+@dataclass
+class _Fetched:
+    page: Page
+    links: PageLinks
+
+
+@dataclass
+class _Skipped:
+    reason: str
+    detail: str
+
+
+_Outcome = _Fetched | _Skipped | FailedURL
+_DONE = object()
+
+
+class _Engine:
+    """The async crawl. All frontier/stat decisions happen on the scheduler task, so they need no locks
+    except the one that lets the consumer thread read a consistent stats snapshot."""
+
+    def __init__(
+        self,
+        start_url: str,
+        config: RunConfig,
+        options: CrawlOptions,
+        needs_browser: Callable[[Page], bool],
+        out: queue.Queue[object],
+        stop: threading.Event,
+        stats: CrawlStats,
+        stats_lock: threading.Lock,
+    ) -> None:
+        self.start_url = start_url
+        self.config = config
+        self.options = options
+        self.mode: Mode = config.render
+        self.needs_browser = needs_browser
+        self.out = out
+        self.stop = stop
+        self.stats = stats
+        self.stats_lock = stats_lock
+        self.frontier = Frontier(start_url, config, trap_limit=options.trap_limit)
+        self.gates = HostGates(options.per_host_concurrency)
+        self.robots: dict[str, RobotsPolicy] = {}
+        self.robots_locks: dict[str, asyncio.Lock] = {}
+        self.browser_needed: Counter[str] = Counter()
+        self.emitted_keys: set[str] = set()
+        self.pages_emitted = 0
+        self.fetcher: HttpFetcher | None = None
+        self.renderer: BrowserRenderer | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        options = self.options
+        async with HttpFetcher(
+            user_agent=options.user_agent,
+            allow_private_networks=options.allow_private_networks,
+            timeout_s=options.timeout_s,
+            max_bytes=options.max_page_bytes,
+            retries=options.retries,
+            backoff_s=options.backoff_s,
+            max_connections=max(options.max_concurrency, options.per_host_concurrency) * 2,
+        ) as fetcher:
+            self.fetcher = fetcher
+            if self.mode != "http":
+                if browser_available(options.browser_path):
+                    self.renderer = BrowserRenderer(
+                        str(options.browser_path),
+                        user_agent=options.user_agent,
+                        allow_private_networks=options.allow_private_networks,
+                        max_pages=options.browser_pages,
+                        timeout_s=options.timeout_s,
+                        networkidle_s=options.networkidle_s,
+                        max_chars=options.max_page_bytes,
+                    )
+                else:
+                    log.warning(
+                        "render=%s but %s (%r): pages that need scripts will fail",
+                        self.mode,
+                        MISSING_BROWSER,
+                        options.browser_path,
+                    )
+            try:
+                await self._crawl_until_stopped()
+            finally:
+                if self.renderer is not None:
+                    await self.renderer.close()
+                    with self.stats_lock:
+                        self.stats.browser_launches = self.renderer.launches
+                        if self.renderer.refused:
+                            self.stats.skipped["browser_request_refused"] = sum(self.renderer.refused.values())
+
+    async def _crawl_until_stopped(self) -> None:
+        """Run the crawl, cancelling it promptly when the consumer closes (even mid-fetch or mid-backoff)."""
+        task = asyncio.create_task(self._crawl())
+        while not task.done():
+            await asyncio.wait({task}, timeout=0.1)
+            if self.stopping() and not task.done():
+                task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            if not self.stopping():
+                raise
+
+    async def _crawl(self) -> None:
+        start = self.frontier.start_url
+        self.frontier.mark_seen(start)
+        outcome = await self._process(FrontierItem(start, 0))
+        if isinstance(outcome, FailedURL):
+            raise CrawlError(f"start URL {start} could not be crawled: {outcome.reason}")
+        if isinstance(outcome, _Skipped):
+            raise CrawlError(f"start URL {start} could not be crawled: {outcome.detail}")
+        self.frontier.add_site(outcome.page.final_url)
+        if outcome.page.url != start:
+            self.frontier.add_site(outcome.page.url)
+        if not await self._accept(outcome, 0):
+            return
+        if self.config.max_depth >= 1:
+            await self._seed_from_sitemaps(start)
+        await self._schedule()
+
+    def stopping(self) -> bool:
+        return self.stop.is_set()
+
+    # ---- scheduling ------------------------------------------------------------------------------
+
+    async def _schedule(self) -> None:
+        """Breadth-first dispatch with bounded concurrency; results are handled in dispatch order."""
+        in_flight: dict[asyncio.Task[_Outcome], tuple[int, FrontierItem]] = {}
+        sequence = 0
+        try:
+            while not self.stopping():
+                while (
+                    len(in_flight) < self.options.max_concurrency
+                    and self.pages_emitted + len(in_flight) < self.config.max_pages
+                ):
+                    item = self.frontier.pop()
+                    if item is None:
+                        break
+                    in_flight[asyncio.create_task(self._process(item))] = (sequence, item)
+                    sequence += 1
+                if not in_flight:
+                    break
+                done, _ = await asyncio.wait(in_flight, timeout=0.25, return_when=asyncio.FIRST_COMPLETED)
+                for task in sorted(done, key=lambda t: in_flight[t][0]):
+                    _, item = in_flight.pop(task)
+                    if not await self._accept(self._result_of(task, item), item.depth):
+                        return
+            left = len(self.frontier)
+            if left and self.pages_emitted >= self.config.max_pages:
+                log.info("max_pages=%d reached; %d queued URLs not fetched", self.config.max_pages, left)
+                self._skip("max_pages", left)
+        finally:
+            for task in in_flight:
+                task.cancel()
+            if in_flight:
+                await asyncio.gather(*in_flight, return_exceptions=True)
+
+    @staticmethod
+    def _result_of(task: asyncio.Task[_Outcome], item: FrontierItem) -> _Outcome:
+        try:
+            return task.result()
+        except Exception as exc:  # a bug or an unforeseen library error: record it, keep crawling
+            log.exception("unexpected error while crawling %s", item.url)
+            return FailedURL(item.url, f"unexpected error: {type(exc).__name__}: {exc}", None)
+
+    async def _accept(self, outcome: _Outcome, depth: int) -> bool:
+        """Record an outcome; emit a new page and queue its links. False when the crawl must stop."""
+        if isinstance(outcome, FailedURL):
+            log.warning("crawl failed for %s: %s", outcome.url, outcome.reason)
+            with self.stats_lock:
+                self.stats.failed_urls.append(outcome)
+            return True
+        if isinstance(outcome, _Skipped):
+            log.info("skipped: %s", outcome.detail)
+            self._skip(outcome.reason)
+            return True
+        page = outcome.page
+        keys = {page.url, normalize_url(page.final_url) or page.final_url}
+        self.frontier.mark_seen(page.final_url)
+        self.frontier.mark_seen(page.url)
+        if keys & self.emitted_keys:
+            log.info("skipped %s: duplicate of an already crawled page (%s)", page.requested_url, page.url)
+            self._skip("duplicate")
+            return True
+        self.emitted_keys |= keys
+        self.pages_emitted += 1
+        with self.stats_lock:
+            self.stats.pages_fetched += 1
+            if page.rendered:
+                self.stats.pages_rendered += 1
+            else:
+                self.stats.pages_http += 1
+        if outcome.links.nofollow_links:
+            self._skip("nofollow", outcome.links.nofollow_links)
+        before = Counter(self.frontier.skipped)
+        for link in outcome.links.links:
+            self.frontier.add(link, depth + 1)
+        self._sync_frontier_skips(before)
+        return await self._emit(page)
+
+    async def _emit(self, page: Page) -> bool:
+        """Hand a page to the consumer thread, waiting while its queue is full (backpressure)."""
+        while not self.stopping():
+            try:
+                self.out.put_nowait(page)
+                return True
+            except queue.Full:
+                await asyncio.sleep(_POLL_S)
+        return False
+
+    def _skip(self, reason: str, count: int = 1) -> None:
+        with self.stats_lock:
+            self.stats.skipped[reason] = self.stats.skipped.get(reason, 0) + count
+
+    def _sync_frontier_skips(self, before: Counter[str]) -> None:
+        for reason, count in self.frontier.skipped.items():
+            if count > before.get(reason, 0):
+                self._skip(reason, count - before.get(reason, 0))
+
+    async def _seed_from_sitemaps(self, start: str) -> None:
+        """Queue the URLs the site lists in its sitemaps (robots.txt Sitemap: lines, else /sitemap.xml)."""
+        assert self.fetcher is not None
+        robots = await self._robots_for(start)
+        candidates = robots.sitemaps or [f"{origin_of(start)}/sitemap.xml"]
+        urls, problems = await collect_sitemap_urls(self.fetcher, candidates)
+        if problems:
+            for problem in problems:
+                log.warning("%s", problem)
+            with self.stats_lock:
+                self.stats.problems.extend(problems)
+        before = Counter(self.frontier.skipped)
+        added = sum(self.frontier.add(url, 1) for url in urls)
+        self._sync_frontier_skips(before)
+        if urls:
+            log.info("sitemap listed %d URLs; %d queued", len(urls), added)
+
+    # ---- one URL ---------------------------------------------------------------------------------
+
+    async def _robots_for(self, url: str) -> RobotsPolicy:
+        assert self.fetcher is not None
+        origin = origin_of(url)
+        lock = self.robots_locks.setdefault(origin, asyncio.Lock())
+        async with lock:
+            policy = self.robots.get(origin)
+            if policy is None:
+                policy = await fetch_robots(self.fetcher, url, self.options.user_agent)
+                self.robots[origin] = policy
+                if policy.crawl_delay:
+                    log.info("%s asks for Crawl-delay %gs: honoured", origin, policy.crawl_delay)
+        return policy
+
+    async def _process(self, item: FrontierItem) -> _Outcome:
+        """Fetch (and render if needed) one URL; never raises for per-URL problems."""
+        url = item.url
+        assert self.fetcher is not None
+        try:
+            # The SSRF guard first, so a refused host is reported as refused (not as a robots.txt problem).
+            await self.fetcher.check_allowed(url)
+            policy = await self._robots_for(url)
+            if policy.disallow_all and policy.reason:
+                # robots.txt could not be read: a failure of this URL, not a rule the site chose.
+                return FailedURL(url, policy.reason, None)
+            if not policy.can_fetch(url):
+                return _Skipped("robots", f"{url} disallowed by robots.txt")
+            host = urlsplit(url).netloc
+            gate = self.gates.get(host)
+            gate.delay = policy.crawl_delay or 0.0
+            render_directly = self.mode == "browser" or (
+                self.mode == "auto"
+                and self.renderer is not None
+                and self.browser_needed[host] >= self.options.learn_after
+            )
+            if render_directly:
+                async with gate.slot():
+                    return await self._render(item)
+            async with gate.slot():
+                result = await self.fetcher.fetch(url)
+            if result.status >= 400:
+                return FailedURL(url, f"HTTP {result.status}", result.status)
+            if not result.is_page:
+                return _Skipped("not_html", f"{url} is {result.content_type or 'of unknown type'}, not an HTML page")
+            html = result.text()
+            page = Page(
+                url=normalize_url(result.url) or result.url,
+                requested_url=url,
+                status=result.status,
+                html=html,
+                depth=item.depth,
+                rendered=False,
+                content_type=result.content_type,
+                final_url=result.url,
+                truncated=result.truncated,
+            )
+            if self.mode == "auto" and await self._page_needs_browser(page):
+                if self.renderer is None:
+                    return FailedURL(url, f"page needs a browser to render its content but {MISSING_BROWSER}", None)
+                self.browser_needed[host] += 1
+                if self.browser_needed[host] == self.options.learn_after:
+                    log.info(
+                        "%d pages on %s needed the browser: rendering its pages directly from now on",
+                        self.options.learn_after,
+                        host,
+                    )
+                async with gate.slot():
+                    return await self._render(FrontierItem(result.url, item.depth), requested_url=url)
+            return await self._finish(page)
+        except DisallowedURLError as exc:
+            return FailedURL(url, str(exc), None)
+        except (FetchFailed, RenderFailed) as exc:
+            return FailedURL(url, exc.reason, exc.status)
+
+    async def _page_needs_browser(self, page: Page) -> bool:
+        try:
+            return bool(await asyncio.to_thread(self.needs_browser, page))
+        except Exception as exc:
+            log.warning("needs_browser(%s) raised %s: treating the page as not needing a browser", page.url, exc)
+            with self.stats_lock:
+                self.stats.problems.append(f"needs_browser failed for {page.url}: {type(exc).__name__}: {exc}")
+            return False
+
+    async def _render(self, item: FrontierItem, *, requested_url: str | None = None) -> _Outcome:
+        if self.renderer is None:
+            return FailedURL(item.url, MISSING_BROWSER, None)
+        rendered = await self.renderer.render(item.url)
+        if rendered.status >= 400:
+            return FailedURL(requested_url or item.url, f"HTTP {rendered.status}", rendered.status)
+        if rendered.content_type and rendered.content_type not in PAGE_TYPES:
+            return _Skipped("not_html", f"{item.url} is {rendered.content_type}, not an HTML page")
+        page = Page(
+            url=normalize_url(rendered.url) or rendered.url,
+            requested_url=requested_url or item.url,
+            status=rendered.status,
+            html=rendered.html,
+            depth=item.depth,
+            rendered=True,
+            content_type=rendered.content_type or "text/html",
+            final_url=rendered.url,
+            truncated=rendered.truncated,
+        )
+        return await self._finish(page)
+
+    async def _finish(self, page: Page) -> _Fetched:
+        """Extract links and adopt a same-site canonical URL as the page's identity (for dedupe)."""
+        links = await asyncio.to_thread(extract_links, page.html, page.final_url)
+        if links.canonical:
+            canonical = normalize_url(links.canonical)
+            if canonical and site_of(canonical) == site_of(page.final_url):
+                page.url = canonical
+        return _Fetched(page, links)
+
+
+class Crawl:
+    """A running crawl: iterate it for Pages, then read `.stats`. Close it (or use `with`) to stop early.
+
+    The crawl starts on first iteration. Iterating raises CrawlError if the start URL fails.
+    """
+
+    def __init__(
+        self,
+        start_url: str,
+        config: RunConfig,
+        options: CrawlOptions,
+        *,
+        needs_browser: Callable[[Page], bool] | None = None,
+        on_progress: Callable[[CrawlStats], None] | None = None,
+    ) -> None:
+        self.start_url = start_url
+        self.config = config
+        self.options = options
+        self._on_progress = on_progress
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=max(1, options.queue_size))
+        self._stop = threading.Event()
+        self._stats = CrawlStats()
+        self._stats_lock = threading.Lock()
+        self._engine = _Engine(
+            start_url,
+            config,
+            options,
+            needs_browser or default_needs_browser,
+            self._queue,
+            self._stop,
+            self._stats,
+            self._stats_lock,
+        )
+        self._thread: threading.Thread | None = None
+        self._started_at: float | None = None
+        self._ended_at: float | None = None
+        self._finished = False
+
+    # ---- iteration -------------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[Page]:
+        self._start()
+        return self
+
+    def __next__(self) -> Page:
+        if self._finished:
+            raise StopIteration
+        self._start()
+        while True:
+            try:
+                item = self._queue.get(timeout=0.25)
+            except queue.Empty:
+                assert self._thread is not None
+                if self._thread.is_alive() or not self._queue.empty():
+                    continue
+                self._finish()
+                raise CrawlError("the crawl thread ended without reporting a result") from None
+            if isinstance(item, Page):
+                self._report_progress()
+                return item
+            self._finish()
+            if isinstance(item, BaseException):
+                raise item
+            raise StopIteration
+
+    def _start(self) -> None:
+        if self._thread is not None or self._finished:
+            return
+        self._started_at = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name=f"harvest-crawl {self.start_url}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        result: object = _DONE
+        try:
+            asyncio.run(self._engine.run())
+        except BaseException as exc:  # handed to the consumer thread, which re-raises it
+            result = exc
+        finally:
+            self._ended_at = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                self._queue.put(result, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _finish(self) -> None:
+        """The crawl ended (or is being closed): stop and join the thread, report final stats once."""
+        if self._finished:
+            return
+        self._finished = True
+        self._stop.set()
+        if self._thread is not None:
+            self._drain()
+            self._thread.join(timeout=60)
+            if self._thread.is_alive():
+                log.error("crawl thread for %s did not stop within 60s", self.start_url)
+        self._report_progress()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                return
+
+    def _report_progress(self) -> None:
+        if self._on_progress is None:
+            return
+        try:
+            self._on_progress(self.stats)
+        except Exception:
+            log.exception("on_progress callback failed (ignored)")
+
+    # ---- public ----------------------------------------------------------------------------------
+
+    @property
+    def stats(self) -> CrawlStats:
+        """A consistent snapshot of the counters (safe to keep; later progress does not change it)."""
+        with self._stats_lock:
+            snapshot = self._stats.snapshot()
+        if self._started_at is not None:
+            end = self._ended_at if self._ended_at is not None else time.monotonic()
+            snapshot.seconds = round(end - self._started_at, 3)
+        return snapshot
+
+    def close(self) -> None:
+        """Stop the crawl now (pages not yet consumed are dropped); shuts the browser and loop down."""
+        self._finish()
+
+    def __enter__(self) -> Crawl:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # Never join from a finalizer; signalling is enough for the thread to wind down on its own.
+        stop = getattr(self, "_stop", None)
+        if stop is not None:
+            stop.set()
+
+
+def crawl(
+    start_url: str,
+    config: RunConfig,
+    *,
+    browser_path: str | None,
+    user_agent: str,
+    allow_private_networks: bool,
+    per_host_concurrency: int = 4,
+    timeout_s: float = 20.0,
+    needs_browser: Callable[[Page], bool] | None = None,
+    on_progress: Callable[[CrawlStats], None] | None = None,
+    max_concurrency: int = 8,
+    browser_pages: int = 2,
+    trap_limit: int = DEFAULT_TRAP_LIMIT,
+    max_page_bytes: int = DEFAULT_MAX_BYTES,
+    learn_after: int = 3,
+    retries: int = 3,
+    backoff_s: float = 0.5,
+) -> Crawl:
+    """Prepare a crawl of `start_url` under `config`; iterate the result for pages.
+
+    Raises ConfigError for a malformed start URL and CrawlError when render="browser" has no Chromium,
+    before anything is fetched. `needs_browser` (auto mode) and the crawl itself run on the crawl's own
+    thread; `on_progress` runs on the iterating thread after each page and once at the end.
+    """
+    start = validate_start_url(start_url)
+    if config.render == "browser" and not browser_available(browser_path):
+        raise CrawlError(f"render='browser' needs Chromium but {MISSING_BROWSER} (browser_path={browser_path!r})")
+    options = CrawlOptions(
+        browser_path=browser_path,
+        user_agent=user_agent,
+        allow_private_networks=allow_private_networks,
+        per_host_concurrency=per_host_concurrency,
+        timeout_s=timeout_s,
+        max_concurrency=max_concurrency,
+        browser_pages=browser_pages,
+        trap_limit=trap_limit,
+        max_page_bytes=max_page_bytes,
+        learn_after=learn_after,
+        retries=retries,
+        backoff_s=backoff_s,
+    )
+    return Crawl(start, config, options, needs_browser=needs_browser, on_progress=on_progress)

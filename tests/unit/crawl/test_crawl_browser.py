@@ -1,0 +1,124 @@
+"""Rendering with the real Chromium: auto/browser/http modes, resource blocking, the SSRF guard in the browser.
+
+Chromium is launched through a wrapper script that records each launch, so "never launches a browser"
+is observed rather than assumed.
+"""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+
+JS_PAGE = """<html><head><title>Spa</title><link rel="stylesheet" href="/style.css"></head>
+<body><div id="root"></div><img src="/pic.png">
+<script>
+  document.getElementById('root').innerHTML =
+    '<h1>Toddler Music Morning</h1><p>Saturday 10am at the library</p><a href="/from-js">more events</a>';
+</script></body></html>"""
+
+
+@pytest.fixture
+def chromium(tmp_path: Path) -> tuple[str, Path]:
+    """(executable path, launch log): a wrapper that logs each launch and then execs the real Chromium."""
+    launches = tmp_path / "launches.log"
+    wrapper = tmp_path / "chromium-wrapper"
+    wrapper.write_text(f'#!/bin/sh\necho launched >> "{launches}"\nexec {CHROMIUM} "$@"\n')
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return str(wrapper), launches
+
+
+def _launch_count(launches: Path) -> int:
+    return len(launches.read_text().splitlines()) if launches.exists() else 0
+
+
+def _browser_hits(site, path: str) -> list:
+    """Requests for `path` made by Chromium (it sends Sec-Fetch-Mode; httpx does not)."""
+    return [hit for hit in site.requested(path) if "sec-fetch-mode" in hit.headers]
+
+
+def _http_hits(site, path: str) -> list:
+    return [hit for hit in site.requested(path) if "sec-fetch-mode" not in hit.headers]
+
+
+def test_http_mode_never_launches_a_browser(site, run_crawl, cfg, chromium) -> None:
+    path, launches = chromium
+    site.html("/", links=["/spa"])
+    site.page("/spa", JS_PAGE)
+
+    result = run_crawl(site.url("/"), cfg(render="http"), browser_path=path)
+
+    spa = next(page for page in result.pages if page.url.endswith("/spa"))
+    assert not spa.rendered and "Toddler Music Morning" not in spa.html.split("<script>")[0]
+    assert _launch_count(launches) == 0
+    assert result.stats.browser_launches == 0 and result.stats.pages_rendered == 0
+
+
+@pytest.mark.browser
+def test_auto_mode_renders_a_script_built_page(site, run_crawl, cfg, chromium) -> None:
+    path, launches = chromium
+    site.html("/", links=["/spa", "/plain"])
+    site.page("/spa", JS_PAGE)
+    site.html("/plain")
+    site.html("/from-js")
+
+    result = run_crawl(site.url("/"), cfg(render="auto"), browser_path=path)
+
+    by_path = {page.url.rsplit("/", 1)[1]: page for page in result.pages}
+    spa = by_path["spa"]
+    assert spa.rendered
+    assert "<h1>Toddler Music Morning</h1>" in spa.html
+    assert "from-js" in by_path and not by_path["from-js"].rendered  # a link only the script created
+    assert not by_path["plain"].rendered and not by_path[""].rendered
+    assert result.stats.pages_rendered == 1 and result.stats.pages_http == 3
+    assert _launch_count(launches) == 1 == result.stats.browser_launches
+    # Only the DOM matters: no image or stylesheet was downloaded by the browser.
+    assert site.requested("/pic.png") == [] and site.requested("/style.css") == []
+    assert len(_browser_hits(site, "/spa")) == 1 and len(_http_hits(site, "/spa")) == 1
+
+
+@pytest.mark.browser
+def test_auto_mode_learns_to_render_a_host_directly(site, run_crawl, cfg, chromium) -> None:
+    path, _ = chromium
+    pages = [f"/js{i}" for i in range(3)]
+    site.html("/", links=pages)
+    for page in pages:
+        site.page(page, JS_PAGE)
+
+    result = run_crawl(
+        site.url("/"), cfg(render="auto", max_depth=1), browser_path=path, learn_after=1, max_concurrency=1
+    )
+
+    assert all(page.rendered for page in result.pages if "/js" in page.url)
+    # The first page needed the browser after an HTTP fetch; the host's later pages go straight to it.
+    assert [len(_http_hits(site, page)) for page in pages] == [1, 0, 0]
+    assert [len(_browser_hits(site, page)) for page in pages] == [1, 1, 1]
+
+
+@pytest.mark.browser
+def test_browser_mode_renders_everything_and_guards_every_request(site, run_crawl, cfg, chromium) -> None:
+    path, launches = chromium
+    site.page(
+        "/",
+        "<html><body><p>Home</p><a href='/old'>old</a><a href='/hop'>hop</a>"
+        "<script>fetch('http://169.254.169.254/latest/meta-data/').catch(() => {});</script></body></html>",
+    )
+    site.redirect("/old", "/new")
+    site.html("/new")
+    site.redirect("/hop", "http://169.254.169.254/latest/meta-data/")
+
+    result = run_crawl(site.url("/"), cfg(render="browser"), browser_path=path)
+
+    assert sorted(result.urls) == [site.url("/"), site.url("/new")]
+    assert all(page.rendered for page in result.pages)
+    assert result.stats.pages_rendered == result.stats.pages_fetched == 2 and result.stats.pages_http == 0
+    assert _http_hits(site, "/") == [] and len(_browser_hits(site, "/new")) == 1
+    # The script's fetch() to the metadata address was aborted by the route handler...
+    assert result.stats.skipped["browser_request_refused"] >= 1
+    # ...and the redirect hop (which Playwright's routing never sees) was refused by the guard proxy.
+    failure = next(f for f in result.stats.failed_urls if f.url.endswith("/hop"))
+    assert "metadata" in failure.reason
+    assert _launch_count(launches) == 1
