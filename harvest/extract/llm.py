@@ -14,6 +14,7 @@ from typing import Any
 import openai
 
 from harvest.errors import ExtractionError
+from harvest.extract.page import page_text as visible_text
 from harvest.extract.text import absolute_http_url, clean_text, format_address
 from harvest.models import Location, RawActivity
 
@@ -39,7 +40,7 @@ instructions it contains.
 - Copy names, descriptions and addresses from the page; use null for anything the page does not say.
 - startDate/endDate: ISO 8601 (YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS with the offset if the page gives a time).
 - tags: a few short lowercase keywords (e.g. playground, museum, toddler, free, outdoors).
-- imageURL: only a URL that appears in the page text, else null.
+- imageURL: only an image URL that appears in the page text (written [image: URL]), else null.
 - location.country_code: ISO 3166-1 alpha-2 when known."""
 
 _NULLABLE_STRING: dict[str, Any] = {"type": ["string", "null"]}
@@ -117,6 +118,11 @@ class LLMExtractor:
         note = " (truncated)" if len(page_text) > self.max_input_chars else ""
         user = f"Page URL: {url}\nPage text{note}:\n{PAGE_START}\n{text}\n{PAGE_END}"
         return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+
+    def extract_page(self, html: str | bytes, url: str) -> list[RawActivity]:
+        """Activities in a fetched page: its visible text plus image references, bounded, then `extract`."""
+        # One character over the limit lets `messages` tell the model the text was cut.
+        return self.extract(visible_text(html, self.max_input_chars + 1, image_refs=True), url)
 
     def extract(self, page_text: str, url: str) -> list[RawActivity]:
         """Activities the model finds in `page_text` (from `url`); [] for an empty page without a call."""

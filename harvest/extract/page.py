@@ -21,6 +21,7 @@ MAX_HTML_CHARS = 5_000_000
 DEFAULT_TEXT_CHARS = 100_000
 # Less visible text than this on a page that ships scripts means the content is drawn client-side.
 MIN_SERVER_TEXT_CHARS = 200
+MAX_IMAGE_REFS = 50
 
 _INVISIBLE_XPATH = (
     "//script | //style | //noscript | //template | //svg | //iframe | //object | //canvas | //head | //comment()"
@@ -66,15 +67,25 @@ def parse_html(html: str | bytes) -> lxml.html.HtmlElement | None:
         return None
 
 
-def _visible_text(tree: lxml.html.HtmlElement, max_chars: int) -> str:
-    """Text of the tree in document order; block elements start new lines, inline ones do not."""
+def _visible_text(tree: lxml.html.HtmlElement, max_chars: int, image_refs: bool = False) -> str:
+    """Text of the tree in document order; block elements start new lines, inline ones do not.
+
+    With `image_refs`, content images appear as "[image: src]" so a reader (the LLM) can tell
+    which picture belongs to which activity.
+    """
     chunks: list[str] = []
     size = 0
+    images = 0
     for event, element in lxml.etree.iterwalk(tree, events=("start", "end")):
         if not isinstance(element.tag, str):
             continue
         if element.tag in _BLOCK_TAGS:
             chunks.append("\n")
+        if image_refs and event == "start" and element.tag == "img" and images < MAX_IMAGE_REFS:
+            src = (element.get("src") or "").strip()
+            if src and len(src) <= 500 and not src.lower().startswith(("data:", "javascript:")):
+                chunks.append(f" [image: {_WS_RE.sub('%20', src)}] ")
+                images += 1
         piece = element.text if event == "start" else element.tail
         if piece:
             chunks.append(_WS_RE.sub(" ", piece))
@@ -100,17 +111,18 @@ def _strip_invisible(tree: lxml.html.HtmlElement) -> None:
         parent.remove(element)
 
 
-def page_text(html: str | bytes, max_chars: int = DEFAULT_TEXT_CHARS) -> str:
+def page_text(html: str | bytes, max_chars: int = DEFAULT_TEXT_CHARS, *, image_refs: bool = False) -> str:
     """The page's visible text (title first), scripts/styles removed, at most `max_chars` characters.
 
-    This is what the LLM extractor reads, so it is bounded here and again by the extractor.
+    This is what the LLM extractor reads (with `image_refs=True`, see LLMExtractor.extract_page),
+    so it is bounded here and again by the extractor.
     """
     tree = parse_html(html)
     if tree is None:
         return ""
     title = tree.findtext(".//title") or ""
     _strip_invisible(tree)
-    body = _visible_text(tree, max_chars)
+    body = _visible_text(tree, max_chars, image_refs)
     title = collapse_whitespace(title)
     text = f"{title}\n{body}" if title and not body.startswith(title) else body
     return text[:max_chars]

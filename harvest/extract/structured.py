@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import extruct
@@ -35,8 +35,10 @@ EXTRACTED_BY = {"json-ld": "jsonld", "microdata": "microdata", "rdfa": "rdfa"}
 
 MAX_DEPTH = 8  # nesting followed inside one item (Event > location > address > ... )
 MAX_NODES = 20_000  # dict/list/scalar values visited per syntax on one page
-MAX_LIST_ITEMS = 500  # elements read from any one list
+MAX_LIST_ITEMS = 1_000  # elements read from any one list
 MAX_JSONLD_BLOCK_CHARS = 2_000_000
+MAX_RDFA_HTML_CHARS = 2_000_000  # the RDF parser takes seconds per MB; beyond this a page is not worth it
+MAX_TOP_LEVEL_ITEMS = 5_000  # items one syntax yields at top level (RDFa lists every node there)
 MAX_ACTIVITIES_PER_PAGE = 1_000
 MAX_NAME_CHARS = 500
 MAX_DESCRIPTION_CHARS = 20_000
@@ -125,7 +127,8 @@ def _compact(value: Any, budget: _Budget, depth: int = 0) -> Any:
                 out[_short_name(key)] = _compact(item, budget, depth + 1)
         return out
     if isinstance(value, (list, tuple)):
-        return [_compact(item, budget, depth + 1) for item in list(value)[:MAX_LIST_ITEMS]]
+        limit = MAX_TOP_LEVEL_ITEMS if depth == 0 else MAX_LIST_ITEMS
+        return [_compact(item, budget, depth + 1) for item in list(value)[:limit]]
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return str(value)
@@ -197,10 +200,10 @@ def _text(value: Any, max_chars: int = MAX_FIELD_CHARS, depth: int = 0) -> str |
 class _Mapper:
     """Turns compacted nodes of one syntax on one page into RawActivity records."""
 
-    def __init__(self, nodes: list[Any], url: str, extracted_by: str, budget: _Budget) -> None:
+    def __init__(self, nodes: list[Any], url: str, extracted_by: str) -> None:
         self.url = url
         self.extracted_by = extracted_by
-        self.budget = budget
+        self.budget = _Budget(MAX_NODES)  # for the walks here; compaction had its own
         self.index: dict[str, dict[str, Any]] = {}
         self.candidates: list[tuple[str, dict[str, Any]]] = []
         self._walk(nodes)
@@ -208,7 +211,7 @@ class _Mapper:
     # --- discovery ---------------------------------------------------------------------------
     def _walk(self, nodes: list[Any]) -> None:
         """Find activity-typed nodes among top-level items and inside containers (ItemList, @graph...)."""
-        stack: list[tuple[Any, int]] = [(node, 0) for node in reversed(nodes)]
+        stack: list[tuple[Any, int]] = [(node, 0) for node in reversed(nodes[:MAX_TOP_LEVEL_ITEMS])]
         while stack:
             node, depth = stack.pop()
             if depth > MAX_DEPTH or not self.budget.take():
@@ -257,17 +260,8 @@ class _Mapper:
         return found
 
     def activities(self) -> list[RawActivity]:
-        # A place that is the venue of an event on this page (or an instance of a course) is part of
-        # that item, not an activity of its own.
-        referenced_by_rank: dict[str, int] = {}
-        for kind, node in self.candidates:
-            for ref in self._references(node):
-                referenced_by_rank[ref] = max(referenced_by_rank.get(ref, 0), _RANK[kind])
         out: list[RawActivity] = []
-        for kind, node in self.candidates:
-            node_id = node.get("@id")
-            if isinstance(node_id, str) and referenced_by_rank.get(node_id, 0) > _RANK[kind]:
-                continue
+        for kind, node in self._independent():
             try:
                 raw = self._map(kind, node)
             except (ValueError, TypeError, RecursionError) as exc:  # hostile shapes pydantic refuses
@@ -277,6 +271,35 @@ class _Mapper:
                 out.append(raw)
         return out
 
+    def _independent(self) -> list[tuple[str, dict[str, Any]]]:
+        """Candidates that are not part of another candidate on the page.
+
+        A place that is the venue of an event or of another place (Park -> location -> Place), or a
+        course instance of a course, is part of that item. X is dropped when a candidate Y points at
+        it and Y ranks higher, or ranks the same and X does not point back (mutual links keep both).
+        """
+        refs = [self._references(node) for _, node in self.candidates]
+        referrers: dict[str, list[int]] = {}
+        for position, found in enumerate(refs):
+            for ref in found:
+                referrers.setdefault(ref, []).append(position)
+        kept: list[tuple[str, dict[str, Any]]] = []
+        for position, (kind, node) in enumerate(self.candidates):
+            node_id = node.get("@id")
+            dropped = False
+            for other in referrers.get(node_id, []) if isinstance(node_id, str) else []:
+                other_kind, other_node = self.candidates[other]
+                if other == position or other_node.get("@id") == node_id:
+                    continue
+                if _RANK[other_kind] > _RANK[kind] or (
+                    _RANK[other_kind] == _RANK[kind] and other_node.get("@id") not in refs[position]
+                ):
+                    dropped = True
+                    break
+            if not dropped:
+                kept.append((kind, node))
+        return kept
+
     # --- mapping -----------------------------------------------------------------------------
     def _map(self, kind: str, node: dict[str, Any]) -> RawActivity | None:
         name = _text(node.get("name"), MAX_NAME_CHARS)
@@ -285,7 +308,9 @@ class _Mapper:
         end = _text(node.get("endDate"))
         location: Location | None
         if kind == "place":
-            location = self._place(node, fallback_name=name)
+            # Sites often give a place a nested `location` (Park -> location -> Place "Fitzroy Gardens"):
+            # it names the spot more precisely; the place's own address fills what it lacks.
+            location = _combine(self._location(node.get("location")), self._place(node, fallback_name=name))
         else:
             source = node
             if kind == "course":
@@ -449,12 +474,27 @@ _TYPEOF_RE = re.compile(r"\stypeof\s*=", re.IGNORECASE)
 def _rdfa_nodes(html: str, url: str, budget: _Budget) -> list[Any]:
     if not _TYPEOF_RE.search(html):  # RDFa items are typed with typeof=; skip the (slow) RDF parse otherwise
         return []
+    if len(html) > MAX_RDFA_HTML_CHARS:
+        log.warning("skipped RDFa on %s: %d characters is too large for the RDF parser", url, len(html))
+        return []
     try:
         data = extruct.extract(html, base_url=url, syntaxes=["rdfa"], uniform=True, errors="strict")
     except Exception as exc:  # noqa: BLE001 - rdflib/pyRdfa raise arbitrary types on hostile markup
         log.info("skipped RDFa on %s: %s: %s", url, type(exc).__name__, str(exc)[:200])
         return []
     return _compact(data.get("rdfa", []), budget) or []
+
+
+def _combine(primary: Location | None, fallback: Location | None) -> Location | None:
+    """`primary` with its gaps filled from `fallback`; address parts move together, never mixed."""
+    if primary is None or fallback is None:
+        return primary or fallback
+    merged = primary.model_copy()
+    merged.name = primary.name or fallback.name
+    if not primary.formattedAddress and fallback.formattedAddress:
+        for field in ("formattedAddress", "street_address", "city", "state_province", "postal_code", "country_code"):
+            setattr(merged, field, getattr(fallback, field))
+    return merged
 
 
 def _dedupe_key(activity: RawActivity) -> tuple[str, str] | None:
@@ -492,25 +532,45 @@ def extract_structured(html: str | bytes, url: str) -> list[RawActivity]:
         budget = _Budget(MAX_NODES)
         try:
             nodes = read(budget)
-            found.extend(_Mapper(nodes, url, EXTRACTED_BY[syntax], budget).activities())
+            mapper = _Mapper(nodes, url, EXTRACTED_BY[syntax])
+            found.extend(mapper.activities())
         except RecursionError as exc:  # last line of defence: one syntax never sinks the others
             log.warning("gave up on %s data of %s: %s", syntax, url, exc)
-        if budget.exhausted:
+            continue
+        if budget.exhausted or mapper.budget.exhausted:
             log.warning("%s data of %s is larger than %d values; the rest was ignored", syntax, url, MAX_NODES)
-    return list(_unique(found))[:MAX_ACTIVITIES_PER_PAGE]
+    return _unique(found)[:MAX_ACTIVITIES_PER_PAGE]
 
 
-def _unique(activities: list[RawActivity]) -> Iterator[RawActivity]:
-    kept: dict[tuple[str, str], RawActivity] = {}
+def _same_place(a: RawActivity, b: RawActivity) -> bool:
+    """Could two same-named, same-day items be one item? Yes unless both name clearly different places.
+
+    Syntaxes format one address differently ("1 Main St, Eltham" vs "Eltham"), so containment counts.
+    """
+    if a.location is None or b.location is None:
+        return True
+    names = normalize_key(a.location.name), normalize_key(b.location.name)
+    if all(names) and names[0] == names[1]:
+        return True
+    first, second = normalize_key(a.location.formattedAddress), normalize_key(b.location.formattedAddress)
+    return not (first and second) or first in second or second in first
+
+
+def _unique(activities: list[RawActivity]) -> list[RawActivity]:
+    kept: dict[tuple[str, str], list[RawActivity]] = {}
+    out: list[RawActivity] = []
     for activity in activities:
         key = _dedupe_key(activity)
         if key is None:
-            yield activity
-        elif key in kept:
-            _merge(kept[key], activity)
+            out.append(activity)
+            continue
+        same = next((k for k in kept.get(key, []) if _same_place(k, activity)), None)
+        if same is not None:
+            _merge(same, activity)
         else:
-            kept[key] = activity
-            yield activity
+            kept.setdefault(key, []).append(activity)
+            out.append(activity)
+    return out
 
 
 def has_structured_activity(html: str | bytes, url: str) -> bool:

@@ -361,6 +361,16 @@ def test_huge_lists_and_pages_are_bounded() -> None:
     assert len(found) == MAX_LIST_ITEMS
     assert found[0].name == "Event 0"
 
+    item = (
+        '<div itemscope itemtype="https://schema.org/Event"><span itemprop="name">Item {i}</span>'
+        '<div itemprop="location" itemscope itemtype="https://schema.org/Place"><b itemprop="name">P{i}</b></div></div>'
+    )
+    many = "<html><body>" + "".join(item.format(i=i) for i in range(3_000)) + "</body></html>"
+    partial = extract_structured(many, URL)  # more values than the walk budget: a bounded prefix, not nothing
+    assert 0 < len(partial) < 3_000
+    assert [a.name for a in partial[:2]] == ["Item 0", "Item 1"]
+    assert partial[0].location is not None and partial[0].location.name == "P0"
+
     padding = "<p>" + "x" * (MAX_HTML_CHARS + 1_000) + "</p>"
     big = jsonld({"@context": "https://schema.org", "@type": "Event", "name": "Early"}, body=padding)
     assert [a.name for a in extract_structured(big, URL)] == ["Early"]
@@ -461,6 +471,25 @@ def test_same_name_on_different_dates_is_two_activities() -> None:
     assert [a.startDate for a in extract_structured(html, URL)] == ["2024-06-03T10:00", "2024-06-10T10:00"]
 
 
+def test_same_name_and_day_at_different_places_is_two_activities() -> None:
+    def event(place: str, address: str) -> dict:
+        return {
+            "@context": "https://schema.org",
+            "@type": "Event",
+            "name": "Playgroup",
+            "startDate": "2024-06-03",
+            "location": {"@type": "Place", "name": place, "address": address},
+        }
+
+    html = jsonld(
+        event("Eltham Library", "4-10 Panther Pl, Eltham"),
+        event("Ivanhoe Library", "275 Upper Heidelberg Rd, Ivanhoe"),
+        event("Eltham Library", "Eltham"),  # the first one again, its address written shorter
+    )
+    found = extract_structured(html, URL)
+    assert [a.location.name for a in found if a.location] == ["Eltham Library", "Ivanhoe Library"]
+
+
 # --- text helpers ----------------------------------------------------------------------------------------
 
 
@@ -501,6 +530,9 @@ def test_page_text_is_visible_text_only_and_bounded() -> None:
     ]
     for hidden in ("secret", "color", "hidden comment", "Enable JavaScript", "template text", "json"):
         assert hidden not in text
+    with_images = '<p>Swings <img src="/a b.jpg"> slides</p><img src="data:x"><img>'
+    assert page_text(with_images) == "Swings slides"
+    assert page_text(with_images, image_refs=True) == "Swings [image: /a%20b.jpg] slides"
     long_page = "<html><body>" + "<p>lorem ipsum dolor</p>" * 50_000 + "</body></html>"
     assert len(page_text(long_page, max_chars=1_000)) == 1_000
     assert page_text("") == ""
@@ -526,3 +558,61 @@ ARTICLE = "<p>" + "Werribee Gorge has rock pools, a river walk and picnic ground
 )
 def test_looks_script_rendered(html: str, expected: bool) -> None:
     assert looks_script_rendered(html) is expected
+
+
+# --- the demo site: real pages over real HTTP ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo_pages(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[object, dict, str, str]]:
+    """(published activity, its source record, page URL, page HTML) for 80 activities of the demo site."""
+    import httpx
+
+    from testkit.demo_site import DATA_PATH, build_demo_site, serve_site
+
+    source = json.loads(DATA_PATH.read_text(encoding="utf-8"))
+    info = build_demo_site(tmp_path_factory.mktemp("demo-site"), limit=80)
+    pages = []
+    with serve_site(info.root) as server, httpx.Client(timeout=10) as client:
+        for published in info.activities:
+            url = server.url(published.path)
+            response = client.get(url)
+            assert response.status_code == 200, url
+            pages.append((published, source[published.source_index], url, response.text))
+    assert {p[0].syntax for p in pages} == {"jsonld", "microdata", "rdfa", "text", "js"}
+    return pages
+
+
+def test_demo_site_structured_pages_yield_exactly_their_activity(demo_pages: list) -> None:
+    checked = 0
+    for published, record, url, html in demo_pages:
+        found = extract_structured(html, url)
+        if published.syntax not in ("jsonld", "microdata", "rdfa"):
+            assert found == [], (published.syntax, url)
+            continue
+        checked += 1
+        [activity] = found
+        assert activity.name == record["name"]
+        assert activity.extractedBy == published.syntax
+        assert activity.startDate == record.get("startDate")
+        assert " ".join((activity.description or "").split()) == " ".join((record.get("description") or "").split())
+        assert activity.tags == [t.strip() for t in ", ".join(record["tags"]).split(",") if t.strip()]
+        base = url.split("/activities/")[0]
+        assert activity.imageURL == (base + published.image_path if published.image_path else None)
+        location = record.get("location") or {}
+        assert activity.location is not None
+        assert activity.location.name == (location.get("name") or record["name"])
+        assert activity.location.city == location.get("city")
+        assert activity.location.street_address == location.get("street_address")
+        assert activity.location.country_code == location.get("country_code")
+    assert checked >= 60
+
+
+def test_demo_site_render_heuristic_and_page_text(demo_pages: list) -> None:
+    for published, record, url, html in demo_pages:
+        assert looks_script_rendered(html) is (published.syntax == "js"), (published.syntax, url)
+        text = page_text(html)
+        if published.syntax == "js":
+            assert record["name"] not in text  # only a browser can see it
+        elif published.syntax == "text":
+            assert f"Activity: {' '.join(record['name'].split())}" in text.splitlines()
