@@ -212,7 +212,10 @@ def test_prefixed_and_full_iri_properties_are_understood() -> None:
         ("https://cdn.example.net/a.jpg", "https://cdn.example.net/a.jpg"),
         ("images/b c.jpg", "https://kids.example.org/whats-on/images/b%20c.jpg"),
         ({"@type": "ImageObject", "url": "/c.png", "width": 800}, "https://kids.example.org/c.png"),
-        ([{"@type": "ImageObject", "contentUrl": "//cdn.example.net/d.webp"}, "e.jpg"], "https://cdn.example.net/d.webp"),
+        (
+            [{"@type": "ImageObject", "contentUrl": "//cdn.example.net/d.webp"}, "e.jpg"],
+            "https://cdn.example.net/d.webp",
+        ),
         (["data:image/png;base64,AAAA", "javascript:alert(1)", "/f.jpg"], "https://kids.example.org/f.jpg"),
         (12345, "https://kids.example.org/whats-on/12345"),
         ({"@type": "ImageObject"}, None),
@@ -245,14 +248,19 @@ def test_location_shapes() -> None:
         {
             "@type": "Event",
             "name": "Address Only",
-            "location": {"@type": "PostalAddress", "streetAddress": "1 Main St", "addressCountry": {"name": "Australia"}},
+            "location": {
+                "@type": "PostalAddress",
+                "streetAddress": "1 Main St",
+                "addressCountry": {"name": "Australia"},
+            },
         },
         {"@type": "Event", "name": "Numeric Location", "location": 42},
     ]
     found = by_name(extract_structured(jsonld({"@context": "https://schema.org", "@graph": events}), URL))
     assert found["Online"].location is None
     hybrid = found["Hybrid"].location
-    assert hybrid is not None and (hybrid.name, hybrid.formattedAddress) == ("Town Hall", "90-130 Swanston St, Melbourne")
+    assert hybrid is not None
+    assert (hybrid.name, hybrid.formattedAddress) == ("Town Hall", "90-130 Swanston St, Melbourne")
     address_only = found["Address Only"].location
     assert address_only is not None
     assert address_only.formattedAddress == "1 Main St, Australia"
@@ -279,7 +287,12 @@ def test_wrong_types_never_crash_and_are_coerced_sensibly() -> None:
         {
             "@context": "https://schema.org",
             "@graph": [
-                {"@type": "Event", "name": ["First Name", "Second Name"], "description": 12.5, "startDate": ["2024-01-02"]},
+                {
+                    "@type": "Event",
+                    "name": ["First Name", "Second Name"],
+                    "description": 12.5,
+                    "startDate": ["2024-01-02"],
+                },
                 {"@type": "Event", "name": {"@value": "Value Object"}, "keywords": 3, "image": True},
                 {"@type": "Event", "name": 2024, "location": ["", None, {"@type": "Place", "name": ["Hall"]}]},
                 {"@type": "Event", "name": {"text": "Dict Name"}, "endDate": {"when": "never"}},
@@ -377,7 +390,10 @@ def test_huge_lists_and_pages_are_bounded() -> None:
     assert time.monotonic() - started < 15
 
 
-@pytest.mark.parametrize("html", ["", "   ", "<html></html>", "not html at all", b"\xff\xfe<html>", "<?xml version='1.0' encoding='utf-8'?><html/>"])
+@pytest.mark.parametrize(
+    "html",
+    ["", "   ", "<html></html>", "not html at all", b"\xff\xfe<html>", "<?xml version='1.0' encoding='utf-8'?><html/>"],
+)
 def test_pages_without_data(html: str | bytes) -> None:
     assert extract_structured(html, URL) == []
     assert has_structured_activity(html, URL) is False
@@ -552,7 +568,10 @@ ARTICLE = "<p>" + "Werribee Gorge has rock pools, a river walk and picnic ground
         (f'<html><body><div id="root">{ARTICLE}</div><script src="/hydrate.js"></script></body></html>', False),
         (f"<html><body>{ARTICLE}<script src=/analytics.js></script></body></html>", False),
         ("<html><body><p>Short page, no scripts.</p></body></html>", False),
-        ('<html><head><script type="application/ld+json">{"@type":"Event"}</script></head><body>Hi</body></html>', False),
+        (
+            '<html><head><script type="application/ld+json">{"@type":"Event"}</script></head><body>Hi</body></html>',
+            False,
+        ),
         ("", False),
     ],
 )

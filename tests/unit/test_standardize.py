@@ -55,7 +55,10 @@ def run(items: list[dict], config: RunConfig | None = None) -> tuple[Standardize
 
 
 def test_fixture_counts_and_duplicates(fixture_items: list[dict]) -> None:
-    keys = [(independent_key(i["name"]), independent_key(independent_address(i.get("location")))) for i in fixture_items]
+    keys = [
+        (independent_key(item["name"]), independent_key(independent_address(item.get("location"))))
+        for item in fixture_items
+    ]
     first_index = {}
     for index, key in enumerate(keys):
         first_index.setdefault(key, index)
