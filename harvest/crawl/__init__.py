@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 from harvest.crawl.browser import MISSING_BROWSER, BrowserRenderer, RenderFailed, browser_available
-from harvest.crawl.crawler import Crawl, CrawlOptions, crawl
+from harvest.crawl.crawler import Crawl, CrawlOptions, crawl, crawl_with_settings
 from harvest.crawl.frontier import Frontier, normalize_url, site_of
 from harvest.crawl.heuristics import needs_browser
 from harvest.crawl.http_fetch import FetchFailed, FetchResult, HttpFetcher
@@ -32,6 +32,7 @@ __all__ = [
     "RobotsPolicy",
     "browser_available",
     "crawl",
+    "crawl_with_settings",
     "needs_browser",
     "normalize_url",
     "parse_robots",

@@ -29,6 +29,7 @@ from harvest.crawl.robots import RobotsPolicy, fetch_robots, origin_of
 from harvest.crawl.sitemap import collect_sitemap_urls
 from harvest.errors import CrawlError, DisallowedURLError
 from harvest.models import RunConfig
+from harvest.settings import HarvestSettings
 from harvest.urls import validate_start_url
 
 log = logging.getLogger(__name__)
@@ -597,3 +598,25 @@ def crawl(
         backoff_s=backoff_s,
     )
     return Crawl(start, config, options, needs_browser=needs_browser, on_progress=on_progress)
+
+
+def crawl_with_settings(
+    start_url: str,
+    config: RunConfig,
+    settings: HarvestSettings,
+    *,
+    needs_browser: Callable[[Page], bool] | None = None,
+    on_progress: Callable[[CrawlStats], None] | None = None,
+) -> Crawl:
+    """`crawl()` with browser path, user agent, SSRF policy, per-host limit and timeout taken from settings."""
+    return crawl(
+        start_url,
+        config,
+        browser_path=settings.browser_path,
+        user_agent=settings.user_agent,
+        allow_private_networks=settings.allow_private_networks,
+        per_host_concurrency=settings.per_host_concurrency,
+        timeout_s=settings.request_timeout_seconds,
+        needs_browser=needs_browser,
+        on_progress=on_progress,
+    )

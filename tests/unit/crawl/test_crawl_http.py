@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from harvest.crawl import CrawlStats, crawl
+from harvest.crawl import CrawlStats, crawl, crawl_with_settings
 from harvest.errors import CrawlError
 
 
@@ -505,3 +505,21 @@ def test_auto_mode_without_chromium_records_pages_that_need_it(site, run_crawl, 
 
     assert result.paths() == ["/"]
     assert "no Chromium found: set HARVEST_BROWSER_PATH" in result.failed("/spa").reason
+
+
+def test_works_when_called_from_a_thread_that_runs_an_event_loop(site, cfg) -> None:
+    """Prefect may call us from inside a running loop; the crawl has its own loop on its own thread."""
+    import asyncio
+
+    from harvest.settings import HarvestSettings
+
+    site.html("/", links=["/a"])
+    site.html("/a")
+    settings = HarvestSettings(allow_private_networks=True, browser_path=None, request_timeout_seconds=5)
+
+    async def caller() -> list[str]:
+        with crawl_with_settings(site.url("/"), cfg(), settings) as running:
+            return sorted(page.url for page in running)
+
+    assert asyncio.run(caller()) == [site.url("/"), site.url("/a")]
+    assert all(hit.headers["user-agent"] == settings.user_agent for hit in site.hits)
