@@ -17,6 +17,7 @@ from harvest.settings import HarvestSettings
 from harvest.storage import LocalStore, ObjectStore, S3Store, make_s3_client, open_store
 
 BLOCK_SLUG_PREFIX = "s3-bucket/"
+S3_CLIENT_CONFIG = {"retries": {"max_attempts": 3, "mode": "standard"}, "connect_timeout": 5, "read_timeout": 60}
 
 
 def _load_bucket_block(slug: str) -> S3Bucket:
@@ -58,11 +59,9 @@ def result_storage_block(settings: HarvestSettings) -> WritableFileSystem:
         root.mkdir(parents=True, exist_ok=True)
         block: WritableFileSystem = LocalFileSystem(basepath=str(root))
     else:
-        credentials = AwsCredentials(
-            aws_client_parameters=AwsClientParameters(endpoint_url=settings.s3_endpoint_url)
-            if settings.s3_endpoint_url
-            else AwsClientParameters()
-        )
+        # Bounded retries and timeouts: a dead endpoint should fail a step in seconds, not minutes.
+        client_parameters = AwsClientParameters(endpoint_url=settings.s3_endpoint_url, config=S3_CLIENT_CONFIG)
+        credentials = AwsCredentials(aws_client_parameters=client_parameters)
         block = S3Bucket(bucket_name=parts.netloc, bucket_folder=parts.path.strip("/"), credentials=credentials)
     block.save(name, overwrite=True)
     return block

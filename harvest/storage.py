@@ -211,7 +211,7 @@ def make_s3_client(endpoint_url: str | None = None, **client_kwargs: Any) -> Any
     from botocore.config import Config
 
     config = Config(
-        retries={"max_attempts": 4, "mode": "standard"}, connect_timeout=5, read_timeout=60,
+        retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=60,
         s3={"addressing_style": "path"} if endpoint_url else None,
     )
     return boto3.client("s3", endpoint_url=endpoint_url, config=config, **client_kwargs)

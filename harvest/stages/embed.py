@@ -12,11 +12,18 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from numpy.lib.format import open_memmap
 from pydantic import BaseModel
 
-from harvest.embeddings import check_batch, iter_batch_results, submit_batch, write_batch_input
+from harvest.embeddings import (
+    EmbeddingMatrix,
+    check_batch,
+    iter_batch_results,
+    missing_rows,
+    read_embeddings,
+    submit_batch,
+    write_batch_input,
+)
+
 from harvest.models import Activity, FileRef
 from harvest.stages.common import StageResult, run_key, timed
 from harvest.storage import ObjectStore, iter_jsonl, store_local_file, write_jsonl
@@ -68,24 +75,17 @@ def collect_embeddings(
             rows[record["id"]] = row
         count = len(rows)
         matrix_path = Path(tmp) / "embeddings.npy"
-        matrix = open_memmap(matrix_path, mode="w+", dtype="<f4", shape=(count, dimensions))
-        status: dict[int, str | None] = {}
-        for item in iter_batch_results(client, finished, dimensions=dimensions):
-            row = rows.get(item.custom_id)
-            if row is None:
-                result.warn(f"batch returned an unknown custom_id {item.custom_id!r}")
-                continue
-            if item.vector is None:
-                status[row] = item.error or "no vector"
-                continue
-            matrix[row] = item.vector
-            status[row] = None
-        matrix.flush()
-        del matrix
+        with EmbeddingMatrix(matrix_path, count, dimensions) as matrix:
+            failures = matrix.write_rows(iter_batch_results(client, finished, dimensions=dimensions), rows)
+        for key, error in failures.items():
+            if key not in rows:
+                result.warn(f"batch output line {key!r} not used: {error}")
+        status = {rows[key]: error for key, error in failures.items() if key in rows}
+        missing = missing_rows(read_embeddings(matrix_path))  # NaN rows: never written
 
         def index() -> Any:
             for activity_id, row in rows.items():
-                error = status.get(row, "missing from batch output")
+                error = status.get(row) or ("missing from batch output" if missing[row] else None)
                 if error:
                     result.stats.skipped += 1
                     result.warn(f"no embedding for {activity_id}: {error}")

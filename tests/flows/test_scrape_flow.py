@@ -157,7 +157,7 @@ def test_storage_outage_mid_run_fails_the_run_and_keeps_the_record(harvest_env, 
     monkeypatch.setenv("HARVEST_STORAGE_URL", f"s3://{bucket}/harvest")
     monkeypatch.setenv("HARVEST_S3_ENDPOINT_URL", outage.endpoint)
     reset_harvest_caches()
-    openai_server.configure(polls_until_complete=1000)  # keeps the run busy while S3 goes away
+    openai_server.configure(polls_until_complete=10)  # the batch is still running when S3 goes away
     db_url = harvest_env["HARVEST_DATABASE_URL"]
 
     def stop_s3_after_standardize() -> None:
