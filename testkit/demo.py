@@ -17,6 +17,8 @@ def main() -> int:
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    # The first run on a fresh PREFECT_HOME migrates its database; give the ephemeral API time to start.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ["HARVEST_ALLOW_PRIVATE_NETWORKS"] = "true"  # the demo site is on 127.0.0.1
 
     from testkit.demo_site import build_demo_site, serve_site

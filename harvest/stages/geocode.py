@@ -51,11 +51,16 @@ def geocode_addresses(
             result.stats.items_in += 1
             yield Activity.model_validate(record)
 
+    warned: set[str] = set()
+
     def rows() -> Iterator[dict[str, object]]:
         for row in ordered_map(one, activities(), workers=workers):
             if row.get("error"):
                 result.stats.skipped += 1
-                result.warn(f"geocode failed for {row['address']!r}: {row['error']}")
+                address = str(row["address"])
+                if address not in warned:  # one warning per address, however many activities share it
+                    warned.add(address)
+                    result.warn(f"geocode failed for {address!r}: {row['error']}")
             elif row.get("latitude") is not None:
                 result.stats.items_out += 1
             yield row

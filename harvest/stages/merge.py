@@ -106,6 +106,12 @@ def final_record(merged: dict[str, Any], vector: list[float] | None) -> dict[str
     }
 
 
+def _json_vector(row: np.ndarray) -> list[float]:
+    """float32 values as short JSON numbers: rounded to 8 decimals (below float32's precision for the
+    values embeddings hold), so each shows as ~11 characters instead of float64's 20-digit expansion."""
+    return np.round(row.astype(np.float64), 8).tolist()
+
+
 def write_final_records(store: ObjectStore, run_id: str, merged: FileRef, embeddings: FileRef | None) -> StageResult:
     """Stream the merge and the memory-mapped vectors into `final.jsonl`."""
     result = StageResult()
@@ -114,7 +120,7 @@ def write_final_records(store: ObjectStore, run_id: str, merged: FileRef, embedd
         for row in iter_jsonl(store, merged.uri):
             result.stats.items_in += 1
             index = row.get("embedding_row")
-            vector = matrix[index].tolist() if matrix is not None and index is not None else None
+            vector = _json_vector(matrix[index]) if matrix is not None and index is not None else None
             if vector is not None:
                 result.stats.details["with_embedding"] = int(result.stats.details.get("with_embedding", 0)) + 1
             yield final_record(row, vector)

@@ -1,0 +1,66 @@
+"""The `harvest` console script, run as a user would: a subprocess with its own environment."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+HARVEST = str(Path(sys.executable).parent / "harvest")
+
+
+def harvest(args: list[str], env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, **env, "PREFECT_HOME": str(tmp_path / "prefect-cli")}
+    return subprocess.run([HARVEST, *args], env=full_env, capture_output=True, text=True, timeout=600)
+
+
+def test_invalid_url_exits_2_with_the_reason_on_stderr(harvest_env, tmp_path) -> None:
+    done = harvest(["scrape", "file:///etc/passwd", "--json"], harvest_env, tmp_path)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert "only http and https" in done.stderr
+
+
+def test_scrape_json_then_runs_commands(harvest_env, demo_site, tmp_path) -> None:
+    done = harvest(["scrape", demo_site.base_url + "/", "--max-pages", "25", "--max-extractions", "8", "--json"],
+                   harvest_env, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout)  # stdout is exactly one JSON document
+    assert summary["status"] == "completed" and summary["activities_processed"] > 0
+    assert set(summary) >= {"run_id", "files", "import_summary", "warnings", "failed_urls"}
+    assert summary["files"]["final_jsonl"]["records"] == summary["activities_processed"]
+    run_id = summary["run_id"]
+
+    listed = json.loads(harvest(["runs", "list", "--json"], harvest_env, tmp_path).stdout)
+    assert [row["id"] for row in listed] == [run_id]
+    shown = json.loads(harvest(["runs", "show", run_id, "--json"], harvest_env, tmp_path).stdout)
+    assert shown["status"] == "completed" and shown["retention"] == "kept"
+    assert shown["steps"]["crawl"]["items_out"] == summary["files"]["raw_activities"]["records"] > 0
+
+    files = json.loads(harvest(["runs", "files", run_id, "--json", "--expires", "120"], harvest_env, tmp_path).stdout)
+    final = next(item for item in files if item["kind"] == "final_jsonl")
+    body = httpx.get(final["link"]).content  # an S3 presigned GET
+    assert hashlib.sha256(body).hexdigest() == final["sha256"]
+
+    cleaned = harvest(["runs", "cleanup", run_id], harvest_env, tmp_path)
+    assert cleaned.returncode == 0 and "deleted" in cleaned.stdout
+    shown = json.loads(harvest(["runs", "show", run_id, "--json"], harvest_env, tmp_path).stdout)
+    assert shown["retention"] == "cleaned" and all(item["deleted_at"] for item in shown["files"])
+
+
+def test_unknown_run_is_a_clear_error(harvest_env, tmp_path) -> None:
+    done = harvest(["runs", "show", "no-such-run"], harvest_env, tmp_path)
+    assert done.returncode == 1 and "no run no-such-run" in done.stderr
+
+
+@pytest.mark.parametrize("args", [["db", "upgrade"]])
+def test_db_upgrade_is_idempotent(harvest_env, tmp_path, args) -> None:
+    for _ in range(2):
+        done = harvest(args, harvest_env, tmp_path)
+        assert done.returncode == 0, done.stderr
