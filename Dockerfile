@@ -1,0 +1,41 @@
+# harvest worker/flow-run image: the project installed from pyproject, Debian's Chromium for Playwright,
+# migrations beside it, a non-root user. No secrets: every setting comes from the environment at run time
+# (the docker work pool's job variables), e.g. HARVEST_DATABASE_URL, HARVEST_STORAGE_URL, OPENAI_API_KEY.
+#
+#   docker build -t harvest:latest .
+#   docker run --rm -e HARVEST_DATABASE_URL=... harvest:latest harvest db upgrade
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    DO_NOT_TRACK=1 \
+    HARVEST_BROWSER_PATH=/usr/bin/chromium \
+    HARVEST_MIGRATIONS_DIR=/app/migrations \
+    HARVEST_HOME=/home/harvest/.harvest
+
+# Playwright drives the distribution's Chromium (`playwright install` needs a CDN and brings its own).
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends chromium fonts-liberation ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
+
+RUN groupadd --system --gid 10001 harvest \
+    && useradd --system --uid 10001 --gid harvest --create-home --home-dir /home/harvest harvest
+
+WORKDIR /app
+
+# Dependencies are pinned in pyproject.toml; the source tree is copied as well because deployments load
+# their entrypoint (flows/scrape.py) from the working directory /app.
+COPY pyproject.toml README.md alembic.ini prefect.yaml ./
+COPY harvest/ harvest/
+COPY flows/ flows/
+COPY blocks/ blocks/
+COPY migrations/ migrations/
+RUN pip install --no-cache-dir . \
+    && chown -R harvest:harvest /app
+
+USER 10001:10001
+
+CMD ["prefect", "version"]
