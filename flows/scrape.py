@@ -81,12 +81,17 @@ def _optional(future: PrefectFuture[Any], what: str, run_id: str, warnings: list
     on_crashed=[on_crashed],
     on_cancellation=[on_cancellation],
 )
-def scrape_website(url: str, config: RunConfig = RunConfig()) -> RunSummary:
-    """Scrape `url` into enriched activity records. Files land in HARVEST_STORAGE_URL under runs/<flow run id>/."""
+def scrape_website(url: str, config: RunConfig = RunConfig(), from_raw: str | None = None) -> RunSummary:
+    """Scrape `url` into enriched activity records. Files land in HARVEST_STORAGE_URL under runs/<flow run id>/.
+
+    `from_raw`: start from stored raw activities (a kept run's raw_activities URI or a local JSONL) instead
+    of crawling; `url` is then only the run's label.
+    """
     logger = get_run_logger()
     request = StartRequest(url=url, config=config)
     res = resources()
-    check_fetch_allowed(request.url, allow_private_networks=res.settings.allow_private_networks)
+    if not from_raw:
+        check_fetch_allowed(request.url, allow_private_networks=res.settings.allow_private_networks)
     run_id = str(runtime_flow_run.id)
     traffic = _Traffic()
     warnings: list[str] = []
@@ -100,13 +105,17 @@ def scrape_website(url: str, config: RunConfig = RunConfig()) -> RunSummary:
 
     storage = result_storage_block(res.settings)
     bound = {name: getattr(tasks, name).with_options(result_storage=storage) for name in (
-        "crawl_and_extract", "standardize", "images", "geocode", "submit_embeddings_batch",
+        "crawl_and_extract", "load_raw_activities", "standardize", "images", "geocode", "submit_embeddings_batch",
         "poll_embeddings_batch", "merge", "write_final", "import_activities",
     )}
 
     # 1-2. Crawl + extract, then standardize: both critical.
-    raw = bound["crawl_and_extract"](run_id, request.url, config)
-    traffic.add(request.url, config, raw)
+    if from_raw:
+        raw = bound["load_raw_activities"](run_id, from_raw)
+        traffic.add(from_raw, raw)
+    else:
+        raw = bound["crawl_and_extract"](run_id, request.url, config)
+        traffic.add(request.url, config, raw)
     standardized = bound["standardize"](run_id, raw, config)
     traffic.add(raw, config, standardized)
 

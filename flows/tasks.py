@@ -19,7 +19,7 @@ from harvest.errors import BatchNotReadyError
 from harvest.extract.llm import LLMExtractor
 from harvest.geocode import make_geocoder
 from harvest.models import FileRef, ImportSummary, RunConfig
-from harvest.stages.collect import collect_raw_activities
+from harvest.stages.collect import collect_raw_activities, copy_raw_activities
 from harvest.stages.common import StageResult
 from harvest.stages.embed import SubmittedBatch, collect_embeddings, submit_embeddings
 from harvest.stages.geocode import geocode_addresses
@@ -66,6 +66,14 @@ def crawl_and_extract(run_id: str, url: str, config: RunConfig) -> FileRef:
     res = resources()
     llm = LLMExtractor(_openai_client(res), res.settings.extraction_model) if res.settings.has_openai else None
     result = collect_raw_activities(res.store, run_id, url, config, res.settings, llm=llm)
+    record_stage(res, run_id, "crawl", result)
+    return result.file("raw_activities")
+
+
+@task(name="load-raw-activities", result_storage_key=result_key("crawl"), **PERSISTED)
+def load_raw_activities(run_id: str, source: str) -> FileRef:
+    res = resources()
+    result = copy_raw_activities(res.store, run_id, source)
     record_stage(res, run_id, "crawl", result)
     return result.file("raw_activities")
 

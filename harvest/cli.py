@@ -18,6 +18,8 @@ runs_app = typer.Typer(help="Inspect and operate on past runs.", no_args_is_help
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
 app.add_typer(db_app, name="db")
+blocks_app = typer.Typer(help="Prefect blocks built from the environment.", no_args_is_help=True)
+app.add_typer(blocks_app, name="blocks")
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -48,6 +50,9 @@ def scrape(
     auto_import: bool = typer.Option(False, "--auto-import", help="Import into activities and delete the run's files."),
     render: Optional[str] = typer.Option(None, help="auto | browser | http."),
     config_json: Optional[str] = typer.Option(None, "--config", help="Full run config as JSON (flags override it)."),
+    from_raw: Optional[str] = typer.Option(
+        None, "--from-raw", help="Start from stored raw activities (a run's raw_activities URI or a JSONL path)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout (logs on stderr)."),
 ) -> None:
     """Run the scrape-website flow in this process and print its summary."""
@@ -69,7 +74,7 @@ def scrape(
         _route_logs_to_stderr()
     from flows.scrape import scrape_website
 
-    state = scrape_website(url=request.url, config=request.config, return_state=True)
+    state = scrape_website(url=request.url, config=request.config, from_raw=from_raw, return_state=True)
     run_id = str(state.state_details.flow_run_id)
     if state.is_completed():
         summary = state.result()
@@ -210,6 +215,19 @@ def db_upgrade() -> None:
     except HarvestError as exc:
         _fail(str(exc))
     typer.echo("database is at the latest revision")
+
+
+@blocks_app.command("register")
+def blocks_register() -> None:
+    """Create or update harvest's AWS credentials, S3 bucket and API-key Secret blocks from the environment."""
+    from pydantic import ValidationError
+
+    from blocks.register import main as register_main
+
+    try:
+        register_main(echo=typer.echo)
+    except ValidationError as exc:
+        _fail(f"invalid settings: {exc}", 2)
 
 
 def main() -> None:  # pragma: no cover - console entry point

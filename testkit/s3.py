@@ -35,6 +35,12 @@ class MotoS3:
             self.process.terminate()
             self.process.wait(10)
 
+    def kill(self) -> None:
+        """An abrupt outage: SIGKILL, no graceful shutdown."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
     def client(self) -> Any:
         from harvest.storage import make_s3_client
 

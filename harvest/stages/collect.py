@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from harvest.crawl import Crawl, CrawlStats, Page, crawl
-from harvest.errors import ExtractionError
+from harvest.errors import ExtractionError, StorageError
 from harvest.extract.llm import LLMExtractor
 from harvest.extract.structured import extract_structured, page_text
 from harvest.models import RawActivity, RunConfig
@@ -99,3 +102,46 @@ def _extract_page(page: Page, result: StageResult) -> list[RawActivity]:
     except ExtractionError as exc:
         result.warn(f"structured extraction failed for {page.url}: {exc}")
         return []
+
+
+def copy_raw_activities(store: ObjectStore, run_id: str, source: str) -> StageResult:
+    """Start a run from stored raw activities (a kept run's raw file, or a local JSONL) instead of a crawl.
+
+    The records are copied into the run's own folder, line by line, so the run stays self-contained
+    even if the source is cleaned up later; malformed lines are skipped with a warning.
+    """
+    result = StageResult()
+
+    def records() -> Iterator[dict[str, object]]:
+        for number, record in enumerate(_iter_source(store, source), start=1):
+            result.stats.items_in += 1
+            try:
+                yield RawActivity.model_validate(record).model_dump(mode="json", exclude_none=True)
+            except ValueError as exc:
+                result.stats.skipped += 1
+                result.warn(f"{source} line {number} is not a raw activity: {exc}")
+
+    with timed(result.stats):
+        ref = write_jsonl(store, run_key(run_id, "raw_activities", "jsonl"), "raw_activities", records())
+    result.files.append(ref)
+    result.stats.items_out = ref.records
+    result.stats.details["source"] = source
+    return result
+
+
+def _iter_source(store: ObjectStore, source: str) -> Iterator[dict[str, object]]:
+    try:
+        store.key_for(source)
+    except StorageError:
+        path = Path(unquote(urlsplit(source).path)) if source.startswith("file://") else Path(source)
+        if not path.is_file():
+            raise StorageError(f"--from-raw source {source!r} is neither in the store nor a readable file") from None
+        with open(path, "rb") as handle:
+            for number, line in enumerate(handle, start=1):
+                if line.strip():
+                    try:
+                        yield json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise StorageError(f"{source} line {number} is not JSON: {exc}") from exc
+        return
+    yield from iter_jsonl(store, source)
