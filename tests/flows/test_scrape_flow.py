@@ -7,6 +7,7 @@ import hashlib
 import json
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -213,3 +214,27 @@ def test_resumed_run_skips_completed_steps(harvest_env, demo_site, openai_server
     row = run_row(db_url, run_id)
     assert (row["status"], row["retention"]) == ("completed", "cleaned")
     assert row["import_summary"]["imported"] == row["activities_processed"] > 0
+
+
+def test_a_site_without_activities_completes_with_zero_and_says_so(harvest_env, demo_site) -> None:
+    state = run(demo_site.base_url + "/", max_depth=0)  # only the index page: a listing, no activity on it
+    assert state.is_completed(), state.message
+    summary = state.result()
+    assert summary.activities_processed == 0
+    assert any("no activities found" in w for w in summary.warnings), summary.warnings
+    assert summary.files["final_jsonl"].records == 0
+
+
+def test_from_raw_starts_without_a_crawl_and_skips_malformed_lines(harvest_env, demo_site, tmp_path) -> None:
+    source = tmp_path / "raw.jsonl"
+    fixture = json.loads((Path(__file__).resolve().parents[2] / "testkit/data/melbourne-activities.json").read_text())
+    lines = [json.dumps(record) for record in fixture[:40]] + ['{"name": ["not", "a", "string"]}']
+    source.write_text("\n".join(lines) + "\n")
+    requests_before = demo_site.total_requests()
+    from flows.scrape import scrape_website
+
+    summary = scrape_website(url="https://example.org/", config=RunConfig(), from_raw=str(source))
+    assert demo_site.total_requests() == requests_before
+    assert summary.files["raw_activities"].records == 40
+    assert any("line 41 is not a raw activity" in w for w in summary.warnings), summary.warnings
+    assert 0 < summary.activities_processed <= 40
