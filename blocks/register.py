@@ -1,0 +1,110 @@
+"""Create or update harvest's Prefect blocks from the environment, so the UI and deployments can use them.
+
+    python -m blocks.register          # or: harvest blocks register
+
+Blocks (each saved with overwrite=True, so running this again only updates them):
+
+- `aws-credentials/harvest-aws`: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (a secret field, only when set),
+  AWS_SESSION_TOKEN, AWS_PROFILE, AWS_DEFAULT_REGION / AWS_REGION, and HARVEST_S3_ENDPOINT_URL as the
+  client's endpoint URL.
+- `s3-bucket/harvest-storage`, when HARVEST_STORAGE_URL is s3://bucket/prefix: that bucket and folder with the
+  credentials above. Workers can then use HARVEST_STORAGE_URL=s3-bucket/harvest-storage.
+- `secret/harvest-openai-api-key` when OPENAI_API_KEY is set, `secret/harvest-google-maps-api-key` when
+  GOOGLE_MAPS_API_KEY is set.
+
+Only block names are printed, never values.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from harvest.settings import HarvestSettings
+
+AWS_BLOCK = "harvest-aws"
+BUCKET_BLOCK = "harvest-storage"
+OPENAI_SECRET = "harvest-openai-api-key"
+GOOGLE_MAPS_SECRET = "harvest-google-maps-api-key"
+
+
+@dataclass(frozen=True)
+class Registered:
+    slug: str  # block type slug / block name, e.g. "secret/harvest-openai-api-key"
+    action: str  # "created" | "updated" | "skipped"
+    note: str = ""
+
+    def line(self) -> str:
+        return f"{self.action:8} {self.slug}" + (f"  ({self.note})" if self.note else "")
+
+
+def _exists(block_cls: type, name: str) -> bool:
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        block_cls.load(name)
+    except (ValueError, ObjectNotFound):
+        return False
+    return True
+
+
+def _save(block: object, name: str) -> str:
+    existed = _exists(type(block), name)
+    block.save(name, overwrite=True)  # type: ignore[attr-defined]
+    return "updated" if existed else "created"
+
+
+def register_blocks(
+    settings: HarvestSettings | None = None, environ: Mapping[str, str] | None = None
+) -> list[Registered]:
+    """Save harvest's blocks from `settings` and the standard AWS variables of `environ` (default: os.environ)."""
+    from prefect.blocks.system import Secret
+    from prefect_aws import AwsClientParameters, AwsCredentials, S3Bucket
+
+    settings = settings or HarvestSettings()
+    env = os.environ if environ is None else environ
+    done: list[Registered] = []
+
+    secret_key = env.get("AWS_SECRET_ACCESS_KEY") or None
+    credentials = AwsCredentials(
+        aws_access_key_id=env.get("AWS_ACCESS_KEY_ID") or None,
+        aws_secret_access_key=secret_key,  # pydantic turns it into a SecretStr; None when unset
+        aws_session_token=env.get("AWS_SESSION_TOKEN") or None,
+        profile_name=env.get("AWS_PROFILE") or None,
+        region_name=env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or None,
+        aws_client_parameters=AwsClientParameters(endpoint_url=settings.s3_endpoint_url),
+    )
+    done.append(Registered(f"aws-credentials/{AWS_BLOCK}", _save(credentials, AWS_BLOCK)))
+
+    storage = settings.storage_url
+    if storage.startswith("s3://"):
+        parts = urlsplit(storage)
+        bucket = S3Bucket(bucket_name=parts.netloc, bucket_folder=parts.path.strip("/"), credentials=credentials)
+        done.append(Registered(f"s3-bucket/{BUCKET_BLOCK}", _save(bucket, BUCKET_BLOCK)))
+    else:
+        done.append(Registered(f"s3-bucket/{BUCKET_BLOCK}", "skipped", "HARVEST_STORAGE_URL is not s3://"))
+
+    secrets: list[tuple[str, object, str]] = [
+        (OPENAI_SECRET, settings.openai_api_key, "OPENAI_API_KEY"),
+        (GOOGLE_MAPS_SECRET, settings.google_maps_api_key, "GOOGLE_MAPS_API_KEY"),
+    ]
+    for name, value, variable in secrets:
+        raw = value.get_secret_value() if value is not None else ""  # type: ignore[attr-defined]
+        if raw:
+            done.append(Registered(f"secret/{name}", _save(Secret(value=raw), name)))
+        else:
+            done.append(Registered(f"secret/{name}", "skipped", f"{variable} not set"))
+    return done
+
+
+def main(echo: Callable[[str], None] = print) -> list[Registered]:
+    registered = register_blocks()
+    for item in registered:
+        echo(item.line())
+    return registered
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m blocks.register`
+    main()

@@ -1,0 +1,113 @@
+"""`harvest blocks register` / `python -m blocks.register` on Prefect's ephemeral API: blocks exist after, a
+second run only updates them, and secret values never reach the output."""
+
+from __future__ import annotations
+
+import os
+import pytest
+from typer.testing import CliRunner
+
+from harvest.cli import app
+from tests.helpers import TEST_OPENAI_KEY
+
+GOOGLE_KEY = "google-maps-secret-key-987654"
+AWS_SECRET = "testing-secret-key-do-not-leak"  # conftest puts it in AWS_SECRET_ACCESS_KEY
+
+
+@pytest.fixture
+def block_env(monkeypatch: pytest.MonkeyPatch, s3) -> dict[str, str]:  # noqa: ANN001
+    bucket = s3.new_bucket()
+    env = {
+        "HARVEST_STORAGE_URL": f"s3://{bucket}/harvest/prod",
+        "HARVEST_S3_ENDPOINT_URL": s3.endpoint,
+        "OPENAI_API_KEY": TEST_OPENAI_KEY,
+        "GOOGLE_MAPS_API_KEY": GOOGLE_KEY,
+        "AWS_SECRET_ACCESS_KEY": AWS_SECRET,
+        "AWS_ACCESS_KEY_ID": "testing-access-key",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "BUCKET": bucket,
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
+
+
+def register() -> str:
+    result = CliRunner().invoke(app, ["blocks", "register"])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def assert_no_secret_in(output: str) -> None:
+    for secret in (TEST_OPENAI_KEY, GOOGLE_KEY, AWS_SECRET):
+        assert secret not in output
+
+
+def test_register_creates_usable_blocks_and_a_second_run_only_updates(block_env, s3) -> None:  # noqa: ANN001
+    from prefect.blocks.system import Secret
+    from prefect_aws import AwsCredentials, S3Bucket
+
+    first = register()
+    assert_no_secret_in(first)
+    for slug in ("aws-credentials/harvest-aws", "s3-bucket/harvest-storage", "secret/harvest-openai-api-key",
+                 "secret/harvest-google-maps-api-key"):
+        assert slug in first
+
+    credentials = AwsCredentials.load("harvest-aws")
+    assert credentials.aws_client_parameters.endpoint_url == s3.endpoint
+    assert credentials.aws_secret_access_key.get_secret_value() == AWS_SECRET
+    assert credentials.region_name == "us-east-1"
+    assert Secret.load("harvest-openai-api-key").get() == TEST_OPENAI_KEY
+    assert Secret.load("harvest-google-maps-api-key").get() == GOOGLE_KEY
+
+    # The bucket block really reaches the S3 endpoint, under the configured folder.
+    bucket = S3Bucket.load("harvest-storage")
+    assert (bucket.bucket_name, bucket.bucket_folder) == (block_env["BUCKET"], "harvest/prod")
+    bucket.write_path("probe.txt", b"hello")
+    assert s3.keys(block_env["BUCKET"]) == ["harvest/prod/probe.txt"]
+    assert bucket.read_path("probe.txt") == b"hello"
+
+    # Again, with one value changed: the same blocks are updated in place, nothing is duplicated.
+    ids = {name: AwsCredentials.load(name)._block_document_id for name in ("harvest-aws",)}
+    os.environ["OPENAI_API_KEY"] = "sk-rotated-key-000"
+    second = register()
+    assert_no_secret_in(second)
+    assert "sk-rotated-key-000" not in second
+    assert "updated  secret/harvest-openai-api-key" in second
+    assert "created" not in second
+    assert Secret.load("harvest-openai-api-key").get() == "sk-rotated-key-000"
+    assert AwsCredentials.load("harvest-aws")._block_document_id == ids["harvest-aws"]
+
+
+def test_without_keys_or_s3_storage_nothing_optional_is_saved(monkeypatch, tmp_path) -> None:  # noqa: ANN001
+    for name in ("OPENAI_API_KEY", "GOOGLE_MAPS_API_KEY", "HARVEST_OPENAI_API_KEY", "HARVEST_GOOGLE_MAPS_API_KEY",
+                 "HARVEST_S3_ENDPOINT_URL", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HARVEST_STORAGE_URL", (tmp_path / "store").as_uri())
+    from blocks.register import register_blocks
+
+    done = {item.slug: item for item in register_blocks()}
+    assert done["aws-credentials/harvest-aws"].action in ("created", "updated")
+    assert done["s3-bucket/harvest-storage"].action == "skipped"
+    assert done["secret/harvest-openai-api-key"].action == "skipped"
+    assert done["secret/harvest-google-maps-api-key"].action == "skipped"
+    from prefect_aws import AwsCredentials
+
+    assert AwsCredentials.load("harvest-aws").aws_secret_access_key is None
+
+
+def test_module_entry_point(monkeypatch, capsys) -> None:  # noqa: ANN001
+    """`python -m blocks.register`, run in this process (a subprocess would pay a fresh ephemeral API start)."""
+    import runpy
+    import sys
+
+    monkeypatch.delitem(sys.modules, "blocks.register", raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", TEST_OPENAI_KEY)
+    monkeypatch.setenv("HARVEST_STORAGE_URL", "s3://some-bucket/x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", AWS_SECRET)
+    monkeypatch.delenv("GOOGLE_MAPS_API_KEY", raising=False)
+    runpy.run_module("blocks.register", run_name="__main__")
+    out = capsys.readouterr()
+    assert_no_secret_in(out.out + out.err)
+    assert "secret/harvest-openai-api-key" in out.out and "s3-bucket/harvest-storage" in out.out
+    assert "skipped  secret/harvest-google-maps-api-key" in out.out
