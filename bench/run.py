@@ -50,6 +50,8 @@ def markdown(results: list[dict[str, object]]) -> str:
 def main() -> int:
     sizes = [int(s) for s in os.environ.get("BENCH_SIZES", "100,1000,10000").split(",") if s.strip()]
     workdir = Path(tempfile.mkdtemp(prefix="harvest-bench-"))
+    for name, value in {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        os.environ.setdefault(name, value)  # moto accepts any credentials; boto3 needs some
     s3 = MotoS3().start()
     try:
         with OpenAITestServer() as openai_server, GeocoderTestServer() as geocoder:

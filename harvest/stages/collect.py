@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from harvest.crawl import Crawl, CrawlStats, Page, crawl
+from harvest.crawl import Crawl, CrawlStats, Page, crawl_with_settings
 from harvest.errors import ExtractionError, StorageError
 from harvest.extract.llm import LLMExtractor
 from harvest.extract.structured import extract_structured, page_text
@@ -63,16 +63,7 @@ def collect_raw_activities(
                     return
 
     with timed(result.stats):
-        session = crawl(
-            url,
-            config,
-            browser_path=settings.browser_path,
-            user_agent=settings.user_agent,
-            allow_private_networks=settings.allow_private_networks,
-            per_host_concurrency=settings.per_host_concurrency,
-            timeout_s=settings.request_timeout_seconds,
-            on_progress=on_progress,
-        )
+        session = crawl_with_settings(url, config, settings, on_progress=on_progress)
         with session:
             ref = write_jsonl(store, run_key(run_id, "raw_activities", "jsonl"), "raw_activities", activities(session))
         stats = session.stats
