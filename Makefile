@@ -33,7 +33,7 @@ test: venv system postgres
 	HARVEST_TEST_DATABASE_URL=$(PG_URL) $(BIN)/pytest -q $(PYTEST_ARGS)
 
 bench: venv system postgres
-	HARVEST_TEST_DATABASE_URL=$(PG_URL) $(BIN)/python -m bench.run
+	$(BIN)/python -m bench.run
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -20,7 +20,8 @@ from testkit.openai_server import OpenAITestServer
 from testkit.s3 import MotoS3
 
 RESULTS = Path(__file__).resolve().parent / "results"
-DEFAULT_PG = "postgresql+psycopg://harvest:harvest@127.0.0.1:5432/harvest_test"
+# Its own database: the test suite truncates harvest_test between tests.
+DEFAULT_PG = "postgresql+psycopg://harvest:harvest@127.0.0.1:5432/harvest_bench"
 
 
 def run_size(n: int, env: dict[str, str], workdir: Path) -> dict[str, object]:
@@ -63,7 +64,7 @@ def main() -> int:
                     "PREFECT_HOME": str(workdir / "prefect"),
                     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
                     "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
-                    "HARVEST_DATABASE_URL": os.environ.get("HARVEST_TEST_DATABASE_URL", DEFAULT_PG),
+                    "HARVEST_DATABASE_URL": os.environ.get("HARVEST_BENCH_DATABASE_URL", DEFAULT_PG),
                     "HARVEST_STORAGE_URL": f"s3://{bucket}/harvest", "HARVEST_S3_ENDPOINT_URL": s3.endpoint,
                     "OPENAI_API_KEY": "bench-key", "OPENAI_BASE_URL": openai_server.base_url,
                     "HARVEST_GEOCODER_URL": geocoder.base_url, "HARVEST_GEOCODER_RATE_PER_SECOND": "2000",

@@ -4,7 +4,7 @@
 set -euo pipefail
 ROLE="${HARVEST_PG_ROLE:-harvest}"
 PASSWORD="${HARVEST_PG_PASSWORD:-harvest}"
-DATABASES="${HARVEST_PG_DATABASES:-harvest_test harvest_prefect}"
+DATABASES="${HARVEST_PG_DATABASES:-harvest_test harvest_prefect harvest_bench}"
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
 
 if ! command -v pg_lsclusters >/dev/null 2>&1; then
