@@ -38,11 +38,12 @@ def copy_floor(engine: sa.Engine, final_path: Path) -> float:
 def main() -> int:
     n, out = int(sys.argv[1]), Path(sys.argv[2])
     from flows.scrape import scrape_website
-    from harvest.db.engine import get_engine
+    from harvest.db.engine import get_engine, upgrade
     from harvest.models import RunConfig
     from harvest.settings import get_settings
 
     settings = get_settings()
+    upgrade(settings.database_url)
     engine = get_engine(settings.database_url)
     with engine.begin() as connection:
         connection.exec_driver_sql("TRUNCATE activities, run_files, scrape_runs CASCADE")

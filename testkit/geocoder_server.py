@@ -33,17 +33,18 @@ import hashlib
 import json
 import re
 import signal
-import socket
 import sys
 import threading
 import time
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from testkit.loopback import LoopbackServer
 
 DATA_FILE = Path(__file__).parent / "data" / "final-records-sample.jsonl"
 DEFAULT_API_KEY = "testkit-google-key"
@@ -328,82 +329,19 @@ class FailureRule:
             raise ValueError("count must be >= 0")
 
 
-class _Server(ThreadingHTTPServer):
-    """Tracks open connections so stop() can close kept-alive ones instead of serving them after shutdown."""
-
-    daemon_threads = True
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.connections: set[socket.socket] = set()
-        self.connections_lock = threading.Lock()
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self.connections_lock:
-            self.connections.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self.connections_lock:
-            self.connections.discard(request)
-        super().shutdown_request(request)
-
-    def close_all(self) -> None:
-        with self.connections_lock:
-            for conn in list(self.connections):
-                try:
-                    conn.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-
-class GeocoderTestServer:
+class GeocoderTestServer(LoopbackServer):
     """Threaded HTTP server answering Nominatim and Google geocoding requests from the gazetteer."""
+
+    thread_name = "geocoder-test-server"
 
     def __init__(self, port: int = 0, *, api_key: str = DEFAULT_API_KEY, host: str = "127.0.0.1") -> None:
         self.api_key = api_key
-        self._host = host
-        self._port = port
+        super().__init__(port, host)
         self._gazetteer = Gazetteer()
         self._lock = threading.Lock()
         self._rules: list[FailureRule] = []
         self._stats: Counter[str] = Counter()
         self._log: list[dict[str, Any]] = []
-        self._stopping = threading.Event()
-        self._httpd: _Server | None = None
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle -------------------------------------------------------------------------------------
-    def start(self) -> GeocoderTestServer:
-        handler = type("_BoundHandler", (_Handler,), {"app": self})
-        self._httpd = _Server((self._host, self._port), handler)
-        self._port = self._httpd.server_address[1]
-        self._stopping.clear()
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="geocoder-test-server", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.close_all()
-            self._httpd.server_close()
-            self._httpd = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> GeocoderTestServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        return self._port
 
     @property
     def base_url(self) -> str:
@@ -543,21 +481,6 @@ class GeocoderTestServer:
         else:
             req.send_json(200, {"results": [google_result(place)], "status": "OK"})
 
-    def _handle_control(self, req: _Handler, method: str, path: str, body: bytes) -> None:
-        try:
-            if path == "/_testkit/stats" and method == "GET":
-                req.send_json(200, self.stats())
-            elif path == "/_testkit/reset" and method == "POST":
-                self.reset()
-                req.send_json(200, {"ok": True})
-            elif path == "/_testkit/config" and method == "POST":
-                self.configure(json.loads(body or b"{}"))
-                req.send_json(200, {"ok": True})
-            else:
-                req.send_json(404, {"error": f"no control route {method} {path}"})
-        except (ValueError, TypeError) as exc:
-            req.send_json(400, {"error": str(exc)})
-
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -591,6 +514,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - keep test output quiet
         pass
+
+
+GeocoderTestServer.handler_class = _Handler  # bound here: the handler is defined after the server class
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -63,19 +63,19 @@ import hashlib
 import json
 import re
 import signal
-import socket
 import sys
 import threading
 import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
 
+from testkit.loopback import LoopbackServer
 from testkit.geocoder_server import parse_address
 
 BATCH_OUTCOMES = ("completed", "failed", "expired", "cancelled")
@@ -260,42 +260,14 @@ class _Batch:
         }
 
 
-class _Server(ThreadingHTTPServer):
-    """Tracks open connections so stop() can close kept-alive ones instead of serving them after shutdown."""
-
-    daemon_threads = True
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.connections: set[socket.socket] = set()
-        self.connections_lock = threading.Lock()
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self.connections_lock:
-            self.connections.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self.connections_lock:
-            self.connections.discard(request)
-        super().shutdown_request(request)
-
-    def close_all(self) -> None:
-        with self.connections_lock:
-            for conn in list(self.connections):
-                try:
-                    conn.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-
-class OpenAITestServer:
+class OpenAITestServer(LoopbackServer):
     """Threaded OpenAI-compatible server; ``base_url`` ends in ``/v1`` like the SDK expects."""
+
+    thread_name = "openai-test-server"
 
     def __init__(self, port: int = 0, dimensions: int = 1536, *, polls_until_complete: int = 2,
                  api_key: str | None = None, host: str = "127.0.0.1") -> None:
-        self._host = host
-        self._port = port
+        super().__init__(port, host)
         self._api_key = api_key
         self._defaults = {"dimensions": dimensions, "polls_until_complete": polls_until_complete}
         self._lock = threading.RLock()
@@ -303,41 +275,6 @@ class OpenAITestServer:
         self._stats: Counter[str] = Counter()
         self._files: dict[str, _File] = {}
         self._batches: dict[str, _Batch] = {}
-        self._stopping = threading.Event()
-        self._httpd: _Server | None = None
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle -------------------------------------------------------------------------------------
-    def start(self) -> OpenAITestServer:
-        handler = type("_BoundHandler", (_Handler,), {"app": self})
-        self._httpd = _Server((self._host, self._port), handler)
-        self._port = self._httpd.server_address[1]
-        self._stopping.clear()
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="openai-test-server", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.close_all()
-            self._httpd.server_close()
-            self._httpd = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> OpenAITestServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        return self._port
 
     @property
     def base_url(self) -> str:
@@ -483,21 +420,6 @@ class OpenAITestServer:
             req.send_bytes(status, payload, rest[0] if rest else "application/octet-stream")
         else:
             req.send_json(status, payload)
-
-    def _handle_control(self, req: _Handler, method: str, path: str, body: bytes) -> None:
-        try:
-            if path == "/_testkit/stats" and method == "GET":
-                req.send_json(200, self.stats())
-            elif path == "/_testkit/reset" and method == "POST":
-                self.reset()
-                req.send_json(200, {"ok": True})
-            elif path == "/_testkit/config" and method == "POST":
-                self.configure(json.loads(body or b"{}"))
-                req.send_json(200, {"ok": True})
-            else:
-                req.send_json(404, {"error": f"no control route {method} {path}"})
-        except (ValueError, TypeError) as exc:
-            req.send_json(400, {"error": str(exc)})
 
     # -- files -----------------------------------------------------------------------------------------
     def _get_file(self, file_id: str) -> _File:
@@ -849,6 +771,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - keep test output quiet
         pass
+
+
+OpenAITestServer.handler_class = _Handler  # bound here: the handler is defined after the server class
 
 
 def main(argv: list[str] | None = None) -> int:
