@@ -14,7 +14,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
 from blocks.storage import result_storage_block
-from flows import tasks
+from flows import artifacts, tasks
 from flows.hooks import on_cancellation, on_completion, on_crashed, on_failure
 from flows.polling import poll_schedule
 from flows.resources import resources
@@ -102,6 +102,7 @@ def scrape_website(url: str, config: RunConfig = RunConfig(), from_raw: str | No
         deployment_name=runtime_deployment.name, work_pool=_work_pool_name(),
     )
     logger.info("run %s %s for %s", run_id, "started" if is_new else "resumed", request.url)
+    progress = artifacts.Progress(run_id)
 
     storage = result_storage_block(res.settings)
     bound = {name: getattr(tasks, name).with_options(result_storage=storage) for name in (
@@ -116,7 +117,9 @@ def scrape_website(url: str, config: RunConfig = RunConfig(), from_raw: str | No
     else:
         raw = bound["crawl_and_extract"](run_id, request.url, config)
         traffic.add(request.url, config, raw)
+    progress.advance("crawl")
     standardized = bound["standardize"](run_id, raw, config)
+    progress.advance("standardize")
     traffic.add(raw, config, standardized)
 
     # 3. Enrich concurrently; each branch may fail without failing the run.
@@ -138,12 +141,14 @@ def scrape_website(url: str, config: RunConfig = RunConfig(), from_raw: str | No
     traffic.add(standardized, images_map)
     traffic.add(standardized, geocoded_map)
     embeddings = {ref.kind: ref for ref in embedding_files or []}
+    progress.advance("enrich")
 
     # 4-5. Merge, then the final JSONL: both critical.
     merged = bound["merge"](run_id, standardized, images_map, geocoded_map, embeddings.get("embeddings_index"))
     traffic.add(standardized, images_map, geocoded_map, embeddings.get("embeddings_index"), merged)
     final = bound["write_final"](run_id, merged, embeddings.get("embeddings"))
     traffic.add(merged, embeddings.get("embeddings"), final)
+    progress.advance("final")
 
     # 6. Import when asked.
     summary: ImportSummary | None = None
@@ -158,6 +163,8 @@ def scrape_website(url: str, config: RunConfig = RunConfig(), from_raw: str | No
     )
     row = run_rows.get_run(res.engine, run_id) or {}
     run_rows.record_step(res.engine, run_id, "traffic", {"bytes_between_tasks": traffic.bytes, "task_runs": traffic.calls})
+    artifacts.publish_summary(res.engine, res.store, run_id, config)
+    progress.advance("done")
     logger.info(
         "run %s completed: %d activities, %d bytes passed between %d tasks",
         run_id, final.records, traffic.bytes, traffic.calls,

@@ -8,6 +8,7 @@ teardown can stop all of them, including flow-run processes the worker started i
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -265,6 +266,30 @@ def test_deployed_run_completes_and_records_its_deployment(stack, worker, harves
         assert item["uri"].removeprefix(f"s3://{bucket}/") in keys, kind
         assert item["deleted_at"] is None
 
+    # Artifacts, read back through the API under keys stable for the deployment.
+    found = artifacts_of(stack, flow_run_id)
+    assert found["scrape-website-default-progress"]["data"] == 100
+    table = found["scrape-website-default-steps"]
+    assert table["type"] == "table"
+    rows = {r["stage"]: r for r in (json.loads(table["data"]) if isinstance(table["data"], str) else table["data"])}
+    assert {"crawl", "standardize"} <= set(rows)
+    assert rows["crawl"]["items_out"] == files["raw_activities"]["records"]
+    summary = found["scrape-website-default-summary"]
+    assert summary["type"] == "markdown" and flow_run_id in summary["data"] and "final_jsonl" in summary["data"]
+    for key, kind in (("scrape-website-default-final-jsonl", "final_jsonl"),
+                      ("scrape-website-default-raw-activities", "raw_activities")):
+        assert found[key]["type"] == "markdown"  # Prefect stores a link artifact as markdown: [text](link)
+        link = re.search(r"\((http[^)]+)\)", found[key]["data"]).group(1)  # type: ignore[union-attr]
+        body = httpx.get(link, timeout=30)  # a presigned URL: no credentials needed
+        assert body.status_code == 200 and len(body.content) == files[kind]["bytes"], key
+    latest = stack.api("GET", "/artifacts/scrape-website-default-summary/latest")
+    assert latest["flow_run_id"] == flow_run_id
+
+
+def artifacts_of(stack: Stack, flow_run_id: str) -> dict[str, dict[str, Any]]:
+    found = stack.api("POST", "/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}})
+    return {item["key"]: item for item in found if item.get("key")}
+
 
 def test_cancelling_a_deployed_run_marks_it_cancelled_and_keeps_its_files(
     stack, worker, harvest_env, s3, demo_site, openai_server  # noqa: ANN001
@@ -301,3 +326,5 @@ def test_cancelling_a_deployed_run_marks_it_cancelled_and_keeps_its_files(
     for kind, item in files.items():
         assert item["deleted_at"] is None, kind
         assert item["uri"].removeprefix(f"s3://{harvest_env['HARVEST_BUCKET']}/") in keys, kind
+    progress = artifacts_of(stack, flow_run_id)["scrape-website-default-progress"]["data"]
+    assert 0 < progress < 100

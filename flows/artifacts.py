@@ -1,0 +1,122 @@
+"""Prefect artifacts for a scrape run: live progress, then a per-stage table, a markdown summary and links.
+
+Keys are stable per deployment (`scrape-website-default-steps`, …; `…-local-…` outside a deployment), so
+the UI shows each key's history across that deployment's runs. Publishing never fails a run: an artifact
+that cannot be written is a logged warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+from uuid import UUID
+
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.runtime import deployment as runtime_deployment
+from prefect.runtime import flow_run as runtime_flow_run
+
+from harvest.db import runs as run_rows
+from harvest.models import RunConfig
+from harvest.storage import ObjectStore
+
+logger = logging.getLogger("harvest.artifacts")
+
+# Progress after each milestone of the flow, in order (the flow calls `advance` with these names).
+MILESTONES = {"started": 0.0, "crawl": 35.0, "standardize": 50.0, "enrich": 80.0, "final": 95.0, "done": 100.0}
+LINK_SECONDS = 7 * 24 * 3600  # S3's longest presigned URL
+SHOWN_WARNINGS = 20
+
+
+def artifact_key(kind: str) -> str:
+    """`<flow>-<deployment>-<kind>` in Prefect's key alphabet (lowercase letters, digits, dashes)."""
+    flow = runtime_flow_run.flow_name or "scrape-website"
+    deployment = runtime_deployment.name or "local"
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", f"{flow}-{deployment}-{kind}".lower())).strip("-")
+
+
+class Progress:
+    """One progress artifact per run, moved forward as stages finish."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.artifact_id: UUID | None = None
+        try:
+            self.artifact_id = create_progress_artifact(
+                0.0, key=artifact_key("progress"), description=f"Run {run_id}: started"
+            )
+        except Exception as exc:  # noqa: BLE001 - artifacts are reporting, never a reason to fail
+            logger.warning("run %s: progress artifact not created: %s", run_id, exc)
+
+    def advance(self, milestone: str) -> None:
+        if self.artifact_id is None:
+            return
+        try:
+            update_progress_artifact(
+                self.artifact_id, MILESTONES[milestone], description=f"Run {self.run_id}: {milestone} finished"
+            )
+        except Exception as exc:  # noqa: BLE001
+            logger.warning("run %s: progress artifact not updated: %s", self.run_id, exc)
+
+
+def step_table(steps: dict[str, Any]) -> list[dict[str, Any]]:
+    """stage → items in/out/skipped/seconds, from the run row's `steps` (non-stage entries are left out)."""
+    return [
+        {
+            "stage": name, "items_in": stats.get("items_in", 0), "items_out": stats.get("items_out", 0),
+            "skipped": stats.get("skipped", 0), "seconds": round(float(stats.get("seconds", 0.0)), 2),
+        }
+        for name, stats in (steps or {}).items()
+        if isinstance(stats, dict) and "items_in" in stats
+    ]
+
+
+def summary_markdown(row: dict[str, Any], files: list[dict[str, Any]]) -> str:
+    lines = [
+        f"# Run `{row['id']}`",
+        "",
+        f"- URL: {row['url']}",
+        f"- Status: **{row['status']}**, {row.get('activities_processed') or 0} activities",
+        "",
+        "## Files",
+        "",
+        "| kind | records | bytes | uri |",
+        "| --- | ---: | ---: | --- |",
+    ]
+    lines += [f"| {f['kind']} | {f['records']} | {f['bytes']:,} | `{f['uri']}` |" for f in files]
+    summary = row.get("import_summary")
+    lines += ["", "## Import", "", ", ".join(f"{k}: {v}" for k, v in summary.items()) if summary else "not imported"]
+    warnings = list(row.get("warnings") or [])
+    lines += ["", f"## Warnings ({len(warnings)})", ""]
+    lines += [f"- {w}" for w in warnings[:SHOWN_WARNINGS]] or ["none"]
+    if len(warnings) > SHOWN_WARNINGS:
+        lines.append(f"- … {len(warnings) - SHOWN_WARNINGS} more: `harvest runs show {row['id']}`")
+    return "\n".join(lines) + "\n"
+
+
+def publish_summary(engine: Any, store: ObjectStore, run_id: str, config: RunConfig) -> None:
+    """The end-of-run table, markdown summary and links to the final JSONL and the raw activities."""
+    try:
+        row = run_rows.get_run(engine, run_id) or {}
+        files = run_rows.list_files(engine, run_id, include_deleted=False)
+        create_table_artifact(step_table(row.get("steps") or {}), key=artifact_key("steps"),
+                              description=f"Run {run_id}: items and seconds per stage")
+        create_markdown_artifact(summary_markdown(row, files), key=artifact_key("summary"),
+                                 description=f"Run {run_id}: files, records, warnings, import")
+        if config.auto_import and not config.keep_files:
+            return  # the completion hook deletes the run's files after a clean import: links would be dead
+        by_kind = {f["kind"]: f for f in files}
+        for kind in ("final_jsonl", "raw_activities"):
+            if kind in by_kind:
+                uri = by_kind[kind]["uri"]
+                link = store.presign(store.key_for(uri), LINK_SECONDS) if uri.startswith("s3://") else uri
+                create_link_artifact(link, link_text=uri, key=artifact_key(kind.replace("_", "-")),
+                                     description=f"Run {run_id}: {kind} ({by_kind[kind]['records']} records)")
+    except Exception as exc:  # noqa: BLE001
+        logger.warning("run %s: summary artifacts not published: %s", run_id, exc)
