@@ -7,11 +7,7 @@ Environment is fixed before Prefect is imported so the whole session uses its ow
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,13 +45,29 @@ def s3() -> Iterator[MotoS3]:
 
 
 @pytest.fixture(scope="session")
-def pg_url() -> str:
-    """The Postgres database `make test` prepared; tests fail loudly (not skip) when it is missing."""
-    url = os.environ.get("HARVEST_TEST_DATABASE_URL", DEFAULT_PG_URL)
-    from harvest.db.engine import upgrade
+def pg_url() -> Iterator[str]:
+    """A database of this session's own, created through the one `make test` prepared and dropped after.
 
+    Its own, so two test sessions on one machine (or the benchmark) never truncate each other's rows.
+    Tests fail loudly (not skip) when Postgres or the role is missing.
+    """
+    import sqlalchemy as sa
+    from sqlalchemy.engine import make_url
+
+    from harvest.db.engine import dispose_all, upgrade
+
+    base = make_url(os.environ.get("HARVEST_TEST_DATABASE_URL", DEFAULT_PG_URL))
+    name = f"harvest_test_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    url = base.set(database=name).render_as_string(hide_password=False)
     upgrade(url)
-    return url
+    yield url
+    dispose_all()
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.dispose()
 
 
 @pytest.fixture
