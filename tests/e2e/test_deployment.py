@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -189,6 +190,7 @@ def stack(prefect_database: str) -> Iterator[Stack]:
         yield stack
     finally:
         stack.stop_all()
+        shutil.rmtree(home, ignore_errors=True)  # failures carry the log tails in their messages
 
 
 @pytest.fixture
