@@ -38,6 +38,16 @@ class RunSummary(BaseModel):
     task_runs: int = 0
 
 
+def _json_size(value: Any) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, BaseModel):
+        return len(value.model_dump_json())
+    if isinstance(value, list):
+        return sum(_json_size(item) for item in value)
+    return len(json.dumps(value, default=str))
+
+
 class _Traffic:
     """Counts what travels between tasks: the point of the design is that this stays small and constant."""
 
@@ -46,28 +56,18 @@ class _Traffic:
         self.calls = 0
 
     def add(self, *values: Any) -> None:
+        """One task call: its parameters and its result."""
         self.calls += 1
-        for value in values:
-            if isinstance(value, BaseModel):
-                self.bytes += len(value.model_dump_json())
-            elif isinstance(value, list):
-                self.add_many(value)
-            elif value is not None:
-                self.bytes += len(json.dumps(value, default=str))
-
-    def add_many(self, values: list[Any]) -> None:
-        for value in values:
-            self.bytes += len(value.model_dump_json()) if isinstance(value, BaseModel) else len(json.dumps(value))
+        self.bytes += sum(_json_size(value) for value in values)
 
 
-def _optional(future: PrefectFuture[Any], what: str, run_id: str, warnings: list[str]) -> Any:
+def _optional(future: PrefectFuture[Any], what: str, run_id: str) -> Any:
     """A non-critical step's result, or None with a recorded warning when it failed: the run goes on."""
     try:
         return future.result()
     except Exception as exc:  # noqa: BLE001 - any failure of an enrichment step is survivable
         message = f"{what}: step failed, continuing without it: {exc.__class__.__name__}: {exc}"
         get_run_logger().warning(message)
-        warnings.append(message)
         run_rows.add_warnings(resources().engine, run_id, [message])
         return None
 
@@ -94,7 +94,6 @@ def scrape_website(url: str, config: RunConfig = RunConfig(), from_raw: str | No
         check_fetch_allowed(request.url, allow_private_networks=res.settings.allow_private_networks)
     run_id = str(runtime_flow_run.id)
     traffic = _Traffic()
-    warnings: list[str] = []
 
     is_new = run_rows.create_run(
         res.engine, run_id, request.url, config.model_dump(mode="json"),
@@ -126,7 +125,7 @@ def scrape_website(url: str, config: RunConfig = RunConfig(), from_raw: str | No
     images_future = bound["images"].submit(run_id, standardized)
     geocode_future = bound["geocode"].submit(run_id, standardized)
     batch_future = bound["submit_embeddings_batch"].submit(run_id, standardized, config.embedding_model)
-    batch = _optional(batch_future, "embeddings", run_id, warnings)
+    batch = _optional(batch_future, "embeddings", run_id)
     traffic.add(standardized, config.embedding_model, batch)
     embedding_files: list[FileRef] | None = None
     if batch is not None:
@@ -134,10 +133,10 @@ def scrape_website(url: str, config: RunConfig = RunConfig(), from_raw: str | No
             res.settings.batch_poll_seconds, res.settings.batch_poll_max_seconds, res.settings.batch_max_wait_seconds
         )
         poll = bound["poll_embeddings_batch"].with_options(retries=retries, retry_delay_seconds=delays)
-        embedding_files = _optional(poll.submit(run_id, standardized, batch), "embeddings", run_id, warnings)
+        embedding_files = _optional(poll.submit(run_id, standardized, batch), "embeddings", run_id)
         traffic.add(standardized, batch, embedding_files)
-    images_map = _optional(images_future, "images", run_id, warnings)
-    geocoded_map = _optional(geocode_future, "geocode", run_id, warnings)
+    images_map = _optional(images_future, "images", run_id)
+    geocoded_map = _optional(geocode_future, "geocode", run_id)
     traffic.add(standardized, images_map)
     traffic.add(standardized, geocoded_map)
     embeddings = {ref.kind: ref for ref in embedding_files or []}
