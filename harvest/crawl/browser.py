@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +19,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from harvest.crawl.guard_proxy import REFUSED_HEADER, GuardProxy
+from harvest.crawl.guard import HostGuard
 from harvest.crawl.http_fetch import DEFAULT_MAX_BYTES, media_type
-from harvest.errors import CrawlError, DisallowedURLError
-from harvest.urls import check_fetch_allowed
+from harvest.crawl.page import PageFailed
+from harvest.errors import DisallowedURLError
 
 log = logging.getLogger(__name__)
 
@@ -37,18 +37,11 @@ CHROMIUM_ARGS = [
     "--disable-quic",
 ]
 BLOCKED_RESOURCE_TYPES = frozenset({"image", "font", "media", "stylesheet"})
-GUARD_CACHE_SECONDS = 60.0
 MISSING_BROWSER = "no Chromium found: set HARVEST_BROWSER_PATH"
 
 
-class RenderFailed(CrawlError):
+class RenderFailed(PageFailed):
     """One page could not be rendered (navigation error, timeout, browser crash)."""
-
-    def __init__(self, url: str, reason: str, status: int | None = None) -> None:
-        super().__init__(f"{url}: {reason}")
-        self.url = url
-        self.reason = reason
-        self.status = status
 
 
 @dataclass
@@ -96,7 +89,7 @@ class BrowserRenderer:
         self.proxy_refused: Counter[str] = Counter()
         self._pages = asyncio.Semaphore(max_pages)
         self._start_lock = asyncio.Lock()
-        self._guard_cache: dict[tuple[str, str], tuple[float, str | None]] = {}
+        self._guard = HostGuard(allow_private_networks=allow_private_networks)
         self._playwright: Any = None
         self._browser: Any = None
         self._context: Any = None
@@ -139,18 +132,7 @@ class BrowserRenderer:
 
     async def _guard_verdict(self, url: str) -> str | None:
         """None if the SSRF guard allows `url`, else its refusal message (cached per scheme+host)."""
-        parts = urlsplit(url)
-        key = (parts.scheme.lower(), parts.netloc.lower())
-        cached = self._guard_cache.get(key)
-        if cached is not None and time.monotonic() - cached[0] < GUARD_CACHE_SECONDS:
-            return cached[1]
-        try:
-            await asyncio.to_thread(check_fetch_allowed, url, allow_private_networks=self.allow_private_networks)
-            verdict = None
-        except DisallowedURLError as exc:
-            verdict = str(exc)
-        self._guard_cache[key] = (time.monotonic(), verdict)
-        return verdict
+        return await self._guard.refusal(url)
 
     async def _route(self, route: Any) -> None:
         request = route.request

@@ -19,8 +19,8 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 import httpx
 from w3lib.encoding import html_to_unicode
 
-from harvest.errors import CrawlError
-from harvest.urls import check_fetch_allowed
+from harvest.crawl.guard import HostGuard
+from harvest.crawl.page import PageFailed
 
 log = logging.getLogger(__name__)
 
@@ -29,18 +29,11 @@ PAGE_TYPES = ("text/html", "application/xhtml+xml")
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # 501 (not implemented) will not get better by asking again; the other 5xx and 429 often do.
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504, 507, 509, 520, 521, 522, 523, 524})
-GUARD_CACHE_SECONDS = 60.0
 ACCEPT_PAGES = "text/html,application/xhtml+xml;q=0.9,*/*;q=0.1"
 
 
-class FetchFailed(CrawlError):
+class FetchFailed(PageFailed):
     """One URL could not be fetched (network error after retries, redirect loop, too many redirects)."""
-
-    def __init__(self, url: str, reason: str, status: int | None = None) -> None:
-        super().__init__(f"{url}: {reason}")
-        self.url = url
-        self.reason = reason
-        self.status = status
 
 
 @dataclass
@@ -128,7 +121,7 @@ class HttpFetcher:
         self.backoff_s = backoff_s
         self.retry_after_cap_s = retry_after_cap_s
         self.max_redirects = max_redirects
-        self._guard_cache: dict[tuple[str, str], float] = {}
+        self._guard = HostGuard(allow_private_networks=allow_private_networks)
         self._client = httpx.AsyncClient(
             follow_redirects=False,
             timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
@@ -146,17 +139,8 @@ class HttpFetcher:
         await self._client.aclose()
 
     async def check_allowed(self, url: str) -> None:
-        """Run the SSRF guard (it resolves DNS, so off the event loop); raises DisallowedURLError.
-
-        A host's verdict is cached briefly so a 500-page crawl does not resolve the same name 500 times.
-        """
-        parts = urlsplit(url)
-        key = (parts.scheme.lower(), parts.netloc.lower())
-        checked_at = self._guard_cache.get(key)
-        if checked_at is not None and time.monotonic() - checked_at < GUARD_CACHE_SECONDS:
-            return
-        await asyncio.to_thread(check_fetch_allowed, url, allow_private_networks=self.allow_private_networks)
-        self._guard_cache[key] = time.monotonic()
+        """Run the SSRF guard (off the event loop, cached per host); raises DisallowedURLError."""
+        await self._guard.check(url)
 
     async def fetch(self, url: str, *, pages_only: bool = True, max_bytes: int | None = None) -> FetchResult:
         """GET `url`, following up to `max_redirects` redirects, each hop checked by the SSRF guard.

@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
+from harvest.errors import CrawlError
+
 
 @dataclass
 class Page:
@@ -45,3 +47,13 @@ class CrawlStats:
 
     def snapshot(self) -> CrawlStats:
         return copy.deepcopy(self)
+
+
+class PageFailed(CrawlError):
+    """One URL failed after its retries; `reason` and `status` go into the run's failed URLs."""
+
+    def __init__(self, url: str, reason: str, status: int | None = None) -> None:
+        super().__init__(f"{url}: {reason}")
+        self.url = url
+        self.reason = reason
+        self.status = status

@@ -15,7 +15,7 @@ from harvest.extract.structured import extract_structured, page_text
 from harvest.models import RawActivity, RunConfig
 from harvest.settings import HarvestSettings
 from harvest.stages.common import StageResult, run_key, timed
-from harvest.storage import ObjectStore, write_jsonl
+from harvest.storage import ObjectStore, iter_jsonl, write_jsonl
 
 logger = logging.getLogger(__name__)
 

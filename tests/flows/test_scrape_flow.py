@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 import sqlalchemy as sa
 
 from harvest.db.engine import get_engine
@@ -238,3 +237,8 @@ def test_from_raw_starts_without_a_crawl_and_skips_malformed_lines(harvest_env, 
     assert summary.files["raw_activities"].records == 40
     assert any("line 41 is not a raw activity" in w for w in summary.warnings), summary.warnings
     assert 0 < summary.activities_processed <= 40
+
+    # A kept run's raw file, by its storage URI, starts another run.
+    again = scrape_website(url="https://example.org/", config=RunConfig(), from_raw=summary.files["raw_activities"].uri)
+    assert again.files["raw_activities"].records == 40
+    assert again.activities_processed == summary.activities_processed
