@@ -39,12 +39,11 @@ import time
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from testkit.loopback import LoopbackServer
+from testkit.loopback import LoopbackHandler, LoopbackServer
 
 DATA_FILE = Path(__file__).parent / "data" / "final-records-sample.jsonl"
 DEFAULT_API_KEY = "testkit-google-key"
@@ -482,38 +481,8 @@ class GeocoderTestServer(LoopbackServer):
             req.send_json(200, {"results": [google_result(place)], "status": "OK"})
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    app: GeocoderTestServer
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server naming)
-        self.app.handle(self, "GET")
-
-    def do_POST(self) -> None:  # noqa: N802
-        self.app.handle(self, "POST")
-
-    def read_body(self) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
-
-    def send_bytes(self, status: int, payload: bytes, content_type: str,
-                   headers: dict[str, str] | None = None) -> None:
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(payload)))
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(payload)
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True  # the client gave up (e.g. its timeout fired): nothing to answer
-
-    def send_json(self, status: int, data: Any, headers: dict[str, str] | None = None) -> None:
-        self.send_bytes(status, json.dumps(data).encode("utf-8"), "application/json; charset=utf-8", headers)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - keep test output quiet
-        pass
+class _Handler(LoopbackHandler):
+    json_content_type = "application/json; charset=utf-8"  # as Google and Nominatim answer
 
 
 GeocoderTestServer.handler_class = _Handler  # bound here: the handler is defined after the server class

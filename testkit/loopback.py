@@ -41,11 +41,59 @@ class TrackingHTTPServer(ThreadingHTTPServer):
                     pass
 
 
+class LoopbackHandler(BaseHTTPRequestHandler):
+    """Hands each GET/POST to `app.handle(self, method)` and gives it body and response helpers."""
+
+    protocol_version = "HTTP/1.1"
+    json_content_type = "application/json"
+    app: Any
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+        self.app.handle(self, "GET")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.app.handle(self, "POST")
+
+    def read_body(self) -> bytes:
+        """The whole request body (Content-Length or chunked): always read, so keep-alive stays in sync."""
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def send_bytes(self, status: int, payload: bytes, content_type: str,
+                   headers: dict[str, str] | None = None) -> None:
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(payload)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the client gave up (its timeout fired): nothing left to answer
+
+    def send_json(self, status: int, data: Any, headers: dict[str, str] | None = None) -> None:
+        self.send_bytes(status, json.dumps(data).encode("utf-8"), self.json_content_type, headers)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - keep test output quiet
+        pass
+
+
 class LoopbackServer:
     """Base for a test server: subclasses set `handler_class` (whose `app` attribute receives the server
     object) and `thread_name`, and use `_host`/`_port`/`_stopping`."""
 
-    handler_class: type[BaseHTTPRequestHandler]
+    handler_class: type[BaseHTTPRequestHandler] = LoopbackHandler
     thread_name = "loopback-test-server"
 
     def __init__(self, port: int = 0, host: str = "127.0.0.1") -> None:

@@ -69,13 +69,12 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
 
-from testkit.loopback import LoopbackServer
+from testkit.loopback import LoopbackHandler, LoopbackServer
 from testkit.geocoder_server import parse_address
 
 BATCH_OUTCOMES = ("completed", "failed", "expired", "cancelled")
@@ -724,53 +723,11 @@ class _ApiError(Exception):
         self.status, self.message, self.param, self.code = status, message, param, code
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(LoopbackHandler):
     app: OpenAITestServer
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server naming)
-        self.app.handle(self, "GET")
-
-    def do_POST(self) -> None:  # noqa: N802
-        self.app.handle(self, "POST")
-
-    def do_DELETE(self) -> None:  # noqa: N802
+    def do_DELETE(self) -> None:  # noqa: N802 (http.server naming): files.delete
         self.app.handle(self, "DELETE")
-
-    def read_body(self) -> bytes:
-        """The whole request body (Content-Length or chunked): always read, so keep-alive stays in sync."""
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            chunks = []
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    return b"".join(chunks)
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
-
-    def send_bytes(self, status: int, payload: bytes, content_type: str,
-                   headers: dict[str, str] | None = None) -> None:
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(payload)))
-            self.send_header("x-request-id", _new_id("req_"))
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(payload)
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True  # the client gave up (its timeout fired): nothing left to answer
-
-    def send_json(self, status: int, data: Any, headers: dict[str, str] | None = None) -> None:
-        self.send_bytes(status, json.dumps(data).encode("utf-8"), "application/json", headers)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - keep test output quiet
-        pass
 
 
 OpenAITestServer.handler_class = _Handler  # bound here: the handler is defined after the server class
