@@ -72,21 +72,11 @@ def _request_line(activity: Activity, model: str, dimensions: int | None) -> byt
     return json.dumps(line, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
 
 
-def write_batch_input(activities: Iterable[Activity], model: str, out: BinaryIO, *,
-                      dimensions: int | None = None, max_lines: int | None = None) -> int:
-    """Write one Batch-API request line per activity (custom_id = activity.id); returns the lines written.
-
-    Activities with nothing to embed or a repeated id are skipped with a warning (the batch would reject a
-    duplicate custom_id). With `max_lines`, at most that many activities are consumed from the iterable, so
-    calling again with the same iterator continues where the previous file stopped.
-    """
+def _unique_request_lines(activities: Iterable[Activity], model: str, dimensions: int | None) -> Iterator[tuple[str, bytes]]:
+    """(activity id, request line) per activity, lazily; a repeated id or an empty text is skipped with a
+    warning (the batch would reject a duplicate custom_id)."""
     seen: set[str] = set()
-    count = 0
-    iterator = iter(activities)
-    while max_lines is None or count < max_lines:
-        activity = next(iterator, None)
-        if activity is None:
-            break
+    for activity in activities:
         if activity.id in seen:
             logger.warning("embeddings: activity %s appears twice; embedding it once", activity.id)
             continue
@@ -95,8 +85,25 @@ def write_batch_input(activities: Iterable[Activity], model: str, out: BinaryIO,
             logger.warning("embeddings: activity %s has no text to embed; skipped", activity.id)
             continue
         seen.add(activity.id)
+        yield activity.id, line
+
+
+def write_batch_input(activities: Iterable[Activity], model: str, out: BinaryIO, *,
+                      dimensions: int | None = None, max_lines: int | None = None) -> int:
+    """Write one Batch-API request line per activity (custom_id = activity.id); returns the lines written.
+
+    Activities with nothing to embed or a repeated id are skipped with a warning (the batch would reject a
+    duplicate custom_id). With `max_lines`, at most that many activities are consumed from the iterable, so
+    calling again with the same iterator continues where the previous file stopped.
+    """
+    count = 0
+    if max_lines is not None and max_lines <= 0:
+        return count
+    for _, line in _unique_request_lines(activities, model, dimensions):
         out.write(line)
         count += 1
+        if max_lines is not None and count >= max_lines:
+            break
     return count
 
 
@@ -117,7 +124,6 @@ def split_batch_input(activities: Iterable[Activity], model: str, directory: Pat
     parts: list[BatchInputPart] = []
     out: BinaryIO | None = None
     lines = size = 0
-    seen: set[str] = set()
 
     def close_part() -> None:
         nonlocal out
@@ -127,17 +133,9 @@ def split_batch_input(activities: Iterable[Activity], model: str, directory: Pat
             out = None
 
     try:
-        for activity in activities:
-            if activity.id in seen:
-                logger.warning("embeddings: activity %s appears twice; embedding it once", activity.id)
-                continue
-            line = _request_line(activity, model, dimensions)
-            if line is None:
-                logger.warning("embeddings: activity %s has no text to embed; skipped", activity.id)
-                continue
+        for activity_id, line in _unique_request_lines(activities, model, dimensions):
             if len(line) > max_bytes:
-                raise EmbeddingError(f"activity {activity.id}: request line of {len(line)} bytes exceeds {max_bytes}")
-            seen.add(activity.id)
+                raise EmbeddingError(f"activity {activity_id}: request line of {len(line)} bytes exceeds {max_bytes}")
             if out is not None and (lines >= max_lines or size + len(line) > max_bytes):
                 close_part()
             if out is None:
