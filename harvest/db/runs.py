@@ -116,8 +116,7 @@ def _bounded(items: list[Any]) -> list[Any]:
     if len(items) <= MAX_WARNINGS:
         return items
     dropped = len(items) - MAX_WARNINGS + 1
-    head = [item for item in items[: MAX_WARNINGS - 1]]
-    return head + [f"... and {dropped} more"]
+    return items[: MAX_WARNINGS - 1] + [f"... and {dropped} more"]
 
 
 def record_file(engine: Engine, run_id: str, ref: FileRef) -> None:
