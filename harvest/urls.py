@@ -50,16 +50,22 @@ def check_fetch_allowed(url: str, *, allow_private_networks: bool) -> None:
     Called for the start URL, every link, every redirect hop and every image, so a hostname that
     resolves to an internal address is refused wherever it appears.
     """
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:  # an out-of-range or non-numeric port, a broken IPv6 literal
+        raise DisallowedURLError(f"refused {url!r}: malformed URL ({exc})") from exc
     if parts.scheme.lower() not in ALLOWED_SCHEMES:
         raise DisallowedURLError(f"refused {url!r}: scheme {parts.scheme!r} is not http(s)")
     host = parts.hostname
     if not host:
         raise DisallowedURLError(f"refused {url!r}: no host")
     try:
-        infos = socket.getaddrinfo(host, parts.port or (443 if parts.scheme == "https" else 80))
+        infos = socket.getaddrinfo(host, port or (443 if parts.scheme == "https" else 80))
     except socket.gaierror as exc:
         raise DisallowedURLError(f"refused {url!r}: host {host!r} does not resolve ({exc})") from exc
+    except UnicodeError as exc:  # the IDNA codec refuses the name: a label over 63 characters, an empty label
+        raise DisallowedURLError(f"refused {url!r}: host {host!r} is not a valid host name ({exc})") from exc
     for info in infos:
         address = str(info[4][0]).split("%", 1)[0]
         ip = ipaddress.ip_address(address)

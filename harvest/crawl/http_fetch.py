@@ -160,7 +160,12 @@ class HttpFetcher:
                 result.requested_url = url
                 result.redirects = chain[:-1]
                 return result
-            target = _drop_fragment(urljoin(current, location.strip()))
+            try:
+                target = _drop_fragment(urljoin(current, location.strip()))
+            except ValueError as exc:  # e.g. "http://[::1": an unclosed IPv6 literal
+                raise FetchFailed(
+                    url, f"redirect from {current} to malformed URL {location[:200]!r} refused ({exc})", result.status
+                ) from exc
             if urlsplit(target).scheme.lower() not in ("http", "https"):
                 raise FetchFailed(url, f"redirect from {current} to non-http(s) URL {target!r} refused", result.status)
             if target in chain:
@@ -187,6 +192,10 @@ class HttpFetcher:
                 last_reason = f"timed out after {self.timeout_s:g}s"
             except httpx.TransportError as exc:
                 last_reason = f"connection failed: {type(exc).__name__}: {exc}"
+            except (httpx.InvalidURL, httpx.DecodingError) as exc:
+                # Not worth a retry: httpx refuses a Location it cannot parse even when it is not following
+                # redirects (a 302 to "javascript:..."), or the body does not decode (a lying Content-Encoding).
+                raise FetchFailed(url, f"malformed response refused: {type(exc).__name__}: {exc}") from exc
             else:
                 if result.status not in RETRY_STATUSES or final:
                     return result

@@ -33,6 +33,14 @@ def parse_html(html: str) -> lxml.html.HtmlElement | None:
         return None
 
 
+def _join(base: str, href: str) -> str | None:
+    """`href` resolved against `base`; None when either is malformed (urljoin raises on "http://[::1")."""
+    try:
+        return urljoin(base, href)
+    except ValueError:
+        return None
+
+
 def extract_links(html: str, page_url: str) -> PageLinks:
     """Collect <a>/<area> hrefs resolved against <base href> (or the page URL), plus rel=canonical.
 
@@ -45,7 +53,7 @@ def extract_links(html: str, page_url: str) -> PageLinks:
         return result
     base = page_url
     for base_href in tree.xpath("//base[@href]/@href")[:1]:
-        base = urljoin(page_url, str(base_href).strip())
+        base = _join(page_url, str(base_href).strip()) or page_url
     for content in tree.xpath(
         "//meta[translate(@name,'ROBTS','robts')='robots' or translate(@name,'HARVEST','harvest')='harvest']/@content"
     ):
@@ -57,7 +65,7 @@ def extract_links(html: str, page_url: str) -> PageLinks:
     for href in tree.xpath(f"{canonical_xpath}/@href")[:1]:
         href = str(href).strip()
         if href:
-            result.canonical = urljoin(base, href)
+            result.canonical = _join(base, href)
     if result.nofollow:
         result.nofollow_links = len(tree.xpath("//a[@href] | //area[@href]"))
         return result
@@ -68,5 +76,6 @@ def extract_links(html: str, page_url: str) -> PageLinks:
             continue
         href = (element.get("href") or "").strip()
         if href and not href.startswith("#"):
-            result.links.append(urljoin(base, href))
+            # A malformed href is kept as written: the frontier refuses it and counts it (non_http).
+            result.links.append(_join(base, href) or href)
     return result
