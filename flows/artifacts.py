@@ -7,6 +7,7 @@ that cannot be written is a logged warning.
 
 from __future__ import annotations
 
+import html
 import logging
 import re
 from typing import Any
@@ -77,11 +78,22 @@ def step_table(steps: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def _text(value: Any) -> str:
+    """Page-controlled text (URLs, warnings quoting activity names) as inert markdown: no HTML, no links, one line."""
+    text = html.escape(" ".join(str(value).split()), quote=False)
+    return re.sub(r"([\\`*_\[\]|])", r"\\\1", text)
+
+
+def _code(value: Any) -> str:
+    """Text for a `code span` inside a table cell: a backtick would end the span, a pipe the cell."""
+    return str(value).replace("`", "'").replace("|", "\\|")
+
+
 def summary_markdown(row: dict[str, Any], files: list[dict[str, Any]]) -> str:
     lines = [
-        f"# Run `{row['id']}`",
+        f"# Run `{_code(row['id'])}`",
         "",
-        f"- URL: {row['url']}",
+        f"- URL: {_text(row['url'])}",
         f"- Status: **{row['status']}**, {row.get('activities_processed') or 0} activities",
         "",
         "## Files",
@@ -89,12 +101,12 @@ def summary_markdown(row: dict[str, Any], files: list[dict[str, Any]]) -> str:
         "| kind | records | bytes | uri |",
         "| --- | ---: | ---: | --- |",
     ]
-    lines += [f"| {f['kind']} | {f['records']} | {f['bytes']:,} | `{f['uri']}` |" for f in files]
+    lines += [f"| {f['kind']} | {f['records']} | {f['bytes']:,} | `{_code(f['uri'])}` |" for f in files]
     summary = row.get("import_summary")
     lines += ["", "## Import", "", ", ".join(f"{k}: {v}" for k, v in summary.items()) if summary else "not imported"]
     warnings = list(row.get("warnings") or [])
     lines += ["", f"## Warnings ({len(warnings)})", ""]
-    lines += [f"- {w}" for w in warnings[:SHOWN_WARNINGS]] or ["none"]
+    lines += [f"- {_text(w)}" for w in warnings[:SHOWN_WARNINGS]] or ["none"]
     if len(warnings) > SHOWN_WARNINGS:
         lines.append(f"- … {len(warnings) - SHOWN_WARNINGS} more: `harvest runs show {row['id']}`")
     return "\n".join(lines) + "\n"

@@ -22,6 +22,9 @@ _BLOCK_TAG_RE = re.compile(
     re.IGNORECASE,
 )
 _WS_RE = re.compile(r"\s+")
+# C0/C1 control characters other than white space: invisible, and PostgreSQL text cannot hold NUL at all
+# (one "\u0000" in a page's JSON-LD would otherwise fail the whole import batch).
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f]")
 _QUOTES = "'\u2018\u2019\u201b`\u00b4\""
 # Inputs beyond this are cut before any regex runs, so hostile values cost bounded time.
 MAX_INPUT_CHARS = 1_000_000
@@ -59,8 +62,8 @@ def strip_markup(text: str) -> str:
 
 
 def collapse_whitespace(text: str) -> str:
-    """Collapse runs of any white space (incl. non-breaking) to one space and trim the ends."""
-    return _WS_RE.sub(" ", text.replace("\u00a0", " ")).strip()
+    """Collapse runs of any white space (incl. non-breaking) to one space, drop control characters, trim."""
+    return _WS_RE.sub(" ", _CONTROL_RE.sub("", text.replace("\u00a0", " "))).strip()
 
 
 def clean_text(value: str | None, *, max_chars: int | None = None) -> str | None:
