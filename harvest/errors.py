@@ -5,6 +5,7 @@
     │   └── DisallowedURLError        a URL is well-formed but refused (scheme, private address: SSRF guard)
     ├── StorageError                  the object store failed or a stored object is missing/corrupt
     ├── DatabaseError                 the metadata/activities database failed
+    ├── RunAlreadyRunningError        the URL already has a running run (carries its id)
     ├── CrawlError                    a page could not be fetched or rendered (per URL; never fatal alone)
     ├── ExtractionError               a page's content could not be turned into activities
     ├── ImageError                    one image was refused (type, size, bomb, broken); never fatal alone
@@ -34,6 +35,15 @@ class StorageError(HarvestError):
 
 class DatabaseError(HarvestError):
     """Raised when the metadata or activities database cannot be reached or written."""
+
+
+class RunAlreadyRunningError(HarvestError):
+    """Raised when a run is started for a URL that already has a running run: one run per URL at a time."""
+
+    def __init__(self, url: str, running_run_id: str) -> None:
+        super().__init__(f"{url} already has a running run: {running_run_id}")
+        self.url = url
+        self.running_run_id = running_run_id
 
 
 class CrawlError(HarvestError):

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from harvest.db.schema import run_files, scrape_runs
-from harvest.errors import DatabaseError
+from harvest.errors import DatabaseError, RunAlreadyRunningError
 from harvest.models import FileRef
 
 MAX_WARNINGS = 500  # a hostile site must not grow a run row without bound
@@ -44,28 +44,48 @@ def create_run(
 ) -> bool:
     """Insert the run row with status `running`; a retried flow run (same id) is set running again.
 
-    Returns True when the row is new, False when an existing run was resumed.
+    Returns True when the row is new, False when an existing run was resumed. Raises
+    RunAlreadyRunningError when another run of the same URL is running: the partial unique index
+    `uq_scrape_runs_running_url` decides, so two concurrent starts cannot both win.
     """
     now = utcnow()
-    with transaction(engine) as connection:
-        existing = connection.execute(
-            sa.select(scrape_runs.c.id).where(scrape_runs.c.id == run_id).with_for_update()
-        ).first()
-        if existing is None:
+    try:
+        with transaction(engine) as connection:
+            existing = connection.execute(
+                sa.select(scrape_runs.c.id).where(scrape_runs.c.id == run_id).with_for_update()
+            ).first()
+            if existing is None:
+                connection.execute(
+                    scrape_runs.insert().values(
+                        id=run_id, url=url, status="running", retention="pending", config=config,
+                        started_at=now, updated_at=now, flow_run_name=flow_run_name, deployment_id=deployment_id,
+                        deployment_name=deployment_name, work_pool=work_pool, warnings=[], failed_urls=[], steps={},
+                    )
+                )
+                return True
             connection.execute(
-                scrape_runs.insert().values(
-                    id=run_id, url=url, status="running", retention="pending", config=config,
-                    started_at=now, updated_at=now, flow_run_name=flow_run_name, deployment_id=deployment_id,
-                    deployment_name=deployment_name, work_pool=work_pool, warnings=[], failed_urls=[], steps={},
+                scrape_runs.update().where(scrape_runs.c.id == run_id).values(
+                    status="running", error=None, finished_at=None, updated_at=now, retention="pending",
+                    expires_at=None,
                 )
             )
-            return True
-        connection.execute(
-            scrape_runs.update().where(scrape_runs.c.id == run_id).values(
-                status="running", error=None, finished_at=None, updated_at=now, retention="pending"
-            )
-        )
-        return False
+            return False
+    except DatabaseError as exc:
+        if not isinstance(exc.__cause__, sa.exc.IntegrityError):
+            raise
+        running = running_run_for(engine, url)
+        if running is None:  # it finished between our insert and this read: the caller may retry
+            raise
+        raise RunAlreadyRunningError(url, running) from None
+
+
+def running_run_for(engine: Engine, url: str) -> str | None:
+    """The id of the run of `url` that is running now, if any."""
+    with transaction(engine) as connection:
+        row = connection.execute(
+            sa.select(scrape_runs.c.id).where(scrape_runs.c.url == url, scrape_runs.c.status == "running")
+        ).first()
+        return row.id if row else None
 
 
 def update_run(engine: Engine, run_id: str, **values: Any) -> None:
@@ -196,3 +216,28 @@ def mark_files_deleted(engine: Engine, run_id: str, kinds: list[str] | None = No
         query = query.where(run_files.c.kind.in_(kinds))
     with transaction(engine) as connection:
         return connection.execute(query.values(deleted_at=utcnow())).rowcount
+
+
+def comparable_file(engine: Engine, run_id: str) -> dict[str, Any] | None:
+    """The file a diff can read for a run: its digest, else its final JSONL; None when both are gone."""
+    files = {row["kind"]: row for row in list_files(engine, run_id, include_deleted=False) if not row.get("missing_at")}
+    return files.get("digest") or files.get("final_jsonl")
+
+
+def previous_comparable_run(engine: Engine, run_id: str, url: str) -> str | None:
+    """The latest completed run of `url` before `run_id` that still has a digest or final JSONL."""
+    with transaction(engine) as connection:
+        started = connection.execute(sa.select(scrape_runs.c.started_at).where(scrape_runs.c.id == run_id)).scalar()
+        if started is None:
+            return None
+        candidates = connection.execute(
+            sa.select(scrape_runs.c.id).where(
+                scrape_runs.c.url == url, scrape_runs.c.id != run_id, scrape_runs.c.status == "completed",
+                scrape_runs.c.started_at < started,
+                sa.exists(sa.select(1).where(
+                    run_files.c.run_id == scrape_runs.c.id, run_files.c.kind.in_(("digest", "final_jsonl")),
+                    run_files.c.deleted_at.is_(None),
+                )),
+            ).order_by(scrape_runs.c.started_at.desc()).limit(1)
+        ).first()
+        return candidates.id if candidates else None

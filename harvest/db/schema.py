@@ -47,9 +47,18 @@ scrape_runs = sa.Table(
     sa.Column("failed_urls", Json, nullable=False, server_default="[]"),
     sa.Column("steps", Json, nullable=False, server_default="{}",
               comment="step -> {items_in, items_out, skipped, seconds}"),
-    sa.Column("expires_at", Timestamp),
+    sa.Column("expires_at", Timestamp, comment="When a kept run's files may be swept; NULL while running."),
+    sa.Column("pinned", sa.Boolean, nullable=False, server_default=sa.false(), comment="Exempt from the sweep."),
+    sa.Column("previous_run_id", sa.String(64), comment="The earlier run of the same URL this run was diffed against."),
+    sa.Column("diff", Json, comment="{added, removed, changed, unchanged} against previous_run_id."),
     sa.Index("ix_scrape_runs_url_started_at", "url", "started_at"),
     sa.Index("ix_scrape_runs_status", "status"),
+    sa.Index("ix_scrape_runs_expires_at", "expires_at"),
+    # One running run per URL, enforced by the database: a second insert for the same URL fails.
+    sa.Index(
+        "uq_scrape_runs_running_url", "url", unique=True,
+        postgresql_where=sa.text("status = 'running'"), sqlite_where=sa.text("status = 'running'"),
+    ),
 )
 
 run_files = sa.Table(
@@ -65,6 +74,7 @@ run_files = sa.Table(
     sa.Column("content_type", sa.String(128), nullable=False),
     sa.Column("created_at", Timestamp, nullable=False),
     sa.Column("deleted_at", Timestamp),
+    sa.Column("missing_at", Timestamp, comment="Set by the sweep when the object vanished from storage."),
     sa.UniqueConstraint("run_id", "kind"),
 )
 

@@ -89,3 +89,14 @@ def test_dead_database_is_a_database_error() -> None:
     engine = get_engine(f"postgresql+psycopg://harvest:harvest@127.0.0.1:{free_port()}/none")
     with pytest.raises(DatabaseError, match="OperationalError"):
         runs.get_run(engine, "x")
+
+
+def test_migrations_build_exactly_the_declared_schema(engine) -> None:  # noqa: ANN001
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from harvest.db.schema import metadata
+
+    with engine.connect() as connection:
+        differences = compare_metadata(MigrationContext.configure(connection), metadata)
+    assert differences == []
