@@ -73,6 +73,9 @@ class HarvestSettings(BaseSettings):
     geocoder_rate_per_second: float = Field(
         default=1.0, description="Geocoder calls per second (Nominatim's usage policy asks for at most 1)."
     )
+    openai_max_concurrent: int = Field(
+        default=4, description="Calls to OpenAI in flight at once across all workers (a Prefect global limit)."
+    )
     browser_path: str | None = Field(
         default_factory=_default_browser_path, description="Chromium executable driven by Playwright."
     )
@@ -88,8 +91,19 @@ class HarvestSettings(BaseSettings):
     per_host_concurrency: int = Field(default=4, description="Concurrent page/image requests per host.")
     image_max_bytes: int = Field(default=15 * 1024 * 1024, description="Images larger than this are refused.")
     image_max_pixels: int = Field(default=50_000_000, description="Decompression-bomb guard for images.")
-    task_runner: Literal["threads", "dask"] = Field(default="threads")
-    dask_address: str | None = None
+    task_runner: Literal["threads", "dask"] = Field(
+        default="threads", description="threads: a thread pool in the flow's process; dask: a Dask cluster."
+    )
+    dask_address: str | None = Field(
+        default=None, description="Scheduler of an existing Dask cluster (tcp://host:8786); unset: an in-process one."
+    )
+    retention_days: float = Field(default=14, description="Days a completed run's kept files live before the sweep.")
+    failed_retention_days: float = Field(
+        default=30, description="Days a failed, crashed or cancelled run's files live before the sweep."
+    )
+    orphan_grace_hours: float = Field(
+        default=24, description="Unaccounted objects younger than this are left alone (a run may be writing them)."
+    )
 
     @field_validator("storage_url")
     @classmethod

@@ -1,0 +1,113 @@
+"""What changed between two runs: added, removed, changed (with the changed fields) and unchanged activities.
+
+A run's final JSONL is deleted after a clean auto-import, so each run also stores a small *digest*
+(`digests/<run_id>.jsonl`): per activity id, its name and a short hash of every field. Two digests are
+enough to say which fields changed, without keeping the records themselves. The digest outlives the run's
+other files until a newer run of the same URL supersedes it (the sweep deletes it then).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from harvest.models import FileRef
+from harvest.storage import ObjectStore, iter_jsonl, write_jsonl
+
+# Fields of a final record that a reviewer cares about; `location` is split so an address edit and a
+# geocode edit are told apart.
+DIFF_FIELDS = (
+    "name", "description", "urgency", "is_public", "location.name", "location.formatted_address",
+    "location.street_address", "location.city", "location.state_province", "location.postal_code",
+    "location.country_code", "location.latitude", "location.longitude", "start_date", "end_date", "tags",
+    "image", "embedding", "source_url",
+)
+
+
+@dataclass
+class DiffCounts:
+    added: int = 0
+    removed: int = 0
+    changed: int = 0
+    unchanged: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def digest_key(run_id: str) -> str:
+    return f"digests/{run_id}.jsonl"
+
+
+def _field(record: dict[str, Any], path: str) -> Any:
+    value: Any = record
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def _short_hash(value: Any) -> str:
+    encoded = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(encoded).hexdigest()[:12]
+
+
+def digest_line(record: dict[str, Any]) -> dict[str, Any]:
+    """One activity's digest: id, name, and a 48-bit hash per field (enough to see an edit, not to store it)."""
+    return {"id": record["id"], "name": record.get("name"), "h": [_short_hash(_field(record, f)) for f in DIFF_FIELDS]}
+
+
+def write_digest(store: ObjectStore, run_id: str, records: Iterable[dict[str, Any]]) -> FileRef:
+    """Store the digest of a run's final records (streamed: one line per activity)."""
+    return write_jsonl(store, digest_key(run_id), "digest", (digest_line(r) for r in records if r.get("id")))
+
+
+def load_digest(lines: Iterable[dict[str, Any]]) -> dict[str, tuple[str | None, tuple[str, ...]]]:
+    """id → (name, field hashes). Small per activity (~250 bytes), so a 50,000-activity site fits easily."""
+    return {line["id"]: (line.get("name"), tuple(line["h"])) for line in lines if "id" in line and "h" in line}
+
+
+def diff_lines(
+    old: dict[str, tuple[str | None, tuple[str, ...]]], new_lines: Iterable[dict[str, Any]], counts: DiffCounts
+) -> Iterator[dict[str, Any]]:
+    """Yield one change per added, removed or changed activity (unchanged ones are only counted).
+
+    `old` is consumed: what is left after the new digest has been read is what was removed.
+    """
+    for line in new_lines:
+        activity_id = line.get("id")
+        if not activity_id or "h" not in line:
+            continue
+        before = old.pop(activity_id, None)
+        if before is None:
+            counts.added += 1
+            yield {"change": "added", "id": activity_id, "name": line.get("name")}
+            continue
+        fields = [f for f, a, b in zip(DIFF_FIELDS, before[1], line["h"]) if a != b]
+        if fields:
+            counts.changed += 1
+            yield {"change": "changed", "id": activity_id, "name": line.get("name"), "fields": fields}
+        else:
+            counts.unchanged += 1
+    for activity_id, (name, _) in sorted(old.items()):
+        counts.removed += 1
+        yield {"change": "removed", "id": activity_id, "name": name}
+
+
+def digest_lines(store: ObjectStore, file: FileRef | dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """A run's digest, read from its digest file or (for runs older than digests) computed from its final JSONL."""
+    kind = file.kind if isinstance(file, FileRef) else file["kind"]
+    uri = file.uri if isinstance(file, FileRef) else file["uri"]
+    lines = iter_jsonl(store, uri)
+    return lines if kind == "digest" else (digest_line(r) for r in lines if r.get("id"))
+
+
+def write_diff(
+    store: ObjectStore, key: str, old: Iterable[dict[str, Any]] | None, new: Iterable[dict[str, Any]]
+) -> tuple[FileRef, DiffCounts]:
+    """Compare two digests (None: no previous run, everything is added) and store the changes as JSONL."""
+    counts = DiffCounts()
+    ref = write_jsonl(store, key, "diff", diff_lines(load_digest(old or []), new, counts))
+    return ref, counts

@@ -1,0 +1,432 @@
+"""Retention: what happens to a run's files after the run, and the sweep that keeps storage honest.
+
+Every object in storage must be accounted for by a row:
+- `runs/<id>/…` by a live `run_files` row, or (for Prefect's step results under `runs/<id>/results/`) by
+  a run row whose files are still kept;
+- `digests/<id>.jsonl` by a live `run_files` row (kind `digest`);
+- `images/<sha256>.webp` by an `activities` row or the images map of a run whose files are kept.
+
+The sweep (1) reconciles runs left `running` by a dead process, (2) deletes the files of expired runs and
+retries failed cleanups, (3) deletes superseded digests, (4) deletes orphans older than a grace period, and
+(5) flags rows whose object vanished. Rows are locked with `FOR UPDATE SKIP LOCKED`, so two sweeps (or a
+sweep and a manual cleanup) never handle the same run twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from harvest.db.runs import transaction, utcnow
+from harvest.db.schema import activities, run_files, scrape_runs
+from harvest.errors import ConfigError, StorageError
+from harvest.settings import HarvestSettings
+from harvest.storage import ObjectStore, iter_jsonl, run_prefix
+
+logger = logging.getLogger("harvest.retention")
+
+# Retention states in which a run's files are supposed to exist.
+FILES_KEPT = ("pending", "kept", "cleanup_failed")
+TERMINAL = ("completed", "failed", "crashed", "cancelled")
+# Prefect state type → run status, for runs whose process died before the hooks could say.
+RECONCILED_STATUS = {"FAILED": "failed", "CRASHED": "crashed", "CANCELLED": "cancelled", "COMPLETED": "failed"}
+BATCH = 50
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    """'90', '90s', '15m', '1h', '30d', '2w' → timedelta; anything else is a ConfigError that says so."""
+    match = _DURATION.match(text or "")
+    if not match:
+        raise ConfigError(f"invalid duration {text!r}: use a number with an optional unit s, m, h, d or w (e.g. 30d)")
+    return timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    kept_days: float = 14
+    failed_days: float = 30
+    grace: timedelta = timedelta(hours=24)
+
+    def expires_at(self, status: str, now: datetime) -> datetime:
+        """When a run that ended with `status` and kept its files becomes eligible for the sweep."""
+        days = self.kept_days if status == "completed" else self.failed_days
+        return now + timedelta(days=days)
+
+
+def policy_from(settings: HarvestSettings) -> RetentionPolicy:
+    return RetentionPolicy(
+        kept_days=settings.retention_days, failed_days=settings.failed_retention_days,
+        grace=timedelta(hours=settings.orphan_grace_hours),
+    )
+
+
+@dataclass
+class SweepReport:
+    """What a sweep did (or, with dry_run, would do). Keys are storage keys; ids are run ids."""
+
+    dry_run: bool
+    reconciled: list[dict[str, str]] = field(default_factory=list)
+    expired: list[str] = field(default_factory=list)
+    cleaned: list[str] = field(default_factory=list)
+    deleted_objects: int = 0
+    digests: list[str] = field(default_factory=list)
+    orphans: list[str] = field(default_factory=list)
+    images: list[str] = field(default_factory=list)
+    missing: list[dict[str, str]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+# --- one run's files ---------------------------------------------------------------------------------
+
+
+def delete_run_objects(store: ObjectStore, connection: Connection, run_id: str, *, keep_digest: bool) -> int:
+    """Delete the run's objects (its prefix and, unless kept, its digest) and mark the rows deleted."""
+    deleted = 0
+    for info in list(store.list(run_prefix(run_id))):
+        store.delete(info.key)
+        deleted += 1
+    query = run_files.update().where(run_files.c.run_id == run_id, run_files.c.deleted_at.is_(None))
+    if keep_digest:
+        query = query.where(run_files.c.kind != "digest")
+    else:
+        for row in connection.execute(
+            sa.select(run_files.c.uri).where(
+                run_files.c.run_id == run_id, run_files.c.kind == "digest", run_files.c.deleted_at.is_(None)
+            )
+        ):
+            store.delete(store.key_for(row.uri))
+            deleted += 1
+    connection.execute(query.values(deleted_at=utcnow()))
+    return deleted
+
+
+def _lock_run(connection: Connection, run_id: str, *, skip_locked: bool) -> dict[str, Any] | None:
+    query = sa.select(scrape_runs).where(scrape_runs.c.id == run_id).with_for_update(skip_locked=skip_locked)
+    row = connection.execute(query).mappings().first()
+    return dict(row) if row else None
+
+
+def cleanup_run(engine: Engine, store: ObjectStore, run_id: str, *, retention: str = "cleaned") -> int | None:
+    """Delete one finished run's files under a row lock; None when the run is running or already handled.
+
+    Used by the completion hook, `harvest runs cleanup` and manual import. The digest stays (the next run
+    of the same URL diffs against it).
+    """
+    with transaction(engine) as connection:
+        row = _lock_run(connection, run_id, skip_locked=False)
+        if row is None or row["status"] == "running" or row["retention"] not in FILES_KEPT:
+            return None
+        deleted = delete_run_objects(store, connection, run_id, keep_digest=True)
+        connection.execute(
+            scrape_runs.update().where(scrape_runs.c.id == run_id).values(
+                retention=retention, expires_at=None, updated_at=utcnow()
+            )
+        )
+        return deleted
+
+
+def set_pinned(engine: Engine, run_id: str, pinned: bool) -> bool:
+    """Pin (exempt from the sweep) or unpin a run; False when there is no such run."""
+    with transaction(engine) as connection:
+        return bool(
+            connection.execute(
+                scrape_runs.update().where(scrape_runs.c.id == run_id).values(pinned=pinned, updated_at=utcnow())
+            ).rowcount
+        )
+
+
+# --- batch cleanup ----------------------------------------------------------------------------------
+
+
+def cleanup_older_than(
+    engine: Engine, store: ObjectStore, age: timedelta, *, status: str | None = None, dry_run: bool = False,
+    now: datetime | None = None,
+) -> list[str]:
+    """Delete the files of finished, unpinned runs that started more than `age` ago; returns their ids."""
+    cutoff = (now or utcnow()) - age
+    query = sa.select(scrape_runs.c.id).where(
+        scrape_runs.c.started_at < cutoff, scrape_runs.c.status.in_(TERMINAL),
+        scrape_runs.c.retention.in_(FILES_KEPT), scrape_runs.c.pinned.is_(False),
+    ).order_by(scrape_runs.c.started_at)
+    if status:
+        query = query.where(scrape_runs.c.status == status)
+    with transaction(engine) as connection:
+        candidates = [row.id for row in connection.execute(query)]
+    if dry_run:
+        return candidates
+    return [run_id for run_id in candidates if cleanup_run(engine, store, run_id) is not None]
+
+
+# --- the sweep --------------------------------------------------------------------------------------
+
+
+def sweep(
+    engine: Engine,
+    store: ObjectStore,
+    policy: RetentionPolicy,
+    *,
+    flow_run_state: Callable[[str], str | None],
+    dry_run: bool = False,
+    now: datetime | None = None,
+) -> SweepReport:
+    """One pass over runs and storage (see the module docstring). `flow_run_state(run_id)` returns the Prefect
+    state type of the run's flow run ('COMPLETED', 'CRASHED', …) or None when Prefect does not know it."""
+    now = now or utcnow()
+    report = SweepReport(dry_run=dry_run)
+    _reconcile(engine, policy, flow_run_state, report, now)
+    _expire(engine, store, report, now)
+    _drop_superseded_digests(engine, store, report)
+    existing = _delete_orphans(engine, store, policy, report, now)
+    _delete_unreferenced_images(engine, store, policy, report, now)
+    _flag_missing(engine, store, existing, report, now)
+    return report
+
+
+def _reconcile(
+    engine: Engine, policy: RetentionPolicy, state_of: Callable[[str], str | None], report: SweepReport, now: datetime
+) -> None:
+    with transaction(engine) as connection:
+        running = connection.execute(
+            sa.select(scrape_runs.c.id, scrape_runs.c.updated_at).where(scrape_runs.c.status == "running")
+        ).all()
+    for run_id, updated_at in running:
+        try:
+            state = state_of(run_id)
+        except Exception as exc:  # noqa: BLE001 - an unreachable API must not stop the rest of the sweep
+            report.errors.append(f"run {run_id}: flow run state unavailable: {exc}")
+            continue
+        if state in RECONCILED_STATUS:
+            status, why = RECONCILED_STATUS[state], f"its Prefect flow run is {state}"
+        elif state is None and _aware(updated_at) < now - policy.grace:
+            status, why = "crashed", f"no Prefect flow run and no update for over {policy.grace}"
+        else:
+            continue
+        report.reconciled.append({"run_id": run_id, "status": status, "reason": why})
+        if not report.dry_run:
+            reconcile_run(engine, policy, run_id, status, why, now)
+
+
+def reconcile_run(engine: Engine, policy: RetentionPolicy, run_id: str, status: str, why: str, now: datetime) -> bool:
+    """Give a run left `running` by a dead process its real status; False if it is no longer running."""
+    with transaction(engine) as connection:
+        row = _lock_run(connection, run_id, skip_locked=True)
+        if row is None or row["status"] != "running":
+            return False  # another sweep (or the run itself) got there first
+        connection.execute(
+            scrape_runs.update().where(scrape_runs.c.id == run_id).values(
+                status=status, retention="kept", finished_at=now, updated_at=now,
+                expires_at=policy.expires_at(status, now),
+                error=row["error"] or f"reconciled: {why}; the run's process ended without reporting",
+            )
+        )
+    logger.warning("run %s reconciled as %s: %s", run_id, status, why)
+    return True
+
+
+def _expire(engine: Engine, store: ObjectStore, report: SweepReport, now: datetime) -> None:
+    due = sa.or_(
+        sa.and_(scrape_runs.c.retention == "kept", scrape_runs.c.expires_at <= now),
+        scrape_runs.c.retention == "cleanup_failed",  # a completed import whose cleanup failed: finish it
+    )
+    eligible = sa.and_(due, scrape_runs.c.status != "running", scrape_runs.c.pinned.is_(False))
+    if report.dry_run:
+        with transaction(engine) as connection:
+            for row in connection.execute(sa.select(scrape_runs.c.id, scrape_runs.c.retention).where(eligible)):
+                (report.cleaned if row.retention == "cleanup_failed" else report.expired).append(row.id)
+        return
+    seen: set[str] = set()
+    while True:
+        with transaction(engine) as connection:
+            rows = connection.execute(
+                sa.select(scrape_runs.c.id, scrape_runs.c.retention)
+                .where(eligible, scrape_runs.c.id.not_in(seen) if seen else sa.true())
+                .order_by(scrape_runs.c.expires_at).limit(BATCH)
+                .with_for_update(skip_locked=True)
+            ).all()
+            if not rows:
+                return
+            for run_id, retention in rows:
+                seen.add(run_id)
+                expired = retention == "kept"
+                try:
+                    report.deleted_objects += delete_run_objects(store, connection, run_id, keep_digest=not expired)
+                except StorageError as exc:
+                    report.errors.append(f"run {run_id}: {exc}")
+                    continue
+                connection.execute(
+                    scrape_runs.update().where(scrape_runs.c.id == run_id).values(
+                        retention="expired" if expired else "cleaned", updated_at=now
+                    )
+                )
+                (report.expired if expired else report.cleaned).append(run_id)
+
+
+def _drop_superseded_digests(engine: Engine, store: ObjectStore, report: SweepReport) -> None:
+    """A cleaned run's digest is needed only until a newer completed run of the same URL has its own."""
+    newer = scrape_runs.alias("newer")
+    newer_files = run_files.alias("newer_files")
+    superseded = (
+        sa.select(run_files.c.id, run_files.c.uri, run_files.c.run_id)
+        .join(scrape_runs, scrape_runs.c.id == run_files.c.run_id)
+        .where(
+            run_files.c.kind == "digest", run_files.c.deleted_at.is_(None),
+            scrape_runs.c.retention.in_(("cleaned", "expired")), scrape_runs.c.pinned.is_(False),
+            sa.exists(
+                sa.select(1).select_from(newer.join(newer_files, newer_files.c.run_id == newer.c.id)).where(
+                    newer.c.url == scrape_runs.c.url, newer.c.started_at > scrape_runs.c.started_at,
+                    newer.c.status == "completed", newer_files.c.kind == "digest",
+                    newer_files.c.deleted_at.is_(None),
+                )
+            ),
+        )
+        .with_for_update(of=run_files, skip_locked=True)
+    )
+    with transaction(engine) as connection:
+        for file_id, uri, run_id in connection.execute(superseded).all():
+            report.digests.append(store.key_for(uri))
+            if report.dry_run:
+                continue
+            store.delete(store.key_for(uri))
+            report.deleted_objects += 1
+            connection.execute(run_files.update().where(run_files.c.id == file_id).values(deleted_at=utcnow()))
+
+
+def _accounted_keys(engine: Engine, store: ObjectStore) -> tuple[set[str], set[str], set[str]]:
+    """Keys of live file rows, ids of runs whose files are still kept, and ids of running runs."""
+    with transaction(engine) as connection:
+        live = {
+            _key(store, row.uri)
+            for row in connection.execute(sa.select(run_files.c.uri).where(run_files.c.deleted_at.is_(None)))
+        }
+        kept, running = set(), set()
+        for row in connection.execute(
+            sa.select(scrape_runs.c.id, scrape_runs.c.status).where(
+                sa.or_(scrape_runs.c.status == "running", scrape_runs.c.retention.in_(FILES_KEPT))
+            )
+        ):
+            (running if row.status == "running" else kept).add(row.id)
+    return live, kept, running
+
+
+def _delete_orphans(
+    engine: Engine, store: ObjectStore, policy: RetentionPolicy, report: SweepReport, now: datetime
+) -> set[str]:
+    """Delete objects under runs/ and digests/ that no row accounts for; returns every key that exists."""
+    live, kept, running = _accounted_keys(engine, store)
+    existing: set[str] = set()
+    for prefix in ("runs/", "digests/"):
+        for info in store.list(prefix):
+            existing.add(info.key)
+            if info.key in live:
+                continue
+            parts = info.key.split("/")
+            if prefix == "runs/" and len(parts) > 2:
+                if parts[1] in running:
+                    continue  # a running run records its files as it goes: never touch them
+                if parts[1] in kept and parts[2] == "results":
+                    continue  # a kept run's Prefect step results: what `harvest runs resume` needs
+            if _aware(info.last_modified) > now - policy.grace:
+                continue  # may belong to a run being started right now
+            report.orphans.append(info.key)
+            if not report.dry_run:
+                store.delete(info.key)
+                report.deleted_objects += 1
+    return existing
+
+
+def _referenced_images(engine: Engine, store: ObjectStore, report: SweepReport) -> set[str] | None:
+    """Keys of every image some activity or kept run points at; None when a kept run's map is unreadable
+    (then nobody can say an image is unreferenced, and none is deleted this pass)."""
+    referenced: set[str] = set()
+    with transaction(engine) as connection:
+        for row in connection.execute(
+            sa.select(activities.c.image_uri).where(activities.c.image_uri.is_not(None)).distinct()
+        ):
+            referenced.add(_key(store, row.image_uri))
+        maps = connection.execute(
+            sa.select(run_files.c.run_id, run_files.c.uri).join(scrape_runs, scrape_runs.c.id == run_files.c.run_id).where(
+                run_files.c.kind == "images_map", run_files.c.deleted_at.is_(None),
+                sa.or_(scrape_runs.c.status == "running", scrape_runs.c.retention.in_(FILES_KEPT)),
+            )
+        ).all()
+    for run_id, uri in maps:
+        try:
+            referenced.update(_key(store, line["uri"]) for line in iter_jsonl(store, uri) if line.get("uri"))
+        except StorageError as exc:
+            with transaction(engine) as connection:
+                row = _lock_run(connection, run_id, skip_locked=True)
+                live = row is not None and connection.execute(
+                    sa.select(run_files.c.id).where(
+                        run_files.c.run_id == run_id, run_files.c.uri == uri, run_files.c.deleted_at.is_(None)
+                    )
+                ).first()
+            if live:  # not being deleted by a concurrent sweep or cleanup right now: really unreadable
+                report.errors.append(f"images map {uri} unreadable, no image deleted this pass: {exc}")
+                return None
+    return referenced
+
+
+def _delete_unreferenced_images(
+    engine: Engine, store: ObjectStore, policy: RetentionPolicy, report: SweepReport, now: datetime
+) -> None:
+    referenced = _referenced_images(engine, store, report)
+    if referenced is None:
+        return
+    for info in store.list("images/"):
+        if info.key in referenced or _aware(info.last_modified) > now - policy.grace:
+            continue
+        report.images.append(info.key)
+        if not report.dry_run:
+            store.delete(info.key)
+            report.deleted_objects += 1
+
+
+def _flag_missing(engine: Engine, store: ObjectStore, existing: set[str], report: SweepReport, now: datetime) -> None:
+    """Live rows of finished runs whose object is gone are flagged (`missing_at`), never silently trusted."""
+    with transaction(engine) as connection:
+        rows = connection.execute(
+            sa.select(run_files.c.id, run_files.c.run_id, run_files.c.kind, run_files.c.uri)
+            .join(scrape_runs, scrape_runs.c.id == run_files.c.run_id)
+            .where(run_files.c.deleted_at.is_(None), run_files.c.missing_at.is_(None), scrape_runs.c.status != "running")
+        ).all()
+        for file_id, run_id, kind, uri in rows:
+            if _key(store, uri) in existing:
+                continue
+            report.missing.append({"run_id": run_id, "kind": kind, "uri": uri})
+            if not report.dry_run:
+                connection.execute(run_files.update().where(run_files.c.id == file_id).values(missing_at=now))
+
+
+def _key(store: ObjectStore, uri: str) -> str:
+    """The store key of a URI, or the URI itself when it points elsewhere (e.g. a --from-raw input file)."""
+    try:
+        return store.key_for(uri)
+    except StorageError:
+        return uri
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes for timezone-aware columns; they are UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def file_state(row: dict[str, Any], run: dict[str, Any]) -> str:
+    """present | deleted | expired | missing: what `harvest runs show` says about one file row."""
+    if row.get("missing_at"):
+        return "missing"
+    if row.get("deleted_at"):
+        return "expired" if run.get("retention") == "expired" else "deleted"
+    return "present"
