@@ -3,14 +3,24 @@
 Dedupe follows the original design: one row per normalized name + formatted address (the stable
 activity id is a hash of exactly that, and `dedupe_key` keeps the readable form, unique in the database).
 Importing the same run twice creates no duplicates: unchanged rows are counted as skipped.
+
+On Postgres each batch is one binary `COPY` into a temporary staging table and one
+`INSERT ... SELECT ... ON CONFLICT (dedupe_key) DO UPDATE ... WHERE the content hash changed RETURNING`,
+which says per written row whether it was inserted or updated; rows not returned were unchanged. That is
+the same rule as the portable path (SQLite), which looks the keys up first and then upserts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from datetime import datetime
+import json
+import struct
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime, timezone
 from itertools import islice
 from typing import Any
+from zoneinfo import ZoneInfo
+
+import numpy as np
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -91,13 +101,34 @@ def _upsert(engine: Engine, rows: list[dict[str, Any]]) -> None:
 
 
 def import_activities(
-    engine: Engine, records: Iterable[dict[str, Any]], *, run_id: str, batch_size: int = 500
+    engine: Engine, records: Iterable[dict[str, Any]], *, run_id: str, batch_size: int = 500,
+    method: str | None = None,
 ) -> ImportSummary:
     """Upsert records in batches; return {imported, updated, skipped, failed, errors}.
 
     A malformed record is counted as failed with its reason and the rest go on; a database error
-    fails the import (the caller keeps the run's files so it can be retried).
+    fails the import (the caller keeps the run's files so it can be retried). `method`: "copy" (Postgres
+    only, its default) or "upsert" (the portable path, the default elsewhere).
     """
+    method = method or ("copy" if engine.dialect.name == "postgresql" else "upsert")
+    if method == "copy":
+        if engine.dialect.name != "postgresql":
+            raise ValueError("the COPY import needs Postgres")
+        return _import_copy(engine, records, run_id=run_id, batch_size=max(batch_size, COPY_BATCH_SIZE))
+    if method != "upsert":
+        raise ValueError(f"unknown import method {method!r}")
+    return _import_upsert(engine, records, run_id=run_id, batch_size=batch_size)
+
+
+def _record_failure(summary: ImportSummary, record: Any, exc: Exception) -> None:
+    summary.failed += 1
+    if len(summary.errors) < MAX_ERRORS:
+        label = (record.get("id") or record.get("name") or "?") if isinstance(record, dict) else "?"
+        summary.errors.append(f"{label}: {exc}")
+
+
+def _import_upsert(engine: Engine, records: Iterable[dict[str, Any]], *, run_id: str, batch_size: int) -> ImportSummary:
+    """The portable path: look the batch's keys up, then upsert the new and changed rows."""
     summary = ImportSummary()
     now = utcnow()
     for batch in _batches(records, batch_size):
@@ -105,10 +136,8 @@ def import_activities(
         for record in batch:
             try:
                 row = record_to_row(record, run_id, now)
-            except (ValueError, KeyError, TypeError) as exc:
-                summary.failed += 1
-                if len(summary.errors) < MAX_ERRORS:
-                    summary.errors.append(f"{record.get('id') or record.get('name') or '?'}: {exc}")
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                _record_failure(summary, record, exc)
                 continue
             if row["dedupe_key"] in rows:
                 summary.skipped += 1  # the same activity twice in one file
@@ -139,6 +168,174 @@ def import_activities(
             except DatabaseError as exc:
                 raise DatabaseError(f"import into activities failed after {summary.imported + summary.updated} rows: {exc}") from exc
     return summary
+
+
+# --- Postgres: binary COPY into a staging table, then one upsert per batch -------------------------------
+
+COPY_BATCH_SIZE = 2000
+COLUMNS = [c.name for c in activities.columns]
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
+_COPY_TRAILER = struct.pack("!h", -1)
+_NULL = struct.pack("!i", -1)
+_FLOAT4_OID = 700
+_ARRAY_ELEMENT = np.dtype([("length", ">i4"), ("value", ">f4")])
+
+
+def _text(value: Any) -> bytes:
+    if not isinstance(value, str):
+        raise TypeError(f"expected text, got {type(value).__name__}")
+    return value.encode("utf-8")
+
+
+def _float8(value: Any) -> bytes:
+    if isinstance(value, bool):
+        raise TypeError("expected a number, got bool")
+    return struct.pack("!d", float(value))
+
+
+def _int4(value: Any) -> bytes:
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise TypeError(f"expected an integer, got {value!r}")
+    return struct.pack("!i", int(value))
+
+
+def _bool(value: Any) -> bytes:
+    return b"\x01" if value else b"\x00"
+
+
+def _jsonb(value: Any) -> bytes:
+    return b"\x01" + json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _float4_array(value: Any) -> bytes:
+    """A one-dimensional real[] in Postgres's binary array format, built by numpy (no per-float Python work)."""
+    if not isinstance(value, (list, tuple, np.ndarray)):
+        raise TypeError(f"embedding is a {type(value).__name__}, not a list of numbers")
+    values = np.asarray(value, dtype=np.float64)  # refuses strings and nested lists with ValueError
+    if values.ndim != 1:
+        raise ValueError("embedding is not a flat list of numbers")
+    if values.size == 0:
+        return struct.pack("!iii", 0, 0, _FLOAT4_OID)
+    elements = np.empty(values.size, dtype=_ARRAY_ELEMENT)
+    elements["length"] = 4
+    elements["value"] = values
+    return struct.pack("!iiiii", 1, 0, _FLOAT4_OID, values.size, 1) + elements.tobytes()
+
+
+def _encoders(session_zone: ZoneInfo) -> dict[str, Callable[[Any], bytes]]:
+    def timestamptz(value: datetime) -> bytes:
+        if value.tzinfo is None:  # what Postgres does with a naive value: the session's time zone
+            value = value.replace(tzinfo=session_zone)
+        delta = value - _PG_EPOCH
+        return struct.pack("!q", (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds)
+
+    by_type: dict[str, Callable[[Any], bytes]] = {}
+    for column in activities.columns:
+        kind = column.type.dialect_impl(postgresql.dialect())
+        if isinstance(kind, postgresql.ARRAY):
+            by_type[column.name] = _float4_array
+        elif isinstance(kind, postgresql.JSONB):
+            by_type[column.name] = _jsonb
+        elif isinstance(kind, sa.DateTime):
+            by_type[column.name] = timestamptz
+        elif isinstance(kind, sa.Boolean):
+            by_type[column.name] = _bool
+        elif isinstance(kind, sa.Integer):
+            by_type[column.name] = _int4
+        elif isinstance(kind, sa.Float):
+            by_type[column.name] = _float8
+        elif isinstance(kind, sa.String):
+            by_type[column.name] = _text
+        else:  # pragma: no cover - a new column type needs an encoder
+            raise TypeError(f"no COPY encoder for activities.{column.name} ({kind!r})")
+    return by_type
+
+
+def _encode_row(row: dict[str, Any], encoders: dict[str, Callable[[Any], bytes]]) -> bytes:
+    """One tuple of a binary COPY stream: field count, then each field as length + bytes (or -1 for NULL)."""
+    parts = [struct.pack("!h", len(COLUMNS))]
+    for name in COLUMNS:
+        value = row[name]
+        if value is None:
+            parts.append(_NULL)
+        else:
+            data = encoders[name](value)
+            parts.append(struct.pack("!i", len(data)))
+            parts.append(data)
+    return b"".join(parts)
+
+
+_STAGE = "harvest_import_stage"
+_UPSERT_SQL = (
+    f"INSERT INTO activities ({', '.join(COLUMNS)}) SELECT {', '.join(COLUMNS)} FROM {_STAGE} "
+    f"ON CONFLICT (dedupe_key) DO UPDATE SET {', '.join(f'{name} = EXCLUDED.{name}' for name in UPDATABLE)} "
+    "WHERE activities.content_hash IS DISTINCT FROM EXCLUDED.content_hash "
+    "RETURNING (xmax = 0) AS inserted"
+)
+
+
+def _import_copy(engine: Engine, records: Iterable[dict[str, Any]], *, run_id: str, batch_size: int) -> ImportSummary:
+    """Same counts as the portable path: new keys are imported, changed content hashes updated, the rest skipped."""
+    summary = ImportSummary()
+    now = utcnow()
+    with transaction(engine) as connection:
+        zone = ZoneInfo(str(connection.exec_driver_sql("SELECT current_setting('TimeZone')").scalar_one()))
+    encoders = _encoders(zone)
+    iterator = iter(records)
+    while True:
+        rows: dict[str, bytes] = {}  # dedupe_key -> encoded tuple; the last copy in the file wins
+        consumed = 0
+        for record in islice(iterator, batch_size):
+            consumed += 1
+            try:
+                row = record_to_row(record, run_id, now)
+                encoded = _encode_row(row, encoders)
+            except (ValueError, KeyError, TypeError, AttributeError, OverflowError, struct.error) as exc:
+                _record_failure(summary, record, exc)
+                continue
+            if row["dedupe_key"] in rows:
+                summary.skipped += 1  # the same activity twice in one file
+            rows[row["dedupe_key"]] = encoded
+        if rows:
+            try:
+                inserted, updated = _copy_batch(engine, rows.values())
+            except DatabaseError as exc:
+                raise DatabaseError(f"import into activities failed after {summary.imported + summary.updated} rows: {exc}") from exc
+            summary.imported += inserted
+            summary.updated += updated
+            summary.skipped += len(rows) - inserted - updated
+        if consumed < batch_size:
+            return summary
+
+
+def _copy_batch(engine: Engine, tuples: Iterable[bytes]) -> tuple[int, int]:
+    """COPY one batch into a fresh staging table and upsert it; returns (inserted, updated)."""
+    import psycopg
+
+    try:
+        return _copy_batch_in(engine, tuples)
+    except psycopg.Error as exc:  # raised by the driver cursor, outside SQLAlchemy's wrapping
+        message = str(exc).splitlines()[0] if str(exc) else ""
+        raise DatabaseError(f"database error: {exc.__class__.__name__}: {message}") from exc
+
+
+def _copy_batch_in(engine: Engine, tuples: Iterable[bytes]) -> tuple[int, int]:
+    with transaction(engine) as connection:
+        connection.exec_driver_sql(
+            f"CREATE TEMPORARY TABLE {_STAGE} (LIKE activities INCLUDING DEFAULTS) ON COMMIT DROP"
+        )
+        driver = connection.connection.driver_connection
+        with driver.cursor() as cursor:
+            with cursor.copy(f"COPY {_STAGE} ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.write(_COPY_HEADER)
+                for data in tuples:
+                    copy.write(data)
+                copy.write(_COPY_TRAILER)
+            cursor.execute(_UPSERT_SQL)
+            flags = [row[0] for row in cursor.fetchall()]
+    inserted = sum(1 for flag in flags if flag)
+    return inserted, len(flags) - inserted
 
 
 def count_activities(engine: Engine) -> int:
