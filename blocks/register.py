@@ -12,6 +12,10 @@ Blocks (each saved with overwrite=True, so running this again only updates them)
 - `secret/harvest-openai-api-key` when OPENAI_API_KEY is set, `secret/harvest-google-maps-api-key` when
   GOOGLE_MAPS_API_KEY is set.
 
+And two global concurrency limits that every worker honours (not blocks, but set up the same way):
+- `harvest-geocoder`: 1 slot decaying at HARVEST_GEOCODER_RATE_PER_SECOND, i.e. a shared rate limit;
+- `harvest-openai`: HARVEST_OPENAI_MAX_CONCURRENT slots held while calling OpenAI.
+
 Only block names are printed, never values.
 """
 
@@ -96,6 +100,26 @@ def register_blocks(
             done.append(Registered(f"secret/{name}", _save(Secret(value=raw), name)))
         else:
             done.append(Registered(f"secret/{name}", "skipped", f"{variable} not set"))
+    done += register_limits(settings)
+    return done
+
+
+def register_limits(settings: HarvestSettings) -> list[Registered]:
+    """Create or update the global concurrency limits the flow's geocoder and OpenAI calls go through."""
+    from prefect import get_client
+
+    from flows.limits import GEOCODER_LIMIT, OPENAI_LIMIT
+
+    wanted = [
+        (GEOCODER_LIMIT, 1, settings.geocoder_rate_per_second, f"{settings.geocoder_rate_per_second}/s"),
+        (OPENAI_LIMIT, settings.openai_max_concurrent, None, f"{settings.openai_max_concurrent} at once"),
+    ]
+    done = []
+    with get_client(sync_client=True) as client:
+        existing = {limit.name for limit in client.read_global_concurrency_limits(limit=200)}
+        for name, limit, decay, note in wanted:
+            client.upsert_global_concurrency_limit_by_name(name, limit, slot_decay_per_second=decay)
+            done.append(Registered(f"global-concurrency-limit/{name}", "updated" if name in existing else "created", note))
     return done
 
 

@@ -1,9 +1,12 @@
 """Flow state hooks: decide what happens to a run's files once the run is over.
 
 - Completed with auto-import and an import without failures → delete the run's files (objects and
-  Prefect result records under `runs/<id>/`; never the content-addressed images), retention `cleaned`.
-- Completed otherwise → keep everything for review, retention `kept`.
-- Failed / crashed / cancelled → record the status and error, keep every file for debugging.
+  Prefect result records under `runs/<id>/`; never the content-addressed images, and not the digest the
+  next run diffs against), retention `cleaned`.
+- Completed otherwise → keep everything for review, retention `kept` until `expires_at`
+  (HARVEST_RETENTION_DAYS), then the sweep deletes it unless the run is pinned.
+- Failed / crashed / cancelled → record the status and error, keep every file for debugging until
+  `expires_at` (HARVEST_FAILED_RETENTION_DAYS).
 
 Hooks run outside the run context (no run logger) and must never raise into Prefect: a failed cleanup
 is a warning that leaves the rows for a later sweep, never a failed run.
@@ -17,7 +20,7 @@ from typing import Any
 from flows.resources import resources
 from harvest.db import runs as run_rows
 from harvest.models import RunConfig
-from harvest.storage import delete_prefix, run_prefix
+from harvest.retention import cleanup_run, policy_from
 
 logger = logging.getLogger("harvest.hooks")
 
@@ -25,14 +28,6 @@ logger = logging.getLogger("harvest.hooks")
 def _config(flow_run: Any) -> RunConfig:
     raw = (flow_run.parameters or {}).get("config") or {}
     return raw if isinstance(raw, RunConfig) else RunConfig.model_validate(raw)
-
-
-def cleanup_run_files(run_id: str) -> int:
-    """Delete everything under the run's prefix and mark its file rows deleted; returns objects deleted."""
-    res = resources()
-    deleted = delete_prefix(res.store, run_prefix(run_id))
-    run_rows.mark_files_deleted(res.engine, run_id)
-    return deleted
 
 
 def on_completion(flow: Any, flow_run: Any, state: Any) -> None:
@@ -46,17 +41,17 @@ def on_completion(flow: Any, flow_run: Any, state: Any) -> None:
         summary = row.get("import_summary") or {}
         imported_cleanly = config.auto_import and summary and not summary.get("failed")
         if not imported_cleanly or config.keep_files:
-            run_rows.update_run(res.engine, run_id, retention="kept")
+            expires = policy_from(res.settings).expires_at("completed", run_rows.utcnow())
+            run_rows.update_run(res.engine, run_id, retention="kept", expires_at=expires)
             return
         try:
-            deleted = cleanup_run_files(run_id)
+            deleted = cleanup_run(res.engine, res.store, run_id)
         except Exception as exc:  # noqa: BLE001 - cleanup must never flip a completed run
             logger.warning("run %s: cleanup failed, files left for a later sweep: %s", run_id, exc)
             run_rows.update_run(res.engine, run_id, retention="cleanup_failed")
             run_rows.add_warnings(res.engine, run_id, [f"cleanup: failed, left for a sweep: {exc}"])
             return
-        run_rows.update_run(res.engine, run_id, retention="cleaned")
-        logger.info("run %s: imported; deleted %d stored objects", run_id, deleted)
+        logger.info("run %s: imported; deleted %s stored objects", run_id, deleted)
     except Exception:  # noqa: BLE001
         logger.exception("run %s: completion hook failed", run_id)
 
@@ -71,7 +66,8 @@ def _mark_ended(status: str, flow_run: Any, state: Any) -> None:
         res = resources()
         if run_rows.get_run(res.engine, run_id) is None:
             return
-        run_rows.finish_run(res.engine, run_id, status, retention="kept", error=error)
+        expires = policy_from(res.settings).expires_at(status, run_rows.utcnow())
+        run_rows.finish_run(res.engine, run_id, status, retention="kept", error=error, expires_at=expires)
         logger.warning("run %s %s: %s (files kept for debugging)", run_id, status, error)
     except Exception:  # noqa: BLE001 - a dead database must not hide the original failure
         logger.exception("run %s: could not record status %s", run_id, status)

@@ -4,22 +4,27 @@ only small file references travel (persisted as JSON), never the activities them
 from __future__ import annotations
 
 import json
+from functools import partial
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture
 from prefect.runtime import deployment as runtime_deployment
 from prefect.runtime import flow_run as runtime_flow_run
-from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
 from blocks.storage import result_storage_block
 from flows import artifacts, tasks
 from flows.hooks import on_cancellation, on_completion, on_crashed, on_failure
 from flows.polling import poll_schedule
+from flows.reconcile import reconcile_if_dead
 from flows.resources import resources
+from flows.runners import make_task_runner
 from harvest.db import runs as run_rows
+from harvest.errors import RunAlreadyRunningError
 from harvest.models import FileRef, ImportSummary, RunConfig, StartRequest
+from harvest.retention import policy_from
+from harvest.settings import get_settings
 from harvest.urls import check_fetch_allowed
 
 
@@ -75,7 +80,7 @@ def _optional(future: PrefectFuture[Any], what: str, run_id: str) -> Any:
 @flow(
     name="scrape-website",
     description="Crawl a family-activities site, extract, standardize and enrich activities, write JSONL, optionally import.",
-    task_runner=ThreadPoolTaskRunner(max_workers=4),
+    task_runner=make_task_runner(get_settings()),
     on_completion=[on_completion],
     on_failure=[on_failure],
     on_crashed=[on_crashed],
@@ -95,18 +100,21 @@ def scrape_website(url: str, config: RunConfig = RunConfig(), from_raw: str | No
     run_id = str(runtime_flow_run.id)
     traffic = _Traffic()
 
-    is_new = run_rows.create_run(
-        res.engine, run_id, request.url, config.model_dump(mode="json"),
-        flow_run_name=runtime_flow_run.name, deployment_id=runtime_deployment.id,
-        deployment_name=runtime_deployment.name, work_pool=_work_pool_name(),
-    )
+    try:
+        is_new = _start_run(res, run_id, request.url, config)
+    except RunAlreadyRunningError as exc:
+        logger.warning("%s; not starting a second one (one run per URL at a time)", exc)
+        return RunSummary(
+            run_id=exc.running_run_id, url=request.url, status="already_running", activities_processed=0,
+            files={}, bytes_between_tasks=0,
+        )
     logger.info("run %s %s for %s", run_id, "started" if is_new else "resumed", request.url)
     progress = artifacts.Progress(run_id)
 
     storage = result_storage_block(res.settings)
     bound = {name: getattr(tasks, name).with_options(result_storage=storage) for name in (
         "crawl_and_extract", "load_raw_activities", "standardize", "images", "geocode", "submit_embeddings_batch",
-        "poll_embeddings_batch", "merge", "write_final", "import_activities",
+        "poll_embeddings_batch", "merge", "write_final", "diff_with_previous_run", "import_activities",
     )}
 
     # 1-2. Crawl + extract, then standardize: both critical.
@@ -147,6 +155,8 @@ def scrape_website(url: str, config: RunConfig = RunConfig(), from_raw: str | No
     traffic.add(standardized, images_map, geocoded_map, embeddings.get("embeddings_index"), merged)
     final = bound["write_final"](run_id, merged, embeddings.get("embeddings"))
     traffic.add(merged, embeddings.get("embeddings"), final)
+    diff = _optional(bound["diff_with_previous_run"].submit(run_id, request.url, final), "diff", run_id)
+    traffic.add(request.url, final, diff)
     progress.advance("final")
 
     # 6. Import when asked.
@@ -174,6 +184,21 @@ def scrape_website(url: str, config: RunConfig = RunConfig(), from_raw: str | No
         warnings=list(row.get("warnings") or []), failed_urls=list(row.get("failed_urls") or []),
         bytes_between_tasks=traffic.bytes, task_runs=traffic.calls,
     )
+
+
+def _start_run(res: Any, run_id: str, url: str, config: RunConfig) -> bool:
+    """Create (or resume) the run row. If the URL's running run is in fact dead, reconcile it and go on."""
+    create = partial(
+        run_rows.create_run, res.engine, run_id, url, config.model_dump(mode="json"),
+        flow_run_name=runtime_flow_run.name, deployment_id=runtime_deployment.id,
+        deployment_name=runtime_deployment.name, work_pool=_work_pool_name(),
+    )
+    try:
+        return create()
+    except RunAlreadyRunningError as exc:
+        if not reconcile_if_dead(res.engine, policy_from(res.settings), exc.running_run_id):
+            raise
+        return create()
 
 
 def _work_pool_name() -> str | None:

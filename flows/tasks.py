@@ -12,6 +12,7 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
+from flows.limits import geocoder_gate, openai_slot
 from flows.resources import Resources, resources
 from harvest.db import runs as run_rows
 from harvest.embeddings import make_openai_client
@@ -21,6 +22,7 @@ from harvest.geocode import make_geocoder
 from harvest.models import FileRef, ImportSummary, RunConfig
 from harvest.stages.collect import collect_raw_activities, copy_raw_activities
 from harvest.stages.common import StageResult
+from harvest.stages.diff import diff_with_previous_run as diff_stage
 from harvest.stages.embed import SubmittedBatch, collect_embeddings, submit_embeddings
 from harvest.stages.geocode import geocode_addresses
 from harvest.stages.images import process_images
@@ -102,7 +104,7 @@ def geocode(run_id: str, standardized: FileRef) -> FileRef:
         settings.geocoder, base_url=settings.geocoder_url,
         google_api_key=settings.google_maps_api_key.get_secret_value() if settings.google_maps_api_key else None,
         user_agent=settings.user_agent, rate_per_second=settings.geocoder_rate_per_second,
-        timeout_s=settings.request_timeout_seconds,
+        timeout_s=settings.request_timeout_seconds, before_call=geocoder_gate(),
     )
     result = geocode_addresses(res.store, run_id, standardized, geocoder)
     record_stage(res, run_id, "geocode", result)
@@ -117,7 +119,8 @@ def submit_embeddings_batch(run_id: str, standardized: FileRef, model: str) -> S
         get_run_logger().warning(message)
         run_rows.add_warnings(res.engine, run_id, [f"embeddings: {message}"])
         return None
-    result, batch = submit_embeddings(res.store, run_id, standardized, _openai_client(res), model)
+    with openai_slot():
+        result, batch = submit_embeddings(res.store, run_id, standardized, _openai_client(res), model)
     record_stage(res, run_id, "embeddings_submit", result)
     return batch
 
@@ -133,9 +136,10 @@ def _only_while_running(task: Any, task_run: Any, state: Any) -> bool:
 )
 def poll_embeddings_batch(run_id: str, standardized: FileRef, batch: SubmittedBatch) -> list[FileRef]:
     res = resources()
-    result = collect_embeddings(
-        res.store, run_id, standardized, _openai_client(res), batch, dimensions=res.settings.embedding_dimensions
-    )
+    with openai_slot():
+        result = collect_embeddings(
+            res.store, run_id, standardized, _openai_client(res), batch, dimensions=res.settings.embedding_dimensions
+        )
     record_stage(res, run_id, "embeddings", result)
     return result.files
 
@@ -165,3 +169,15 @@ def import_activities(run_id: str, final: FileRef) -> ImportSummary:
     result, summary = import_final_records(res.store, run_id, final, res.engine)
     record_stage(res, run_id, "import", result)
     return summary
+
+
+@task(name="diff-with-previous-run", result_storage_key=result_key("diff"), **PERSISTED)
+def diff_with_previous_run(run_id: str, url: str, final: FileRef) -> dict[str, Any]:
+    """Digest + diff files, and the counts written onto the run row (and shown in the summary artifact)."""
+    res = resources()
+    result = diff_stage(res.store, res.engine, run_id, url, final)
+    record_stage(res, run_id, "diff", result)
+    details = dict(result.stats.details)
+    previous = str(details.pop("previous_run_id", "")) or None
+    run_rows.update_run(res.engine, run_id, diff=details, previous_run_id=previous)
+    return {"previous_run_id": previous, **details}

@@ -100,6 +100,9 @@ def _route_logs_to_stderr() -> None:
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
+    if summary["status"] == "already_running":
+        typer.echo(f"{summary['url']} already has a running run: {summary['run_id']} (one run per URL at a time)")
+        return
     typer.echo(f"run {summary['run_id']}: {summary['status']}, {summary['activities_processed']} activities")
     for kind, ref in summary["files"].items():
         typer.echo(f"  {kind:24} {ref['records']:>7} records {ref['bytes']:>12,} bytes  {ref['uri']}")
@@ -133,75 +136,258 @@ def runs_list(
 
 @runs_app.command("show")
 def runs_show(run_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
-    """Show one run: status, steps, files, import summary, warnings, failed URLs."""
+    """The whole story of one run: status, timings per step, files and their state, import, diff, warnings."""
     from harvest.db.runs import get_run, list_files
+    from harvest.retention import file_state
 
     engine = _engine()
     row = get_run(engine, run_id)
     if row is None:
         _fail(f"no run {run_id}")
-    row["files"] = list_files(engine, run_id)
+    row["files"] = [{**item, "state": file_state(item, row)} for item in list_files(engine, run_id)]
     if as_json:
         _emit(row)
         return
-    for key in ("id", "url", "status", "retention", "started_at", "finished_at", "activities_processed", "error"):
+    for key in ("id", "url", "status", "retention", "pinned", "expires_at", "started_at", "finished_at",
+                "deployment_name", "work_pool", "activities_processed", "error"):
         typer.echo(f"{key:22} {row[key]}")
     typer.echo("steps:")
     for step, stats in (row["steps"] or {}).items():
-        typer.echo(f"  {step:20} {json.dumps(stats, default=str)}")
+        if "items_in" in stats:
+            typer.echo(
+                f"  {step:20} {stats.get('seconds', 0):>8.2f}s  in {stats['items_in']:>7}  out {stats.get('items_out', 0):>7}"
+                f"  skipped {stats.get('skipped', 0):>5}"
+            )
+        else:
+            typer.echo(f"  {step:20} {json.dumps(stats, default=str)}")
     typer.echo("files:")
     for item in row["files"]:
-        state = "deleted" if item["deleted_at"] else "present"
-        typer.echo(f"  {item['kind']:24} {item['records']:>7} {item['bytes']:>12,}  {state:8} {item['uri']}")
+        typer.echo(f"  {item['kind']:24} {item['records']:>7} {item['bytes']:>12,}  {item['state']:8} {item['uri']}")
     typer.echo(f"import_summary         {row['import_summary']}")
+    diff = row.get("diff")
+    typer.echo(f"diff                   {diff} (against {row.get('previous_run_id')})" if diff else "diff                   none")
+    typer.echo(f"warnings               {len(row['warnings'] or [])}")
     for warning in row["warnings"] or []:
-        typer.echo(f"warning: {warning}")
+        typer.echo(f"  {warning}")
+    typer.echo(f"failed_urls            {len(row['failed_urls'] or [])}")
     for failed in row["failed_urls"] or []:
-        typer.echo(f"failed: {failed}")
+        typer.echo(f"  {failed}")
+
+
+def _duration_seconds(text: str, option: str) -> float:
+    from harvest.retention import parse_duration
+
+    try:
+        return parse_duration(text).total_seconds()
+    except HarvestError as exc:
+        _fail(f"{option}: {exc}", 2)
+    raise AssertionError("unreachable")
 
 
 @runs_app.command("files")
 def runs_files(
     run_id: str,
-    expires: int = typer.Option(3600, help="Link lifetime in seconds (S3 presigned URLs)."),
+    expires: str = typer.Option("1h", help="Link lifetime for S3 presigned URLs: 3600, 15m, 1h, 7d (S3 allows up to 7d)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """List a run's files with a download link each (presigned for S3, a path for local storage)."""
+    """List a run's files: kind, records, size, state and a download link (presigned for S3, a path locally)."""
     from blocks.storage import resolve_store
-    from harvest.db.runs import list_files
+    from harvest.db.runs import get_run, list_files
+    from harvest.retention import file_state
     from harvest.settings import get_settings
 
+    seconds = int(_duration_seconds(expires, "--expires"))
+    engine = _engine()
+    run = get_run(engine, run_id)
+    if run is None:
+        _fail(f"no run {run_id}")
     store = resolve_store(get_settings())
     rows = []
-    for item in list_files(_engine(), run_id):
-        link = None
-        if item["deleted_at"] is None:
-            link = store.presign(store.key_for(item["uri"]), expires)
-        rows.append({**item, "link": link})
+    for item in list_files(engine, run_id):
+        state = file_state(item, run)
+        link = store.presign(store.key_for(item["uri"]), seconds) if state == "present" else None
+        rows.append({**item, "state": state, "link": link, "link_expires_seconds": seconds if link else None})
     if as_json:
         _emit(rows)
         return
     if not rows:
         _fail(f"run {run_id} has no files")
     for item in rows:
-        typer.echo(f"{item['kind']:24} {item['records']:>7} {item['bytes']:>12,}  {item['link'] or '(deleted)'}")
+        typer.echo(f"{item['kind']:24} {item['records']:>7} {item['bytes']:>12,}  {item['link'] or '(' + item['state'] + ')'}")
 
 
 @runs_app.command("cleanup")
-def runs_cleanup(run_id: str) -> None:
-    """Delete a run's stored files (never the shared images) and mark them deleted."""
-    from flows.hooks import cleanup_run_files
-    from harvest.db.runs import get_run, update_run
+def runs_cleanup(
+    run_id: Optional[str] = typer.Argument(None, help="One run; or select many with --older-than."),
+    older_than: Optional[str] = typer.Option(None, help="Every finished, unpinned run older than this (e.g. 30d)."),
+    status: Optional[str] = typer.Option(None, help="With --older-than: only runs with this status (completed, failed…)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the runs, delete nothing."),
+) -> None:
+    """Delete finished runs' stored files (never the shared images) and mark them deleted."""
+    from blocks.storage import resolve_store
+    from harvest.db.runs import get_run
+    from harvest.retention import cleanup_older_than, cleanup_run
+    from harvest.settings import get_settings
 
+    if (run_id is None) == (older_than is None):
+        _fail("give a run id or --older-than, not both", 2)
     engine = _engine()
+    store = resolve_store(get_settings())
+    if older_than is not None:
+        age = _duration_seconds(older_than, "--older-than")
+        from datetime import timedelta
+
+        done = cleanup_older_than(engine, store, timedelta(seconds=age), status=status, dry_run=dry_run)
+        verb = "would clean" if dry_run else "cleaned"
+        for item in done:
+            typer.echo(f"{verb} {item}")
+        typer.echo(f"{verb} {len(done)} runs")
+        return
     row = get_run(engine, run_id)
     if row is None:
         _fail(f"no run {run_id}")
     if row["status"] == "running":
         _fail(f"run {run_id} is still running; refusing to delete its files")
-    deleted = cleanup_run_files(run_id)
-    update_run(engine, run_id, retention="cleaned")
+    if dry_run:
+        typer.echo(f"would clean {run_id}")
+        return
+    deleted = cleanup_run(engine, store, run_id)
+    if deleted is None:
+        typer.echo(f"run {run_id}: files already {row['retention']}")
+        return
     typer.echo(f"run {run_id}: deleted {deleted} objects")
+
+
+def _pin(run_id: str, pinned: bool) -> None:
+    from harvest.retention import set_pinned
+
+    if not set_pinned(_engine(), run_id, pinned):
+        _fail(f"no run {run_id}")
+    typer.echo(f"run {run_id} {'pinned: the sweep leaves it alone' if pinned else 'unpinned'}")
+
+
+@runs_app.command("pin")
+def runs_pin(run_id: str) -> None:
+    """Exempt a run's files from the retention sweep."""
+    _pin(run_id, True)
+
+
+@runs_app.command("unpin")
+def runs_unpin(run_id: str) -> None:
+    """Let the retention sweep delete a run's files again once they expire."""
+    _pin(run_id, False)
+
+
+@runs_app.command("import")
+def runs_import(
+    run_id: str,
+    cleanup: bool = typer.Option(False, "--cleanup", help="Delete the run's files after an import without failures."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Import a kept run's final JSONL into activities (same dedupe as auto-import; twice is harmless)."""
+    if as_json:
+        _route_logs_to_stderr()
+    from flows.import_run import import_run
+
+    state = import_run(run_id=run_id, cleanup=cleanup, return_state=True)
+    if not state.is_completed():
+        outcome = state.result(raise_on_failure=False)
+        _fail(f"import of run {run_id} failed: {outcome}")
+    summary = state.result()
+    if as_json:
+        _emit(summary.model_dump(mode="json"))
+        return
+    typer.echo(f"run {run_id} imported: {summary.model_dump(exclude={'errors'})}")
+    for error in summary.errors[:20]:
+        typer.echo(f"  error: {error}")
+
+
+@runs_app.command("resume")
+def runs_resume(run_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Run a failed, crashed or cancelled run again as the same flow run: finished steps are not repeated."""
+    from harvest.db.runs import get_run
+
+    row = get_run(_engine(), run_id)
+    if row is None:
+        _fail(f"no run {run_id}")
+    if row["status"] in ("running", "completed"):
+        _fail(f"run {run_id} is {row['status']}; only failed, crashed or cancelled runs can be resumed")
+    if row["retention"] not in ("pending", "kept"):
+        _fail(f"run {run_id} cannot be resumed: its files are {row['retention']}")
+    if as_json:
+        _route_logs_to_stderr()
+    from flows.resume import resume_flow_run
+
+    state = resume_flow_run(run_id)
+    if state.is_completed():
+        summary = state.result()
+        _emit(summary.model_dump(mode="json")) if as_json else _print_summary(summary.model_dump(mode="json"))
+        return
+    outcome = state.result(raise_on_failure=False)
+    _fail(f"resumed run {run_id} {state.type.value.lower()}: {outcome}")
+
+
+@runs_app.command("diff")
+def runs_diff(
+    old: str = typer.Argument(..., help="The earlier run."),
+    new: str = typer.Argument(..., help="The later run."),
+    limit: int = typer.Option(50, help="Changes to print (counts are always complete)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """What changed between two runs: added, removed and changed activities (with the changed fields)."""
+    from blocks.storage import resolve_store
+    from harvest.db.runs import comparable_file, get_run
+    from harvest.diff import DiffCounts, diff_lines, digest_lines, load_digest
+    from harvest.settings import get_settings
+
+    engine = _engine()
+    store = resolve_store(get_settings())
+    sources = []
+    for run_id in (old, new):
+        if get_run(engine, run_id) is None:
+            _fail(f"no run {run_id}")
+        source = comparable_file(engine, run_id)
+        if source is None:
+            _fail(f"run {run_id} has neither a digest nor a final JSONL left to compare")
+        sources.append(source)
+    counts = DiffCounts()
+    changes = []
+    for change in diff_lines(load_digest(digest_lines(store, sources[0])), digest_lines(store, sources[1]), counts):
+        if len(changes) < limit:
+            changes.append(change)
+    if as_json:
+        _emit({"old": old, "new": new, "counts": counts.as_dict(), "changes": changes})
+        return
+    typer.echo(f"{old} → {new}: " + ", ".join(f"{k} {v}" for k, v in counts.as_dict().items()))
+    for change in changes:
+        fields = f"  ({', '.join(change['fields'])})" if change.get("fields") else ""
+        typer.echo(f"  {change['change']:8} {change['id']}  {change.get('name')}{fields}")
+
+
+@app.command()
+def sweep(
+    dry_run: bool = typer.Option(False, "--dry-run", help="Report what would be deleted or reconciled; change nothing."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Delete expired runs' files, orphans and unreferenced images; reconcile runs whose process died."""
+    if as_json:
+        _route_logs_to_stderr()
+    from flows.sweep import sweep_expired
+
+    state = sweep_expired(dry_run=dry_run, return_state=True)
+    if not state.is_completed():
+        _fail(f"sweep failed: {state.result(raise_on_failure=False)}")
+    report = state.result()
+    if as_json:
+        _emit(report)
+        return
+    head = "would " if dry_run else ""
+    for name in ("reconciled", "expired", "cleaned", "digests", "orphans", "images", "missing", "errors"):
+        items = report[name]
+        typer.echo(f"{head}{name:11} {len(items)}")
+        for item in items[:20]:
+            typer.echo(f"  {item}")
+    typer.echo(f"objects deleted: {report['deleted_objects']}")
 
 
 @db_app.command("upgrade")

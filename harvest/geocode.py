@@ -21,6 +21,7 @@ import re
 import threading
 import time
 import unicodedata
+from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import quote, quote_plus
@@ -117,6 +118,8 @@ class _HttpGeocoder:
         self.backoff_s = backoff_s
         self.max_retry_after_s = max_retry_after_s
         self.limiter = RateLimiter(rate_per_second)
+        # A limit shared with other processes (the flow passes Prefect's global rate limit here).
+        self.before_call: Callable[[], None] | None = None
         self._client = httpx.Client(
             timeout=timeout_s, headers={"User-Agent": user_agent, "Accept": "application/json"},
             follow_redirects=False,
@@ -139,6 +142,8 @@ class _HttpGeocoder:
         last = "no attempt made"
         for attempt in range(self.retries + 1):
             self.limiter.acquire()
+            if self.before_call is not None:
+                self.before_call()
             try:
                 return self._attempt(address)
             except _Attempt as failure:
@@ -348,17 +353,25 @@ class NullGeocoder:
 
 
 def make_geocoder(kind: str, *, base_url: str | None, google_api_key: str | None, user_agent: str,
-                  rate_per_second: float, timeout_s: float, retries: int = 3) -> Geocoder:
-    """The geocoder the settings ask for; raises ConfigError for an unknown kind or Google without a key."""
+                  rate_per_second: float, timeout_s: float, retries: int = 3,
+                  before_call: Callable[[], None] | None = None) -> Geocoder:
+    """The geocoder the settings ask for; raises ConfigError for an unknown kind or Google without a key.
+
+    `before_call` runs before every request, after the in-process limiter: a limit shared across processes.
+    """
     kind = (kind or "").strip().lower()
+    geocoder: _HttpGeocoder
     if kind == "none":
         return NullGeocoder()
     if kind == "nominatim":
-        return NominatimGeocoder(base_url or NOMINATIM_URL, user_agent=user_agent, rate_per_second=rate_per_second,
-                                 timeout_s=timeout_s, retries=retries)
-    if kind == "google":
+        geocoder = NominatimGeocoder(base_url or NOMINATIM_URL, user_agent=user_agent, rate_per_second=rate_per_second,
+                                     timeout_s=timeout_s, retries=retries)
+    elif kind == "google":
         if not google_api_key:
             raise ConfigError("HARVEST_GEOCODER=google needs GOOGLE_MAPS_API_KEY (or use nominatim/none)")
-        return GoogleGeocoder(google_api_key, base_url or GOOGLE_URL, user_agent=user_agent,
-                              rate_per_second=rate_per_second, timeout_s=timeout_s, retries=retries)
-    raise ConfigError(f"unknown geocoder {kind!r}: use nominatim, google or none")
+        geocoder = GoogleGeocoder(google_api_key, base_url or GOOGLE_URL, user_agent=user_agent,
+                                  rate_per_second=rate_per_second, timeout_s=timeout_s, retries=retries)
+    else:
+        raise ConfigError(f"unknown geocoder {kind!r}: use nominatim, google or none")
+    geocoder.before_call = before_call
+    return geocoder

@@ -43,7 +43,9 @@ def test_scrape_json_then_runs_commands(harvest_env, demo_site, tmp_path) -> Non
     assert shown["status"] == "completed" and shown["retention"] == "kept"
     assert shown["steps"]["crawl"]["items_out"] == summary["files"]["raw_activities"]["records"] > 0
 
-    files = json.loads(harvest(["runs", "files", run_id, "--json", "--expires", "120"], harvest_env, tmp_path).stdout)
+    files = json.loads(harvest(["runs", "files", run_id, "--json", "--expires", "2m"], harvest_env, tmp_path).stdout)
+    assert {item["link_expires_seconds"] for item in files} == {120}
+    assert "X-Amz-Expires=120" in files[0]["link"]
     final = next(item for item in files if item["kind"] == "final_jsonl")
     body = httpx.get(final["link"]).content  # an S3 presigned GET
     assert hashlib.sha256(body).hexdigest() == final["sha256"]
@@ -51,7 +53,10 @@ def test_scrape_json_then_runs_commands(harvest_env, demo_site, tmp_path) -> Non
     cleaned = harvest(["runs", "cleanup", run_id], harvest_env, tmp_path)
     assert cleaned.returncode == 0 and "deleted" in cleaned.stdout
     shown = json.loads(harvest(["runs", "show", run_id, "--json"], harvest_env, tmp_path).stdout)
-    assert shown["retention"] == "cleaned" and all(item["deleted_at"] for item in shown["files"])
+    assert shown["retention"] == "cleaned"
+    states = {item["kind"]: item["state"] for item in shown["files"]}
+    assert states.pop("digest") == "present", "the digest stays for the next run's diff"
+    assert set(states.values()) == {"deleted"}
 
 
 def test_unknown_run_is_a_clear_error(harvest_env, tmp_path) -> None:

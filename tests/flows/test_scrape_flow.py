@@ -18,7 +18,7 @@ from harvest.models import RunConfig
 
 ALL_KINDS = {
     "raw_activities", "standardized", "images_map", "geocoded_map", "embeddings_batch_input",
-    "embeddings", "embeddings_index", "merged", "final_jsonl",
+    "embeddings", "embeddings_index", "merged", "final_jsonl", "diff", "digest",
 }
 
 
@@ -62,7 +62,8 @@ def test_run_without_auto_import_keeps_every_file_and_records_it(harvest_env, s3
         body = s3_object(s3, item["uri"])
         assert len(body) == item["bytes"], kind
         assert hashlib.sha256(body).hexdigest() == item["sha256"], kind
-        assert item["uri"].startswith(f"s3://{harvest_env['HARVEST_BUCKET']}/harvest/runs/{summary.run_id}/")
+        prefix = "digests/" if kind == "digest" else f"runs/{summary.run_id}/"
+        assert item["uri"].startswith(f"s3://{harvest_env['HARVEST_BUCKET']}/harvest/{prefix}")
         assert item["deleted_at"] is None
 
     merged = jsonl(s3_object(s3, files["merged"]["uri"]))
@@ -89,9 +90,14 @@ def test_run_without_auto_import_keeps_every_file_and_records_it(harvest_env, s3
     assert sum(1 for f in final if f["image"]) > 0
     # Only references travel between tasks: a few KB whatever the number of activities.
     assert summary.bytes_between_tasks < 16_000
-    # Every object the run wrote is under its prefix or a content-addressed image.
+    # The URL's first run: everything is added.
+    assert row["diff"] == {"added": len(final), "removed": 0, "changed": 0, "unchanged": 0}
+    assert row["previous_run_id"] is None
+    # Every object the run wrote is under its prefix, its digest, or a content-addressed image.
     for key in s3.keys(harvest_env["HARVEST_BUCKET"]):
-        assert key.startswith((f"harvest/runs/{summary.run_id}/", "harvest/images/")), key
+        assert key.startswith(
+            (f"harvest/runs/{summary.run_id}/", "harvest/images/", f"harvest/digests/{summary.run_id}.jsonl")
+        ), key
 
 
 def test_auto_import_deletes_run_files_and_reimport_adds_no_duplicates(harvest_env, s3, demo_site) -> None:
@@ -104,7 +110,9 @@ def test_auto_import_deletes_run_files_and_reimport_adds_no_duplicates(harvest_e
     assert (row["status"], row["retention"]) == ("completed", "cleaned")
     assert s3.keys(bucket, f"harvest/runs/{summary.run_id}/") == []
     assert s3.keys(bucket, "harvest/images/"), "content-addressed images must survive cleanup"
-    assert all(item["deleted_at"] is not None for item in file_rows(db_url, summary.run_id).values())
+    files = file_rows(db_url, summary.run_id)
+    assert all(item["deleted_at"] is not None for kind, item in files.items() if kind != "digest")
+    assert files["digest"]["deleted_at"] is None, "the digest stays for the next run's diff"
     with get_engine(db_url).begin() as connection:
         count = connection.execute(sa.select(sa.func.count()).select_from(activities)).scalar_one()
         embedded = connection.execute(
@@ -118,6 +126,12 @@ def test_auto_import_deletes_run_files_and_reimport_adds_no_duplicates(harvest_e
     assert again.import_summary.imported == 0 and again.import_summary.failed == 0
     assert again.import_summary.updated + again.import_summary.skipped == again.activities_processed
     assert again.import_summary.skipped >= again.activities_processed - 5
+    # ... and its diff against the first run (whose records are gone, but not its digest) finds nothing new.
+    second = run_row(db_url, again.run_id)
+    assert second["previous_run_id"] == summary.run_id
+    assert second["diff"]["added"] == second["diff"]["removed"] == 0
+    assert second["diff"]["unchanged"] + second["diff"]["changed"] == again.activities_processed
+    assert second["diff"]["changed"] <= 5
     with get_engine(db_url).begin() as connection:
         assert connection.execute(sa.select(sa.func.count()).select_from(activities)).scalar_one() == count
 
