@@ -8,7 +8,7 @@ PG_URL ?= postgresql+psycopg://harvest:harvest@127.0.0.1:5432/harvest_test
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: venv system postgres demo test test-fast bench lint clean
+.PHONY: venv system postgres demo test test-fast bench image lint clean
 
 venv: $(STAMP)
 
@@ -34,6 +34,10 @@ test: venv system postgres
 
 bench: venv system postgres
 	$(BIN)/python -m bench.run
+
+## make image: the container image the `scrape-website/docker` deployment runs (needs a Docker engine)
+image:
+	docker build -t harvest:latest .
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
