@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
+
+from pydantic import SecretStr
 
 from sqlalchemy.engine import Engine
 
@@ -25,6 +28,24 @@ def resources() -> Resources:
     Tasks and hooks call this rather than receiving it as a parameter: parameters are hashed into cache
     keys and shown in the UI, and settings carry secrets.
     """
-    settings = get_settings()
+    settings = with_block_secrets(get_settings())
     upgrade(settings.database_url)
     return Resources(settings=settings, store=resolve_store(settings), engine=get_engine(settings.database_url))
+
+
+@lru_cache(maxsize=8)
+def _secret_block_value(name: str) -> str:
+    from prefect.blocks.system import Secret
+
+    return str(Secret.load(name).get())
+
+
+def with_block_secrets(settings: HarvestSettings) -> HarvestSettings:
+    """Fill API keys that the environment leaves unset from the Secret blocks it names
+    (HARVEST_OPENAI_API_KEY_BLOCK, HARVEST_GOOGLE_MAPS_API_KEY_BLOCK): workers carry block names, not keys."""
+    updates = {}
+    if settings.openai_api_key is None and settings.openai_api_key_block:
+        updates["openai_api_key"] = SecretStr(_secret_block_value(settings.openai_api_key_block))
+    if settings.google_maps_api_key is None and settings.google_maps_api_key_block:
+        updates["google_maps_api_key"] = SecretStr(_secret_block_value(settings.google_maps_api_key_block))
+    return settings.model_copy(update=updates) if updates else settings

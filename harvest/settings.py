@@ -52,6 +52,10 @@ class HarvestSettings(BaseSettings):
         validation_alias=AliasChoices("OPENAI_API_KEY", "HARVEST_OPENAI_API_KEY"),
         description="No key: embeddings and LLM extraction are skipped with a visible warning.",
     )
+    openai_api_key_block: str | None = Field(
+        default=None,
+        description="Name of a Prefect Secret block holding the OpenAI key, read when OPENAI_API_KEY is unset.",
+    )
     openai_base_url: str | None = Field(
         default=None,
         validation_alias=AliasChoices("OPENAI_BASE_URL", "HARVEST_OPENAI_BASE_URL"),
@@ -69,6 +73,9 @@ class HarvestSettings(BaseSettings):
     )
     google_maps_api_key: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("GOOGLE_MAPS_API_KEY", "HARVEST_GOOGLE_MAPS_API_KEY")
+    )
+    google_maps_api_key_block: str | None = Field(
+        default=None, description="Name of a Prefect Secret block holding the Google key, read when the variable is unset."
     )
     geocoder_rate_per_second: float = Field(
         default=1.0, description="Geocoder calls per second (Nominatim's usage policy asks for at most 1)."

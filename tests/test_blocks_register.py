@@ -4,6 +4,8 @@ second run only updates them, and secret values never reach the output."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+
 import pytest
 from typer.testing import CliRunner
 
@@ -30,6 +32,24 @@ def block_env(monkeypatch: pytest.MonkeyPatch, s3) -> dict[str, str]:  # noqa: A
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return env
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_global_limits() -> Iterator[None]:
+    """Registering creates the shared geocoder/OpenAI limits; later flow tests in this session must not
+    inherit a 1-call-per-second geocoder limit."""
+    yield
+    from prefect import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    from flows.limits import GEOCODER_LIMIT, OPENAI_LIMIT
+
+    with get_client(sync_client=True) as client:
+        for name in (GEOCODER_LIMIT, OPENAI_LIMIT):
+            try:
+                client.delete_global_concurrency_limit_by_name(name)
+            except ObjectNotFound:
+                pass
 
 
 def register() -> str:
@@ -77,6 +97,26 @@ def test_register_creates_usable_blocks_and_a_second_run_only_updates(block_env,
     assert "created" not in second
     assert Secret.load("harvest-openai-api-key").get() == "sk-rotated-key-000"
     assert AwsCredentials.load("harvest-aws")._block_document_id == ids["harvest-aws"]
+    assert "global-concurrency-limit/harvest-geocoder" in second
+
+
+def test_workers_can_name_secret_blocks_instead_of_carrying_keys(block_env, monkeypatch) -> None:  # noqa: ANN001
+    from flows.resources import _secret_block_value, resources
+    from tests.helpers import reset_harvest_caches
+
+    register()
+    monkeypatch.delenv("OPENAI_API_KEY")
+    monkeypatch.delenv("GOOGLE_MAPS_API_KEY")
+    monkeypatch.setenv("HARVEST_OPENAI_API_KEY_BLOCK", "harvest-openai-api-key")
+    monkeypatch.setenv("HARVEST_GOOGLE_MAPS_API_KEY_BLOCK", "harvest-google-maps-api-key")
+    monkeypatch.setenv("HARVEST_DATABASE_URL", f"sqlite:///{os.environ['HARVEST_HOME']}/blocks-test.db")
+    reset_harvest_caches()
+    _secret_block_value.cache_clear()
+    settings = resources().settings
+    assert settings.openai_api_key.get_secret_value() == TEST_OPENAI_KEY and settings.has_openai
+    assert settings.google_maps_api_key.get_secret_value() == GOOGLE_KEY
+    assert TEST_OPENAI_KEY not in repr(settings)
+    reset_harvest_caches()
 
 
 def test_without_keys_or_s3_storage_nothing_optional_is_saved(monkeypatch, tmp_path) -> None:  # noqa: ANN001
