@@ -33,6 +33,12 @@ logger = logging.getLogger("harvest.artifacts")
 MILESTONES = {"started": 0.0, "crawl": 35.0, "standardize": 50.0, "enrich": 80.0, "final": 95.0, "done": 100.0}
 LINK_SECONDS = 7 * 24 * 3600  # S3's longest presigned URL
 SHOWN_WARNINGS = 20
+LINKED_KINDS = ("final_jsonl", "raw_activities", "diff")  # each also gets a link artifact of its own
+
+
+def download_link(store: ObjectStore, uri: str, seconds: int = LINK_SECONDS) -> str:
+    """A presigned GET for S3 (valid `seconds`), the file URI for local storage."""
+    return store.presign(store.key_for(uri), seconds) if uri.startswith("s3://") else uri
 
 
 def artifact_key(kind: str) -> str:
@@ -89,7 +95,13 @@ def _code(value: Any) -> str:
     return str(value).replace("`", "'").replace("|", "\\|")
 
 
-def summary_markdown(row: dict[str, Any], files: list[dict[str, Any]]) -> str:
+def _link(url: str) -> str:
+    """A markdown link target; `<…>` keeps a presigned URL's `&` and `%` intact, and nothing in it can close it."""
+    return "<" + url.replace("<", "%3C").replace(">", "%3E").replace(" ", "%20") + ">"
+
+
+def summary_markdown(row: dict[str, Any], files: list[dict[str, Any]], links: dict[str, str] | None = None) -> str:
+    links = links or {}
     lines = [
         f"# Run `{_code(row['id'])}`",
         "",
@@ -98,12 +110,24 @@ def summary_markdown(row: dict[str, Any], files: list[dict[str, Any]]) -> str:
         "",
         "## Files",
         "",
-        "| kind | records | bytes | uri |",
-        "| --- | ---: | ---: | --- |",
+        "| kind | records | bytes | uri | download |",
+        "| --- | ---: | ---: | --- | --- |",
     ]
-    lines += [f"| {f['kind']} | {f['records']} | {f['bytes']:,} | `{_code(f['uri'])}` |" for f in files]
+    lines += [
+        f"| {f['kind']} | {f['records']} | {f['bytes']:,} | `{_code(f['uri'])}` | "
+        + (f"[download]({_link(links[f['kind']])})" if f["kind"] in links else "")
+        + " |"
+        for f in files
+    ]
     summary = row.get("import_summary")
     lines += ["", "## Import", "", ", ".join(f"{k}: {v}" for k, v in summary.items()) if summary else "not imported"]
+    diff = row.get("diff")
+    lines += ["", "## Changes since the previous run", ""]
+    if diff:
+        against = f"run `{_code(row['previous_run_id'])}`" if row.get("previous_run_id") else "nothing (first run of this URL)"
+        lines.append(", ".join(f"{k}: {v}" for k, v in diff.items()) + f" — against {against}")
+    else:
+        lines.append("not computed")
     warnings = list(row.get("warnings") or [])
     lines += ["", f"## Warnings ({len(warnings)})", ""]
     lines += [f"- {_text(w)}" for w in warnings[:SHOWN_WARNINGS]] or ["none"]
@@ -117,18 +141,17 @@ def publish_summary(engine: Any, store: ObjectStore, run_id: str, config: RunCon
     try:
         row = run_rows.get_run(engine, run_id) or {}
         files = run_rows.list_files(engine, run_id, include_deleted=False)
+        # After a clean auto-import the completion hook deletes the run's files: links would be dead.
+        cleaned_soon = config.auto_import and not config.keep_files
+        links = {} if cleaned_soon else {f["kind"]: download_link(store, f["uri"]) for f in files}
         create_table_artifact(step_table(row.get("steps") or {}), key=artifact_key("steps"),
                               description=f"Run {run_id}: items and seconds per stage")
-        create_markdown_artifact(summary_markdown(row, files), key=artifact_key("summary"),
-                                 description=f"Run {run_id}: files, records, warnings, import")
-        if config.auto_import and not config.keep_files:
-            return  # the completion hook deletes the run's files after a clean import: links would be dead
+        create_markdown_artifact(summary_markdown(row, files, links), key=artifact_key("summary"),
+                                 description=f"Run {run_id}: files, records, warnings, import, changes")
         by_kind = {f["kind"]: f for f in files}
-        for kind in ("final_jsonl", "raw_activities"):
-            if kind in by_kind:
-                uri = by_kind[kind]["uri"]
-                link = store.presign(store.key_for(uri), LINK_SECONDS) if uri.startswith("s3://") else uri
-                create_link_artifact(link, link_text=uri, key=artifact_key(kind.replace("_", "-")),
+        for kind in LINKED_KINDS:
+            if kind in links:
+                create_link_artifact(links[kind], link_text=by_kind[kind]["uri"], key=artifact_key(kind.replace("_", "-")),
                                      description=f"Run {run_id}: {kind} ({by_kind[kind]['records']} records)")
     except Exception as exc:  # noqa: BLE001
         logger.warning("run %s: summary artifacts not published: %s", run_id, exc)

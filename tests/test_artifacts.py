@@ -27,6 +27,18 @@ def test_summary_lists_files_import_and_bounded_warnings() -> None:
            "import_summary": {"imported": 7, "skipped": 0, "failed": 0}, "warnings": [f"w{i}" for i in range(25)]}
     files = [{"kind": "final_jsonl", "records": 7, "bytes": 12345, "uri": "s3://b/runs/r1/final.jsonl"}]
     text = summary_markdown(row, files)
-    assert "| final_jsonl | 7 | 12,345 | `s3://b/runs/r1/final.jsonl` |" in text
+    assert "| final_jsonl | 7 | 12,345 | `s3://b/runs/r1/final.jsonl` |  |" in text
+    assert "## Changes since the previous run\n\nnot computed" in text
     assert "imported: 7" in text and "## Warnings (25)" in text
     assert "- w19" in text and "- w20" not in text and "5 more" in text
+
+
+def test_summary_has_download_links_and_the_diff_against_the_previous_run() -> None:
+    row = {"id": "r2", "url": "https://example.org/", "status": "completed", "activities_processed": 7,
+           "import_summary": None, "warnings": [], "previous_run_id": "r1",
+           "diff": {"added": 1, "removed": 2, "changed": 3, "unchanged": 4}}
+    files = [{"kind": "final_jsonl", "records": 7, "bytes": 10, "uri": "s3://b/runs/r2/final.jsonl"}]
+    link = "http://s3.local/b/runs/r2/final.jsonl?X-Amz-Signature=a%2Fb&X-Amz-Expires=604800"
+    text = summary_markdown(row, files, {"final_jsonl": link})
+    assert f"[download](<{link}>)" in text
+    assert "added: 1, removed: 2, changed: 3, unchanged: 4 — against run `r1`" in text
