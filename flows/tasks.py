@@ -91,7 +91,7 @@ def standardize(run_id: str, raw: FileRef, config: RunConfig) -> FileRef:
 @task(name="process-images", result_storage_key=result_key("images"), **PERSISTED)
 def images(run_id: str, standardized: FileRef) -> FileRef:
     res = resources()
-    result = process_images(res.store, run_id, standardized, res.settings)
+    result = process_images(res.store, run_id, standardized, res.settings, engine=res.engine)
     record_stage(res, run_id, "images", result)
     return result.file("images_map")
 
@@ -106,7 +106,8 @@ def geocode(run_id: str, standardized: FileRef) -> FileRef:
         user_agent=settings.user_agent, rate_per_second=settings.geocoder_rate_per_second,
         timeout_s=settings.request_timeout_seconds, before_call=geocoder_gate(),
     )
-    result = geocode_addresses(res.store, run_id, standardized, geocoder)
+    cache = (res.engine, settings.geocoder) if settings.geocoder != "none" else None
+    result = geocode_addresses(res.store, run_id, standardized, geocoder, cache=cache)
     record_stage(res, run_id, "geocode", result)
     return result.file("geocoded_map")
 

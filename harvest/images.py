@@ -62,9 +62,39 @@ def _check_content_type(url: str, header: str | None) -> None:
     raise ImageError(f"image {url} refused: content type {media or '(none)'!r} is not an image")
 
 
+@dataclass(frozen=True)
+class Validators:
+    """What a server said to identify a version of a resource (for `If-None-Match` / `If-Modified-Since`)."""
+
+    etag: str | None = None
+    last_modified: str | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.etag or self.last_modified)
+
+    def request_headers(self) -> dict[str, str]:
+        headers = {}
+        if self.etag:
+            headers["If-None-Match"] = self.etag
+        if self.last_modified:
+            headers["If-Modified-Since"] = self.last_modified
+        return headers
+
+
 def fetch_image(url: str, *, max_bytes: int, timeout_s: float, user_agent: str,
                 allow_private_networks: bool) -> bytes:
-    """Download one image's bytes, or raise ImageError saying why it was refused.
+    """Download one image's bytes, or raise ImageError saying why it was refused."""
+    data, _ = fetch_image_if_changed(url, Validators(), max_bytes=max_bytes, timeout_s=timeout_s,
+                                     user_agent=user_agent, allow_private_networks=allow_private_networks)
+    assert data is not None  # without validators a server has nothing to answer 304 to
+    return data
+
+
+def fetch_image_if_changed(url: str, known: Validators, *, max_bytes: int, timeout_s: float, user_agent: str,
+                           allow_private_networks: bool) -> tuple[bytes | None, Validators]:
+    """Download one image's bytes unless the server says the version `known` is current (then None).
+
+    Raises ImageError saying why an image was refused.
 
     Redirects are followed by hand (at most 5) so that each hop is checked by the SSRF guard before
     it is contacted. `timeout_s` bounds the whole download (checked after every read); a single read
@@ -73,7 +103,8 @@ def fetch_image(url: str, *, max_bytes: int, timeout_s: float, user_agent: str,
     not covered here.)
     """
     deadline = time.monotonic() + timeout_s
-    headers = {"User-Agent": user_agent, "Accept": "image/webp,image/avif,image/png,image/jpeg,image/*;q=0.8"}
+    headers = {"User-Agent": user_agent, "Accept": "image/webp,image/avif,image/png,image/jpeg,image/*;q=0.8",
+               **known.request_headers()}
     current = url
     with httpx.Client(follow_redirects=False, headers=headers, trust_env=False) as client:
         for hop in range(MAX_REDIRECTS + 1):
@@ -94,10 +125,13 @@ def fetch_image(url: str, *, max_bytes: int, timeout_s: float, user_agent: str,
                             raise ImageError(f"image {current} answered HTTP {response.status_code} without a Location")
                         current = urljoin(current, location)
                         continue
-                    if response.status_code >= 400:
+                    if response.status_code == 304 and known:
+                        return None, known
+                    if response.status_code >= 400 or response.status_code == 304:
                         raise ImageError(f"image {current} could not be downloaded: HTTP {response.status_code}")
                     _check_content_type(current, response.headers.get("Content-Type"))
-                    return _read_capped(response, current, max_bytes, deadline, timeout_s)
+                    data = _read_capped(response, current, max_bytes, deadline, timeout_s)
+                    return data, Validators(response.headers.get("ETag"), response.headers.get("Last-Modified"))
             except httpx.TimeoutException as exc:
                 raise ImageError(f"image {current} timed out after {timeout_s:g}s") from exc
             except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError) as exc:
@@ -185,11 +219,13 @@ def store_webp(store: ObjectStore, image: ProcessedImage) -> str:
 
 def process_activity_image(activity_id: str, url: str | None, store: ObjectStore, *, max_bytes: int,
                            max_pixels: int, timeout_s: float, user_agent: str,
-                           allow_private_networks: bool) -> ImageInfo:
+                           allow_private_networks: bool, previous: ImageInfo | None = None) -> ImageInfo:
     """Fetch, convert and store one activity's image; a bad image comes back as ImageInfo(error=…), never raised.
 
     No URL is not a failure: the result is empty with no error. A broken store (StorageError) is not one
-    bad image but every image failing, so it propagates for the caller's retry.
+    bad image but every image failing, so it propagates for the caller's retry. With `previous` (what an
+    earlier run stored for this URL, with the source's validators), a conditional GET answered 304 reuses
+    the stored WebP: nothing is downloaded or converted again.
     """
     if not url:
         return ImageInfo(id=activity_id)
@@ -197,13 +233,20 @@ def process_activity_image(activity_id: str, url: str | None, store: ObjectStore
     if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
         return ImageInfo(id=activity_id, source_url=url,
                          error=f"image URL {url!r} is not an absolute http(s) URL")
+    known = Validators()
+    if previous is not None and previous.uri and previous.sha256 and store.head(image_key(previous.sha256)):
+        known = Validators(previous.etag, previous.last_modified)
     try:
-        data = fetch_image(url, max_bytes=max_bytes, timeout_s=timeout_s, user_agent=user_agent,
-                           allow_private_networks=allow_private_networks)
+        data, validators = fetch_image_if_changed(url, known, max_bytes=max_bytes, timeout_s=timeout_s,
+                                                  user_agent=user_agent, allow_private_networks=allow_private_networks)
+        if data is None and previous is not None:
+            return previous.model_copy(update={"id": activity_id, "source_url": url, "reused": True, "error": None})
+        assert data is not None
         processed = to_webp(data, max_pixels=max_pixels)
     except ImageError as exc:
         message = str(exc) if url in str(exc) else f"image {url}: {exc}"
         return ImageInfo(id=activity_id, source_url=url, error=message)
     uri = store_webp(store, processed)
     return ImageInfo(id=activity_id, source_url=url, uri=uri, width=processed.width, height=processed.height,
-                     bytes=len(processed.webp), sha256=processed.sha256)
+                     bytes=len(processed.webp), sha256=processed.sha256, etag=validators.etag,
+                     last_modified=validators.last_modified)

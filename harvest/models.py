@@ -110,6 +110,9 @@ class ImageInfo(BaseModel):
     bytes: int | None = None
     sha256: str | None = None
     error: str | None = None
+    etag: str | None = Field(default=None, description="The source's validators, for a conditional GET next time.")
+    last_modified: str | None = None
+    reused: bool = Field(default=False, description="The source answered 304: the stored WebP was reused.")
 
 
 class Geocode(BaseModel):

@@ -15,7 +15,9 @@ sweep and a manual cleanup) never handle the same run twice.
 from __future__ import annotations
 
 import logging
+import os
 import re
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -200,9 +202,10 @@ def _reconcile(
 ) -> None:
     with transaction(engine) as connection:
         running = connection.execute(
-            sa.select(scrape_runs.c.id, scrape_runs.c.updated_at).where(scrape_runs.c.status == "running")
+            sa.select(scrape_runs.c.id, scrape_runs.c.updated_at, scrape_runs.c.host, scrape_runs.c.pid)
+            .where(scrape_runs.c.status == "running")
         ).all()
-    for run_id, updated_at in running:
+    for run_id, updated_at, host, pid in running:
         try:
             state = state_of(run_id)
         except Exception as exc:  # noqa: BLE001 - an unreachable API must not stop the rest of the sweep
@@ -210,6 +213,8 @@ def _reconcile(
             continue
         if state in RECONCILED_STATUS:
             status, why = RECONCILED_STATUS[state], f"its Prefect flow run is {state}"
+        elif process_gone(host, pid):
+            status, why = "crashed", f"its process {pid} on {host} is gone"
         elif state is None and _aware(updated_at) < now - policy.grace:
             status, why = "crashed", f"no Prefect flow run and no update for over {policy.grace}"
         else:
@@ -217,6 +222,20 @@ def _reconcile(
         report.reconciled.append({"run_id": run_id, "status": status, "reason": why})
         if not report.dry_run:
             reconcile_run(engine, policy, run_id, status, why, now)
+
+
+def process_gone(host: str | None, pid: int | None) -> bool:
+    """True when the run's process ran on this machine and no longer exists (a killed `harvest scrape`,
+    whose local Prefect API can never learn that it crashed). Other hosts' processes cannot be checked."""
+    if not host or not pid or host != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # it exists, under another user
+    return False
 
 
 def reconcile_run(engine: Engine, policy: RetentionPolicy, run_id: str, status: str, why: str, now: datetime) -> bool:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import html
 import io
 import json
@@ -730,6 +731,11 @@ class _Handler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         url_path = unquote(parts.path) or "/"
         status, headers, body = self._resolve(url_path, parts.query)
+        if status == HTTPStatus.OK:
+            # Validators like any static host's, so clients can revalidate with a conditional GET.
+            headers["ETag"] = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+            if self.headers.get("If-None-Match") == headers["ETag"]:
+                status, body = HTTPStatus.NOT_MODIFIED, b""
         self.server.owner._record(self.command, self.path, url_path, status)
         self.send_response(status)
         for name, value in headers.items():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -60,13 +62,14 @@ def create_run(
                         id=run_id, url=url, status="running", retention="pending", config=config,
                         started_at=now, updated_at=now, flow_run_name=flow_run_name, deployment_id=deployment_id,
                         deployment_name=deployment_name, work_pool=work_pool, warnings=[], failed_urls=[], steps={},
+                        host=socket.gethostname(), pid=os.getpid(),
                     )
                 )
                 return True
             connection.execute(
                 scrape_runs.update().where(scrape_runs.c.id == run_id).values(
                     status="running", error=None, finished_at=None, updated_at=now, retention="pending",
-                    expires_at=None,
+                    expires_at=None, host=socket.gethostname(), pid=os.getpid(),
                 )
             )
             return False

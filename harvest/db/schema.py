@@ -51,6 +51,8 @@ scrape_runs = sa.Table(
     sa.Column("pinned", sa.Boolean, nullable=False, server_default=sa.false(), comment="Exempt from the sweep."),
     sa.Column("previous_run_id", sa.String(64), comment="The earlier run of the same URL this run was diffed against."),
     sa.Column("diff", Json, comment="{added, removed, changed, unchanged} against previous_run_id."),
+    sa.Column("host", sa.Text, comment="Hostname of the process running the flow (with pid: a liveness check)."),
+    sa.Column("pid", sa.Integer),
     sa.Index("ix_scrape_runs_url_started_at", "url", "started_at"),
     sa.Index("ix_scrape_runs_status", "status"),
     sa.Index("ix_scrape_runs_expires_at", "expires_at"),
@@ -110,4 +112,27 @@ activities = sa.Table(
     sa.Column("run_id", sa.String(64), comment="The run that last wrote this row."),
     sa.Column("created_at", Timestamp, nullable=False),
     sa.Column("updated_at", Timestamp, nullable=False),
+)
+
+geocode_cache = sa.Table(
+    "geocode_cache",
+    metadata,
+    sa.Column("provider", sa.String(32), primary_key=True, comment="nominatim|google: their answers differ."),
+    sa.Column("address_key", sa.Text, primary_key=True, comment="normalize_address() of the address."),
+    sa.Column("geocode", Json, nullable=False, comment="The Geocode the provider returned (successes only)."),
+    sa.Column("created_at", Timestamp, nullable=False),
+)
+
+image_cache = sa.Table(
+    "image_cache",
+    metadata,
+    sa.Column("source_url", sa.Text, primary_key=True),
+    sa.Column("uri", sa.Text, nullable=False, comment="The stored, content-addressed WebP."),
+    sa.Column("width", sa.Integer, nullable=False),
+    sa.Column("height", sa.Integer, nullable=False),
+    sa.Column("bytes", sa.Integer, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("etag", sa.Text, comment="Validators for a conditional GET: 304 means reuse, no download."),
+    sa.Column("last_modified", sa.Text),
+    sa.Column("checked_at", Timestamp, nullable=False),
 )

@@ -5,6 +5,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
+from sqlalchemy.engine import Engine
+
+from harvest.db.caches import cached_geocodes, store_geocodes
 from harvest.geocode import Geocoder, normalize_address
 from harvest.models import Activity, FileRef, Geocode
 from harvest.stages.common import StageResult, run_key, timed
@@ -33,12 +36,32 @@ class _OncePerAddress:
             return self.results[key]
 
 
+def _preload(
+    cached: _OncePerAddress, store: ObjectStore, standardized: FileRef, engine: Engine, provider: str
+) -> set[str]:
+    """Put every address this provider answered in an earlier run into `cached`: no call for those."""
+    keys = {
+        normalize_address(address)
+        for record in iter_jsonl(store, standardized.uri)
+        if (address := (record.get("location") or {}).get("formattedAddress"))
+    }
+    hits = cached_geocodes(engine, provider, keys)
+    cached.results.update({key: Geocode.model_validate(value) for key, value in hits.items()})
+    return set(hits)
+
+
 def geocode_addresses(
-    store: ObjectStore, run_id: str, standardized: FileRef, geocoder: Geocoder, *, workers: int = 4
+    store: ObjectStore, run_id: str, standardized: FileRef, geocoder: Geocoder, *, workers: int = 4,
+    cache: tuple[Engine, str] | None = None,
 ) -> StageResult:
-    """Failures leave coordinates empty with the error recorded; they never fail the stage."""
+    """Failures leave coordinates empty with the error recorded; they never fail the stage.
+
+    `cache` = (engine, provider name): addresses answered in earlier runs are reused from `geocode_cache`,
+    and this run's new successes are added to it, so an unchanged re-run makes no geocoder call.
+    """
     result = StageResult()
     cached = _OncePerAddress(geocoder)
+    reused = _preload(cached, store, standardized, *cache) if cache else set()
 
     def one(activity: Activity) -> dict[str, object]:
         address = activity.location.formattedAddress
@@ -68,6 +91,13 @@ def geocode_addresses(
     with timed(result.stats):
         ref = write_jsonl(store, run_key(run_id, "geocoded_map", "jsonl"), "geocoded_map", rows())
     result.files.append(ref)
+    if cache:
+        fresh = {
+            key: geocode.model_dump(mode="json") for key, geocode in cached.results.items()
+            if key not in reused and geocode.latitude is not None and not geocode.error
+        }
+        store_geocodes(cache[0], cache[1], fresh)
     result.stats.details["geocoder_calls"] = cached.calls
+    result.stats.details["geocode_cache_hits"] = len(reused)
     result.stats.details["distinct_addresses"] = len(cached.results)
     return result

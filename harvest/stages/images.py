@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from sqlalchemy.engine import Engine
+
+from harvest.db.caches import cached_images, store_images
 from harvest.images import process_activity_image
 from harvest.models import Activity, FileRef, ImageInfo
 from harvest.settings import HarvestSettings
@@ -16,9 +19,26 @@ from harvest.stages.concurrency import ordered_map
 from harvest.storage import ObjectStore, iter_jsonl, write_jsonl
 
 
-def process_images(store: ObjectStore, run_id: str, standardized: FileRef, settings: HarvestSettings) -> StageResult:
-    """One line per activity, in file order; a bad image is recorded with its error and never fails the stage."""
+def _previous_images(store: ObjectStore, standardized: FileRef, engine: Engine) -> dict[str, ImageInfo]:
+    urls = {record["image_url"] for record in iter_jsonl(store, standardized.uri) if record.get("image_url")}
+    return {
+        url: ImageInfo(id="", **{k: row[k] for k in ("source_url", "uri", "width", "height", "bytes", "sha256",
+                                                      "etag", "last_modified")})
+        for url, row in cached_images(engine, urls).items()
+    }
+
+
+def process_images(
+    store: ObjectStore, run_id: str, standardized: FileRef, settings: HarvestSettings, *, engine: Engine | None = None
+) -> StageResult:
+    """One line per activity, in file order; a bad image is recorded with its error and never fails the stage.
+
+    With `engine`, images an earlier run stored are revalidated with a conditional GET (`image_cache`):
+    an unchanged image is not downloaded again.
+    """
     result = StageResult()
+    previous = _previous_images(store, standardized, engine) if engine is not None else {}
+    fresh: dict[str, ImageInfo] = {}
 
     def one(activity: Activity) -> ImageInfo:
         if not activity.image_url:
@@ -27,7 +47,7 @@ def process_images(store: ObjectStore, run_id: str, standardized: FileRef, setti
             activity.id, activity.image_url, store,
             max_bytes=settings.image_max_bytes, max_pixels=settings.image_max_pixels,
             timeout_s=settings.request_timeout_seconds, user_agent=settings.user_agent,
-            allow_private_networks=settings.allow_private_networks,
+            allow_private_networks=settings.allow_private_networks, previous=previous.get(activity.image_url),
         )
 
     def activities() -> Iterator[Activity]:
@@ -42,9 +62,18 @@ def process_images(store: ObjectStore, run_id: str, standardized: FileRef, setti
                 result.warn(f"image for {info.id} skipped: {info.error}")
             elif info.uri:
                 result.stats.items_out += 1
+                if info.reused:
+                    result.stats.details["images_reused"] = int(result.stats.details.get("images_reused", 0)) + 1
+                elif info.source_url:
+                    fresh[info.source_url] = info
             yield info
 
     with timed(result.stats):
         ref = write_jsonl(store, run_key(run_id, "images_map", "jsonl"), "images_map", infos())
     result.files.append(ref)
+    if engine is not None and fresh:
+        store_images(engine, [
+            info.model_dump(include={"source_url", "uri", "width", "height", "bytes", "sha256", "etag", "last_modified"})
+            for info in fresh.values()
+        ])
     return result

@@ -297,3 +297,19 @@ def test_durations(text: str, seconds: int) -> None:
 def test_bad_durations_say_what_is_accepted(text: str) -> None:
     with pytest.raises(ConfigError, match="use a number with an optional unit"):
         parse_duration(text)
+
+
+def test_a_local_run_whose_process_is_gone_is_crashed_even_if_prefect_still_says_running(engine, store) -> None:
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    gone, alive = str(uuid.uuid4()), str(uuid.uuid4())
+    for run_id in (gone, alive):
+        run_rows.create_run(engine, run_id, f"https://site.example/{run_id}", {})
+    run_rows.update_run(engine, gone, pid=dead.pid)  # its `harvest scrape` was SIGKILLed: no hook, no API update
+    report = sweep(engine, store, POLICY, flow_run_state=lambda _: "RUNNING", now=NOW)
+    assert [(r["run_id"], r["status"]) for r in report.reconciled] == [(gone, "crashed")]
+    assert f"process {dead.pid}" in report.reconciled[0]["reason"]
+    assert row(engine, alive)["status"] == "running", "this test's own process is alive"

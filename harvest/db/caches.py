@@ -1,0 +1,75 @@
+"""What an unchanged re-run reuses instead of asking again: geocodes by address, processed images by URL.
+
+Embeddings are reused from the `activities` rows themselves (same id and content hash: same text).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+
+from harvest.db.runs import transaction, utcnow
+from harvest.db.schema import geocode_cache, image_cache
+
+LOOKUP_CHUNK = 1000
+
+
+def _upsert(engine: Engine, table: sa.Table, rows: list[dict[str, Any]], keys: list[str]) -> None:
+    if not rows:
+        return
+    dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
+    with transaction(engine) as connection:
+        for start in range(0, len(rows), LOOKUP_CHUNK):
+            chunk = rows[start: start + LOOKUP_CHUNK]
+            statement = dialect.insert(table).values(chunk)
+            updates = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in keys}
+            connection.execute(statement.on_conflict_do_update(index_elements=keys, set_=updates))
+
+
+def cached_geocodes(engine: Engine, provider: str, address_keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """address key → stored Geocode (as a dict) for the keys this provider has answered before."""
+    found: dict[str, dict[str, Any]] = {}
+    keys = list(address_keys)
+    with transaction(engine) as connection:
+        for start in range(0, len(keys), LOOKUP_CHUNK):
+            rows = connection.execute(
+                sa.select(geocode_cache.c.address_key, geocode_cache.c.geocode).where(
+                    geocode_cache.c.provider == provider,
+                    geocode_cache.c.address_key.in_(keys[start: start + LOOKUP_CHUNK]),
+                )
+            )
+            found.update({row.address_key: row.geocode for row in rows})
+    return found
+
+
+def store_geocodes(engine: Engine, provider: str, geocodes: dict[str, dict[str, Any]]) -> None:
+    """Remember successful answers (a failure is not cached: the next run asks again)."""
+    now = utcnow()
+    _upsert(
+        engine, geocode_cache,
+        [{"provider": provider, "address_key": k, "geocode": v, "created_at": now} for k, v in geocodes.items()],
+        ["provider", "address_key"],
+    )
+
+
+def cached_images(engine: Engine, source_urls: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """source URL → what an earlier run stored for it (uri, size, sha256, the source's validators)."""
+    found: dict[str, dict[str, Any]] = {}
+    urls = list(source_urls)
+    with transaction(engine) as connection:
+        for start in range(0, len(urls), LOOKUP_CHUNK):
+            rows = connection.execute(
+                sa.select(image_cache).where(image_cache.c.source_url.in_(urls[start: start + LOOKUP_CHUNK]))
+            ).mappings()
+            found.update({row["source_url"]: dict(row) for row in rows})
+    return found
+
+
+def store_images(engine: Engine, entries: list[dict[str, Any]]) -> None:
+    """Remember processed images by source URL (the last answer wins)."""
+    now = utcnow()
+    _upsert(engine, image_cache, [{**entry, "checked_at": now} for entry in entries], ["source_url"])

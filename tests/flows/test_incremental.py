@@ -1,0 +1,43 @@
+"""An unchanged re-run reuses what the first run paid for: geocodes from `geocode_cache`, images revalidated
+with a conditional GET (304: nothing downloaded), and embeddings from the imported `activities` rows."""
+
+from __future__ import annotations
+
+from harvest.db import runs as run_rows
+from harvest.db.engine import get_engine
+from harvest.models import RunConfig
+
+
+def scrape(url: str, **config: object):  # noqa: ANN201
+    from flows.scrape import scrape_website
+
+    state = scrape_website(url=url, config=RunConfig(**config), return_state=True)
+    assert state.is_completed(), state.message
+    return state.result()
+
+
+def image_responses(site, since: int) -> list[int]:  # noqa: ANN001
+    return [status for _, target, status in site.log[since:] if target.startswith("/images/")]
+
+
+def test_an_unchanged_rerun_calls_no_geocoder_and_downloads_no_image(harvest_env, demo_site, geocoder_server) -> None:
+    url = demo_site.base_url + "/"
+    first = scrape(url, max_pages=60, max_extractions=25, auto_import=True)
+    assert geocoder_server.stats(), "the first run geocodes"
+    before = len(demo_site.log)
+    assert 200 in image_responses(demo_site, 0)
+
+    geocoder_server.reset()
+    second = scrape(url, max_pages=60, max_extractions=25, auto_import=True)
+    assert second.activities_processed == first.activities_processed
+    assert geocoder_server.stats() == {}, "every address came from geocode_cache"
+    statuses = image_responses(demo_site, before)
+    assert statuses and 200 not in statuses, statuses  # 304s (and the site's deliberately broken images)
+    assert statuses.count(304) >= 1
+
+    steps = run_rows.get_run(get_engine(harvest_env["HARVEST_DATABASE_URL"]), second.run_id)["steps"]
+    assert steps["geocode"]["details"]["geocoder_calls"] == 0
+    assert steps["geocode"]["details"]["geocode_cache_hits"] > 0
+    assert steps["images"]["details"]["images_reused"] == statuses.count(304)
+    # Reused enrichments are the same enrichments: the import sees nothing new.
+    assert second.import_summary.imported == 0 and second.import_summary.failed == 0
