@@ -16,6 +16,7 @@ import base64
 import json
 import logging
 import math
+import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -24,7 +25,12 @@ from typing import Any, BinaryIO
 
 import numpy as np
 import openai
-from numpy.lib.format import open_memmap
+from numpy.lib.format import (
+    read_array_header_1_0,
+    read_array_header_2_0,
+    read_magic,
+    write_array_header_1_0,
+)
 
 from harvest.errors import BatchNotReadyError, ConfigError, EmbeddingError
 from harvest.models import Activity
@@ -350,26 +356,43 @@ def embed_texts(client: openai.OpenAI, texts: list[str], *, model: str, dimensio
 
 
 class EmbeddingMatrix:
-    """An N×dimensions float32 ``.npy`` file written row by row through a memory map.
+    """An N×dimensions float32 ``.npy`` file (format 1.0, C order), written row by row with positioned writes.
 
     Rows are activities in file order (4·dimensions bytes each). Missing rows are flagged as NaN rows: the
     file starts all-NaN and :meth:`write` only accepts finite vectors, so a row is missing exactly when its
-    first value is NaN (:func:`missing_rows`). One file, no side mask to keep in sync.
+    first value is NaN (:func:`missing_rows`; :attr:`missing` says the same without reading the file back).
+    One file, no side mask to keep in sync.
+
+    The file is written with ``os.pwrite``, not through a memory map: dirty pages of a map count towards the
+    process's resident memory until they are written back, so a 50,000-row matrix (300 MB) would have
+    grown it by that much. Memory here is the NaN fill chunk plus one bool per row.
     """
 
-    def __init__(self, path: Path, rows: int, dimensions: int, *, fill_chunk_rows: int = 8192) -> None:
+    def __init__(self, path: Path, rows: int, dimensions: int, *, fill_chunk_rows: int = 1024) -> None:
         if rows < 0 or dimensions < 1:
             raise ValueError(f"bad matrix shape {rows}×{dimensions}")
         self.path = Path(path)
         self.rows, self.dimensions = rows, dimensions
-        self._array: np.ndarray | None = open_memmap(self.path, mode="w+", dtype="<f4", shape=(rows, dimensions))
-        for start in range(0, rows, fill_chunk_rows):  # chunked: never a second N×D array in memory
-            self._array[start:start + fill_chunk_rows] = np.nan
+        self._row_bytes = 4 * dimensions
+        self._present = np.zeros(rows, dtype=bool)
+        self._file: BinaryIO | None = open(self.path, "wb+")  # noqa: SIM115 - closed in close()
+        try:
+            header = {"descr": "<f4", "fortran_order": False, "shape": (rows, dimensions)}
+            write_array_header_1_0(self._file, header)
+            self._offset = self._file.tell()
+            nan_rows = np.full((min(rows, fill_chunk_rows), dimensions), np.nan, dtype="<f4").tobytes()
+            for start in range(0, rows, fill_chunk_rows):  # chunked: never a whole N×D array in memory
+                count = min(fill_chunk_rows, rows - start)
+                self._file.write(nan_rows[: count * self._row_bytes])
+            self._file.flush()
+        except BaseException:
+            self.close()
+            raise
         self.written = 0
 
     def write(self, row: int, vector: np.ndarray) -> None:
         """Store one activity's vector; raises ValueError for a wrong shape or non-finite values."""
-        if self._array is None:
+        if self._file is None:
             raise ValueError(f"{self.path} is closed")
         vector = np.asarray(vector, dtype=np.float32)
         problem = _check_vector(vector, self.dimensions)
@@ -377,8 +400,14 @@ class EmbeddingMatrix:
             raise ValueError(f"row {row}: {problem}")
         if not 0 <= row < self.rows:
             raise IndexError(f"row {row} outside 0..{self.rows - 1}")
-        self._array[row] = vector
+        os.pwrite(self._file.fileno(), vector.astype("<f4").tobytes(), self._offset + row * self._row_bytes)
+        self._present[row] = True
         self.written += 1
+
+    @property
+    def missing(self) -> np.ndarray:
+        """Boolean mask of rows never written (the NaN rows of the file)."""
+        return ~self._present
 
     def write_rows(self, results: Iterable[EmbeddingRow], row_of: Mapping[str, int]) -> dict[str, str]:
         """Write batch rows by custom_id → row; returns {custom_id or "line…": error} for every row not written."""
@@ -399,9 +428,9 @@ class EmbeddingMatrix:
         return failures
 
     def close(self) -> None:
-        if self._array is not None:
-            self._array.flush()  # type: ignore[attr-defined]
-            self._array = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
     def __enter__(self) -> EmbeddingMatrix:
         return self
@@ -413,6 +442,66 @@ class EmbeddingMatrix:
 def read_embeddings(path: Path) -> np.ndarray:
     """The matrix, memory-mapped read-only: rows load from disk only when touched."""
     return np.load(Path(path), mmap_mode="r")
+
+
+class EmbeddingReader:
+    """Rows of an embeddings ``.npy`` read in chunks with positioned reads (no memory map, so resident memory
+    stays one chunk whatever the matrix size). Sequential access, the merge's order, reads each chunk once.
+
+    ``with EmbeddingReader(path) as reader: reader.row(i)`` → a float32 vector (a copy, safe to keep).
+    """
+
+    def __init__(self, path: Path, *, chunk_rows: int = 512) -> None:
+        self.path = Path(path)
+        self._file: BinaryIO | None = open(self.path, "rb")  # noqa: SIM115 - closed in close()
+        try:
+            version = read_magic(self._file)
+            shape, fortran_order, dtype = _read_array_header(self._file, version)
+        except BaseException:
+            self.close()
+            raise
+        if len(shape) != 2 or fortran_order or dtype != np.dtype("<f4"):
+            self.close()
+            raise ValueError(f"{self.path}: not a C-order float32 matrix ({shape}, {dtype}, fortran={fortran_order})")
+        self.rows, self.dimensions = int(shape[0]), int(shape[1])
+        self._offset = self._file.tell()
+        self._row_bytes = 4 * self.dimensions
+        self._chunk_rows = max(1, chunk_rows)
+        self._start = 0
+        self._chunk = np.empty((0, self.dimensions), dtype="<f4")
+
+    def row(self, index: int) -> np.ndarray:
+        if self._file is None:
+            raise ValueError(f"{self.path} is closed")
+        if not 0 <= index < self.rows:
+            raise IndexError(f"row {index} outside 0..{self.rows - 1}")
+        if not self._start <= index < self._start + len(self._chunk):
+            self._start = index
+            count = min(self._chunk_rows, self.rows - index)
+            data = os.pread(self._file.fileno(), count * self._row_bytes, self._offset + index * self._row_bytes)
+            if len(data) != count * self._row_bytes:
+                raise ValueError(f"{self.path} is truncated at row {index}")
+            self._chunk = np.frombuffer(data, dtype="<f4").reshape(count, self.dimensions)
+        return self._chunk[index - self._start].copy()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> EmbeddingReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _read_array_header(handle: BinaryIO, version: tuple[int, int]) -> tuple[tuple[int, ...], bool, np.dtype]:
+    if version == (1, 0):
+        return read_array_header_1_0(handle)
+    if version == (2, 0):
+        return read_array_header_2_0(handle)
+    raise ValueError(f"unsupported .npy format version {version}")
 
 
 def missing_rows(matrix: np.ndarray) -> np.ndarray:

@@ -18,8 +18,6 @@ from harvest.embeddings import (
     EmbeddingMatrix,
     check_batch,
     iter_batch_results,
-    missing_rows,
-    read_embeddings,
     submit_batch,
     write_batch_input,
 )
@@ -77,11 +75,11 @@ def collect_embeddings(
         matrix_path = Path(tmp) / "embeddings.npy"
         with EmbeddingMatrix(matrix_path, count, dimensions) as matrix:
             failures = matrix.write_rows(iter_batch_results(client, finished, dimensions=dimensions), rows)
+            missing = matrix.missing  # NaN rows: never written
         for key, error in failures.items():
             if key not in rows:
                 result.warn(f"batch output line {key!r} not used: {error}")
         status = {rows[key]: error for key, error in failures.items() if key in rows}
-        missing = missing_rows(read_embeddings(matrix_path))  # NaN rows: never written
 
         def index() -> Any:
             for activity_id, row in rows.items():

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from harvest.embeddings import EmbeddingReader
 from harvest.errors import StorageError
 from harvest.models import FileRef
 from harvest.stages.common import StageResult, run_key, timed
@@ -113,14 +114,14 @@ def _json_vector(row: np.ndarray) -> list[float]:
 
 
 def write_final_records(store: ObjectStore, run_id: str, merged: FileRef, embeddings: FileRef | None) -> StageResult:
-    """Stream the merge and the memory-mapped vectors into `final.jsonl`."""
+    """Stream the merge and the vectors (read in chunks, see EmbeddingReader) into `final.jsonl`."""
     result = StageResult()
 
-    def records(matrix: np.ndarray | None) -> Iterator[dict[str, Any]]:
+    def records(matrix: EmbeddingReader | None) -> Iterator[dict[str, Any]]:
         for row in iter_jsonl(store, merged.uri):
             result.stats.items_in += 1
             index = row.get("embedding_row")
-            vector = _json_vector(matrix[index]) if matrix is not None and index is not None else None
+            vector = _json_vector(matrix.row(index)) if matrix is not None and index is not None else None
             if vector is not None:
                 result.stats.details["with_embedding"] = int(result.stats.details.get("with_embedding", 0)) + 1
             yield final_record(row, vector)
@@ -129,10 +130,8 @@ def write_final_records(store: ObjectStore, run_id: str, merged: FileRef, embedd
         if embeddings is None:
             ref = write_jsonl(store, run_key(run_id, "final", "jsonl"), "final_jsonl", records(None))
         else:
-            with local_copy(store, embeddings.uri) as path:
-                matrix = np.load(path, mmap_mode="r")
+            with local_copy(store, embeddings.uri) as path, EmbeddingReader(path) as matrix:
                 ref = write_jsonl(store, run_key(run_id, "final", "jsonl"), "final_jsonl", records(matrix))
-                del matrix
     result.files.append(ref)
     result.stats.items_out = ref.records
     return result

@@ -15,6 +15,7 @@ import pytest
 from harvest.embeddings import (
     BatchResult,
     EmbeddingMatrix,
+    EmbeddingReader,
     check_batch,
     embed_texts,
     embedding_text,
@@ -26,6 +27,8 @@ from harvest.embeddings import (
     submit_batch,
     write_batch_input,
 )
+from numpy.lib.format import open_memmap
+
 from harvest.errors import BatchNotReadyError, ConfigError, EmbeddingError
 from harvest.models import Activity, Location
 from testkit.openai_server import OpenAITestServer, embedding_vector
@@ -318,3 +321,31 @@ def test_matrix_write_rows_from_a_real_batch(tmp_path: Path, client: openai.Open
     with EmbeddingMatrix(tmp_path / "empty.npy", rows=0, dimensions=DIMS):
         pass
     assert missing_rows(read_embeddings(tmp_path / "empty.npy")).shape == (0,)
+
+
+def test_matrix_file_is_the_same_npy_a_memory_map_writes_and_reads_back_in_chunks(tmp_path: Path) -> None:
+    """Positioned writes, no map: byte for byte the file `open_memmap` would have made; the reader's chunked
+    rows equal the map's rows, in order and out of order."""
+    rng = np.random.default_rng(1)
+    vectors = rng.standard_normal((50, DIMS)).astype(np.float32)
+    reference = open_memmap(tmp_path / "ref.npy", mode="w+", dtype="<f4", shape=(50, DIMS))
+    reference[:] = np.nan
+    with EmbeddingMatrix(tmp_path / "m.npy", rows=50, dimensions=DIMS, fill_chunk_rows=7) as matrix:
+        for row in range(49, -1, -3):  # out of order, as batch output lines come
+            matrix.write(row, vectors[row])
+            reference[row] = vectors[row]
+        missing = matrix.missing
+    reference.flush()
+    del reference
+    assert (tmp_path / "m.npy").read_bytes() == (tmp_path / "ref.npy").read_bytes()
+    assert missing.tolist() == missing_rows(read_embeddings(tmp_path / "m.npy")).tolist()
+    loaded = read_embeddings(tmp_path / "m.npy")
+    with EmbeddingReader(tmp_path / "m.npy", chunk_rows=4) as reader:
+        assert (reader.rows, reader.dimensions) == (50, DIMS)
+        for row in [*range(50), 3, 40, 0]:
+            assert np.array_equal(reader.row(row), loaded[row], equal_nan=True)
+        with pytest.raises(IndexError):
+            reader.row(50)
+    np.save(tmp_path / "f8.npy", np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="float32"):
+        EmbeddingReader(tmp_path / "f8.npy")
