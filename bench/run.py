@@ -1,8 +1,15 @@
 """`make bench`: run the flow at several input sizes against Postgres, a moto S3 server and the local
 OpenAI/geocoder servers, and write `bench/results/latest.json` plus a markdown table.
 
-Each size runs in a fresh subprocess so peak RSS is that run's own. Sizes: BENCH_SIZES (default
-"100,1000,10000").
+Every measured case runs in a fresh subprocess, so its peak RSS is its own:
+- `bench.one N`: our flow over N activities with auto-import, then (same process, after the peak RSS is
+  read) the plain-COPY floor of the same rows;
+- `bench.one N --rerun`: the same input again over what the first run stored (wall ratio, API calls);
+- `bench.whole_lists N`: the whole-lists alternative a typical Prefect user would write;
+- `bench.crawl URL MODE`, once per render mode, over the demo site served from this process.
+
+Sizes: BENCH_SIZES (default "100,1000,10000"). BENCH_RERUN=0 skips the re-runs, BENCH_WHOLE_LISTS=0 the
+alternative, BENCH_CRAWL=0 the crawls.
 """
 
 from __future__ import annotations
@@ -14,37 +21,140 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from testkit.geocoder_server import GeocoderTestServer
 from testkit.openai_server import OpenAITestServer
 from testkit.s3 import MotoS3
 
+ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
 # Its own database: the test suite truncates harvest_test between tests.
 DEFAULT_PG = "postgresql+psycopg://harvest:harvest@127.0.0.1:5432/harvest_bench"
+WARM_UP = "from prefect import flow\n@flow\ndef warm_up() -> None:\n    pass\nwarm_up()\n"
+CRAWL_MODES = {"auto": "adaptive", "browser": "browser_only", "http": "http_floor"}
 
 
-def run_size(n: int, env: dict[str, str], workdir: Path) -> dict[str, object]:
-    """One flow run over `n` activities in a child process (python -m bench.one)."""
-    out = workdir / f"result-{n}.json"
+def child(module: str, args: list[str], env: dict[str, str], out: Path) -> dict[str, Any]:
+    """Run `python -m module args... out` in a fresh process and read the JSON it wrote."""
     started = time.perf_counter()
-    subprocess.run(
-        [sys.executable, "-m", "bench.one", str(n), str(out)], env={**os.environ, **env}, check=True,
-        cwd=Path(__file__).resolve().parents[1],
-    )
+    subprocess.run([sys.executable, "-m", module, *args, str(out)], env={**os.environ, **env},
+                   check=True, cwd=ROOT)
     result = json.loads(out.read_text())
     result["process_wall_s"] = round(time.perf_counter() - started, 2)
     return result
 
 
-def markdown(results: list[dict[str, object]]) -> str:
-    keys = [
-        "n", "activities", "wall_s", "peak_rss_mb", "bytes_between_tasks", "task_runs",
-        "embedding_bytes_per_activity", "import_rows_per_s", "copy_rows_per_s",
-    ]
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    for result in results:
-        lines.append("| " + " | ".join(str(result.get(key, "")) for key in keys) + " |")
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "1").strip().lower() not in ("0", "false", "no", "")
+
+
+def _api_requests(openai_server: OpenAITestServer, geocoder: GeocoderTestServer) -> dict[str, int]:
+    return {"openai": openai_server.stats().get("requests", 0), "geocoder": geocoder.stats().get("requests", 0)}
+
+
+def run_size(n: int, env: dict[str, str], workdir: Path, openai_server: OpenAITestServer,
+             geocoder: GeocoderTestServer) -> dict[str, Any]:
+    print(f"bench: N={n}: harvest flow ...", file=sys.stderr, flush=True)
+    before = _api_requests(openai_server, geocoder)
+    result = child("bench.one", [str(n)], env, workdir / f"result-{n}.json")
+    after = _api_requests(openai_server, geocoder)
+    result["api_calls"] = {name: after[name] - before[name] for name in after}
+    if _flag("BENCH_RERUN"):
+        print(f"bench: N={n}: re-run over the same input ...", file=sys.stderr, flush=True)
+        rerun = child("bench.one", [str(n), "--rerun"], env, workdir / f"rerun-{n}.json")
+        again = _api_requests(openai_server, geocoder)
+        calls = {name: again[name] - after[name] for name in again}
+        result["rerun_wall_s"] = rerun["wall_s"]
+        result["rerun_wall_ratio"] = round(rerun["wall_s"] / result["wall_s"], 2) if result["wall_s"] else None
+        result["rerun_api_calls"] = sum(calls.values())
+        result["rerun_api_calls_by_service"] = calls
+        result["rerun_import_summary"] = rerun.get("import_summary")
+    if _flag("BENCH_WHOLE_LISTS"):
+        print(f"bench: N={n}: whole-lists alternative ...", file=sys.stderr, flush=True)
+        storage = workdir / f"whole-lists-results-{n}"
+        alt = child("bench.whole_lists", [str(n)], {**env, "PREFECT_LOCAL_STORAGE_PATH": str(storage)},
+                    workdir / f"whole-lists-{n}.json")
+        result["whole_lists"] = {key: alt[key] for key in ("activities", "wall_s", "peak_rss_mb", "bytes_between_tasks")}
+    return result
+
+
+def run_crawls(workdir: Path, env: dict[str, str]) -> dict[str, Any]:
+    from testkit.demo_site import build_demo_site, serve_site
+
+    root = workdir / "demo-site"
+    build_demo_site(root)
+    crawls: dict[str, Any] = {}
+    with serve_site(root) as site:
+        for mode, name in CRAWL_MODES.items():
+            print(f"bench: crawl of the demo site, render={mode} ...", file=sys.stderr, flush=True)
+            crawls[name] = child("bench.crawl", [site.base_url + "/", mode], env, workdir / f"crawl-{mode}.json")
+    summary: dict[str, Any] = {f"crawl_pages_per_s_{name}": crawls[name]["pages_per_s"] for name in crawls}
+    summary["details"] = crawls
+    return summary
+
+
+def targets(results: list[dict[str, Any]], crawl: dict[str, Any]) -> dict[str, Any]:
+    """The issue's target ratios, computed from this run (None when a needed case was not run)."""
+    by_n = {r["n"]: r for r in results}
+    ratios: dict[str, Any] = {}
+    if 1000 in by_n and 10000 in by_n:
+        ratios["peak_rss_10k_over_1k"] = round(by_n[10000]["peak_rss_mb"] / by_n[1000]["peak_rss_mb"], 2)
+    largest = by_n[max(by_n)] if by_n else None
+    if largest:
+        ratios["largest_n"] = largest["n"]
+        if largest.get("import_rows_per_s") and largest.get("copy_rows_per_s"):
+            ratios["import_over_copy"] = round(largest["import_rows_per_s"] / largest["copy_rows_per_s"], 2)
+            ratios["import_over_copy_only"] = round(largest["import_rows_per_s"] / largest["copy_only_rows_per_s"], 2)
+        alt = largest.get("whole_lists")
+        if alt:
+            ratios["wall_ours_over_whole_lists"] = round(largest["wall_s"] / alt["wall_s"], 2)
+            ratios["peak_rss_ours_over_whole_lists"] = round(largest["peak_rss_mb"] / alt["peak_rss_mb"], 2)
+        ratios["max_bytes_between_tasks"] = max(r["bytes_between_tasks"] for r in results)
+        ratios["task_runs_limit_at_largest_n"] = 30 + largest["n"] / 500
+    if crawl:
+        adaptive = crawl["crawl_pages_per_s_adaptive"]
+        ratios["crawl_adaptive_over_browser_only"] = round(adaptive / crawl["crawl_pages_per_s_browser_only"], 2)
+        ratios["crawl_adaptive_over_http_floor"] = round(adaptive / crawl["crawl_pages_per_s_http_floor"], 2)
+    return ratios
+
+
+KEYS = [
+    "n", "activities", "wall_s", "peak_rss_mb", "bytes_between_tasks", "task_runs", "embedding_bytes_per_activity",
+    "import_rows_per_s", "copy_rows_per_s", "copy_only_rows_per_s", "rerun_wall_ratio", "rerun_api_calls",
+]
+
+
+def markdown(document: dict[str, Any]) -> str:
+    results = document["results"]
+    lines = [f"Generated {document['generated_at']} on {document['machine']}.", "", "### Our flow", ""]
+    lines += ["| " + " | ".join(KEYS) + " |", "|" + "---|" * len(KEYS)]
+    lines += ["| " + " | ".join(str(r.get(key, "")) for key in KEYS) + " |" for r in results]
+    stages = sorted({stage for r in results for stage in r.get("stage_wall_s", {})})
+    lines += ["", "### Wall seconds per stage", "", "| n | " + " | ".join(stages) + " |", "|" + "---|" * (len(stages) + 1)]
+    lines += ["| " + " | ".join([str(r["n"])] + [str(r.get("stage_wall_s", {}).get(s, "")) for s in stages]) + " |"
+              for r in results]
+    kinds = sorted({kind for r in results for kind in r.get("stored_bytes", {})})
+    lines += ["", "### Stored bytes per kind", "", "| n | " + " | ".join(kinds) + " |", "|" + "---|" * (len(kinds) + 1)]
+    lines += ["| " + " | ".join([str(r["n"])] + [str(r.get("stored_bytes", {}).get(k, "")) for k in kinds]) + " |"
+              for r in results]
+    if any("whole_lists" in r for r in results):
+        lines += ["", "### Ours vs the whole-lists alternative (bench/whole_lists.py)", "",
+                  "| n | wall_s ours | wall_s whole-lists | peak_rss_mb ours | peak_rss_mb whole-lists "
+                  "| bytes_between_tasks ours | bytes_between_tasks whole-lists |", "|---|---|---|---|---|---|---|"]
+        for r in results:
+            alt = r.get("whole_lists") or {}
+            lines.append(f"| {r['n']} | {r['wall_s']} | {alt.get('wall_s', '')} | {r['peak_rss_mb']} | "
+                         f"{alt.get('peak_rss_mb', '')} | {r['bytes_between_tasks']} | {alt.get('bytes_between_tasks', '')} |")
+    crawl = document.get("crawl") or {}
+    if crawl:
+        lines += ["", "### Crawl of the demo site", "", "| render | pages | rendered in Chromium | seconds | pages/s |",
+                  "|---|---|---|---|---|"]
+        for name, detail in crawl["details"].items():
+            lines.append(f"| {detail['mode']} ({name}) | {detail['pages']} | {detail['pages_rendered']} | "
+                         f"{detail['seconds']} | {detail['pages_per_s']} |")
+    lines += ["", "### Target ratios", "", "| ratio | value |", "|---|---|"]
+    lines += [f"| {key} | {value} |" for key, value in document["targets"].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -53,6 +163,16 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="harvest-bench-"))
     for name, value in {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}.items():
         os.environ.setdefault(name, value)  # moto accepts any credentials; boto3 needs some
+    base_env = {
+        "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING",
+        "PREFECT_HOME": str(workdir / "prefect"), "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+        "HARVEST_ALLOW_PRIVATE_NETWORKS": "true",
+    }
+    # Prefect creates its database on the first flow of a fresh PREFECT_HOME (~10 s): do it before measuring.
+    subprocess.run([sys.executable, "-c", WARM_UP], env={**os.environ, **base_env}, check=True, cwd=ROOT)
+    crawl: dict[str, Any] = {}
+    if _flag("BENCH_CRAWL"):
+        crawl = run_crawls(workdir, base_env)
     s3 = MotoS3().start()
     try:
         with OpenAITestServer() as openai_server, GeocoderTestServer() as geocoder:
@@ -60,27 +180,29 @@ def main() -> int:
             for n in sizes:
                 bucket = s3.new_bucket()
                 env = {
-                    "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING",
-                    "PREFECT_HOME": str(workdir / "prefect"),
-                    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+                    **base_env,
                     "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
                     "HARVEST_DATABASE_URL": os.environ.get("HARVEST_BENCH_DATABASE_URL", DEFAULT_PG),
                     "HARVEST_STORAGE_URL": f"s3://{bucket}/harvest", "HARVEST_S3_ENDPOINT_URL": s3.endpoint,
                     "OPENAI_API_KEY": "bench-key", "OPENAI_BASE_URL": openai_server.base_url,
                     "HARVEST_GEOCODER_URL": geocoder.base_url, "HARVEST_GEOCODER_RATE_PER_SECOND": "2000",
                     "HARVEST_BATCH_POLL_SECONDS": "0.5", "HARVEST_BATCH_POLL_MAX_SECONDS": "2",
-                    "HARVEST_ALLOW_PRIVATE_NETWORKS": "true",
                 }
-                print(f"bench: N={n} ...", file=sys.stderr, flush=True)
-                results.append(run_size(n, env, workdir))
+                results.append(run_size(n, env, workdir, openai_server, geocoder))
                 print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     finally:
         s3.stop()
     RESULTS.mkdir(exist_ok=True)
-    document = {"generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "results": results}
+    document = {
+        "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": f"{os.cpu_count()} cores; other processes may have shared them (see the notes in README)",
+        "results": results,
+        "crawl": crawl,
+    }
+    document["targets"] = targets(results, crawl)
     (RESULTS / "latest.json").write_text(json.dumps(document, indent=2) + "\n")
-    (RESULTS / "latest.md").write_text(markdown(results))
-    print(markdown(results))
+    (RESULTS / "latest.md").write_text(markdown(document))
+    print(markdown(document))
     return 0
 
 

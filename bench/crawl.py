@@ -1,0 +1,48 @@
+"""One crawl of the demo site in one render mode (child process of bench.run): pages per second.
+
+`python -m bench.crawl <start url> <auto|browser|http> <out.json>`. The crawl is `harvest.crawl.crawl` itself,
+on the settings' browser path and user agent, with limits high enough to take the whole site; pages are
+only counted (extraction is not part of what this measures). The site is served by the parent process, so
+the server does not share this process's interpreter.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+
+def main() -> int:
+    start_url, mode, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+    from harvest.crawl.crawler import crawl
+    from harvest.models import RunConfig
+    from harvest.settings import get_settings
+
+    settings = get_settings()
+    config = RunConfig(render=mode, max_pages=5000, max_depth=20)
+    started = time.perf_counter()
+    session = crawl(
+        start_url, config, browser_path=settings.browser_path, user_agent=settings.user_agent,
+        allow_private_networks=True, per_host_concurrency=settings.per_host_concurrency,
+        timeout_s=settings.request_timeout_seconds,
+    )
+    pages = 0
+    with session:
+        for _page in session:
+            pages += 1
+    seconds = time.perf_counter() - started
+    stats = session.stats
+    out.write_text(json.dumps({
+        "mode": mode, "pages": pages, "pages_fetched": stats.pages_fetched, "pages_rendered": stats.pages_rendered,
+        "pages_http": stats.pages_http, "failed_urls": len(stats.failed_urls), "seconds": round(seconds, 2),
+        "pages_per_s": round(pages / seconds, 2) if seconds else 0.0,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
