@@ -25,6 +25,7 @@ from harvest.errors import RunAlreadyRunningError
 from harvest.models import FileRef, ImportSummary, RunConfig, StartRequest
 from harvest.retention import policy_from
 from harvest.settings import get_settings
+from harvest.stages.common import chunk_ranges
 from harvest.urls import check_fetch_allowed
 
 
@@ -113,7 +114,8 @@ def scrape_website(url: str, config: RunConfig = RunConfig(), from_raw: str | No
 
     storage = result_storage_block(res.settings)
     bound = {name: getattr(tasks, name).with_options(result_storage=storage) for name in (
-        "crawl_and_extract", "load_raw_activities", "standardize", "images", "geocode", "submit_embeddings_batch",
+        "crawl_and_extract", "load_raw_activities", "standardize", "images_chunk", "geocode_chunk", "combine_map",
+        "submit_embeddings_batch",
         "poll_embeddings_batch", "merge", "write_final", "diff_with_previous_run", "import_activities",
     )}
 
@@ -129,9 +131,10 @@ def scrape_website(url: str, config: RunConfig = RunConfig(), from_raw: str | No
     progress.advance("standardize")
     traffic.add(raw, config, standardized)
 
-    # 3. Enrich concurrently; each branch may fail without failing the run.
-    images_future = bound["images"].submit(run_id, standardized)
-    geocode_future = bound["geocode"].submit(run_id, standardized)
+    # 3. Enrich concurrently, images and geocodes in chunks; each branch may fail without failing the run.
+    chunks = chunk_ranges(standardized.records, res.settings.enrich_chunk_size, res.settings.enrich_max_chunks)
+    images_future, image_parts = _fan_out(bound, "images_chunk", "images_map", "images", run_id, standardized, chunks)
+    geocode_future, geocode_parts = _fan_out(bound, "geocode_chunk", "geocoded_map", "geocode", run_id, standardized, chunks)
     batch_future = bound["submit_embeddings_batch"].submit(run_id, standardized, config.embedding_model)
     batch = _optional(batch_future, "embeddings", run_id)
     traffic.add(standardized, config.embedding_model, batch)
@@ -145,8 +148,10 @@ def scrape_website(url: str, config: RunConfig = RunConfig(), from_raw: str | No
         traffic.add(standardized, batch, embedding_files)
     images_map = _optional(images_future, "images", run_id)
     geocoded_map = _optional(geocode_future, "geocode", run_id)
-    traffic.add(standardized, images_map)
-    traffic.add(standardized, geocoded_map)
+    for parts, kind, step, combined in ((image_parts, "images_map", "images", images_map),
+                                        (geocode_parts, "geocoded_map", "geocode", geocoded_map)):
+        _count_fan_out(traffic, run_id, standardized, chunks, parts)
+        traffic.add(run_id, kind, step, len(chunks), combined)
     embeddings = {ref.kind: ref for ref in embedding_files or []}
     progress.advance("enrich")
 
@@ -184,6 +189,25 @@ def scrape_website(url: str, config: RunConfig = RunConfig(), from_raw: str | No
         warnings=list(row.get("warnings") or []), failed_urls=list(row.get("failed_urls") or []),
         bytes_between_tasks=traffic.bytes, task_runs=traffic.calls,
     )
+
+
+def _fan_out(
+    bound: dict[str, Any], task: str, kind: str, step: str, run_id: str, standardized: FileRef,
+    chunks: list[tuple[int, int]],
+) -> tuple[PrefectFuture[Any], list[PrefectFuture[Any]]]:
+    """One task per chunk of standardized.jsonl, then one that joins their parts in order (the map's future)."""
+    parts = [
+        bound[task].submit(run_id, standardized, index, start, stop) for index, (start, stop) in enumerate(chunks)
+    ]
+    return bound["combine_map"].submit(run_id, kind, step, len(chunks), wait_for=parts), parts
+
+
+def _count_fan_out(
+    traffic: _Traffic, run_id: str, standardized: FileRef, chunks: list[tuple[int, int]], parts: list[PrefectFuture[Any]]
+) -> None:
+    for index, ((start, stop), future) in enumerate(zip(chunks, parts)):
+        part = future.result(raise_on_failure=False)
+        traffic.add(run_id, standardized, index, start, stop, part if isinstance(part, FileRef) else None)
 
 
 def _start_run(res: Any, run_id: str, url: str, config: RunConfig) -> bool:

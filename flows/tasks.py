@@ -16,12 +16,12 @@ from flows.limits import geocoder_gate, openai_slot
 from flows.resources import Resources, resources
 from harvest.db import runs as run_rows
 from harvest.embeddings import make_openai_client
-from harvest.errors import BatchNotReadyError
+from harvest.errors import BatchNotReadyError, StorageError
 from harvest.extract.llm import LLMExtractor
 from harvest.geocode import make_geocoder
 from harvest.models import FileRef, ImportSummary, RunConfig
 from harvest.stages.collect import collect_raw_activities, copy_raw_activities
-from harvest.stages.common import StageResult
+from harvest.stages.common import Chunk, StageResult, StageStats, merge_stats, part_kind, run_key
 from harvest.stages.diff import diff_with_previous_run as diff_stage
 from harvest.stages.embed import SubmittedBatch, collect_embeddings, submit_embeddings
 from harvest.stages.geocode import geocode_addresses
@@ -29,6 +29,7 @@ from harvest.stages.images import process_images
 from harvest.stages.load import import_final_records
 from harvest.stages.merge import merge_enrichments, write_final_records
 from harvest.stages.standardize import standardize_raw_activities
+from harvest.storage import concat_files
 
 LOGGED_WARNINGS = 20
 
@@ -88,16 +89,19 @@ def standardize(run_id: str, raw: FileRef, config: RunConfig) -> FileRef:
     return result.file("standardized")
 
 
-@task(name="process-images", result_storage_key=result_key("images"), **PERSISTED)
-def images(run_id: str, standardized: FileRef) -> FileRef:
+@task(name="process-images-chunk", result_storage_key=result_key("images-{parameters[index]}"), **PERSISTED)
+def images_chunk(run_id: str, standardized: FileRef, index: int, start: int, stop: int) -> FileRef:
+    """One chunk of the image map (lines start..stop of standardized.jsonl)."""
     res = resources()
-    result = process_images(res.store, run_id, standardized, res.settings, engine=res.engine)
-    record_stage(res, run_id, "images", result)
-    return result.file("images_map")
+    result = process_images(res.store, run_id, standardized, res.settings, engine=res.engine,
+                            chunk=Chunk(index, start, stop))
+    record_stage(res, run_id, f"images.{index}", result)
+    return result.files[0]
 
 
-@task(name="geocode", result_storage_key=result_key("geocode"), **PERSISTED)
-def geocode(run_id: str, standardized: FileRef) -> FileRef:
+@task(name="geocode-chunk", result_storage_key=result_key("geocode-{parameters[index]}"), **PERSISTED)
+def geocode_chunk(run_id: str, standardized: FileRef, index: int, start: int, stop: int) -> FileRef:
+    """One chunk of the geocode map; each distinct address is asked once per chunk, and never again once cached."""
     res = resources()
     settings = res.settings
     geocoder = make_geocoder(
@@ -107,9 +111,33 @@ def geocode(run_id: str, standardized: FileRef) -> FileRef:
         timeout_s=settings.request_timeout_seconds, before_call=geocoder_gate(),
     )
     cache = (res.engine, settings.geocoder) if settings.geocoder != "none" else None
-    result = geocode_addresses(res.store, run_id, standardized, geocoder, cache=cache)
-    record_stage(res, run_id, "geocode", result)
-    return result.file("geocoded_map")
+    result = geocode_addresses(res.store, run_id, standardized, geocoder, cache=cache, chunk=Chunk(index, start, stop))
+    record_stage(res, run_id, f"geocode.{index}", result)
+    return result.files[0]
+
+
+@task(name="combine-map", result_storage_key=result_key("{parameters[kind]}"), **PERSISTED)
+def combine_map(run_id: str, kind: str, step: str, chunks: int) -> FileRef:
+    """Concatenate a map's chunk parts in order (so it lines up with standardized.jsonl), record the whole
+    map and the step's totals, and drop the parts."""
+    res = resources()
+    files = run_rows.files_view(res.engine, run_id)
+    part_kinds = [part_kind(kind, index) for index in range(chunks)]
+    missing = [k for k in part_kinds if k not in files]
+    if missing and kind in files:
+        return files[kind]  # combined earlier, stopped before its result was saved: nothing left to do
+    if missing:
+        raise StorageError(f"run {run_id}: {kind} parts {missing} were never recorded")
+    parts = [files[k] for k in part_kinds]
+    ref = concat_files(res.store, run_key(run_id, kind, "jsonl"), kind, parts)
+    run_rows.record_file(res.engine, run_id, ref)
+    row = run_rows.get_run(res.engine, run_id) or {}
+    stats = merge_stats([StageStats.model_validate(row["steps"][f"{step}.{i}"]) for i in range(chunks)])
+    run_rows.fold_steps(res.engine, run_id, f"{step}.", step, stats.model_dump())
+    for part in parts:
+        res.store.delete(res.store.key_for(part.uri))
+    run_rows.forget_files(res.engine, run_id, part_kinds)
+    return ref
 
 
 @task(name="submit-embeddings-batch", result_storage_key=result_key("embeddings_batch"), **PERSISTED)

@@ -80,6 +80,20 @@ class RateLimiter:
             time.sleep(delay)
 
 
+_LIMITERS: dict[tuple[str, float], RateLimiter] = {}
+_LIMITERS_GUARD = threading.Lock()
+
+
+def shared_limiter(base_url: str, rate_per_second: float) -> RateLimiter:
+    """One limiter per service and rate in this process: geocoders built by parallel chunk tasks share it,
+    so together they still make at most `rate_per_second` calls."""
+    with _LIMITERS_GUARD:
+        key = (base_url, rate_per_second)
+        if key not in _LIMITERS:
+            _LIMITERS[key] = RateLimiter(rate_per_second)
+        return _LIMITERS[key]
+
+
 class _Attempt(Exception):
     """One failed attempt: `retryable` says whether another try may help, `wait_s` what the server asked."""
 
@@ -117,7 +131,7 @@ class _HttpGeocoder:
         self.retries = retries
         self.backoff_s = backoff_s
         self.max_retry_after_s = max_retry_after_s
-        self.limiter = RateLimiter(rate_per_second)
+        self.limiter = shared_limiter(self.base_url, rate_per_second)
         # A limit shared with other processes (the flow passes Prefect's global rate limit here).
         self.before_call: Callable[[], None] | None = None
         self._client = httpx.Client(

@@ -104,6 +104,12 @@ class HarvestSettings(BaseSettings):
     dask_address: str | None = Field(
         default=None, description="Scheduler of an existing Dask cluster (tcp://host:8786); unset: an in-process one."
     )
+    enrich_chunk_size: int = Field(
+        default=1000, ge=1, description="Activities per image/geocode task: enrichment fans out in chunks of this size."
+    )
+    enrich_max_chunks: int = Field(
+        default=4, ge=1, description="At most this many chunks per enrichment (bigger chunks on bigger sites)."
+    )
     retention_days: float = Field(default=14, description="Days a completed run's kept files live before the sweep.")
     failed_retention_days: float = Field(
         default=30, description="Days a failed, crashed or cancelled run's files live before the sweep."

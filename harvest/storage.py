@@ -312,6 +312,26 @@ def write_json(store: ObjectStore, key: str, kind: str, document: Any, records: 
     return out[0]
 
 
+def concat_files(store: ObjectStore, key: str, kind: str, parts: list[FileRef]) -> FileRef:
+    """Concatenate stored JSONL parts, in order, into one file (bytes copied in blocks, never parsed)."""
+    with staged_file(store, key, kind, parts[0].content_type if parts else "application/x-ndjson") as (writer, out):
+        for part in parts:
+            handle = store.open_read(store.key_for(part.uri))
+            try:
+                tail = b"\n"
+                while block := handle.read(1 << 20):
+                    writer.write(block)
+                    tail = block[-1:]
+            except Exception as exc:
+                raise StorageError(f"reading {part.uri} failed: {exc}") from exc
+            finally:
+                handle.close()
+            if tail != b"\n":
+                writer.write(b"\n")
+            writer.records += part.records
+    return out[0]
+
+
 def iter_jsonl(store: ObjectStore, uri: str) -> Iterator[dict[str, Any]]:
     """Yield the records of a stored JSONL file one line at a time (memory does not grow with the file)."""
     key = store.key_for(uri)

@@ -114,6 +114,21 @@ def record_step(engine: Engine, run_id: str, step: str, stats: dict[str, Any]) -
         )
 
 
+def fold_steps(engine: Engine, run_id: str, prefix: str, step: str, stats: dict[str, Any]) -> None:
+    """Replace the per-chunk entries `<prefix>…` of the run's `steps` map by one total entry `step`."""
+    with transaction(engine) as connection:
+        row = connection.execute(
+            sa.select(scrape_runs.c.steps).where(scrape_runs.c.id == run_id).with_for_update()
+        ).first()
+        if row is None:
+            raise DatabaseError(f"run {run_id} has no row")
+        steps = {k: v for k, v in (row.steps or {}).items() if not k.startswith(prefix)}
+        steps[step] = stats
+        connection.execute(
+            scrape_runs.update().where(scrape_runs.c.id == run_id).values(steps=steps, updated_at=utcnow())
+        )
+
+
 def add_warnings(engine: Engine, run_id: str, warnings: list[str], *, failed_urls: list[dict[str, Any]] | None = None) -> None:
     """Append warnings (and failed URLs) to the run row, bounded so a hostile site cannot bloat it."""
     if not warnings and not failed_urls:
@@ -244,3 +259,11 @@ def previous_comparable_run(engine: Engine, run_id: str, url: str) -> str | None
             ).order_by(scrape_runs.c.started_at.desc()).limit(1)
         ).first()
         return candidates.id if candidates else None
+
+
+def forget_files(engine: Engine, run_id: str, kinds: list[str]) -> int:
+    """Remove file rows whose objects were consumed and deleted on purpose (a map's chunk parts)."""
+    with transaction(engine) as connection:
+        return connection.execute(
+            run_files.delete().where(run_files.c.run_id == run_id, run_files.c.kind.in_(kinds))
+        ).rowcount

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -54,3 +57,47 @@ def timed(stats: StageStats) -> Iterator[None]:
         yield
     finally:
         stats.seconds = round(time.perf_counter() - started, 3)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Lines [start, stop) of a stage's input, processed by one task; its output is part `index` of the map."""
+
+    index: int
+    start: int
+    stop: int
+
+    def lines(self, records: Iterable[Any]) -> Iterator[Any]:
+        return islice(records, self.start, self.stop)
+
+    def output(self, kind: str) -> str:
+        return part_kind(kind, self.index)
+
+
+def chunk_ranges(records: int, chunk_size: int, max_chunks: int) -> list[tuple[int, int]]:
+    """Split `records` lines into contiguous [start, stop) ranges of about `chunk_size`, at most `max_chunks`
+    of them (so what travels between tasks stays bounded however large the site), at least one."""
+    if records <= 0:
+        return [(0, 0)]
+    count = max(1, min(max_chunks, -(-records // max(1, chunk_size))))
+    bounds = [records * i // count for i in range(count + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def part_kind(kind: str, index: int) -> str:
+    """The kind of one chunk's file of a map, e.g. `images_map.part-0003`; parts are concatenated in order."""
+    return f"{kind}.part-{index:04d}"
+
+
+def merge_stats(parts: list[StageStats]) -> StageStats:
+    """One stage's totals from its chunks: counts add up; the chunks ran side by side, so seconds is the longest."""
+    total = StageStats(seconds=max((p.seconds for p in parts), default=0.0))
+    for part in parts:
+        total.items_in += part.items_in
+        total.items_out += part.items_out
+        total.skipped += part.skipped
+        for key, value in part.details.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                total.details[key] = total.details.get(key, 0) + value  # type: ignore[operator]
+    total.details["chunks"] = len(parts)
+    return total

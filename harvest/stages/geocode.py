@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from sqlalchemy.engine import Engine
 
 from harvest.db.caches import cached_geocodes, store_geocodes
 from harvest.geocode import Geocoder, normalize_address
 from harvest.models import Activity, FileRef, Geocode
-from harvest.stages.common import StageResult, run_key, timed
+from harvest.stages.common import Chunk, StageResult, run_key, timed
 from harvest.stages.concurrency import ordered_map
 from harvest.storage import ObjectStore, iter_jsonl, write_jsonl
 
@@ -36,13 +37,11 @@ class _OncePerAddress:
             return self.results[key]
 
 
-def _preload(
-    cached: _OncePerAddress, store: ObjectStore, standardized: FileRef, engine: Engine, provider: str
-) -> set[str]:
+def _preload(cached: _OncePerAddress, records: Iterable[dict[str, Any]], engine: Engine, provider: str) -> set[str]:
     """Put every address this provider answered in an earlier run into `cached`: no call for those."""
     keys = {
         normalize_address(address)
-        for record in iter_jsonl(store, standardized.uri)
+        for record in records
         if (address := (record.get("location") or {}).get("formattedAddress"))
     }
     hits = cached_geocodes(engine, provider, keys)
@@ -52,16 +51,23 @@ def _preload(
 
 def geocode_addresses(
     store: ObjectStore, run_id: str, standardized: FileRef, geocoder: Geocoder, *, workers: int = 4,
-    cache: tuple[Engine, str] | None = None,
+    cache: tuple[Engine, str] | None = None, chunk: Chunk | None = None,
 ) -> StageResult:
     """Failures leave coordinates empty with the error recorded; they never fail the stage.
 
     `cache` = (engine, provider name): addresses answered in earlier runs are reused from `geocode_cache`,
     and this run's new successes are added to it, so an unchanged re-run makes no geocoder call.
+    With `chunk`, only those lines, into that part of the map.
     """
     result = StageResult()
+    kind = chunk.output("geocoded_map") if chunk else "geocoded_map"
+    chunk = chunk or Chunk(0, 0, standardized.records)
+
+    def records() -> Iterator[dict[str, Any]]:
+        return chunk.lines(iter_jsonl(store, standardized.uri))
+
     cached = _OncePerAddress(geocoder)
-    reused = _preload(cached, store, standardized, *cache) if cache else set()
+    reused = _preload(cached, records(), *cache) if cache else set()
 
     def one(activity: Activity) -> dict[str, object]:
         address = activity.location.formattedAddress
@@ -70,7 +76,7 @@ def geocode_addresses(
         return {"id": activity.id, **cached(address).model_dump(mode="json")}
 
     def activities() -> Iterator[Activity]:
-        for record in iter_jsonl(store, standardized.uri):
+        for record in records():
             result.stats.items_in += 1
             yield Activity.model_validate(record)
 
@@ -89,7 +95,7 @@ def geocode_addresses(
             yield row
 
     with timed(result.stats):
-        ref = write_jsonl(store, run_key(run_id, "geocoded_map", "jsonl"), "geocoded_map", rows())
+        ref = write_jsonl(store, run_key(run_id, kind, "jsonl"), kind, rows())
     result.files.append(ref)
     if cache:
         fresh = {

@@ -6,7 +6,8 @@ records and imported activities point at them: cleaning up a run must never dele
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from sqlalchemy.engine import Engine
 
@@ -14,13 +15,13 @@ from harvest.db.caches import cached_images, store_images
 from harvest.images import process_activity_image
 from harvest.models import Activity, FileRef, ImageInfo
 from harvest.settings import HarvestSettings
-from harvest.stages.common import StageResult, run_key, timed
+from harvest.stages.common import Chunk, StageResult, run_key, timed
 from harvest.stages.concurrency import ordered_map
 from harvest.storage import ObjectStore, iter_jsonl, write_jsonl
 
 
-def _previous_images(store: ObjectStore, standardized: FileRef, engine: Engine) -> dict[str, ImageInfo]:
-    urls = {record["image_url"] for record in iter_jsonl(store, standardized.uri) if record.get("image_url")}
+def _previous_images(records: Iterable[dict[str, Any]], engine: Engine) -> dict[str, ImageInfo]:
+    urls = {record["image_url"] for record in records if record.get("image_url")}
     return {
         url: ImageInfo(id="", **{k: row[k] for k in ("source_url", "uri", "width", "height", "bytes", "sha256",
                                                       "etag", "last_modified")})
@@ -29,15 +30,22 @@ def _previous_images(store: ObjectStore, standardized: FileRef, engine: Engine) 
 
 
 def process_images(
-    store: ObjectStore, run_id: str, standardized: FileRef, settings: HarvestSettings, *, engine: Engine | None = None
+    store: ObjectStore, run_id: str, standardized: FileRef, settings: HarvestSettings, *, engine: Engine | None = None,
+    chunk: Chunk | None = None,
 ) -> StageResult:
     """One line per activity, in file order; a bad image is recorded with its error and never fails the stage.
 
     With `engine`, images an earlier run stored are revalidated with a conditional GET (`image_cache`):
-    an unchanged image is not downloaded again.
+    an unchanged image is not downloaded again. With `chunk`, only those lines, into that part of the map.
     """
     result = StageResult()
-    previous = _previous_images(store, standardized, engine) if engine is not None else {}
+    kind = chunk.output("images_map") if chunk else "images_map"
+    chunk = chunk or Chunk(0, 0, standardized.records)
+
+    def records() -> Iterator[dict[str, Any]]:
+        return chunk.lines(iter_jsonl(store, standardized.uri))
+
+    previous = _previous_images(records(), engine) if engine is not None else {}
     fresh: dict[str, ImageInfo] = {}
 
     def one(activity: Activity) -> ImageInfo:
@@ -51,7 +59,7 @@ def process_images(
         )
 
     def activities() -> Iterator[Activity]:
-        for record in iter_jsonl(store, standardized.uri):
+        for record in records():
             result.stats.items_in += 1
             yield Activity.model_validate(record)
 
@@ -69,7 +77,7 @@ def process_images(
             yield info
 
     with timed(result.stats):
-        ref = write_jsonl(store, run_key(run_id, "images_map", "jsonl"), "images_map", infos())
+        ref = write_jsonl(store, run_key(run_id, kind, "jsonl"), kind, infos())
     result.files.append(ref)
     if engine is not None and fresh:
         store_images(engine, [

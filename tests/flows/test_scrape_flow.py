@@ -259,3 +259,33 @@ def test_from_raw_starts_without_a_crawl_and_skips_malformed_lines(harvest_env, 
     again = scrape_website(url="https://example.org/", config=RunConfig(), from_raw=summary.files["raw_activities"].uri)
     assert again.files["raw_activities"].records == 40
     assert again.activities_processed == summary.activities_processed
+
+
+def test_enrichment_fans_out_in_chunks_joined_in_order(harvest_env, s3, demo_site, monkeypatch) -> None:
+    from tests.helpers import reset_harvest_caches
+
+    monkeypatch.setenv("HARVEST_ENRICH_CHUNK_SIZE", "4")
+    monkeypatch.setenv("HARVEST_ENRICH_MAX_CHUNKS", "3")
+    reset_harvest_caches()
+    state = run(demo_site.base_url + "/", max_pages=200, max_extractions=1000)
+    assert state.is_completed(), state.message
+    summary = state.result()
+    db_url, bucket = harvest_env["HARVEST_DATABASE_URL"], harvest_env["HARVEST_BUCKET"]
+    row = run_row(db_url, summary.run_id)
+    files = file_rows(db_url, summary.run_id)
+    assert not any(".part-" in kind for kind in files), "parts are consumed by the join"
+    assert not any(".part-" in key for key in s3.keys(bucket, f"harvest/runs/{summary.run_id}/"))
+    standardized = jsonl(s3_object(s3, files["standardized"]["uri"]))
+    n = len(standardized)
+    assert n > 8, "enough activities for three chunks"
+    for kind, step in (("images_map", "images"), ("geocoded_map", "geocode")):
+        lines = jsonl(s3_object(s3, files[kind]["uri"]))
+        assert [line["id"] for line in lines] == [a["id"] for a in standardized], kind  # in order, none lost
+        assert files[kind]["records"] == n
+        assert row["steps"][step]["details"]["chunks"] == 3 and row["steps"][step]["items_in"] == n
+        assert not any(name.startswith(f"{step}.") for name in row["steps"])
+    final = jsonl(s3_object(s3, files["final_jsonl"]["uri"]))
+    assert [f["id"] for f in final] == [a["id"] for a in standardized]
+    # 3 image chunks + join, 3 geocode chunks + join, and crawl, standardize, submit, poll, merge, final, diff.
+    assert summary.task_runs == 15
+    assert summary.bytes_between_tasks < 16_000
