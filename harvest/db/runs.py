@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -23,11 +24,27 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def _connect(engine: Engine) -> Connection:
+    """A connection, waiting out a database that is restarting: connecting is retried (0.2 s doubling to 2 s)
+    for HARVEST_DB_RECONNECT_SECONDS (default 20), so a Postgres restart does not fail the run's next write
+    or its final status. Only connecting is retried: nothing of the transaction has run yet."""
+    deadline = time.monotonic() + float(os.environ.get("HARVEST_DB_RECONNECT_SECONDS", "20"))
+    delay = 0.2
+    while True:
+        try:
+            return engine.connect()
+        except sa.exc.OperationalError:
+            if time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
 @contextmanager
 def transaction(engine: Engine) -> Iterator[Connection]:
     """A transaction whose driver errors surface as DatabaseError with the cause in the message."""
     try:
-        with engine.begin() as connection:
+        with _connect(engine) as connection, connection.begin():
             yield connection
     except sa.exc.SQLAlchemyError as exc:
         raise DatabaseError(f"database error: {exc.__class__.__name__}: {str(exc).splitlines()[0]}") from exc
