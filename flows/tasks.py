@@ -15,6 +15,7 @@ from prefect import get_run_logger, task
 from flows.limits import geocoder_gate, openai_slot
 from flows.resources import Resources, resources
 from harvest.db import runs as run_rows
+from harvest.db.caches import LLMAnswerCache
 from harvest.embeddings import make_openai_client
 from harvest.errors import BatchNotReadyError, StorageError
 from harvest.extract.llm import LLMExtractor
@@ -67,7 +68,9 @@ def _openai_client(res: Resources) -> Any:
 @task(name="crawl-and-extract", result_storage_key=result_key("crawl"), **PERSISTED)
 def crawl_and_extract(run_id: str, url: str, config: RunConfig) -> FileRef:
     res = resources()
-    llm = LLMExtractor(_openai_client(res), res.settings.extraction_model) if res.settings.has_openai else None
+    llm = None
+    if res.settings.has_openai:
+        llm = LLMExtractor(_openai_client(res), res.settings.extraction_model, cache=LLMAnswerCache(res.engine))
     result = collect_raw_activities(res.store, run_id, url, config, res.settings, llm=llm)
     record_stage(res, run_id, "crawl", result)
     return result.file("raw_activities")
@@ -149,7 +152,10 @@ def submit_embeddings_batch(run_id: str, standardized: FileRef, model: str) -> S
         run_rows.add_warnings(res.engine, run_id, [f"embeddings: {message}"])
         return None
     with openai_slot():
-        result, batch = submit_embeddings(res.store, run_id, standardized, _openai_client(res), model)
+        result, batch = submit_embeddings(
+            res.store, run_id, standardized, _openai_client(res), model, dimensions=res.settings.embedding_dimensions,
+            reuse=res.engine, sync_below=res.settings.embeddings_sync_below,
+        )
     record_stage(res, run_id, "embeddings_submit", result)
     return batch
 
@@ -165,11 +171,17 @@ def _only_while_running(task: Any, task_run: Any, state: Any) -> bool:
 )
 def poll_embeddings_batch(run_id: str, standardized: FileRef, batch: SubmittedBatch) -> list[FileRef]:
     res = resources()
+    files = run_rows.files_view(res.engine, run_id)
+    if "embeddings_prefill" not in files and {"embeddings", "embeddings_index"} <= set(files):
+        return [files["embeddings"], files["embeddings_index"]]  # done before; stopped before its result was saved
     with openai_slot():
         result = collect_embeddings(
             res.store, run_id, standardized, _openai_client(res), batch, dimensions=res.settings.embedding_dimensions
         )
     record_stage(res, run_id, "embeddings", result)
+    # The prefill is now inside embeddings.npy: keep one copy of the vectors, not two.
+    res.store.delete(res.store.key_for(batch.prefill_uri))
+    run_rows.forget_files(res.engine, run_id, ["embeddings_prefill"])
     return result.files
 
 

@@ -390,6 +390,28 @@ class EmbeddingMatrix:
             raise
         self.written = 0
 
+    @classmethod
+    def reopen(cls, path: Path) -> EmbeddingMatrix:
+        """Open a matrix written earlier (a run's prefilled vectors) to fill in more rows; NaN rows are missing."""
+        self = cls.__new__(cls)
+        self.path = Path(path)
+        self._file = open(self.path, "rb+")  # noqa: SIM115 - closed in close()
+        try:
+            shape, fortran_order, dtype = _read_array_header(self._file, read_magic(self._file))
+            if len(shape) != 2 or fortran_order or dtype != np.dtype("<f4"):
+                raise ValueError(f"{self.path}: not a C-order float32 matrix ({shape}, {dtype})")
+            self.rows, self.dimensions = int(shape[0]), int(shape[1])
+            self._row_bytes = 4 * self.dimensions
+            self._offset = self._file.tell()
+            # A row is present when its first value is a number: one float read per row, not the matrix.
+            firsts = [os.pread(self._file.fileno(), 4, self._offset + row * self._row_bytes) for row in range(self.rows)]
+            self._present = ~np.isnan(np.frombuffer(b"".join(firsts), dtype="<f4")) if firsts else np.zeros(0, bool)
+        except BaseException:
+            self.close()
+            raise
+        self.written = int(self._present.sum())
+        return self
+
     def write(self, row: int, vector: np.ndarray) -> None:
         """Store one activity's vector; raises ValueError for a wrong shape or non-finite values."""
         if self._file is None:

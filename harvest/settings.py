@@ -83,6 +83,10 @@ class HarvestSettings(BaseSettings):
     openai_max_concurrent: int = Field(
         default=4, description="Calls to OpenAI in flight at once across all workers (a Prefect global limit)."
     )
+    embeddings_sync_below: int = Field(
+        default=100, ge=0,
+        description="Fewer texts than this left to embed: use the synchronous endpoint now instead of a batch (0: always batch).",
+    )
     browser_path: str | None = Field(
         default_factory=_default_browser_path, description="Chromium executable driven by Playwright."
     )

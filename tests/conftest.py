@@ -58,7 +58,7 @@ def pg_url() -> Iterator[str]:
 
     base = make_url(os.environ.get("HARVEST_TEST_DATABASE_URL", DEFAULT_PG_URL))
     name = f"harvest_test_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT", pool_pre_ping=True)  # survives a restart test
     with admin.connect() as connection:
         connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
     url = base.set(database=name).render_as_string(hide_password=False)
@@ -77,7 +77,7 @@ def clean_db(pg_url: str) -> str:
     from harvest.db.engine import get_engine
 
     with get_engine(pg_url).begin() as connection:
-        connection.execute(sa.text("TRUNCATE activities, run_files, scrape_runs, geocode_cache, image_cache CASCADE"))
+        connection.execute(sa.text("TRUNCATE activities, run_files, scrape_runs, geocode_cache, image_cache, llm_answers CASCADE"))
     return pg_url
 
 
@@ -128,6 +128,7 @@ def harvest_env(
         "HARVEST_BATCH_POLL_SECONDS": "0.2",
         "HARVEST_BATCH_POLL_MAX_SECONDS": "0.5",
         "HARVEST_BATCH_MAX_WAIT_SECONDS": "30",
+        "HARVEST_EMBEDDINGS_SYNC_BELOW": "0",  # the batch path, as on big runs; tests of the sync path set it
         "HARVEST_REQUEST_TIMEOUT_SECONDS": "5",
         "HARVEST_BUCKET": bucket,
     }

@@ -1,11 +1,12 @@
 """What an unchanged re-run reuses instead of asking again: geocodes by address, processed images by URL.
 
-Embeddings are reused from the `activities` rows themselves (same id and content hash: same text).
+Embeddings are reused from the `activities` rows themselves (same id and content hash: same text; the
+writing run's config says which model made them).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import sqlalchemy as sa
@@ -13,7 +14,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from harvest.db.runs import transaction, utcnow
-from harvest.db.schema import geocode_cache, image_cache
+from harvest.db.schema import activities, geocode_cache, image_cache, llm_answers, scrape_runs
 
 LOOKUP_CHUNK = 1000
 
@@ -73,3 +74,40 @@ def store_images(engine: Engine, entries: list[dict[str, Any]]) -> None:
     """Remember processed images by source URL (the last answer wins)."""
     now = utcnow()
     _upsert(engine, image_cache, [{**entry, "checked_at": now} for entry in entries], ["source_url"])
+
+
+def reusable_embeddings(
+    engine: Engine, model: str, content_hashes: dict[str, str]
+) -> Iterator[tuple[str, list[float]]]:
+    """(activity id, vector) for activities already in the `activities` table with the same content hash,
+    embedded by a run that used the same model: the text did not change, so neither would its vector."""
+    ids = list(content_hashes)
+    writer = scrape_runs.alias("writer")
+    query_model = writer.c.config["embedding_model"].as_string()
+    with transaction(engine) as connection:
+        for start in range(0, len(ids), LOOKUP_CHUNK):
+            rows = connection.execute(
+                sa.select(activities.c.id, activities.c.content_hash, activities.c.embedding)
+                .join(writer, writer.c.id == activities.c.run_id)
+                .where(
+                    activities.c.id.in_(ids[start: start + LOOKUP_CHUNK]), activities.c.embedding.is_not(None),
+                    query_model == model,
+                )
+            )
+            for activity_id, content_hash, embedding in rows:
+                if content_hashes.get(activity_id) == content_hash:
+                    yield activity_id, embedding
+
+
+class LLMAnswerCache:
+    """The extraction model's answers by prompt hash: an unchanged page costs no second completion."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def get(self, key: str) -> str | None:
+        with transaction(self.engine) as connection:
+            return connection.execute(sa.select(llm_answers.c.answer).where(llm_answers.c.key == key)).scalar()
+
+    def put(self, key: str, model: str, answer: str) -> None:
+        _upsert(self.engine, llm_answers, [{"key": key, "model": model, "answer": answer, "created_at": utcnow()}], ["key"])

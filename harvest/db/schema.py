@@ -136,3 +136,12 @@ image_cache = sa.Table(
     sa.Column("last_modified", sa.Text),
     sa.Column("checked_at", Timestamp, nullable=False),
 )
+
+llm_answers = sa.Table(
+    "llm_answers",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True, comment="sha256 of the model and the exact messages sent."),
+    sa.Column("model", sa.Text, nullable=False),
+    sa.Column("answer", sa.Text, nullable=False, comment="The model's JSON answer, as returned."),
+    sa.Column("created_at", Timestamp, nullable=False),
+)

@@ -7,9 +7,10 @@ call or of the answer raise ExtractionError; the caller logs it and skips that p
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 import openai
 
@@ -89,6 +90,13 @@ def _string(value: Any, max_chars: int = MAX_FIELD_CHARS) -> str | None:
     return clean_text(value, max_chars=max_chars) if isinstance(value, str) else None
 
 
+class AnswerCache(Protocol):
+    """Where answers to identical prompts are kept (harvest.db.caches.LLMAnswerCache)."""
+
+    def get(self, key: str) -> str | None: ...
+    def put(self, key: str, model: str, answer: str) -> None: ...
+
+
 class LLMExtractor:
     """Extracts activities from page text with one Chat Completions call per page.
 
@@ -103,6 +111,7 @@ class LLMExtractor:
         *,
         max_input_chars: int = DEFAULT_MAX_INPUT_CHARS,
         max_output_tokens: int = DEFAULT_MAX_OUTPUT_TOKENS,
+        cache: AnswerCache | None = None,
     ) -> None:
         if max_input_chars < 1 or max_output_tokens < 1:
             raise ValueError("max_input_chars and max_output_tokens must be positive")
@@ -110,7 +119,9 @@ class LLMExtractor:
         self.model = model
         self.max_input_chars = max_input_chars
         self.max_output_tokens = max_output_tokens
+        self.cache = cache
         self.rejected = 0
+        self.cache_hits = 0
 
     def messages(self, page_text: str, url: str) -> list[dict[str, str]]:
         """The chat messages for one page: fixed instructions, then the bounded page text as data."""
@@ -118,6 +129,11 @@ class LLMExtractor:
         note = " (truncated)" if len(page_text) > self.max_input_chars else ""
         user = f"Page URL: {url}\nPage text{note}:\n{PAGE_START}\n{text}\n{PAGE_END}"
         return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+
+    def prompt_key(self, page_text: str, url: str) -> str:
+        """sha256 of everything that decides the answer: model, output bound and the exact messages."""
+        prompt = json.dumps([self.model, self.max_output_tokens, self.messages(page_text, url)], sort_keys=True)
+        return hashlib.sha256(prompt.encode()).hexdigest()
 
     def extract_page(self, html: str | bytes, url: str) -> list[RawActivity]:
         """Activities in a fetched page: its visible text plus image references, bounded, then `extract`."""
@@ -128,7 +144,10 @@ class LLMExtractor:
         """Activities the model finds in `page_text` (from `url`); [] for an empty page without a call."""
         if not page_text or not page_text.strip():
             return []
-        content = self._complete(page_text, url)
+        key = self.prompt_key(page_text, url)
+        cached = self.cache.get(key) if self.cache is not None else None
+        content = cached if cached is not None else self._complete(page_text, url)
+        self.cache_hits += cached is not None
         try:
             answer = json.loads(content)
         except ValueError as exc:
@@ -140,6 +159,8 @@ class LLMExtractor:
             raise ExtractionError(
                 f"LLM extraction of {url} failed: model {self.model} answered without an 'activities' list"
             )
+        if self.cache is not None and cached is None:
+            self.cache.put(key, self.model, content)
         activities: list[RawActivity] = []
         for position, item in enumerate(items):
             if len(activities) >= MAX_ACTIVITIES:

@@ -73,7 +73,8 @@ def collect_raw_activities(
     result.stats.skipped = len(stats.failed_urls)
     result.stats.details.update(
         pages_fetched=stats.pages_fetched, pages_rendered=stats.pages_rendered, pages_http=stats.pages_http,
-        llm_pages=llm_pages, **{f"skipped_{reason}": count for reason, count in stats.skipped.items()},
+        llm_pages=llm_pages, llm_cached_answers=llm.cache_hits if llm is not None else 0,
+        **{f"skipped_{reason}": count for reason, count in stats.skipped.items()},
     )
     result.failed_urls.extend(
         {"url": failed.url, "reason": failed.reason, "status": failed.status} for failed in stats.failed_urls

@@ -1,4 +1,4 @@
-"""Stage 3c/3d: submit an OpenAI embeddings batch for every activity, then collect its vectors.
+"""Stage 3c/3d: reuse known vectors, embed a few now or submit an OpenAI batch for the rest, then collect.
 
 The batch id is the only thing that travels from submit to collect, and it is persisted, so a resumed
 run polls the batch it already paid for instead of submitting a second one. Vectors are stored as a
@@ -9,72 +9,142 @@ float32 `.npy` matrix (rows in `standardized.jsonl` order, 4 bytes × dimensions
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+import numpy as np
+from pydantic import BaseModel, Field
+from sqlalchemy.engine import Engine
 
+from harvest.db.caches import reusable_embeddings
 from harvest.embeddings import (
     EmbeddingMatrix,
     check_batch,
+    embed_texts,
+    embedding_text,
     iter_batch_results,
     submit_batch,
     write_batch_input,
 )
-
+from harvest.errors import DatabaseError, EmbeddingError
 from harvest.models import Activity, FileRef
 from harvest.stages.common import StageResult, run_key, timed
 from harvest.storage import ObjectStore, iter_jsonl, store_local_file, write_jsonl
 
 
 class SubmittedBatch(BaseModel):
-    """What `collect_embeddings` needs to find the batch again."""
+    """What `collect_embeddings` needs: the prefilled matrix and, when some texts went to a batch, the batch."""
 
-    batch_id: str
-    input_file_id: str
+    batch_id: str | None
+    input_file_id: str | None
     records: int
     model: str
+    prefill_uri: str = Field(description="embeddings_prefill.npy: reused and synchronously embedded vectors.")
+
+
+def _rows(store: ObjectStore, standardized: FileRef) -> tuple[dict[str, int], dict[str, str], int]:
+    """Activity id → matrix row (file order) and → content hash, and the number of rows."""
+    rows: dict[str, int] = {}
+    hashes: dict[str, str] = {}
+    count = 0
+    for count, record in enumerate(iter_jsonl(store, standardized.uri), start=1):
+        rows[record["id"]] = count - 1
+        hashes[record["id"]] = record.get("content_hash") or ""
+    return rows, hashes, count
 
 
 def submit_embeddings(
-    store: ObjectStore, run_id: str, standardized: FileRef, client: Any, model: str
+    store: ObjectStore, run_id: str, standardized: FileRef, client: Any, model: str, *, dimensions: int,
+    reuse: Engine | None = None, sync_below: int = 0,
 ) -> tuple[StageResult, SubmittedBatch | None]:
-    """Write the batch input JSONL (kept in the run's files for review), upload it and create the batch."""
+    """Fill what is already known, embed the rest now or in a batch.
+
+    1. With `reuse`, vectors of activities already imported with the same content hash and model are copied
+       from the `activities` table: an unchanged re-run sends OpenAI nothing.
+    2. If fewer than `sync_below` texts are left, they are embedded now on the synchronous endpoint.
+    3. Otherwise the rest goes into the batch input JSONL (kept in the run's files), uploaded as a batch.
+    The known vectors are stored as `embeddings_prefill.npy`; `collect_embeddings` completes it.
+    """
     result = StageResult()
     with timed(result.stats), tempfile.TemporaryDirectory(prefix="harvest-") as tmp:
-        path = Path(tmp) / "embeddings_batch_input.jsonl"
-        with open(path, "wb") as out:
-            activities = (Activity.model_validate(r) for r in iter_jsonl(store, standardized.uri))
-            count = write_batch_input(activities, model, out)
-        result.stats.items_in = count
-        if count == 0:
-            result.warn("no activities to embed")
-            return result, None
-        ref = store_local_file(
-            store, run_key(run_id, "embeddings_batch_input", "jsonl"), "embeddings_batch_input", path,
-            records=count, content_type="application/x-ndjson",
+        rows, hashes, count = _rows(store, standardized)
+        prefill_path = Path(tmp) / "embeddings_prefill.npy"
+        batch_path = Path(tmp) / "embeddings_batch_input.jsonl"
+        with EmbeddingMatrix(prefill_path, count, dimensions) as matrix:
+            reused = 0
+            try:
+                for activity_id, vector in reusable_embeddings(reuse, model, hashes) if reuse is not None else ():
+                    try:
+                        matrix.write(rows[activity_id], np.asarray(vector, dtype=np.float32))
+                        reused += 1
+                    except ValueError as exc:  # a stored vector of another length: embed it again
+                        result.warn(f"stored embedding of {activity_id} not reused: {exc}")
+            except DatabaseError as exc:  # reuse saves money; without it, everything is embedded
+                result.warn(f"stored embeddings not reused: {exc}")
+            present = ~matrix.missing
+
+            def remaining() -> Iterator[Activity]:
+                for record in iter_jsonl(store, standardized.uri):
+                    if not present[rows[record["id"]]]:
+                        yield Activity.model_validate(record)
+
+            with open(batch_path, "wb") as out:
+                pending = write_batch_input(remaining(), model, out)
+            synced = 0
+            if 0 < pending < sync_below:
+                todo = [(a.id, text) for a in remaining() if (text := embedding_text(a))]
+                todo = list(dict(todo).items())  # a repeated id is embedded once
+                for (activity_id, _), vector in zip(todo, embed_texts(
+                    client, [text for _, text in todo], model=model, dimensions=dimensions
+                )):
+                    matrix.write(rows[activity_id], vector)
+                synced = len(todo)
+        prefill = store_local_file(
+            store, run_key(run_id, "embeddings_prefill", "npy"), "embeddings_prefill", prefill_path,
+            records=count, content_type="application/x-npy",
         )
-        result.files.append(ref)
-        handle = submit_batch(client, path, metadata={"harvest_run_id": run_id})
-    result.stats.items_out = count
-    result.stats.details["batch_id"] = handle.batch_id
-    return result, SubmittedBatch(batch_id=handle.batch_id, input_file_id=handle.input_file_id, records=count, model=model)
+        result.files.append(prefill)
+        handle = None
+        if pending and not synced:
+            ref = store_local_file(
+                store, run_key(run_id, "embeddings_batch_input", "jsonl"), "embeddings_batch_input", batch_path,
+                records=pending, content_type="application/x-ndjson",
+            )
+            result.files.append(ref)
+            handle = submit_batch(client, batch_path, metadata={"harvest_run_id": run_id})
+    result.stats.items_in = count
+    result.stats.items_out = reused + synced + (pending if handle else 0)
+    result.stats.details.update({"reused": reused, "embedded_now": synced, "batched": pending if handle else 0})
+    if handle:
+        result.stats.details["batch_id"] = handle.batch_id
+    if count == 0:
+        result.warn("no activities to embed")
+        return result, None
+    return result, SubmittedBatch(
+        batch_id=handle.batch_id if handle else None, input_file_id=handle.input_file_id if handle else None,
+        records=count, model=model, prefill_uri=prefill.uri,
+    )
 
 
 def collect_embeddings(
     store: ObjectStore, run_id: str, standardized: FileRef, client: Any, batch: SubmittedBatch, *, dimensions: int
 ) -> StageResult:
     """Raises BatchNotReadyError while the batch runs (the caller retries) and EmbeddingError when it ended badly."""
-    finished = check_batch(client, batch.batch_id)
+    finished = check_batch(client, batch.batch_id) if batch.batch_id else None
     result = StageResult()
     with timed(result.stats), tempfile.TemporaryDirectory(prefix="harvest-") as tmp:
-        rows: dict[str, int] = {}
-        for row, record in enumerate(iter_jsonl(store, standardized.uri)):
-            rows[record["id"]] = row
-        count = len(rows)
+        rows, _, count = _rows(store, standardized)
         matrix_path = Path(tmp) / "embeddings.npy"
-        with EmbeddingMatrix(matrix_path, count, dimensions) as matrix:
-            failures = matrix.write_rows(iter_batch_results(client, finished, dimensions=dimensions), rows)
+        store.get_file(store.key_for(batch.prefill_uri), matrix_path)
+        with EmbeddingMatrix.reopen(matrix_path) as matrix:
+            if matrix.rows != count or matrix.dimensions != dimensions:
+                raise EmbeddingError(
+                    f"prefilled matrix is {matrix.rows}×{matrix.dimensions}, expected {count}×{dimensions}"
+                )
+            failures = (
+                matrix.write_rows(iter_batch_results(client, finished, dimensions=dimensions), rows) if finished else {}
+            )
             missing = matrix.missing  # NaN rows: never written
         for key, error in failures.items():
             if key not in rows:
@@ -100,5 +170,3 @@ def collect_embeddings(
     result.files.extend([matrix_ref, index_ref])
     result.stats.details["bytes_per_activity"] = round(matrix_ref.bytes / count, 1) if count else 0
     return result
-
-
