@@ -155,7 +155,28 @@ def markdown(document: dict[str, Any]) -> str:
                          f"{detail['seconds']} | {detail['pages_per_s']} |")
     lines += ["", "### Target ratios", "", "| ratio | value |", "|---|---|"]
     lines += [f"| {key} | {value} |" for key, value in document["targets"].items()]
+    lines += ["", "### What the columns mean", ""] + [f"- {note}" for note in NOTES]
     return "\n".join(lines) + "\n"
+
+
+NOTES = [
+    "Each case is its own process (`bench.one`, `bench.whole_lists`, `bench.crawl`): peak_rss_mb is that "
+    "process's ru_maxrss, read right after the flow (the COPY floor that follows is not counted). The Prefect "
+    "ephemeral API server and moto run in other processes.",
+    "wall_s: the flow call, including the start of Prefect's ephemeral API for that process. The bench warms "
+    "PREFECT_HOME once first.",
+    "import_rows_per_s: activities / the import stage's seconds (stream final.jsonl from S3, parse, encode, "
+    "binary COPY into a temp table, one INSERT ... ON CONFLICT per 2,000 rows).",
+    "copy_rows_per_s: the floor for the same rows: read the local final.jsonl, parse, encode every activities "
+    "column, one binary COPY into a scratch table without index or constraint. copy_only_rows_per_s: that COPY "
+    "statement alone, from rows encoded beforehand.",
+    "rerun_*: `bench.one N --rerun`, the same input again over what the first run stored; rerun_api_calls "
+    "counts requests the OpenAI and geocoder stand-ins received during it.",
+    "whole_lists: bench/whole_lists.py, the same stages with whole lists between tasks and Prefect's default "
+    "persisted results (pickle, local storage); its bytes_between_tasks is the size of those result files.",
+    "crawl: harvest.crawl over the demo site (531 pages, 15 drawn by scripts) in each render mode.",
+    "The machine has 2 cores and other test runs may have been sharing them during this bench.",
+]
 
 
 def main() -> int:
