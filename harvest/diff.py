@@ -14,6 +14,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
+
 from harvest.models import FileRef
 from harvest.storage import ObjectStore, iter_jsonl, write_jsonl
 
@@ -54,14 +56,25 @@ def _short_hash(value: Any) -> str:
     return hashlib.sha256(encoded).hexdigest()[:12]
 
 
-def digest_line(record: dict[str, Any]) -> dict[str, Any]:
-    """One activity's digest: id, name, and a 48-bit hash per field (enough to see an edit, not to store it)."""
-    return {"id": record["id"], "name": record.get("name"), "h": [_short_hash(_field(record, f)) for f in DIFF_FIELDS]}
+def vector_hash(vector: np.ndarray | list[float] | None) -> str:
+    """The embedding's hash from its float64 bytes: the same for the array the final writer holds and for
+    the list read back from final.jsonl (a JSON float round-trips exactly), and far cheaper than JSON."""
+    if vector is None:
+        return _short_hash(None)
+    return hashlib.sha256(np.asarray(vector, dtype=np.float64).tobytes()).hexdigest()[:12]
 
 
-def write_digest(store: ObjectStore, run_id: str, records: Iterable[dict[str, Any]]) -> FileRef:
-    """Store the digest of a run's final records (streamed: one line per activity)."""
-    return write_jsonl(store, digest_key(run_id), "digest", (digest_line(r) for r in records if r.get("id")))
+def digest_line(record: dict[str, Any], *, embedding: np.ndarray | None = None) -> dict[str, Any]:
+    """One activity's digest: id, name, and a 48-bit hash per field (enough to see an edit, not to store it).
+
+    `embedding`: the record's vector as an array, when the caller has it (then `record["embedding"]` is
+    not read)."""
+    hashes = [
+        vector_hash(embedding if embedding is not None else record.get("embedding"))
+        if field == "embedding" else _short_hash(_field(record, field))
+        for field in DIFF_FIELDS
+    ]
+    return {"id": record["id"], "name": record.get("name"), "h": hashes}
 
 
 def load_digest(lines: Iterable[dict[str, Any]]) -> dict[str, tuple[str | None, tuple[str, ...]]]:

@@ -52,6 +52,15 @@ def normalize_address(address: str) -> str:
     return " ".join(_ABBREVIATIONS.get(word, word) for word in words)
 
 
+NO_RESULT = "no result for this address"
+
+
+def is_settled(geocode: Geocode) -> bool:
+    """An answer worth remembering: coordinates, or the service saying it knows no such address (a timeout or
+    a 429 is not: the next run asks again)."""
+    return geocode.latitude is not None or bool(geocode.error and geocode.error.endswith(NO_RESULT))
+
+
 @runtime_checkable
 class Geocoder(Protocol):
     """Anything that turns one address into a Geocode (errors in ``.error``, never raised)."""
@@ -223,7 +232,7 @@ class NominatimGeocoder(_HttpGeocoder):
         if not isinstance(data, list):
             raise _Attempt(f"unexpected answer: a JSON {type(data).__name__}, not a list", retryable=False)
         if not data:
-            return Geocode(address=address, error="nominatim: no result for this address")
+            return Geocode(address=address, error=f"nominatim: {NO_RESULT}")
         top = data[0]
         try:
             latitude, longitude = float(top["lat"]), float(top["lon"])
@@ -316,14 +325,14 @@ class GoogleGeocoder(_HttpGeocoder):
         status = data.get("status")
         detail = self._scrub(str(data.get("error_message") or "").strip())
         if status == "ZERO_RESULTS":
-            return Geocode(address=address, error="google: no result for this address")
+            return Geocode(address=address, error=f"google: {NO_RESULT}")
         if status in ("OVER_QUERY_LIMIT", "UNKNOWN_ERROR"):
             raise _Attempt(f"status {status}" + (f": {detail}" if detail else ""), retryable=True)
         if status != "OK":
             raise _Attempt(f"status {status}" + (f": {detail}" if detail else ""), retryable=False)
         results = data.get("results") or []
         if not results:
-            return Geocode(address=address, error="google: status OK but no results")
+            return Geocode(address=address, error=f"google: status OK but {NO_RESULT}")
         top = results[0]
         try:
             location = top["geometry"]["location"]

@@ -284,29 +284,51 @@ def _import_copy(engine: Engine, records: Iterable[dict[str, Any]], *, run_id: s
     encoders = _encoders(zone)
     iterator = iter(records)
     while True:
-        rows: dict[str, bytes] = {}  # dedupe_key -> encoded tuple; the last copy in the file wins
+        rows: dict[str, dict[str, Any]] = {}  # dedupe_key -> row; the last copy in the file wins
         consumed = 0
         for record in islice(iterator, batch_size):
             consumed += 1
             try:
                 row = record_to_row(record, run_id, now)
-                encoded = _encode_row(row, encoders)
-            except (ValueError, KeyError, TypeError, AttributeError, OverflowError, struct.error) as exc:
+            except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
                 _record_failure(summary, record, exc)
                 continue
             if row["dedupe_key"] in rows:
                 summary.skipped += 1  # the same activity twice in one file
-            rows[row["dedupe_key"]] = encoded
-        if rows:
+            rows[row["dedupe_key"]] = row
+        # Rows whose content hash is already stored are skipped before they are encoded or copied: an
+        # unchanged re-run writes nothing (the upsert's WHERE would skip them too, after the work).
+        unchanged = _stored_unchanged(engine, rows)
+        summary.skipped += len(unchanged)
+        encoded: list[bytes] = []
+        for key, row in rows.items():
+            if key in unchanged:
+                continue
             try:
-                inserted, updated = _copy_batch(engine, rows.values())
+                encoded.append(_encode_row(row, encoders))
+            except (ValueError, TypeError, AttributeError, OverflowError, struct.error) as exc:
+                _record_failure(summary, row, exc)
+        if encoded:
+            try:
+                inserted, updated = _copy_batch(engine, encoded)
             except DatabaseError as exc:
                 raise DatabaseError(f"import into activities failed after {summary.imported + summary.updated} rows: {exc}") from exc
             summary.imported += inserted
             summary.updated += updated
-            summary.skipped += len(rows) - inserted - updated
+            summary.skipped += len(encoded) - inserted - updated
         if consumed < batch_size:
             return summary
+
+
+def _stored_unchanged(engine: Engine, rows: dict[str, dict[str, Any]]) -> set[str]:
+    """Keys of `rows` already in `activities` with the same content hash."""
+    if not rows:
+        return set()
+    with transaction(engine) as connection:
+        stored = connection.execute(
+            sa.select(activities.c.dedupe_key, activities.c.content_hash).where(activities.c.dedupe_key.in_(list(rows)))
+        ).all()
+    return {key for key, content_hash in stored if rows[key]["content_hash"] == content_hash}
 
 
 def _copy_batch(engine: Engine, tuples: Iterable[bytes]) -> tuple[int, int]:

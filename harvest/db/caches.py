@@ -48,7 +48,8 @@ def cached_geocodes(engine: Engine, provider: str, address_keys: Iterable[str]) 
 
 
 def store_geocodes(engine: Engine, provider: str, geocodes: dict[str, dict[str, Any]]) -> None:
-    """Remember successful answers (a failure is not cached: the next run asks again)."""
+    """Remember settled answers: coordinates or a definite "no such address" (a transient failure is not
+    cached: the next run asks again)."""
     now = utcnow()
     _upsert(
         engine, geocode_cache,

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from harvest.db.caches import cached_geocodes, store_geocodes
-from harvest.geocode import Geocoder, normalize_address
+from harvest.geocode import Geocoder, is_settled, normalize_address
 from harvest.models import Activity, FileRef, Geocode
 from harvest.stages.common import Chunk, StageResult, run_key, timed
 from harvest.stages.concurrency import ordered_map
@@ -100,7 +100,7 @@ def geocode_addresses(
     if cache:
         fresh = {
             key: geocode.model_dump(mode="json") for key, geocode in cached.results.items()
-            if key not in reused and geocode.latitude is not None and not geocode.error
+            if key not in reused and is_settled(geocode)
         }
         store_geocodes(cache[0], cache[1], fresh)
     result.stats.details["geocoder_calls"] = cached.calls

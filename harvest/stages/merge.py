@@ -7,17 +7,19 @@ does not grow with the number of activities. A missing map (its stage failed) le
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from itertools import repeat
 from typing import Any
 
 import numpy as np
 
+from harvest.diff import digest_key, digest_line
 from harvest.embeddings import EmbeddingReader
 from harvest.errors import StorageError
 from harvest.models import FileRef
 from harvest.stages.common import StageResult, run_key, timed
-from harvest.storage import ObjectStore, iter_jsonl, local_copy, write_jsonl
+from harvest.storage import ObjectStore, iter_jsonl, local_copy, staged_file, write_jsonl
 
 
 def _lines(store: ObjectStore, ref: FileRef | None) -> Iterator[dict[str, Any] | None]:
@@ -107,31 +109,45 @@ def final_record(merged: dict[str, Any], vector: list[float] | None) -> dict[str
     }
 
 
-def _json_vector(row: np.ndarray) -> list[float]:
-    """float32 values as short JSON numbers: rounded to 8 decimals (below float32's precision for the
-    values embeddings hold), so each shows as ~11 characters instead of float64's 20-digit expansion."""
-    return np.round(row.astype(np.float64), 8).tolist()
+def _rounded(row: np.ndarray) -> np.ndarray:
+    """float32 values rounded to 8 decimals (below float32's precision for the values embeddings hold), so
+    each shows as ~11 characters in JSON instead of float64's 20-digit expansion."""
+    return np.round(row.astype(np.float64), 8)
 
 
 def write_final_records(store: ObjectStore, run_id: str, merged: FileRef, embeddings: FileRef | None) -> StageResult:
-    """Stream the merge and the vectors (read in chunks, see EmbeddingReader) into `final.jsonl`."""
+    """Stream the merge and the vectors (read in chunks, see EmbeddingReader) into `final.jsonl`, and the
+    run's digest (`digests/<run_id>.jsonl`, see harvest/diff.py) in the same pass."""
     result = StageResult()
 
-    def records(matrix: EmbeddingReader | None) -> Iterator[dict[str, Any]]:
+    def records(matrix: EmbeddingReader | None, digest: Any) -> Iterator[dict[str, Any]]:
         for row in iter_jsonl(store, merged.uri):
             result.stats.items_in += 1
             index = row.get("embedding_row")
-            vector = _json_vector(matrix.row(index)) if matrix is not None and index is not None else None
+            vector = _rounded(matrix.row(index)) if matrix is not None and index is not None else None
             if vector is not None:
                 result.stats.details["with_embedding"] = int(result.stats.details.get("with_embedding", 0)) + 1
-            yield final_record(row, vector)
+            record = final_record(row, vector.tolist() if vector is not None else None)
+            if record.get("id"):
+                digest.write(_line(digest_line(record, embedding=vector)))
+                digest.records += 1
+            yield record
+
+    def write(matrix: EmbeddingReader | None) -> tuple[FileRef, FileRef]:
+        with staged_file(store, digest_key(run_id), "digest", "application/x-ndjson") as (digest, out):
+            ref = write_jsonl(store, run_key(run_id, "final", "jsonl"), "final_jsonl", records(matrix, digest))
+        return ref, out[0]
 
     with timed(result.stats):
         if embeddings is None:
-            ref = write_jsonl(store, run_key(run_id, "final", "jsonl"), "final_jsonl", records(None))
+            ref, digest_ref = write(None)
         else:
             with local_copy(store, embeddings.uri) as path, EmbeddingReader(path) as matrix:
-                ref = write_jsonl(store, run_key(run_id, "final", "jsonl"), "final_jsonl", records(matrix))
-    result.files.append(ref)
+                ref, digest_ref = write(matrix)
+    result.files += [ref, digest_ref]
     result.stats.items_out = ref.records
     return result
+
+
+def _line(document: dict[str, Any]) -> bytes:
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
