@@ -219,7 +219,13 @@ def test_orphans_and_unreferenced_images_go_only_after_the_grace_period(engine, 
         f"runs/{kept}/results/crawl.json",
     ]
     assert digest_key(cleaned) in left, "a cleaned run's digest stays until a newer run of its URL supersedes it"
-    assert not any(k.startswith(f"runs/{ghost}/") or k.startswith(f"runs/{cleaned}/") for k in left)
+    # Object by object, what is left is exactly what some row accounts for.
+    assert left == sorted([
+        digest_key(cleaned), digest_key(kept), referenced_image, imported_image,
+        f"runs/{kept}/final.jsonl", f"runs/{kept}/images_map.jsonl", f"runs/{kept}/raw_activities.jsonl",
+        f"runs/{kept}/results/crawl.json",
+    ])
+    print("left after the sweep:", *left, sep="\n  ")
 
 
 def test_superseded_digests_of_cleaned_runs_are_dropped(engine, store) -> None:
