@@ -5,6 +5,12 @@ and reused for every page; pages are bounded by a semaphore. Only the DOM matter
 media and stylesheets are never downloaded. Every request the page makes is checked by the SSRF
 guard twice over: in the route handler (first hop, cheap abort) and in `GuardProxy`, which Chromium
 must use for all traffic and which also sees redirect hops the route handler never does.
+
+Readiness: Playwright's "networkidle" waits for 500 ms without network traffic, which dominated the cost of
+a render. Instead a page counts as ready after its `load` event once, for a short quiet window (100 ms),
+no request of the page has been in flight and its DOM has not changed (a MutationObserver installed before
+any page script runs), with a hard cap. That still waits out pages that fetch JSON and then build the DOM:
+the fetch keeps a request in flight, and building the DOM resets the quiet window.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +45,19 @@ CHROMIUM_ARGS = [
 ]
 BLOCKED_RESOURCE_TYPES = frozenset({"image", "font", "media", "stylesheet"})
 MISSING_BROWSER = "no Chromium found: set HARVEST_BROWSER_PATH"
+QUIET_S = 0.1  # no request in flight and no DOM change for this long: the page is ready
+_POLL_S = 0.02
+# Installed before any page script: records when the DOM last changed (in a non-enumerable slot).
+_MUTATION_WATCH = """(() => {
+  const key = Symbol.for("harvest.lastMutation");
+  const mark = () => { try { Object.defineProperty(window, key, {value: performance.now(), configurable: true}); }
+                       catch (e) {} };
+  mark();
+  try { new MutationObserver(mark).observe(document, {childList: true, subtree: true, attributes: true,
+                                                      characterData: true}); } catch (e) {}
+})();"""
+_SINCE_MUTATION = "() => { const t = window[Symbol.for('harvest.lastMutation')]; " \
+    "return t === undefined ? 1e9 : performance.now() - t; }"
 
 
 class RenderFailed(PageFailed):
@@ -70,16 +90,18 @@ class BrowserRenderer:
         *,
         user_agent: str,
         allow_private_networks: bool,
-        max_pages: int = 2,
+        max_pages: int = 4,
         timeout_s: float = 20.0,
-        networkidle_s: float = 2.0,
+        settle_s: float = 2.0,
+        quiet_s: float = QUIET_S,
         max_chars: int = DEFAULT_MAX_BYTES,
     ) -> None:
         self.executable_path = executable_path
         self.user_agent = user_agent
         self.allow_private_networks = allow_private_networks
         self.timeout_s = timeout_s
-        self.networkidle_s = networkidle_s
+        self.settle_s = settle_s  # hard cap on waiting for the page to become ready after DOMContentLoaded
+        self.quiet_s = quiet_s
         self.max_chars = max_chars
         self.launches = 0
         # Requests of pages refused in the route handler (by host)...
@@ -122,6 +144,7 @@ class BrowserRenderer:
                     ignore_https_errors=False,
                 )
                 await self._context.route("**/*", self._route)
+                await self._context.add_init_script(_MUTATION_WATCH)
             except Exception as exc:
                 await self._shutdown()
                 raise RenderFailed(
@@ -153,7 +176,7 @@ class BrowserRenderer:
             log.debug("route handler for %s ended: %s", request.url, _first_line(exc))
 
     async def render(self, url: str) -> RenderResult:
-        """Navigate to `url`, wait for the DOM (plus a bounded network-idle wait), return the rendered HTML.
+        """Navigate to `url`, wait until it is ready (see the module docstring), return the rendered HTML.
 
         Raises DisallowedURLError if the SSRF guard refuses the URL or a redirect hop, RenderFailed otherwise.
         """
@@ -166,6 +189,7 @@ class BrowserRenderer:
         await self._ensure_started()
         async with self._pages:
             page = await self._context.new_page()
+            network = _NetworkWatch(page)
             try:
                 try:
                     response = await page.goto(url, wait_until="domcontentloaded", timeout=self.timeout_s * 1000)
@@ -182,8 +206,7 @@ class BrowserRenderer:
                 content_type = media_type(response.headers.get("content-type"))
                 if status >= 400:
                     return RenderResult(url=page.url, status=status, html="", content_type=content_type)
-                with contextlib.suppress(PlaywrightTimeoutError):
-                    await page.wait_for_load_state("networkidle", timeout=self.networkidle_s * 1000)
+                await self._settle(page, network)
                 html = await self._content(page, url)
                 truncated = len(html) > self.max_chars
                 if truncated:
@@ -195,6 +218,32 @@ class BrowserRenderer:
             finally:
                 with contextlib.suppress(Exception):
                     await page.close()
+
+    async def _settle(self, page: Any, network: _NetworkWatch) -> None:
+        """Wait for `load`, then until no request is in flight and the DOM is unchanged for `quiet_s`.
+
+        Bounded by `settle_s` overall; a page that never settles is read as it is at the cap."""
+        from playwright.async_api import Error as PlaywrightError
+
+        deadline = time.monotonic() + self.settle_s
+        with contextlib.suppress(PlaywrightError):
+            await page.wait_for_load_state("load", timeout=max(self.settle_s, 0.001) * 1000)
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                log.debug("%s still busy after %gs: reading it as it is", page.url, self.settle_s)
+                return
+            quiet_for = network.quiet_for(now)
+            if quiet_for < self.quiet_s:
+                await asyncio.sleep(min(self.quiet_s - quiet_for, deadline - now) + 0.001)
+                continue
+            try:
+                since_mutation = float(await page.evaluate(_SINCE_MUTATION)) / 1000
+            except PlaywrightError:  # navigated while we asked: wait for the new document
+                since_mutation = 0.0
+            if since_mutation >= self.quiet_s and network.quiet_for(time.monotonic()) >= self.quiet_s:
+                return
+            await asyncio.sleep(max(_POLL_S, self.quiet_s - since_mutation))
 
     async def _content(self, page: Any, url: str) -> str:
         """page.content(), retried once when a script navigated the page while we asked."""
@@ -230,6 +279,29 @@ class BrowserRenderer:
                 log.warning("error while shutting the browser down: %s", _first_line(exc))
         self._context = self._browser = self._playwright = None
         self._proxy = None
+
+
+class _NetworkWatch:
+    """Requests of one page in flight, and when the last one started or ended (from the page's events)."""
+
+    def __init__(self, page: Any) -> None:
+        self.in_flight: set[Any] = set()
+        self.last_change = time.monotonic()
+        page.on("request", self._started)
+        page.on("requestfinished", self._ended)
+        page.on("requestfailed", self._ended)
+
+    def _started(self, request: Any) -> None:
+        self.in_flight.add(request)
+        self.last_change = time.monotonic()
+
+    def _ended(self, request: Any) -> None:
+        self.in_flight.discard(request)
+        self.last_change = time.monotonic()
+
+    def quiet_for(self, now: float) -> float:
+        """Seconds since the network went quiet (0 while a request is in flight)."""
+        return 0.0 if self.in_flight else max(0.0, now - self.last_change)
 
 
 def _first_line(exc: BaseException) -> str:

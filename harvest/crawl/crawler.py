@@ -12,7 +12,7 @@ import logging
 import queue
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -48,13 +48,13 @@ class CrawlOptions:
     per_host_concurrency: int = 4
     timeout_s: float = 20.0
     max_concurrency: int = 8
-    browser_pages: int = 2
+    browser_pages: int = 4
     trap_limit: int = DEFAULT_TRAP_LIMIT
     max_page_bytes: int = DEFAULT_MAX_BYTES
     learn_after: int = 3
     retries: int = 3
     backoff_s: float = 0.5
-    networkidle_s: float = 2.0
+    settle_s: float = 2.0
     queue_size: int = 16
 
 
@@ -70,7 +70,19 @@ class _Skipped:
     detail: str
 
 
+@dataclass
+class _Render:
+    """This URL must be rendered by the browser: done by a render task of its own, off the HTTP slots."""
+
+    item: FrontierItem
+    requested_url: str | None = None
+    # URLs this page is known by before rendering (requested, fetched, same-site canonical): a render whose
+    # keys another render already covers waits for it and is skipped as a duplicate if that one succeeds.
+    keys: frozenset[str] = frozenset()
+
+
 _Outcome = _Fetched | _Skipped | FailedURL
+_Step = _Outcome | _Render
 _DONE = object()
 
 
@@ -131,7 +143,7 @@ class _Engine:
                         allow_private_networks=options.allow_private_networks,
                         max_pages=options.browser_pages,
                         timeout_s=options.timeout_s,
-                        networkidle_s=options.networkidle_s,
+                        settle_s=options.settle_s,
                         max_chars=options.max_page_bytes,
                     )
                 else:
@@ -167,7 +179,8 @@ class _Engine:
     async def _crawl(self) -> None:
         start = self.frontier.start_url
         self.frontier.mark_seen(start)
-        outcome = await self._process(FrontierItem(start, 0))
+        step = await self._process(FrontierItem(start, 0))
+        outcome = await self._render_step(step) if isinstance(step, _Render) else step
         if isinstance(outcome, FailedURL):
             raise CrawlError(f"start URL {start} could not be crawled: {outcome.reason}")
         if isinstance(outcome, _Skipped):
@@ -187,39 +200,78 @@ class _Engine:
     # ---- scheduling ------------------------------------------------------------------------------
 
     async def _schedule(self) -> None:
-        """Breadth-first dispatch with bounded concurrency; results are handled in dispatch order."""
-        in_flight: dict[asyncio.Task[_Outcome], tuple[int, FrontierItem]] = {}
+        """Breadth-first dispatch with bounded concurrency; results are handled in dispatch order.
+
+        Renders run as tasks of their own (at most `browser_pages` at once, the rest waiting in a bounded
+        backlog), so a slow browser never occupies the HTTP slots: plain pages keep being fetched meanwhile.
+        """
+        in_flight: dict[asyncio.Task[_Step], tuple[int, FrontierItem]] = {}
+        rendering: dict[asyncio.Task[_Step], tuple[int, FrontierItem]] = {}
+        backlog: deque[tuple[int, _Render]] = deque()
+        rendering_keys: dict[asyncio.Task[_Step], frozenset[str]] = {}
+        waiting: list[tuple[int, _Render]] = []  # renders of a page another render is already doing
+        render_slots = max(1, self.options.browser_pages)
+        backlog_limit = max(render_slots, self.options.max_concurrency)
         sequence = 0
         try:
             while not self.stopping():
+                while backlog and len(rendering) < render_slots:
+                    seq, step = backlog.popleft()
+                    if step.keys & self.emitted_keys:
+                        self._accept_duplicate(step.requested_url or step.item.url)
+                        continue
+                    if any(step.keys & keys for keys in rendering_keys.values()):
+                        waiting.append((seq, step))
+                        continue
+                    task = asyncio.create_task(self._render_step(step))
+                    rendering[task] = (seq, step.item)
+                    rendering_keys[task] = step.keys
                 while (
                     len(in_flight) < self.options.max_concurrency
-                    and self.pages_emitted + len(in_flight) < self.config.max_pages
+                    and len(backlog) < backlog_limit
+                    and self.pages_emitted + len(in_flight) + len(rendering) + len(backlog) + len(waiting)
+                    < self.config.max_pages
                 ):
                     item = self.frontier.pop()
                     if item is None:
                         break
                     in_flight[asyncio.create_task(self._process(item))] = (sequence, item)
                     sequence += 1
-                if not in_flight:
+                if not rendering and waiting:
+                    backlog.extend(waiting)
+                    waiting.clear()
+                if not in_flight and not rendering and not backlog:
                     break
-                done, _ = await asyncio.wait(in_flight, timeout=0.25, return_when=asyncio.FIRST_COMPLETED)
-                for task in sorted(done, key=lambda t: in_flight[t][0]):
-                    _, item = in_flight.pop(task)
-                    if not await self._accept(self._result_of(task, item), item.depth):
+                if not in_flight and not rendering:
+                    continue  # the backlog starts at the top of the loop
+                tasks = set(in_flight) | set(rendering)
+                done, _ = await asyncio.wait(tasks, timeout=0.25, return_when=asyncio.FIRST_COMPLETED)
+                for task in sorted(done, key=lambda t: (in_flight.get(t) or rendering[t])[0]):
+                    seq, item = in_flight.pop(task, None) or rendering.pop(task)
+                    step = self._result_of(task, item)
+                    if task in rendering_keys:
+                        done_keys = rendering_keys.pop(task)
+                        released = [w for w in waiting if w[1].keys & done_keys]
+                        waiting[:] = [w for w in waiting if not w[1].keys & done_keys]
+                        backlog.extendleft(reversed(released))  # skipped as duplicates if this one succeeded
+                    if isinstance(step, _Render):
+                        backlog.append((seq, step))
+                        continue
+                    if not await self._accept(step, item.depth):
                         return
             left = len(self.frontier)
             if left and self.pages_emitted >= self.config.max_pages:
                 log.info("max_pages=%d reached; %d queued URLs not fetched", self.config.max_pages, left)
                 self._skip("max_pages", left)
         finally:
-            for task in in_flight:
+            tasks = set(in_flight) | set(rendering)
+            for task in tasks:
                 task.cancel()
-            if in_flight:
-                await asyncio.gather(*in_flight, return_exceptions=True)
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
 
     @staticmethod
-    def _result_of(task: asyncio.Task[_Outcome], item: FrontierItem) -> _Outcome:
+    def _result_of(task: asyncio.Task[_Step], item: FrontierItem) -> _Step:
         try:
             return task.result()
         except Exception as exc:  # a bug or an unforeseen library error: record it, keep crawling
@@ -271,6 +323,10 @@ class _Engine:
                 await asyncio.sleep(_POLL_S)
         return False
 
+    def _accept_duplicate(self, url: str) -> None:
+        log.info("skipped %s: duplicate of an already crawled page", url)
+        self._skip("duplicate")
+
     def _skip(self, reason: str, count: int = 1) -> None:
         with self.stats_lock:
             self.stats.skipped[reason] = self.stats.skipped.get(reason, 0) + count
@@ -312,8 +368,8 @@ class _Engine:
                     log.info("%s asks for Crawl-delay %gs: honoured", origin, policy.crawl_delay)
         return policy
 
-    async def _process(self, item: FrontierItem) -> _Outcome:
-        """Fetch (and render if needed) one URL; never raises for per-URL problems."""
+    async def _process(self, item: FrontierItem) -> _Step:
+        """Fetch one URL, or say it must be rendered (`_Render`); never raises for per-URL problems."""
         url = item.url
         assert self.fetcher is not None
         try:
@@ -334,8 +390,7 @@ class _Engine:
                 and self._host_needs_browser(host)
             )
             if render_directly:
-                async with gate.slot():
-                    return await self._render(item)
+                return _Render(item)
             async with gate.slot():
                 result = await self.fetcher.fetch(url)
             if result.status >= 400:
@@ -366,8 +421,9 @@ class _Engine:
                         self.options.learn_after,
                         host,
                     )
-                async with gate.slot():
-                    return await self._render(FrontierItem(result.url, item.depth), requested_url=url)
+                raw = await self._finish(page)
+                keys = frozenset({url, page.url, normalize_url(result.url) or result.url, raw.page.url})
+                return _Render(FrontierItem(result.url, item.depth), requested_url=url, keys=keys)
             return await self._finish(page)
         except DisallowedURLError as exc:
             return FailedURL(url, str(exc), None)
@@ -389,6 +445,22 @@ class _Engine:
             with self.stats_lock:
                 self.stats.problems.append(f"needs_browser failed for {page.url}: {type(exc).__name__}: {exc}")
             return False
+
+    async def _render_step(self, step: _Render) -> _Outcome:
+        """Render one URL; never raises for per-URL problems.
+
+        The host's gate is passed through before navigating (a free slot, and Crawl-delay spacing), but not
+        held while the page settles: the browser's own concurrency is bounded by `browser_pages`."""
+        url = step.requested_url or step.item.url
+        try:
+            gate = self.gates.get(urlsplit(step.item.url).netloc)
+            async with gate.slot():
+                pass
+            return await self._render(step.item, requested_url=step.requested_url)
+        except DisallowedURLError as exc:
+            return FailedURL(url, str(exc), None)
+        except (FetchFailed, RenderFailed) as exc:
+            return FailedURL(url, exc.reason, exc.status)
 
     async def _render(self, item: FrontierItem, *, requested_url: str | None = None) -> _Outcome:
         if self.renderer is None:
@@ -577,7 +649,7 @@ def crawl(
     needs_browser: Callable[[Page], bool] | None = None,
     on_progress: Callable[[CrawlStats], None] | None = None,
     max_concurrency: int = 8,
-    browser_pages: int = 2,
+    browser_pages: int = 4,
     trap_limit: int = DEFAULT_TRAP_LIMIT,
     max_page_bytes: int = DEFAULT_MAX_BYTES,
     learn_after: int = 3,
