@@ -86,7 +86,9 @@ def main() -> int:
     engine = get_engine(settings.database_url)
     if not rerun:
         with engine.begin() as connection:
-            connection.exec_driver_sql("TRUNCATE activities, run_files, scrape_runs CASCADE")
+            connection.exec_driver_sql(
+                "TRUNCATE activities, run_files, scrape_runs, geocode_cache, image_cache, llm_answers CASCADE"
+            )  # a first run starts cold: nothing cached from an earlier bench
     with tempfile.TemporaryDirectory() as tmp:
         source = write_input(Path(tmp) / "raw.jsonl", n)
         trace = float(os.environ.get("BENCH_TRACE_MB") or 0) or None

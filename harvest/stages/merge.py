@@ -7,12 +7,12 @@ does not grow with the number of activities. A missing map (its stage failed) le
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from itertools import repeat
 from typing import Any
 
 import numpy as np
+import orjson
 
 from harvest.diff import digest_key, digest_line
 from harvest.embeddings import EmbeddingReader
@@ -150,4 +150,4 @@ def write_final_records(store: ObjectStore, run_id: str, merged: FileRef, embedd
 
 
 def _line(document: dict[str, Any]) -> bytes:
-    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+    return orjson.dumps(document) + b"\n"
