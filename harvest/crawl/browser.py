@@ -116,6 +116,8 @@ class BrowserRenderer:
         self._browser: Any = None
         self._context: Any = None
         self._proxy: GuardProxy | None = None
+        # Tabs kept open between renders: navigating a tab again is much cheaper than opening a new one.
+        self._idle: list[tuple[Any, _NetworkWatch]] = []
 
     async def _ensure_started(self) -> None:
         async with self._start_lock:
@@ -188,8 +190,13 @@ class BrowserRenderer:
             raise DisallowedURLError(verdict)
         await self._ensure_started()
         async with self._pages:
-            page = await self._context.new_page()
-            network = _NetworkWatch(page)
+            if self._idle:
+                page, network = self._idle.pop()
+                network.reset()
+            else:
+                page = await self._context.new_page()
+                network = _NetworkWatch(page)
+            reusable = False
             try:
                 try:
                     response = await page.goto(url, wait_until="domcontentloaded", timeout=self.timeout_s * 1000)
@@ -212,12 +219,16 @@ class BrowserRenderer:
                 if truncated:
                     log.warning("rendered %s is larger than %d characters: truncated", url, self.max_chars)
                     html = html[: self.max_chars]
+                reusable = True
                 return RenderResult(
                     url=page.url, status=status, html=html, content_type=content_type, truncated=truncated
                 )
             finally:
-                with contextlib.suppress(Exception):
-                    await page.close()
+                if reusable and not page.is_closed():
+                    self._idle.append((page, network))
+                else:
+                    with contextlib.suppress(Exception):
+                        await page.close()
 
     async def _settle(self, page: Any, network: _NetworkWatch) -> None:
         """Wait for `load`, then until no request is in flight and the DOM is unchanged for `quiet_s`.
@@ -278,6 +289,7 @@ class BrowserRenderer:
             except Exception as exc:
                 log.warning("error while shutting the browser down: %s", _first_line(exc))
         self._context = self._browser = self._playwright = None
+        self._idle.clear()
         self._proxy = None
 
 
@@ -290,6 +302,11 @@ class _NetworkWatch:
         page.on("request", self._started)
         page.on("requestfinished", self._ended)
         page.on("requestfailed", self._ended)
+
+    def reset(self) -> None:
+        """A new navigation of the same tab: requests of the previous document no longer count."""
+        self.in_flight.clear()
+        self.last_change = time.monotonic()
 
     def _started(self, request: Any) -> None:
         self.in_flight.add(request)
