@@ -102,3 +102,17 @@ def test_migrations_build_exactly_the_declared_schema(engine) -> None:  # noqa: 
     with engine.connect() as connection:
         differences = compare_metadata(MigrationContext.configure(connection), metadata)
     assert differences == []
+
+
+def test_stored_embeddings_are_reused_only_for_the_same_content_and_model(engine) -> None:  # noqa: ANN001
+    import numpy as np
+
+    from harvest.db.caches import reusable_embeddings
+
+    vector = list(np.linspace(-0.5, 0.5, 8, dtype=np.float32).astype(float))
+    runs.create_run(engine, "run-a", "https://a.example/", {"embedding_model": "m-1"})
+    import_activities(engine, [record(1, embedding=vector), record(2, embedding=vector)], run_id="run-a")
+    found = dict(reusable_embeddings(engine, "m-1", {"id-1": "h1", "id-2": "changed", "id-3": "h3"}))
+    assert list(found) == ["id-1"], "id-2's content changed, id-3 was never imported"
+    assert np.array_equal(np.asarray(found["id-1"], dtype=np.float32), np.asarray(vector, dtype=np.float32))
+    assert dict(reusable_embeddings(engine, "m-2", {"id-1": "h1"})) == {}, "another model, another vector"
