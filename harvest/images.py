@@ -11,9 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from multiprocessing import get_context
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
@@ -79,6 +86,24 @@ class Validators:
         if self.last_modified:
             headers["If-Modified-Since"] = self.last_modified
         return headers
+
+
+class HostSlots:
+    """At most `per_host` downloads in flight per host, however many threads ask: one slow or small site
+    is not hammered by a wide thread pool."""
+
+    def __init__(self, per_host: int) -> None:
+        self.per_host = max(1, per_host)
+        self._slots: dict[str, threading.BoundedSemaphore] = {}
+        self._guard = threading.Lock()
+
+    @contextmanager
+    def hold(self, url: str) -> Iterator[None]:
+        host = (urlsplit(url).hostname or "").lower()
+        with self._guard:
+            slot = self._slots.setdefault(host, threading.BoundedSemaphore(self.per_host))
+        with slot:
+            yield
 
 
 def fetch_image(url: str, *, max_bytes: int, timeout_s: float, user_agent: str,
@@ -193,6 +218,37 @@ def to_webp(data: bytes, *, max_pixels: int, max_size: tuple[int, int] = CARD_SI
     return ProcessedImage(webp=webp, width=img.width, height=img.height, sha256=hashlib.sha256(webp).hexdigest())
 
 
+_POOL: ProcessPoolExecutor | None = None
+_POOL_GUARD = threading.Lock()
+
+
+def _pool() -> ProcessPoolExecutor | None:
+    """One process pool per process, sized to the cores: decoding and re-encoding are CPU work that threads
+    would serialize on the GIL. Forkserver, not fork: the caller has threads (Prefect, httpx) that a fork
+    would copy mid-lock. None when processes cannot be started here."""
+    global _POOL
+    with _POOL_GUARD:
+        if _POOL is None and os.environ.get("HARVEST_IMAGE_PROCESSES", "1") != "0":
+            try:
+                _POOL = ProcessPoolExecutor(max_workers=os.cpu_count() or 1, mp_context=get_context("forkserver"))
+            except (OSError, ValueError):
+                return None
+        return _POOL
+
+
+def convert_in_pool(data: bytes, *, max_pixels: int) -> ProcessedImage:
+    """`to_webp` in the process pool (in this thread when there is none or it broke)."""
+    global _POOL
+    pool = _pool()
+    if pool is not None:
+        try:
+            return pool.submit(to_webp, data, max_pixels=max_pixels).result()
+        except BrokenProcessPool:
+            with _POOL_GUARD:
+                _POOL = None  # a worker died (out of memory?): the next call starts a fresh pool
+    return to_webp(data, max_pixels=max_pixels)
+
+
 def _bomb_message(width: int, height: int, max_pixels: int) -> str:
     return (f"image refused as a decompression bomb: {width}x{height} = {width * height} pixels, "
             f"over the {max_pixels}-pixel limit")
@@ -219,7 +275,8 @@ def store_webp(store: ObjectStore, image: ProcessedImage) -> str:
 
 def process_activity_image(activity_id: str, url: str | None, store: ObjectStore, *, max_bytes: int,
                            max_pixels: int, timeout_s: float, user_agent: str,
-                           allow_private_networks: bool, previous: ImageInfo | None = None) -> ImageInfo:
+                           allow_private_networks: bool, previous: ImageInfo | None = None,
+                           host_slots: HostSlots | None = None) -> ImageInfo:
     """Fetch, convert and store one activity's image; a bad image comes back as ImageInfo(error=…), never raised.
 
     No URL is not a failure: the result is empty with no error. A broken store (StorageError) is not one
@@ -237,12 +294,15 @@ def process_activity_image(activity_id: str, url: str | None, store: ObjectStore
     if previous is not None and previous.uri and previous.sha256 and store.head(image_key(previous.sha256)):
         known = Validators(previous.etag, previous.last_modified)
     try:
-        data, validators = fetch_image_if_changed(url, known, max_bytes=max_bytes, timeout_s=timeout_s,
-                                                  user_agent=user_agent, allow_private_networks=allow_private_networks)
+        with host_slots.hold(url) if host_slots else nullcontext():
+            data, validators = fetch_image_if_changed(
+                url, known, max_bytes=max_bytes, timeout_s=timeout_s, user_agent=user_agent,
+                allow_private_networks=allow_private_networks,
+            )
         if data is None and previous is not None:
             return previous.model_copy(update={"id": activity_id, "source_url": url, "reused": True, "error": None})
         assert data is not None
-        processed = to_webp(data, max_pixels=max_pixels)
+        processed = convert_in_pool(data, max_pixels=max_pixels)
     except ImageError as exc:
         message = str(exc) if url in str(exc) else f"image {url}: {exc}"
         return ImageInfo(id=activity_id, source_url=url, error=message)

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from harvest.db.caches import cached_images, store_images
-from harvest.images import process_activity_image
+from harvest.images import HostSlots, process_activity_image
 from harvest.models import Activity, FileRef, ImageInfo
 from harvest.settings import HarvestSettings
 from harvest.stages.common import Chunk, StageResult, run_key, timed
@@ -47,6 +47,7 @@ def process_images(
 
     previous = _previous_images(records(), engine) if engine is not None else {}
     fresh: dict[str, ImageInfo] = {}
+    host_slots = HostSlots(settings.per_host_concurrency)
 
     def one(activity: Activity) -> ImageInfo:
         if not activity.image_url:
@@ -56,6 +57,7 @@ def process_images(
             max_bytes=settings.image_max_bytes, max_pixels=settings.image_max_pixels,
             timeout_s=settings.request_timeout_seconds, user_agent=settings.user_agent,
             allow_private_networks=settings.allow_private_networks, previous=previous.get(activity.image_url),
+            host_slots=host_slots,
         )
 
     def activities() -> Iterator[Activity]:

@@ -336,3 +336,44 @@ def test_to_webp_never_enlarges_and_hashes_the_webp() -> None:
 def test_to_webp_rejects_garbage() -> None:
     with pytest.raises(ImageError, match="could not be decoded"):
         to_webp(b"\x89PNG\r\n\x1a\n" + b"\x00" * 50, max_pixels=MAX_PIXELS)
+
+
+def test_host_slots_bound_downloads_per_host_not_overall() -> None:
+    import threading
+    import time
+
+    from harvest.images import HostSlots
+
+    slots = HostSlots(2)
+    inside: dict[str, int] = {"a.example": 0, "b.example": 0}
+    peak: dict[str, int] = {"a.example": 0, "b.example": 0}
+    lock = threading.Lock()
+
+    def download(host: str) -> None:
+        with slots.hold(f"http://{host}/x.jpg"):
+            with lock:
+                inside[host] += 1
+                peak[host] = max(peak[host], inside[host])
+            time.sleep(0.05)
+            with lock:
+                inside[host] -= 1
+
+    threads = [threading.Thread(target=download, args=(host,)) for host in ["a.example"] * 6 + ["b.example"] * 6]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert peak == {"a.example": 2, "b.example": 2}
+
+
+def test_conversion_in_the_process_pool_equals_conversion_in_thread() -> None:
+    import io
+
+    from PIL import Image
+
+    from harvest.images import convert_in_pool, to_webp
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (1600, 900), (200, 120, 40)).save(buffer, "JPEG")
+    data = buffer.getvalue()
+    assert convert_in_pool(data, max_pixels=50_000_000) == to_webp(data, max_pixels=50_000_000)
