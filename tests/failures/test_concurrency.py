@@ -22,6 +22,12 @@ from tests.failures.support import SMALL, activity_rows, all_runs, file_rows, sc
 
 def _in_threads(calls: list[tuple[str, dict[str, Any]]]) -> tuple[list[threading.Thread], list[Any]]:
     """Start one flow run per call, all released at the same instant; returns the threads and their states."""
+    from prefect import get_client
+
+    # The ephemeral API server starts on first use; start it here, so the racing threads test our rule and
+    # not two threads starting Prefect's server at once (on a loaded machine one of them can time out).
+    with get_client(sync_client=True) as client:
+        client.api_healthcheck()
     states: list[Any] = [None] * len(calls)
     barrier = threading.Barrier(len(calls))
 
