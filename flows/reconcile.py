@@ -6,6 +6,7 @@ from uuid import UUID
 
 from prefect import get_client
 from prefect.exceptions import ObjectNotFound
+from sqlalchemy.engine import Engine
 
 from harvest.db.runs import utcnow
 from harvest.retention import RECONCILED_STATUS, RetentionPolicy, reconcile_run
@@ -25,9 +26,9 @@ def flow_run_state(run_id: str) -> str | None:
     return flow_run.state.type.value if flow_run.state else None
 
 
-def reconcile_if_dead(engine: object, policy: RetentionPolicy, run_id: str) -> bool:
+def reconcile_if_dead(engine: Engine, policy: RetentionPolicy, run_id: str) -> bool:
     """Reconcile one `running` row now if its flow run is already over; True when it was."""
     state = flow_run_state(run_id)
     if state not in RECONCILED_STATUS:
         return False
-    return reconcile_run(engine, policy, run_id, RECONCILED_STATUS[state], f"its Prefect flow run is {state}", utcnow())  # type: ignore[arg-type]
+    return reconcile_run(engine, policy, run_id, RECONCILED_STATUS[state], f"its Prefect flow run is {state}", utcnow())

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 import typer
 
@@ -22,7 +22,7 @@ blocks_app = typer.Typer(help="Prefect blocks built from the environment.", no_a
 app.add_typer(blocks_app, name="blocks")
 
 
-def _fail(message: str, code: int = 1) -> None:
+def _fail(message: str, code: int = 1) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
 
@@ -181,7 +181,6 @@ def _duration_seconds(text: str, option: str) -> float:
         return parse_duration(text).total_seconds()
     except HarvestError as exc:
         _fail(f"{option}: {exc}", 2)
-    raise AssertionError("unreachable")
 
 
 @runs_app.command("files")

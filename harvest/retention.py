@@ -30,7 +30,7 @@ from harvest.db.runs import transaction, utcnow
 from harvest.db.schema import activities, run_files, scrape_runs
 from harvest.errors import ConfigError, StorageError
 from harvest.settings import HarvestSettings
-from harvest.storage import ObjectStore, iter_jsonl, run_prefix
+from harvest.storage import ObjectStore, delete_prefix, iter_jsonl, run_prefix
 
 logger = logging.getLogger("harvest.retention")
 
@@ -96,10 +96,7 @@ class SweepReport:
 
 def delete_run_objects(store: ObjectStore, connection: Connection, run_id: str, *, keep_digest: bool) -> int:
     """Delete the run's objects (its prefix and, unless kept, its digest) and mark the rows deleted."""
-    deleted = 0
-    for info in list(store.list(run_prefix(run_id))):
-        store.delete(info.key)
-        deleted += 1
+    deleted = delete_prefix(store, run_prefix(run_id))
     query = run_files.update().where(run_files.c.run_id == run_id, run_files.c.deleted_at.is_(None))
     if keep_digest:
         query = query.where(run_files.c.kind != "digest")

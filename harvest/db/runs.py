@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
@@ -118,31 +118,28 @@ def update_run(engine: Engine, run_id: str, **values: Any) -> None:
 
 def record_step(engine: Engine, run_id: str, step: str, stats: dict[str, Any]) -> None:
     """Merge one step's counters and timing into the run's `steps` map."""
-    with transaction(engine) as connection:
-        row = connection.execute(
-            sa.select(scrape_runs.c.steps).where(scrape_runs.c.id == run_id).with_for_update()
-        ).first()
-        if row is None:
-            raise DatabaseError(f"run {run_id} has no row")
-        steps = dict(row.steps or {})
-        steps[step] = stats
-        connection.execute(
-            scrape_runs.update().where(scrape_runs.c.id == run_id).values(steps=steps, updated_at=utcnow())
-        )
+    _rewrite_steps(engine, run_id, lambda steps: {**steps, step: stats})
 
 
 def fold_steps(engine: Engine, run_id: str, prefix: str, step: str, stats: dict[str, Any]) -> None:
     """Replace the per-chunk entries `<prefix>…` of the run's `steps` map by one total entry `step`."""
+    _rewrite_steps(
+        engine, run_id, lambda steps: {**{k: v for k, v in steps.items() if not k.startswith(prefix)}, step: stats}
+    )
+
+
+def _rewrite_steps(engine: Engine, run_id: str, change: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    """Read the run's `steps` map under a row lock, apply `change`, write it back (tasks run concurrently)."""
     with transaction(engine) as connection:
         row = connection.execute(
             sa.select(scrape_runs.c.steps).where(scrape_runs.c.id == run_id).with_for_update()
         ).first()
         if row is None:
             raise DatabaseError(f"run {run_id} has no row")
-        steps = {k: v for k, v in (row.steps or {}).items() if not k.startswith(prefix)}
-        steps[step] = stats
         connection.execute(
-            scrape_runs.update().where(scrape_runs.c.id == run_id).values(steps=steps, updated_at=utcnow())
+            scrape_runs.update().where(scrape_runs.c.id == run_id).values(
+                steps=change(dict(row.steps or {})), updated_at=utcnow()
+            )
         )
 
 
@@ -245,14 +242,6 @@ def files_view(engine: Engine, run_id: str) -> dict[str, FileRef]:
     }
 
 
-def mark_files_deleted(engine: Engine, run_id: str, kinds: list[str] | None = None) -> int:
-    query = run_files.update().where(run_files.c.run_id == run_id, run_files.c.deleted_at.is_(None))
-    if kinds is not None:
-        query = query.where(run_files.c.kind.in_(kinds))
-    with transaction(engine) as connection:
-        return connection.execute(query.values(deleted_at=utcnow())).rowcount
-
-
 def comparable_file(engine: Engine, run_id: str) -> dict[str, Any] | None:
     """The file a diff can read for a run: its digest, else its final JSONL; None when both are gone."""
     files = {row["kind"]: row for row in list_files(engine, run_id, include_deleted=False) if not row.get("missing_at")}
@@ -276,6 +265,14 @@ def previous_comparable_run(engine: Engine, run_id: str, url: str) -> str | None
             ).order_by(scrape_runs.c.started_at.desc()).limit(1)
         ).first()
         return candidates.id if candidates else None
+
+
+def mark_files_deleted(engine: Engine, run_id: str, kinds: list[str] | None = None) -> int:
+    query = run_files.update().where(run_files.c.run_id == run_id, run_files.c.deleted_at.is_(None))
+    if kinds is not None:
+        query = query.where(run_files.c.kind.in_(kinds))
+    with transaction(engine) as connection:
+        return connection.execute(query.values(deleted_at=utcnow())).rowcount
 
 
 def forget_files(engine: Engine, run_id: str, kinds: list[str]) -> int:
