@@ -139,7 +139,9 @@ def scrape_website(url: str, config: RunConfig = RunConfig(), from_raw: str | No
     batch = _optional(batch_future, "embeddings", run_id)
     traffic.add(standardized, config.embedding_model, batch)
     embedding_files: list[FileRef] | None = None
-    if batch is not None:
+    if batch is not None and batch.complete:  # every vector reused or embedded now: no batch to poll
+        embedding_files = batch.files
+    elif batch is not None:
         retries, delays = poll_schedule(
             res.settings.batch_poll_seconds, res.settings.batch_poll_max_seconds, res.settings.batch_max_wait_seconds
         )

@@ -152,11 +152,13 @@ def submit_embeddings_batch(run_id: str, standardized: FileRef, model: str) -> S
         run_rows.add_warnings(res.engine, run_id, [f"embeddings: {message}"])
         return None
     with openai_slot():
-        result, batch = submit_embeddings(
+        result, batch, collected = submit_embeddings(
             res.store, run_id, standardized, _openai_client(res), model, dimensions=res.settings.embedding_dimensions,
             reuse=res.engine, sync_below=res.settings.embeddings_sync_below,
         )
     record_stage(res, run_id, "embeddings_submit", result)
+    if collected is not None:  # no batch: the vectors are final already (batch.files), nothing to poll
+        record_stage(res, run_id, "embeddings", collected)
     return batch
 
 

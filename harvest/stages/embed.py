@@ -34,13 +34,22 @@ from harvest.storage import ObjectStore, iter_jsonl, store_local_file, write_jso
 
 
 class SubmittedBatch(BaseModel):
-    """What `collect_embeddings` needs: the prefilled matrix and, when some texts went to a batch, the batch."""
+    """What `collect_embeddings` needs: the prefilled matrix and, when some texts went to a batch, the batch.
+
+    When no text went to a batch (every vector reused or embedded now), there is nothing to collect: `files`
+    then holds the finished `embeddings.npy` and `embeddings_index.jsonl`, and `prefill_uri` is None.
+    """
 
     batch_id: str | None
     input_file_id: str | None
     records: int
     model: str
-    prefill_uri: str = Field(description="embeddings_prefill.npy: reused and synchronously embedded vectors.")
+    prefill_uri: str | None = Field(description="embeddings_prefill.npy: reused and synchronously embedded vectors.")
+    files: list[FileRef] = Field(default_factory=list, description="The stored vectors when nothing is left to collect.")
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.files)
 
 
 def _rows(store: ObjectStore, standardized: FileRef) -> tuple[dict[str, int], dict[str, str], int]:
@@ -57,16 +66,20 @@ def _rows(store: ObjectStore, standardized: FileRef) -> tuple[dict[str, int], di
 def submit_embeddings(
     store: ObjectStore, run_id: str, standardized: FileRef, client: Any, model: str, *, dimensions: int,
     reuse: Engine | None = None, sync_below: int = 0,
-) -> tuple[StageResult, SubmittedBatch | None]:
+) -> tuple[StageResult, SubmittedBatch | None, StageResult | None]:
     """Fill what is already known, embed the rest now or in a batch.
 
     1. With `reuse`, vectors of activities already imported with the same content hash and model are copied
        from the `activities` table: an unchanged re-run sends OpenAI nothing.
     2. If fewer than `sync_below` texts are left, they are embedded now on the synchronous endpoint.
     3. Otherwise the rest goes into the batch input JSONL (kept in the run's files), uploaded as a batch.
-    The known vectors are stored as `embeddings_prefill.npy`; `collect_embeddings` completes it.
+    With a batch, the known vectors are stored as `embeddings_prefill.npy`; `collect_embeddings` completes it.
+    Without one, the vectors are final here: they are stored as `embeddings.npy` + `embeddings_index.jsonl`
+    and returned as the third element (what `collect_embeddings` would have returned), so nothing is
+    uploaded, downloaded and uploaded again for an unchanged re-run.
     """
     result = StageResult()
+    collected: StageResult | None = None
     with timed(result.stats), tempfile.TemporaryDirectory(prefix="harvest-") as tmp:
         rows, hashes, count = _rows(store, standardized)
         prefill_path = Path(tmp) / "embeddings_prefill.npy"
@@ -90,7 +103,7 @@ def submit_embeddings(
                         yield Activity.model_validate(record)
 
             with open(batch_path, "wb") as out:
-                pending = write_batch_input(remaining(), model, out)
+                pending = write_batch_input(remaining(), model, out) if not present.all() else 0
             synced = 0
             if 0 < pending < sync_below:
                 todo = [(a.id, text) for a in remaining() if (text := embedding_text(a))]
@@ -100,19 +113,25 @@ def submit_embeddings(
                 )):
                     matrix.write(rows[activity_id], vector)
                 synced = len(todo)
-        prefill = store_local_file(
-            store, run_key(run_id, "embeddings_prefill", "npy"), "embeddings_prefill", prefill_path,
-            records=count, content_type="application/x-npy",
-        )
-        result.files.append(prefill)
+            missing = matrix.missing
         handle = None
+        prefill: FileRef | None = None
         if pending and not synced:
+            prefill = store_local_file(
+                store, run_key(run_id, "embeddings_prefill", "npy"), "embeddings_prefill", prefill_path,
+                records=count, content_type="application/x-npy",
+            )
+            result.files.append(prefill)
             ref = store_local_file(
                 store, run_key(run_id, "embeddings_batch_input", "jsonl"), "embeddings_batch_input", batch_path,
                 records=pending, content_type="application/x-ndjson",
             )
             result.files.append(ref)
             handle = submit_batch(client, batch_path, metadata={"harvest_run_id": run_id})
+        elif count:
+            collected = StageResult()
+            with timed(collected.stats):
+                _store_vectors(store, run_id, rows, prefill_path, missing, {}, collected, missing_reason="no text to embed")
     result.stats.items_in = count
     result.stats.items_out = reused + synced + (pending if handle else 0)
     result.stats.details.update({"reused": reused, "embedded_now": synced, "batched": pending if handle else 0})
@@ -120,17 +139,20 @@ def submit_embeddings(
         result.stats.details["batch_id"] = handle.batch_id
     if count == 0:
         result.warn("no activities to embed")
-        return result, None
+        return result, None, None
     return result, SubmittedBatch(
         batch_id=handle.batch_id if handle else None, input_file_id=handle.input_file_id if handle else None,
-        records=count, model=model, prefill_uri=prefill.uri,
-    )
+        records=count, model=model, prefill_uri=prefill.uri if prefill else None,
+        files=collected.files if collected else [],
+    ), collected
 
 
 def collect_embeddings(
     store: ObjectStore, run_id: str, standardized: FileRef, client: Any, batch: SubmittedBatch, *, dimensions: int
 ) -> StageResult:
     """Raises BatchNotReadyError while the batch runs (the caller retries) and EmbeddingError when it ended badly."""
+    if batch.prefill_uri is None:
+        raise EmbeddingError("this submission went to no batch: its vectors were stored when it was submitted")
     finished = check_batch(client, batch.batch_id) if batch.batch_id else None
     result = StageResult()
     with timed(result.stats), tempfile.TemporaryDirectory(prefix="harvest-") as tmp:
@@ -150,23 +172,33 @@ def collect_embeddings(
             if key not in rows:
                 result.warn(f"batch output line {key!r} not used: {error}")
         status = {rows[key]: error for key, error in failures.items() if key in rows}
+        _store_vectors(store, run_id, rows, matrix_path, missing, status, result, missing_reason="missing from batch output")
+    return result
 
-        def index() -> Any:
-            for activity_id, row in rows.items():
-                error = status.get(row) or ("missing from batch output" if missing[row] else None)
-                if error:
-                    result.stats.skipped += 1
-                    result.warn(f"no embedding for {activity_id}: {error}")
-                else:
-                    result.stats.items_out += 1
-                yield {"id": activity_id, "row": row, "ok": error is None, "error": error}
 
-        index_ref = write_jsonl(store, run_key(run_id, "embeddings_index", "jsonl"), "embeddings_index", index())
-        matrix_ref = store_local_file(
-            store, run_key(run_id, "embeddings", "npy"), "embeddings", matrix_path,
-            records=count, content_type="application/x-npy",
-        )
+def _store_vectors(
+    store: ObjectStore, run_id: str, rows: dict[str, int], matrix_path: Path, missing: np.ndarray,
+    errors: dict[int, str], result: StageResult, *, missing_reason: str,
+) -> None:
+    """Store the finished matrix as `embeddings.npy` and its `embeddings_index.jsonl` (per row: a vector or why
+    not), counting and warning into `result`."""
+    count = len(missing)
+
+    def index() -> Any:
+        for activity_id, row in rows.items():
+            error = errors.get(row) or (missing_reason if missing[row] else None)
+            if error:
+                result.stats.skipped += 1
+                result.warn(f"no embedding for {activity_id}: {error}")
+            else:
+                result.stats.items_out += 1
+            yield {"id": activity_id, "row": row, "ok": error is None, "error": error}
+
+    index_ref = write_jsonl(store, run_key(run_id, "embeddings_index", "jsonl"), "embeddings_index", index())
+    matrix_ref = store_local_file(
+        store, run_key(run_id, "embeddings", "npy"), "embeddings", matrix_path,
+        records=count, content_type="application/x-npy",
+    )
     result.stats.items_in = count
     result.files.extend([matrix_ref, index_ref])
     result.stats.details["bytes_per_activity"] = round(matrix_ref.bytes / count, 1) if count else 0
-    return result

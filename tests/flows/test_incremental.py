@@ -17,6 +17,15 @@ def scrape(url: str, **config: object):  # noqa: ANN201
     return state.result()
 
 
+def task_names(flow_run_id: str) -> set[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {run.name.rsplit("-", 1)[0] for run in runs}
+
+
 def image_responses(site, since: int) -> list[int]:  # noqa: ANN001
     return [status for _, target, status in site.log[since:] if target.startswith("/images/")]
 
@@ -44,6 +53,12 @@ def test_an_unchanged_rerun_makes_no_api_call_and_downloads_no_image(
     steps = run_rows.get_run(get_engine(harvest_env["HARVEST_DATABASE_URL"]), second.run_id)["steps"]
     assert steps["embeddings_submit"]["details"]["reused"] == second.activities_processed
     assert steps["embeddings"]["items_out"] == second.activities_processed
+    # Nothing went to a batch: the vectors were stored once, by the submit step, and there was nothing to poll.
+    kinds = {row["kind"] for row in run_rows.list_files(get_engine(harvest_env["HARVEST_DATABASE_URL"]), second.run_id,
+                                                      include_deleted=True)}
+    assert {"embeddings", "embeddings_index"} <= kinds and "embeddings_prefill" not in kinds, kinds
+    assert "batch_id" not in steps["embeddings_submit"]["details"]
+    assert "poll-embeddings-batch" not in task_names(second.run_id)
     assert steps["geocode"]["details"]["geocoder_calls"] == 0
     assert steps["geocode"]["details"]["geocode_cache_hits"] > 0
     assert steps["images"]["details"]["images_reused"] == statuses.count(304)
