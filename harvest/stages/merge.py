@@ -74,8 +74,8 @@ def merge_enrichments(
     return result
 
 
-def final_record(merged: dict[str, Any], vector: list[float] | None) -> dict[str, Any]:
-    """One line of `final.jsonl`: the `activities` schema."""
+def final_record(merged: dict[str, Any], vector: list[float] | np.ndarray | None) -> dict[str, Any]:
+    """One line of `final.jsonl`: the `activities` schema (`write_jsonl` serializes an array `vector` as a list)."""
     activity = merged["activity"]
     location = activity.get("location") or {}
     geocode = merged.get("geocode") or {}
@@ -127,7 +127,7 @@ def write_final_records(store: ObjectStore, run_id: str, merged: FileRef, embedd
             vector = _rounded(matrix.row(index)) if matrix is not None and index is not None else None
             if vector is not None:
                 result.stats.details["with_embedding"] = int(result.stats.details.get("with_embedding", 0)) + 1
-            record = final_record(row, vector.tolist() if vector is not None else None)
+            record = final_record(row, vector)  # the array itself: orjson writes it without a list of floats
             if record.get("id"):
                 digest.write(_line(digest_line(record, embedding=vector)))
                 digest.records += 1
