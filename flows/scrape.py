@@ -132,10 +132,11 @@ def scrape_website(url: str, config: RunConfig = RunConfig(), from_raw: str | No
     traffic.add(raw, config, standardized)
 
     # 3. Enrich concurrently, images and geocodes in chunks; each branch may fail without failing the run.
+    # The embeddings batch first: on a first run it is the longest branch (the batch's wait).
+    batch_future = bound["submit_embeddings_batch"].submit(run_id, standardized, config.embedding_model)
     chunks = chunk_ranges(standardized.records, res.settings.enrich_chunk_size, res.settings.enrich_max_chunks)
     images_future, image_parts = _fan_out(bound, "images_chunk", "images_map", "images", run_id, standardized, chunks)
     geocode_future, geocode_parts = _fan_out(bound, "geocode_chunk", "geocoded_map", "geocode", run_id, standardized, chunks)
-    batch_future = bound["submit_embeddings_batch"].submit(run_id, standardized, config.embedding_model)
     batch = _optional(batch_future, "embeddings", run_id)
     traffic.add(standardized, config.embedding_model, batch)
     embedding_files: list[FileRef] | None = None

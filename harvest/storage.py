@@ -168,6 +168,10 @@ class S3Store:
     def get_file(self, key: str, path: Path) -> None:
         self._call("download", key, self.client.download_file, self.bucket, self._object_key(key), str(path))
 
+    def follow_upload(self, key: str, path: Path, content_type: str) -> FollowingUpload:
+        """Upload `path` while it is still being written (see FollowingUpload)."""
+        return FollowingUpload(self, key, path, content_type)
+
     def open_read(self, key: str) -> IO[bytes]:
         response = self._call("get", key, self.client.get_object, Bucket=self.bucket, Key=self._object_key(key))
         return response["Body"]
@@ -245,30 +249,138 @@ def delete_prefix(store: ObjectStore, prefix: str) -> int:
     return count
 
 
-class _CountingWriter:
-    """A write-through temp file that counts bytes and hashes them as they go."""
+PART_BYTES = 8 << 20  # S3 parts (at least 5 MiB but the last); boto3's own upload_file uses 8 MiB too
 
-    def __init__(self, handle: IO[bytes]) -> None:
+
+class FollowingUpload:
+    """A multipart upload that follows a local file as it grows: every full part is sent by a background
+    thread while the writer goes on producing the rest, so writing a large file and uploading it overlap
+    instead of adding up. A file that never fills one part is uploaded with one PUT at the end.
+
+    Parts are read back from the file by the uploading threads, so memory holds at most one part per thread.
+    Any failure aborts the multipart upload (S3 keeps no half-written object) and raises StorageError.
+    """
+
+    def __init__(self, store: S3Store, key: str, path: Path, content_type: str, part_bytes: int = PART_BYTES,
+                 threads: int = 2) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.store = store
+        self.key = key
+        self.path = path
+        self.content_type = content_type
+        self.part_bytes = part_bytes
+        self.next_boundary = part_bytes  # the writer calls advance() once it has written this much
+        self._sent = 0  # bytes handed to part uploads so far
+        self._upload_id: str | None = None
+        self._parts: list[Any] = []  # futures of {"PartNumber", "ETag"}
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="harvest-upload")
+
+    def advance(self, written: int) -> None:
+        """`written` bytes are in the file (flushed): send every full part not sent yet."""
+        self._raise_failed()
+        while written - self._sent >= self.part_bytes:
+            self._send(self._sent, self.part_bytes)
+        self.next_boundary = self._sent + self.part_bytes
+
+    def finish(self, total: int) -> None:
+        """The file is complete at `total` bytes: send the rest and complete the object."""
+        if self._upload_id is None:
+            self._pool.shutdown()
+            self.store.put_file(self.key, self.path, self.content_type)
+            return
+        if total > self._sent:
+            self._send(self._sent, total - self._sent)
+        try:
+            parts = [future.result() for future in self._parts]
+        except StorageError:
+            self.abort()
+            raise
+        self._pool.shutdown()
+        self.store._call(
+            "complete upload", self.key, self.store.client.complete_multipart_upload, Bucket=self.store.bucket,
+            Key=self.store._object_key(self.key), UploadId=self._upload_id, MultipartUpload={"Parts": parts},
+        )
+
+    def abort(self) -> None:
+        """Give the upload up (the writer failed, or a part did): never raises."""
+        for future in self._parts:
+            future.cancel()
+        self._pool.shutdown(wait=True)
+        if self._upload_id is not None:
+            try:
+                self.store.client.abort_multipart_upload(
+                    Bucket=self.store.bucket, Key=self.store._object_key(self.key), UploadId=self._upload_id
+                )
+            except Exception:  # noqa: BLE001 - the original error matters more; S3 lifecycle rules clean up
+                pass
+
+    def _send(self, offset: int, size: int) -> None:
+        if self._upload_id is None:
+            created = self.store._call(
+                "upload", self.key, self.store.client.create_multipart_upload, Bucket=self.store.bucket,
+                Key=self.store._object_key(self.key), ContentType=self.content_type,
+            )
+            self._upload_id = created["UploadId"]
+        number = len(self._parts) + 1
+        self._parts.append(self._pool.submit(self._upload_part, number, offset, size))
+        self._sent = offset + size
+
+    def _upload_part(self, number: int, offset: int, size: int) -> dict[str, Any]:
+        with open(self.path, "rb") as handle:
+            data = os.pread(handle.fileno(), size, offset)
+        if len(data) != size:
+            raise StorageError(f"upload of {self.store.uri_for(self.key)}: part {number} short ({len(data)} of {size} bytes)")
+        response = self.store._call(
+            "upload", self.key, self.store.client.upload_part, Bucket=self.store.bucket,
+            Key=self.store._object_key(self.key), UploadId=self._upload_id, PartNumber=number, Body=data,
+        )
+        return {"PartNumber": number, "ETag": response["ETag"]}
+
+    def _raise_failed(self) -> None:
+        for future in self._parts:
+            if future.done() and future.exception() is not None:
+                raise future.exception()  # type: ignore[misc]
+
+
+class _CountingWriter:
+    """A write-through temp file that counts bytes and hashes them as they go (and feeds a following upload)."""
+
+    def __init__(self, handle: IO[bytes], upload: FollowingUpload | None = None) -> None:
         self.handle = handle
         self.digest = hashlib.sha256()
         self.bytes = 0
         self.records = 0
+        self.upload = upload
 
     def write(self, data: bytes) -> None:
         self.handle.write(data)
         self.digest.update(data)
         self.bytes += len(data)
+        if self.upload is not None and self.bytes >= self.upload.next_boundary:
+            self.handle.flush()
+            self.upload.advance(self.bytes)
 
 
 @contextmanager
 def staged_file(store: ObjectStore, key: str, kind: str, content_type: str) -> Iterator[tuple[_CountingWriter, list[FileRef]]]:
-    """Write a file locally, then upload it once complete; yields the writer and a list that receives its FileRef."""
+    """Write a file locally while it is uploaded (S3: part by part as it grows; a local store: moved in once
+    complete); yields the writer and a list that receives its FileRef."""
     out: list[FileRef] = []
     with tempfile.NamedTemporaryFile(prefix="harvest-", suffix=Path(key).suffix) as tmp:
-        writer = _CountingWriter(tmp)
-        yield writer, out
-        tmp.flush()
-        store.put_file(key, Path(tmp.name), content_type)
+        upload = store.follow_upload(key, Path(tmp.name), content_type) if isinstance(store, S3Store) else None
+        writer = _CountingWriter(tmp, upload)
+        try:
+            yield writer, out
+            tmp.flush()
+            if upload is not None:
+                upload.finish(writer.bytes)
+            else:
+                store.put_file(key, Path(tmp.name), content_type)
+        except BaseException:
+            if upload is not None:
+                upload.abort()
+            raise
         out.append(
             FileRef(
                 kind=kind, uri=store.uri_for(key), records=writer.records, bytes=writer.bytes,

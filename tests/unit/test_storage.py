@@ -38,6 +38,43 @@ def test_large_file_streams_through_multipart(store) -> None:  # noqa: ANN001
     assert store.head(store.key_for(ref.uri)).size == ref.bytes
 
 
+def test_a_large_s3_file_is_uploaded_part_by_part_while_it_is_written(s3) -> None:  # noqa: ANN001
+    store = open_store(f"s3://{s3.new_bucket()}/p", s3_endpoint_url=s3.endpoint)
+    line = {"vector": [0.123456789] * 1000}
+    seen_parts: list[int] = []
+
+    def lines():  # noqa: ANN202 - the upload has sent parts before the last line is even produced
+        for index in range(2000):
+            if index == 1999:
+                uploads = store.client.list_multipart_uploads(Bucket=store.bucket).get("Uploads", [])
+                [upload] = uploads
+                listed = store.client.list_parts(Bucket=store.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                seen_parts.append(len(listed.get("Parts", [])))
+            yield line
+
+    ref = write_jsonl(store, "runs/big/final.jsonl", "final_jsonl", lines())
+    assert seen_parts and seen_parts[0] >= 2, seen_parts
+    with store.open_read(store.key_for(ref.uri)) as handle:
+        body = handle.read()
+    assert len(body) == ref.bytes > 24_000_000 and hashlib.sha256(body).hexdigest() == ref.sha256
+    assert store.client.head_object(Bucket=store.bucket, Key="p/runs/big/final.jsonl")["ETag"].endswith('-3"')
+
+
+def test_a_writer_that_fails_mid_file_leaves_no_object_and_no_open_upload(s3) -> None:  # noqa: ANN001
+    store = open_store(f"s3://{s3.new_bucket()}/p", s3_endpoint_url=s3.endpoint)
+
+    def lines():  # noqa: ANN202
+        for index in range(2000):
+            if index == 1500:
+                raise RuntimeError("the stage broke after ~18 MB")
+            yield {"vector": [0.123456789] * 1000}
+
+    with pytest.raises(RuntimeError, match="stage broke"):
+        write_jsonl(store, "runs/big/final.jsonl", "final_jsonl", lines())
+    assert store.head("runs/big/final.jsonl") is None
+    assert store.client.list_multipart_uploads(Bucket=store.bucket).get("Uploads", []) == []
+
+
 def test_delete_prefix_only_touches_that_run(store) -> None:  # noqa: ANN001
     for run in ("a", "ab"):
         for kind in ("raw", "final"):
