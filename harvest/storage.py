@@ -450,17 +450,28 @@ def concat_files(store: ObjectStore, key: str, kind: str, parts: list[FileRef]) 
     return out[0]
 
 
-def iter_jsonl(store: ObjectStore, uri: str) -> Iterator[dict[str, Any]]:
-    """Yield the records of a stored JSONL file one line at a time (memory does not grow with the file)."""
+def iter_jsonl(store: ObjectStore, uri: str, start: int = 0, stop: int | None = None) -> Iterator[dict[str, Any]]:
+    """Yield the records of a stored JSONL file one line at a time (memory does not grow with the file).
+
+    `start`/`stop`: only records [start, stop) (a chunk's share): the records before it are skipped without
+    being parsed, and reading stops at `stop`.
+    """
     key = store.key_for(uri)
     handle = store.open_read(key)
+    index = 0
     try:
         for number, line in enumerate(_iter_lines(handle), start=1):
-            if line.strip():
-                try:
-                    yield orjson.loads(line)
-                except orjson.JSONDecodeError as exc:
-                    raise StorageError(f"{uri} line {number} is not JSON: {exc}") from exc
+            if not line.strip():
+                continue
+            if stop is not None and index >= stop:
+                break
+            index += 1
+            if index <= start:
+                continue
+            try:
+                yield orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise StorageError(f"{uri} line {number} is not JSON: {exc}") from exc
     finally:
         handle.close()
 

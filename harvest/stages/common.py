@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from itertools import islice
 from typing import Any
 
 from pydantic import BaseModel, Field
 
 from harvest.models import FileRef
+from harvest.storage import ObjectStore, iter_jsonl
 
 MAX_STAGE_WARNINGS = 200
 
@@ -67,8 +67,9 @@ class Chunk:
     start: int
     stop: int
 
-    def lines(self, records: Iterable[Any]) -> Iterator[Any]:
-        return islice(records, self.start, self.stop)
+    def records(self, store: ObjectStore, uri: str) -> Iterator[dict[str, Any]]:
+        """This chunk's records of a stored JSONL file (the lines before it are skipped unparsed)."""
+        return iter_jsonl(store, uri, self.start, self.stop)
 
     def output(self, kind: str) -> str:
         return part_kind(kind, self.index)

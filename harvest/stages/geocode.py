@@ -10,10 +10,10 @@ from sqlalchemy.engine import Engine
 
 from harvest.db.caches import cached_geocodes, store_geocodes
 from harvest.geocode import Geocoder, is_settled, normalize_address
-from harvest.models import Activity, FileRef, Geocode
+from harvest.models import FileRef, Geocode
 from harvest.stages.common import Chunk, StageResult, run_key, timed
 from harvest.stages.concurrency import ordered_map
-from harvest.storage import ObjectStore, iter_jsonl, write_jsonl
+from harvest.storage import ObjectStore, write_jsonl
 
 
 class _OncePerAddress:
@@ -64,21 +64,22 @@ def geocode_addresses(
     chunk = chunk or Chunk(0, 0, standardized.records)
 
     def records() -> Iterator[dict[str, Any]]:
-        return chunk.lines(iter_jsonl(store, standardized.uri))
+        return chunk.records(store, standardized.uri)
 
     cached = _OncePerAddress(geocoder)
     reused = _preload(cached, records(), *cache) if cache else set()
 
-    def one(activity: Activity) -> dict[str, object]:
-        address = activity.location.formattedAddress
+    def one(record: dict[str, Any]) -> dict[str, object]:
+        # Standardized lines are Activity dumps already: the address is read, no model is rebuilt per line.
+        address = (record.get("location") or {}).get("formattedAddress")
         if not address:
-            return {"id": activity.id, "address": None}
-        return {"id": activity.id, **cached(address).model_dump(mode="json")}
+            return {"id": record["id"], "address": None}
+        return {"id": record["id"], **cached(address).model_dump(mode="json")}
 
-    def activities() -> Iterator[Activity]:
+    def activities() -> Iterator[dict[str, Any]]:
         for record in records():
             result.stats.items_in += 1
-            yield Activity.model_validate(record)
+            yield record
 
     warned: set[str] = set()
 

@@ -13,11 +13,11 @@ from sqlalchemy.engine import Engine
 
 from harvest.db.caches import cached_images, store_images
 from harvest.images import HostSlots, process_activity_image
-from harvest.models import Activity, FileRef, ImageInfo
+from harvest.models import FileRef, ImageInfo
 from harvest.settings import HarvestSettings
 from harvest.stages.common import Chunk, StageResult, run_key, timed
 from harvest.stages.concurrency import ordered_map
-from harvest.storage import ObjectStore, iter_jsonl, write_jsonl
+from harvest.storage import ObjectStore, write_jsonl
 
 
 def _previous_images(records: Iterable[dict[str, Any]], engine: Engine) -> dict[str, ImageInfo]:
@@ -43,27 +43,29 @@ def process_images(
     chunk = chunk or Chunk(0, 0, standardized.records)
 
     def records() -> Iterator[dict[str, Any]]:
-        return chunk.lines(iter_jsonl(store, standardized.uri))
+        return chunk.records(store, standardized.uri)
 
     previous = _previous_images(records(), engine) if engine is not None else {}
     fresh: dict[str, ImageInfo] = {}
     host_slots = HostSlots(settings.per_host_concurrency)
 
-    def one(activity: Activity) -> ImageInfo:
-        if not activity.image_url:
-            return ImageInfo(id=activity.id)
+    def one(record: dict[str, Any]) -> ImageInfo:
+        # Standardized lines are Activity dumps already: two fields are read, no model is rebuilt per line.
+        activity_id, image_url = record["id"], record.get("image_url")
+        if not image_url:
+            return ImageInfo(id=activity_id)
         return process_activity_image(
-            activity.id, activity.image_url, store,
+            activity_id, image_url, store,
             max_bytes=settings.image_max_bytes, max_pixels=settings.image_max_pixels,
             timeout_s=settings.request_timeout_seconds, user_agent=settings.user_agent,
-            allow_private_networks=settings.allow_private_networks, previous=previous.get(activity.image_url),
+            allow_private_networks=settings.allow_private_networks, previous=previous.get(image_url),
             host_slots=host_slots,
         )
 
-    def activities() -> Iterator[Activity]:
+    def activities() -> Iterator[dict[str, Any]]:
         for record in records():
             result.stats.items_in += 1
-            yield Activity.model_validate(record)
+            yield record
 
     def infos() -> Iterator[ImageInfo]:
         for info in ordered_map(one, activities(), workers=max(2, settings.per_host_concurrency * 2)):

@@ -29,6 +29,34 @@ def test_jsonl_round_trip_with_size_count_and_hash(store) -> None:  # noqa: ANN0
     assert len(body) == ref.bytes and hashlib.sha256(body).hexdigest() == ref.sha256
 
 
+def test_a_chunk_of_a_jsonl_file_is_read_without_parsing_the_lines_before_it(store) -> None:  # noqa: ANN001
+    ref = write_jsonl(store, "runs/r1/standardized.jsonl", "standardized", [{"i": i} for i in range(10)])
+    assert [r["i"] for r in iter_jsonl(store, ref.uri, 3, 6)] == [3, 4, 5]
+    assert [r["i"] for r in iter_jsonl(store, ref.uri, 8)] == [8, 9]
+    assert list(iter_jsonl(store, ref.uri, 10, 12)) == []
+    # A broken line before the chunk is not parsed, so it does not fail the chunk; one inside it does.
+    key = "runs/r1/broken.jsonl"
+    with store.open_read(store.key_for(ref.uri)) as handle:
+        body = handle.read()
+    local = store.uri_for(key)
+    lines = body.split(b"\n")
+    lines[1] = b"{not json"
+    write_raw(store, key, b"\n".join(lines))
+    assert [r["i"] for r in iter_jsonl(store, local, 2, 4)] == [2, 3]
+    with pytest.raises(StorageError, match="line 2 is not JSON"):
+        list(iter_jsonl(store, local, 1, 3))
+
+
+def write_raw(store, key: str, data: bytes) -> None:  # noqa: ANN001
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.NamedTemporaryFile() as tmp:
+        tmp.write(data)
+        tmp.flush()
+        store.put_file(key, Path(tmp.name), "application/x-ndjson")
+
+
 def test_large_file_streams_through_multipart(store) -> None:  # noqa: ANN001
     # ~12 MB: above boto3's 8 MiB multipart threshold and far above the old 1 MiB step limit.
     line = {"vector": [0.123456789] * 1000}
