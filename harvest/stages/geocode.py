@@ -69,11 +69,21 @@ def geocode_addresses(
     cached = _OncePerAddress(geocoder)
     reused = _preload(cached, records(), *cache) if cache else set()
 
-    def one(record: dict[str, Any]) -> dict[str, object]:
+    answers: dict[str, dict[str, object]] = {}  # normalized address → its map fields, dumped once
+
+    def known(record: dict[str, Any]) -> dict[str, object] | None:
+        """The row without a call: no address, or one already answered (this run or the cache)."""
         # Standardized lines are Activity dumps already: the address is read, no model is rebuilt per line.
         address = (record.get("location") or {}).get("formattedAddress")
         if not address:
             return {"id": record["id"], "address": None}
+        key = normalize_address(address)
+        if key not in answers and key in cached.results:
+            answers[key] = cached.results[key].model_dump(mode="json")
+        return {"id": record["id"], **answers[key]} if key in answers else None
+
+    def one(record: dict[str, Any]) -> dict[str, object]:
+        address = record["location"]["formattedAddress"]
         return {"id": record["id"], **cached(address).model_dump(mode="json")}
 
     def activities() -> Iterator[dict[str, Any]]:
@@ -84,7 +94,7 @@ def geocode_addresses(
     warned: set[str] = set()
 
     def rows() -> Iterator[dict[str, object]]:
-        for row in ordered_map(one, activities(), workers=workers):
+        for row in ordered_map(one, activities(), workers=workers, quick=known):
             if row.get("error"):
                 result.stats.skipped += 1
                 address = str(row["address"])

@@ -49,11 +49,12 @@ def process_images(
     fresh: dict[str, ImageInfo] = {}
     host_slots = HostSlots(settings.per_host_concurrency)
 
+    def no_image(record: dict[str, Any]) -> ImageInfo | None:
+        return None if record.get("image_url") else ImageInfo(id=record["id"])
+
     def one(record: dict[str, Any]) -> ImageInfo:
         # Standardized lines are Activity dumps already: two fields are read, no model is rebuilt per line.
-        activity_id, image_url = record["id"], record.get("image_url")
-        if not image_url:
-            return ImageInfo(id=activity_id)
+        activity_id, image_url = record["id"], record["image_url"]
         return process_activity_image(
             activity_id, image_url, store,
             max_bytes=settings.image_max_bytes, max_pixels=settings.image_max_pixels,
@@ -68,7 +69,7 @@ def process_images(
             yield record
 
     def infos() -> Iterator[ImageInfo]:
-        for info in ordered_map(one, activities(), workers=max(2, settings.per_host_concurrency * 2)):
+        for info in ordered_map(one, activities(), workers=max(2, settings.per_host_concurrency * 2), quick=no_image):
             if info.error:
                 result.stats.skipped += 1
                 result.warn(f"image for {info.id} skipped: {info.error}")
