@@ -476,6 +476,17 @@ def iter_jsonl(store: ObjectStore, uri: str, start: int = 0, stop: int | None = 
         handle.close()
 
 
+def iter_lines(store: ObjectStore, uri: str) -> Iterator[bytes]:
+    """The non-blank lines of a stored text file as bytes, unparsed (for readers that parse only part of each)."""
+    handle = store.open_read(store.key_for(uri))
+    try:
+        for line in _iter_lines(handle):
+            if line.strip():
+                yield line
+    finally:
+        handle.close()
+
+
 def _iter_lines(handle: IO[bytes]) -> Iterator[bytes]:
     pending = b""
     while True:
