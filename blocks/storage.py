@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from prefect.filesystems import LocalFileSystem, WritableFileSystem
@@ -63,8 +64,27 @@ def result_storage_block(settings: HarvestSettings) -> WritableFileSystem:
         client_parameters = AwsClientParameters(endpoint_url=settings.s3_endpoint_url, config=S3_CLIENT_CONFIG)
         credentials = AwsCredentials(aws_client_parameters=client_parameters)
         block = S3Bucket(bucket_name=parts.netloc, bucket_folder=parts.path.strip("/"), credentials=credentials)
+    return _saved(block, name)
+
+
+def _saved(block: WritableFileSystem, name: str) -> WritableFileSystem:
+    """`block`, saved as `name`: the saved one is loaded and reused when it holds the same settings, since
+    saving recomputes Prefect's block schemas and checksums (~1 s per flow run); saved over otherwise."""
+    try:
+        existing = type(block).load(name)
+    except ValueError:  # no block of that name yet
+        existing = None
+    if existing is not None and _settings_of(existing.model_dump()) == _settings_of(block.model_dump()):
+        return existing
     block.save(name, overwrite=True)
     return block
+
+
+def _settings_of(dumped: Any) -> Any:
+    """A block's dump without Prefect's bookkeeping (`_block_document_id`, `_is_anonymous`, ...)."""
+    if isinstance(dumped, dict):
+        return {key: _settings_of(value) for key, value in dumped.items() if not str(key).startswith("_")}
+    return dumped
 
 
 __all__ = ["resolve_store", "result_storage_block", "LocalStore", "S3Store", "make_s3_client"]

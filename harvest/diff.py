@@ -12,6 +12,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -57,8 +58,19 @@ _FIELD_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default
 
 
 def _short_hash(value: Any) -> str:
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return _scalar_hash(type(value), value)  # city, country, urgency, ...: the same few values over and over
+    return _hash(value)
+
+
+def _hash(value: Any) -> str:
     encoded = _FIELD_ENCODER.encode(value).encode()
     return hashlib.sha256(encoded).hexdigest()[:12]
+
+
+@lru_cache(maxsize=8192)
+def _scalar_hash(kind: type, value: Any) -> str:  # `kind` keeps True, 1 and 1.0 apart
+    return _hash(value)
 
 
 def vector_hash(vector: np.ndarray | list[float] | None) -> str:

@@ -151,3 +151,24 @@ def test_module_entry_point(monkeypatch, capsys) -> None:  # noqa: ANN001
     assert_no_secret_in(out.out + out.err)
     assert "secret/harvest-openai-api-key" in out.out and "s3-bucket/harvest-storage" in out.out
     assert "skipped  secret/harvest-google-maps-api-key" in out.out
+
+
+def test_result_storage_is_saved_once_and_then_loaded(block_env: dict[str, str]) -> None:
+    from prefect_aws import S3Bucket
+
+    from blocks.storage import result_storage_block
+    from harvest.settings import HarvestSettings
+
+    settings = HarvestSettings()
+    first = result_storage_block(settings)
+    again = result_storage_block(settings)
+    assert isinstance(again, S3Bucket) and again.bucket_name == block_env["BUCKET"]
+    assert again._block_document_id == first._block_document_id  # noqa: SLF001 - the saved document, reused
+
+    # The saved block drifted (someone edited it): the next flow run saves the settings over it.
+    name = again._block_document_name  # noqa: SLF001
+    drifted = S3Bucket.load(name)
+    drifted.bucket_folder = "somewhere/else"
+    drifted.save(name, overwrite=True)
+    assert result_storage_block(settings).bucket_folder == "harvest/prod"
+    assert S3Bucket.load(name).bucket_folder == "harvest/prod"

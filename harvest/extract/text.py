@@ -88,13 +88,27 @@ def normalize_key(text: str | None) -> str:
     if not text:
         return ""
     text = unicodedata.normalize("NFKC", strip_markup(text)).casefold()
-    out: list[str] = []
-    for ch in text:
-        if ch in _QUOTES:
-            continue
-        category = unicodedata.category(ch)
-        out.append(" " if category[0] in "PZ" or ch.isspace() else ch)
-    return collapse_whitespace("".join(out))
+    return collapse_whitespace(text.translate(_KEY_CHARS))
+
+
+class _KeyChars(dict[int, str | None]):
+    """normalize_key's `str.translate` table, filled per code point the first time it is seen: quotes
+    vanish, punctuation and white space become a space, everything else stays (a per-character Python loop
+    calling unicodedata.category was most of the time spent standardizing)."""
+
+    def __missing__(self, code: int) -> str | None:
+        char = chr(code)
+        if char in _QUOTES:
+            value = None
+        elif unicodedata.category(char)[0] in "PZ" or char.isspace():
+            value = " "
+        else:
+            value = char
+        self[code] = value
+        return value
+
+
+_KEY_CHARS = _KeyChars()
 
 
 def format_address(
