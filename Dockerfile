@@ -11,14 +11,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     DO_NOT_TRACK=1 \
-    HARVEST_BROWSER_PATH=/usr/bin/chromium \
+    HARVEST_BROWSER_PATH=/usr/bin/chromium-headless-shell \
     HARVEST_MIGRATIONS_DIR=/app/migrations \
     HARVEST_HOME=/home/harvest/.harvest
 
-# Playwright drives the distribution's Chromium (`playwright install` needs a CDN and brings its own).
+# Playwright drives the distribution's Chromium headless shell (`playwright install` needs a CDN and brings its own).
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends chromium fonts-liberation ca-certificates \
+    && apt-get install -y --no-install-recommends chromium-headless-shell fonts-liberation ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 
 RUN groupadd --system --gid 10001 harvest \

@@ -65,9 +65,11 @@ def test_image_runs_as_non_root_with_chromium_and_migrations() -> None:
     assert steps[0] == ("FROM", "python:3.11-slim")
     users = [rest for word, rest in steps if word == "USER"]
     assert users and users[-1].split(":")[0] not in ("root", "0"), "the last USER must not be root"
-    assert any(word == "RUN" and "apt-get install" in rest and " chromium " in f" {rest} " for word, rest in steps)
+    assert any(
+        word == "RUN" and "apt-get install" in rest and " chromium-headless-shell " in f" {rest} " for word, rest in steps
+    )
     env = env_vars()
-    assert env["HARVEST_BROWSER_PATH"] == "/usr/bin/chromium"
+    assert env["HARVEST_BROWSER_PATH"] == "/usr/bin/chromium-headless-shell"
     workdir = [rest for word, rest in steps if word == "WORKDIR"][-1]
     destinations = {source.rstrip("/"): dest for source, dest in copied_sources()}
     assert destinations["migrations"].rstrip("/") == "migrations"

@@ -6,9 +6,10 @@ shell filled in by scripts. Structured data (JSON-LD) already in the HTML means 
 
 from __future__ import annotations
 
-from harvest.crawl.links import parse_html
+import re
+
 from harvest.crawl.page import Page
-from harvest.extract.page import looks_script_rendered
+from harvest.extract.page import looks_script_rendered, parse_html
 
 
 def needs_browser(page: Page) -> bool:
@@ -17,9 +18,14 @@ def needs_browser(page: Page) -> bool:
     The "built by scripts" test lives with extraction (`harvest.extract.page.looks_script_rendered`),
     which knows what content it needs; the crawler only adds that JSON-LD already served is enough.
     """
+    if not _SCRIPT_TAG.search(page.html):
+        return False  # no script, nothing a browser would run: no parse needed to say so
     tree = parse_html(page.html)
     if tree is None:
         return False
     if tree.xpath("//script[translate(@type,'LDJSON','ldjson')='application/ld+json']"):
         return False  # the structured data extraction needs is already there
-    return looks_script_rendered(page.html)
+    return looks_script_rendered(tree)  # the same tree: each page checked costs one parse, not two
+
+
+_SCRIPT_TAG = re.compile(r"<script", re.IGNORECASE)

@@ -128,13 +128,14 @@ def page_text(html: str | bytes, max_chars: int = DEFAULT_TEXT_CHARS, *, image_r
     return text[:max_chars]
 
 
-def looks_script_rendered(html: str | bytes) -> bool:
+def looks_script_rendered(html: str | bytes | lxml.html.HtmlElement) -> bool:
     """True when the page ships scripts but its content is not in the HTML (an SPA shell).
 
     The crawler then renders it in a browser. Signals: scripts present AND (almost no visible text,
     or an empty SPA mount point, or a "please enable JavaScript" notice as the main text).
+    A parsed tree may be passed instead of the HTML (it is modified: invisible parts are dropped).
     """
-    tree = parse_html(html)
+    tree = html if isinstance(html, lxml.html.HtmlElement) else parse_html(html)
     if tree is None:
         return False
     if not tree.xpath(_EXECUTABLE_SCRIPT_XPATH):

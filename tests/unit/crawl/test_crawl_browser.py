@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-CHROMIUM = "/usr/bin/chromium"
+from harvest.settings import HarvestSettings
+
+CHROMIUM = HarvestSettings().browser_path or "/usr/bin/chromium"  # what a run uses: the headless shell if installed
 
 JS_PAGE = """<html><head><title>Spa</title><link rel="stylesheet" href="/style.css"></head>
 <body><div id="root"></div><img src="/pic.png">
