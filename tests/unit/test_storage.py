@@ -73,10 +73,14 @@ def test_a_large_s3_file_is_uploaded_part_by_part_while_it_is_written(s3) -> Non
 
     def lines():  # noqa: ANN202 - the upload has sent parts before the last line is even produced
         for index in range(2000):
-            if index == 1999:
-                uploads = store.client.list_multipart_uploads(Bucket=store.bucket).get("Uploads", [])
-                [upload] = uploads
-                listed = store.client.list_parts(Bucket=store.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+            if index == 1999:  # ~24 MB written, the last line not yet: two full parts go up meanwhile
+                [upload] = store.client.list_multipart_uploads(Bucket=store.bucket).get("Uploads", [])
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline:
+                    listed = store.client.list_parts(Bucket=store.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                    if len(listed.get("Parts", [])) >= 2:
+                        break
+                    time.sleep(0.05)
                 seen_parts.append(len(listed.get("Parts", [])))
             yield line
 
