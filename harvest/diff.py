@@ -45,13 +45,6 @@ def digest_key(run_id: str) -> str:
     return f"digests/{run_id}.jsonl"
 
 
-def _field(record: dict[str, Any], path: str) -> Any:
-    value: Any = record
-    for part in path.split("."):
-        value = value.get(part) if isinstance(value, dict) else None
-    return value
-
-
 # One encoder for every field: json.dumps with these options builds a new JSONEncoder per call, which cost
 # more than the hashing (18 fields per activity). Same bytes, so digests stored earlier still compare.
 _FIELD_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
@@ -86,12 +79,19 @@ def digest_line(record: dict[str, Any], *, embedding: np.ndarray | None = None) 
 
     `embedding`: the record's vector as an array, when the caller has it (then `record["embedding"]` is
     not read)."""
+    location = record.get("location")
+    sources = (record, location if isinstance(location, dict) else {})
     hashes = [
-        vector_hash(embedding if embedding is not None else record.get("embedding"))
-        if field == "embedding" else _short_hash(_field(record, field))
-        for field in DIFF_FIELDS
+        _short_hash(sources[depth].get(key)) if key != "embedding" or depth
+        else vector_hash(embedding if embedding is not None else record.get("embedding"))
+        for depth, key in _FIELD_KEYS
     ]
     return {"id": record["id"], "name": record.get("name"), "h": hashes}
+
+
+# DIFF_FIELDS as (0, key) for a top-level field and (1, key) for one of `location` (a missing or non-dict
+# location reads as empty): paths split once, not for every field of every activity.
+_FIELD_KEYS = tuple((1, field.split(".", 1)[1]) if field.startswith("location.") else (0, field) for field in DIFF_FIELDS)
 
 
 def load_digest(lines: Iterable[dict[str, Any]]) -> dict[str, tuple[str | None, tuple[str, ...]]]:

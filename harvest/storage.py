@@ -344,7 +344,10 @@ class FollowingUpload:
 
 
 class _CountingWriter:
-    """A write-through temp file that counts bytes and hashes them as they go (and feeds a following upload)."""
+    """A temp file written through a 1 MiB buffer that counts bytes and hashes them as they go (and feeds a
+    following upload). Lines arrive one record at a time; hashing and writing them in blocks costs less."""
+
+    BUFFER_BYTES = 1 << 20
 
     def __init__(self, handle: IO[bytes], upload: FollowingUpload | None = None) -> None:
         self.handle = handle
@@ -352,11 +355,20 @@ class _CountingWriter:
         self.bytes = 0
         self.records = 0
         self.upload = upload
+        self._pending = bytearray()
 
     def write(self, data: bytes) -> None:
-        self.handle.write(data)
-        self.digest.update(data)
+        self._pending += data
         self.bytes += len(data)
+        if len(self._pending) >= self.BUFFER_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        """Everything written so far into the file (and the hash); full parts go to the following upload."""
+        if self._pending:
+            self.handle.write(self._pending)
+            self.digest.update(self._pending)
+            self._pending.clear()
         if self.upload is not None and self.bytes >= self.upload.next_boundary:
             self.handle.flush()
             self.upload.advance(self.bytes)
@@ -372,6 +384,7 @@ def staged_file(store: ObjectStore, key: str, kind: str, content_type: str) -> I
         writer = _CountingWriter(tmp, upload)
         try:
             yield writer, out
+            writer.flush()
             tmp.flush()
             if upload is not None:
                 upload.finish(writer.bytes)

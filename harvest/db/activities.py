@@ -28,7 +28,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from harvest.db.runs import transaction, utcnow
-from harvest.db.schema import activities
+from harvest.db.schema import activities, one_of
 from harvest.errors import DatabaseError
 from harvest.models import ImportSummary
 from harvest.extract.text import normalize_key as dedupe_text
@@ -194,7 +194,7 @@ def _import_upsert(engine: Engine, records: Iterable[dict[str, Any]], *, run_id:
             existing = dict(
                 connection.execute(
                     sa.select(activities.c.dedupe_key, activities.c.content_hash).where(
-                        activities.c.dedupe_key.in_(list(rows))
+                        one_of(activities.c.dedupe_key, list(rows), engine.dialect.name)
                     )
                 ).all()
             )
@@ -378,7 +378,9 @@ def _stored_unchanged(engine: Engine, rows: dict[str, dict[str, Any]]) -> set[st
         return set()
     with transaction(engine) as connection:
         stored = connection.execute(
-            sa.select(activities.c.dedupe_key, activities.c.content_hash).where(activities.c.dedupe_key.in_(list(rows)))
+            sa.select(activities.c.dedupe_key, activities.c.content_hash).where(
+                one_of(activities.c.dedupe_key, list(rows), engine.dialect.name)
+            )
         ).all()
     return {key for key, content_hash in stored if rows[key]["content_hash"] == content_hash}
 

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 
 from harvest.db.runs import transaction, utcnow
 from harvest.errors import DatabaseError
-from harvest.db.schema import activities, geocode_cache, image_cache, llm_answers, scrape_runs
+from harvest.db.schema import activities, geocode_cache, image_cache, llm_answers, one_of, scrape_runs
 
 LOOKUP_CHUNK = 1000
 
@@ -43,7 +43,7 @@ def cached_geocodes(engine: Engine, provider: str, address_keys: Iterable[str]) 
             rows = connection.execute(
                 sa.select(geocode_cache.c.address_key, geocode_cache.c.geocode).where(
                     geocode_cache.c.provider == provider,
-                    geocode_cache.c.address_key.in_(keys[start: start + LOOKUP_CHUNK]),
+                    one_of(geocode_cache.c.address_key, keys[start: start + LOOKUP_CHUNK], engine.dialect.name),
                 )
             )
             found.update({row.address_key: row.geocode for row in rows})
@@ -68,7 +68,9 @@ def cached_images(engine: Engine, source_urls: Iterable[str]) -> dict[str, dict[
     with transaction(engine) as connection:
         for start in range(0, len(urls), LOOKUP_CHUNK):
             rows = connection.execute(
-                sa.select(image_cache).where(image_cache.c.source_url.in_(urls[start: start + LOOKUP_CHUNK]))
+                sa.select(image_cache).where(
+                    one_of(image_cache.c.source_url, urls[start: start + LOOKUP_CHUNK], engine.dialect.name)
+                )
             ).mappings()
             found.update({row["source_url"]: dict(row) for row in rows})
     return found
@@ -99,7 +101,8 @@ def reusable_embeddings(
                 sa.select(activities.c.id, activities.c.content_hash, vector)
                 .join(writer, writer.c.id == activities.c.run_id)
                 .where(
-                    activities.c.id.in_(ids[start: start + LOOKUP_CHUNK]), activities.c.embedding.is_not(None),
+                    one_of(activities.c.id, ids[start: start + LOOKUP_CHUNK], engine.dialect.name),
+                    activities.c.embedding.is_not(None),
                     writer.c.config["embedding_model"].as_string() == model,
                 )
             )

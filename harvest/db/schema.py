@@ -145,3 +145,12 @@ llm_answers = sa.Table(
     sa.Column("answer", sa.Text, nullable=False, comment="The model's JSON answer, as returned."),
     sa.Column("created_at", Timestamp, nullable=False),
 )
+
+
+def one_of(column: sa.ColumnElement[object], values: list[object], dialect: str) -> sa.ColumnElement[bool]:
+    """`column IN (values)` for lookups of up to thousands of keys. On Postgres it is `column = ANY(%(array)s)`,
+    one array parameter: an expanded IN is a statement with one placeholder per key, which the driver has to
+    parse anew each time (it was most of the Python time of an unchanged re-run's lookups)."""
+    if dialect == "postgresql":
+        return column == sa.any_(sa.bindparam(None, values, type_=postgresql.ARRAY(column.type)))
+    return column.in_(values)
