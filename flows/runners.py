@@ -6,6 +6,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from harvest.settings import HarvestSettings
 
+
 def enrichment_threads(settings: HarvestSettings) -> int:
     """Enough threads for every enrichment task to run at once: each image and geocode chunk, their two
     joins (a task submitted with `wait_for` holds its thread while it waits) and the embeddings batch. With

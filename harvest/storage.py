@@ -284,18 +284,15 @@ class FollowingUpload:
         self.next_boundary = self._sent + self.part_bytes
 
     def finish(self, total: int) -> None:
-        """The file is complete at `total` bytes: send the rest and complete the object."""
+        """The file is complete at `total` bytes: send the rest and complete the object (on any error the
+        caller aborts)."""
         if self._upload_id is None:
             self._pool.shutdown()
             self.store.put_file(self.key, self.path, self.content_type)
             return
         if total > self._sent:
             self._send(self._sent, total - self._sent)
-        try:
-            parts = [future.result() for future in self._parts]
-        except StorageError:
-            self.abort()
-            raise
+        parts = [future.result() for future in self._parts]
         self._pool.shutdown()
         self.store._call(
             "complete upload", self.key, self.store.client.complete_multipart_upload, Bucket=self.store.bucket,
