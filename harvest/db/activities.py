@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
-from harvest.db.runs import transaction, utcnow
+from harvest.db.runs import database_error, transaction, utcnow
 from harvest.db.schema import activities, one_of
 from harvest.errors import DatabaseError
 from harvest.models import ImportSummary
@@ -223,7 +223,7 @@ def _import_upsert(engine: Engine, records: Iterable[dict[str, Any]], *, run_id:
 
 # --- Postgres: binary COPY into a staging table, then one upsert per batch -------------------------------
 
-COPY_BATCH_SIZE = 2000
+COPY_BATCH_SIZE = 500  # rows per COPY + upsert: a batch holds its rows, vector text included, in memory
 COLUMNS = [c.name for c in activities.columns]
 _PG_EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
@@ -392,8 +392,7 @@ def _copy_batch(engine: Engine, tuples: Iterable[bytes]) -> tuple[int, int]:
     try:
         return _copy_batch_in(engine, tuples)
     except psycopg.Error as exc:  # raised by the driver cursor, outside SQLAlchemy's wrapping
-        message = str(exc).splitlines()[0] if str(exc) else ""
-        raise DatabaseError(f"database error: {exc.__class__.__name__}: {message}") from exc
+        raise database_error(exc) from exc
 
 
 def _copy_batch_in(engine: Engine, tuples: Iterable[bytes]) -> tuple[int, int]:

@@ -15,8 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
-from harvest.db.runs import transaction, utcnow
-from harvest.errors import DatabaseError
+from harvest.db.runs import database_error, transaction, utcnow
 from harvest.db.schema import activities, geocode_cache, image_cache, llm_answers, one_of, scrape_runs
 
 LOOKUP_CHUNK = 1000
@@ -122,7 +121,7 @@ def _binary_rows(connection: sa.Connection, query: sa.Select[Any]) -> list[tuple
             cursor.execute(str(compiled), compiled.params)
             return cursor.fetchall()
     except psycopg.Error as exc:  # raised by the driver cursor, outside SQLAlchemy's wrapping
-        raise DatabaseError(f"database error: {exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+        raise database_error(exc) from exc
 
 
 def decode_real_array(data: bytes) -> np.ndarray:

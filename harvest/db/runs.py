@@ -40,6 +40,12 @@ def _connect(engine: Engine) -> Connection:
             delay = min(delay * 2, 2.0)
 
 
+def database_error(exc: BaseException) -> DatabaseError:
+    """`exc` (SQLAlchemy's, or the driver's own from a raw cursor) as a DatabaseError naming it and its cause."""
+    text = str(exc)
+    return DatabaseError(f"database error: {exc.__class__.__name__}: {text.splitlines()[0] if text else ''}")
+
+
 @contextmanager
 def transaction(engine: Engine) -> Iterator[Connection]:
     """A transaction whose driver errors surface as DatabaseError with the cause in the message."""
@@ -47,7 +53,7 @@ def transaction(engine: Engine) -> Iterator[Connection]:
         with _connect(engine) as connection, connection.begin():
             yield connection
     except sa.exc.SQLAlchemyError as exc:
-        raise DatabaseError(f"database error: {exc.__class__.__name__}: {str(exc).splitlines()[0]}") from exc
+        raise database_error(exc) from exc
 
 
 def create_run(
