@@ -9,7 +9,6 @@ the server does not share this process's interpreter.
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 
 def main() -> int:
     start_url, mode, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+    from bench.rss import peak_rss_mb
     from harvest.crawl.crawler import crawl
     from harvest.models import RunConfig
     from harvest.settings import get_settings
@@ -39,7 +39,7 @@ def main() -> int:
         "mode": mode, "pages": pages, "pages_fetched": stats.pages_fetched, "pages_rendered": stats.pages_rendered,
         "pages_http": stats.pages_http, "failed_urls": len(stats.failed_urls), "seconds": round(seconds, 2),
         "pages_per_s": round(pages / seconds, 2) if seconds else 0.0,
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
     }))
     return 0
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -14,7 +13,7 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 
 from bench.inputs import write_input
-from bench.rss import RssSampler
+from bench.rss import RssSampler, peak_rss_mb
 
 
 def copy_floor(engine: sa.Engine, final_path: Path, workdir: Path) -> dict[str, float]:
@@ -99,7 +98,7 @@ def main() -> int:
                 from_raw=str(source), return_state=True,
             )
             wall = time.perf_counter() - started
-        peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the flow's; the floor below is not counted
+        peak_rss = peak_rss_mb()  # the flow's; the floor below is not counted
     summary = state.result()
     from harvest.db.runs import get_run
     from blocks.storage import resolve_store

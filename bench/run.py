@@ -201,7 +201,7 @@ def markdown(document: dict[str, Any]) -> str:
 
 NOTES = [
     "Each case is its own process (`bench.one`, `bench.whole_lists`, `bench.crawl`): peak_rss_mb is that "
-    "process's ru_maxrss, read right after the flow (the COPY floor that follows is not counted). One Prefect "
+    "process's own peak RSS (VmHWM; not ru_maxrss, which a child inherits from its parent at exec), read right after the flow (the COPY floor that follows is not counted). One Prefect "
     "server (`prefect server start`, SQLite) serves every case, as a deployment's server would; it and moto "
     "run in other processes.",
     "wall_s: the flow call (creating the flow run through the API, every task, hooks and artifacts).",

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -25,6 +24,7 @@ from prefect import flow, task
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from bench.inputs import write_input
+from bench.rss import peak_rss_mb
 
 PERSIST: dict[str, Any] = {"persist_result": True}  # default serializer (pickle), default local storage
 
@@ -189,7 +189,7 @@ def main() -> int:
         "n": n,
         "activities": summary["activities"],
         "wall_s": round(wall, 2),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
         "bytes_between_tasks": _tree_bytes(results) - before,
         "import_summary": summary["import_summary"],
     }))
