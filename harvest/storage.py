@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -460,11 +460,15 @@ def concat_files(store: ObjectStore, key: str, kind: str, parts: list[FileRef]) 
     return out[0]
 
 
-def iter_jsonl(store: ObjectStore, uri: str, start: int = 0, stop: int | None = None) -> Iterator[dict[str, Any]]:
+def iter_jsonl(
+    store: ObjectStore, uri: str, start: int = 0, stop: int | None = None,
+    parse: Callable[[bytes], Any] = orjson.loads,
+) -> Iterator[dict[str, Any]]:
     """Yield the records of a stored JSONL file one line at a time (memory does not grow with the file).
 
     `start`/`stop`: only records [start, stop) (a chunk's share): the records before it are skipped without
-    being parsed, and reading stops at `stop`.
+    being parsed, and reading stops at `stop`. `parse`: how a line becomes a record (it raises
+    orjson.JSONDecodeError for a line that is not JSON).
     """
     key = store.key_for(uri)
     handle = store.open_read(key)
@@ -479,20 +483,9 @@ def iter_jsonl(store: ObjectStore, uri: str, start: int = 0, stop: int | None = 
             if index <= start:
                 continue
             try:
-                yield orjson.loads(line)
+                yield parse(line)
             except orjson.JSONDecodeError as exc:
                 raise StorageError(f"{uri} line {number} is not JSON: {exc}") from exc
-    finally:
-        handle.close()
-
-
-def iter_lines(store: ObjectStore, uri: str) -> Iterator[bytes]:
-    """The non-blank lines of a stored text file as bytes, unparsed (for readers that parse only part of each)."""
-    handle = store.open_read(store.key_for(uri))
-    try:
-        for line in _iter_lines(handle):
-            if line.strip():
-                yield line
     finally:
         handle.close()
 

@@ -2,32 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
-
-import orjson
 from sqlalchemy.engine import Engine
 
 from harvest.db.activities import import_activities, parse_final_line
-from harvest.errors import StorageError
 from harvest.models import FileRef, ImportSummary
 from harvest.stages.common import StageResult, timed
-from harvest.storage import ObjectStore, iter_lines
+from harvest.storage import ObjectStore, iter_jsonl
 
 
 def import_final_records(store: ObjectStore, run_id: str, final: FileRef, engine: Engine) -> tuple[StageResult, ImportSummary]:
     """Vectors are parsed only for the rows that are written (see parse_final_line)."""
     result = StageResult()
 
-    def records() -> Iterator[dict[str, Any]]:
-        for number, line in enumerate(iter_lines(store, final.uri), start=1):
-            try:
-                yield parse_final_line(line)
-            except orjson.JSONDecodeError as exc:
-                raise StorageError(f"{final.uri} line {number} is not JSON: {exc}") from exc
-
     with timed(result.stats):
-        summary = import_activities(engine, records(), run_id=run_id)
+        summary = import_activities(engine, iter_jsonl(store, final.uri, parse=parse_final_line), run_id=run_id)
     result.stats.items_in = final.records
     result.stats.items_out = summary.imported + summary.updated
     result.stats.skipped = summary.skipped + summary.failed
