@@ -18,7 +18,13 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
 
-from harvest.crawl.browser import MISSING_BROWSER, BrowserRenderer, RenderFailed, browser_available
+from harvest.crawl.browser import (
+    MISSING_BROWSER,
+    BrowserRenderer,
+    PrefetchedDocument,
+    RenderFailed,
+    browser_available,
+)
 from harvest.crawl.frontier import DEFAULT_TRAP_LIMIT, Frontier, FrontierItem, normalize_url, site_of
 from harvest.crawl.heuristics import needs_browser as default_needs_browser
 from harvest.crawl.http_fetch import DEFAULT_MAX_BYTES, PAGE_TYPES, FetchFailed, HttpFetcher
@@ -79,6 +85,8 @@ class _Render:
     # URLs this page is known by before rendering (requested, fetched, same-site canonical): a render whose
     # keys another render already covers waits for it and is skipped as a duplicate if that one succeeds.
     keys: frozenset[str] = frozenset()
+    # The page's plain HTTP response, served to the browser instead of fetching the page again.
+    document: PrefetchedDocument | None = None
 
 
 _Outcome = _Fetched | _Skipped | FailedURL
@@ -423,7 +431,10 @@ class _Engine:
                     )
                 raw = await self._finish(page)
                 keys = frozenset({url, page.url, normalize_url(result.url) or result.url, raw.page.url})
-                return _Render(FrontierItem(result.url, item.depth), requested_url=url, keys=keys)
+                document = None if result.truncated else PrefetchedDocument.from_response(
+                    result.url, result.status, result.headers, result.body
+                )
+                return _Render(FrontierItem(result.url, item.depth), requested_url=url, keys=keys, document=document)
             return await self._finish(page)
         except DisallowedURLError as exc:
             return FailedURL(url, str(exc), None)
@@ -456,16 +467,18 @@ class _Engine:
             gate = self.gates.get(urlsplit(step.item.url).netloc)
             async with gate.slot():
                 pass
-            return await self._render(step.item, requested_url=step.requested_url)
+            return await self._render(step.item, requested_url=step.requested_url, document=step.document)
         except DisallowedURLError as exc:
             return FailedURL(url, str(exc), None)
         except (FetchFailed, RenderFailed) as exc:
             return FailedURL(url, exc.reason, exc.status)
 
-    async def _render(self, item: FrontierItem, *, requested_url: str | None = None) -> _Outcome:
+    async def _render(
+        self, item: FrontierItem, *, requested_url: str | None = None, document: PrefetchedDocument | None = None
+    ) -> _Outcome:
         if self.renderer is None:
             return FailedURL(item.url, MISSING_BROWSER, None)
-        rendered = await self.renderer.render(item.url)
+        rendered = await self.renderer.render(item.url, document=document)
         if rendered.status >= 400:
             return FailedURL(requested_url or item.url, f"HTTP {rendered.status}", rendered.status)
         if rendered.content_type and rendered.content_type not in PAGE_TYPES:

@@ -6,6 +6,7 @@ is observed rather than assumed.
 
 from __future__ import annotations
 
+import gzip
 import stat
 from pathlib import Path
 
@@ -79,7 +80,36 @@ def test_auto_mode_renders_a_script_built_page(site, run_crawl, cfg, chromium) -
     assert _launch_count(launches) == 1 == result.stats.browser_launches
     # Only the DOM matters: no image or stylesheet was downloaded by the browser.
     assert site.requested("/pic.png") == [] and site.requested("/style.css") == []
-    assert len(_browser_hits(site, "/spa")) == 1 and len(_http_hits(site, "/spa")) == 1
+    # The page was fetched once: the browser was served the plain HTTP response instead of asking again.
+    assert _browser_hits(site, "/spa") == [] and len(_http_hits(site, "/spa")) == 1
+
+
+@pytest.mark.browser
+def test_a_rendered_page_is_served_to_the_browser_as_it_was_fetched(site, run_crawl, cfg, chromium) -> None:
+    """Reached through a redirect, compressed and not UTF-8: the browser still gets the page as a browser would
+    have fetched it (decoded body, its charset), without a second request for the redirect or the page."""
+    path, _ = chromium
+    latin1_page = JS_PAGE.replace("Toddler Music Morning", "Cr\u00e8che caf\u00e9 morning").replace(
+        "<title>Spa</title>", "<title>Cr\xe8che</title>"
+    )
+    site.html("/", links=["/go"])
+    site.redirect("/go", "/spa-latin1")
+    site.page(
+        "/spa-latin1",
+        gzip.compress(latin1_page.encode("latin-1")),
+        content_type="text/html; charset=iso-8859-1",
+        headers={"Content-Encoding": "gzip"},
+    )
+    site.html("/from-js")
+
+    result = run_crawl(site.url("/"), cfg(render="auto"), browser_path=path)
+
+    page = next(page for page in result.pages if page.url.endswith("/spa-latin1"))
+    assert page.rendered and page.requested_url.endswith("/go")
+    assert "<h1>Cr\xe8che caf\xe9 morning</h1>" in page.html and "<title>Cr\xe8che</title>" in page.html
+    assert any(found.url.endswith("/from-js") for found in result.pages)
+    assert _browser_hits(site, "/go") == [] and _browser_hits(site, "/spa-latin1") == []
+    assert len(_http_hits(site, "/spa-latin1")) == 1
 
 
 @pytest.mark.browser
@@ -95,9 +125,10 @@ def test_auto_mode_learns_to_render_a_host_directly(site, run_crawl, cfg, chromi
     )
 
     assert all(page.rendered for page in result.pages if "/js" in page.url)
-    # The first page needed the browser after an HTTP fetch; the host's later pages go straight to it.
+    # The first page needed the browser after an HTTP fetch (whose response the browser was served); the
+    # host's later pages go straight to the browser.
     assert [len(_http_hits(site, page)) for page in pages] == [1, 0, 0]
-    assert [len(_browser_hits(site, page)) for page in pages] == [1, 1, 1]
+    assert [len(_browser_hits(site, page)) for page in pages] == [0, 1, 1]
 
 
 @pytest.mark.browser
