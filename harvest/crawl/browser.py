@@ -14,7 +14,9 @@ Readiness: Playwright's "networkidle" waits for 500 ms without network traffic, 
 a render. Instead a page counts as ready after its `load` event once, for a short quiet window (100 ms),
 no request of the page has been in flight and its DOM has not changed (a MutationObserver installed before
 any page script runs), with a hard cap. That still waits out pages that fetch JSON and then build the DOM:
-the fetch keeps a request in flight, and building the DOM resets the quiet window.
+the fetch keeps a request in flight, and building the DOM resets the quiet window. The DOM's quiet window is
+waited out inside the page, by the same call that then reads the DOM; that call has a deadline of its own, so a
+page whose scripts never yield (an endless loop) fails that page instead of hanging the crawl.
 """
 
 from __future__ import annotations
@@ -52,23 +54,51 @@ CHROMIUM_ARGS = [
 BLOCKED_RESOURCE_TYPES = frozenset({"image", "font", "media", "stylesheet"})
 MISSING_BROWSER = "no Chromium found: set HARVEST_BROWSER_PATH"
 QUIET_S = 0.1  # no request in flight and no DOM change for this long: the page is ready
-_POLL_S = 0.02
-# Installed before any page script: records when the DOM last changed (in a non-enumerable slot).
-_MUTATION_WATCH = """(() => {
-  const key = Symbol.for("harvest.lastMutation");
-  const mark = () => { try { Object.defineProperty(window, key, {value: performance.now(), configurable: true}); }
-                       catch (e) {} };
-  mark();
-  try { new MutationObserver(mark).observe(document, {childList: true, subtree: true, attributes: true,
-                                                      characterData: true}); } catch (e) {}
-})();"""
-# page.content()'s own serialization (doctype, then the root element), run in the page's world.
-_SERIALIZE_DOM = """() => {
+RESPOND_S = 5.0  # a page that does not answer for this long past its settle cap is busy in a script: given up
+_READY = "harvest.readWhenQuiet"
+# Installed before any page script runs. It records when the DOM last changed and defines one function that
+# waits, inside the page, until the DOM has been quiet for a while (or a cap passes) and then returns the DOM as
+# HTML the way page.content() does (doctype, then the root element). Reading in the page's own world matters:
+# page.content() runs in a separate world Chromium builds for every new document (~60 ms of renderer CPU per
+# page), and waiting in the page saves a round trip per check. Everything it uses is captured here, before the
+# page's scripts could replace it; the function itself cannot be redefined.
+_READ_WHEN_QUIET_INIT = """(() => {
+  const now = performance.now.bind(performance);
+  const wait = setTimeout.bind(window);
+  const Serializer = XMLSerializer;
+  const serializeToString = XMLSerializer.prototype.serializeToString;
+  const outerHTML = Object.getOwnPropertyDescriptor(Element.prototype, "outerHTML").get;
+  let lastMutation = now();
+  try {
+    new MutationObserver(() => { lastMutation = now(); }).observe(
+      document, {childList: true, subtree: true, attributes: true, characterData: true});
+  } catch (e) {}
+  const serialize = () => {
+    const doctype = document.doctype ? serializeToString.call(new Serializer(), document.doctype) : "";
+    const root = document.documentElement;
+    return root ? doctype + outerHTML.call(root) : doctype;
+  };
+  const readWhenQuiet = (quietMs, maxMs) => new Promise((resolve, reject) => {
+    const end = now() + maxMs;
+    const check = () => {
+      try {
+        const at = now();
+        const quietFor = at - lastMutation;
+        if (quietFor >= quietMs || at >= end) { resolve(serialize()); return; }
+        wait(check, Math.min(quietMs - quietFor, end - at) + 1);
+      } catch (e) { reject(e); }
+    };
+    check();
+  });
+  try { Object.defineProperty(window, Symbol.for("%s"), {value: readWhenQuiet}); } catch (e) {}
+})();""" % _READY
+# Calls the function above; a document the init script did not reach (none expected) is read as it is.
+_READ_WHEN_QUIET = """([quietMs, maxMs]) => {
+  const read = window[Symbol.for("%s")];
+  if (read) return read(quietMs, maxMs);
   const doctype = document.doctype ? new XMLSerializer().serializeToString(document.doctype) : "";
   return document.documentElement ? doctype + document.documentElement.outerHTML : doctype;
-}"""
-_SINCE_MUTATION = "() => { const t = window[Symbol.for('harvest.lastMutation')]; " \
-    "return t === undefined ? 1e9 : performance.now() - t; }"
+}""" % _READY
 
 
 class RenderFailed(PageFailed):
@@ -199,7 +229,7 @@ class BrowserRenderer:
                     ignore_https_errors=False,
                 )
                 await self._context.route("**/*", self._route)
-                await self._context.add_init_script(_MUTATION_WATCH)
+                await self._context.add_init_script(_READ_WHEN_QUIET_INIT)
             except Exception as exc:
                 await self._shutdown()
                 raise RenderFailed(
@@ -286,8 +316,7 @@ class BrowserRenderer:
                 content_type = media_type(response.headers.get("content-type"))
                 if status >= 400:
                     return RenderResult(url=page.url, status=status, html="", content_type=content_type)
-                await self._settle(page, network)
-                html = await self._content(page, url)
+                html = await self._read_when_settled(page, network, url)
                 truncated = len(html) > self.max_chars
                 if truncated:
                     log.warning("rendered %s is larger than %d characters: truncated", url, self.max_chars)
@@ -304,62 +333,56 @@ class BrowserRenderer:
                     with contextlib.suppress(Exception):
                         await page.close()
 
-    async def _settle(self, page: Any, network: _NetworkWatch) -> None:
-        """Wait for `load`, then until no request is in flight and the DOM is unchanged for `quiet_s`.
+    async def _read_when_settled(self, page: Any, network: _NetworkWatch, url: str) -> str:
+        """The rendered DOM as HTML, once the page is ready: after `load`, no request in flight and the DOM
+        unchanged for `quiet_s`; at the latest `settle_s` after the document loaded (read as it is then).
 
-        Bounded by `settle_s` overall; a page that never settles is read as it is at the cap."""
+        Raises RenderFailed when the page stops answering (a script keeps it busy past the cap plus
+        RESPOND_S) or keeps navigating while it is read."""
         from playwright.async_api import Error as PlaywrightError
 
         deadline = time.monotonic() + self.settle_s
         with contextlib.suppress(PlaywrightError):
             await page.wait_for_load_state("load", timeout=max(self.settle_s, 0.001) * 1000)
+        navigations = 0
         while True:
             now = time.monotonic()
-            if now >= deadline:
-                log.debug("%s still busy after %gs: reading it as it is", page.url, self.settle_s)
-                return
+            left = max(0.0, deadline - now)
             quiet_for = network.quiet_for(now)
-            if quiet_for < self.quiet_s:
-                await asyncio.sleep(min(self.quiet_s - quiet_for, deadline - now) + 0.001)
+            if quiet_for < self.quiet_s and left > 0:
+                await asyncio.sleep(min(self.quiet_s - quiet_for, left) + 0.001)
                 continue
+            asked = time.monotonic()
+            reading = page.evaluate(_READ_WHEN_QUIET, [self.quiet_s * 1000, left * 1000])
             try:
-                since_mutation = float(await page.evaluate(_SINCE_MUTATION)) / 1000
-            except PlaywrightError:  # navigated while we asked: wait for the new document
-                since_mutation = 0.0
-            if since_mutation >= self.quiet_s and network.quiet_for(time.monotonic()) >= self.quiet_s:
-                return
-            await asyncio.sleep(max(_POLL_S, self.quiet_s - since_mutation))
-
-    async def _content(self, page: Any, url: str) -> str:
-        """The rendered DOM as HTML (what page.content() returns), retried once when a script navigated the page
-        while we asked.
-
-        Evaluated in the page's own world: page.content() runs in a separate world that Chromium builds for each
-        new document, which took most of a render's reading time (~70 ms of renderer CPU per page)."""
-        from playwright.async_api import Error as PlaywrightError
-
-        for attempt in range(2):
-            try:
-                html = await page.evaluate(_SERIALIZE_DOM)
-            except PlaywrightError as exc:
-                if attempt:
+                html = await asyncio.wait_for(reading, left + RESPOND_S)
+            except asyncio.TimeoutError:
+                raise RenderFailed(
+                    url, f"the page stopped responding: a script kept it busy for over {left + RESPOND_S:.0f}s"
+                ) from None
+            except PlaywrightError as exc:  # navigated while we asked: read the new document
+                navigations += 1
+                if navigations > 2:
                     raise RenderFailed(url, f"could not read the rendered DOM: {_first_line(exc)}") from exc
                 with contextlib.suppress(PlaywrightError):
                     await page.wait_for_load_state("domcontentloaded", timeout=self.timeout_s * 1000)
                 continue
-            if not isinstance(html, str):  # a page script replaced the serializer's building blocks
+            if not isinstance(html, str):
                 raise RenderFailed(url, f"could not read the rendered DOM: got {type(html).__name__}")
-            return html
-        raise AssertionError("unreachable")
+            if left <= 0 or network.quiet_since(asked):
+                if left <= 0:
+                    log.debug("%s still busy after %gs: read as it is", page.url, self.settle_s)
+                return html
+            # A request started or ended while the DOM settled: it may change the page again.
 
     async def close(self) -> None:
-        """Close context, browser, Playwright and the proxy; never raises (called from finally blocks)."""
+        """Close the browser, Playwright and the proxy; never raises (called from finally blocks)."""
         async with self._start_lock:
             await self._shutdown()
 
     async def _shutdown(self) -> None:
+        # Closing the browser closes its context too (closing the context first cost a round trip, ~50 ms).
         for closer in (
-            self._context.close if self._context else None,
             self._browser.close if self._browser else None,
             self._playwright.stop if self._playwright else None,
             self._proxy.close if self._proxy else None,
@@ -398,6 +421,10 @@ class _NetworkWatch:
     def _ended(self, request: Any) -> None:
         self.in_flight.discard(request)
         self.last_change = time.monotonic()
+
+    def quiet_since(self, moment: float) -> bool:
+        """True when no request has been in flight, started or ended since `moment` (a monotonic time)."""
+        return not self.in_flight and self.last_change <= moment
 
     def quiet_for(self, now: float) -> float:
         """Seconds since the network went quiet (0 while a request is in flight)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,58 @@ def test_browser_mode_renders_everything_and_guards_every_request(site, run_craw
     failure = next(f for f in result.stats.failed_urls if f.url.endswith("/hop"))
     assert "metadata" in failure.reason
     assert _launch_count(launches) == 1
+
+
+def _script_page(script: str) -> str:
+    """An SPA shell (empty mount point) whose content `script` builds: auto mode must render it."""
+    return f"<html><head><title>Shell</title></head><body><div id='root'></div><script>{script}</script></body></html>"
+
+
+@pytest.mark.browser
+def test_a_page_is_read_once_its_scripts_have_finished_building_it(site, run_crawl, cfg, chromium) -> None:
+    """Content that arrives late is waited for: after a slow JSON fetch, and in steps closer together than the
+    quiet window (each step resets it), as long as the page settles within the cap."""
+    path, _ = chromium
+
+    def slow_json(_request):  # noqa: ANN001, ANN202
+        time.sleep(0.4)
+        return 200, {"Content-Type": "application/json"}, b'{"title": "Puppet show at the library"}'
+
+    site.html("/", links=["/fetches", "/steps"])
+    site.route("/data.json", slow_json)
+    site.page("/fetches", _script_page(
+        "fetch('/data.json').then(r => r.json()).then(d => {"
+        " document.getElementById('root').innerHTML = '<h1>' + d.title + '</h1>'; });"
+    ))
+    site.page("/steps", _script_page(
+        "let step = 0; const root = document.getElementById('root');"
+        "const next = () => { root.insertAdjacentHTML('beforeend', '<p>step ' + step + '</p>');"
+        " if (++step < 6) setTimeout(next, 60); };"
+        "window.addEventListener('load', () => setTimeout(next, 60));"
+    ))
+
+    result = run_crawl(site.url("/"), cfg(render="auto"), browser_path=path)
+
+    by_path = {page.url.rsplit("/", 1)[1]: page for page in result.pages}
+    assert by_path["fetches"].rendered and "<h1>Puppet show at the library</h1>" in by_path["fetches"].html
+    assert by_path["steps"].rendered and all(f"<p>step {n}</p>" in by_path["steps"].html for n in range(6))
+
+
+@pytest.mark.browser
+def test_a_page_whose_script_never_yields_fails_alone(site, run_crawl, cfg, chromium) -> None:
+    """A script in an endless loop makes the page unable to answer: that page fails with a reason, the tab is
+    dropped, and the crawl goes on (it used to wait for that page forever)."""
+    path, _ = chromium
+    site.html("/", links=["/busy", "/spa"])
+    site.page("/busy", _script_page("window.addEventListener('load', () => setTimeout(() => { for (;;) {} }, 0));"))
+    site.page("/spa", JS_PAGE)
+    site.html("/from-js")
+
+    started = time.monotonic()
+    result = run_crawl(site.url("/"), cfg(render="auto"), browser_path=path, browser_pages=1)
+
+    assert time.monotonic() - started < 30
+    assert "stopped responding" in result.failed("/busy").reason
+    spa = next(page for page in result.pages if page.url.endswith("/spa"))
+    assert spa.rendered and "<h1>Toddler Music Morning</h1>" in spa.html
+    assert not any(page.url.endswith("/busy") for page in result.pages)
