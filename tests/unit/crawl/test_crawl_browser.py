@@ -7,6 +7,7 @@ is observed rather than assumed.
 from __future__ import annotations
 
 import gzip
+import os
 import stat
 import time
 from pathlib import Path
@@ -211,3 +212,16 @@ def test_a_page_whose_script_never_yields_fails_alone(site, run_crawl, cfg, chro
     spa = next(page for page in result.pages if page.url.endswith("/spa"))
     assert spa.rendered and "<h1>Toddler Music Morning</h1>" in spa.html
     assert not any(page.url.endswith("/busy") for page in result.pages)
+
+
+def test_the_driver_compile_cache_goes_to_the_user_cache_unless_the_operator_chose(monkeypatch, tmp_path) -> None:
+    from harvest.crawl.browser import use_node_compile_cache
+
+    monkeypatch.delenv("NODE_COMPILE_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    use_node_compile_cache()
+    assert os.environ["NODE_COMPILE_CACHE"] == str(tmp_path / "harvest" / "node-compile-cache")
+
+    monkeypatch.setenv("NODE_COMPILE_CACHE", "/srv/node-cache")
+    use_node_compile_cache()
+    assert os.environ["NODE_COMPILE_CACHE"] == "/srv/node-cache"
