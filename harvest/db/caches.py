@@ -7,7 +7,10 @@ writing run's config says which model made them).
 from __future__ import annotations
 
 import struct
+from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -89,26 +92,60 @@ def reusable_embeddings(
 
     On Postgres the vectors come as `array_send` bytes, decoded by numpy: ~3x faster than parsing REAL[] text;
     and they come over the binary protocol, so the bytes are not sent as hex text (twice the size) and decoded.
+    Most of the time goes to Postgres reading the vectors out of TOAST, so chunks are read on
+    VECTOR_CONNECTIONS connections side by side (8,560 vectors: ~1.6 s on one, ~0.85 s on two), at most one
+    chunk ahead per connection so memory stays a few chunks whatever the count.
     """
     ids = list(content_hashes)
-    writer = scrape_runs.alias("writer")
+    chunks = [ids[start: start + LOOKUP_CHUNK] for start in range(0, len(ids), LOOKUP_CHUNK)]
     binary = engine.dialect.name == "postgresql"
+    if not binary or len(chunks) < 2:
+        for chunk in chunks:
+            yield from _same_content(_stored_vectors(engine, model, chunk, binary), content_hashes, binary)
+        return
+    with ThreadPoolExecutor(max_workers=VECTOR_CONNECTIONS, thread_name_prefix="harvest-vectors") as pool:
+        waiting = iter(chunks)
+        reading = deque(
+            pool.submit(_stored_vectors, engine, model, chunk, True) for chunk in islice(waiting, VECTOR_CONNECTIONS)
+        )
+        try:
+            while reading:
+                rows = reading.popleft().result()
+                following = next(waiting, None)
+                if following is not None:
+                    reading.append(pool.submit(_stored_vectors, engine, model, following, True))
+                yield from _same_content(rows, content_hashes, binary)
+        finally:  # the consumer stopped early or a read failed: start nothing new
+            for future in reading:
+                future.cancel()
+
+
+VECTOR_CONNECTIONS = 2
+
+
+def _stored_vectors(engine: Engine, model: str, ids: list[str], binary: bool) -> list[tuple[Any, ...]]:
+    """(id, content hash, vector) of these activities' stored embeddings made with `model`."""
+    writer = scrape_runs.alias("writer")
     vector = sa.func.array_send(activities.c.embedding) if binary else activities.c.embedding
+    query = (
+        sa.select(activities.c.id, activities.c.content_hash, vector)
+        .join(writer, writer.c.id == activities.c.run_id)
+        .where(
+            one_of(activities.c.id, ids, engine.dialect.name),
+            activities.c.embedding.is_not(None),
+            writer.c.config["embedding_model"].as_string() == model,
+        )
+    )
     with transaction(engine) as connection:
-        for start in range(0, len(ids), LOOKUP_CHUNK):
-            query = (
-                sa.select(activities.c.id, activities.c.content_hash, vector)
-                .join(writer, writer.c.id == activities.c.run_id)
-                .where(
-                    one_of(activities.c.id, ids[start: start + LOOKUP_CHUNK], engine.dialect.name),
-                    activities.c.embedding.is_not(None),
-                    writer.c.config["embedding_model"].as_string() == model,
-                )
-            )
-            rows = _binary_rows(connection, query) if binary else connection.execute(query)
-            for activity_id, content_hash, value in rows:
-                if content_hashes.get(activity_id) == content_hash:
-                    yield activity_id, decode_real_array(bytes(value)) if binary else value
+        return _binary_rows(connection, query) if binary else list(connection.execute(query))
+
+
+def _same_content(
+    rows: Iterable[tuple[Any, ...]], content_hashes: dict[str, str], binary: bool
+) -> Iterator[tuple[str, np.ndarray | list[float]]]:
+    for activity_id, content_hash, value in rows:
+        if content_hashes.get(activity_id) == content_hash:
+            yield activity_id, decode_real_array(bytes(value)) if binary else value
 
 
 def _binary_rows(connection: sa.Connection, query: sa.Select[Any]) -> list[tuple[Any, ...]]:

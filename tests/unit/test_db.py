@@ -116,3 +116,24 @@ def test_stored_embeddings_are_reused_only_for_the_same_content_and_model(engine
     assert list(found) == ["id-1"], "id-2's content changed, id-3 was never imported"
     assert np.array_equal(np.asarray(found["id-1"], dtype=np.float32), np.asarray(vector, dtype=np.float32))
     assert dict(reusable_embeddings(engine, "m-2", {"id-1": "h1"})) == {}, "another model, another vector"
+
+
+def test_stored_embeddings_read_in_several_chunks_are_all_found(engine, monkeypatch) -> None:  # noqa: ANN001
+    """Chunks are read side by side on Postgres (one after another on SQLite): each vector still comes back
+    once, with its own id, and a changed or unknown activity is still left out."""
+    import numpy as np
+
+    from harvest.db import caches
+
+    monkeypatch.setattr(caches, "LOOKUP_CHUNK", 2)
+    vectors = {n: list(np.full(8, n / 10, dtype=np.float32).astype(float)) for n in range(1, 8)}
+    runs.create_run(engine, "run-a", "https://a.example/", {"embedding_model": "m-1"})
+    import_activities(engine, [record(n, embedding=vectors[n]) for n in vectors], run_id="run-a")
+    wanted = {f"id-{n}": f"h{n}" for n in vectors} | {"id-3": "changed", "id-9": "h9"}
+
+    found = dict(caches.reusable_embeddings(engine, "m-1", wanted))
+
+    assert sorted(found) == sorted(f"id-{n}" for n in vectors if n != 3)
+    for n in vectors:
+        if n != 3:
+            assert np.allclose(np.asarray(found[f"id-{n}"], dtype=np.float32), vectors[n])
