@@ -166,8 +166,8 @@ def _script_page(script: str) -> str:
 
 @pytest.mark.browser
 def test_a_page_is_read_once_its_scripts_have_finished_building_it(site, run_crawl, cfg, chromium) -> None:
-    """Content that arrives late is waited for: after a slow JSON fetch, and in steps closer together than the
-    quiet window (each step resets it), as long as the page settles within the cap."""
+    """Content that arrives late is waited for: after a slow JSON fetch, and in steps 40 ms apart, closer than the
+    100 ms quiet window (each step resets it), as long as the page settles within the cap."""
     path, _ = chromium
 
     def slow_json(_request):  # noqa: ANN001, ANN202
@@ -183,8 +183,8 @@ def test_a_page_is_read_once_its_scripts_have_finished_building_it(site, run_cra
     site.page("/steps", _script_page(
         "let step = 0; const root = document.getElementById('root');"
         "const next = () => { root.insertAdjacentHTML('beforeend', '<p>step ' + step + '</p>');"
-        " if (++step < 6) setTimeout(next, 60); };"
-        "window.addEventListener('load', () => setTimeout(next, 60));"
+        " if (++step < 6) setTimeout(next, 40); };"
+        "next();"
     ))
 
     result = run_crawl(site.url("/"), cfg(render="auto"), browser_path=path)
