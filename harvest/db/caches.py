@@ -22,6 +22,7 @@ from harvest.db.runs import database_error, transaction, utcnow
 from harvest.db.schema import activities, geocode_cache, image_cache, llm_answers, one_of, scrape_runs
 
 LOOKUP_CHUNK = 1000
+VECTOR_CONNECTIONS = 2  # connections reading stored vectors side by side (see reusable_embeddings)
 
 
 def _upsert(engine: Engine, table: sa.Table, rows: list[dict[str, Any]], keys: list[str]) -> None:
@@ -118,9 +119,6 @@ def reusable_embeddings(
         finally:  # the consumer stopped early or a read failed: start nothing new
             for future in reading:
                 future.cancel()
-
-
-VECTOR_CONNECTIONS = 2
 
 
 def _stored_vectors(engine: Engine, model: str, ids: list[str], binary: bool) -> list[tuple[Any, ...]]:
