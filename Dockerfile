@@ -32,6 +32,7 @@ COPY pyproject.toml README.md alembic.ini prefect.yaml ./
 COPY harvest/ harvest/
 COPY flows/ flows/
 COPY blocks/ blocks/
+COPY harvest_cli/ harvest_cli/
 COPY migrations/ migrations/
 RUN pip install --no-cache-dir . \
     && chown -R harvest:harvest /app

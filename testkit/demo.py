@@ -39,7 +39,7 @@ def main() -> int:
             print(f"Geocoder: local Nominatim stand-in at {geocoder.base_url}")
         print(f"Demo site: {site.base_url}/ ({len(info.activity_pages)} activity pages built from the fixtures)")
 
-        from harvest.cli import app
+        from harvest_cli import app
 
         args = ["scrape", f"{site.base_url}/", "--max-pages", "1000", "--max-depth", "4", "--max-extractions", "1000"]
         try:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from typer.testing import CliRunner
 
-from harvest.cli import app
+from harvest_cli import app
 from tests.helpers import TEST_OPENAI_KEY
 
 GOOGLE_KEY = "google-maps-secret-key-987654"

@@ -80,7 +80,7 @@ def _distinct_activities(count: int, skip: int) -> list[dict[str, Any]]:
 
 
 def test_four_urls_at_once_keep_their_files_rows_and_cleanup_apart(harvest_env, s3, openai_server, tmp_path) -> None:
-    from harvest.cli import app
+    from harvest_cli import app
 
     db_url, bucket = harvest_env["HARVEST_DATABASE_URL"], harvest_env["HARVEST_BUCKET"]
     sites, names = [], []

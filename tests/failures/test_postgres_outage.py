@@ -81,7 +81,7 @@ def test_postgres_unreachable_when_the_run_writes_fails_it_cleanly_and_it_resume
     harvest_env, s3, demo_site, openai_server, monkeypatch
 ) -> None:
     from flows.resume import resume_flow_run
-    from harvest.cli import app
+    from harvest_cli import app
 
     # An outage longer than the reconnect window (20 s by default; 2 s here to keep the test short).
     monkeypatch.setenv("HARVEST_DB_RECONNECT_SECONDS", "2")

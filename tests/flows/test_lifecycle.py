@@ -45,7 +45,7 @@ def scrape(url: str, **config: object):  # noqa: ANN201
 
 def test_diff_of_a_site_that_changed_is_exact(harvest_env, tmp_path) -> None:
     from blocks.storage import resolve_store
-    from harvest.cli import app
+    from harvest_cli import app
     from harvest.settings import get_settings
 
     acts = distinct(10)
@@ -153,7 +153,7 @@ def test_sweep_cli_reconciles_and_expires_and_dry_run_changes_nothing(harvest_en
     from prefect.states import Crashed
 
     from flows.scrape import scrape_website
-    from harvest.cli import app
+    from harvest_cli import app
 
     engine = get_engine(harvest_env["HARVEST_DATABASE_URL"])
     with get_client(sync_client=True) as client:

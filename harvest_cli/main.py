@@ -1,6 +1,8 @@
 """`harvest`: run scrapes in-process and operate on their records from a terminal.
 
 With `--json`, stdout carries exactly one JSON document and logs go to stderr, so scripts can pipe it.
+Flows are imported inside the commands that run them: `harvest runs list` should not pay for importing
+Prefect's flow machinery.
 """
 
 from __future__ import annotations
@@ -30,6 +32,27 @@ def _fail(message: str, code: int = 1) -> NoReturn:
 def _emit(document: Any) -> None:
     sys.stdout.write(json.dumps(document, default=str, indent=2) + "\n")
     sys.stdout.flush()
+
+
+def _flow_result(state: Any, what: str, *, as_json: bool = False, run_id: str | None = None) -> Any:
+    """The return value of a flow run that completed; otherwise say why on stderr (and, with --json and a
+    run id, print a status document on stdout) and exit 1. `what` names the run in the message."""
+    if state.is_completed():
+        return state.result()
+    outcome = state.result(raise_on_failure=False)
+    reason = f"{outcome.__class__.__name__}: {outcome}" if isinstance(outcome, BaseException) else state.message
+    status = state.type.value.lower()
+    if as_json and run_id is not None:
+        _emit({"run_id": run_id, "status": status, "error": reason})
+    _fail(f"{what} {status}: {reason}")
+
+
+def _show_summary(summary: Any, as_json: bool) -> None:
+    document = summary.model_dump(mode="json")
+    if as_json:
+        _emit(document)
+    else:
+        _print_summary(document)
 
 
 def _engine() -> Any:
@@ -76,18 +99,7 @@ def scrape(
 
     state = scrape_website(url=request.url, config=request.config, from_raw=from_raw, return_state=True)
     run_id = str(state.state_details.flow_run_id)
-    if state.is_completed():
-        summary = state.result()
-        if as_json:
-            _emit(summary.model_dump(mode="json"))
-        else:
-            _print_summary(summary.model_dump(mode="json"))
-        return
-    outcome = state.result(raise_on_failure=False)
-    reason = f"{outcome.__class__.__name__}: {outcome}" if isinstance(outcome, BaseException) else state.message
-    if as_json:
-        _emit({"run_id": run_id, "status": state.type.value.lower(), "error": reason})
-    _fail(f"run {run_id} {state.type.value.lower()}: {reason}")
+    _show_summary(_flow_result(state, f"run {run_id}", as_json=as_json, run_id=run_id), as_json)
 
 
 def _route_logs_to_stderr() -> None:
@@ -288,11 +300,7 @@ def runs_import(
         _route_logs_to_stderr()
     from flows.import_run import import_run
 
-    state = import_run(run_id=run_id, cleanup=cleanup, return_state=True)
-    if not state.is_completed():
-        outcome = state.result(raise_on_failure=False)
-        _fail(f"import of run {run_id} failed: {outcome}")
-    summary = state.result()
+    summary = _flow_result(import_run(run_id=run_id, cleanup=cleanup, return_state=True), f"import of run {run_id}")
     if as_json:
         _emit(summary.model_dump(mode="json"))
         return
@@ -317,13 +325,7 @@ def runs_resume(run_id: str, as_json: bool = typer.Option(False, "--json")) -> N
         _route_logs_to_stderr()
     from flows.resume import resume_flow_run
 
-    state = resume_flow_run(run_id)
-    if state.is_completed():
-        summary = state.result()
-        _emit(summary.model_dump(mode="json")) if as_json else _print_summary(summary.model_dump(mode="json"))
-        return
-    outcome = state.result(raise_on_failure=False)
-    _fail(f"resumed run {run_id} {state.type.value.lower()}: {outcome}")
+    _show_summary(_flow_result(resume_flow_run(run_id), f"resumed run {run_id}"), as_json)
 
 
 @runs_app.command("diff")
@@ -373,10 +375,7 @@ def sweep(
         _route_logs_to_stderr()
     from flows.sweep import sweep_expired
 
-    state = sweep_expired(dry_run=dry_run, return_state=True)
-    if not state.is_completed():
-        _fail(f"sweep failed: {state.result(raise_on_failure=False)}")
-    report = state.result()
+    report = _flow_result(sweep_expired(dry_run=dry_run, return_state=True), "sweep")
     if as_json:
         _emit(report)
         return
