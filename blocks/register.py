@@ -32,6 +32,9 @@ AWS_BLOCK = "harvest-aws"
 BUCKET_BLOCK = "harvest-storage"
 OPENAI_SECRET = "harvest-openai-api-key"
 GOOGLE_MAPS_SECRET = "harvest-google-maps-api-key"
+# The global concurrency limits' names: created here, taken by `flows/limits.py` around every call.
+GEOCODER_LIMIT = "harvest-geocoder"
+OPENAI_LIMIT = "harvest-openai"
 
 
 @dataclass(frozen=True)
@@ -107,8 +110,6 @@ def register_blocks(
 def register_limits(settings: HarvestSettings) -> list[Registered]:
     """Create or update the global concurrency limits the flow's geocoder and OpenAI calls go through."""
     from prefect import get_client
-
-    from flows.limits import GEOCODER_LIMIT, OPENAI_LIMIT
 
     wanted = [
         (GEOCODER_LIMIT, 1, settings.geocoder_rate_per_second, f"{settings.geocoder_rate_per_second}/s"),

@@ -15,8 +15,9 @@ from prefect import get_client
 from prefect.concurrency.sync import concurrency, rate_limit
 from prefect.exceptions import ObjectNotFound
 
-GEOCODER_LIMIT = "harvest-geocoder"
-OPENAI_LIMIT = "harvest-openai"
+from blocks.register import GEOCODER_LIMIT, OPENAI_LIMIT
+
+__all__ = ["GEOCODER_LIMIT", "OPENAI_LIMIT", "geocoder_gate", "limit_exists", "openai_slot"]
 
 
 def limit_exists(name: str) -> bool:
