@@ -32,6 +32,12 @@ demo: venv system
 test: venv system postgres
 	HARVEST_TEST_DATABASE_URL=$(PG_URL) $(BIN)/pytest -q $(PYTEST_ARGS)
 
+## make lint: ruff (style, pyflakes, bugbear, import order), mypy, and import-linter's layer contracts (pyproject.toml)
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
 bench: venv system postgres
 	$(BIN)/python -m bench.run
 
