@@ -24,7 +24,9 @@ def varied_activities(count: int) -> Iterator[dict[str, Any]]:
             street = location.get("street_address") or "Main Rd"
             location["street_address"] = f"{copy} {street}"
             location["formattedAddress"] = ", ".join(
-                part for part in (location["street_address"], location.get("city"), location.get("country_code")) if part
+                part
+                for part in (location["street_address"], location.get("city"), location.get("country_code"))
+                if part
             )
         record["location"] = location or None
         record.pop("imageURL", None)

@@ -100,8 +100,8 @@ def main() -> int:
             wall = time.perf_counter() - started
         peak_rss = peak_rss_mb()  # the flow's; the floor below is not counted
     summary = state.result()
-    from harvest.db.runs import get_run
     from blocks.storage import resolve_store
+    from harvest.db.runs import get_run
 
     row = get_run(engine, summary.run_id)
     steps = row["steps"]
@@ -123,7 +123,9 @@ def main() -> int:
         "bytes_between_tasks": summary.bytes_between_tasks,
         "task_runs": summary.task_runs,
         "stored_bytes": {kind: ref.bytes for kind, ref in summary.files.items()},
-        "embedding_bytes_per_activity": round(summary.files["embeddings"].bytes / max(1, summary.activities_processed), 1),
+        "embedding_bytes_per_activity": round(
+            summary.files["embeddings"].bytes / max(1, summary.activities_processed), 1
+        ),
         "import_rows_per_s": round(summary.activities_processed / import_seconds, 1) if import_seconds else None,
         **floor,
         "import_summary": summary.import_summary.model_dump() if summary.import_summary else None,

@@ -47,7 +47,9 @@ def child(module: str, args: list[str], env: dict[str, str], out: Path) -> dict[
 
 
 def start_prefect_server(workdir: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
-    """`prefect server start` on a free loopback port (SQLite in the bench's PREFECT_HOME); returns it and its API URL."""
+    """`prefect server start` on a free loopback port (SQLite in the bench's PREFECT_HOME).
+
+    Returns the process and its API URL."""
     import httpx
 
     from testkit.net import free_port
@@ -103,7 +105,9 @@ def run_size(n: int, env: dict[str, str], workdir: Path, openai_server: OpenAITe
         storage = workdir / f"whole-lists-results-{n}"
         alt = child("bench.whole_lists", [str(n)], {**env, "PREFECT_LOCAL_STORAGE_PATH": str(storage)},
                     workdir / f"whole-lists-{n}.json")
-        result["whole_lists"] = {key: alt[key] for key in ("activities", "wall_s", "peak_rss_mb", "bytes_between_tasks")}
+        result["whole_lists"] = {
+            key: alt[key] for key in ("activities", "wall_s", "peak_rss_mb", "bytes_between_tasks")
+        }
     return result
 
 
@@ -169,7 +173,8 @@ def markdown(document: dict[str, Any]) -> str:
     lines += ["| " + " | ".join(KEYS) + " |", "|" + "---|" * len(KEYS)]
     lines += ["| " + " | ".join(str(r.get(key, "")) for key in KEYS) + " |" for r in results]
     stages = sorted({stage for r in results for stage in r.get("stage_wall_s", {})})
-    lines += ["", "### Wall seconds per stage", "", "| n | " + " | ".join(stages) + " |", "|" + "---|" * (len(stages) + 1)]
+    lines += ["", "### Wall seconds per stage", "",
+              "| n | " + " | ".join(stages) + " |", "|" + "---|" * (len(stages) + 1)]
     lines += ["| " + " | ".join([str(r["n"])] + [str(r.get("stage_wall_s", {}).get(s, "")) for s in stages]) + " |"
               for r in results]
     kinds = sorted({kind for r in results for kind in r.get("stored_bytes", {})})
@@ -183,7 +188,8 @@ def markdown(document: dict[str, Any]) -> str:
         for r in results:
             alt = r.get("whole_lists") or {}
             lines.append(f"| {r['n']} | {r['wall_s']} | {alt.get('wall_s', '')} | {r['peak_rss_mb']} | "
-                         f"{alt.get('peak_rss_mb', '')} | {r['bytes_between_tasks']} | {alt.get('bytes_between_tasks', '')} |")
+                         f"{alt.get('peak_rss_mb', '')} | {r['bytes_between_tasks']} | "
+                         f"{alt.get('bytes_between_tasks', '')} |")
     crawl = document.get("crawl") or {}
     if crawl:
         lines += ["", "### Crawl of the demo site (median of the rounds)", "",
@@ -201,7 +207,8 @@ def markdown(document: dict[str, Any]) -> str:
 
 NOTES = [
     "Each case is its own process (`bench.one`, `bench.whole_lists`, `bench.crawl`): peak_rss_mb is that "
-    "process's own peak RSS (VmHWM; not ru_maxrss, which a child inherits from its parent at exec), read right after the flow (the COPY floor that follows is not counted). One Prefect "
+    "process's own peak RSS (VmHWM; not ru_maxrss, which a child inherits from its parent at exec), read right "
+    "after the flow (the COPY floor that follows is not counted). One Prefect "
     "server (`prefect server start`, SQLite) serves every case, as a deployment's server would; it and moto "
     "run in other processes.",
     "wall_s: the flow call (creating the flow run through the API, every task, hooks and artifacts).",
@@ -223,7 +230,8 @@ NOTES = [
 def main() -> int:
     sizes = [int(s) for s in os.environ.get("BENCH_SIZES", "100,1000,10000").split(",") if s.strip()]
     workdir = Path(tempfile.mkdtemp(prefix="harvest-bench-"))
-    for name, value in {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    fake_aws = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
+    for name, value in fake_aws.items():
         os.environ.setdefault(name, value)  # moto accepts any credentials; boto3 needs some
     base_env = {
         "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING",

@@ -52,7 +52,7 @@ _FIELD_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default
 
 def _short_hash(value: Any) -> str:
     if value is None or isinstance(value, (str, bool, int, float)):
-        return _scalar_hash(type(value), value)  # city, country, urgency, ...: the same few values over and over
+        return _scalar_hash(type(value).__name__, value)  # city, country, urgency, ...: the same few values
     return _hash(value)
 
 
@@ -62,7 +62,7 @@ def _hash(value: Any) -> str:
 
 
 @lru_cache(maxsize=8192)
-def _scalar_hash(kind: type, value: Any) -> str:  # `kind` keeps True, 1 and 1.0 apart
+def _scalar_hash(kind: str, value: Any) -> str:  # `kind` (the type's name) keeps True, 1 and 1.0 apart
     return _hash(value)
 
 
@@ -91,7 +91,9 @@ def digest_line(record: dict[str, Any], *, embedding: np.ndarray | None = None) 
 
 # DIFF_FIELDS as (0, key) for a top-level field and (1, key) for one of `location` (a missing or non-dict
 # location reads as empty): paths split once, not for every field of every activity.
-_FIELD_KEYS = tuple((1, field.split(".", 1)[1]) if field.startswith("location.") else (0, field) for field in DIFF_FIELDS)
+_FIELD_KEYS = tuple(
+    (1, field.split(".", 1)[1]) if field.startswith("location.") else (0, field) for field in DIFF_FIELDS
+)
 
 
 def load_digest(lines: Iterable[dict[str, Any]]) -> dict[str, tuple[str | None, tuple[str, ...]]]:
@@ -115,7 +117,7 @@ def diff_lines(
             counts.added += 1
             yield {"change": "added", "id": activity_id, "name": line.get("name")}
             continue
-        fields = [f for f, a, b in zip(DIFF_FIELDS, before[1], line["h"]) if a != b]
+        fields = [f for f, a, b in zip(DIFF_FIELDS, before[1], line["h"], strict=False) if a != b]
         if fields:
             counts.changed += 1
             yield {"change": "changed", "id": activity_id, "name": line.get("name"), "fields": fields}

@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Final, Literal
 
 import numpy as np
 import openai
@@ -37,7 +37,7 @@ from harvest.models import Activity
 
 logger = logging.getLogger(__name__)
 
-EMBEDDINGS_ENDPOINT = "/v1/embeddings"
+EMBEDDINGS_ENDPOINT: Final = "/v1/embeddings"
 # OpenAI's Batch API limits: 50,000 requests and 200 MB per input file (we stay a little under the bytes).
 MAX_BATCH_LINES = 50_000
 MAX_BATCH_BYTES = 190 * 1024 * 1024
@@ -78,7 +78,9 @@ def _request_line(activity: Activity, model: str, dimensions: int | None) -> byt
     return json.dumps(line, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
 
 
-def _unique_request_lines(activities: Iterable[Activity], model: str, dimensions: int | None) -> Iterator[tuple[str, bytes]]:
+def _unique_request_lines(
+    activities: Iterable[Activity], model: str, dimensions: int | None
+) -> Iterator[tuple[str, bytes]]:
     """(activity id, request line) per activity, lazily; a repeated id or an empty text is skipped with a
     warning (the batch would reject a duplicate custom_id)."""
     seen: set[str] = set()
@@ -190,7 +192,7 @@ def _api_failure(action: str, exc: openai.OpenAIError) -> EmbeddingError:
 
 
 def submit_batch(client: openai.OpenAI, input_path: Path, *, metadata: dict[str, str],
-                 completion_window: str = "24h") -> BatchHandle:
+                 completion_window: Literal["24h"] = "24h") -> BatchHandle:
     """Upload the input JSONL (purpose "batch") and create an embeddings batch for it."""
     input_path = Path(input_path)
     try:
@@ -278,11 +280,17 @@ def parse_batch_line(raw: str, *, dimensions: int, line_number: int = 0) -> Embe
             reason = f"{error.get('code') or 'error'}: {error.get('message') or ''}".strip()
             return EmbeddingRow(custom_id, None, reason)
         return EmbeddingRow(custom_id, None, str(error))
-    response = record.get("response") if isinstance(record.get("response"), dict) else {}
-    body = response.get("body") if isinstance(response.get("body"), dict) else {}
+    response = record.get("response")
+    if not isinstance(response, dict):
+        response = {}
+    body = response.get("body")
+    if not isinstance(body, dict):
+        body = {}
     status = response.get("status_code")
     if status != 200:
-        api_error = body.get("error") if isinstance(body.get("error"), dict) else {}
+        api_error = body.get("error")
+        if not isinstance(api_error, dict):
+            api_error = {}
         return EmbeddingRow(custom_id, None, f"HTTP {status}: {api_error.get('message') or 'request failed'}")
     data = body.get("data")
     if not isinstance(data, list) or not data or not isinstance(data[0], dict):
@@ -404,7 +412,8 @@ class EmbeddingMatrix:
             self._row_bytes = 4 * self.dimensions
             self._offset = self._file.tell()
             # A row is present when its first value is a number: one float read per row, not the matrix.
-            firsts = [os.pread(self._file.fileno(), 4, self._offset + row * self._row_bytes) for row in range(self.rows)]
+            fd = self._file.fileno()
+            firsts = [os.pread(fd, 4, self._offset + row * self._row_bytes) for row in range(self.rows)]
             self._present = ~np.isnan(np.frombuffer(b"".join(firsts), dtype="<f4")) if firsts else np.zeros(0, bool)
         except BaseException:
             self.close()

@@ -69,7 +69,8 @@ def check_fetch_allowed(url: str, *, allow_private_networks: bool) -> None:
     for info in infos:
         address = str(info[4][0]).split("%", 1)[0]
         ip = ipaddress.ip_address(address)
-        if ip in METADATA_ADDRESSES or (ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None) in METADATA_ADDRESSES:
+        mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+        if ip in METADATA_ADDRESSES or mapped in METADATA_ADDRESSES:
             raise DisallowedURLError(f"refused {url!r}: {host} resolves to the cloud metadata address {address}")
         if not allow_private_networks and not is_public_address(address):
             raise DisallowedURLError(

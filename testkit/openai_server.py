@@ -74,8 +74,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from testkit.loopback import LoopbackHandler, LoopbackServer
 from testkit.geocoder_server import parse_address
+from testkit.loopback import LoopbackHandler, LoopbackServer
 
 BATCH_OUTCOMES = ("completed", "failed", "expired", "cancelled")
 FILE_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")

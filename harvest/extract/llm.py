@@ -13,6 +13,8 @@ import logging
 from typing import Any, Protocol
 
 import openai
+from openai.types.chat import ChatCompletionMessageParam
+from openai.types.shared_params import ResponseFormatJSONSchema
 
 from harvest.errors import ExtractionError
 from harvest.extract.page import page_text as visible_text
@@ -80,7 +82,7 @@ ACTIVITIES_SCHEMA: dict[str, Any] = {
     },
 }
 
-RESPONSE_FORMAT: dict[str, Any] = {
+RESPONSE_FORMAT: ResponseFormatJSONSchema = {
     "type": "json_schema",
     "json_schema": {"name": "activities", "strict": True, "schema": ACTIVITIES_SCHEMA},
 }
@@ -123,7 +125,7 @@ class LLMExtractor:
         self.rejected = 0
         self.cache_hits = 0
 
-    def messages(self, page_text: str, url: str) -> list[dict[str, str]]:
+    def messages(self, page_text: str, url: str) -> list[ChatCompletionMessageParam]:
         """The chat messages for one page: fixed instructions, then the bounded page text as data."""
         text = page_text[: self.max_input_chars]
         note = " (truncated)" if len(page_text) > self.max_input_chars else ""
@@ -181,8 +183,8 @@ class LLMExtractor:
         try:
             completion = self.client.chat.completions.create(
                 model=self.model,
-                messages=self.messages(page_text, url),  # type: ignore[arg-type]
-                response_format=RESPONSE_FORMAT,  # type: ignore[arg-type]
+                messages=self.messages(page_text, url),
+                response_format=RESPONSE_FORMAT,
                 max_completion_tokens=self.max_output_tokens,
             )
         except openai.APIStatusError as exc:

@@ -256,7 +256,7 @@ class _Mapper:
                     if len(value) > 1:  # an inline node with an id: others may point at it
                         self.index.setdefault(ref, value)
                 stack.extend((item, depth + 1) for key, item in value.items() if not key.startswith("@"))
-        found.discard(node.get("@id"))  # type: ignore[arg-type]
+        found.discard(node.get("@id"))
         return found
 
     def activities(self) -> list[RawActivity]:
