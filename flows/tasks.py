@@ -22,7 +22,7 @@ from harvest.extract.llm import LLMExtractor
 from harvest.geocode import make_geocoder
 from harvest.models import FileRef, ImportSummary, RunConfig
 from harvest.stages.collect import collect_raw_activities, copy_raw_activities
-from harvest.stages.common import Chunk, StageResult, StageStats, merge_stats, part_kind, run_key
+from harvest.stages.common import Chunk, StageResult, StageStats, merge_stats
 from harvest.stages.diff import diff_with_previous_run as diff_stage
 from harvest.stages.embed import SubmittedBatch, collect_embeddings, submit_embeddings
 from harvest.stages.geocode import geocode_addresses
@@ -31,12 +31,9 @@ from harvest.stages.load import import_final_records
 from harvest.stages.merge import merge_enrichments, write_final_records
 from harvest.stages.standardize import standardize_raw_activities
 from harvest.storage import concat_files
+from harvest.storage.keys import part_kind, result_key_template, run_key
 
 LOGGED_WARNINGS = 20
-
-
-def result_key(step: str) -> str:
-    return "runs/{parameters[run_id]}/results/" + step + ".json"
 
 
 PERSISTED: dict[str, Any] = {"persist_result": True, "result_serializer": "json"}
@@ -65,7 +62,7 @@ def _openai_client(res: Resources) -> Any:
     return make_openai_client(settings.openai_api_key.get_secret_value(), settings.openai_base_url)
 
 
-@task(name="crawl-and-extract", result_storage_key=result_key("crawl"), **PERSISTED)
+@task(name="crawl-and-extract", result_storage_key=result_key_template("crawl"), **PERSISTED)
 def crawl_and_extract(run_id: str, url: str, config: RunConfig) -> FileRef:
     res = resources()
     llm = None
@@ -76,7 +73,7 @@ def crawl_and_extract(run_id: str, url: str, config: RunConfig) -> FileRef:
     return result.file("raw_activities")
 
 
-@task(name="load-raw-activities", result_storage_key=result_key("crawl"), **PERSISTED)
+@task(name="load-raw-activities", result_storage_key=result_key_template("crawl"), **PERSISTED)
 def load_raw_activities(run_id: str, source: str) -> FileRef:
     res = resources()
     result = copy_raw_activities(res.store, run_id, source)
@@ -84,7 +81,7 @@ def load_raw_activities(run_id: str, source: str) -> FileRef:
     return result.file("raw_activities")
 
 
-@task(name="standardize", result_storage_key=result_key("standardize"), **PERSISTED)
+@task(name="standardize", result_storage_key=result_key_template("standardize"), **PERSISTED)
 def standardize(run_id: str, raw: FileRef, config: RunConfig) -> FileRef:
     res = resources()
     result = standardize_raw_activities(res.store, run_id, raw, config)
@@ -92,7 +89,7 @@ def standardize(run_id: str, raw: FileRef, config: RunConfig) -> FileRef:
     return result.file("standardized")
 
 
-@task(name="process-images-chunk", result_storage_key=result_key("images-{parameters[index]}"), **PERSISTED)
+@task(name="process-images-chunk", result_storage_key=result_key_template("images-{parameters[index]}"), **PERSISTED)
 def images_chunk(run_id: str, standardized: FileRef, index: int, start: int, stop: int) -> FileRef:
     """One chunk of the image map (lines start..stop of standardized.jsonl)."""
     res = resources()
@@ -102,7 +99,7 @@ def images_chunk(run_id: str, standardized: FileRef, index: int, start: int, sto
     return result.files[0]
 
 
-@task(name="geocode-chunk", result_storage_key=result_key("geocode-{parameters[index]}"), **PERSISTED)
+@task(name="geocode-chunk", result_storage_key=result_key_template("geocode-{parameters[index]}"), **PERSISTED)
 def geocode_chunk(run_id: str, standardized: FileRef, index: int, start: int, stop: int) -> FileRef:
     """One chunk of the geocode map; each distinct address is asked once per chunk, and never again once cached."""
     res = resources()
@@ -119,7 +116,7 @@ def geocode_chunk(run_id: str, standardized: FileRef, index: int, start: int, st
     return result.files[0]
 
 
-@task(name="combine-map", result_storage_key=result_key("{parameters[kind]}"), **PERSISTED)
+@task(name="combine-map", result_storage_key=result_key_template("{parameters[kind]}"), **PERSISTED)
 def combine_map(run_id: str, kind: str, step: str, chunks: int) -> FileRef:
     """Concatenate a map's chunk parts in order (so it lines up with standardized.jsonl), record the whole
     map and the step's totals, and drop the parts."""
@@ -143,7 +140,7 @@ def combine_map(run_id: str, kind: str, step: str, chunks: int) -> FileRef:
     return ref
 
 
-@task(name="submit-embeddings-batch", result_storage_key=result_key("embeddings_batch"), **PERSISTED)
+@task(name="submit-embeddings-batch", result_storage_key=result_key_template("embeddings_batch"), **PERSISTED)
 def submit_embeddings_batch(run_id: str, standardized: FileRef, model: str) -> SubmittedBatch | None:
     res = resources()
     if not res.settings.has_openai:
@@ -168,8 +165,8 @@ def _only_while_running(task: Any, task_run: Any, state: Any) -> bool:
 
 
 @task(
-    name="poll-embeddings-batch", result_storage_key=result_key("embeddings"), retry_condition_fn=_only_while_running,
-    **PERSISTED,
+    name="poll-embeddings-batch", result_storage_key=result_key_template("embeddings"),
+    retry_condition_fn=_only_while_running, **PERSISTED,
 )
 def poll_embeddings_batch(run_id: str, standardized: FileRef, batch: SubmittedBatch) -> list[FileRef]:
     res = resources()
@@ -187,7 +184,7 @@ def poll_embeddings_batch(run_id: str, standardized: FileRef, batch: SubmittedBa
     return result.files
 
 
-@task(name="merge", result_storage_key=result_key("merge"), **PERSISTED)
+@task(name="merge", result_storage_key=result_key_template("merge"), **PERSISTED)
 def merge(
     run_id: str, standardized: FileRef, images_map: FileRef | None, geocoded_map: FileRef | None,
     embeddings_index: FileRef | None,
@@ -198,7 +195,7 @@ def merge(
     return result.file("merged")
 
 
-@task(name="write-final-jsonl", result_storage_key=result_key("final"), **PERSISTED)
+@task(name="write-final-jsonl", result_storage_key=result_key_template("final"), **PERSISTED)
 def write_final(run_id: str, merged: FileRef, embeddings: FileRef | None) -> FileRef:
     res = resources()
     result = write_final_records(res.store, run_id, merged, embeddings)
@@ -206,7 +203,7 @@ def write_final(run_id: str, merged: FileRef, embeddings: FileRef | None) -> Fil
     return result.file("final_jsonl")
 
 
-@task(name="import-activities", result_storage_key=result_key("import"), **PERSISTED)
+@task(name="import-activities", result_storage_key=result_key_template("import"), **PERSISTED)
 def import_activities(run_id: str, final: FileRef) -> ImportSummary:
     res = resources()
     result, summary = import_final_records(res.store, run_id, final, res.engine)
@@ -214,7 +211,7 @@ def import_activities(run_id: str, final: FileRef) -> ImportSummary:
     return summary
 
 
-@task(name="diff-with-previous-run", result_storage_key=result_key("diff"), **PERSISTED)
+@task(name="diff-with-previous-run", result_storage_key=result_key_template("diff"), **PERSISTED)
 def diff_with_previous_run(run_id: str, url: str, final: FileRef) -> dict[str, Any]:
     """Digest + diff files, and the counts written onto the run row (and shown in the summary artifact)."""
     res = resources()

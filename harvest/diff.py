@@ -19,6 +19,7 @@ import numpy as np
 
 from harvest.models import FileRef
 from harvest.storage import ObjectStore, iter_jsonl, write_jsonl
+from harvest.storage.keys import digest_key as digest_key  # re-exported: callers ask harvest.diff
 
 # Fields of a final record that a reviewer cares about; `location` is split so an address edit and a
 # geocode edit are told apart.
@@ -39,10 +40,6 @@ class DiffCounts:
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
-
-
-def digest_key(run_id: str) -> str:
-    return f"digests/{run_id}.jsonl"
 
 
 # One encoder for every field: json.dumps with these options builds a new JSONEncoder per call, which cost

@@ -30,6 +30,7 @@ from PIL import Image
 from harvest.errors import DisallowedURLError, ImageError
 from harvest.models import ImageInfo
 from harvest.storage import ObjectStore
+from harvest.storage.keys import image_key
 from harvest.urls import check_fetch_allowed
 
 MAX_REDIRECTS = 5
@@ -256,10 +257,6 @@ def _bomb_message(width: int, height: int, max_pixels: int) -> str:
 
 def _has_alpha(img: Image.Image) -> bool:
     return img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info)
-
-
-def image_key(sha256: str) -> str:
-    return f"images/{sha256}.webp"
 
 
 def store_webp(store: ObjectStore, image: ProcessedImage) -> str:

@@ -30,7 +30,7 @@ from harvest.db.runs import transaction, utcnow
 from harvest.db.schema import activities, run_files, scrape_runs
 from harvest.errors import ConfigError, StorageError
 from harvest.settings import HarvestSettings
-from harvest.storage import ObjectStore, delete_prefix, iter_jsonl, run_prefix
+from harvest.storage import ObjectStore, delete_prefix, iter_jsonl, keys
 
 logger = logging.getLogger("harvest.retention")
 
@@ -96,7 +96,7 @@ class SweepReport:
 
 def delete_run_objects(store: ObjectStore, connection: Connection, run_id: str, *, keep_digest: bool) -> int:
     """Delete the run's objects (its prefix and, unless kept, its digest) and mark the rows deleted."""
-    deleted = delete_prefix(store, run_prefix(run_id))
+    deleted = delete_prefix(store, keys.run_prefix(run_id))
     query = run_files.update().where(run_files.c.run_id == run_id, run_files.c.deleted_at.is_(None))
     if keep_digest:
         query = query.where(run_files.c.kind != "digest")
@@ -343,16 +343,16 @@ def _delete_orphans(
     """Delete objects under runs/ and digests/ that no row accounts for; returns every key that exists."""
     live, kept, running = _accounted_keys(engine, store)
     existing: set[str] = set()
-    for prefix in ("runs/", "digests/"):
+    for prefix in (keys.RUNS, keys.DIGESTS):
         for info in store.list(prefix):
             existing.add(info.key)
             if info.key in live:
                 continue
-            parts = info.key.split("/")
-            if prefix == "runs/" and len(parts) > 2:
-                if parts[1] in running:
+            owner = keys.run_id_of(info.key)
+            if owner is not None:
+                if owner in running:
                     continue  # a running run records its files as it goes: never touch them
-                if parts[1] in kept and parts[2] == "results":
+                if owner in kept and keys.is_step_result(info.key):
                     continue  # a kept run's Prefect step results: what `harvest runs resume` needs
             if _aware(info.last_modified) > now - policy.grace:
                 continue  # may belong to a run being started right now
@@ -401,7 +401,7 @@ def _delete_unreferenced_images(
     referenced = _referenced_images(engine, store, report)
     if referenced is None:
         return
-    for info in store.list("images/"):
+    for info in store.list(keys.IMAGES):
         if info.key in referenced or _aware(info.last_modified) > now - policy.grace:
             continue
         report.images.append(info.key)

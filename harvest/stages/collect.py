@@ -14,8 +14,9 @@ from harvest.extract.llm import LLMExtractor
 from harvest.extract.structured import extract_structured, page_text
 from harvest.models import RawActivity, RunConfig
 from harvest.settings import HarvestSettings
-from harvest.stages.common import StageResult, run_key, timed
+from harvest.stages.common import StageResult, timed
 from harvest.storage import ObjectStore, iter_jsonl, write_jsonl
+from harvest.storage.keys import run_key
 
 logger = logging.getLogger(__name__)
 

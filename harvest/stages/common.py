@@ -1,4 +1,4 @@
-"""What every stage returns, and where its files go."""
+"""What every stage returns, and how a stage's input is split into chunks (where files go: harvest/storage/keys.py)."""
 
 from __future__ import annotations
 
@@ -12,13 +12,9 @@ from pydantic import BaseModel, Field
 
 from harvest.models import FileRef
 from harvest.storage import ObjectStore, iter_jsonl
+from harvest.storage.keys import part_kind
 
 MAX_STAGE_WARNINGS = 200
-
-
-def run_key(run_id: str, kind: str, ext: str) -> str:
-    """`runs/<run_id>/<kind>.<ext>`: every file of a run sits under one prefix, so cleanup is one prefix delete."""
-    return f"runs/{run_id}/{kind}.{ext}"
 
 
 class StageStats(BaseModel):
@@ -83,11 +79,6 @@ def chunk_ranges(records: int, chunk_size: int, max_chunks: int) -> list[tuple[i
     count = max(1, min(max_chunks, -(-records // max(1, chunk_size))))
     bounds = [records * i // count for i in range(count + 1)]
     return list(zip(bounds[:-1], bounds[1:]))
-
-
-def part_kind(kind: str, index: int) -> str:
-    """The kind of one chunk's file of a map, e.g. `images_map.part-0003`; parts are concatenated in order."""
-    return f"{kind}.part-{index:04d}"
 
 
 def merge_stats(parts: list[StageStats]) -> StageStats:

@@ -9,8 +9,9 @@ from sqlalchemy.engine import Engine
 from harvest.db.runs import comparable_file, previous_comparable_run
 from harvest.diff import digest_lines, write_diff
 from harvest.models import FileRef
-from harvest.stages.common import StageResult, run_key, timed
+from harvest.stages.common import StageResult, timed
 from harvest.storage import ObjectStore
+from harvest.storage.keys import run_key
 
 
 def diff_with_previous_run(store: ObjectStore, engine: Engine, run_id: str, url: str, final: FileRef) -> StageResult:

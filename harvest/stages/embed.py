@@ -29,8 +29,9 @@ from harvest.embeddings import (
 )
 from harvest.errors import DatabaseError, EmbeddingError
 from harvest.models import Activity, FileRef
-from harvest.stages.common import StageResult, run_key, timed
+from harvest.stages.common import StageResult, timed
 from harvest.storage import ObjectStore, iter_jsonl, store_local_file, write_jsonl
+from harvest.storage.keys import run_key
 
 
 class SubmittedBatch(BaseModel):

@@ -11,9 +11,10 @@ from sqlalchemy.engine import Engine
 from harvest.db.caches import cached_geocodes, store_geocodes
 from harvest.geocode import Geocoder, is_settled, normalize_address
 from harvest.models import FileRef, Geocode
-from harvest.stages.common import Chunk, StageResult, run_key, timed
+from harvest.stages.common import Chunk, StageResult, timed
 from harvest.stages.concurrency import ordered_map
 from harvest.storage import ObjectStore, write_jsonl
+from harvest.storage.keys import run_key
 
 
 class _OncePerAddress:

@@ -15,9 +15,10 @@ from harvest.db.caches import cached_images, store_images
 from harvest.images import HostSlots, process_activity_image
 from harvest.models import FileRef, ImageInfo
 from harvest.settings import HarvestSettings
-from harvest.stages.common import Chunk, StageResult, run_key, timed
+from harvest.stages.common import Chunk, StageResult, timed
 from harvest.stages.concurrency import ordered_map
 from harvest.storage import ObjectStore, write_jsonl
+from harvest.storage.keys import run_key
 
 
 def _previous_images(records: Iterable[dict[str, Any]], engine: Engine) -> dict[str, ImageInfo]:

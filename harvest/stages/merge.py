@@ -14,12 +14,13 @@ from typing import Any
 import numpy as np
 import orjson
 
-from harvest.diff import digest_key, digest_line
+from harvest.diff import digest_line
 from harvest.embeddings import EmbeddingReader
 from harvest.errors import StorageError
 from harvest.models import FileRef
-from harvest.stages.common import StageResult, run_key, timed
+from harvest.stages.common import StageResult, timed
 from harvest.storage import ObjectStore, iter_jsonl, local_copy, staged_file, write_jsonl
+from harvest.storage.keys import digest_key, run_key
 
 
 def _lines(store: ObjectStore, ref: FileRef | None) -> Iterator[dict[str, Any] | None]:

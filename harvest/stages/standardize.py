@@ -7,9 +7,10 @@ from collections.abc import Iterator
 from pydantic import ValidationError
 
 from harvest.models import Activity, FileRef, RawActivity, RunConfig
-from harvest.stages.common import StageResult, run_key, timed
+from harvest.stages.common import StageResult, timed
 from harvest.standardize import Standardizer
 from harvest.storage import ObjectStore, iter_jsonl, write_jsonl
+from harvest.storage.keys import run_key
 
 
 def standardize_raw_activities(store: ObjectStore, run_id: str, raw: FileRef, config: RunConfig) -> StageResult:
