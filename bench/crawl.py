@@ -17,18 +17,16 @@ from pathlib import Path
 def main() -> int:
     start_url, mode, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
     from bench.rss import peak_rss_mb
-    from harvest.crawl.crawler import crawl
+    from dataclasses import replace
+
+    from harvest.crawl import CrawlOptions, crawl
     from harvest.models import RunConfig
     from harvest.settings import get_settings
 
     settings = get_settings()
     config = RunConfig(render=mode, max_pages=5000, max_depth=20)
     started = time.perf_counter()
-    session = crawl(
-        start_url, config, browser_path=settings.browser_path, user_agent=settings.user_agent,
-        allow_private_networks=True, per_host_concurrency=settings.per_host_concurrency,
-        timeout_s=settings.request_timeout_seconds,
-    )
+    session = crawl(start_url, config, replace(CrawlOptions.from_settings(settings), allow_private_networks=True))
     pages = 0
     with session:
         for _page in session:

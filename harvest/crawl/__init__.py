@@ -1,6 +1,6 @@
 """The crawler: turns a start URL and a RunConfig into a stream of HTML pages (plain HTTP or rendered).
 
-    with crawl(url, config, browser_path=..., user_agent=..., allow_private_networks=...) as pages:
+    with crawl(url, config, CrawlOptions.from_settings(settings)) as pages:
         for page in pages:
             ...
         stats = pages.stats
@@ -9,10 +9,11 @@
 from __future__ import annotations
 
 from harvest.crawl.browser import MISSING_BROWSER, BrowserRenderer, RenderFailed, browser_available
-from harvest.crawl.crawler import Crawl, CrawlOptions, crawl, crawl_with_settings
+from harvest.crawl.crawler import Crawl, crawl
 from harvest.crawl.frontier import Frontier, normalize_url, site_of
 from harvest.crawl.heuristics import needs_browser
 from harvest.crawl.http_fetch import FetchFailed, FetchResult, HttpFetcher
+from harvest.crawl.options import CrawlOptions
 from harvest.crawl.page import CrawlStats, FailedURL, Page
 from harvest.crawl.robots import RobotsPolicy, parse_robots
 
@@ -32,7 +33,6 @@ __all__ = [
     "RobotsPolicy",
     "browser_available",
     "crawl",
-    "crawl_with_settings",
     "needs_browser",
     "normalize_url",
     "parse_robots",

@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 
 from harvest.crawl.guard_proxy import REFUSED_HEADER, GuardProxy
 from harvest.crawl.guard import HostGuard
-from harvest.crawl.http_fetch import DEFAULT_MAX_BYTES, media_type
+from harvest.crawl.http_fetch import media_type
 from harvest.crawl.page import PageFailed
 from harvest.errors import DisallowedURLError
 
@@ -170,11 +170,11 @@ class BrowserRenderer:
         *,
         user_agent: str,
         allow_private_networks: bool,
-        max_pages: int = 4,
-        timeout_s: float = 20.0,
-        settle_s: float = 2.0,
+        max_pages: int,
+        timeout_s: float,
+        settle_s: float,
+        max_chars: int,
         quiet_s: float = QUIET_S,
-        max_chars: int = DEFAULT_MAX_BYTES,
     ) -> None:
         self.executable_path = executable_path
         self.user_agent = user_agent

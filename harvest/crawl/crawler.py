@@ -25,43 +25,23 @@ from harvest.crawl.browser import (
     RenderFailed,
     browser_available,
 )
-from harvest.crawl.frontier import DEFAULT_TRAP_LIMIT, Frontier, FrontierItem, normalize_url, site_of
+from harvest.crawl.frontier import Frontier, FrontierItem, normalize_url, site_of
 from harvest.crawl.heuristics import needs_browser as default_needs_browser
-from harvest.crawl.http_fetch import DEFAULT_MAX_BYTES, PAGE_TYPES, FetchFailed, HttpFetcher
+from harvest.crawl.http_fetch import PAGE_TYPES, FetchFailed, HttpFetcher
 from harvest.crawl.links import PageLinks, extract_links
+from harvest.crawl.options import CrawlOptions
 from harvest.crawl.page import CrawlStats, FailedURL, Page
 from harvest.crawl.politeness import HostGates
 from harvest.crawl.robots import RobotsPolicy, fetch_robots, origin_of
 from harvest.crawl.sitemap import collect_sitemap_urls
 from harvest.errors import CrawlError, DisallowedURLError
 from harvest.models import RunConfig
-from harvest.settings import HarvestSettings
 from harvest.urls import validate_start_url
 
 log = logging.getLogger(__name__)
 
 Mode = Literal["auto", "browser", "http"]
 _POLL_S = 0.05
-
-
-@dataclass(frozen=True)
-class CrawlOptions:
-    """Everything about how to crawl that is not in RunConfig (it comes from settings or the caller)."""
-
-    browser_path: str | None
-    user_agent: str
-    allow_private_networks: bool
-    per_host_concurrency: int = 4
-    timeout_s: float = 20.0
-    max_concurrency: int = 8
-    browser_pages: int = 4
-    trap_limit: int = DEFAULT_TRAP_LIMIT
-    max_page_bytes: int = DEFAULT_MAX_BYTES
-    learn_after: int = 3
-    retries: int = 3
-    backoff_s: float = 0.5
-    settle_s: float = 2.0
-    queue_size: int = 16
 
 
 @dataclass
@@ -653,65 +633,21 @@ class Crawl:
 def crawl(
     start_url: str,
     config: RunConfig,
+    options: CrawlOptions,
     *,
-    browser_path: str | None,
-    user_agent: str,
-    allow_private_networks: bool,
-    per_host_concurrency: int = 4,
-    timeout_s: float = 20.0,
     needs_browser: Callable[[Page], bool] | None = None,
     on_progress: Callable[[CrawlStats], None] | None = None,
-    max_concurrency: int = 8,
-    browser_pages: int = 4,
-    trap_limit: int = DEFAULT_TRAP_LIMIT,
-    max_page_bytes: int = DEFAULT_MAX_BYTES,
-    learn_after: int = 3,
-    retries: int = 3,
-    backoff_s: float = 0.5,
 ) -> Crawl:
     """Prepare a crawl of `start_url` under `config`; iterate the result for pages.
 
     Raises ConfigError for a malformed start URL and CrawlError when render="browser" has no Chromium,
     before anything is fetched. `needs_browser` (auto mode) and the crawl itself run on the crawl's own
     thread; `on_progress` runs on the iterating thread after each page and once at the end.
+    Build `options` with `CrawlOptions.from_settings(settings)` (or directly, in tests and tools).
     """
     start = validate_start_url(start_url)
-    if config.render == "browser" and not browser_available(browser_path):
-        raise CrawlError(f"render='browser' needs Chromium but {MISSING_BROWSER} (browser_path={browser_path!r})")
-    options = CrawlOptions(
-        browser_path=browser_path,
-        user_agent=user_agent,
-        allow_private_networks=allow_private_networks,
-        per_host_concurrency=per_host_concurrency,
-        timeout_s=timeout_s,
-        max_concurrency=max_concurrency,
-        browser_pages=browser_pages,
-        trap_limit=trap_limit,
-        max_page_bytes=max_page_bytes,
-        learn_after=learn_after,
-        retries=retries,
-        backoff_s=backoff_s,
-    )
+    if config.render == "browser" and not browser_available(options.browser_path):
+        raise CrawlError(
+            f"render='browser' needs Chromium but {MISSING_BROWSER} (browser_path={options.browser_path!r})"
+        )
     return Crawl(start, config, options, needs_browser=needs_browser, on_progress=on_progress)
-
-
-def crawl_with_settings(
-    start_url: str,
-    config: RunConfig,
-    settings: HarvestSettings,
-    *,
-    needs_browser: Callable[[Page], bool] | None = None,
-    on_progress: Callable[[CrawlStats], None] | None = None,
-) -> Crawl:
-    """`crawl()` with browser path, user agent, SSRF policy, per-host limit and timeout taken from settings."""
-    return crawl(
-        start_url,
-        config,
-        browser_path=settings.browser_path,
-        user_agent=settings.user_agent,
-        allow_private_networks=settings.allow_private_networks,
-        per_host_concurrency=settings.per_host_concurrency,
-        timeout_s=settings.request_timeout_seconds,
-        needs_browser=needs_browser,
-        on_progress=on_progress,
-    )

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from harvest.crawl import crawl
+from harvest.crawl import CrawlOptions, crawl
 from harvest.models import RunConfig
 from testkit.hostile_site import HostileSite
 from tests.hostile.support import UA, CrawlResult, make_config
@@ -89,11 +89,12 @@ def run_crawl() -> Callable[..., CrawlResult]:
 
     def run(start_url: str, config: RunConfig | None = None, **options: object) -> CrawlResult:
         kwargs: dict[str, object] = {
-            "browser_path": None, "user_agent": UA, "allow_private_networks": True,
+            "browser_path": None, "user_agent": UA, "allow_private_networks": True, "per_host_concurrency": 4,
             "timeout_s": 2.0, "backoff_s": 0.02, "retries": 1,
         }
         kwargs.update(options)
-        with crawl(start_url, config or make_config(), **kwargs) as running:  # type: ignore[arg-type]
+        callbacks = {name: kwargs.pop(name) for name in ("needs_browser", "on_progress") if name in kwargs}
+        with crawl(start_url, config or make_config(), CrawlOptions(**kwargs), **callbacks) as running:  # type: ignore[arg-type]
             pages = list(running)
             return CrawlResult(pages, running.stats)
 

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from harvest.crawl import CrawlStats, FailedURL, Page, crawl
+from harvest.crawl import CrawlOptions, CrawlStats, FailedURL, Page, crawl
 from harvest.models import RunConfig
 
 UA = "harvest/0.1 (+https://github.com/harvest; test)"
@@ -192,11 +192,13 @@ def run_crawl() -> Callable[..., CrawlResult]:
             "browser_path": None,
             "user_agent": UA,
             "allow_private_networks": True,
+            "per_host_concurrency": 4,
             "timeout_s": 5.0,
             "backoff_s": 0.05,
         }
         options.update(kwargs)
-        with crawl(start_url, config or _make_config(), **options) as running:  # type: ignore[arg-type]
+        callbacks = {name: options.pop(name) for name in ("needs_browser", "on_progress") if name in options}
+        with crawl(start_url, config or _make_config(), CrawlOptions(**options), **callbacks) as running:  # type: ignore[arg-type]
             pages = list(running)
             return CrawlResult(pages, running.stats)
 

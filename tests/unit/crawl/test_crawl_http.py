@@ -7,9 +7,14 @@ import time
 
 import pytest
 
-from harvest.crawl import CrawlStats, crawl, crawl_with_settings
+from harvest.crawl import CrawlOptions, CrawlStats, crawl
 from harvest.errors import CrawlError
 
+
+def _options(ua: str, browser_path: str | None = None) -> CrawlOptions:
+    return CrawlOptions(
+        browser_path=browser_path, user_agent=ua, allow_private_networks=True, per_host_concurrency=4, timeout_s=20.0
+    )
 
 
 def _counter_handler(responses: list[tuple[int, dict[str, str], bytes]]):
@@ -465,8 +470,10 @@ def test_closing_early_stops_the_crawl_thread(site, cfg, ua) -> None:
     site.html("/", links=["/chain/0"])
 
     with crawl(
-        site.url("/"), cfg(max_depth=50, max_pages=100), browser_path=None, user_agent=ua,
-        allow_private_networks=True, max_concurrency=1,
+        site.url("/"), cfg(max_depth=50, max_pages=100), CrawlOptions(
+            browser_path=None, user_agent=ua, allow_private_networks=True, per_host_concurrency=4, timeout_s=20.0,
+            max_concurrency=1,
+        ),
     ) as running:
         first = [next(running), next(running)]
     assert [page.depth for page in first] == [0, 1]
@@ -484,7 +491,7 @@ def test_consumer_exception_inside_with_block_shuts_down(site, cfg, ua) -> None:
     site.html("/", links=["/a"])
     site.html("/a")
     with pytest.raises(RuntimeError, match="consumer broke"):
-        with crawl(site.url("/"), cfg(), browser_path=None, user_agent=ua, allow_private_networks=True) as running:
+        with crawl(site.url("/"), cfg(), _options(ua)) as running:
             for _page in running:
                 raise RuntimeError("consumer broke")
     assert not [thread for thread in threading.enumerate() if thread.name.startswith("harvest-crawl")]
@@ -493,7 +500,7 @@ def test_consumer_exception_inside_with_block_shuts_down(site, cfg, ua) -> None:
 def test_browser_mode_without_chromium_fails_at_start(site, cfg, ua) -> None:
     for path in (None, "/nonexistent/chromium"):
         with pytest.raises(CrawlError, match="no Chromium found: set HARVEST_BROWSER_PATH"):
-            crawl(site.url("/"), cfg(render="browser"), browser_path=path, user_agent=ua, allow_private_networks=True)
+            crawl(site.url("/"), cfg(render="browser"), _options(ua, browser_path=path))
     assert site.paths() == []
 
 
@@ -518,7 +525,7 @@ def test_works_when_called_from_a_thread_that_runs_an_event_loop(site, cfg) -> N
     settings = HarvestSettings(allow_private_networks=True, browser_path=None, request_timeout_seconds=5)
 
     async def caller() -> list[str]:
-        with crawl_with_settings(site.url("/"), cfg(), settings) as running:
+        with crawl(site.url("/"), cfg(), CrawlOptions.from_settings(settings)) as running:
             return sorted(page.url for page in running)
 
     assert asyncio.run(caller()) == [site.url("/"), site.url("/a")]
