@@ -107,6 +107,24 @@ class HarvestSettings(BaseSettings):
     user_agent: str = Field(default="harvest/0.1 (+https://github.com/harvest; family-activities crawler)")
     request_timeout_seconds: float = Field(default=20.0)
     per_host_concurrency: int = Field(default=4, description="Concurrent page/image requests per host.")
+    # The crawler's own knobs: unset means the default declared in harvest/crawl/options.py (CrawlOptions).
+    crawl_max_concurrency: int | None = Field(default=None, ge=1, description="Page fetches in flight at once (8).")
+    crawl_browser_pages: int | None = Field(default=None, ge=1, description="Browser tabs rendering at once (4).")
+    crawl_trap_limit: int | None = Field(
+        default=None, ge=1, description="Query-string variants followed per path before the rest count as a trap (100)."
+    )
+    crawl_max_page_bytes: int | None = Field(default=None, ge=1, description="Pages larger than this fail (5 MiB).")
+    crawl_learn_after: int | None = Field(
+        default=None, ge=1, description="Pages of a host that needed the browser before auto mode renders the rest (3)."
+    )
+    crawl_retries: int | None = Field(default=None, ge=1, description="Attempts per URL for transient failures (3).")
+    crawl_backoff_seconds: float | None = Field(default=None, ge=0, description="First backoff between attempts (0.5).")
+    crawl_settle_seconds: float | None = Field(
+        default=None, ge=0, description="Longest wait for a rendered page to go quiet (2)."
+    )
+    crawl_queue_size: int | None = Field(
+        default=None, ge=1, description="Pages the crawl may get ahead of its consumer before pausing (16)."
+    )
     image_max_bytes: int = Field(default=15 * 1024 * 1024, description="Images larger than this are refused.")
     image_max_pixels: int = Field(default=50_000_000, description="Decompression-bomb guard for images.")
     task_runner: Literal["threads", "dask"] = Field(
@@ -127,6 +145,14 @@ class HarvestSettings(BaseSettings):
     )
     orphan_grace_hours: float = Field(
         default=24, description="Unaccounted objects younger than this are left alone (a run may be writing them)."
+    )
+    db_reconnect_seconds: float = Field(
+        default=20, description="How long connecting to a restarting database is retried before a step fails."
+    )
+    migrations_dir: str | None = Field(
+        default=None,
+        description="Alembic migrations directory (the Docker image's /app/migrations); unset or empty: "
+        "`migrations/` beside the package.",
     )
 
     @field_validator("storage_url")

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from harvest.crawl import Crawl, CrawlStats, Page, crawl_with_settings
+from harvest.crawl import Crawl, CrawlOptions, CrawlStats, Page, crawl
 from harvest.errors import ExtractionError, StorageError
 from harvest.extract.llm import LLMExtractor
 from harvest.extract.structured import extract_structured, page_text
@@ -64,7 +64,7 @@ def collect_raw_activities(
                     return
 
     with timed(result.stats):
-        session = crawl_with_settings(url, config, settings, on_progress=on_progress)
+        session = crawl(url, config, CrawlOptions.from_settings(settings), on_progress=on_progress)
         with session:
             ref = write_jsonl(store, run_key(run_id, "raw_activities", "jsonl"), "raw_activities", activities(session))
         stats = session.stats
