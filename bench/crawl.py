@@ -16,9 +16,9 @@ from pathlib import Path
 
 def main() -> int:
     start_url, mode, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
-    from bench.rss import peak_rss_mb
     from dataclasses import replace
 
+    from bench.rss import peak_rss_mb
     from harvest.crawl import CrawlOptions, crawl
     from harvest.models import RunConfig
     from harvest.settings import get_settings
