@@ -3,7 +3,6 @@ only small file references travel (persisted as JSON), never the activities them
 
 from __future__ import annotations
 
-import json
 from functools import partial
 from typing import Any
 
@@ -14,18 +13,21 @@ from prefect.runtime import flow_run as runtime_flow_run
 from pydantic import BaseModel, Field
 
 from blocks.storage import result_storage_block
-from flows import artifacts, tasks
+from flows import artifacts
 from flows.hooks import on_cancellation, on_completion, on_crashed, on_failure
 from flows.polling import poll_schedule
 from flows.reconcile import reconcile_if_dead
-from flows.resources import resources
+from flows.resources import Resources, resources
 from flows.runners import make_task_runner
+from flows.tasks import Steps
+from flows.traffic import CountedTask, Traffic
 from harvest.db import runs as run_rows
 from harvest.errors import RunAlreadyRunningError
 from harvest.models import FileRef, ImportSummary, RunConfig, StartRequest
 from harvest.retention import policy_from
 from harvest.settings import get_settings
 from harvest.stages.common import chunk_ranges
+from harvest.stages.embed import SubmittedBatch
 from harvest.urls import check_fetch_allowed
 
 
@@ -42,29 +44,6 @@ class RunSummary(BaseModel):
     failed_urls: list[dict[str, Any]] = Field(default_factory=list)
     bytes_between_tasks: int = Field(description="JSON bytes of every task's parameters and result in this run.")
     task_runs: int = 0
-
-
-def _json_size(value: Any) -> int:
-    if value is None:
-        return 0
-    if isinstance(value, BaseModel):
-        return len(value.model_dump_json())
-    if isinstance(value, list):
-        return sum(_json_size(item) for item in value)
-    return len(json.dumps(value, default=str))
-
-
-class _Traffic:
-    """Counts what travels between tasks: the point of the design is that this stays small and constant."""
-
-    def __init__(self) -> None:
-        self.bytes = 0
-        self.calls = 0
-
-    def add(self, *values: Any) -> None:
-        """One task call: its parameters and its result."""
-        self.calls += 1
-        self.bytes += sum(_json_size(value) for value in values)
 
 
 def _optional(future: PrefectFuture[Any], what: str, run_id: str) -> Any:
@@ -93,127 +72,115 @@ def scrape_website(url: str, config: RunConfig = RunConfig(), from_raw: str | No
     `from_raw`: start from stored raw activities (a kept run's raw_activities URI or a local JSONL) instead
     of crawling; `url` is then only the run's label.
     """
-    logger = get_run_logger()
-    request = StartRequest(url=url, config=config)
     res = resources()
-    if not from_raw:
-        check_fetch_allowed(request.url, allow_private_networks=res.settings.allow_private_networks)
+    url = _checked_url(res, url, config, from_raw)
     run_id = str(runtime_flow_run.id)
-    traffic = _Traffic()
-
-    try:
-        is_new = _start_run(res, run_id, request.url, config)
+    try:  # 0. The run row: one run per URL at a time.
+        _start_run(res, run_id, url, config)
     except RunAlreadyRunningError as exc:
-        logger.warning("%s; not starting a second one (one run per URL at a time)", exc)
-        return RunSummary(
-            run_id=exc.running_run_id, url=request.url, status="already_running", activities_processed=0,
-            files={}, bytes_between_tasks=0,
-        )
-    logger.info("run %s %s for %s", run_id, "started" if is_new else "resumed", request.url)
+        get_run_logger().warning("%s; not starting a second one (one run per URL at a time)", exc)
+        return RunSummary(run_id=exc.running_run_id, url=url, status="already_running", activities_processed=0,
+                          files={}, bytes_between_tasks=0)
+    steps = Steps.for_run(result_storage_block(res.settings))
     progress = artifacts.Progress(run_id)
 
-    storage = result_storage_block(res.settings)
-    bound = {name: getattr(tasks, name).with_options(result_storage=storage) for name in (
-        "crawl_and_extract", "load_raw_activities", "standardize", "images_chunk", "geocode_chunk", "combine_map",
-        "submit_embeddings_batch",
-        "poll_embeddings_batch", "merge", "write_final", "diff_with_previous_run", "import_activities",
-    )}
-
-    # 1-2. Crawl + extract, then standardize: both critical.
-    if from_raw:
-        raw = bound["load_raw_activities"](run_id, from_raw)
-        traffic.add(from_raw, raw)
-    else:
-        raw = bound["crawl_and_extract"](run_id, request.url, config)
-        traffic.add(request.url, config, raw)
+    # 1-2. Crawl + extract (or load stored raw activities), then standardize: both critical.
+    raw = steps.load_raw_activities(run_id, from_raw) if from_raw else steps.crawl_and_extract(run_id, url, config)
     progress.advance("crawl")
-    standardized = bound["standardize"](run_id, raw, config)
+    standardized = steps.standardize(run_id, raw, config)
     progress.advance("standardize")
-    traffic.add(raw, config, standardized)
 
-    # 3. Enrich concurrently, images and geocodes in chunks; each branch may fail without failing the run.
-    # The embeddings batch first: on a first run it is the longest branch (the batch's wait).
-    batch_future = bound["submit_embeddings_batch"].submit(run_id, standardized, config.embedding_model)
-    chunks = chunk_ranges(standardized.records, res.settings.enrich_chunk_size, res.settings.enrich_max_chunks)
-    images_future, image_parts = _fan_out(bound, "images_chunk", "images_map", "images", run_id, standardized, chunks)
-    geocode_future, geocode_parts = _fan_out(bound, "geocode_chunk", "geocoded_map", "geocode", run_id, standardized, chunks)
-    batch = _optional(batch_future, "embeddings", run_id)
-    traffic.add(standardized, config.embedding_model, batch)
-    embedding_files: list[FileRef] | None = None
-    if batch is not None and batch.complete:  # every vector reused or embedded now: no batch to poll
-        embedding_files = batch.files
-    elif batch is not None:
-        retries, delays = poll_schedule(
-            res.settings.batch_poll_seconds, res.settings.batch_poll_max_seconds, res.settings.batch_max_wait_seconds
-        )
-        poll = bound["poll_embeddings_batch"].with_options(retries=retries, retry_delay_seconds=delays)
-        embedding_files = _optional(poll.submit(run_id, standardized, batch), "embeddings", run_id)
-        traffic.add(standardized, batch, embedding_files)
-    images_map = _optional(images_future, "images", run_id)
-    geocoded_map = _optional(geocode_future, "geocode", run_id)
-    for parts, kind, step, combined in ((image_parts, "images_map", "images", images_map),
-                                        (geocode_parts, "geocoded_map", "geocode", geocoded_map)):
-        _count_fan_out(traffic, run_id, standardized, chunks, parts)
-        traffic.add(run_id, kind, step, len(chunks), combined)
-    embeddings = {ref.kind: ref for ref in embedding_files or []}
+    # 3. Images, geocodes and embeddings side by side; each may fail without failing the run.
+    images_map, geocoded_map, embeddings = _enrich(steps, res, run_id, standardized, config)
     progress.advance("enrich")
 
-    # 4-5. Merge, then the final JSONL: both critical.
-    merged = bound["merge"](run_id, standardized, images_map, geocoded_map, embeddings.get("embeddings_index"))
-    traffic.add(standardized, images_map, geocoded_map, embeddings.get("embeddings_index"), merged)
-    final = bound["write_final"](run_id, merged, embeddings.get("embeddings"))
-    traffic.add(merged, embeddings.get("embeddings"), final)
-    diff = _optional(bound["diff_with_previous_run"].submit(run_id, request.url, final), "diff", run_id)
-    traffic.add(request.url, final, diff)
+    # 4-5. Merge, then the final JSONL (both critical); the diff against the previous run is optional.
+    merged = steps.merge(run_id, standardized, images_map, geocoded_map, embeddings.get("embeddings_index"))
+    final = steps.write_final(run_id, merged, embeddings.get("embeddings"))
+    _optional(steps.diff_with_previous_run.submit(run_id, url, final), "diff", run_id)
     progress.advance("final")
 
     # 6. Import when asked.
-    summary: ImportSummary | None = None
-    if config.auto_import:
-        summary = bound["import_activities"](run_id, final)
-        traffic.add(final, summary)
+    imported = steps.import_activities(run_id, final) if config.auto_import else None
 
     # 7. Done: the hooks decide what happens to the files.
+    return _finish(res, run_id, url, config, final, imported, steps.traffic, progress)
+
+
+def _checked_url(res: Resources, url: str, config: RunConfig, from_raw: str | None) -> str:
+    """The start URL as validated (and, when it is to be crawled, allowed by the SSRF guard)."""
+    request = StartRequest(url=url, config=config)
+    if not from_raw:
+        check_fetch_allowed(request.url, allow_private_networks=res.settings.allow_private_networks)
+    return request.url
+
+
+def _enrich(
+    steps: Steps, res: Resources, run_id: str, standardized: FileRef, config: RunConfig
+) -> tuple[FileRef | None, FileRef | None, dict[str, FileRef]]:
+    """The image map, the geocode map (each in chunks joined in order) and the embedding files by kind.
+
+    The embeddings batch is submitted first: on a first run it is the longest branch (the batch's wait).
+    """
+    batch_future = steps.submit_embeddings_batch.submit(run_id, standardized, config.embedding_model)
+    chunks = chunk_ranges(standardized.records, res.settings.enrich_chunk_size, res.settings.enrich_max_chunks)
+    images_future = _fan_out(steps, steps.images_chunk, "images_map", "images", run_id, standardized, chunks)
+    geocode_future = _fan_out(steps, steps.geocode_chunk, "geocoded_map", "geocode", run_id, standardized, chunks)
+    embedding_files = _embeddings(steps, res, run_id, standardized, _optional(batch_future, "embeddings", run_id))
+    images_map = _optional(images_future, "images", run_id)
+    geocoded_map = _optional(geocode_future, "geocode", run_id)
+    return images_map, geocoded_map, {ref.kind: ref for ref in embedding_files or []}
+
+
+def _embeddings(
+    steps: Steps, res: Resources, run_id: str, standardized: FileRef, batch: SubmittedBatch | None
+) -> list[FileRef] | None:
+    """The embedding files: ready at once when every vector was reused or embedded now, else after polling."""
+    if batch is None or batch.complete:
+        return batch.files if batch is not None else None
+    retries, delays = poll_schedule(
+        res.settings.batch_poll_seconds, res.settings.batch_poll_max_seconds, res.settings.batch_max_wait_seconds
+    )
+    poll = steps.poll_embeddings_batch.with_options(retries=retries, retry_delay_seconds=delays)
+    return _optional(poll.submit(run_id, standardized, batch), "embeddings", run_id)
+
+
+def _fan_out(
+    steps: Steps, chunk_task: CountedTask, kind: str, step: str, run_id: str, standardized: FileRef,
+    chunks: list[tuple[int, int]],
+) -> PrefectFuture[Any]:
+    """One task per chunk of standardized.jsonl, then one that joins their parts in order (the map's future)."""
+    parts = [chunk_task.submit(run_id, standardized, index, start, stop) for index, (start, stop) in enumerate(chunks)]
+    return steps.combine_map.submit(run_id, kind, step, len(chunks), wait_for=parts)
+
+
+def _finish(
+    res: Resources, run_id: str, url: str, config: RunConfig, final: FileRef, imported: ImportSummary | None,
+    traffic: Traffic, progress: artifacts.Progress,
+) -> RunSummary:
+    """Mark the run completed, record what travelled between tasks, publish the summary artifact."""
     run_rows.finish_run(
         res.engine, run_id, "completed", activities_processed=final.records,
-        import_summary=summary.model_dump() if summary else None,
+        import_summary=imported.model_dump() if imported else None,
     )
     row = run_rows.get_run(res.engine, run_id) or {}
+    traffic.settle()
     run_rows.record_step(res.engine, run_id, "traffic", {"bytes_between_tasks": traffic.bytes, "task_runs": traffic.calls})
     artifacts.publish_summary(res.engine, res.store, run_id, config)
     progress.advance("done")
-    logger.info(
-        "run %s completed: %d activities, %d bytes passed between %d tasks",
-        run_id, final.records, traffic.bytes, traffic.calls,
+    get_run_logger().info(
+        "run %s completed: %d activities, %d bytes passed between %d tasks", run_id, final.records, traffic.bytes,
+        traffic.calls,
     )
     return RunSummary(
-        run_id=run_id, url=request.url, status="completed", activities_processed=final.records,
-        files=run_rows.files_view(res.engine, run_id), import_summary=summary,
+        run_id=run_id, url=url, status="completed", activities_processed=final.records,
+        files=run_rows.files_view(res.engine, run_id), import_summary=imported,
         warnings=list(row.get("warnings") or []), failed_urls=list(row.get("failed_urls") or []),
         bytes_between_tasks=traffic.bytes, task_runs=traffic.calls,
     )
 
 
-def _fan_out(
-    bound: dict[str, Any], task: str, kind: str, step: str, run_id: str, standardized: FileRef,
-    chunks: list[tuple[int, int]],
-) -> tuple[PrefectFuture[Any], list[PrefectFuture[Any]]]:
-    """One task per chunk of standardized.jsonl, then one that joins their parts in order (the map's future)."""
-    parts = [
-        bound[task].submit(run_id, standardized, index, start, stop) for index, (start, stop) in enumerate(chunks)
-    ]
-    return bound["combine_map"].submit(run_id, kind, step, len(chunks), wait_for=parts), parts
-
-
-def _count_fan_out(
-    traffic: _Traffic, run_id: str, standardized: FileRef, chunks: list[tuple[int, int]], parts: list[PrefectFuture[Any]]
-) -> None:
-    for index, ((start, stop), future) in enumerate(zip(chunks, parts)):
-        part = future.result(raise_on_failure=False)
-        traffic.add(run_id, standardized, index, start, stop, part if isinstance(part, FileRef) else None)
-
-
-def _start_run(res: Any, run_id: str, url: str, config: RunConfig) -> bool:
+def _start_run(res: Resources, run_id: str, url: str, config: RunConfig) -> None:
     """Create (or resume) the run row. If the URL's running run is in fact dead, reconcile it and go on."""
     create = partial(
         run_rows.create_run, res.engine, run_id, url, config.model_dump(mode="json"),
@@ -221,11 +188,12 @@ def _start_run(res: Any, run_id: str, url: str, config: RunConfig) -> bool:
         deployment_name=runtime_deployment.name, work_pool=_work_pool_name(),
     )
     try:
-        return create()
+        is_new = create()
     except RunAlreadyRunningError as exc:
         if not reconcile_if_dead(res.engine, policy_from(res.settings), exc.running_run_id):
             raise
-        return create()
+        is_new = create()
+    get_run_logger().info("run %s %s for %s", run_id, "started" if is_new else "resumed", url)
 
 
 def _work_pool_name() -> str | None:

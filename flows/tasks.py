@@ -8,12 +8,14 @@ which is why every key carries the run id.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from prefect import get_run_logger, task
 
 from flows.limits import geocoder_gate, openai_slot
 from flows.resources import Resources, resources
+from flows.traffic import CountedTask, Traffic
 from harvest.db import runs as run_rows
 from harvest.db.caches import LLMAnswerCache
 from harvest.embeddings import make_openai_client
@@ -221,3 +223,39 @@ def diff_with_previous_run(run_id: str, url: str, final: FileRef) -> dict[str, A
     previous = str(details.pop("previous_run_id", "")) or None
     run_rows.update_run(res.engine, run_id, diff=details, previous_run_id=previous)
     return {"previous_run_id": previous, **details}
+
+
+@dataclass(frozen=True)
+class Steps:
+    """One run's tasks, their results persisted in the run's storage (result storage is a setting, known only
+    at run time) and every call's parameters and result counted in `traffic`."""
+
+    crawl_and_extract: CountedTask
+    load_raw_activities: CountedTask
+    standardize: CountedTask
+    images_chunk: CountedTask
+    geocode_chunk: CountedTask
+    combine_map: CountedTask
+    submit_embeddings_batch: CountedTask
+    poll_embeddings_batch: CountedTask
+    merge: CountedTask
+    write_final: CountedTask
+    diff_with_previous_run: CountedTask
+    import_activities: CountedTask
+    traffic: Traffic
+
+    @classmethod
+    def for_run(cls, result_storage: Any) -> Steps:
+        traffic = Traffic()
+
+        def bind(step: Any) -> CountedTask:
+            return CountedTask(step.with_options(result_storage=result_storage), traffic)
+
+        return cls(
+            crawl_and_extract=bind(crawl_and_extract), load_raw_activities=bind(load_raw_activities),
+            standardize=bind(standardize), images_chunk=bind(images_chunk), geocode_chunk=bind(geocode_chunk),
+            combine_map=bind(combine_map), submit_embeddings_batch=bind(submit_embeddings_batch),
+            poll_embeddings_batch=bind(poll_embeddings_batch), merge=bind(merge), write_final=bind(write_final),
+            diff_with_previous_run=bind(diff_with_previous_run), import_activities=bind(import_activities),
+            traffic=traffic,
+        )
