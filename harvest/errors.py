@@ -1,15 +1,18 @@
 """Every error harvest raises on purpose, in one tree.
 
+A geocoder failure for one address is not raised: it travels as `Geocode.error` and becomes a warning.
+
     HarvestError                      root: catch this to catch anything harvest means to raise
     ├── ConfigError                   a setting or run config is invalid (bad URL, unknown geocoder…)
     │   └── DisallowedURLError        a URL is well-formed but refused (scheme, private address: SSRF guard)
     ├── StorageError                  the object store failed or a stored object is missing/corrupt
     ├── DatabaseError                 the metadata/activities database failed
     ├── RunAlreadyRunningError        the URL already has a running run (carries its id)
-    ├── CrawlError                    a page could not be fetched or rendered (per URL; never fatal alone)
+    ├── CrawlError                    the crawl cannot go on: its start URL failed, render="browser" has no
+    │                                 Chromium, or its thread died (other pages that fail become FailedURL
+    │                                 records, never raised)
     ├── ExtractionError               a page's content could not be turned into activities
     ├── ImageError                    one image was refused (type, size, bomb, broken); never fatal alone
-    ├── GeocodeError                  the geocoder failed for one address; never fatal alone
     └── EmbeddingError                the embeddings service failed
         └── BatchNotReadyError        an embeddings batch is still running (the poll task retries on it)
 """
@@ -47,7 +50,7 @@ class RunAlreadyRunningError(HarvestError):
 
 
 class CrawlError(HarvestError):
-    """Raised for one URL that could not be fetched or rendered after its retries."""
+    """Raised when the crawl as a whole cannot go on (start URL failed, no Chromium for render="browser")."""
 
 
 class ExtractionError(HarvestError):
@@ -56,10 +59,6 @@ class ExtractionError(HarvestError):
 
 class ImageError(HarvestError):
     """Raised for one image that was refused or could not be processed."""
-
-
-class GeocodeError(HarvestError):
-    """Raised when the geocoder fails for one address after its retries."""
 
 
 class EmbeddingError(HarvestError):
