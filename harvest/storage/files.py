@@ -56,7 +56,9 @@ class _CountingWriter:
 
 
 @contextmanager
-def staged_file(store: ObjectStore, key: str, kind: str, content_type: str) -> Iterator[tuple[_CountingWriter, list[FileRef]]]:
+def staged_file(
+    store: ObjectStore, key: str, kind: str, content_type: str
+) -> Iterator[tuple[_CountingWriter, list[FileRef]]]:
     """Write a file locally while it is uploaded (S3: part by part as it grows; a local store: moved in once
     complete); yields the writer and a list that receives its FileRef."""
     out: list[FileRef] = []
@@ -97,7 +99,9 @@ def write_jsonl(store: ObjectStore, key: str, kind: str, records: Iterable[BaseM
     return out[0]
 
 
-def store_local_file(store: ObjectStore, key: str, kind: str, path: Path, *, records: int, content_type: str) -> FileRef:
+def store_local_file(
+    store: ObjectStore, key: str, kind: str, path: Path, *, records: int, content_type: str
+) -> FileRef:
     """Upload a finished local file (binary arrays) and return its reference with size and sha256."""
     digest = hashlib.sha256()
     size = 0

@@ -6,7 +6,7 @@ boto3 is imported lazily, inside the calls, so a local-only install never pays f
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
@@ -119,7 +119,7 @@ class S3Store:
         )
         return response["ETag"]
 
-    def _complete_multipart(self, key: str, upload_id: str, parts: list[dict[str, Any]]) -> None:
+    def _complete_multipart(self, key: str, upload_id: str, parts: Sequence[dict[str, Any]]) -> None:
         self._call(
             "complete upload", key, self.client.complete_multipart_upload, Bucket=self.bucket,
             Key=self._object_key(key), UploadId=upload_id, MultipartUpload={"Parts": parts},
@@ -208,10 +208,12 @@ class FollowingUpload:
         with open(self.path, "rb") as handle:
             data = os.pread(handle.fileno(), size, offset)
         if len(data) != size:
-            raise StorageError(f"upload of {self.store.uri_for(self.key)}: part {number} short ({len(data)} of {size} bytes)")
+            raise StorageError(
+                f"upload of {self.store.uri_for(self.key)}: part {number} short ({len(data)} of {size} bytes)"
+            )
         return {"PartNumber": number, "ETag": self.store._upload_part(self.key, upload_id, number, data)}
 
     def _raise_failed(self) -> None:
         for future in self._parts:
             if future.done() and future.exception() is not None:
-                raise future.exception()  # type: ignore[misc]
+                raise future.exception()
