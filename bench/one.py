@@ -25,7 +25,7 @@ def copy_floor(engine: sa.Engine, final_path: Path, workdir: Path) -> dict[str, 
     streaming rows encoded beforehand from a local file. Both stream: memory stays flat.
     """
     from harvest.db.activities import _COPY_HEADER, _COPY_TRAILER, COLUMNS, _encode_row, _encoders, record_to_row
-    from harvest.db.runs import utcnow
+    from harvest.db.engine import utcnow
 
     now = utcnow()
     with engine.begin() as connection:

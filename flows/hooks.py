@@ -19,6 +19,7 @@ from typing import Any
 
 from flows.resources import resources
 from harvest.db import runs as run_rows
+from harvest.db.engine import utcnow
 from harvest.models import RunConfig
 from harvest.retention import cleanup_run, policy_from
 
@@ -41,7 +42,7 @@ def on_completion(flow: Any, flow_run: Any, state: Any) -> None:
         summary = row.get("import_summary") or {}
         imported_cleanly = config.auto_import and summary and not summary.get("failed")
         if not imported_cleanly or config.keep_files:
-            expires = policy_from(res.settings).expires_at("completed", run_rows.utcnow())
+            expires = policy_from(res.settings).expires_at("completed", utcnow())
             run_rows.update_run(res.engine, run_id, retention="kept", expires_at=expires)
             return
         try:
@@ -66,7 +67,7 @@ def _mark_ended(status: str, flow_run: Any, state: Any) -> None:
         res = resources()
         if run_rows.get_run(res.engine, run_id) is None:
             return
-        expires = policy_from(res.settings).expires_at(status, run_rows.utcnow())
+        expires = policy_from(res.settings).expires_at(status, utcnow())
         run_rows.finish_run(res.engine, run_id, status, retention="kept", error=error, expires_at=expires)
         logger.warning("run %s %s: %s (files kept for debugging)", run_id, status, error)
     except Exception:  # noqa: BLE001 - a dead database must not hide the original failure

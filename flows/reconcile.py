@@ -8,7 +8,7 @@ from prefect import get_client
 from prefect.exceptions import ObjectNotFound
 from sqlalchemy.engine import Engine
 
-from harvest.db.runs import utcnow
+from harvest.db.engine import utcnow
 from harvest.retention import RECONCILED_STATUS, RetentionPolicy, reconcile_run
 
 

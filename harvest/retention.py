@@ -20,23 +20,18 @@ import re
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
-
-from harvest.db.runs import transaction, utcnow
-from harvest.db.schema import activities, run_files, scrape_runs
+from harvest.db import retention as rows
+from harvest.db.engine import Connection, Engine, transaction, utcnow
+from harvest.db.retention import FILES_KEPT
 from harvest.errors import ConfigError, StorageError
 from harvest.settings import HarvestSettings
 from harvest.storage import ObjectStore, delete_prefix, iter_jsonl, keys
 
 logger = logging.getLogger("harvest.retention")
 
-# Retention states in which a run's files are supposed to exist.
-FILES_KEPT = ("pending", "kept", "cleanup_failed")
-TERMINAL = ("completed", "failed", "crashed", "cancelled")
 # Prefect state type → run status, for runs whose process died before the hooks could say.
 RECONCILED_STATUS = {"FAILED": "failed", "CRASHED": "crashed", "CANCELLED": "cancelled", "COMPLETED": "failed"}
 BATCH = 50
@@ -97,25 +92,12 @@ class SweepReport:
 def delete_run_objects(store: ObjectStore, connection: Connection, run_id: str, *, keep_digest: bool) -> int:
     """Delete the run's objects (its prefix and, unless kept, its digest) and mark the rows deleted."""
     deleted = delete_prefix(store, keys.run_prefix(run_id))
-    query = run_files.update().where(run_files.c.run_id == run_id, run_files.c.deleted_at.is_(None))
-    if keep_digest:
-        query = query.where(run_files.c.kind != "digest")
-    else:
-        for row in connection.execute(
-            sa.select(run_files.c.uri).where(
-                run_files.c.run_id == run_id, run_files.c.kind == "digest", run_files.c.deleted_at.is_(None)
-            )
-        ):
-            store.delete(store.key_for(row.uri))
+    if not keep_digest:
+        for uri in rows.live_digest_uris(connection, run_id):
+            store.delete(store.key_for(uri))
             deleted += 1
-    connection.execute(query.values(deleted_at=utcnow()))
+    rows.mark_run_files_deleted(connection, run_id, keep_digest=keep_digest)
     return deleted
-
-
-def _lock_run(connection: Connection, run_id: str, *, skip_locked: bool) -> dict[str, Any] | None:
-    query = sa.select(scrape_runs).where(scrape_runs.c.id == run_id).with_for_update(skip_locked=skip_locked)
-    row = connection.execute(query).mappings().first()
-    return dict(row) if row else None
 
 
 def cleanup_run(engine: Engine, store: ObjectStore, run_id: str, *, retention: str = "cleaned") -> int | None:
@@ -125,26 +107,12 @@ def cleanup_run(engine: Engine, store: ObjectStore, run_id: str, *, retention: s
     of the same URL diffs against it).
     """
     with transaction(engine) as connection:
-        row = _lock_run(connection, run_id, skip_locked=False)
+        row = rows.lock_run(connection, run_id, skip_locked=False)
         if row is None or row["status"] == "running" or row["retention"] not in FILES_KEPT:
             return None
         deleted = delete_run_objects(store, connection, run_id, keep_digest=True)
-        connection.execute(
-            scrape_runs.update().where(scrape_runs.c.id == run_id).values(
-                retention=retention, expires_at=None, updated_at=utcnow()
-            )
-        )
+        rows.finish_cleanup(connection, run_id, retention)
         return deleted
-
-
-def set_pinned(engine: Engine, run_id: str, pinned: bool) -> bool:
-    """Pin (exempt from the sweep) or unpin a run; False when there is no such run."""
-    with transaction(engine) as connection:
-        return bool(
-            connection.execute(
-                scrape_runs.update().where(scrape_runs.c.id == run_id).values(pinned=pinned, updated_at=utcnow())
-            ).rowcount
-        )
 
 
 # --- batch cleanup ----------------------------------------------------------------------------------
@@ -156,14 +124,7 @@ def cleanup_older_than(
 ) -> list[str]:
     """Delete the files of finished, unpinned runs that started more than `age` ago; returns their ids."""
     cutoff = (now or utcnow()) - age
-    query = sa.select(scrape_runs.c.id).where(
-        scrape_runs.c.started_at < cutoff, scrape_runs.c.status.in_(TERMINAL),
-        scrape_runs.c.retention.in_(FILES_KEPT), scrape_runs.c.pinned.is_(False),
-    ).order_by(scrape_runs.c.started_at)
-    if status:
-        query = query.where(scrape_runs.c.status == status)
-    with transaction(engine) as connection:
-        candidates = [row.id for row in connection.execute(query)]
+    candidates = rows.runs_started_before(engine, cutoff, status=status)
     if dry_run:
         return candidates
     return [run_id for run_id in candidates if cleanup_run(engine, store, run_id) is not None]
@@ -197,11 +158,7 @@ def sweep(
 def _reconcile(
     engine: Engine, policy: RetentionPolicy, state_of: Callable[[str], str | None], report: SweepReport, now: datetime
 ) -> None:
-    with transaction(engine) as connection:
-        running = connection.execute(
-            sa.select(scrape_runs.c.id, scrape_runs.c.updated_at, scrape_runs.c.host, scrape_runs.c.pid)
-            .where(scrape_runs.c.status == "running")
-        ).all()
+    running = rows.running_runs(engine)
     for run_id, updated_at, host, pid in running:
         try:
             state = state_of(run_id)
@@ -238,43 +195,30 @@ def process_gone(host: str | None, pid: int | None) -> bool:
 def reconcile_run(engine: Engine, policy: RetentionPolicy, run_id: str, status: str, why: str, now: datetime) -> bool:
     """Give a run left `running` by a dead process its real status; False if it is no longer running."""
     with transaction(engine) as connection:
-        row = _lock_run(connection, run_id, skip_locked=True)
+        row = rows.lock_run(connection, run_id, skip_locked=True)
         if row is None or row["status"] != "running":
             return False  # another sweep (or the run itself) got there first
-        connection.execute(
-            scrape_runs.update().where(scrape_runs.c.id == run_id).values(
-                status=status, retention="kept", finished_at=now, updated_at=now,
-                expires_at=policy.expires_at(status, now),
-                error=row["error"] or f"reconciled: {why}; the run's process ended without reporting",
-            )
+        rows.mark_reconciled(
+            connection, run_id, status=status, now=now, expires_at=policy.expires_at(status, now),
+            error=row["error"] or f"reconciled: {why}; the run's process ended without reporting",
         )
     logger.warning("run %s reconciled as %s: %s", run_id, status, why)
     return True
 
 
 def _expire(engine: Engine, store: ObjectStore, report: SweepReport, now: datetime) -> None:
-    due = sa.or_(
-        sa.and_(scrape_runs.c.retention == "kept", scrape_runs.c.expires_at <= now),
-        scrape_runs.c.retention == "cleanup_failed",  # a completed import whose cleanup failed: finish it
-    )
-    eligible = sa.and_(due, scrape_runs.c.status != "running", scrape_runs.c.pinned.is_(False))
+    """Expired kept runs lose every file (the digest too); a failed cleanup is finished (the digest stays)."""
     if report.dry_run:
-        with transaction(engine) as connection:
-            for row in connection.execute(sa.select(scrape_runs.c.id, scrape_runs.c.retention).where(eligible)):
-                (report.cleaned if row.retention == "cleanup_failed" else report.expired).append(row.id)
+        for run_id, retention in rows.runs_due_for_cleanup(engine, now):
+            (report.cleaned if retention == "cleanup_failed" else report.expired).append(run_id)
         return
     seen: set[str] = set()
     while True:
         with transaction(engine) as connection:
-            rows = connection.execute(
-                sa.select(scrape_runs.c.id, scrape_runs.c.retention)
-                .where(eligible, scrape_runs.c.id.not_in(seen) if seen else sa.true())
-                .order_by(scrape_runs.c.expires_at).limit(BATCH)
-                .with_for_update(skip_locked=True)
-            ).all()
-            if not rows:
+            batch = rows.lock_runs_due_for_cleanup(connection, now, exclude=seen, limit=BATCH)
+            if not batch:
                 return
-            for run_id, retention in rows:
+            for run_id, retention in batch:
                 seen.add(run_id)
                 expired = retention == "kept"
                 try:
@@ -282,59 +226,26 @@ def _expire(engine: Engine, store: ObjectStore, report: SweepReport, now: dateti
                 except StorageError as exc:
                     report.errors.append(f"run {run_id}: {exc}")
                     continue
-                connection.execute(
-                    scrape_runs.update().where(scrape_runs.c.id == run_id).values(
-                        retention="expired" if expired else "cleaned", updated_at=now
-                    )
-                )
+                rows.mark_swept(connection, run_id, "expired" if expired else "cleaned", now)
                 (report.expired if expired else report.cleaned).append(run_id)
 
 
 def _drop_superseded_digests(engine: Engine, store: ObjectStore, report: SweepReport) -> None:
     """A cleaned run's digest is needed only until a newer completed run of the same URL has its own."""
-    newer = scrape_runs.alias("newer")
-    newer_files = run_files.alias("newer_files")
-    superseded = (
-        sa.select(run_files.c.id, run_files.c.uri, run_files.c.run_id)
-        .join(scrape_runs, scrape_runs.c.id == run_files.c.run_id)
-        .where(
-            run_files.c.kind == "digest", run_files.c.deleted_at.is_(None),
-            scrape_runs.c.retention.in_(("cleaned", "expired")), scrape_runs.c.pinned.is_(False),
-            sa.exists(
-                sa.select(1).select_from(newer.join(newer_files, newer_files.c.run_id == newer.c.id)).where(
-                    newer.c.url == scrape_runs.c.url, newer.c.started_at > scrape_runs.c.started_at,
-                    newer.c.status == "completed", newer_files.c.kind == "digest",
-                    newer_files.c.deleted_at.is_(None),
-                )
-            ),
-        )
-        .with_for_update(of=run_files, skip_locked=True)
-    )
     with transaction(engine) as connection:
-        for file_id, uri, run_id in connection.execute(superseded).all():
+        for file_id, uri, _run_id in rows.lock_superseded_digests(connection):
             report.digests.append(store.key_for(uri))
             if report.dry_run:
                 continue
             store.delete(store.key_for(uri))
             report.deleted_objects += 1
-            connection.execute(run_files.update().where(run_files.c.id == file_id).values(deleted_at=utcnow()))
+            rows.mark_file_deleted(connection, file_id)
 
 
 def _accounted_keys(engine: Engine, store: ObjectStore) -> tuple[set[str], set[str], set[str]]:
     """Keys of live file rows, ids of runs whose files are still kept, and ids of running runs."""
-    with transaction(engine) as connection:
-        live = {
-            _key(store, row.uri)
-            for row in connection.execute(sa.select(run_files.c.uri).where(run_files.c.deleted_at.is_(None)))
-        }
-        kept, running = set(), set()
-        for row in connection.execute(
-            sa.select(scrape_runs.c.id, scrape_runs.c.status).where(
-                sa.or_(scrape_runs.c.status == "running", scrape_runs.c.retention.in_(FILES_KEPT))
-            )
-        ):
-            (running if row.status == "running" else kept).add(row.id)
-    return live, kept, running
+    uris, kept, running = rows.files_and_runs_in_use(engine)
+    return {_key(store, uri) for uri in uris}, kept, running
 
 
 def _delete_orphans(
@@ -366,30 +277,14 @@ def _delete_orphans(
 def _referenced_images(engine: Engine, store: ObjectStore, report: SweepReport) -> set[str] | None:
     """Keys of every image some activity or kept run points at; None when a kept run's map is unreadable
     (then nobody can say an image is unreferenced, and none is deleted this pass)."""
-    referenced: set[str] = set()
-    with transaction(engine) as connection:
-        for row in connection.execute(
-            sa.select(activities.c.image_uri).where(activities.c.image_uri.is_not(None)).distinct()
-        ):
-            referenced.add(_key(store, row.image_uri))
-        maps = connection.execute(
-            sa.select(run_files.c.run_id, run_files.c.uri).join(scrape_runs, scrape_runs.c.id == run_files.c.run_id).where(
-                run_files.c.kind == "images_map", run_files.c.deleted_at.is_(None),
-                sa.or_(scrape_runs.c.status == "running", scrape_runs.c.retention.in_(FILES_KEPT)),
-            )
-        ).all()
+    image_uris, maps = rows.referenced_images(engine)
+    referenced: set[str] = {_key(store, uri) for uri in image_uris}
     for run_id, uri in maps:
         try:
             referenced.update(_key(store, line["uri"]) for line in iter_jsonl(store, uri) if line.get("uri"))
         except StorageError as exc:
-            with transaction(engine) as connection:
-                row = _lock_run(connection, run_id, skip_locked=True)
-                live = row is not None and connection.execute(
-                    sa.select(run_files.c.id).where(
-                        run_files.c.run_id == run_id, run_files.c.uri == uri, run_files.c.deleted_at.is_(None)
-                    )
-                ).first()
-            if live:  # not being deleted by a concurrent sweep or cleanup right now: really unreadable
+            # Only a map still live (not being deleted by a concurrent sweep or cleanup right now) is really unreadable.
+            if rows.file_still_live(engine, run_id, uri):
                 report.errors.append(f"images map {uri} unreadable, no image deleted this pass: {exc}")
                 return None
     return referenced
@@ -413,17 +308,12 @@ def _delete_unreferenced_images(
 def _flag_missing(engine: Engine, store: ObjectStore, existing: set[str], report: SweepReport, now: datetime) -> None:
     """Live rows of finished runs whose object is gone are flagged (`missing_at`), never silently trusted."""
     with transaction(engine) as connection:
-        rows = connection.execute(
-            sa.select(run_files.c.id, run_files.c.run_id, run_files.c.kind, run_files.c.uri)
-            .join(scrape_runs, scrape_runs.c.id == run_files.c.run_id)
-            .where(run_files.c.deleted_at.is_(None), run_files.c.missing_at.is_(None), scrape_runs.c.status != "running")
-        ).all()
-        for file_id, run_id, kind, uri in rows:
+        for file_id, run_id, kind, uri in rows.unflagged_files_of_finished_runs(connection):
             if _key(store, uri) in existing:
                 continue
             report.missing.append({"run_id": run_id, "kind": kind, "uri": uri})
             if not report.dry_run:
-                connection.execute(run_files.update().where(run_files.c.id == file_id).values(missing_at=now))
+                rows.mark_file_missing(connection, file_id, now)
 
 
 def _key(store: ObjectStore, uri: str) -> str:
@@ -436,7 +326,7 @@ def _key(store: ObjectStore, uri: str) -> str:
 
 def _aware(moment: datetime) -> datetime:
     """SQLite hands back naive datetimes for timezone-aware columns; they are UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def file_state(row: dict[str, Any], run: dict[str, Any]) -> str:

@@ -270,7 +270,7 @@ def runs_cleanup(
 
 
 def _pin(run_id: str, pinned: bool) -> None:
-    from harvest.retention import set_pinned
+    from harvest.db.retention import set_pinned
 
     if not set_pinned(_engine(), run_id, pinned):
         _fail(f"no run {run_id}")

@@ -15,23 +15,22 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Callable, Iterable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from itertools import islice
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 import numpy as np
 import orjson
-
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
-from harvest.db.runs import database_error, transaction, utcnow
+from harvest.db.engine import database_error, transaction, utcnow
 from harvest.db.schema import activities, one_of
 from harvest.errors import DatabaseError
-from harvest.models import ImportSummary
 from harvest.extract.text import normalize_key as dedupe_text
+from harvest.models import ImportSummary
 
 MAX_ERRORS = 50
 UPDATABLE = [c.name for c in activities.columns if c.name not in ("id", "created_at")]
@@ -217,7 +216,8 @@ def _import_upsert(engine: Engine, records: Iterable[dict[str, Any]], *, run_id:
             try:
                 _upsert(engine, to_write)
             except DatabaseError as exc:
-                raise DatabaseError(f"import into activities failed after {summary.imported + summary.updated} rows: {exc}") from exc
+                done = summary.imported + summary.updated
+                raise DatabaseError(f"import into activities failed after {done} rows: {exc}") from exc
     return summary
 
 
@@ -225,7 +225,7 @@ def _import_upsert(engine: Engine, records: Iterable[dict[str, Any]], *, run_id:
 
 COPY_BATCH_SIZE = 500  # rows per COPY + upsert: a batch holds its rows, vector text included, in memory
 COLUMNS = [c.name for c in activities.columns]
-_PG_EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
 _COPY_TRAILER = struct.pack("!h", -1)
 _NULL = struct.pack("!i", -1)
@@ -364,7 +364,8 @@ def _import_copy(engine: Engine, records: Iterable[dict[str, Any]], *, run_id: s
             try:
                 inserted, updated = _copy_batch(engine, encoded)
             except DatabaseError as exc:
-                raise DatabaseError(f"import into activities failed after {summary.imported + summary.updated} rows: {exc}") from exc
+                done = summary.imported + summary.updated
+                raise DatabaseError(f"import into activities failed after {done} rows: {exc}") from exc
             summary.imported += inserted
             summary.updated += updated
             summary.skipped += len(encoded) - inserted - updated
@@ -400,7 +401,7 @@ def _copy_batch_in(engine: Engine, tuples: Iterable[bytes]) -> tuple[int, int]:
         connection.exec_driver_sql(
             f"CREATE TEMPORARY TABLE {_STAGE} (LIKE activities INCLUDING DEFAULTS) ON COMMIT DROP"
         )
-        driver = connection.connection.driver_connection
+        driver = cast(Any, connection.connection.driver_connection)  # psycopg's, on Postgres
         with driver.cursor() as cursor:
             with cursor.copy(f"COPY {_STAGE} ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)") as copy:
                 copy.write(_COPY_HEADER)

@@ -11,14 +11,14 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
-from harvest.db.runs import database_error, transaction, utcnow
+from harvest.db.engine import database_error, transaction, utcnow
 from harvest.db.schema import activities, geocode_cache, image_cache, llm_answers, one_of, scrape_runs
 
 LOOKUP_CHUNK = 1000
@@ -152,7 +152,7 @@ def _binary_rows(connection: sa.Connection, query: sa.Select[Any]) -> list[tuple
 
     compiled = query.compile(dialect=connection.dialect, compile_kwargs={"render_postcompile": True})
     try:
-        with connection.connection.driver_connection.cursor(binary=True) as cursor:
+        with cast(Any, connection.connection.driver_connection).cursor(binary=True) as cursor:
             cursor.execute(str(compiled), compiled.params)
             return cursor.fetchall()
     except psycopg.Error as exc:  # raised by the driver cursor, outside SQLAlchemy's wrapping
@@ -185,4 +185,5 @@ class LLMAnswerCache:
             return connection.execute(sa.select(llm_answers.c.answer).where(llm_answers.c.key == key)).scalar()
 
     def put(self, key: str, model: str, answer: str) -> None:
-        _upsert(self.engine, llm_answers, [{"key": key, "model": model, "answer": answer, "created_at": utcnow()}], ["key"])
+        row = {"key": key, "model": model, "answer": answer, "created_at": utcnow()}
+        _upsert(self.engine, llm_answers, [row], ["key"])

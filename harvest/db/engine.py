@@ -1,24 +1,37 @@
-"""Engines and migrations for the metadata database."""
+"""Engines, migrations and transactions for the metadata database.
+
+Every module of `harvest.db` opens its transactions here, so a restarting database and driver errors are
+handled the same way everywhere. `Engine` and `Connection` are importable from here for annotations by
+callers that hold a transaction open around storage work (`harvest.retention`).
+"""
 
 from __future__ import annotations
 
-import os
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 
 from harvest.errors import DatabaseError
+from harvest.settings import get_settings
 
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
 _upgraded: set[str] = set()
 
 
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
 def migrations_dir() -> Path:
     """`migrations/` beside the package (a source checkout or the Docker image's /app), or HARVEST_MIGRATIONS_DIR."""
-    override = os.environ.get("HARVEST_MIGRATIONS_DIR")
+    override = get_settings().migrations_dir
     return Path(override) if override else Path(__file__).resolve().parents[2] / "migrations"
 
 
@@ -78,3 +91,35 @@ def dispose_all() -> None:
             engine.dispose()
         _engines.clear()
         _upgraded.clear()
+
+
+def _connect(engine: Engine) -> Connection:
+    """A connection, waiting out a database that is restarting: connecting is retried (0.2 s doubling to 2 s)
+    for HARVEST_DB_RECONNECT_SECONDS (default 20), so a Postgres restart does not fail the run's next write
+    or its final status. Only connecting is retried: nothing of the transaction has run yet."""
+    deadline = time.monotonic() + get_settings().db_reconnect_seconds
+    delay = 0.2
+    while True:
+        try:
+            return engine.connect()
+        except sa.exc.OperationalError:
+            if time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+def database_error(exc: BaseException) -> DatabaseError:
+    """`exc` (SQLAlchemy's, or the driver's own from a raw cursor) as a DatabaseError naming it and its cause."""
+    text = str(exc)
+    return DatabaseError(f"database error: {exc.__class__.__name__}: {text.splitlines()[0] if text else ''}")
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Connection]:
+    """A transaction whose driver errors surface as DatabaseError with the cause in the message."""
+    try:
+        with _connect(engine) as connection, connection.begin():
+            yield connection
+    except sa.exc.SQLAlchemyError as exc:
+        raise database_error(exc) from exc

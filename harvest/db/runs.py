@@ -4,56 +4,18 @@ from __future__ import annotations
 
 import os
 import socket
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from datetime import datetime, timezone
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
+from harvest.db.engine import transaction, utcnow
 from harvest.db.schema import run_files, scrape_runs
 from harvest.errors import DatabaseError, RunAlreadyRunningError
 from harvest.models import FileRef
 
 MAX_WARNINGS = 500  # a hostile site must not grow a run row without bound
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def _connect(engine: Engine) -> Connection:
-    """A connection, waiting out a database that is restarting: connecting is retried (0.2 s doubling to 2 s)
-    for HARVEST_DB_RECONNECT_SECONDS (default 20), so a Postgres restart does not fail the run's next write
-    or its final status. Only connecting is retried: nothing of the transaction has run yet."""
-    deadline = time.monotonic() + float(os.environ.get("HARVEST_DB_RECONNECT_SECONDS", "20"))
-    delay = 0.2
-    while True:
-        try:
-            return engine.connect()
-        except sa.exc.OperationalError:
-            if time.monotonic() + delay > deadline:
-                raise
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
-
-
-def database_error(exc: BaseException) -> DatabaseError:
-    """`exc` (SQLAlchemy's, or the driver's own from a raw cursor) as a DatabaseError naming it and its cause."""
-    text = str(exc)
-    return DatabaseError(f"database error: {exc.__class__.__name__}: {text.splitlines()[0] if text else ''}")
-
-
-@contextmanager
-def transaction(engine: Engine) -> Iterator[Connection]:
-    """A transaction whose driver errors surface as DatabaseError with the cause in the message."""
-    try:
-        with _connect(engine) as connection, connection.begin():
-            yield connection
-    except sa.exc.SQLAlchemyError as exc:
-        raise database_error(exc) from exc
 
 
 def create_run(
@@ -149,7 +111,9 @@ def _rewrite_steps(engine: Engine, run_id: str, change: Callable[[dict[str, Any]
         )
 
 
-def add_warnings(engine: Engine, run_id: str, warnings: list[str], *, failed_urls: list[dict[str, Any]] | None = None) -> None:
+def add_warnings(
+    engine: Engine, run_id: str, warnings: list[str], *, failed_urls: list[dict[str, Any]] | None = None
+) -> None:
     """Append warnings (and failed URLs) to the run row, bounded so a hostile site cannot bloat it."""
     if not warnings and not failed_urls:
         return
@@ -219,7 +183,9 @@ def get_run(engine: Engine, run_id: str) -> dict[str, Any] | None:
         return dict(row) if row else None
 
 
-def list_runs(engine: Engine, *, limit: int = 50, url: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+def list_runs(
+    engine: Engine, *, limit: int = 50, url: str | None = None, status: str | None = None
+) -> list[dict[str, Any]]:
     query = sa.select(scrape_runs).order_by(scrape_runs.c.started_at.desc()).limit(limit)
     if url:
         query = query.where(scrape_runs.c.url == url)

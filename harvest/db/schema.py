@@ -6,6 +6,8 @@ Types are portable (Postgres in production and tests, SQLite as the embedded def
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
@@ -147,7 +149,7 @@ llm_answers = sa.Table(
 )
 
 
-def one_of(column: sa.ColumnElement[object], values: list[object], dialect: str) -> sa.ColumnElement[bool]:
+def one_of(column: sa.ColumnElement[object], values: Sequence[object], dialect: str) -> sa.ColumnElement[bool]:
     """`column IN (values)` for lookups of up to thousands of keys. On Postgres it is `column = ANY(%(array)s)`,
     one array parameter: an expanded IN is a statement with one placeholder per key, which the driver has to
     parse anew each time (it was most of the Python time of an unchanged re-run's lookups)."""

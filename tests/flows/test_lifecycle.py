@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from harvest.db import runs as run_rows
-from harvest.db.engine import get_engine
+from harvest.db.engine import get_engine, utcnow
 from harvest.db.schema import activities
 from harvest.models import RunConfig
 from harvest.storage import iter_jsonl
@@ -160,7 +160,7 @@ def test_sweep_cli_reconciles_and_expires_and_dry_run_changes_nothing(harvest_en
         dead = client.create_flow_run(scrape_website, parameters={"url": "https://gone.example/"}, state=Crashed())
     run_rows.create_run(engine, str(dead.id), "https://gone.example/", {})
     kept = scrape(demo_site.base_url + "/", max_pages=10, max_extractions=3).result()
-    run_rows.update_run(engine, kept.run_id, expires_at=run_rows.utcnow())
+    run_rows.update_run(engine, kept.run_id, expires_at=utcnow())
 
     dry = CliRunner().invoke(app, ["sweep", "--dry-run", "--json"])
     assert dry.exit_code == 0, dry.output

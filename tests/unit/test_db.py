@@ -83,10 +83,13 @@ def test_malformed_records_are_counted_not_lost(engine) -> None:  # noqa: ANN001
     assert (summary.imported, summary.failed) == (1, 3) and len(summary.errors) == 3
 
 
-def test_dead_database_is_a_database_error(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dead_database_is_a_database_error(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+    from harvest.settings import get_settings
     from testkit.net import free_port
 
     monkeypatch.setenv("HARVEST_DB_RECONNECT_SECONDS", "0")  # no waiting for a server that never comes
+    get_settings.cache_clear()  # settings are read once per process: read them again with the variable set
+    request.addfinalizer(get_settings.cache_clear)  # and the next test reads its own environment
 
     engine = get_engine(f"postgresql+psycopg://harvest:harvest@127.0.0.1:{free_port()}/none")
     with pytest.raises(DatabaseError, match="OperationalError"):

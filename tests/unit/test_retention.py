@@ -14,7 +14,8 @@ import pytest
 import sqlalchemy as sa
 
 from harvest.db import runs as run_rows
-from harvest.db.engine import get_engine
+from harvest.db.engine import get_engine, utcnow
+from harvest.db.retention import set_pinned
 from harvest.db.schema import scrape_runs
 from harvest.diff import digest_key
 from harvest.errors import ConfigError, RunAlreadyRunningError
@@ -24,13 +25,12 @@ from harvest.retention import (
     cleanup_run,
     file_state,
     parse_duration,
-    set_pinned,
     sweep,
 )
 from harvest.storage import S3Store, make_s3_client, write_json, write_jsonl
 
 POLICY = RetentionPolicy(kept_days=14, failed_days=30, grace=timedelta(hours=24))
-NOW = run_rows.utcnow()
+NOW = utcnow()
 
 
 def never_heard_of(run_id: str) -> str | None:
