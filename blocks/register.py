@@ -120,7 +120,8 @@ def register_limits(settings: HarvestSettings) -> list[Registered]:
         existing = {limit.name for limit in client.read_global_concurrency_limits(limit=200)}
         for name, limit, decay, note in wanted:
             client.upsert_global_concurrency_limit_by_name(name, limit, slot_decay_per_second=decay)
-            done.append(Registered(f"global-concurrency-limit/{name}", "updated" if name in existing else "created", note))
+            state = "updated" if name in existing else "created"
+            done.append(Registered(f"global-concurrency-limit/{name}", state, note))
     return done
 
 

@@ -124,7 +124,8 @@ def summary_markdown(row: dict[str, Any], files: list[dict[str, Any]], links: di
     diff = row.get("diff")
     lines += ["", "## Changes since the previous run", ""]
     if diff:
-        against = f"run `{_code(row['previous_run_id'])}`" if row.get("previous_run_id") else "nothing (first run of this URL)"
+        previous = row.get("previous_run_id")
+        against = f"run `{_code(previous)}`" if previous else "nothing (first run of this URL)"
         lines.append(", ".join(f"{k}: {v}" for k, v in diff.items()) + f" — against {against}")
     else:
         lines.append("not computed")
@@ -151,7 +152,9 @@ def publish_summary(engine: Any, store: ObjectStore, run_id: str, config: RunCon
         by_kind = {f["kind"]: f for f in files}
         for kind in LINKED_KINDS:
             if kind in links:
-                create_link_artifact(links[kind], link_text=by_kind[kind]["uri"], key=artifact_key(kind.replace("_", "-")),
-                                     description=f"Run {run_id}: {kind} ({by_kind[kind]['records']} records)")
+                create_link_artifact(
+                    links[kind], link_text=by_kind[kind]["uri"], key=artifact_key(kind.replace("_", "-")),
+                    description=f"Run {run_id}: {kind} ({by_kind[kind]['records']} records)",
+                )
     except Exception as exc:  # noqa: BLE001
         logger.warning("run %s: summary artifacts not published: %s", run_id, exc)

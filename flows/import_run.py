@@ -37,7 +37,9 @@ def import_kept_run(run_id: str) -> ImportSummary:
     return summary
 
 
-@flow(name="import-run", description="Import a kept run's final JSONL into activities, then optionally delete its files.")
+@flow(
+    name="import-run", description="Import a kept run's final JSONL into activities, then optionally delete its files."
+)
 def import_run(run_id: str, cleanup: bool = False) -> ImportSummary:
     """Import run `run_id`; with `cleanup`, delete its files afterwards when nothing failed."""
     logger = get_run_logger()

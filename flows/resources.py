@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from pydantic import SecretStr
-
 from sqlalchemy.engine import Engine
 
 from blocks.storage import resolve_store

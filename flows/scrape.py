@@ -59,14 +59,20 @@ def _optional(future: PrefectFuture[Any], what: str, run_id: str) -> Any:
 
 @flow(
     name="scrape-website",
-    description="Crawl a family-activities site, extract, standardize and enrich activities, write JSONL, optionally import.",
+    description=(
+        "Crawl a family-activities site, extract, standardize and enrich activities, write JSONL, optionally import."
+    ),
     task_runner=make_task_runner(get_settings()),
     on_completion=[on_completion],
     on_failure=[on_failure],
     on_crashed=[on_crashed],
     on_cancellation=[on_cancellation],
 )
-def scrape_website(url: str, config: RunConfig = RunConfig(), from_raw: str | None = None) -> RunSummary:
+def scrape_website(
+    url: str,
+    config: RunConfig = RunConfig(),  # noqa: B008 - an immutable model; Prefect shows it as the parameter's default
+    from_raw: str | None = None,
+) -> RunSummary:
     """Scrape `url` into enriched activity records. Files land in HARVEST_STORAGE_URL under runs/<flow run id>/.
 
     `from_raw`: start from stored raw activities (a kept run's raw_activities URI or a local JSONL) instead
@@ -165,7 +171,8 @@ def _finish(
     )
     row = run_rows.get_run(res.engine, run_id) or {}
     traffic.settle()
-    run_rows.record_step(res.engine, run_id, "traffic", {"bytes_between_tasks": traffic.bytes, "task_runs": traffic.calls})
+    moved = {"bytes_between_tasks": traffic.bytes, "task_runs": traffic.calls}
+    run_rows.record_step(res.engine, run_id, "traffic", moved)
     artifacts.publish_summary(res.engine, res.store, run_id, config)
     progress.advance("done")
     get_run_logger().info(

@@ -82,7 +82,8 @@ class HarvestSettings(BaseSettings):
         default=None, validation_alias=AliasChoices("GOOGLE_MAPS_API_KEY", "HARVEST_GOOGLE_MAPS_API_KEY")
     )
     google_maps_api_key_block: str | None = Field(
-        default=None, description="Name of a Prefect Secret block holding the Google key, read when the variable is unset."
+        default=None,
+        description="Name of a Prefect Secret block holding the Google key, read when the variable is unset.",
     )
     geocoder_rate_per_second: float = Field(
         default=1.0, description="Geocoder calls per second (Nominatim's usage policy asks for at most 1)."
@@ -92,7 +93,10 @@ class HarvestSettings(BaseSettings):
     )
     embeddings_sync_below: int = Field(
         default=100, ge=0,
-        description="Fewer texts than this left to embed: use the synchronous endpoint now instead of a batch (0: always batch).",
+        description=(
+            "Fewer texts than this left to embed: use the synchronous endpoint now instead of a batch "
+            "(0: always batch)."
+        ),
     )
     browser_path: str | None = Field(
         default_factory=_default_browser_path, description="Chromium executable driven by Playwright."

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, NoReturn, Optional
+from typing import Any, NoReturn
 
 import typer
 
@@ -67,13 +67,13 @@ def _engine() -> Any:
 @app.command()
 def scrape(
     url: str = typer.Argument(..., help="Start URL (http or https)."),
-    max_pages: Optional[int] = typer.Option(None, help="Stop after this many pages."),
-    max_depth: Optional[int] = typer.Option(None, help="How many links deep to follow."),
-    max_extractions: Optional[int] = typer.Option(None, help="Stop after this many raw activities."),
+    max_pages: int | None = typer.Option(None, help="Stop after this many pages."),
+    max_depth: int | None = typer.Option(None, help="How many links deep to follow."),
+    max_extractions: int | None = typer.Option(None, help="Stop after this many raw activities."),
     auto_import: bool = typer.Option(False, "--auto-import", help="Import into activities and delete the run's files."),
-    render: Optional[str] = typer.Option(None, help="auto | browser | http."),
-    config_json: Optional[str] = typer.Option(None, "--config", help="Full run config as JSON (flags override it)."),
-    from_raw: Optional[str] = typer.Option(
+    render: str | None = typer.Option(None, help="auto | browser | http."),
+    config_json: str | None = typer.Option(None, "--config", help="Full run config as JSON (flags override it)."),
+    from_raw: str | None = typer.Option(
         None, "--from-raw", help="Start from stored raw activities (a run's raw_activities URI or a JSONL path)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout (logs on stderr)."),
@@ -85,7 +85,9 @@ def scrape(
 
     try:
         base = json.loads(config_json) if config_json else {}
-        overrides = {"max_pages": max_pages, "max_depth": max_depth, "max_extractions": max_extractions, "render": render}
+        overrides = {
+            "max_pages": max_pages, "max_depth": max_depth, "max_extractions": max_extractions, "render": render,
+        }
         base.update({k: v for k, v in overrides.items() if v is not None})
         if auto_import:
             base["auto_import"] = True
@@ -129,7 +131,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
 @runs_app.command("list")
 def runs_list(
     limit: int = typer.Option(20, help="How many runs, newest first."),
-    url: Optional[str] = typer.Option(None, help="Only runs of this URL."),
+    url: str | None = typer.Option(None, help="Only runs of this URL."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """List recent runs."""
@@ -167,7 +169,8 @@ def runs_show(run_id: str, as_json: bool = typer.Option(False, "--json")) -> Non
     for step, stats in (row["steps"] or {}).items():
         if "items_in" in stats:
             typer.echo(
-                f"  {step:20} {stats.get('seconds', 0):>8.2f}s  in {stats['items_in']:>7}  out {stats.get('items_out', 0):>7}"
+                f"  {step:20} {stats.get('seconds', 0):>8.2f}s  in {stats['items_in']:>7}"
+                f"  out {stats.get('items_out', 0):>7}"
                 f"  skipped {stats.get('skipped', 0):>5}"
             )
         else:
@@ -177,7 +180,8 @@ def runs_show(run_id: str, as_json: bool = typer.Option(False, "--json")) -> Non
         typer.echo(f"  {item['kind']:24} {item['records']:>7} {item['bytes']:>12,}  {item['state']:8} {item['uri']}")
     typer.echo(f"import_summary         {row['import_summary']}")
     diff = row.get("diff")
-    typer.echo(f"diff                   {diff} (against {row.get('previous_run_id')})" if diff else "diff                   none")
+    against = f" (against {row.get('previous_run_id')})" if diff else ""
+    typer.echo(f"diff                   {diff or 'none'}{against}")
     typer.echo(f"warnings               {len(row['warnings'] or [])}")
     for warning in row["warnings"] or []:
         typer.echo(f"  {warning}")
@@ -198,7 +202,9 @@ def _duration_seconds(text: str, option: str) -> float:
 @runs_app.command("files")
 def runs_files(
     run_id: str,
-    expires: str = typer.Option("1h", help="Link lifetime for S3 presigned URLs: 3600, 15m, 1h, 7d (S3 allows up to 7d)."),
+    expires: str = typer.Option(
+        "1h", help="Link lifetime for S3 presigned URLs: 3600, 15m, 1h, 7d (S3 allows up to 7d)."
+    ),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """List a run's files: kind, records, size, state and a download link (presigned for S3, a path locally)."""
@@ -224,14 +230,15 @@ def runs_files(
     if not rows:
         _fail(f"run {run_id} has no files")
     for item in rows:
-        typer.echo(f"{item['kind']:24} {item['records']:>7} {item['bytes']:>12,}  {item['link'] or '(' + item['state'] + ')'}")
+        where = item["link"] or f"({item['state']})"
+        typer.echo(f"{item['kind']:24} {item['records']:>7} {item['bytes']:>12,}  {where}")
 
 
 @runs_app.command("cleanup")
 def runs_cleanup(
-    run_id: Optional[str] = typer.Argument(None, help="One run; or select many with --older-than."),
-    older_than: Optional[str] = typer.Option(None, help="Every finished, unpinned run older than this (e.g. 30d)."),
-    status: Optional[str] = typer.Option(None, help="With --older-than: only runs with this status (completed, failed…)."),
+    run_id: str | None = typer.Argument(None, help="One run; or select many with --older-than."),
+    older_than: str | None = typer.Option(None, help="Every finished, unpinned run older than this (e.g. 30d)."),
+    status: str | None = typer.Option(None, help="With --older-than: only runs with this status (completed, failed…)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the runs, delete nothing."),
 ) -> None:
     """Delete finished runs' stored files (never the shared images) and mark them deleted."""
@@ -367,7 +374,9 @@ def runs_diff(
 
 @app.command()
 def sweep(
-    dry_run: bool = typer.Option(False, "--dry-run", help="Report what would be deleted or reconciled; change nothing."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Report what would be deleted or reconciled; change nothing."
+    ),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Delete expired runs' files, orphans and unreferenced images; reconcile runs whose process died."""

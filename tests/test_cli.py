@@ -8,8 +8,8 @@ import os
 import subprocess
 import sys
 import time
-from urllib.parse import parse_qsl, urlsplit
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 import pytest

@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from harvest.crawl.guard_proxy import REFUSED_HEADER, GuardProxy
 from harvest.crawl.guard import HostGuard
+from harvest.crawl.guard_proxy import REFUSED_HEADER, GuardProxy
 from harvest.crawl.http_fetch import media_type
 from harvest.crawl.page import PageFailed
 from harvest.errors import DisallowedURLError
@@ -91,14 +91,14 @@ _READ_WHEN_QUIET_INIT = """(() => {
     check();
   });
   try { Object.defineProperty(window, Symbol.for("%s"), {value: readWhenQuiet}); } catch (e) {}
-})();""" % _READY
+})();""" % _READY  # noqa: UP031 - a JavaScript body full of braces: %-format keeps it readable
 # Calls the function above; a document the init script did not reach (none expected) is read as it is.
 _READ_WHEN_QUIET = """([quietMs, maxMs]) => {
   const read = window[Symbol.for("%s")];
   if (read) return read(quietMs, maxMs);
   const doctype = document.doctype ? new XMLSerializer().serializeToString(document.doctype) : "";
   return document.documentElement ? doctype + document.documentElement.outerHTML : doctype;
-}""" % _READY
+}""" % _READY  # noqa: UP031 - see above
 
 
 class RenderFailed(PageFailed):
@@ -356,7 +356,7 @@ class BrowserRenderer:
             reading = page.evaluate(_READ_WHEN_QUIET, [self.quiet_s * 1000, left * 1000])
             try:
                 html = await asyncio.wait_for(reading, left + RESPOND_S)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise RenderFailed(
                     url, f"the page stopped responding: a script kept it busy for over {left + RESPOND_S:.0f}s"
                 ) from None

@@ -46,7 +46,9 @@ class SubmittedBatch(BaseModel):
     records: int
     model: str
     prefill_uri: str | None = Field(description="embeddings_prefill.npy: reused and synchronously embedded vectors.")
-    files: list[FileRef] = Field(default_factory=list, description="The stored vectors when nothing is left to collect.")
+    files: list[FileRef] = Field(
+        default_factory=list, description="The stored vectors when nothing is left to collect."
+    )
 
     @property
     def complete(self) -> bool:
@@ -132,7 +134,9 @@ def submit_embeddings(
         elif count:
             collected = StageResult()
             with timed(collected.stats):
-                _store_vectors(store, run_id, rows, prefill_path, missing, {}, collected, missing_reason="no text to embed")
+                _store_vectors(
+                    store, run_id, rows, prefill_path, missing, {}, collected, missing_reason="no text to embed"
+                )
     result.stats.items_in = count
     result.stats.items_out = reused + synced + (pending if handle else 0)
     result.stats.details.update({"reused": reused, "embedded_now": synced, "batched": pending if handle else 0})
@@ -173,7 +177,9 @@ def collect_embeddings(
             if key not in rows:
                 result.warn(f"batch output line {key!r} not used: {error}")
         status = {rows[key]: error for key, error in failures.items() if key in rows}
-        _store_vectors(store, run_id, rows, matrix_path, missing, status, result, missing_reason="missing from batch output")
+        _store_vectors(
+            store, run_id, rows, matrix_path, missing, status, result, missing_reason="missing from batch output"
+        )
     return result
 
 

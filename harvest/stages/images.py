@@ -20,6 +20,9 @@ from harvest.stages.concurrency import ordered_map
 from harvest.storage import ObjectStore, write_jsonl
 from harvest.storage.keys import run_key
 
+# What the image cache keeps of a processed image (enough to reuse it without downloading it again).
+CACHED_IMAGE_FIELDS = {"source_url", "uri", "width", "height", "bytes", "sha256", "etag", "last_modified"}
+
 
 def _previous_images(records: Iterable[dict[str, Any]], engine: Engine) -> dict[str, ImageInfo]:
     urls = {record["image_url"] for record in records if record.get("image_url")}
@@ -87,7 +90,6 @@ def process_images(
     result.files.append(ref)
     if engine is not None and fresh:
         store_images(engine, [
-            info.model_dump(include={"source_url", "uri", "width", "height", "bytes", "sha256", "etag", "last_modified"})
-            for info in fresh.values()
+            info.model_dump(include=CACHED_IMAGE_FIELDS) for info in fresh.values()
         ])
     return result

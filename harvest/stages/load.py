@@ -10,7 +10,9 @@ from harvest.stages.common import StageResult, timed
 from harvest.storage import ObjectStore, iter_jsonl
 
 
-def import_final_records(store: ObjectStore, run_id: str, final: FileRef, engine: Engine) -> tuple[StageResult, ImportSummary]:
+def import_final_records(
+    store: ObjectStore, run_id: str, final: FileRef, engine: Engine
+) -> tuple[StageResult, ImportSummary]:
     """Vectors are parsed only for the rows that are written (see parse_final_line)."""
     result = StageResult()
 

@@ -23,7 +23,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -504,7 +504,7 @@ def test_cancelled_and_sigkilled_deployed_runs_keep_their_files(
     print(f"SIGKILL flow-run processes: {_describe(pids)}")
     for pid in [roots[0], *(p for p in pids if p != roots[0])]:
         _signal(pid, signal.SIGKILL)
-    killed_at = datetime.now(timezone.utc)
+    killed_at = datetime.now(UTC)
 
     # The cancelled run: the on_cancellation hook records it.
     assert _final_state(stack, cancel_id, 90, "the cancelled flow run to reach a final state") == "CANCELLED", \
@@ -535,7 +535,7 @@ def test_cancelled_and_sigkilled_deployed_runs_keep_their_files(
         assert swept.returncode == 0, swept.stdout[-3000:] + swept.stderr[-3000:]
         row = run_row(db_url, kill_id)
         path = "harvest sweep (reconciliation)"
-    ended = row["finished_at"] if row["finished_at"].tzinfo else row["finished_at"].replace(tzinfo=timezone.utc)
+    ended = row["finished_at"] if row["finished_at"].tzinfo else row["finished_at"].replace(tzinfo=UTC)
     print(f"SIGKILL → run row {row['status']} {(ended - killed_at).total_seconds():.1f}s after the kill, via {path}")
     assert (row["status"], row["retention"]) == ("crashed", "kept"), (row["status"], row["retention"], path)
     assert row["finished_at"] is not None and row["expires_at"] is not None

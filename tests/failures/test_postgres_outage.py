@@ -23,7 +23,15 @@ from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from tests.failures.support import (
-    SMALL, activity_rows, all_runs, file_rows, in_embeddings_poll, run_row, s3_object, scrape, wait_for,
+    SMALL,
+    activity_rows,
+    all_runs,
+    file_rows,
+    in_embeddings_poll,
+    run_row,
+    s3_object,
+    scrape,
+    wait_for,
 )
 
 

@@ -45,8 +45,8 @@ def scrape(url: str, **config: object):  # noqa: ANN201
 
 def test_diff_of_a_site_that_changed_is_exact(harvest_env, tmp_path) -> None:
     from blocks.storage import resolve_store
-    from harvest_cli import app
     from harvest.settings import get_settings
+    from harvest_cli import app
 
     acts = distinct(10)
     extra = distinct(1, skip=10)[0]

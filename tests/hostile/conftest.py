@@ -17,7 +17,6 @@ from harvest.models import RunConfig
 from testkit.hostile_site import HostileSite
 from tests.hostile.support import UA, CrawlResult, make_config
 
-
 _real_connect = socket.socket.connect
 _real_connect_ex = socket.socket.connect_ex
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from harvest.images import to_webp
 from harvest.errors import ImageError
+from harvest.images import to_webp
 from harvest.models import Activity, Location
 from harvest.settings import HarvestSettings
 from harvest.stages.images import process_images

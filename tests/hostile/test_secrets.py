@@ -75,7 +75,12 @@ def test_no_secret_in_rows_files_prefect_logs_artifacts_or_captured_output(
     # What Prefect holds: the flow run (parameters), its task runs, logs and artifacts.
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
-        ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId,
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowRunFilter,
+        FlowRunFilterId,
+        LogFilter,
+        LogFilterFlowRunId,
     )
     from prefect.logging.handlers import APILogHandler
 

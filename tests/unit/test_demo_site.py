@@ -16,7 +16,7 @@ from pathlib import Path
 import extruct
 import httpx
 import pytest
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from testkit.demo_site import (
     DATA_PATH,
@@ -181,7 +181,7 @@ def test_images_are_real_images_except_the_planted_failures(site) -> None:
         assert response.headers["content-type"] == ("image/png" if path.endswith(".png") else "image/jpeg")
         if kind == "broken":
             assert response.content.startswith(b"<!doctype html>")
-            with pytest.raises(Exception):
+            with pytest.raises(UnidentifiedImageError):
                 Image.open(io.BytesIO(response.content))
             continue
         with Image.open(io.BytesIO(response.content)) as img:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import openai
 import pytest
+from numpy.lib.format import open_memmap
 
 from harvest.embeddings import (
     BatchResult,
@@ -27,8 +28,6 @@ from harvest.embeddings import (
     submit_batch,
     write_batch_input,
 )
-from numpy.lib.format import open_memmap
-
 from harvest.errors import BatchNotReadyError, ConfigError, EmbeddingError
 from harvest.models import Activity, Location
 from testkit.openai_server import OpenAITestServer, embedding_vector
@@ -117,7 +116,7 @@ def test_split_batch_input_respects_line_and_byte_limits(tmp_path: Path) -> None
     by_bytes = split_batch_input(acts, MODEL, tmp_path / "bytes", max_bytes=line_size * 2 + 5)
     assert [p.lines for p in by_bytes] == [2, 2, 2, 1]
     assert all(p.bytes == p.path.stat().st_size <= line_size * 2 + 5 for p in by_bytes)
-    ids = [json.loads(l)["custom_id"] for p in by_bytes for l in p.path.read_bytes().splitlines()]
+    ids = [json.loads(line)["custom_id"] for p in by_bytes for line in p.path.read_bytes().splitlines()]
     assert ids == [a.id for a in acts]
 
 

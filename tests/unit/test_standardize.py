@@ -10,7 +10,7 @@ import hashlib
 import json
 import re
 import unicodedata
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -252,9 +252,9 @@ AEST = timezone(timedelta(hours=10))
         ("2024-05-01", datetime(2024, 5, 1)),
         ("2020-06-07T13:51:46+1000", datetime(2020, 6, 7, 13, 51, 46, tzinfo=AEST)),
         ("2020-06-07T13:51:46+10:00", datetime(2020, 6, 7, 13, 51, 46, tzinfo=AEST)),
-        ("2017-08-22T09:04:36.000Z", datetime(2017, 8, 22, 9, 4, 36, tzinfo=timezone.utc)),
-        ("2017-08-22T09:04:36.123456789Z", datetime(2017, 8, 22, 9, 4, 36, 123456, tzinfo=timezone.utc)),
-        ("2024-05-01t10:00z", datetime(2024, 5, 1, 10, 0, tzinfo=timezone.utc)),
+        ("2017-08-22T09:04:36.000Z", datetime(2017, 8, 22, 9, 4, 36, tzinfo=UTC)),
+        ("2017-08-22T09:04:36.123456789Z", datetime(2017, 8, 22, 9, 4, 36, 123456, tzinfo=UTC)),
+        ("2024-05-01t10:00z", datetime(2024, 5, 1, 10, 0, tzinfo=UTC)),
         ("2024-05-01 10:00", datetime(2024, 5, 1, 10, 0)),
         ("2024/05/01", datetime(2024, 5, 1)),
         ("Wed, 01 May 2024 10:00:00 +1000", datetime(2024, 5, 1, 10, 0, tzinfo=AEST)),

@@ -117,7 +117,7 @@ def test_batch_error_ids_and_wrong_dimensions(client: openai.OpenAI, oai: OpenAI
     assert (done.request_counts.completed, done.request_counts.failed) == (2, 1)
     output_text = client.files.content(done.output_file_id).text
     outputs = {json.loads(line)["custom_id"]: json.loads(line) for line in output_text.splitlines()}
-    errors = [json.loads(l) for l in client.files.content(done.error_file_id).text.splitlines()]
+    errors = [json.loads(line) for line in client.files.content(done.error_file_id).text.splitlines()]
     assert set(outputs) == {"ok", "short"}
     assert len(outputs["short"]["response"]["body"]["data"][0]["embedding"]) == DIMS // 2
     assert [e["custom_id"] for e in errors] == ["bad"]
@@ -133,7 +133,7 @@ def test_batch_bad_outcomes(client: openai.OpenAI, oai: OpenAITestServer, outcom
     if outcome == "failed":
         assert done.errors and done.errors.data[0].message
     if outcome == "expired":
-        errors = [json.loads(l) for l in client.files.content(done.error_file_id).text.splitlines()]
+        errors = [json.loads(line) for line in client.files.content(done.error_file_id).text.splitlines()]
         assert {e["error"]["code"] for e in errors} == {"batch_expired"} and done.output_file_id is None
 
 
