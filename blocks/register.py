@@ -24,9 +24,15 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from pydantic import SecretStr
+
 from harvest.settings import HarvestSettings
+
+if TYPE_CHECKING:
+    from prefect.blocks.core import Block
 
 AWS_BLOCK = "harvest-aws"
 BUCKET_BLOCK = "harvest-storage"
@@ -47,7 +53,7 @@ class Registered:
         return f"{self.action:8} {self.slug}" + (f"  ({self.note})" if self.note else "")
 
 
-def _exists(block_cls: type, name: str) -> bool:
+def _exists(block_cls: type[Block], name: str) -> bool:
     from prefect.exceptions import ObjectNotFound
 
     try:
@@ -57,9 +63,9 @@ def _exists(block_cls: type, name: str) -> bool:
     return True
 
 
-def _save(block: object, name: str) -> str:
+def _save(block: Block, name: str) -> str:
     existed = _exists(type(block), name)
-    block.save(name, overwrite=True)  # type: ignore[attr-defined]
+    block.save(name, overwrite=True)
     return "updated" if existed else "created"
 
 
@@ -74,10 +80,11 @@ def register_blocks(
     env = os.environ if environ is None else environ
     done: list[Registered] = []
 
-    secret_key = env.get("AWS_SECRET_ACCESS_KEY") or None
+    secret = env.get("AWS_SECRET_ACCESS_KEY") or None
+    secret_key = SecretStr(secret) if secret else None
     credentials = AwsCredentials(
         aws_access_key_id=env.get("AWS_ACCESS_KEY_ID") or None,
-        aws_secret_access_key=secret_key,  # pydantic turns it into a SecretStr; None when unset
+        aws_secret_access_key=secret_key,
         aws_session_token=env.get("AWS_SESSION_TOKEN") or None,
         profile_name=env.get("AWS_PROFILE") or None,
         region_name=env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or None,
@@ -93,14 +100,13 @@ def register_blocks(
     else:
         done.append(Registered(f"s3-bucket/{BUCKET_BLOCK}", "skipped", "HARVEST_STORAGE_URL is not s3://"))
 
-    secrets: list[tuple[str, object, str]] = [
+    secrets: list[tuple[str, SecretStr | None, str]] = [
         (OPENAI_SECRET, settings.openai_api_key, "OPENAI_API_KEY"),
         (GOOGLE_MAPS_SECRET, settings.google_maps_api_key, "GOOGLE_MAPS_API_KEY"),
     ]
     for name, value, variable in secrets:
-        raw = value.get_secret_value() if value is not None else ""  # type: ignore[attr-defined]
-        if raw:
-            done.append(Registered(f"secret/{name}", _save(Secret(value=raw), name)))
+        if value is not None and value.get_secret_value():
+            done.append(Registered(f"secret/{name}", _save(Secret(value=value), name)))
         else:
             done.append(Registered(f"secret/{name}", "skipped", f"{variable} not set"))
     done += register_limits(settings)

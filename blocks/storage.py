@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 from prefect.filesystems import LocalFileSystem, WritableFileSystem
@@ -22,7 +22,8 @@ S3_CLIENT_CONFIG = {"retries": {"max_attempts": 3, "mode": "standard"}, "connect
 
 
 def _load_bucket_block(slug: str) -> S3Bucket:
-    return S3Bucket.load(slug.removeprefix(BLOCK_SLUG_PREFIX))
+    # A sync call: Prefect types its sync/async dispatch as value-or-coroutine.
+    return cast(S3Bucket, S3Bucket.load(slug.removeprefix(BLOCK_SLUG_PREFIX)))
 
 
 @lru_cache(maxsize=8)
@@ -71,7 +72,7 @@ def _saved(block: WritableFileSystem, name: str) -> WritableFileSystem:
     """`block`, saved as `name`: the saved one is loaded and reused when it holds the same settings, since
     saving recomputes Prefect's block schemas and checksums (~1 s per flow run); saved over otherwise."""
     try:
-        existing = type(block).load(name)
+        existing = cast(WritableFileSystem, type(block).load(name))  # sync call (see _load_bucket_block)
     except ValueError:  # no block of that name yet
         existing = None
     if existing is not None and _settings_of(existing.model_dump()) == _settings_of(block.model_dump()):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 import logging
 import re
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 from prefect.artifacts import (
@@ -55,9 +55,10 @@ class Progress:
         self.run_id = run_id
         self.artifact_id: UUID | None = None
         try:
-            self.artifact_id = create_progress_artifact(
+            # Prefect types its sync/async dispatch as either; called from sync code it returns the id.
+            self.artifact_id = cast(UUID, create_progress_artifact(
                 0.0, key=artifact_key("progress"), description=f"Run {run_id}: started"
-            )
+            ))
         except Exception as exc:  # noqa: BLE001 - artifacts are reporting, never a reason to fail
             logger.warning("run %s: progress artifact not created: %s", run_id, exc)
 

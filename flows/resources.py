@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import cast
 
 from pydantic import SecretStr
 from sqlalchemy.engine import Engine
@@ -36,7 +37,8 @@ def resources() -> Resources:
 def _secret_block_value(name: str) -> str:
     from prefect.blocks.system import Secret
 
-    return str(Secret.load(name).get())
+    block = cast(Secret[str], Secret.load(name))  # sync call: Prefect types its dispatch as value-or-coroutine
+    return str(block.get())
 
 
 def with_block_secrets(settings: HarvestSettings) -> HarvestSettings:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from harvest.settings import HarvestSettings
@@ -15,7 +17,7 @@ def enrichment_threads(settings: HarvestSettings) -> int:
     return 2 * settings.enrich_max_chunks + 3
 
 
-def make_task_runner(settings: HarvestSettings) -> TaskRunner:  # type: ignore[type-arg]
+def make_task_runner(settings: HarvestSettings) -> TaskRunner[Any]:
     """threads: a pool of in-process threads (the enrichment branches run side by side).
     dask: the cluster at HARVEST_DASK_ADDRESS, or a local in-process cluster when it is unset."""
     threads = enrichment_threads(settings)

@@ -21,7 +21,7 @@ SHOWN = 50
 def report_markdown(report: SweepReport) -> str:
     title = "Sweep (dry run: nothing deleted)" if report.dry_run else "Sweep"
     lines = [f"# {title}", "", "| what | count |", "| --- | ---: |"]
-    sections = {
+    sections: dict[str, list[Any]] = {
         "runs reconciled": report.reconciled, "runs expired": report.expired,
         "failed cleanups finished": report.cleaned,
         "superseded digests": report.digests, "orphan objects": report.orphans, "unreferenced images": report.images,

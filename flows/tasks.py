@@ -181,7 +181,8 @@ def poll_embeddings_batch(run_id: str, standardized: FileRef, batch: SubmittedBa
         )
     record_stage(res, run_id, "embeddings", result)
     # The prefill is now inside embeddings.npy: keep one copy of the vectors, not two.
-    res.store.delete(res.store.key_for(batch.prefill_uri))
+    if batch.prefill_uri is not None:
+        res.store.delete(res.store.key_for(batch.prefill_uri))
     run_rows.forget_files(res.engine, run_id, ["embeddings_prefill"])
     return result.files
 

@@ -261,6 +261,7 @@ def runs_cleanup(
             typer.echo(f"{verb} {item}")
         typer.echo(f"{verb} {len(done)} runs")
         return
+    assert run_id is not None  # exactly one of the two was given (checked above)
     row = get_run(engine, run_id)
     if row is None:
         _fail(f"no run {run_id}")
@@ -359,7 +360,7 @@ def runs_diff(
             _fail(f"run {run_id} has neither a digest nor a final JSONL left to compare")
         sources.append(source)
     counts = DiffCounts()
-    changes = []
+    changes: list[dict[str, Any]] = []
     for change in diff_lines(load_digest(digest_lines(store, sources[0])), digest_lines(store, sources[1]), counts):
         if len(changes) < limit:
             changes.append(change)

@@ -211,9 +211,9 @@ class _Engine:
                     if any(step.keys & keys for keys in rendering_keys.values()):
                         waiting.append((seq, step))
                         continue
-                    task = asyncio.create_task(self._render_step(step))
-                    rendering[task] = (seq, step.item)
-                    rendering_keys[task] = step.keys
+                    render: asyncio.Task[_Step] = asyncio.create_task(self._render_step(step))
+                    rendering[render] = (seq, step.item)
+                    rendering_keys[render] = step.keys
                 while (
                     len(in_flight) < self.options.max_concurrency
                     and len(backlog) < backlog_limit
@@ -234,29 +234,29 @@ class _Engine:
                     continue  # the backlog starts at the top of the loop
                 tasks = set(in_flight) | set(rendering)
                 done, _ = await asyncio.wait(tasks, timeout=0.25, return_when=asyncio.FIRST_COMPLETED)
-                for task in sorted(done, key=lambda t: (in_flight.get(t) or rendering[t])[0]):
-                    seq, item = in_flight.pop(task, None) or rendering.pop(task)
-                    step = self._result_of(task, item)
-                    if task in rendering_keys:
-                        done_keys = rendering_keys.pop(task)
+                for finished in sorted(done, key=lambda t: (in_flight.get(t) or rendering[t])[0]):
+                    seq, item = in_flight.pop(finished) if finished in in_flight else rendering.pop(finished)
+                    outcome = self._result_of(finished, item)
+                    if finished in rendering_keys:
+                        done_keys = rendering_keys.pop(finished)
                         released = [w for w in waiting if w[1].keys & done_keys]
                         waiting[:] = [w for w in waiting if not w[1].keys & done_keys]
                         backlog.extendleft(reversed(released))  # skipped as duplicates if this one succeeded
-                    if isinstance(step, _Render):
-                        backlog.append((seq, step))
+                    if isinstance(outcome, _Render):
+                        backlog.append((seq, outcome))
                         continue
-                    if not await self._accept(step, item.depth):
+                    if not await self._accept(outcome, item.depth):
                         return
             left = len(self.frontier)
             if left and self.pages_emitted >= self.config.max_pages:
                 log.info("max_pages=%d reached; %d queued URLs not fetched", self.config.max_pages, left)
                 self._skip("max_pages", left)
         finally:
-            tasks = set(in_flight) | set(rendering)
-            for task in tasks:
+            pending = set(in_flight) | set(rendering)
+            for task in pending:
                 task.cancel()
-            if tasks:
-                await asyncio.gather(*tasks, return_exceptions=True)
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
 
     @staticmethod
     def _result_of(task: asyncio.Task[_Step], item: FrontierItem) -> _Step:
