@@ -470,11 +470,6 @@ class EmbeddingMatrix:
         self.close()
 
 
-def read_embeddings(path: Path) -> np.ndarray:
-    """The matrix, memory-mapped read-only: rows load from disk only when touched."""
-    return np.load(Path(path), mmap_mode="r")
-
-
 class EmbeddingReader:
     """Rows of an embeddings ``.npy`` read in chunks with positioned reads (no memory map, so resident memory
     stays one chunk whatever the matrix size). Sequential access, the merge's order, reads each chunk once.

@@ -107,15 +107,6 @@ class HostSlots:
             yield
 
 
-def fetch_image(url: str, *, max_bytes: int, timeout_s: float, user_agent: str,
-                allow_private_networks: bool) -> bytes:
-    """Download one image's bytes, or raise ImageError saying why it was refused."""
-    data, _ = fetch_image_if_changed(url, Validators(), max_bytes=max_bytes, timeout_s=timeout_s,
-                                     user_agent=user_agent, allow_private_networks=allow_private_networks)
-    assert data is not None  # without validators a server has nothing to answer 304 to
-    return data
-
-
 def fetch_image_if_changed(url: str, known: Validators, *, max_bytes: int, timeout_s: float, user_agent: str,
                            allow_private_networks: bool) -> tuple[bytes | None, Validators]:
     """Download one image's bytes unless the server says the version `known` is current (then None).

@@ -412,8 +412,3 @@ def _copy_batch_in(engine: Engine, tuples: Iterable[bytes]) -> tuple[int, int]:
             flags = [row[0] for row in cursor.fetchall()]
     inserted = sum(1 for flag in flags if flag)
     return inserted, len(flags) - inserted
-
-
-def count_activities(engine: Engine) -> int:
-    with transaction(engine) as connection:
-        return int(connection.execute(sa.select(sa.func.count()).select_from(activities)).scalar_one())

@@ -239,14 +239,6 @@ def previous_comparable_run(engine: Engine, run_id: str, url: str) -> str | None
         return candidates.id if candidates else None
 
 
-def mark_files_deleted(engine: Engine, run_id: str, kinds: list[str] | None = None) -> int:
-    query = run_files.update().where(run_files.c.run_id == run_id, run_files.c.deleted_at.is_(None))
-    if kinds is not None:
-        query = query.where(run_files.c.kind.in_(kinds))
-    with transaction(engine) as connection:
-        return connection.execute(query.values(deleted_at=utcnow())).rowcount
-
-
 def forget_files(engine: Engine, run_id: str, kinds: list[str]) -> int:
     """Remove file rows whose objects were consumed and deleted on purpose (a map's chunk parts)."""
     with transaction(engine) as connection:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import pytest
+import sqlalchemy as sa
 
 from harvest.db import runs
-from harvest.db.activities import count_activities, import_activities
-from harvest.db.engine import get_engine, upgrade
+from harvest.db.activities import import_activities
+from harvest.db.engine import get_engine, transaction, upgrade
+from harvest.db.retention import mark_run_files_deleted
+from harvest.db.schema import activities
 from harvest.errors import DatabaseError
 from harvest.models import FileRef
 
@@ -19,6 +22,11 @@ def engine(request, tmp_path):  # noqa: ANN001, ANN201
         url = f"sqlite:///{tmp_path / 'harvest.db'}"
         upgrade(url)
     return get_engine(url)
+
+
+def count_activities(engine) -> int:  # noqa: ANN001
+    with transaction(engine) as connection:
+        return int(connection.execute(sa.select(sa.func.count()).select_from(activities)).scalar_one())
 
 
 def record(n: int, **changes: object) -> dict:
@@ -47,7 +55,9 @@ def test_run_lifecycle(engine) -> None:  # noqa: ANN001
     assert row["failed_urls"][0]["status"] == 404 and row["work_pool"] == "pool"
     view = runs.files_view(engine, "r1")
     assert view["raw_activities"].records == 4  # re-recorded, not duplicated
-    assert runs.mark_files_deleted(engine, "r1") == 1 and runs.files_view(engine, "r1") == {}
+    with transaction(engine) as connection:
+        mark_run_files_deleted(connection, "r1", keep_digest=False)
+    assert runs.files_view(engine, "r1") == {}
 
 
 def test_warnings_are_bounded(engine) -> None:  # noqa: ANN001

@@ -23,7 +23,6 @@ from harvest.embeddings import (
     iter_batch_results,
     make_openai_client,
     missing_rows,
-    read_embeddings,
     split_batch_input,
     submit_batch,
     write_batch_input,
@@ -45,6 +44,11 @@ def oai() -> Iterator[OpenAITestServer]:
 @pytest.fixture
 def client(oai: OpenAITestServer) -> openai.OpenAI:
     return make_openai_client("sk-test", oai.base_url, max_retries=3, timeout_s=10)
+
+
+def read_embeddings(path: Path) -> np.ndarray:
+    """The stored matrix as numpy reads it back (memory-mapped, read-only)."""
+    return np.load(Path(path), mmap_mode="r")
 
 
 def activity(n: int, **overrides: object) -> Activity:

@@ -17,7 +17,14 @@ import pytest
 from PIL import Image
 
 from harvest.errors import ImageError
-from harvest.images import ProcessedImage, fetch_image, process_activity_image, store_webp, to_webp
+from harvest.images import (
+    ProcessedImage,
+    Validators,
+    fetch_image_if_changed,
+    process_activity_image,
+    store_webp,
+    to_webp,
+)
 from harvest.storage import LocalStore
 
 UA = "harvest-tests/1.0"
@@ -241,8 +248,8 @@ def test_declared_size_over_the_cap_is_refused(server: ImageServer, store: Local
 def test_undeclared_body_over_the_cap_is_cut_off(server: ImageServer, store: LocalStore) -> None:
     server.add("/endless.jpg", jpeg((1500, 1500)), **{"X-No-Length": "1"})  # HTTP/1.0: ends at close
     with pytest.raises(ImageError, match="body exceeds the 10000-byte cap"):
-        fetch_image(server.base + "/endless.jpg", max_bytes=10_000, timeout_s=5, user_agent=UA,
-                    allow_private_networks=True)
+        fetch_image_if_changed(server.base + "/endless.jpg", Validators(), max_bytes=10_000, timeout_s=5,
+                               user_agent=UA, allow_private_networks=True)
 
 
 def test_slow_drip_hits_the_total_deadline(server: ImageServer, store: LocalStore) -> None:
