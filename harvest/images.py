@@ -29,6 +29,7 @@ from PIL import Image
 
 from harvest.errors import DisallowedURLError, ImageError
 from harvest.models import ImageInfo
+from harvest.settings import get_settings
 from harvest.storage import ObjectStore
 from harvest.storage.keys import image_key
 from harvest.urls import check_fetch_allowed
@@ -220,7 +221,7 @@ def _pool() -> ProcessPoolExecutor | None:
     would copy mid-lock. None when processes cannot be started here."""
     global _POOL
     with _POOL_GUARD:
-        if _POOL is None and os.environ.get("HARVEST_IMAGE_PROCESSES", "1") != "0":
+        if _POOL is None and get_settings().image_processes:
             try:
                 _POOL = ProcessPoolExecutor(max_workers=os.cpu_count() or 1, mp_context=get_context("forkserver"))
             except (OSError, ValueError):

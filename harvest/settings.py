@@ -131,6 +131,9 @@ class HarvestSettings(BaseSettings):
     )
     image_max_bytes: int = Field(default=15 * 1024 * 1024, description="Images larger than this are refused.")
     image_max_pixels: int = Field(default=50_000_000, description="Decompression-bomb guard for images.")
+    image_processes: bool = Field(
+        default=True, description="Decode and re-encode images in a process pool sized to the cores (false: threads)."
+    )
     task_runner: Literal["threads", "dask"] = Field(
         default="threads", description="threads: a thread pool in the flow's process; dask: a Dask cluster."
     )
