@@ -4,7 +4,8 @@ Every object in storage must be accounted for by a row:
 - `runs/<id>/…` by a live `run_files` row, or (for Prefect's step results under `runs/<id>/results/`) by
   a run row whose files are still kept;
 - `digests/<id>.jsonl` by a live `run_files` row (kind `digest`);
-- `images/<sha256>.webp` by an `activities` row or the images map of a run whose files are kept.
+- `images/<sha256>.webp` by an `activities` row, the images map (whole or a chunk's part) of a running run or
+  of a run whose files are kept, or an `image_cache` row a run claimed within the grace period.
 
 The sweep (1) reconciles runs left `running` by a dead process, (2) deletes the files of expired runs and
 retries failed cleanups, (3) deletes superseded digests, (4) deletes orphans older than a grace period, and
@@ -274,12 +275,20 @@ def _delete_orphans(
     return existing
 
 
-def _referenced_images(engine: Engine, store: ObjectStore, report: SweepReport) -> set[str] | None:
-    """Keys of every image some activity or kept run points at; None when a kept run's map is unreadable
-    (then nobody can say an image is unreferenced, and none is deleted this pass)."""
-    image_uris, maps = rows.referenced_images(engine)
-    referenced: set[str] = {_key(store, uri) for uri in image_uris}
-    for run_id, uri in maps:
+def _referenced_images(
+    engine: Engine, store: ObjectStore, policy: RetentionPolicy, report: SweepReport, now: datetime
+) -> set[str] | None:
+    """Keys of every image something points at: the images maps (whole or in chunk parts) of running and kept
+    runs, the activities, and the cached images a run claimed within the grace period (reused images are
+    never rewritten, so their age protects nothing). None when a live map is unreadable (then nobody can
+    say an image is unreferenced, and none is deleted this pass).
+
+    Design choice, the order: the maps are read before the activities. A run that imports and then deletes
+    its files moves its images from the first list to the second; read the other way round, a run finishing
+    in between would leave its images in neither.
+    """
+    referenced: set[str] = set()
+    for run_id, uri in rows.images_maps_in_use(engine):
         try:
             referenced.update(_key(store, line["uri"]) for line in iter_jsonl(store, uri) if line.get("uri"))
         except StorageError as exc:
@@ -287,16 +296,20 @@ def _referenced_images(engine: Engine, store: ObjectStore, report: SweepReport) 
             if rows.file_still_live(engine, run_id, uri):
                 report.errors.append(f"images map {uri} unreadable, no image deleted this pass: {exc}")
                 return None
+    referenced.update(_key(store, uri) for uri in rows.imported_and_claimed_images(engine, now - policy.grace))
     return referenced
 
 
 def _delete_unreferenced_images(
     engine: Engine, store: ObjectStore, policy: RetentionPolicy, report: SweepReport, now: datetime
 ) -> None:
-    referenced = _referenced_images(engine, store, report)
+    # The listing comes first: an image stored after it is not a candidate, and one stored before it by a
+    # run is young (grace) or in a map or claimed by the time the references are read.
+    listed = list(store.list(keys.IMAGES))
+    referenced = _referenced_images(engine, store, policy, report, now)
     if referenced is None:
         return
-    for info in store.list(keys.IMAGES):
+    for info in listed:
         if info.key in referenced or _aware(info.last_modified) > now - policy.grace:
             continue
         report.images.append(info.key)

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from harvest.db.engine import transaction, utcnow
-from harvest.db.schema import activities, run_files, scrape_runs
+from harvest.db.schema import activities, image_cache, run_files, scrape_runs
 
 # Retention states in which a run's files are supposed to exist.
 FILES_KEPT = ("pending", "kept", "cleanup_failed")
@@ -202,8 +202,24 @@ def files_and_runs_in_use(engine: Engine) -> tuple[list[str], set[str], set[str]
     return live, kept, running
 
 
-def referenced_images(engine: Engine) -> tuple[list[str], list[tuple[str, str]]]:
-    """Image URIs of every activity, and (run id, uri) of the live images maps of running or kept runs."""
+def images_maps_in_use(engine: Engine) -> list[tuple[str, str]]:
+    """(run id, uri) of the live images maps, whole or a chunk's part (`images_map.part-NNNN`: a run that
+    stopped in its image stage has only those), of running runs and of runs whose files are kept."""
+    with transaction(engine) as connection:
+        maps = connection.execute(
+            sa.select(run_files.c.run_id, run_files.c.uri)
+            .join(scrape_runs, scrape_runs.c.id == run_files.c.run_id)
+            .where(
+                sa.or_(run_files.c.kind == "images_map", run_files.c.kind.like("images_map.part-%")),
+                run_files.c.deleted_at.is_(None),
+                sa.or_(scrape_runs.c.status == "running", scrape_runs.c.retention.in_(FILES_KEPT)),
+            )
+        ).all()
+    return [(row.run_id, row.uri) for row in maps]
+
+
+def imported_and_claimed_images(engine: Engine, claimed_since: datetime) -> list[str]:
+    """Image URIs of every activity, and of every cached image a run claimed (looked up to reuse) since then."""
     with transaction(engine) as connection:
         uris = [
             row.image_uri
@@ -211,15 +227,11 @@ def referenced_images(engine: Engine) -> tuple[list[str], list[tuple[str, str]]]
                 sa.select(activities.c.image_uri).where(activities.c.image_uri.is_not(None)).distinct()
             )
         ]
-        maps = connection.execute(
-            sa.select(run_files.c.run_id, run_files.c.uri)
-            .join(scrape_runs, scrape_runs.c.id == run_files.c.run_id)
-            .where(
-                run_files.c.kind == "images_map", run_files.c.deleted_at.is_(None),
-                sa.or_(scrape_runs.c.status == "running", scrape_runs.c.retention.in_(FILES_KEPT)),
-            )
-        ).all()
-    return uris, [(row.run_id, row.uri) for row in maps]
+        uris += [
+            row.uri
+            for row in connection.execute(sa.select(image_cache.c.uri).where(image_cache.c.checked_at > claimed_since))
+        ]
+    return uris
 
 
 def file_still_live(engine: Engine, run_id: str, uri: str) -> bool:

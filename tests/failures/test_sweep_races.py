@@ -1,0 +1,157 @@
+"""Issue 17: the sweep, the hooks and the import under races and partial failures.
+
+Real Postgres, a real S3 endpoint (moto server) or a local folder. Step orders are forced at the storage and
+database boundary (a store wrapper, SQLAlchemy event listeners), never by patching the code under test.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from harvest.db import runs as run_rows
+from harvest.db.activities import import_activities
+from harvest.db.caches import cached_images, store_images
+from harvest.db.engine import get_engine, utcnow
+from harvest.diff import digest_key
+from harvest.retention import RetentionPolicy, cleanup_run, sweep
+from harvest.storage import LocalStore, S3Store, make_s3_client, write_json, write_jsonl
+from harvest.storage.base import ObjectInfo
+
+POLICY = RetentionPolicy(kept_days=14, failed_days=30, grace=timedelta(hours=24))
+NOW = utcnow()
+LATER = NOW + timedelta(days=2)  # past the grace period of everything written during the test
+
+
+def never_heard_of(run_id: str) -> str | None:
+    return None
+
+
+@pytest.fixture
+def store(s3):  # noqa: ANN001, ANN201
+    return S3Store(make_s3_client(s3.endpoint), s3.new_bucket(), "harvest")
+
+
+@pytest.fixture
+def engine(clean_db):  # noqa: ANN001, ANN201
+    return get_engine(clean_db)
+
+
+class HookedStore:
+    """An ObjectStore that runs `on_list(prefix)` after a listing was taken, and fails `delete` of keys
+    matching `fail_delete` (a transient storage error) while that predicate says so."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.base_uri = inner.base_uri
+        self.on_list: Callable[[str], None] | None = None
+        self.fail_delete: Callable[[str], bool] = lambda key: False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        listing = list(self.inner.list(prefix))
+        if self.on_list is not None:
+            self.on_list(prefix)
+        return iter(listing)
+
+    def delete(self, key: str) -> None:
+        if self.fail_delete(key):
+            from harvest.errors import StorageError
+
+            raise StorageError(f"injected: cannot delete {key}")
+        self.inner.delete(key)
+
+
+def image(store, name: str) -> str:  # noqa: ANN001
+    key = "images/" + name * 64 + ".webp"
+    write_json(store, key, "image", {"pixels": name})
+    return key
+
+
+def start_run(engine, store, url: str | None = None) -> str:  # noqa: ANN001
+    run_id = str(uuid.uuid4())
+    run_rows.create_run(engine, run_id, url or f"https://site.example/{run_id}", {})
+    run_rows.record_file(engine, run_id, write_jsonl(store, f"runs/{run_id}/raw_activities.jsonl", "raw_activities",
+                                                     [{"name": "A"}]))
+    return run_id
+
+
+def final_record(store, image_key: str | None, name: str = "A") -> dict:  # noqa: ANN001
+    return {"id": name.lower(), "name": name, "content_hash": "h-" + name, "location": {"formatted_address": "1 Rd"},
+            "tags": [], "image": {"uri": store.uri_for(image_key), "width": 1, "height": 1} if image_key else None}
+
+
+# --- scenario 1: what references an image --------------------------------------------------------------
+
+
+def test_1a_images_of_a_run_stopped_in_its_image_stage_survive_the_sweep(engine, store) -> None:  # noqa: ANN001
+    used = image(store, "a")
+    run_id = start_run(engine, store)
+    # The image chunk finished (its part is recorded), then the run crashed: kept 30 days for a resume.
+    run_rows.record_file(engine, run_id, write_jsonl(
+        store, f"runs/{run_id}/images_map.part-0000.jsonl", "images_map.part-0000",
+        [{"id": "a", "uri": store.uri_for(used)}]))
+    run_rows.finish_run(engine, run_id, "crashed", retention="kept", expires_at=NOW + timedelta(days=30))
+    report = sweep(engine, store, POLICY, flow_run_state=never_heard_of, now=LATER)
+    assert report.images == [] and store.head(used) is not None
+
+
+def test_1b_a_run_importing_and_cleaning_up_during_the_sweep_keeps_its_images(engine, store) -> None:  # noqa: ANN001
+    used = image(store, "b")
+    run_id = start_run(engine, store)
+    run_rows.record_file(engine, run_id, write_jsonl(store, f"runs/{run_id}/images_map.jsonl", "images_map",
+                                                     [{"id": "b", "uri": store.uri_for(used)}]))
+    final = write_jsonl(store, f"runs/{run_id}/final.jsonl", "final_jsonl", [final_record(store, used, "B")])
+    run_rows.record_file(engine, run_id, final)
+
+    def finish_auto_import() -> None:  # the run imports, completes, and its hook deletes its files
+        import_activities(engine, [final_record(store, used, "B")], run_id=run_id)
+        run_rows.finish_run(engine, run_id, "completed")
+        cleanup_run(engine, store, run_id)
+
+    fired: list[str] = []
+
+    def after(conn, cursor, statement, params, context, executemany) -> None:  # noqa: ANN001
+        # Right after the sweep's first read of what references images (the activities or the images maps,
+        # whichever it reads first), the run imports and deletes its files.
+        reads_references = "activities.image_uri" in statement or (
+            "run_files.kind" in statement and "images_map" in str(params))
+        if reads_references and not fired:
+            fired.append(statement)
+            finish_auto_import()
+
+    sa.event.listen(engine, "after_cursor_execute", after)
+    try:
+        report = sweep(engine, store, POLICY, flow_run_state=never_heard_of, now=LATER)
+    finally:
+        sa.event.remove(engine, "after_cursor_execute", after)
+    assert fired, "the race was forced"
+    assert report.images == [] and store.head(used) is not None
+
+
+def test_1c_a_reused_image_is_protected_while_a_run_may_point_at_it(engine, tmp_path: Path) -> None:  # noqa: ANN001
+    local = LocalStore(tmp_path / "store")
+    reused = image(local, "c")
+    old = time.time() - 3 * 86400  # stored by a run three days ago, never rewritten since
+    os.utime(tmp_path / "store" / reused, (old, old))
+    store_images(engine, [{"source_url": "http://site/c.jpg", "uri": local.uri_for(reused), "width": 1, "height": 1,
+                           "bytes": 10, "sha256": "c" * 64, "etag": '"c"', "last_modified": None}])
+    with engine.begin() as connection:  # last checked three days ago, like the object
+        connection.exec_driver_sql("UPDATE image_cache SET checked_at = now() - interval '3 days'")
+    # A running run's image chunk looks it up to revalidate (the 304 then reuses it): the claim.
+    assert "http://site/c.jpg" in cached_images(engine, ["http://site/c.jpg"])
+    report = sweep(engine, local, POLICY, flow_run_state=never_heard_of, now=utcnow())
+    assert report.images == [] and local.head(reused) is not None
+    # Once the claim is older than the grace period (and nothing else points at it), it may go.
+    report = sweep(engine, local, POLICY, flow_run_state=never_heard_of, now=utcnow() + timedelta(days=2))
+    assert report.images == [reused]
