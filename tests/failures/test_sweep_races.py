@@ -21,7 +21,6 @@ from harvest.db import runs as run_rows
 from harvest.db.activities import import_activities
 from harvest.db.caches import cached_images, store_images
 from harvest.db.engine import get_engine, utcnow
-from harvest.diff import digest_key
 from harvest.retention import RetentionPolicy, cleanup_run, sweep
 from harvest.storage import LocalStore, S3Store, make_s3_client, write_json, write_jsonl
 from harvest.storage.base import ObjectInfo
@@ -155,3 +154,58 @@ def test_1c_a_reused_image_is_protected_while_a_run_may_point_at_it(engine, tmp_
     # Once the claim is older than the grace period (and nothing else points at it), it may go.
     report = sweep(engine, local, POLICY, flow_run_state=never_heard_of, now=utcnow() + timedelta(days=2))
     assert report.images == [reused]
+
+
+# --- scenario 5: idempotent finishing steps ------------------------------------------------------------
+
+
+def chunked_run(engine, store, chunks: int = 3) -> str:  # noqa: ANN001
+    """A run whose image chunks all finished: parts stored and recorded, per-chunk steps recorded."""
+    run_id = start_run(engine, store)
+    for index in range(chunks):
+        ref = write_jsonl(store, f"runs/{run_id}/images_map.part-{index:04d}.jsonl", f"images_map.part-{index:04d}",
+                          [{"id": f"a{index}", "uri": None}])
+        run_rows.record_file(engine, run_id, ref)
+        run_rows.record_step(engine, run_id, f"images.{index}", {"items_in": 1, "items_out": 1, "seconds": 0.1})
+    return run_id
+
+
+def test_5_combine_survives_a_failed_part_delete_and_a_resume_after_it(engine, store) -> None:  # noqa: ANN001
+    from harvest.stages.finish import combine_parts
+
+    run_id = chunked_run(engine, store)
+    hooked = HookedStore(store)
+    # The combined map is stored and recorded; deleting the second part fails (a transient storage error),
+    # after the first part's object was deleted: the state a crash between fold_steps and forget_files leaves.
+    hooked.fail_delete = lambda key: key.endswith("part-0001.jsonl")
+    ref, warnings = combine_parts(engine, hooked, run_id, "images_map", "images", 3)
+    assert ref.records == 3 and warnings and "part-0001" in warnings[0]
+    assert run_rows.get_run(engine, run_id)["steps"]["images"]["items_in"] == 3
+    # The resume (or Prefect's retry) runs it again: same map, no error, the parts are gone this time.
+    hooked.fail_delete = lambda key: False
+    again, warnings = combine_parts(engine, hooked, run_id, "images_map", "images", 3)
+    assert again.uri == ref.uri and again.sha256 == ref.sha256 and warnings == []
+    assert sorted(run_rows.files_view(engine, run_id)) == ["images_map", "raw_activities"]
+    assert [k for k in (info.key for info in store.list(f"runs/{run_id}/")) if "part-" in k] == []
+
+
+def test_5_collected_embeddings_survive_a_failed_prefill_delete(engine, store) -> None:  # noqa: ANN001
+    from harvest.stages.finish import collected_embeddings, drop_prefill
+
+    run_id = start_run(engine, store)
+    prefill = write_jsonl(store, f"runs/{run_id}/embeddings_prefill.jsonl", "embeddings_prefill", [{"id": "a"}])
+    run_rows.record_file(engine, run_id, prefill)
+    assert collected_embeddings(engine, run_id) is None, "nothing collected yet: poll the batch"
+    for kind in ("embeddings", "embeddings_index"):
+        run_rows.record_file(engine, run_id, write_jsonl(store, f"runs/{run_id}/{kind}.jsonl", kind, [{"id": "a"}]))
+    hooked = HookedStore(store)
+    hooked.fail_delete = lambda key: "prefill" in key
+    warnings = drop_prefill(engine, hooked, run_id)
+    assert warnings and "prefill" in warnings[0], "a failed delete is a warning, not a failed poll"
+    assert "embeddings_prefill" in run_rows.files_view(engine, run_id), "its row stays: the object is accounted for"
+    # The retry finds the vectors collected and only finishes the tidying.
+    assert [ref.kind for ref in collected_embeddings(engine, run_id)] == ["embeddings", "embeddings_index"]
+    hooked.fail_delete = lambda key: False
+    assert drop_prefill(engine, hooked, run_id) == []
+    assert "embeddings_prefill" not in run_rows.files_view(engine, run_id)
+    assert store.head(f"runs/{run_id}/embeddings_prefill.jsonl") is None
