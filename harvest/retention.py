@@ -8,7 +8,9 @@ Every object in storage must be accounted for by a row:
   of a run whose files are kept, or an `image_cache` row a run claimed within the grace period.
 
 The sweep (1) reconciles runs left `running` by a dead process, (2) deletes the files of expired runs and
-retries failed cleanups, (3) deletes superseded digests, (4) deletes orphans older than a grace period, and
+retries failed cleanups (a completed run's digest stays), (3) deletes digests superseded by a newer completed
+run of the same URL (so the latest one, the next run's diff baseline, is never deleted), (4) deletes orphans
+older than a grace period, and
 (5) flags rows whose object vanished. Rows are locked with `FOR UPDATE SKIP LOCKED`, so two sweeps (or a
 sweep and a manual cleanup) never handle the same run twice.
 """
@@ -208,7 +210,13 @@ def reconcile_run(engine: Engine, policy: RetentionPolicy, run_id: str, status: 
 
 
 def _expire(engine: Engine, store: ObjectStore, report: SweepReport, now: datetime) -> None:
-    """Expired kept runs lose every file (the digest too); a failed cleanup is finished (the digest stays)."""
+    """Expired kept runs lose their files, and the digest too unless the run completed; a failed cleanup is
+    finished (the digest stays).
+
+    Design choice: a digest is deleted only by `_drop_superseded_digests`, once a newer completed run of the
+    same URL has a live digest, so each URL keeps exactly one baseline for its next run's diff. Deleting it
+    at expiry as well dropped the baseline when the older digest had already been superseded by it.
+    """
     if report.dry_run:
         for run_id, retention in rows.runs_due_for_cleanup(engine, now):
             (report.cleaned if retention == "cleanup_failed" else report.expired).append(run_id)
@@ -219,11 +227,13 @@ def _expire(engine: Engine, store: ObjectStore, report: SweepReport, now: dateti
             batch = rows.lock_runs_due_for_cleanup(connection, now, exclude=seen, limit=BATCH)
             if not batch:
                 return
-            for run_id, retention in batch:
+            for run_id, retention, status in batch:
                 seen.add(run_id)
                 expired = retention == "kept"
+                # A completed run's digest may be its URL's diff baseline: it goes only once superseded.
+                keep_digest = not expired or status == "completed"
                 try:
-                    report.deleted_objects += delete_run_objects(store, connection, run_id, keep_digest=not expired)
+                    report.deleted_objects += delete_run_objects(store, connection, run_id, keep_digest=keep_digest)
                 except StorageError as exc:
                     report.errors.append(f"run {run_id}: {exc}")
                     continue

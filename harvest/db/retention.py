@@ -131,16 +131,16 @@ def runs_due_for_cleanup(engine: Engine, now: datetime) -> list[tuple[str, str]]
 
 def lock_runs_due_for_cleanup(
     connection: Connection, now: datetime, *, exclude: set[str], limit: int
-) -> list[tuple[str, str]]:
-    """The next `limit` runs due for cleanup (earliest expiry first) other than `exclude`, locked
-    `FOR UPDATE SKIP LOCKED`: a run another sweep or cleanup holds is left to it."""
+) -> list[tuple[str, str, str]]:
+    """(id, retention, status) of the next `limit` runs due for cleanup (earliest expiry first) other than
+    `exclude`, locked `FOR UPDATE SKIP LOCKED`: a run another sweep or cleanup holds is left to it."""
     rows = connection.execute(
-        sa.select(scrape_runs.c.id, scrape_runs.c.retention)
+        sa.select(scrape_runs.c.id, scrape_runs.c.retention, scrape_runs.c.status)
         .where(_due_for_cleanup(now), scrape_runs.c.id.not_in(exclude) if exclude else sa.true())
         .order_by(scrape_runs.c.expires_at).limit(limit)
         .with_for_update(skip_locked=True)
     ).all()
-    return [(row.id, row.retention) for row in rows]
+    return [(row.id, row.retention, row.status) for row in rows]
 
 
 def mark_swept(connection: Connection, run_id: str, retention: str, now: datetime) -> None:

@@ -21,6 +21,7 @@ from harvest.db import runs as run_rows
 from harvest.db.activities import import_activities
 from harvest.db.caches import cached_images, store_images
 from harvest.db.engine import get_engine, utcnow
+from harvest.diff import digest_key
 from harvest.retention import RetentionPolicy, cleanup_run, sweep
 from harvest.storage import LocalStore, S3Store, make_s3_client, write_json, write_jsonl
 from harvest.storage.base import ObjectInfo
@@ -209,3 +210,35 @@ def test_5_collected_embeddings_survive_a_failed_prefill_delete(engine, store) -
     assert drop_prefill(engine, hooked, run_id) == []
     assert "embeddings_prefill" not in run_rows.files_view(engine, run_id)
     assert store.head(f"runs/{run_id}/embeddings_prefill.jsonl") is None
+
+
+# --- scenario 6: the diff baseline ---------------------------------------------------------------------
+
+
+def finished_run(engine, store, url: str, *, status: str = "completed", days: float = 14) -> str:  # noqa: ANN001
+    """A finished run with kept files (final, digest) that expires in `days`."""
+    run_id = start_run(engine, store, url)
+    for ref in (write_jsonl(store, f"runs/{run_id}/final.jsonl", "final_jsonl", [{"id": "a", "name": "A"}]),
+                write_jsonl(store, digest_key(run_id), "digest", [{"id": "a", "h": ["x"]}])):
+        run_rows.record_file(engine, run_id, ref)
+    run_rows.finish_run(engine, run_id, status, retention="kept", expires_at=NOW + timedelta(days=days))
+    return run_id
+
+
+def test_6_the_latest_digest_of_a_url_survives_supersede_then_expiry(engine, store) -> None:  # noqa: ANN001
+    url = "https://baseline.example/"
+    old = finished_run(engine, store, url)
+    cleanup_run(engine, store, old)
+    new = finished_run(engine, store, url)
+    first = sweep(engine, store, POLICY, flow_run_state=never_heard_of, now=NOW)
+    assert first.digests == [digest_key(old)]
+    later = sweep(engine, store, POLICY, flow_run_state=never_heard_of, now=NOW + timedelta(days=15))
+    assert later.expired == [new]
+    assert store.head(digest_key(new)) is not None, "the URL's only baseline was deleted"
+    nxt = start_run(engine, store, url)  # the next run of the URL diffs against `new`, not "everything added"
+    assert run_rows.previous_comparable_run(engine, nxt, url) == new
+    assert run_rows.comparable_file(engine, new)["kind"] == "digest"
+    # A failed run's digest is nobody's baseline: it goes with its files.
+    failed = finished_run(engine, store, "https://failed.example/", status="failed", days=30)
+    sweep(engine, store, POLICY, flow_run_state=never_heard_of, now=NOW + timedelta(days=31))
+    assert store.head(digest_key(failed)) is None
