@@ -332,7 +332,10 @@ def _flag_missing(engine: Engine, store: ObjectStore, existing: set[str], report
     """Live rows of finished runs whose object is gone are flagged (`missing_at`), never silently trusted."""
     with transaction(engine) as connection:
         for file_id, run_id, kind, uri in rows.unflagged_files_of_finished_runs(connection):
-            if _key(store, uri) in existing:
+            key = _key(store, uri)
+            # The listing was taken earlier: a run that finished since may have stored the file after it.
+            # Only an object that is absent now is missing.
+            if key in existing or store.head(key) is not None:
                 continue
             report.missing.append({"run_id": run_id, "kind": kind, "uri": uri})
             if not report.dry_run:

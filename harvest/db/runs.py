@@ -142,10 +142,11 @@ def _bounded(items: list[Any]) -> list[Any]:
 
 
 def record_file(engine: Engine, run_id: str, ref: FileRef) -> None:
-    """Record (or re-record, on a resumed run) one stored file of the run."""
+    """Record (or re-record, on a resumed run) one stored file of the run: the object exists now, so a
+    `missing_at` an earlier sweep set is cleared."""
     values = dict(
         uri=ref.uri, bytes=ref.bytes, records=ref.records, sha256=ref.sha256,
-        content_type=ref.content_type, created_at=utcnow(), deleted_at=None,
+        content_type=ref.content_type, created_at=utcnow(), deleted_at=None, missing_at=None,
     )
     with transaction(engine) as connection:
         updated = connection.execute(

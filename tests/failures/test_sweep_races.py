@@ -242,3 +242,39 @@ def test_6_the_latest_digest_of_a_url_survives_supersede_then_expiry(engine, sto
     failed = finished_run(engine, store, "https://failed.example/", status="failed", days=30)
     sweep(engine, store, POLICY, flow_run_state=never_heard_of, now=NOW + timedelta(days=31))
     assert store.head(digest_key(failed)) is None
+
+
+# --- scenario 7: files of a run finishing during a sweep -----------------------------------------------
+
+
+def test_7_a_run_finishing_during_the_sweep_is_not_flagged_missing(engine, store) -> None:  # noqa: ANN001
+    run_id = start_run(engine, store)
+    hooked = HookedStore(store)
+
+    def finish_during_the_sweep(prefix: str) -> None:  # right after the sweep listed runs/
+        if prefix == "runs/" and hooked.on_list is not None:
+            hooked.on_list = None
+            final = write_jsonl(store, f"runs/{run_id}/final.jsonl", "final_jsonl", [{"id": "a"}])
+            run_rows.record_file(engine, run_id, final)
+            run_rows.finish_run(engine, run_id, "completed", retention="kept", expires_at=NOW + timedelta(days=14))
+
+    hooked.on_list = finish_during_the_sweep
+    report = sweep(engine, hooked, POLICY, flow_run_state=never_heard_of, now=NOW)
+    assert hooked.on_list is None, "the run finished during the sweep"
+    assert report.missing == []
+    assert all(f["missing_at"] is None for f in run_rows.list_files(engine, run_id))
+
+
+def test_7_recording_a_file_again_clears_missing(engine, store) -> None:  # noqa: ANN001
+    run_id = start_run(engine, store)
+    final = write_jsonl(store, f"runs/{run_id}/final.jsonl", "final_jsonl", [{"id": "a"}])
+    run_rows.record_file(engine, run_id, final)
+    run_rows.finish_run(engine, run_id, "failed", retention="kept", expires_at=NOW + timedelta(days=30))
+    store.delete(f"runs/{run_id}/final.jsonl")
+    assert [m["kind"] for m in sweep(engine, store, POLICY, flow_run_state=never_heard_of, now=NOW).missing] == [
+        "final_jsonl"]
+    # `harvest runs resume` writes it again and records it: it is present, not missing.
+    run_rows.record_file(engine, run_id, write_jsonl(store, f"runs/{run_id}/final.jsonl", "final_jsonl", [{"id": "a"}]))
+    files = {f["kind"]: f for f in run_rows.list_files(engine, run_id)}
+    assert files["final_jsonl"]["missing_at"] is None
+    assert run_rows.comparable_file(engine, run_id)["kind"] == "final_jsonl"
