@@ -7,10 +7,11 @@ Every object in storage must be accounted for by a row:
 - `images/<sha256>.webp` by an `activities` row, the images map (whole or a chunk's part) of a running run or
   of a run whose files are kept, or an `image_cache` row a run claimed within the grace period.
 
-The sweep (1) reconciles runs left `running` by a dead process, (2) deletes the files of expired runs and
-retries failed cleanups (a completed run's digest stays), (3) deletes digests superseded by a newer completed
-run of the same URL (so the latest one, the next run's diff baseline, is never deleted), (4) deletes orphans
-older than a grace period, and
+The sweep (1) reconciles runs left `running` by a dead process and settles finished runs whose
+completion hook never ran (`pending` past the grace period: kept until the policy's expiry), (2) deletes
+the files of expired runs and retries failed cleanups (a completed run's digest stays), (3) deletes digests
+superseded by a newer completed run of the same URL (so the latest one, the next run's diff baseline, is
+never deleted), (4) deletes orphans older than a grace period, and
 (5) flags rows whose object vanished. Rows are locked with `FOR UPDATE SKIP LOCKED`, so two sweeps (or a
 sweep and a manual cleanup) never handle the same run twice.
 """
@@ -76,6 +77,7 @@ class SweepReport:
 
     dry_run: bool
     reconciled: list[dict[str, str]] = field(default_factory=list)
+    settled: list[str] = field(default_factory=list)
     expired: list[str] = field(default_factory=list)
     cleaned: list[str] = field(default_factory=list)
     deleted_objects: int = 0
@@ -150,6 +152,7 @@ def sweep(
     now = now or utcnow()
     report = SweepReport(dry_run=dry_run)
     _reconcile(engine, policy, flow_run_state, report, now)
+    _settle(engine, policy, report, now)
     _expire(engine, store, report, now)
     _drop_superseded_digests(engine, store, report)
     existing = _delete_orphans(engine, store, policy, report, now)
@@ -207,6 +210,17 @@ def reconcile_run(engine: Engine, policy: RetentionPolicy, run_id: str, status: 
         )
     logger.warning("run %s reconciled as %s: %s", run_id, status, why)
     return True
+
+
+def _settle(engine: Engine, policy: RetentionPolicy, report: SweepReport, now: datetime) -> None:
+    """A finished run still `pending` a grace period later lost its completion hook (the process died right
+    after the flow ended): it gets the hook's safe outcome, files kept until the policy's expiry counted
+    from when it ended, so the normal expiry deletes them instead of nobody, ever."""
+    with transaction(engine) as connection:
+        for run_id, status, ended in rows.lock_unsettled_runs(connection, now - policy.grace):
+            report.settled.append(run_id)
+            if not report.dry_run:
+                rows.mark_settled(connection, run_id, policy.expires_at(status, _aware(ended)), now)
 
 
 def _expire(engine: Engine, store: ObjectStore, report: SweepReport, now: datetime) -> None:

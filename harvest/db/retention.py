@@ -110,6 +110,28 @@ def mark_reconciled(
     )
 
 
+def lock_unsettled_runs(connection: Connection, before: datetime) -> list[tuple[str, str, datetime]]:
+    """(id, status, finished or last updated) of finished runs still `pending` (their completion hook never
+    ran) with no update since `before`, locked `FOR UPDATE SKIP LOCKED`."""
+    rows = connection.execute(
+        sa.select(scrape_runs.c.id, scrape_runs.c.status,
+                  sa.func.coalesce(scrape_runs.c.finished_at, scrape_runs.c.updated_at).label("ended"))
+        .where(scrape_runs.c.status.in_(TERMINAL), scrape_runs.c.retention == "pending",
+               scrape_runs.c.updated_at < before)
+        .with_for_update(skip_locked=True)
+    ).all()
+    return [(row.id, row.status, row.ended) for row in rows]
+
+
+def mark_settled(connection: Connection, run_id: str, expires_at: datetime, now: datetime) -> None:
+    """Give a run whose hook never ran the retention its hook would have: files kept until `expires_at`."""
+    connection.execute(
+        scrape_runs.update().where(scrape_runs.c.id == run_id).values(
+            retention="kept", expires_at=expires_at, updated_at=now
+        )
+    )
+
+
 # --- expiry ------------------------------------------------------------------------------------------
 
 

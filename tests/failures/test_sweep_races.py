@@ -278,3 +278,20 @@ def test_7_recording_a_file_again_clears_missing(engine, store) -> None:  # noqa
     files = {f["kind"]: f for f in run_rows.list_files(engine, run_id)}
     assert files["final_jsonl"]["missing_at"] is None
     assert run_rows.comparable_file(engine, run_id)["kind"] == "final_jsonl"
+
+
+# --- scenario 8: a run whose completion hook never ran ---------------------------------------------------
+
+
+def test_8_a_finished_run_without_its_hook_is_settled_then_expires(engine, store) -> None:  # noqa: ANN001
+    run_id = start_run(engine, store)
+    run_rows.finish_run(engine, run_id, "completed")  # the flow ended; its process died before the hook ran
+    assert run_rows.get_run(engine, run_id)["retention"] == "pending"
+    young = sweep(engine, store, POLICY, flow_run_state=never_heard_of, now=NOW)
+    assert young.settled == [], "within the grace period the hook may still be running"
+    settled = sweep(engine, store, POLICY, flow_run_state=never_heard_of, now=LATER)
+    assert settled.settled == [run_id]
+    row = run_rows.get_run(engine, run_id)
+    assert row["retention"] == "kept" and row["expires_at"] is not None
+    gone = sweep(engine, store, POLICY, flow_run_state=never_heard_of, now=NOW + timedelta(days=15))
+    assert gone.expired == [run_id] and list(store.list(f"runs/{run_id}/")) == []
