@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 
 from blocks.storage import result_storage_block
 from flows import artifacts
+from flows.heartbeat import heartbeat_interval, start_heartbeat
 from flows.hooks import on_cancellation, on_completion, on_crashed, on_failure
 from flows.polling import poll_schedule
 from flows.reconcile import reconcile_if_dead
@@ -200,6 +201,7 @@ def _start_run(res: Resources, run_id: str, url: str, config: RunConfig) -> None
         if not reconcile_if_dead(res.engine, policy_from(res.settings), exc.running_run_id):
             raise
         is_new = create()
+    start_heartbeat(res.engine, run_id, heartbeat_interval(res.settings.orphan_grace_hours))
     get_run_logger().info("run %s %s for %s", run_id, "started" if is_new else "resumed", url)
 
 

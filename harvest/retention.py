@@ -171,12 +171,21 @@ def _reconcile(
         except Exception as exc:  # noqa: BLE001 - an unreachable API must not stop the rest of the sweep
             report.errors.append(f"run {run_id}: flow run state unavailable: {exc}")
             continue
+        # Design choice: a run is declared dead on evidence, in this order. Prefect saying its flow run is
+        # over; on this host, its process being gone, and never anything else while it is alive (a run may
+        # wait hours on a batch: marking it crashed would free its URL for a second process writing the same
+        # run); on another host, whose processes cannot be checked, no heartbeat (flows/heartbeat.py touches
+        # `updated_at` every grace/6 while the run lives) for a whole grace period, whatever Prefect still says
+        # (a dead host's flow run stays RUNNING in Prefect until something notices).
         if state in RECONCILED_STATUS:
             status, why = RECONCILED_STATUS[state], f"its Prefect flow run is {state}"
-        elif process_gone(host, pid):
+        elif host and host == socket.gethostname():
+            if not process_gone(host, pid):
+                continue
             status, why = "crashed", f"its process {pid} on {host} is gone"
-        elif state is None and _aware(updated_at) < now - policy.grace:
-            status, why = "crashed", f"no Prefect flow run and no update for over {policy.grace}"
+        elif _aware(updated_at) < now - policy.grace:
+            said = f"Prefect still says {state}" if state else "no Prefect flow run"
+            status, why = "crashed", f"no heartbeat from {host or 'its host'} for over {policy.grace} ({said})"
         else:
             continue
         report.reconciled.append({"run_id": run_id, "status": status, "reason": why})

@@ -295,3 +295,54 @@ def test_8_a_finished_run_without_its_hook_is_settled_then_expires(engine, store
     assert row["retention"] == "kept" and row["expires_at"] is not None
     gone = sweep(engine, store, POLICY, flow_run_state=never_heard_of, now=NOW + timedelta(days=15))
     assert gone.expired == [run_id] and list(store.list(f"runs/{run_id}/")) == []
+
+
+# --- scenario 9: reconciliation ------------------------------------------------------------------------
+
+
+def stale(engine, run_id: str, **values: Any) -> None:  # noqa: ANN001
+    """The run's row was last touched two days ago (and, with `host`, runs elsewhere)."""
+    from harvest.db.schema import scrape_runs
+
+    with engine.begin() as connection:
+        connection.execute(scrape_runs.update().where(scrape_runs.c.id == run_id).values(
+            updated_at=NOW - timedelta(days=2), **values))
+
+
+def test_9_a_live_local_run_is_never_reconciled_by_staleness(engine, store) -> None:  # noqa: ANN001
+    waiting = start_run(engine, store)  # this process, alive: e.g. waiting hours on an embeddings batch
+    stale(engine, waiting)
+    for prefect_says in (None, "RUNNING"):
+        report = sweep(engine, store, POLICY, flow_run_state=lambda _: prefect_says, now=NOW)
+        assert report.reconciled == []
+    assert run_rows.get_run(engine, waiting)["status"] == "running"
+    with pytest.raises(Exception, match="already"):  # the URL stays locked to it
+        run_rows.create_run(engine, str(uuid.uuid4()), run_rows.get_run(engine, waiting)["url"], {})
+
+
+def test_9_a_dead_hosts_run_is_reconciled_though_prefect_says_running(engine, store) -> None:  # noqa: ANN001
+    dead = start_run(engine, store)
+    stale(engine, dead, host="dead-host.example", pid=4242)
+    report = sweep(engine, store, POLICY, flow_run_state=lambda _: "RUNNING", now=NOW)
+    assert [(r["run_id"], r["status"]) for r in report.reconciled] == [(dead, "crashed")]
+    assert "dead-host.example" in report.reconciled[0]["reason"]
+    # A live run on another host beats: it is fresh, not reconciled.
+    alive = start_run(engine, store)
+    stale(engine, alive, host="other-host.example", pid=4343)
+    assert run_rows.heartbeat(engine, alive, host="other-host.example", pid=4343)
+    assert sweep(engine, store, POLICY, flow_run_state=lambda _: "RUNNING", now=NOW).reconciled == []
+
+
+def test_9_the_heartbeat_thread_beats_while_running_and_stops_after(engine, store) -> None:  # noqa: ANN001
+    from flows.heartbeat import start_heartbeat
+
+    run_id = start_run(engine, store)
+    stale(engine, run_id)
+    thread = start_heartbeat(engine, run_id, 0.05)
+    deadline = time.monotonic() + 30
+    while run_rows.get_run(engine, run_id)["updated_at"] < NOW - timedelta(days=1) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert run_rows.get_run(engine, run_id)["updated_at"] > NOW - timedelta(minutes=5)
+    run_rows.finish_run(engine, run_id, "completed")
+    thread.join(timeout=30)
+    assert not thread.is_alive(), "the heartbeat stops once the run is no longer running"

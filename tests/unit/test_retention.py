@@ -161,9 +161,10 @@ def test_runs_left_running_by_a_dead_process_are_reconciled(engine, store) -> No
     crashed, failed, alive, unknown_old, unknown_new = (str(uuid.uuid4()) for _ in range(5))
     for run_id in (crashed, failed, alive, unknown_old, unknown_new):
         run_rows.create_run(engine, run_id, f"https://site.example/{run_id}", {})
-    with engine.begin() as connection:  # its last sign of life was two days ago
+    with engine.begin() as connection:  # on another host, its last sign of life was two days ago
         connection.execute(
-            scrape_runs.update().where(scrape_runs.c.id == unknown_old).values(updated_at=NOW - timedelta(days=2))
+            scrape_runs.update().where(scrape_runs.c.id == unknown_old).values(
+                updated_at=NOW - timedelta(days=2), host="elsewhere.example")
         )
     prefect_says = {crashed: "CRASHED", failed: "FAILED", alive: "RUNNING"}
 
