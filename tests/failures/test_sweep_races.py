@@ -313,7 +313,7 @@ def test_9_a_live_local_run_is_never_reconciled_by_staleness(engine, store) -> N
     waiting = start_run(engine, store)  # this process, alive: e.g. waiting hours on an embeddings batch
     stale(engine, waiting)
     for prefect_says in (None, "RUNNING"):
-        report = sweep(engine, store, POLICY, flow_run_state=lambda _: prefect_says, now=NOW)
+        report = sweep(engine, store, POLICY, flow_run_state=lambda _, says=prefect_says: says, now=NOW)
         assert report.reconciled == []
     assert run_rows.get_run(engine, waiting)["status"] == "running"
     with pytest.raises(Exception, match="already"):  # the URL stays locked to it
