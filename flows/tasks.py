@@ -33,7 +33,7 @@ from harvest.stages.images import process_images
 from harvest.stages.load import import_final_records
 from harvest.stages.merge import merge_enrichments, write_final_records
 from harvest.stages.standardize import standardize_raw_activities
-from harvest.storage.keys import result_key_template
+from harvest.storage.keys import chunk_result_step, combined_result_step, result_key_template
 
 LOGGED_WARNINGS = 20
 
@@ -91,7 +91,7 @@ def standardize(run_id: str, raw: FileRef, config: RunConfig) -> FileRef:
     return result.file("standardized")
 
 
-@task(name="process-images-chunk", result_storage_key=result_key_template("images-{parameters[index]}"), **PERSISTED)
+@task(name="process-images-chunk", result_storage_key=result_key_template(chunk_result_step("images")), **PERSISTED)
 def images_chunk(run_id: str, standardized: FileRef, index: int, start: int, stop: int) -> FileRef:
     """One chunk of the image map (lines start..stop of standardized.jsonl)."""
     res = resources()
@@ -101,7 +101,7 @@ def images_chunk(run_id: str, standardized: FileRef, index: int, start: int, sto
     return result.files[0]
 
 
-@task(name="geocode-chunk", result_storage_key=result_key_template("geocode-{parameters[index]}"), **PERSISTED)
+@task(name="geocode-chunk", result_storage_key=result_key_template(chunk_result_step("geocode")), **PERSISTED)
 def geocode_chunk(run_id: str, standardized: FileRef, index: int, start: int, stop: int) -> FileRef:
     """One chunk of the geocode map; each distinct address is asked once per chunk, and never again once cached."""
     res = resources()
@@ -118,9 +118,10 @@ def geocode_chunk(run_id: str, standardized: FileRef, index: int, start: int, st
     return result.files[0]
 
 
-@task(name="combine-map", result_storage_key=result_key_template("{parameters[kind]}"), **PERSISTED)
-def combine_map(run_id: str, kind: str, step: str, chunks: int) -> FileRef:
-    """Join a map's chunk parts in order and drop them; idempotent (harvest.stages.finish)."""
+@task(name="combine-map", result_storage_key=result_key_template(combined_result_step()), **PERSISTED)
+def combine_map(run_id: str, kind: str, step: str, chunks: int, chunk_size: int, max_chunks: int) -> FileRef:
+    """Join a map's chunk parts in order and drop them; idempotent (harvest.stages.finish). `chunk_size` and
+    `max_chunks` are the layout the parts were cut with: part of the result's key, not of the work."""
     res = resources()
     ref, warnings = combine_parts(res.engine, res.store, run_id, kind, step, chunks)
     _warn(res, run_id, step, warnings)
