@@ -22,7 +22,8 @@ import logging
 import os
 import re
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -106,18 +107,52 @@ def delete_run_objects(store: ObjectStore, connection: Connection, run_id: str, 
 
 
 def cleanup_run(engine: Engine, store: ObjectStore, run_id: str, *, retention: str = "cleaned") -> int | None:
-    """Delete one finished run's files under a row lock; None when the run is running or already handled.
+    """Delete one finished run's files under a row lock; None when the run is running, pinned (pinned means
+    keep), being imported (its lease), or already handled.
 
     Used by the completion hook, `harvest runs cleanup` and manual import. The digest stays (the next run
     of the same URL diffs against it).
     """
     with transaction(engine) as connection:
         row = rows.lock_run(connection, run_id, skip_locked=False)
-        if row is None or row["status"] == "running" or row["retention"] not in FILES_KEPT:
+        if row is None or row["status"] == "running" or row["retention"] not in FILES_KEPT or row["pinned"]:
+            return None
+        if row["lease_until"] is not None and _aware(row["lease_until"]) > utcnow():
             return None
         deleted = delete_run_objects(store, connection, run_id, keep_digest=True)
         rows.finish_cleanup(connection, run_id, retention)
         return deleted
+
+
+IMPORT_LEASE = timedelta(hours=6)
+
+
+@contextmanager
+def import_lease(engine: Engine, run_id: str, lease: timedelta = IMPORT_LEASE) -> Iterator[dict[str, Any]]:
+    """Hold a kept run's files against the sweep while they are imported; yields the run row.
+
+    Design choice: a lease (`lease_until`) rather than a row lock held for the whole import. The claim takes
+    the row lock, so it waits for a sweep deleting the run right now and then sees `expired`; after it, the
+    sweep skips the run until the lease ends or is released. A row lock held for minutes would pin a
+    connection and, on SQLite (one writer), block the import's own writes; a lease left by a killed import
+    simply ends.
+    """
+    with transaction(engine) as connection:
+        row = rows.lock_run(connection, run_id, skip_locked=False)
+        if row is None:
+            raise ConfigError(f"no run {run_id}")
+        if row["status"] == "running":
+            raise ConfigError(f"run {run_id} is still running; import it once it has finished")
+        if row["retention"] not in FILES_KEPT:
+            raise StorageError(
+                f"run {run_id} has no final JSONL to import (status {row['status']}, files {row['retention']})"
+            )
+        rows.set_lease(connection, run_id, utcnow() + lease)
+    try:
+        yield row
+    finally:
+        with transaction(engine) as connection:
+            rows.set_lease(connection, run_id, None)
 
 
 # --- batch cleanup ----------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from sqlalchemy.engine import Engine
 
 from harvest.db.engine import database_error, transaction, utcnow
 from harvest.db.schema import activities, one_of, scrape_runs
-from harvest.errors import DatabaseError
+from harvest.errors import DatabaseError, ImportInterrupted
 from harvest.extract.text import normalize_key as dedupe_text
 from harvest.models import ImportSummary
 
@@ -301,7 +301,7 @@ def _import_upsert(engine: Engine, records: Iterable[dict[str, Any]], *, run_id:
                 _upsert(engine, to_write)
             except DatabaseError as exc:
                 done = summary.imported + summary.updated
-                raise DatabaseError(f"import into activities failed after {done} rows: {exc}") from exc
+                raise ImportInterrupted(f"import into activities failed after {done} rows: {exc}", summary) from exc
     return summary
 
 
@@ -452,7 +452,7 @@ def _import_copy(engine: Engine, records: Iterable[dict[str, Any]], *, run_id: s
                 inserted, updated = _copy_batch(engine, encoded)
             except DatabaseError as exc:
                 done = summary.imported + summary.updated
-                raise DatabaseError(f"import into activities failed after {done} rows: {exc}") from exc
+                raise ImportInterrupted(f"import into activities failed after {done} rows: {exc}", summary) from exc
             summary.imported += inserted
             summary.updated += updated
             summary.skipped += len(encoded) - inserted - updated

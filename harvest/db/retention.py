@@ -61,6 +61,11 @@ def finish_cleanup(connection: Connection, run_id: str, retention: str) -> None:
     )
 
 
+def set_lease(connection: Connection, run_id: str, until: datetime | None) -> None:
+    """Set (or, with None, release) the run's import lease: the sweep leaves its files alone until `until`."""
+    connection.execute(scrape_runs.update().where(scrape_runs.c.id == run_id).values(lease_until=until))
+
+
 def set_pinned(engine: Engine, run_id: str, pinned: bool) -> bool:
     """Pin (exempt from the sweep) or unpin a run; False when there is no such run."""
     with transaction(engine) as connection:
@@ -140,7 +145,8 @@ def _due_for_cleanup(now: datetime) -> sa.ColumnElement[bool]:
         sa.and_(scrape_runs.c.retention == "kept", scrape_runs.c.expires_at <= now),
         scrape_runs.c.retention == "cleanup_failed",  # a completed import whose cleanup failed: finish it
     )
-    return sa.and_(due, scrape_runs.c.status != "running", scrape_runs.c.pinned.is_(False))
+    leased = sa.and_(scrape_runs.c.lease_until.is_not(None), scrape_runs.c.lease_until > now)
+    return sa.and_(due, scrape_runs.c.status != "running", scrape_runs.c.pinned.is_(False), sa.not_(leased))
 
 
 def runs_due_for_cleanup(engine: Engine, now: datetime) -> list[tuple[str, str]]:

@@ -346,3 +346,81 @@ def test_9_the_heartbeat_thread_beats_while_running_and_stops_after(engine, stor
     run_rows.finish_run(engine, run_id, "completed")
     thread.join(timeout=30)
     assert not thread.is_alive(), "the heartbeat stops once the run is no longer running"
+
+
+# --- scenario 11: import lease, partial import summary, pinned cleanup, grace bound ----------------------
+
+
+def test_11_an_expiry_during_a_manual_import_waits_for_it(engine, store) -> None:  # noqa: ANN001
+    from harvest.stages.load import import_kept_run
+
+    run_id = finished_run(engine, store, "https://import.example/", days=1 / 48)  # expires in 30 minutes
+    final = write_jsonl(store, f"runs/{run_id}/final.jsonl", "final_jsonl",
+                        [final_record(store, None, f"N{n}") for n in range(5)])
+    run_rows.record_file(engine, run_id, final)
+    sweeps = []
+
+    class SweepWhileReading(HookedStore):
+        def open_read(self, key: str) -> Any:
+            handle = self.inner.open_read(key)
+            if key.endswith("final.jsonl") and not sweeps:  # the import has started reading: a sweep runs
+                past_expiry = NOW + timedelta(hours=1)
+                sweeps.append(sweep(engine, store, POLICY, flow_run_state=never_heard_of, now=past_expiry))
+            return handle
+
+    hooked = SweepWhileReading(store)
+    result, summary = import_kept_run(hooked, run_id, engine)
+    assert sweeps and sweeps[0].expired == [], "the run being imported was expired under the import"
+    assert summary.imported == 5 and store.head(f"runs/{run_id}/final.jsonl") is not None
+    row = run_rows.get_run(engine, run_id)
+    assert row["lease_until"] is None and row["import_summary"]["imported"] == 5
+    # Once imported and released, the next sweep past its expiry handles it as usual.
+    assert sweep(engine, store, POLICY, flow_run_state=never_heard_of, now=LATER).expired == [run_id]
+
+
+def test_11_a_database_error_part_way_still_records_what_was_imported(engine, store) -> None:  # noqa: ANN001
+    from harvest.errors import DatabaseError
+    from harvest.stages.load import import_final_records
+
+    run_id = finished_run(engine, store, "https://partial.example/")
+    records = [final_record(store, None, f"P{n:04d}") for n in range(1200)]  # three COPY batches of 500
+    final = write_jsonl(store, f"runs/{run_id}/final.jsonl", "final_jsonl", records)
+    batches: list[str] = []
+
+    def fail_third_batch(conn, cursor, statement, params, context, executemany) -> None:  # noqa: ANN001
+        if "CREATE TEMPORARY TABLE harvest_import_stage" in statement:
+            batches.append(statement)
+            if len(batches) == 3:
+                raise sa.exc.OperationalError(statement, None, Exception("injected: the database went away"))
+
+    sa.event.listen(engine, "before_cursor_execute", fail_third_batch)
+    try:
+        with pytest.raises(DatabaseError):
+            import_final_records(store, run_id, final, engine)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", fail_third_batch)
+    summary = run_rows.get_run(engine, run_id)["import_summary"]
+    assert summary is not None, "rows were imported but the run says nothing"
+    assert summary["imported"] == 1000 and "failed after 1000 rows" in summary["interrupted"]
+
+
+def test_11_cleanup_never_deletes_a_pinned_runs_files(engine, store) -> None:  # noqa: ANN001
+    from harvest.db.retention import set_pinned
+
+    run_id = finished_run(engine, store, "https://pinned.example/")
+    set_pinned(engine, run_id, True)
+    assert cleanup_run(engine, store, run_id) is None
+    assert store.head(f"runs/{run_id}/final.jsonl") is not None
+    assert run_rows.get_run(engine, run_id)["retention"] == "kept"
+
+
+def test_11_the_orphan_grace_period_has_a_lower_bound(monkeypatch) -> None:  # noqa: ANN001
+    from pydantic import ValidationError
+
+    from harvest.settings import HarvestSettings
+
+    monkeypatch.setenv("HARVEST_ORPHAN_GRACE_HOURS", "0")
+    with pytest.raises(ValidationError, match="orphan_grace_hours"):
+        HarvestSettings()
+    monkeypatch.setenv("HARVEST_ORPHAN_GRACE_HOURS", "1")
+    assert HarvestSettings().orphan_grace_hours == 1
