@@ -32,7 +32,7 @@ def import_run(run_id: str, cleanup: bool = False) -> ImportSummary:
     """Import run `run_id`; with `cleanup`, delete its files afterwards when nothing failed."""
     logger = get_run_logger()
     summary = import_kept_run(run_id)
-    logger.info("run %s imported: %s", run_id, summary.model_dump(exclude={"errors"}))
+    logger.info("run %s imported: %s", run_id, summary.model_dump(exclude={"errors"}, exclude_none=True))
     note = "files kept"
     if cleanup:
         if summary.failed:
@@ -45,7 +45,7 @@ def import_run(run_id: str, cleanup: bool = False) -> ImportSummary:
             note = f"files deleted ({deleted} objects)" if deleted is not None else kept
     create_markdown_artifact(
         f"# Import of run `{run_id}`\n\n"
-        + "\n".join(f"- {k}: {v}" for k, v in summary.model_dump(exclude={"errors"}).items())
+        + "\n".join(f"- {k}: {v}" for k, v in summary.model_dump(exclude={"errors"}, exclude_none=True).items())
         + f"\n- cleanup: {note}\n",
         key="import-run-summary", description=f"Manual import of run {run_id}",
     )

@@ -58,7 +58,7 @@ def stored(engine):  # noqa: ANN001, ANN201
 
 
 def load(engine, method, run_id, rec):  # noqa: ANN001, ANN201
-    return import_activities(engine, [rec], run_id=run_id, method=method).model_dump(exclude={"errors"})
+    return import_activities(engine, [rec], run_id=run_id, method=method).model_dump(exclude={"errors", "interrupted"})
 
 
 def test_failed_enrichment_never_erases_and_better_enrichment_is_written(target) -> None:  # noqa: ANN001
