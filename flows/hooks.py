@@ -47,6 +47,10 @@ def on_completion(flow: Any, flow_run: Any, state: Any) -> None:
             return
         try:
             deleted = cleanup_run(res.engine, res.store, run_id)
+            if deleted is None:  # pinned while it ran: pinned means keep, until unpinned and expired
+                expires = policy_from(res.settings).expires_at("completed", utcnow())
+                run_rows.update_run(res.engine, run_id, retention="kept", expires_at=expires)
+                return
         except Exception as exc:  # noqa: BLE001 - cleanup must never flip a completed run
             logger.warning("run %s: cleanup failed, files left for a later sweep: %s", run_id, exc)
             run_rows.update_run(res.engine, run_id, retention="cleanup_failed")

@@ -11,29 +11,17 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.resources import resources
 from flows.tasks import record_stage
-from harvest.db import runs as run_rows
-from harvest.errors import ConfigError, StorageError
 from harvest.models import ImportSummary
 from harvest.retention import cleanup_run
-from harvest.stages.load import import_final_records
+from harvest.stages.load import import_kept_run as import_kept_files
 
 
 @task(name="import-kept-run")
 def import_kept_run(run_id: str) -> ImportSummary:
+    """Import under a lease the sweep respects (an expiry cannot delete the file being read)."""
     res = resources()
-    row = run_rows.get_run(res.engine, run_id)
-    if row is None:
-        raise ConfigError(f"no run {run_id}")
-    if row["status"] == "running":
-        raise ConfigError(f"run {run_id} is still running; import it once it has finished")
-    final = run_rows.files_view(res.engine, run_id).get("final_jsonl")
-    if final is None:
-        raise StorageError(
-            f"run {run_id} has no final JSONL to import (status {row['status']}, files {row['retention']})"
-        )
-    result, summary = import_final_records(res.store, run_id, final, res.engine)
+    result, summary = import_kept_files(res.store, run_id, res.engine)
     record_stage(res, run_id, "manual_import", result)
-    run_rows.update_run(res.engine, run_id, import_summary=summary.model_dump())
     return summary
 
 
@@ -44,7 +32,7 @@ def import_run(run_id: str, cleanup: bool = False) -> ImportSummary:
     """Import run `run_id`; with `cleanup`, delete its files afterwards when nothing failed."""
     logger = get_run_logger()
     summary = import_kept_run(run_id)
-    logger.info("run %s imported: %s", run_id, summary.model_dump(exclude={"errors"}))
+    logger.info("run %s imported: %s", run_id, summary.model_dump(exclude={"errors"}, exclude_none=True))
     note = "files kept"
     if cleanup:
         if summary.failed:
@@ -53,10 +41,11 @@ def import_run(run_id: str, cleanup: bool = False) -> ImportSummary:
         else:
             res = resources()
             deleted = cleanup_run(res.engine, res.store, run_id)
-            note = f"files deleted ({deleted} objects)" if deleted is not None else "files were already gone"
+            kept = "files kept (pinned, or already gone)"
+            note = f"files deleted ({deleted} objects)" if deleted is not None else kept
     create_markdown_artifact(
         f"# Import of run `{run_id}`\n\n"
-        + "\n".join(f"- {k}: {v}" for k, v in summary.model_dump(exclude={"errors"}).items())
+        + "\n".join(f"- {k}: {v}" for k, v in summary.model_dump(exclude={"errors"}, exclude_none=True).items())
         + f"\n- cleanup: {note}\n",
         key="import-run-summary", description=f"Manual import of run {run_id}",
     )

@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 
 from blocks.storage import result_storage_block
 from flows import artifacts
+from flows.heartbeat import heartbeat_interval, start_heartbeat
 from flows.hooks import on_cancellation, on_completion, on_crashed, on_failure
 from flows.polling import poll_schedule
 from flows.reconcile import reconcile_if_dead
@@ -130,8 +131,11 @@ def _enrich(
     """
     batch_future = steps.submit_embeddings_batch.submit(run_id, standardized, config.embedding_model)
     chunks = chunk_ranges(standardized.records, res.settings.enrich_chunk_size, res.settings.enrich_max_chunks)
-    images_future = _fan_out(steps, steps.images_chunk, "images_map", "images", run_id, standardized, chunks)
-    geocode_future = _fan_out(steps, steps.geocode_chunk, "geocoded_map", "geocode", run_id, standardized, chunks)
+    layout = (res.settings.enrich_chunk_size, res.settings.enrich_max_chunks)
+    images_future = _fan_out(steps, steps.images_chunk, "images_map", "images", run_id, standardized, chunks, layout)
+    geocode_future = _fan_out(
+        steps, steps.geocode_chunk, "geocoded_map", "geocode", run_id, standardized, chunks, layout
+    )
     embedding_files = _embeddings(steps, res, run_id, standardized, _optional(batch_future, "embeddings", run_id))
     images_map = _optional(images_future, "images", run_id)
     geocoded_map = _optional(geocode_future, "geocode", run_id)
@@ -153,11 +157,12 @@ def _embeddings(
 
 def _fan_out(
     steps: Steps, chunk_task: CountedTask, kind: str, step: str, run_id: str, standardized: FileRef,
-    chunks: list[tuple[int, int]],
+    chunks: list[tuple[int, int]], layout: tuple[int, int],
 ) -> PrefectFuture[Any]:
-    """One task per chunk of standardized.jsonl, then one that joins their parts in order (the map's future)."""
+    """One task per chunk of standardized.jsonl, then one that joins their parts in order (the map's future).
+    `layout` (chunk size, max chunks) goes into the join's result key: another layout is another result."""
     parts = [chunk_task.submit(run_id, standardized, index, start, stop) for index, (start, stop) in enumerate(chunks)]
-    return steps.combine_map.submit(run_id, kind, step, len(chunks), wait_for=parts)
+    return steps.combine_map.submit(run_id, kind, step, len(chunks), *layout, wait_for=parts)
 
 
 def _finish(
@@ -200,6 +205,7 @@ def _start_run(res: Resources, run_id: str, url: str, config: RunConfig) -> None
         if not reconcile_if_dead(res.engine, policy_from(res.settings), exc.running_run_id):
             raise
         is_new = create()
+    start_heartbeat(res.engine, run_id, heartbeat_interval(res.settings.orphan_grace_hours))
     get_run_logger().info("run %s %s for %s", run_id, "started" if is_new else "resumed", url)
 
 

@@ -22,7 +22,8 @@ def report_markdown(report: SweepReport) -> str:
     title = "Sweep (dry run: nothing deleted)" if report.dry_run else "Sweep"
     lines = [f"# {title}", "", "| what | count |", "| --- | ---: |"]
     sections: dict[str, list[Any]] = {
-        "runs reconciled": report.reconciled, "runs expired": report.expired,
+        "runs reconciled": report.reconciled, "runs settled (no completion hook)": report.settled,
+        "runs expired": report.expired,
         "failed cleanups finished": report.cleaned,
         "superseded digests": report.digests, "orphan objects": report.orphans, "unreferenced images": report.images,
         "files flagged missing": report.missing, "errors": report.errors,

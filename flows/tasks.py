@@ -19,21 +19,21 @@ from flows.traffic import CountedTask, Traffic
 from harvest.db import runs as run_rows
 from harvest.db.caches import LLMAnswerCache
 from harvest.embeddings import make_openai_client
-from harvest.errors import BatchNotReadyError, StorageError
+from harvest.errors import BatchNotReadyError
 from harvest.extract.llm import LLMExtractor
 from harvest.geocode import make_geocoder
 from harvest.models import FileRef, ImportSummary, RunConfig
 from harvest.stages.collect import collect_raw_activities, copy_raw_activities
-from harvest.stages.common import Chunk, StageResult, StageStats, merge_stats
+from harvest.stages.common import Chunk, StageResult
 from harvest.stages.diff import diff_with_previous_run as diff_stage
 from harvest.stages.embed import SubmittedBatch, collect_embeddings, submit_embeddings
+from harvest.stages.finish import collected_embeddings, combine_parts, drop_prefill
 from harvest.stages.geocode import geocode_addresses
 from harvest.stages.images import process_images
 from harvest.stages.load import import_final_records
 from harvest.stages.merge import merge_enrichments, write_final_records
 from harvest.stages.standardize import standardize_raw_activities
-from harvest.storage import concat_files
-from harvest.storage.keys import part_kind, result_key_template, run_key
+from harvest.storage.keys import chunk_result_step, combined_result_step, result_key_template
 
 LOGGED_WARNINGS = 20
 
@@ -91,7 +91,7 @@ def standardize(run_id: str, raw: FileRef, config: RunConfig) -> FileRef:
     return result.file("standardized")
 
 
-@task(name="process-images-chunk", result_storage_key=result_key_template("images-{parameters[index]}"), **PERSISTED)
+@task(name="process-images-chunk", result_storage_key=result_key_template(chunk_result_step("images")), **PERSISTED)
 def images_chunk(run_id: str, standardized: FileRef, index: int, start: int, stop: int) -> FileRef:
     """One chunk of the image map (lines start..stop of standardized.jsonl)."""
     res = resources()
@@ -101,7 +101,7 @@ def images_chunk(run_id: str, standardized: FileRef, index: int, start: int, sto
     return result.files[0]
 
 
-@task(name="geocode-chunk", result_storage_key=result_key_template("geocode-{parameters[index]}"), **PERSISTED)
+@task(name="geocode-chunk", result_storage_key=result_key_template(chunk_result_step("geocode")), **PERSISTED)
 def geocode_chunk(run_id: str, standardized: FileRef, index: int, start: int, stop: int) -> FileRef:
     """One chunk of the geocode map; each distinct address is asked once per chunk, and never again once cached."""
     res = resources()
@@ -118,28 +118,20 @@ def geocode_chunk(run_id: str, standardized: FileRef, index: int, start: int, st
     return result.files[0]
 
 
-@task(name="combine-map", result_storage_key=result_key_template("{parameters[kind]}"), **PERSISTED)
-def combine_map(run_id: str, kind: str, step: str, chunks: int) -> FileRef:
-    """Concatenate a map's chunk parts in order (so it lines up with standardized.jsonl), record the whole
-    map and the step's totals, and drop the parts."""
+@task(name="combine-map", result_storage_key=result_key_template(combined_result_step()), **PERSISTED)
+def combine_map(run_id: str, kind: str, step: str, chunks: int, chunk_size: int, max_chunks: int) -> FileRef:
+    """Join a map's chunk parts in order and drop them; idempotent (harvest.stages.finish). `chunk_size` and
+    `max_chunks` are the layout the parts were cut with: part of the result's key, not of the work."""
     res = resources()
-    files = run_rows.files_view(res.engine, run_id)
-    part_kinds = [part_kind(kind, index) for index in range(chunks)]
-    missing = [k for k in part_kinds if k not in files]
-    if missing and kind in files:
-        return files[kind]  # combined earlier, stopped before its result was saved: nothing left to do
-    if missing:
-        raise StorageError(f"run {run_id}: {kind} parts {missing} were never recorded")
-    parts = [files[k] for k in part_kinds]
-    ref = concat_files(res.store, run_key(run_id, kind, "jsonl"), kind, parts)
-    run_rows.record_file(res.engine, run_id, ref)
-    row = run_rows.get_run(res.engine, run_id) or {}
-    stats = merge_stats([StageStats.model_validate(row["steps"][f"{step}.{i}"]) for i in range(chunks)])
-    run_rows.fold_steps(res.engine, run_id, f"{step}.", step, stats.model_dump())
-    for part in parts:
-        res.store.delete(res.store.key_for(part.uri))
-    run_rows.forget_files(res.engine, run_id, part_kinds)
+    ref, warnings = combine_parts(res.engine, res.store, run_id, kind, step, chunks)
+    _warn(res, run_id, step, warnings)
     return ref
+
+
+def _warn(res: Resources, run_id: str, step: str, warnings: list[str]) -> None:
+    for warning in warnings:
+        get_run_logger().warning("%s: %s", step, warning)
+    run_rows.add_warnings(res.engine, run_id, [f"{step}: {w}" for w in warnings])
 
 
 @task(name="submit-embeddings-batch", result_storage_key=result_key_template("embeddings_batch"), **PERSISTED)
@@ -172,19 +164,17 @@ def _only_while_running(task: Any, task_run: Any, state: Any) -> bool:
 )
 def poll_embeddings_batch(run_id: str, standardized: FileRef, batch: SubmittedBatch) -> list[FileRef]:
     res = resources()
-    files = run_rows.files_view(res.engine, run_id)
-    if "embeddings_prefill" not in files and {"embeddings", "embeddings_index"} <= set(files):
-        return [files["embeddings"], files["embeddings_index"]]  # done before; stopped before its result was saved
-    with openai_slot():
-        result = collect_embeddings(
-            res.store, run_id, standardized, _openai_client(res), batch, dimensions=res.settings.embedding_dimensions
-        )
-    record_stage(res, run_id, "embeddings", result)
-    # The prefill is now inside embeddings.npy: keep one copy of the vectors, not two.
-    if batch.prefill_uri is not None:
-        res.store.delete(res.store.key_for(batch.prefill_uri))
-    run_rows.forget_files(res.engine, run_id, ["embeddings_prefill"])
-    return result.files
+    files = collected_embeddings(res.engine, run_id)  # collected before; stopped before its result was saved
+    if files is None:
+        with openai_slot():
+            result = collect_embeddings(
+                res.store, run_id, standardized, _openai_client(res), batch,
+                dimensions=res.settings.embedding_dimensions,
+            )
+        record_stage(res, run_id, "embeddings", result)
+        files = result.files
+    _warn(res, run_id, "embeddings", drop_prefill(res.engine, res.store, run_id))
+    return files
 
 
 @task(name="merge", result_storage_key=result_key_template("merge"), **PERSISTED)

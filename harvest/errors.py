@@ -40,6 +40,14 @@ class DatabaseError(HarvestError):
     """Raised when the metadata or activities database cannot be reached or written."""
 
 
+class ImportInterrupted(DatabaseError):
+    """A database error part-way through an import: rows before it were written; `summary` counts them."""
+
+    def __init__(self, message: str, summary: object) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
 class RunAlreadyRunningError(HarvestError):
     """Raised when a run is started for a URL that already has a running run: one run per URL at a time."""
 

@@ -144,6 +144,10 @@ class ImportSummary(BaseModel):
     skipped: int = 0
     failed: int = 0
     errors: list[str] = Field(default_factory=list)
+    interrupted: str | None = Field(
+        default=None,
+        description="Set when a database error stopped the import part-way: the counts are what was written.",
+    )
 
 
 RunStatus = Literal["running", "completed", "failed", "crashed", "cancelled", "expired"]

@@ -4,10 +4,14 @@ Every object in storage must be accounted for by a row:
 - `runs/<id>/…` by a live `run_files` row, or (for Prefect's step results under `runs/<id>/results/`) by
   a run row whose files are still kept;
 - `digests/<id>.jsonl` by a live `run_files` row (kind `digest`);
-- `images/<sha256>.webp` by an `activities` row or the images map of a run whose files are kept.
+- `images/<sha256>.webp` by an `activities` row, the images map (whole or a chunk's part) of a running run or
+  of a run whose files are kept, or an `image_cache` row a run claimed within the grace period.
 
-The sweep (1) reconciles runs left `running` by a dead process, (2) deletes the files of expired runs and
-retries failed cleanups, (3) deletes superseded digests, (4) deletes orphans older than a grace period, and
+The sweep (1) reconciles runs left `running` by a dead process and settles finished runs whose
+completion hook never ran (`pending` past the grace period: kept until the policy's expiry), (2) deletes
+the files of expired runs and retries failed cleanups (a completed run's digest stays), (3) deletes digests
+superseded by a newer completed run of the same URL (so the latest one, the next run's diff baseline, is
+never deleted), (4) deletes orphans older than a grace period, and
 (5) flags rows whose object vanished. Rows are locked with `FOR UPDATE SKIP LOCKED`, so two sweeps (or a
 sweep and a manual cleanup) never handle the same run twice.
 """
@@ -18,7 +22,8 @@ import logging
 import os
 import re
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -73,6 +78,7 @@ class SweepReport:
 
     dry_run: bool
     reconciled: list[dict[str, str]] = field(default_factory=list)
+    settled: list[str] = field(default_factory=list)
     expired: list[str] = field(default_factory=list)
     cleaned: list[str] = field(default_factory=list)
     deleted_objects: int = 0
@@ -101,18 +107,52 @@ def delete_run_objects(store: ObjectStore, connection: Connection, run_id: str, 
 
 
 def cleanup_run(engine: Engine, store: ObjectStore, run_id: str, *, retention: str = "cleaned") -> int | None:
-    """Delete one finished run's files under a row lock; None when the run is running or already handled.
+    """Delete one finished run's files under a row lock; None when the run is running, pinned (pinned means
+    keep), being imported (its lease), or already handled.
 
     Used by the completion hook, `harvest runs cleanup` and manual import. The digest stays (the next run
     of the same URL diffs against it).
     """
     with transaction(engine) as connection:
         row = rows.lock_run(connection, run_id, skip_locked=False)
-        if row is None or row["status"] == "running" or row["retention"] not in FILES_KEPT:
+        if row is None or row["status"] == "running" or row["retention"] not in FILES_KEPT or row["pinned"]:
+            return None
+        if row["lease_until"] is not None and _aware(row["lease_until"]) > utcnow():
             return None
         deleted = delete_run_objects(store, connection, run_id, keep_digest=True)
         rows.finish_cleanup(connection, run_id, retention)
         return deleted
+
+
+IMPORT_LEASE = timedelta(hours=6)
+
+
+@contextmanager
+def import_lease(engine: Engine, run_id: str, lease: timedelta = IMPORT_LEASE) -> Iterator[dict[str, Any]]:
+    """Hold a kept run's files against the sweep while they are imported; yields the run row.
+
+    Design choice: a lease (`lease_until`) rather than a row lock held for the whole import. The claim takes
+    the row lock, so it waits for a sweep deleting the run right now and then sees `expired`; after it, the
+    sweep skips the run until the lease ends or is released. A row lock held for minutes would pin a
+    connection and, on SQLite (one writer), block the import's own writes; a lease left by a killed import
+    simply ends.
+    """
+    with transaction(engine) as connection:
+        row = rows.lock_run(connection, run_id, skip_locked=False)
+        if row is None:
+            raise ConfigError(f"no run {run_id}")
+        if row["status"] == "running":
+            raise ConfigError(f"run {run_id} is still running; import it once it has finished")
+        if row["retention"] not in FILES_KEPT:
+            raise StorageError(
+                f"run {run_id} has no final JSONL to import (status {row['status']}, files {row['retention']})"
+            )
+        rows.set_lease(connection, run_id, utcnow() + lease)
+    try:
+        yield row
+    finally:
+        with transaction(engine) as connection:
+            rows.set_lease(connection, run_id, None)
 
 
 # --- batch cleanup ----------------------------------------------------------------------------------
@@ -147,6 +187,7 @@ def sweep(
     now = now or utcnow()
     report = SweepReport(dry_run=dry_run)
     _reconcile(engine, policy, flow_run_state, report, now)
+    _settle(engine, policy, report, now)
     _expire(engine, store, report, now)
     _drop_superseded_digests(engine, store, report)
     existing = _delete_orphans(engine, store, policy, report, now)
@@ -165,12 +206,21 @@ def _reconcile(
         except Exception as exc:  # noqa: BLE001 - an unreachable API must not stop the rest of the sweep
             report.errors.append(f"run {run_id}: flow run state unavailable: {exc}")
             continue
+        # Design choice: a run is declared dead on evidence, in this order. Prefect saying its flow run is
+        # over; on this host, its process being gone, and never anything else while it is alive (a run may
+        # wait hours on a batch: marking it crashed would free its URL for a second process writing the same
+        # run); on another host, whose processes cannot be checked, no heartbeat (flows/heartbeat.py touches
+        # `updated_at` every grace/6 while the run lives) for a whole grace period, whatever Prefect still says
+        # (a dead host's flow run stays RUNNING in Prefect until something notices).
         if state in RECONCILED_STATUS:
             status, why = RECONCILED_STATUS[state], f"its Prefect flow run is {state}"
-        elif process_gone(host, pid):
+        elif host and host == socket.gethostname():
+            if not process_gone(host, pid):
+                continue
             status, why = "crashed", f"its process {pid} on {host} is gone"
-        elif state is None and _aware(updated_at) < now - policy.grace:
-            status, why = "crashed", f"no Prefect flow run and no update for over {policy.grace}"
+        elif _aware(updated_at) < now - policy.grace:
+            said = f"Prefect still says {state}" if state else "no Prefect flow run"
+            status, why = "crashed", f"no heartbeat from {host or 'its host'} for over {policy.grace} ({said})"
         else:
             continue
         report.reconciled.append({"run_id": run_id, "status": status, "reason": why})
@@ -206,8 +256,25 @@ def reconcile_run(engine: Engine, policy: RetentionPolicy, run_id: str, status: 
     return True
 
 
+def _settle(engine: Engine, policy: RetentionPolicy, report: SweepReport, now: datetime) -> None:
+    """A finished run still `pending` a grace period later lost its completion hook (the process died right
+    after the flow ended): it gets the hook's safe outcome, files kept until the policy's expiry counted
+    from when it ended, so the normal expiry deletes them instead of nobody, ever."""
+    with transaction(engine) as connection:
+        for run_id, status, ended in rows.lock_unsettled_runs(connection, now - policy.grace):
+            report.settled.append(run_id)
+            if not report.dry_run:
+                rows.mark_settled(connection, run_id, policy.expires_at(status, _aware(ended)), now)
+
+
 def _expire(engine: Engine, store: ObjectStore, report: SweepReport, now: datetime) -> None:
-    """Expired kept runs lose every file (the digest too); a failed cleanup is finished (the digest stays)."""
+    """Expired kept runs lose their files, and the digest too unless the run completed; a failed cleanup is
+    finished (the digest stays).
+
+    Design choice: a digest is deleted only by `_drop_superseded_digests`, once a newer completed run of the
+    same URL has a live digest, so each URL keeps exactly one baseline for its next run's diff. Deleting it
+    at expiry as well dropped the baseline when the older digest had already been superseded by it.
+    """
     if report.dry_run:
         for run_id, retention in rows.runs_due_for_cleanup(engine, now):
             (report.cleaned if retention == "cleanup_failed" else report.expired).append(run_id)
@@ -218,11 +285,13 @@ def _expire(engine: Engine, store: ObjectStore, report: SweepReport, now: dateti
             batch = rows.lock_runs_due_for_cleanup(connection, now, exclude=seen, limit=BATCH)
             if not batch:
                 return
-            for run_id, retention in batch:
+            for run_id, retention, status in batch:
                 seen.add(run_id)
                 expired = retention == "kept"
+                # A completed run's digest may be its URL's diff baseline: it goes only once superseded.
+                keep_digest = not expired or status == "completed"
                 try:
-                    report.deleted_objects += delete_run_objects(store, connection, run_id, keep_digest=not expired)
+                    report.deleted_objects += delete_run_objects(store, connection, run_id, keep_digest=keep_digest)
                 except StorageError as exc:
                     report.errors.append(f"run {run_id}: {exc}")
                     continue
@@ -274,12 +343,20 @@ def _delete_orphans(
     return existing
 
 
-def _referenced_images(engine: Engine, store: ObjectStore, report: SweepReport) -> set[str] | None:
-    """Keys of every image some activity or kept run points at; None when a kept run's map is unreadable
-    (then nobody can say an image is unreferenced, and none is deleted this pass)."""
-    image_uris, maps = rows.referenced_images(engine)
-    referenced: set[str] = {_key(store, uri) for uri in image_uris}
-    for run_id, uri in maps:
+def _referenced_images(
+    engine: Engine, store: ObjectStore, policy: RetentionPolicy, report: SweepReport, now: datetime
+) -> set[str] | None:
+    """Keys of every image something points at: the images maps (whole or in chunk parts) of running and kept
+    runs, the activities, and the cached images a run claimed within the grace period (reused images are
+    never rewritten, so their age protects nothing). None when a live map is unreadable (then nobody can
+    say an image is unreferenced, and none is deleted this pass).
+
+    Design choice, the order: the maps are read before the activities. A run that imports and then deletes
+    its files moves its images from the first list to the second; read the other way round, a run finishing
+    in between would leave its images in neither.
+    """
+    referenced: set[str] = set()
+    for run_id, uri in rows.images_maps_in_use(engine):
         try:
             referenced.update(_key(store, line["uri"]) for line in iter_jsonl(store, uri) if line.get("uri"))
         except StorageError as exc:
@@ -287,16 +364,20 @@ def _referenced_images(engine: Engine, store: ObjectStore, report: SweepReport) 
             if rows.file_still_live(engine, run_id, uri):
                 report.errors.append(f"images map {uri} unreadable, no image deleted this pass: {exc}")
                 return None
+    referenced.update(_key(store, uri) for uri in rows.imported_and_claimed_images(engine, now - policy.grace))
     return referenced
 
 
 def _delete_unreferenced_images(
     engine: Engine, store: ObjectStore, policy: RetentionPolicy, report: SweepReport, now: datetime
 ) -> None:
-    referenced = _referenced_images(engine, store, report)
+    # The listing comes first: an image stored after it is not a candidate, and one stored before it by a
+    # run is young (grace) or in a map or claimed by the time the references are read.
+    listed = list(store.list(keys.IMAGES))
+    referenced = _referenced_images(engine, store, policy, report, now)
     if referenced is None:
         return
-    for info in store.list(keys.IMAGES):
+    for info in listed:
         if info.key in referenced or _aware(info.last_modified) > now - policy.grace:
             continue
         report.images.append(info.key)
@@ -309,7 +390,10 @@ def _flag_missing(engine: Engine, store: ObjectStore, existing: set[str], report
     """Live rows of finished runs whose object is gone are flagged (`missing_at`), never silently trusted."""
     with transaction(engine) as connection:
         for file_id, run_id, kind, uri in rows.unflagged_files_of_finished_runs(connection):
-            if _key(store, uri) in existing:
+            key = _key(store, uri)
+            # The listing was taken earlier: a run that finished since may have stored the file after it.
+            # Only an object that is absent now is missing.
+            if key in existing or store.head(key) is not None:
                 continue
             report.missing.append({"run_id": run_id, "kind": kind, "uri": uri})
             if not report.dry_run:

@@ -151,7 +151,10 @@ class HarvestSettings(BaseSettings):
         default=30, description="Days a failed, crashed or cancelled run's files live before the sweep."
     )
     orphan_grace_hours: float = Field(
-        default=24, description="Unaccounted objects younger than this are left alone (a run may be writing them)."
+        default=24, ge=1,
+        description="Unaccounted objects younger than this are left alone (a run may be writing them); also how "
+        "long a run on another host may go without a heartbeat, and a finished run without its hook. At least 1: "
+        "shorter would delete what a live run is still writing.",
     )
     db_reconnect_seconds: float = Field(
         default=20, description="How long connecting to a restarting database is retried before a step fails."

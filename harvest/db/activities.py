@@ -4,14 +4,26 @@ Dedupe follows the original design: one row per normalized name + formatted addr
 activity id is a hash of exactly that, and `dedupe_key` keeps the readable form, unique in the database).
 Importing the same run twice creates no duplicates: unchanged rows are counted as skipped.
 
-On Postgres each batch is one binary `COPY` into a temporary staging table and one
-`INSERT ... SELECT ... ON CONFLICT (dedupe_key) DO UPDATE ... WHERE the content hash changed RETURNING`,
-which says per written row whether it was inserted or updated; rows not returned were unchanged. That is
-the same rule as the portable path (SQLite), which looks the keys up first and then upserts.
-"""
+The upsert policy (one rule, built once by `_on_conflict` for both paths, and mirrored by `_writes` for the
+rows skipped before they are sent). Design choice: enrichment is a best effort that can fail per run, content
+is not, so they are merged differently. (1) Recency: every row carries the start time of the run that wrote
+it (`run_started_at`); a run that started earlier never overwrites it (an old kept run imported late, a
+resumed run that failed before its import). (2) Enrichment groups (image: uri/width/height; place:
+latitude/longitude/place_id; vector: embedding/embedding_hash) are taken from the new row only when the new
+row has them: a NULL from a run whose image, geocode or embedding step failed never replaces a stored value
+(the stored image stays referenced, so the sweep keeps it). The cost: an image a site really removed stays
+until another image replaces it. (3) A row is written when its content hash changed, or when, content
+unchanged, the run brings an enrichment group that differs from the stored one (a geocode that now succeeds,
+a new embedding model: `embedding_hash`, a sha256 of the vector's JSON, says so without parsing it).
 
+On Postgres each batch is one binary `COPY` into a temporary staging table and one
+`INSERT ... SELECT ... ON CONFLICT (dedupe_key) DO UPDATE ... WHERE <the policy> RETURNING`, which says per
+written row whether it was inserted or updated; rows not returned were unchanged. The portable path (SQLite)
+looks the keys up first and then upserts with the same ON CONFLICT clause.
+"""
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 from collections.abc import Callable, Iterable, Iterator
@@ -27,13 +39,23 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from harvest.db.engine import database_error, transaction, utcnow
-from harvest.db.schema import activities, one_of
-from harvest.errors import DatabaseError
+from harvest.db.schema import activities, one_of, scrape_runs
+from harvest.errors import DatabaseError, ImportInterrupted
 from harvest.extract.text import normalize_key as dedupe_text
 from harvest.models import ImportSummary
 
 MAX_ERRORS = 50
 UPDATABLE = [c.name for c in activities.columns if c.name not in ("id", "created_at")]
+# Enrichment groups: each is taken whole from the new row when its key column is not NULL, else kept.
+ENRICHMENT_GROUPS: dict[str, tuple[str, ...]] = {
+    "image_uri": ("image_uri", "image_width", "image_height"),
+    "latitude": ("latitude", "longitude", "place_id"),
+    "embedding_hash": ("embedding_hash", "embedding"),
+}
+_GROUP_OF = {column: key for key, group in ENRICHMENT_GROUPS.items() for column in group}
+# What the pre-check reads of a stored row to apply the policy without sending the new one.
+_POLICY_COLUMNS = ["dedupe_key", "content_hash", "run_started_at",
+                   *(c for group in ENRICHMENT_GROUPS.values() for c in group if c != "embedding")]
 
 
 def _batches(records: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
@@ -93,7 +115,17 @@ def _vector(value: Any) -> Any:
     return value.parse() if isinstance(value, UnparsedVector) else value
 
 
-def record_to_row(record: dict[str, Any], run_id: str, now: datetime) -> dict[str, Any]:
+def embedding_hash(value: Any) -> str | None:
+    """sha256 of a vector's JSON text (as written in the final line, or dumped when already parsed)."""
+    if value is None:
+        return None
+    text = value.text if isinstance(value, UnparsedVector) else orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
+    return hashlib.sha256(text).hexdigest()
+
+
+def record_to_row(
+    record: dict[str, Any], run_id: str, now: datetime, run_started_at: datetime | None = None
+) -> dict[str, Any]:
     """Map one final JSONL record to an `activities` row; raises ValueError/KeyError on a malformed one."""
     name = (record.get("name") or "").strip()
     if not name or not record.get("id"):
@@ -122,27 +154,85 @@ def record_to_row(record: dict[str, Any], run_id: str, now: datetime) -> dict[st
         "end_date": _parse_time(record.get("end_date")),
         "tags": list(record.get("tags") or []),
         "embedding": record.get("embedding"),
+        "embedding_hash": embedding_hash(record.get("embedding")),
         "image_uri": image.get("uri"),
         "image_width": image.get("width"),
         "image_height": image.get("height"),
         "source_url": record.get("source_url"),
         "content_hash": record.get("content_hash") or "",
         "run_id": run_id,
+        "run_started_at": run_started_at or now,
         "created_at": now,
         "updated_at": now,
     }
 
 
+def _on_conflict(statement: Any) -> Any:
+    """The upsert policy (module docstring) as one ON CONFLICT clause, for either dialect's INSERT."""
+    new = statement.excluded
+    stored = activities.c
+
+    def value(name: str) -> Any:
+        if name in _GROUP_OF:  # an enrichment column: the new group only when the new row has it
+            return sa.case((new[_GROUP_OF[name]].is_(None), stored[name]), else_=new[name])
+        return new[name]
+
+    better_enrichment = [
+        sa.and_(new[key].is_not(None), sa.or_(*(stored[c].is_distinct_from(new[c]) for c in group if c != "embedding")))
+        for key, group in ENRICHMENT_GROUPS.items()
+    ]
+    return statement.on_conflict_do_update(
+        index_elements=[stored.dedupe_key],
+        set_={name: value(name) for name in UPDATABLE},
+        where=sa.and_(
+            sa.or_(stored.run_started_at.is_(None), stored.run_started_at <= new.run_started_at),
+            sa.or_(stored.content_hash.is_distinct_from(new.content_hash), *better_enrichment),
+        ),
+    )
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)  # SQLite hands back naive UTC
+
+
+def _writes(stored: Any, row: dict[str, Any]) -> bool:
+    """The policy's WHERE in Python, for the rows looked up before a batch is sent (skipped without work)."""
+    if stored is None:
+        return True
+    if stored["run_started_at"] is not None and _aware(stored["run_started_at"]) > _aware(row["run_started_at"]):
+        return False  # a newer run wrote this row
+    if stored["content_hash"] != row["content_hash"]:
+        return True
+    return any(
+        row[key] is not None and any(stored[c] != row[c] for c in group if c != "embedding")
+        for key, group in ENRICHMENT_GROUPS.items()
+    )
+
+
+def _stored_rows(engine: Engine, keys: list[str]) -> dict[str, Any]:
+    """The policy columns of the stored rows with these dedupe keys."""
+    if not keys:
+        return {}
+    columns = [activities.c[name] for name in _POLICY_COLUMNS]
+    with transaction(engine) as connection:
+        found = connection.execute(
+            sa.select(*columns).where(one_of(activities.c.dedupe_key, keys, engine.dialect.name))
+        ).mappings().all()
+    return {row["dedupe_key"]: row for row in found}
+
+
+def run_started_at(engine: Engine, run_id: str) -> datetime:
+    """When the importing run started (its rows' recency), or now for records of no known run."""
+    with transaction(engine) as connection:
+        started = connection.execute(sa.select(scrape_runs.c.started_at).where(scrape_runs.c.id == run_id)).scalar()
+    return _aware(started) if started is not None else utcnow()
+
+
 def _upsert(engine: Engine, rows: list[dict[str, Any]]) -> None:
     dialect = engine.dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = insert(activities)
-    statement = statement.on_conflict_do_update(
-        index_elements=[activities.c.dedupe_key],
-        set_={name: statement.excluded[name] for name in UPDATABLE},
-    )
     with transaction(engine) as connection:
-        connection.execute(statement, rows)
+        connection.execute(_on_conflict(insert(activities)), rows)
 
 
 def import_activities(
@@ -176,11 +266,12 @@ def _import_upsert(engine: Engine, records: Iterable[dict[str, Any]], *, run_id:
     """The portable path: look the batch's keys up, then upsert the new and changed rows."""
     summary = ImportSummary()
     now = utcnow()
+    started = run_started_at(engine, run_id)
     for batch in _batches(records, batch_size):
         rows: dict[str, dict[str, Any]] = {}
         for record in batch:
             try:
-                row = record_to_row(record, run_id, now)
+                row = record_to_row(record, run_id, now, started)
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 _record_failure(summary, record, exc)
                 continue
@@ -189,17 +280,10 @@ def _import_upsert(engine: Engine, records: Iterable[dict[str, Any]], *, run_id:
             rows[row["dedupe_key"]] = row
         if not rows:
             continue
-        with transaction(engine) as connection:
-            existing = dict(
-                connection.execute(
-                    sa.select(activities.c.dedupe_key, activities.c.content_hash).where(
-                        one_of(activities.c.dedupe_key, list(rows), engine.dialect.name)
-                    )
-                ).all()
-            )
+        existing = _stored_rows(engine, list(rows))
         to_write = []
         for key, row in rows.items():
-            if key in existing and existing[key] == row["content_hash"]:
+            if not _writes(existing.get(key), row):
                 summary.skipped += 1
                 continue
             try:
@@ -217,7 +301,7 @@ def _import_upsert(engine: Engine, records: Iterable[dict[str, Any]], *, run_id:
                 _upsert(engine, to_write)
             except DatabaseError as exc:
                 done = summary.imported + summary.updated
-                raise DatabaseError(f"import into activities failed after {done} rows: {exc}") from exc
+                raise ImportInterrupted(f"import into activities failed after {done} rows: {exc}", summary) from exc
     return summary
 
 
@@ -319,11 +403,12 @@ def _encode_row(row: dict[str, Any], encoders: dict[str, Callable[[Any], bytes]]
 
 
 _STAGE = "harvest_import_stage"
-_UPSERT_SQL = (
-    f"INSERT INTO activities ({', '.join(COLUMNS)}) SELECT {', '.join(COLUMNS)} FROM {_STAGE} "
-    f"ON CONFLICT (dedupe_key) DO UPDATE SET {', '.join(f'{name} = EXCLUDED.{name}' for name in UPDATABLE)} "
-    "WHERE activities.content_hash IS DISTINCT FROM EXCLUDED.content_hash "
-    "RETURNING (xmax = 0) AS inserted"
+_STAGE_TABLE = sa.table(_STAGE, *(sa.column(name) for name in COLUMNS))
+# The same policy as the portable path, compiled once: INSERT ... SELECT from the staging table.
+_UPSERT_SQL = str(
+    _on_conflict(postgresql.insert(activities).from_select(COLUMNS, sa.select(*_STAGE_TABLE.c)))
+    .returning(sa.literal_column("(xmax = 0)").label("inserted"))
+    .compile(dialect=postgresql.psycopg.dialect())
 )
 
 
@@ -334,6 +419,7 @@ def _import_copy(engine: Engine, records: Iterable[dict[str, Any]], *, run_id: s
     with transaction(engine) as connection:
         zone = ZoneInfo(str(connection.exec_driver_sql("SELECT current_setting('TimeZone')").scalar_one()))
     encoders = _encoders(zone)
+    started = run_started_at(engine, run_id)
     iterator = iter(records)
     while True:
         rows: dict[str, dict[str, Any]] = {}  # dedupe_key -> row; the last copy in the file wins
@@ -341,16 +427,17 @@ def _import_copy(engine: Engine, records: Iterable[dict[str, Any]], *, run_id: s
         for record in islice(iterator, batch_size):
             consumed += 1
             try:
-                row = record_to_row(record, run_id, now)
+                row = record_to_row(record, run_id, now, started)
             except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
                 _record_failure(summary, record, exc)
                 continue
             if row["dedupe_key"] in rows:
                 summary.skipped += 1  # the same activity twice in one file
             rows[row["dedupe_key"]] = row
-        # Rows whose content hash is already stored are skipped before they are encoded or copied: an
-        # unchanged re-run writes nothing (the upsert's WHERE would skip them too, after the work).
-        unchanged = _stored_unchanged(engine, rows)
+        # Rows the policy would not write are skipped before they are encoded or copied: an unchanged
+        # re-run writes nothing (the upsert's WHERE would skip them too, after the work).
+        stored = _stored_rows(engine, list(rows))
+        unchanged = {key for key, row in rows.items() if not _writes(stored.get(key), row)}
         summary.skipped += len(unchanged)
         encoded: list[bytes] = []
         for key, row in rows.items():
@@ -365,25 +452,12 @@ def _import_copy(engine: Engine, records: Iterable[dict[str, Any]], *, run_id: s
                 inserted, updated = _copy_batch(engine, encoded)
             except DatabaseError as exc:
                 done = summary.imported + summary.updated
-                raise DatabaseError(f"import into activities failed after {done} rows: {exc}") from exc
+                raise ImportInterrupted(f"import into activities failed after {done} rows: {exc}", summary) from exc
             summary.imported += inserted
             summary.updated += updated
             summary.skipped += len(encoded) - inserted - updated
         if consumed < batch_size:
             return summary
-
-
-def _stored_unchanged(engine: Engine, rows: dict[str, dict[str, Any]]) -> set[str]:
-    """Keys of `rows` already in `activities` with the same content hash."""
-    if not rows:
-        return set()
-    with transaction(engine) as connection:
-        stored = connection.execute(
-            sa.select(activities.c.dedupe_key, activities.c.content_hash).where(
-                one_of(activities.c.dedupe_key, list(rows), engine.dialect.name)
-            )
-        ).all()
-    return {key for key, content_hash in stored if rows[key]["content_hash"] == content_hash}
 
 
 def _copy_batch(engine: Engine, tuples: Iterable[bytes]) -> tuple[int, int]:

@@ -65,17 +65,26 @@ def store_geocodes(engine: Engine, provider: str, geocodes: dict[str, dict[str, 
 
 
 def cached_images(engine: Engine, source_urls: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """source URL → what an earlier run stored for it (uri, size, sha256, the source's validators)."""
+    """source URL → what an earlier run stored for it (uri, size, sha256, the source's validators).
+
+    The rows found are claimed: their `checked_at` is set to now in the same transaction. A reused image is
+    never rewritten, so its object's age says nothing about a run about to point at it; the sweep instead
+    leaves alone every image whose cache row was checked within its grace period (harvest.retention).
+    """
     found: dict[str, dict[str, Any]] = {}
     urls = list(source_urls)
+    now = utcnow()
     with transaction(engine) as connection:
         for start in range(0, len(urls), LOOKUP_CHUNK):
+            batch = urls[start: start + LOOKUP_CHUNK]
             rows = connection.execute(
-                sa.select(image_cache).where(
-                    one_of(image_cache.c.source_url, urls[start: start + LOOKUP_CHUNK], engine.dialect.name)
-                )
+                sa.select(image_cache).where(one_of(image_cache.c.source_url, batch, engine.dialect.name))
             ).mappings()
             found.update({row["source_url"]: dict(row) for row in rows})
+            connection.execute(
+                image_cache.update().where(one_of(image_cache.c.source_url, batch, engine.dialect.name))
+                .values(checked_at=now)
+            )
     return found
 
 

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from harvest.db.engine import transaction, utcnow
-from harvest.db.schema import activities, run_files, scrape_runs
+from harvest.db.schema import activities, image_cache, run_files, scrape_runs
 
 # Retention states in which a run's files are supposed to exist.
 FILES_KEPT = ("pending", "kept", "cleanup_failed")
@@ -59,6 +59,11 @@ def finish_cleanup(connection: Connection, run_id: str, retention: str) -> None:
             retention=retention, expires_at=None, updated_at=utcnow()
         )
     )
+
+
+def set_lease(connection: Connection, run_id: str, until: datetime | None) -> None:
+    """Set (or, with None, release) the run's import lease: the sweep leaves its files alone until `until`."""
+    connection.execute(scrape_runs.update().where(scrape_runs.c.id == run_id).values(lease_until=until))
 
 
 def set_pinned(engine: Engine, run_id: str, pinned: bool) -> bool:
@@ -110,6 +115,28 @@ def mark_reconciled(
     )
 
 
+def lock_unsettled_runs(connection: Connection, before: datetime) -> list[tuple[str, str, datetime]]:
+    """(id, status, finished or last updated) of finished runs still `pending` (their completion hook never
+    ran) with no update since `before`, locked `FOR UPDATE SKIP LOCKED`."""
+    rows = connection.execute(
+        sa.select(scrape_runs.c.id, scrape_runs.c.status,
+                  sa.func.coalesce(scrape_runs.c.finished_at, scrape_runs.c.updated_at).label("ended"))
+        .where(scrape_runs.c.status.in_(TERMINAL), scrape_runs.c.retention == "pending",
+               scrape_runs.c.updated_at < before)
+        .with_for_update(skip_locked=True)
+    ).all()
+    return [(row.id, row.status, row.ended) for row in rows]
+
+
+def mark_settled(connection: Connection, run_id: str, expires_at: datetime, now: datetime) -> None:
+    """Give a run whose hook never ran the retention its hook would have: files kept until `expires_at`."""
+    connection.execute(
+        scrape_runs.update().where(scrape_runs.c.id == run_id).values(
+            retention="kept", expires_at=expires_at, updated_at=now
+        )
+    )
+
+
 # --- expiry ------------------------------------------------------------------------------------------
 
 
@@ -118,7 +145,8 @@ def _due_for_cleanup(now: datetime) -> sa.ColumnElement[bool]:
         sa.and_(scrape_runs.c.retention == "kept", scrape_runs.c.expires_at <= now),
         scrape_runs.c.retention == "cleanup_failed",  # a completed import whose cleanup failed: finish it
     )
-    return sa.and_(due, scrape_runs.c.status != "running", scrape_runs.c.pinned.is_(False))
+    leased = sa.and_(scrape_runs.c.lease_until.is_not(None), scrape_runs.c.lease_until > now)
+    return sa.and_(due, scrape_runs.c.status != "running", scrape_runs.c.pinned.is_(False), sa.not_(leased))
 
 
 def runs_due_for_cleanup(engine: Engine, now: datetime) -> list[tuple[str, str]]:
@@ -131,16 +159,16 @@ def runs_due_for_cleanup(engine: Engine, now: datetime) -> list[tuple[str, str]]
 
 def lock_runs_due_for_cleanup(
     connection: Connection, now: datetime, *, exclude: set[str], limit: int
-) -> list[tuple[str, str]]:
-    """The next `limit` runs due for cleanup (earliest expiry first) other than `exclude`, locked
-    `FOR UPDATE SKIP LOCKED`: a run another sweep or cleanup holds is left to it."""
+) -> list[tuple[str, str, str]]:
+    """(id, retention, status) of the next `limit` runs due for cleanup (earliest expiry first) other than
+    `exclude`, locked `FOR UPDATE SKIP LOCKED`: a run another sweep or cleanup holds is left to it."""
     rows = connection.execute(
-        sa.select(scrape_runs.c.id, scrape_runs.c.retention)
+        sa.select(scrape_runs.c.id, scrape_runs.c.retention, scrape_runs.c.status)
         .where(_due_for_cleanup(now), scrape_runs.c.id.not_in(exclude) if exclude else sa.true())
         .order_by(scrape_runs.c.expires_at).limit(limit)
         .with_for_update(skip_locked=True)
     ).all()
-    return [(row.id, row.retention) for row in rows]
+    return [(row.id, row.retention, row.status) for row in rows]
 
 
 def mark_swept(connection: Connection, run_id: str, retention: str, now: datetime) -> None:
@@ -202,8 +230,24 @@ def files_and_runs_in_use(engine: Engine) -> tuple[list[str], set[str], set[str]
     return live, kept, running
 
 
-def referenced_images(engine: Engine) -> tuple[list[str], list[tuple[str, str]]]:
-    """Image URIs of every activity, and (run id, uri) of the live images maps of running or kept runs."""
+def images_maps_in_use(engine: Engine) -> list[tuple[str, str]]:
+    """(run id, uri) of the live images maps, whole or a chunk's part (`images_map.part-NNNN`: a run that
+    stopped in its image stage has only those), of running runs and of runs whose files are kept."""
+    with transaction(engine) as connection:
+        maps = connection.execute(
+            sa.select(run_files.c.run_id, run_files.c.uri)
+            .join(scrape_runs, scrape_runs.c.id == run_files.c.run_id)
+            .where(
+                sa.or_(run_files.c.kind == "images_map", run_files.c.kind.like("images_map.part-%")),
+                run_files.c.deleted_at.is_(None),
+                sa.or_(scrape_runs.c.status == "running", scrape_runs.c.retention.in_(FILES_KEPT)),
+            )
+        ).all()
+    return [(row.run_id, row.uri) for row in maps]
+
+
+def imported_and_claimed_images(engine: Engine, claimed_since: datetime) -> list[str]:
+    """Image URIs of every activity, and of every cached image a run claimed (looked up to reuse) since then."""
     with transaction(engine) as connection:
         uris = [
             row.image_uri
@@ -211,15 +255,11 @@ def referenced_images(engine: Engine) -> tuple[list[str], list[tuple[str, str]]]
                 sa.select(activities.c.image_uri).where(activities.c.image_uri.is_not(None)).distinct()
             )
         ]
-        maps = connection.execute(
-            sa.select(run_files.c.run_id, run_files.c.uri)
-            .join(scrape_runs, scrape_runs.c.id == run_files.c.run_id)
-            .where(
-                run_files.c.kind == "images_map", run_files.c.deleted_at.is_(None),
-                sa.or_(scrape_runs.c.status == "running", scrape_runs.c.retention.in_(FILES_KEPT)),
-            )
-        ).all()
-    return uris, [(row.run_id, row.uri) for row in maps]
+        uris += [
+            row.uri
+            for row in connection.execute(sa.select(image_cache.c.uri).where(image_cache.c.checked_at > claimed_since))
+        ]
+    return uris
 
 
 def file_still_live(engine: Engine, run_id: str, uri: str) -> bool:

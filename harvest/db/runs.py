@@ -84,6 +84,19 @@ def update_run(engine: Engine, run_id: str, **values: Any) -> None:
         )
 
 
+def heartbeat(engine: Engine, run_id: str, *, host: str | None = None, pid: int | None = None) -> bool:
+    """Touch `updated_at` of the run while it is running in this process (or `host`/`pid`); False once it is
+    not (finished, reconciled, or taken over by a resume elsewhere): the caller stops beating."""
+    now = utcnow()
+    with transaction(engine) as connection:
+        return bool(connection.execute(
+            scrape_runs.update().where(
+                scrape_runs.c.id == run_id, scrape_runs.c.status == "running",
+                scrape_runs.c.host == (host or socket.gethostname()), scrape_runs.c.pid == (pid or os.getpid()),
+            ).values(updated_at=now)
+        ).rowcount)
+
+
 def record_step(engine: Engine, run_id: str, step: str, stats: dict[str, Any]) -> None:
     """Merge one step's counters and timing into the run's `steps` map."""
     _rewrite_steps(engine, run_id, lambda steps: {**steps, step: stats})
@@ -142,10 +155,11 @@ def _bounded(items: list[Any]) -> list[Any]:
 
 
 def record_file(engine: Engine, run_id: str, ref: FileRef) -> None:
-    """Record (or re-record, on a resumed run) one stored file of the run."""
+    """Record (or re-record, on a resumed run) one stored file of the run: the object exists now, so a
+    `missing_at` an earlier sweep set is cleared."""
     values = dict(
         uri=ref.uri, bytes=ref.bytes, records=ref.records, sha256=ref.sha256,
-        content_type=ref.content_type, created_at=utcnow(), deleted_at=None,
+        content_type=ref.content_type, created_at=utcnow(), deleted_at=None, missing_at=None,
     )
     with transaction(engine) as connection:
         updated = connection.execute(

@@ -55,6 +55,7 @@ scrape_runs = sa.Table(
     sa.Column("diff", Json, comment="{added, removed, changed, unchanged} against previous_run_id."),
     sa.Column("host", sa.Text, comment="Hostname of the process running the flow (with pid: a liveness check)."),
     sa.Column("pid", sa.Integer),
+    sa.Column("lease_until", Timestamp, comment="An import in progress: the sweep leaves the files alone until then."),
     sa.Index("ix_scrape_runs_url_started_at", "url", "started_at"),
     sa.Index("ix_scrape_runs_status", "status"),
     sa.Index("ix_scrape_runs_expires_at", "expires_at"),
@@ -112,6 +113,10 @@ activities = sa.Table(
     sa.Column("source_url", sa.Text),
     sa.Column("content_hash", sa.String(64), nullable=False),
     sa.Column("run_id", sa.String(64), comment="The run that last wrote this row."),
+    sa.Column("embedding_hash", sa.String(64),
+              comment="sha256 of the embedding as written: says a vector changed unparsed."),
+    sa.Column("run_started_at", Timestamp,
+              comment="Start of the run that last wrote this row: an older run never overwrites it."),
     sa.Column("created_at", Timestamp, nullable=False),
     sa.Column("updated_at", Timestamp, nullable=False),
 )

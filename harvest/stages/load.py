@@ -1,26 +1,60 @@
-"""Stage 6: import the final JSONL into the `activities` table."""
+"""Stage 6: import the final JSONL into the `activities` table (after the run, or later from a kept run)."""
 
 from __future__ import annotations
 
+import logging
+
 from sqlalchemy.engine import Engine
 
+from harvest.db import runs as run_rows
 from harvest.db.activities import import_activities, parse_final_line
+from harvest.errors import DatabaseError, ImportInterrupted, StorageError
 from harvest.models import FileRef, ImportSummary
+from harvest.retention import import_lease
 from harvest.stages.common import StageResult, timed
 from harvest.storage import ObjectStore, iter_jsonl
+
+logger = logging.getLogger("harvest.load")
 
 
 def import_final_records(
     store: ObjectStore, run_id: str, final: FileRef, engine: Engine
 ) -> tuple[StageResult, ImportSummary]:
-    """Vectors are parsed only for the rows that are written (see parse_final_line)."""
+    """Vectors are parsed only for the rows that are written (see parse_final_line).
+
+    A database error part-way leaves the rows written before it: what was written is recorded on the run
+    (`import_summary` with `interrupted`) before the error is raised, so the run never says nothing was imported.
+    """
     result = StageResult()
 
     with timed(result.stats):
-        summary = import_activities(engine, iter_jsonl(store, final.uri, parse=parse_final_line), run_id=run_id)
+        try:
+            summary = import_activities(engine, iter_jsonl(store, final.uri, parse=parse_final_line), run_id=run_id)
+        except ImportInterrupted as exc:
+            partial = exc.summary if isinstance(exc.summary, ImportSummary) else ImportSummary()
+            partial.interrupted = str(exc)
+            try:
+                run_rows.update_run(engine, run_id, import_summary=partial.model_dump())
+            except DatabaseError as again:  # the database is gone: the raised error says what happened
+                logger.warning("run %s: could not record the partial import summary: %s", run_id, again)
+            raise
     result.stats.items_in = final.records
     result.stats.items_out = summary.imported + summary.updated
     result.stats.skipped = summary.skipped + summary.failed
     for error in summary.errors:
         result.warn(f"import: {error}")
+    return result, summary
+
+
+def import_kept_run(store: ObjectStore, run_id: str, engine: Engine) -> tuple[StageResult, ImportSummary]:
+    """Import a finished run's final JSONL after review, its files held against the sweep meanwhile
+    (harvest.retention.import_lease); the summary is written onto the run."""
+    with import_lease(engine, run_id) as row:
+        final = run_rows.files_view(engine, run_id).get("final_jsonl")
+        if final is None:
+            raise StorageError(
+                f"run {run_id} has no final JSONL to import (status {row['status']}, files {row['retention']})"
+            )
+        result, summary = import_final_records(store, run_id, final, engine)
+        run_rows.update_run(engine, run_id, import_summary=summary.model_dump())
     return result, summary

@@ -5,7 +5,9 @@ Every key is relative to the store's root (a folder, or a bucket and prefix):
     runs/<run_id>/                          every file of one run: cleanup is one prefix delete
     ├── <kind>.<ext>                        a stage's file, e.g. raw_activities.jsonl, embeddings.npy
     ├── <kind>.part-NNNN.jsonl              one chunk's part of a map (images_map, geocode map), until combined
-    └── results/<step>.json                 Prefect's persisted step results (flows/tasks.py)
+    └── results/<step>.json                 Prefect's persisted step results (flows/tasks.py); a chunked
+                                            step's name carries what its result depends on (range, layout,
+                                            CHUNKED_RESULTS_VERSION)
     digests/<run_id>.jsonl                  a run's digest, kept past its run for the next run to diff against
     images/<sha256>.webp                    content-addressed images, shared by every run that points at them
 
@@ -44,6 +46,24 @@ def result_key_template(step: str) -> str:
     it carries the run id, so it doubles as the cache key and the results go with the run's prefix.
     """
     return run_prefix("{parameters[run_id]}") + RESULTS + "/" + step + ".json"
+
+
+# The version of what a chunked step's result holds (chunk parts and the maps joined from them). Bump it when
+# their code changes what they write: a resumed run then recomputes them instead of loading stale results.
+CHUNKED_RESULTS_VERSION = 1
+
+
+def chunk_result_step(step: str) -> str:
+    """The result step of one chunk of `step`, e.g. `images-0003-0-1000-v1`: keyed by its index and its exact
+    range of standardized.jsonl, so a resume after HARVEST_ENRICH_CHUNK_SIZE or _MAX_CHUNKS changed (other
+    ranges) runs the chunk again instead of loading a result for other lines."""
+    return (step + "-{parameters[index]}-{parameters[start]}-{parameters[stop]}"
+            + f"-v{CHUNKED_RESULTS_VERSION}")
+
+
+def combined_result_step() -> str:
+    """The result step of a map joined from chunks: keyed by the chunk layout it was joined from."""
+    return "{parameters[kind]}-{parameters[chunk_size]}x{parameters[max_chunks]}" + f"-v{CHUNKED_RESULTS_VERSION}"
 
 
 def run_id_of(key: str) -> str | None:

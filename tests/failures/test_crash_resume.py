@@ -47,9 +47,10 @@ def test_sigkill_during_enrichment_is_reconciled_then_resumed_without_recrawl_or
                 return None
             row = rows[0]
             # Every other enrichment step has stored its result, so only the embeddings poll is unfinished.
-            keys = set(s3.keys(bucket, f"harvest/runs/{row['id']}/results/"))
-            done = {f"harvest/runs/{row['id']}/results/{step}.json"
-                    for step in ("crawl", "standardize", "images_map", "geocoded_map", "embeddings_batch")}
+            prefix = f"harvest/runs/{row['id']}/results/"
+            # A joined map's result name carries its chunk layout (images_map-<size>x<max>-v<n>.json).
+            keys = {key[len(prefix):].split("-")[0].removesuffix(".json") for key in s3.keys(bucket, prefix)}
+            done = {"crawl", "standardize", "images_map", "geocoded_map", "embeddings_batch"}
             polled = openai_server.stats().get("batches.retrieve", 0) >= 2
             return row if done <= keys and polled else None
 

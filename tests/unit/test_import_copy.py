@@ -29,7 +29,7 @@ def table(engine: sa.Engine) -> dict[str, dict]:
     """Every row by dedupe key, without the write timestamps (they differ between two imports)."""
     with engine.begin() as connection:
         rows = connection.execute(sa.select(activities)).mappings().all()
-    return {row["dedupe_key"]: {k: v for k, v in row.items() if k not in ("created_at", "updated_at")} for row in rows}
+    return {row["dedupe_key"]: {k: v for k, v in row.items() if k not in ("created_at", "updated_at", "run_started_at")} for row in rows}
 
 
 def counts(summary) -> tuple:  # noqa: ANN001

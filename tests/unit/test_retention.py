@@ -89,10 +89,11 @@ def test_kept_runs_expire_after_their_ttl_and_pinned_or_running_runs_never(engin
 
     later = sweep(engine, store, POLICY, flow_run_state=lambda _: "RUNNING", now=NOW + timedelta(days=15))
     assert later.expired == [kept]
-    assert keys(store, f"runs/{kept}/") == [] and keys(store, digest_key(kept)) == []
+    # The digest of a completed run stays: it is its URL's diff baseline until a newer run supersedes it.
+    assert keys(store, f"runs/{kept}/") == [] and keys(store, digest_key(kept)) == [digest_key(kept)]
     assert row(engine, kept)["retention"] == "expired" and row(engine, kept)["status"] == "completed"
-    assert all(f["deleted_at"] for f in run_rows.list_files(engine, kept))
-    assert {file_state(f, row(engine, kept)) for f in run_rows.list_files(engine, kept)} == {"expired"}
+    assert {(f["kind"], file_state(f, row(engine, kept))) for f in run_rows.list_files(engine, kept)} == {
+        ("raw_activities", "expired"), ("final_jsonl", "expired"), ("images_map", "expired"), ("digest", "present")}
     for untouched in (failed, pinned):
         assert row(engine, untouched)["retention"] == "kept"
         assert len(keys(store, f"runs/{untouched}/")) == 4
@@ -107,7 +108,7 @@ def test_kept_runs_expire_after_their_ttl_and_pinned_or_running_runs_never(engin
 
 def test_two_sweeps_at_once_handle_each_run_exactly_once(engine, store) -> None:
     ids = {make_run(engine, store) for _ in range(12)}
-    objects = len(keys(store, "runs/")) + len(keys(store, "digests/"))
+    objects = len(keys(store, "runs/"))  # the digests stay: each is its URL's diff baseline
     reports = []
     barrier = threading.Barrier(2)
 
@@ -125,7 +126,7 @@ def test_two_sweeps_at_once_handle_each_run_exactly_once(engine, store) -> None:
     assert set(first.expired).isdisjoint(second.expired)
     assert set(first.expired) | set(second.expired) == ids
     assert first.deleted_objects + second.deleted_objects == objects
-    assert keys(store, "runs/") == [] and keys(store, "digests/") == []
+    assert keys(store, "runs/") == [] and len(keys(store, "digests/")) == 12
 
 
 def test_manual_cleanup_racing_a_sweep_deletes_each_run_once_and_never_a_running_one(engine, store) -> None:
@@ -160,9 +161,10 @@ def test_runs_left_running_by_a_dead_process_are_reconciled(engine, store) -> No
     crashed, failed, alive, unknown_old, unknown_new = (str(uuid.uuid4()) for _ in range(5))
     for run_id in (crashed, failed, alive, unknown_old, unknown_new):
         run_rows.create_run(engine, run_id, f"https://site.example/{run_id}", {})
-    with engine.begin() as connection:  # its last sign of life was two days ago
+    with engine.begin() as connection:  # on another host, its last sign of life was two days ago
         connection.execute(
-            scrape_runs.update().where(scrape_runs.c.id == unknown_old).values(updated_at=NOW - timedelta(days=2))
+            scrape_runs.update().where(scrape_runs.c.id == unknown_old).values(
+                updated_at=NOW - timedelta(days=2), host="elsewhere.example")
         )
     prefect_says = {crashed: "CRASHED", failed: "FAILED", alive: "RUNNING"}
 

@@ -1,0 +1,189 @@
+"""Issue 17's property-style check: seeded random interleavings of run / crash / kill / resume / import / sweep
+over a few runs of two URLs, with the real functions against real Postgres and a real local store, and the
+invariants checked after every step:
+
+- every `activities.image_uri` exists in storage;
+- every run whose files are kept (or that is running) still has every file its live rows list, and every image
+  its images maps (whole or in parts) and its final JSONL point at.
+
+A run's steps are done in the order the flow does them (chunk parts, join, final, digest, import, hook), and a
+crash leaves exactly what the flow leaves at that point. The clock of the sweeps only moves forward, by up to
+a month at a time, so every object soon looks old: nothing is protected by its age alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from harvest.db import runs as run_rows
+from harvest.db.engine import get_engine, utcnow
+from harvest.db.retention import FILES_KEPT
+from harvest.db.schema import activities, scrape_runs
+from harvest.diff import digest_key
+from harvest.errors import RunAlreadyRunningError
+from harvest.retention import RetentionPolicy, cleanup_run, sweep
+from harvest.stages.finish import combine_parts
+from harvest.stages.load import import_final_records, import_kept_run
+from harvest.storage import LocalStore, iter_jsonl, write_json, write_jsonl
+from harvest.storage.keys import image_key
+
+POLICY = RetentionPolicy(kept_days=14, failed_days=30, grace=timedelta(hours=24))
+URLS = ["https://one.example/", "https://two.example/"]
+IMAGES = ["1", "2", "3", "4", "5"]
+SEEDS = [11, 22, 33]
+STEPS = 30
+
+
+def _hash(line: dict[str, Any]) -> str:
+    """The content hash of an activity: here its image changes its content."""
+    return hashlib.sha256(f"{line['id']}|{line['uri']}".encode()).hexdigest()
+
+
+class Model:
+    def __init__(self, engine: Any, store: LocalStore, rng: random.Random) -> None:
+        self.engine, self.store, self.rng = engine, store, rng
+        self.clock = utcnow()
+        self.log: list[str] = []
+
+    # --- a run, step by step, as the flow does it ---------------------------------------------------
+
+    def run(self) -> None:
+        url = self.rng.choice(URLS)
+        run_id = str(uuid.uuid4())
+        try:
+            run_rows.create_run(self.engine, run_id, url, {})
+        except RunAlreadyRunningError:
+            self.log.append(f"run {url}: busy")
+            return
+        run_rows.record_file(self.engine, run_id, write_jsonl(
+            self.store, f"runs/{run_id}/raw_activities.jsonl", "raw_activities", [{"name": "A"}]))
+        names = [f"{URLS.index(url)}-{n}" for n in range(4)]
+        for index, chunk in enumerate((names[:2], names[2:])):
+            lines = [{"id": name, "uri": self._image()} for name in chunk]
+            kind = f"images_map.part-{index:04d}"
+            run_rows.record_file(self.engine, run_id, write_jsonl(
+                self.store, f"runs/{run_id}/{kind}.jsonl", kind, lines))
+            run_rows.record_step(self.engine, run_id, f"images.{index}", {"items_in": 2, "items_out": 2})
+        ending = self.rng.random()
+        if ending < 0.2:  # the process is killed: the row says running, on a host that is gone
+            with self.engine.begin() as connection:
+                connection.execute(scrape_runs.update().where(scrape_runs.c.id == run_id).values(
+                    host="dead-host.example", pid=1))
+            self.log.append(f"run {run_id[:8]} killed")
+            return
+        if ending < 0.35:  # the flow failed after the image chunks: the failure hook keeps the files
+            run_rows.finish_run(self.engine, run_id, "failed", retention="kept",
+                                expires_at=self.clock + timedelta(days=POLICY.failed_days))
+            self.log.append(f"run {run_id[:8]} failed")
+            return
+        self._finish(run_id, url)
+
+    def _image(self) -> str | None:
+        """An image the chunk stored or reused (content-addressed: an existing one is not rewritten), or a
+        failed download."""
+        if self.rng.random() < 0.2:
+            return None
+        key = image_key(self.rng.choice(IMAGES) * 64)
+        if self.store.head(key) is None:
+            write_json(self.store, key, "image", {"pixels": key})
+        return self.store.uri_for(key)
+
+    def _finish(self, run_id: str, url: str) -> None:
+        images_map, _ = combine_parts(self.engine, self.store, run_id, "images_map", "images", 2)
+        final = [
+            {"id": line["id"], "name": f"Activity {line['id']}", "content_hash": _hash(line),
+             "location": {"formatted_address": line["id"]}, "tags": [],
+             "image": {"uri": line["uri"], "width": 1, "height": 1} if line["uri"] else None}
+            for line in iter_jsonl(self.store, images_map.uri)
+        ]
+        final_ref = write_jsonl(self.store, f"runs/{run_id}/final.jsonl", "final_jsonl", final)
+        run_rows.record_file(self.engine, run_id, final_ref)
+        run_rows.record_file(self.engine, run_id, write_jsonl(
+            self.store, digest_key(run_id), "digest", [{"id": r["id"]} for r in final]))
+        auto_import = self.rng.random() < 0.5
+        summary = import_final_records(self.store, run_id, final_ref, self.engine)[1] if auto_import else None
+        run_rows.finish_run(self.engine, run_id, "completed",
+                            import_summary=summary.model_dump() if summary else None)
+        if auto_import:  # the completion hook
+            cleanup_run(self.engine, self.store, run_id)
+        else:
+            run_rows.update_run(self.engine, run_id, retention="kept",
+                                expires_at=self.clock + timedelta(days=POLICY.kept_days))
+        self.log.append(f"run {run_id[:8]} completed{' and imported' if auto_import else ''}")
+
+    # --- after the run ----------------------------------------------------------------------------------
+
+    def _runs(self, *, status: tuple[str, ...]) -> list[dict[str, Any]]:
+        with self.engine.begin() as connection:
+            return [dict(r) for r in connection.execute(sa.select(scrape_runs).where(
+                scrape_runs.c.status.in_(status), scrape_runs.c.retention.in_(FILES_KEPT))).mappings()]
+
+    def resume(self) -> None:
+        candidates = self._runs(status=("failed", "crashed"))
+        if not candidates:
+            return
+        row = self.rng.choice(candidates)
+        try:
+            run_rows.create_run(self.engine, row["id"], row["url"], {})
+        except RunAlreadyRunningError:
+            return
+        self._finish(row["id"], row["url"])
+        self.log[-1] += " (resumed)"
+
+    def manual_import(self) -> None:
+        candidates = [r for r in self._runs(status=("completed",))
+                      if "final_jsonl" in run_rows.files_view(self.engine, r["id"])]
+        if candidates:
+            run_id = self.rng.choice(candidates)["id"]
+            import_kept_run(self.store, run_id, self.engine)
+            self.log.append(f"import {run_id[:8]}")
+
+    def sweep(self) -> None:
+        self.clock += self.rng.choice([timedelta(0), timedelta(hours=2), timedelta(days=2), timedelta(days=15),
+                                       timedelta(days=31)])
+        report = sweep(self.engine, self.store, POLICY, flow_run_state=lambda _: None, now=self.clock)
+        assert report.errors == []
+        self.log.append(f"sweep: {len(report.expired)} expired, {len(report.images)} images, "
+                        f"{len(report.reconciled)} reconciled")
+
+    # --- the invariants ---------------------------------------------------------------------------------
+
+    def check(self) -> None:
+        def exists(uri: str) -> bool:
+            return self.store.head(self.store.key_for(uri)) is not None
+
+        with self.engine.begin() as connection:
+            uris = [r.image_uri for r in connection.execute(
+                sa.select(activities.c.image_uri).where(activities.c.image_uri.is_not(None)))]
+            alive = [r.id for r in connection.execute(sa.select(scrape_runs.c.id).where(sa.or_(
+                scrape_runs.c.retention.in_(FILES_KEPT), scrape_runs.c.status == "running")))]
+        lost = [uri for uri in uris if not exists(uri)]
+        assert not lost, f"activities point at missing images {lost}"
+        for run_id in alive:
+            for kind, ref in run_rows.files_view(self.engine, run_id).items():
+                assert exists(ref.uri), f"kept run {run_id} lost its {kind}"
+                if kind.startswith("images_map") or kind == "final_jsonl":
+                    for line in iter_jsonl(self.store, ref.uri):
+                        uri = line.get("uri") or (line.get("image") or {}).get("uri")
+                        assert not uri or exists(uri), f"{kind} of kept run {run_id} points at missing {uri}"
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_no_interleaving_loses_a_referenced_or_kept_file(clean_db: str, tmp_path, seed: int) -> None:  # noqa: ANN001
+    model = Model(get_engine(clean_db), LocalStore(tmp_path / "store"), random.Random(seed))
+    operations = [model.run, model.run, model.resume, model.manual_import, model.sweep, model.sweep]
+    for _ in range(STEPS):
+        operation = model.rng.choice(operations)
+        operation()
+        try:
+            model.check()
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\nafter:\n  " + "\n  ".join(model.log)) from None
+    assert any(line.startswith("sweep") for line in model.log) and any("imported" in line for line in model.log)
