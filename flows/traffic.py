@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from prefect.exceptions import UnfinishedRun
 from prefect.futures import PrefectFuture
 from pydantic import BaseModel
 
@@ -46,7 +47,10 @@ class Traffic:
         """Count every submitted call; call this once all futures have finished."""
         pending, self._pending = self._pending, []
         for args, future in pending:
-            result = future.result(raise_on_failure=False)
+            try:
+                result = future.result(raise_on_failure=False)
+            except UnfinishedRun:  # never ran (a step it waited for failed): only its parameters were sent
+                result = None
             self.add(args, None if isinstance(result, BaseException) else result)
 
 
