@@ -305,6 +305,7 @@ class OpenAITestServer(LoopbackServer):
         self._batches: dict[str, _Batch] = {}
         self._window_start, self._window_count = time.monotonic(), 0
         self._chat_calls = 0
+        self._arrivals: list[tuple[float, str, str]] = []
 
     @property
     def base_url(self) -> str:
@@ -378,6 +379,7 @@ class OpenAITestServer(LoopbackServer):
             self._batches.clear()
             self._window_start, self._window_count = time.monotonic(), 0
             self._chat_calls = 0
+            self._arrivals.clear()
 
     def stats(self) -> dict[str, int]:
         """Counters: requests per endpoint (``embeddings``, ``files.create``, ``batches.retrieve``…),
@@ -385,6 +387,12 @@ class OpenAITestServer(LoopbackServer):
         ``injected.<status>``."""
         with self._lock:
             return dict(self._stats)
+
+    def arrivals(self) -> list[tuple[float, str, str]]:
+        """(time.monotonic() on arrival, method, path) of every /v1 request, in order: tests check ordering
+        against this process's clock (the server runs in the test's process)."""
+        with self._lock:
+            return list(self._arrivals)
 
     def file_content(self, file_id: str) -> bytes:
         """The stored bytes of a file (tests inspect what the client uploaded)."""
@@ -428,6 +436,7 @@ class OpenAITestServer(LoopbackServer):
             return
         self._count("requests")
         with self._lock:
+            self._arrivals.append((time.monotonic(), method, path))
             delay = self._config.delay_s if path.startswith(self._config.delay_path) else 0.0
         if delay:
             self._stopping.wait(delay)
