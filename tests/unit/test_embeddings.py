@@ -367,3 +367,13 @@ def test_a_batch_that_ends_part_way_keeps_the_vectors_it_finished(
         vector = rows[act.id].vector
         assert vector is not None and np.array_equal(vector, embedding_vector(embedding_text(act), DIMS))
     assert {rows[a.id].error.split(":")[0] for a in acts[2:]} == {f"batch_{outcome}"}
+
+
+def test_a_request_rate_window_is_waited_out_and_every_vector_arrives(client: openai.OpenAI, oai: OpenAITestServer) -> None:
+    """The stand-in answers 429 with Retry-After once 2 requests were made in its 0.3 s window: the small
+    chunks below make 4 requests, so at least one is refused and retried, and no vector is lost."""
+    oai.configure(rate_limit_requests=2, rate_limit_window_s=0.3)
+    texts = [f"text number {n}" for n in range(8)]
+    vectors = embed_texts(client, texts, model=MODEL, dimensions=DIMS, chunk_size=2)
+    assert oai.stats()["rate_limited"] >= 1 and oai.stats()["embeddings"] >= 5
+    assert all(np.array_equal(v, embedding_vector(t, DIMS)) for v, t in zip(vectors, texts, strict=True))
