@@ -85,17 +85,18 @@ def geocode(activities: list[dict[str, Any]]) -> list[dict[str, Any]]:
     from harvest.stages.geocode import _OncePerAddress
 
     settings = _resources().settings
-    cached = _OncePerAddress(make_geocoder(
+    geocoder = make_geocoder(
         settings.geocoder, base_url=settings.geocoder_url, google_api_key=None, user_agent=settings.user_agent,
         rate_per_second=settings.geocoder_rate_per_second, timeout_s=settings.request_timeout_seconds,
-    ))
+    )
+    cached, asked = _OncePerAddress(), set[str]()
 
     def one(record: dict[str, Any]) -> dict[str, Any]:
         activity = Activity.model_validate(record)
         address = activity.location.formattedAddress
         if not address:
             return {"id": activity.id, "address": None}
-        return {"id": activity.id, **cached(address).model_dump(mode="json")}
+        return {"id": activity.id, **cached.ask(geocoder, address, asked).model_dump(mode="json")}
 
     return list(ordered_map(one, activities, workers=4))
 

@@ -48,6 +48,7 @@ SYNC_CHUNK_INPUTS = 256
 SYNC_CHUNK_CHARS = 400_000
 NOT_READY_STATUSES = {"validating", "in_progress", "finalizing", "cancelling"}
 FAILED_STATUSES = {"failed", "expired", "cancelled"}
+PARTIAL_STATUSES = {"expired", "cancelled"}  # may end with an output file of the lines done before the end
 
 
 def embedding_text(activity: Activity, *, max_chars: int = MAX_TEXT_CHARS) -> str:
@@ -224,7 +225,9 @@ def submit_batch(client: openai.OpenAI, input_path: Path, *, metadata: dict[str,
 
 
 def check_batch(client: openai.OpenAI, batch_id: str) -> BatchResult:
-    """The finished batch, or BatchNotReadyError while it runs, or EmbeddingError if it failed/expired/cancelled."""
+    """The finished batch, or BatchNotReadyError while it runs, or EmbeddingError if it failed, or expired or was
+    cancelled before finishing any line. An expired/cancelled batch with an output file is returned (status
+    says so): its finished vectors are kept."""
     try:
         batch = client.batches.retrieve(batch_id)
     except openai.OpenAIError as exc:
@@ -234,6 +237,13 @@ def check_batch(client: openai.OpenAI, batch_id: str) -> BatchResult:
     progress = f"{request_counts.get('completed', 0)}/{request_counts.get('total', 0)} done" if counts else "no counts"
     if batch.status in NOT_READY_STATUSES:
         raise BatchNotReadyError(f"batch {batch_id} is {batch.status} ({progress})")
+    if batch.status in PARTIAL_STATUSES and batch.output_file_id:
+        # An expired or cancelled batch still delivers what it finished (the API's output file): paid for,
+        # so kept; the rest are lines of its error file and end up as rows without a vector.
+        logger.warning("embeddings: batch %s ended %s (%s); keeping the vectors it finished", batch_id,
+                       batch.status, progress)
+        return BatchResult(batch_id=batch.id, status=batch.status, output_file_id=batch.output_file_id,
+                           error_file_id=batch.error_file_id, request_counts=request_counts)
     if batch.status in FAILED_STATUSES:
         errors = [
             (f"line {e.line}: " if e.line is not None else "") + f"{e.code or 'error'}: {e.message or ''}".strip()

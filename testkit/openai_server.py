@@ -8,11 +8,19 @@ Endpoints (shapes as in the OpenAI API reference):
 
 * ``POST /v1/files`` (multipart ``purpose``, ``file``), ``GET /v1/files``, ``GET /v1/files/{id}``,
   ``GET /v1/files/{id}/content`` (raw bytes), ``DELETE /v1/files/{id}``.
-* ``POST /v1/batches`` → status ``validating``; each ``GET /v1/batches/{id}`` advances it: ``in_progress``
-  until the ``polls_until_complete``-th poll, which finalizes it to the configured outcome (``completed`` with
-  a real Batch-API JSONL output file computed from the input file, error lines in the error file; or
-  ``failed`` / ``expired`` / ``cancelled``). ``POST /v1/batches/{id}/cancel`` → ``cancelling`` (for one
-  more poll) → ``cancelled``.
+* ``POST /v1/batches`` → status ``validating``; each ``GET /v1/batches/{id}`` advances it: ``in_progress``,
+  then ``finalizing`` (``cancelling`` when the outcome is ``cancelled``) for the last ``finalizing_polls``
+  polls, and on the ``polls_until_complete``-th poll the configured outcome: ``completed`` with a real
+  Batch-API JSONL output file computed from the input file (error lines in the error file), ``failed``, or
+  ``expired`` / ``cancelled`` *part-way*: the first ``completed_before_end`` lines (default half) are in the
+  output file, the rest are ``batch_expired`` / ``batch_cancelled`` lines in the error file, as the real API
+  does. ``POST /v1/batches/{id}/cancel`` → ``cancelling`` (for one more poll) → ``cancelled`` (same partial
+  output).
+
+As unkind as the real API by default, where that costs no test time: output and error lines come in shuffled
+order (the API does not keep input order; match by ``custom_id``), the poll before the end says
+``finalizing``, every ``/v1`` answer carries ``x-ratelimit-*`` headers, and chat answers rotate through
+differently shaped but schema-valid JSON (:data:`VALID_CHAT_STYLES`).
 * ``POST /v1/embeddings``: ``input`` str or list, ``encoding_format`` ``float`` or ``base64`` (little-endian
   float32, what the SDK asks for by default), optional ``dimensions``; usage tokens.
 * ``POST /v1/chat/completions`` with ``response_format`` json_schema: a rule-based stand-in "model" (below).
@@ -50,7 +58,14 @@ same JSON keys, ``GET /_testkit/stats``, ``POST /_testkit/reset``). Config keys:
 * ``error_ids``: custom_ids whose batch output line is an error (in the error file);
 * ``wrong_dimension_ids``: custom_ids whose vector has half the requested dimensions;
 * ``delay_s`` (and ``delay_path``, default ``/v1/``): sleep before answering;
-* ``polls_until_complete``, ``dimensions``.
+* ``polls_until_complete``, ``dimensions``;
+* ``finalizing_polls`` (default 1): how many polls before the end say ``finalizing``/``cancelling``;
+* ``shuffle_output`` (default true): output and error file lines in a shuffled order;
+* ``completed_before_end``: lines an ``expired``/``cancelled`` batch finished (default: half, rounded down);
+* ``rate_limit_requests`` (and ``rate_limit_window_s``, default 60): after that many ``/v1`` requests in a
+  window, answer 429 with ``Retry-After`` and ``x-ratelimit-remaining-requests: 0`` until the window ends;
+* ``chat_answers``: a queue of answer shapes for the next chat calls, each a :data:`VALID_CHAT_STYLES` or
+  :data:`INVALID_CHAT_ANSWERS` name; when it is empty, calls rotate through the valid styles.
 
 CLI: ``python -m testkit.openai_server --port P [--dimensions D]`` prints the base URL, runs until SIGTERM.
 """
@@ -61,6 +76,7 @@ import argparse
 import base64
 import hashlib
 import json
+import random
 import re
 import signal
 import sys
@@ -78,6 +94,12 @@ from testkit.geocoder_server import parse_address
 from testkit.loopback import LoopbackHandler, LoopbackServer
 
 BATCH_OUTCOMES = ("completed", "failed", "expired", "cancelled")
+# Schema-valid answers a real model gives in different shapes: the lenient validation must read them all alike.
+VALID_CHAT_STYLES = ("compact", "pretty", "reordered", "padded", "blank_strings", "null_tags",
+                     "lowercase_country", "escaped_unicode")
+# Answers a real API can give that are not usable: each must become one clear ExtractionError.
+INVALID_CHAT_ANSWERS = ("invalid_json", "no_activities", "activities_not_list", "nameless_item", "truncated",
+                        "refusal", "empty")
 FILE_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
 LABELS = ("activity", "where", "when", "about", "tags", "image")
 
@@ -210,6 +232,12 @@ class _Config:
     delay_path: str = "/v1/"
     polls_until_complete: int = 2
     dimensions: int = 1536
+    finalizing_polls: int = 1
+    shuffle_output: bool = True
+    completed_before_end: int | None = None
+    rate_limit_requests: int | None = None
+    rate_limit_window_s: float = 60.0
+    chat_answers: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -237,6 +265,7 @@ class _Batch:
     status: str = "validating"
     polls: int = 0
     cancel_poll: int = 0
+    cancel_requested: bool = False
     output_file_id: str | None = None
     error_file_id: str | None = None
     errors: list[dict[str, Any]] | None = None
@@ -274,6 +303,9 @@ class OpenAITestServer(LoopbackServer):
         self._stats: Counter[str] = Counter()
         self._files: dict[str, _File] = {}
         self._batches: dict[str, _Batch] = {}
+        self._window_start, self._window_count = time.monotonic(), 0
+        self._chat_calls = 0
+        self._arrivals: list[tuple[float, str, str]] = []
 
     @property
     def base_url(self) -> str:
@@ -288,12 +320,17 @@ class OpenAITestServer(LoopbackServer):
         """Apply config keys (module docstring); the same JSON ``POST /_testkit/config`` takes."""
         settings = {**(config or {}), **kwargs}
         known = {"fail", "batch_outcome", "error_ids", "wrong_dimension_ids", "delay_s", "delay_path",
-                 "polls_until_complete", "dimensions"}
+                 "polls_until_complete", "dimensions", "finalizing_polls", "shuffle_output", "completed_before_end",
+                 "rate_limit_requests", "rate_limit_window_s", "chat_answers"}
         unknown = set(settings) - known
         if unknown:
             raise ValueError(f"unknown config keys: {sorted(unknown)}")
         if "batch_outcome" in settings and settings["batch_outcome"] not in BATCH_OUTCOMES:
             raise ValueError(f"batch_outcome must be one of {BATCH_OUTCOMES}, got {settings['batch_outcome']!r}")
+        answers = list(settings.get("chat_answers", []))
+        bad = [a for a in answers if a not in VALID_CHAT_STYLES + INVALID_CHAT_ANSWERS]
+        if bad:
+            raise ValueError(f"unknown chat answers {bad}: use {VALID_CHAT_STYLES + INVALID_CHAT_ANSWERS}")
         fail = settings.get("fail", [])
         rules = [FailureRule(**rule) for rule in ([fail] if isinstance(fail, dict) else fail)]
         with self._lock:
@@ -313,6 +350,20 @@ class OpenAITestServer(LoopbackServer):
                 c.polls_until_complete = int(settings["polls_until_complete"])
             if "dimensions" in settings:
                 c.dimensions = int(settings["dimensions"])
+            if "finalizing_polls" in settings:
+                c.finalizing_polls = max(0, int(settings["finalizing_polls"]))
+            if "shuffle_output" in settings:
+                c.shuffle_output = bool(settings["shuffle_output"])
+            if "completed_before_end" in settings:
+                value = settings["completed_before_end"]
+                c.completed_before_end = None if value is None else max(0, int(value))
+            if "rate_limit_requests" in settings:
+                value = settings["rate_limit_requests"]
+                c.rate_limit_requests = None if value is None else max(1, int(value))
+                self._window_start, self._window_count = time.monotonic(), 0
+            if "rate_limit_window_s" in settings:
+                c.rate_limit_window_s = float(settings["rate_limit_window_s"])
+            c.chat_answers.extend(answers)
 
     def fail_next(self, path: str = "/v1/", count: int = 1, *, status: int = 500,
                   retry_after: float | None = None) -> None:
@@ -326,6 +377,9 @@ class OpenAITestServer(LoopbackServer):
             self._stats.clear()
             self._files.clear()
             self._batches.clear()
+            self._window_start, self._window_count = time.monotonic(), 0
+            self._chat_calls = 0
+            self._arrivals.clear()
 
     def stats(self) -> dict[str, int]:
         """Counters: requests per endpoint (``embeddings``, ``files.create``, ``batches.retrieve``…),
@@ -333,6 +387,12 @@ class OpenAITestServer(LoopbackServer):
         ``injected.<status>``."""
         with self._lock:
             return dict(self._stats)
+
+    def arrivals(self) -> list[tuple[float, str, str]]:
+        """(time.monotonic() on arrival, method, path) of every /v1 request, in order: tests check ordering
+        against this process's clock (the server runs in the test's process)."""
+        with self._lock:
+            return list(self._arrivals)
 
     def file_content(self, file_id: str) -> bytes:
         """The stored bytes of a file (tests inspect what the client uploaded)."""
@@ -376,6 +436,7 @@ class OpenAITestServer(LoopbackServer):
             return
         self._count("requests")
         with self._lock:
+            self._arrivals.append((time.monotonic(), method, path))
             delay = self._config.delay_s if path.startswith(self._config.delay_path) else 0.0
         if delay:
             self._stopping.wait(delay)
@@ -395,9 +456,16 @@ class OpenAITestServer(LoopbackServer):
                        else "Incorrect API key provided.")
             req.send_json(401, _openai_error(message, code=None if not token else "invalid_api_key"))
             return
+        limits, wait_s = self._rate_limit()
+        if wait_s is not None:
+            self._count("rate_limited")
+            req.send_json(429, _openai_error("Rate limit reached for requests (testkit rate_limit_requests).",
+                                             "requests", code="rate_limit_exceeded"),
+                          {**limits, "Retry-After": f"{wait_s:.3f}", "retry-after-ms": str(int(wait_s * 1000))})
+            return
         rule = self._take_failure(path)
         if rule is not None:
-            headers: dict[str, str] = {}
+            headers: dict[str, str] = dict(limits)
             if rule.status == 429:
                 headers["Retry-After"] = f"{1.0 if rule.retry_after is None else rule.retry_after:g}"
                 error = _openai_error("Rate limit reached for requests (testkit injected).", "requests",
@@ -413,12 +481,36 @@ class OpenAITestServer(LoopbackServer):
             handler = getattr(self, "_" + name.replace(".", "_"))
             status, payload, *rest = handler(req, body, **match.groupdict())
         except _ApiError as exc:
-            req.send_json(exc.status, _openai_error(exc.message, param=exc.param, code=exc.code))
+            req.send_json(exc.status, _openai_error(exc.message, param=exc.param, code=exc.code), limits)
             return
         if isinstance(payload, bytes):
-            req.send_bytes(status, payload, rest[0] if rest else "application/octet-stream")
+            req.send_bytes(status, payload, rest[0] if rest else "application/octet-stream", limits)
         else:
-            req.send_json(status, payload)
+            req.send_json(status, payload, limits)
+
+    def _rate_limit(self) -> tuple[dict[str, str], float | None]:
+        """The ``x-ratelimit-*`` headers every answer carries, and the seconds to wait when over the limit.
+
+        One fixed window of ``rate_limit_window_s``; without ``rate_limit_requests`` the headers show a limit
+        of 10,000 that is never enforced (what a client sees from the real API on a quiet account)."""
+        with self._lock:
+            c = self._config
+            now = time.monotonic()
+            if now - self._window_start >= c.rate_limit_window_s:
+                self._window_start, self._window_count = now, 0
+            self._window_count += 1
+            limit = c.rate_limit_requests or 10_000
+            reset_s = max(0.001, c.rate_limit_window_s - (now - self._window_start))
+            headers = {
+                "x-ratelimit-limit-requests": str(limit),
+                "x-ratelimit-remaining-requests": str(max(0, limit - self._window_count)),
+                "x-ratelimit-reset-requests": f"{reset_s:.3f}s",
+                "x-ratelimit-limit-tokens": "5000000",
+                "x-ratelimit-remaining-tokens": "5000000",
+                "x-ratelimit-reset-tokens": "0s",
+            }
+            over = c.rate_limit_requests is not None and self._window_count > c.rate_limit_requests
+            return headers, (reset_s if over else None)
 
     # -- files -----------------------------------------------------------------------------------------
     def _get_file(self, file_id: str) -> _File:
@@ -511,15 +603,26 @@ class OpenAITestServer(LoopbackServer):
         batch = self._get_batch(id)
         with self._lock:
             now = int(time.time())
-            if batch.status == "cancelling":
+            c = self._config
+            if batch.cancel_requested and batch.status == "cancelling":
                 batch.polls += 1
                 if batch.polls > batch.cancel_poll:  # cancelling is seen by one poll, then it is cancelled
-                    batch.status = "cancelled"
-                    batch.times["cancelled_at"] = now
-            elif batch.status in ("validating", "in_progress"):
+                    self._finalize(batch, "cancelled")
+            elif batch.status in ("validating", "in_progress", "finalizing", "cancelling"):
                 batch.polls += 1
-                if batch.polls >= self._config.polls_until_complete:
-                    self._finalize(batch, self._config.batch_outcome)
+                if batch.polls >= c.polls_until_complete:
+                    self._finalize(batch, c.batch_outcome)
+                elif batch.polls >= c.polls_until_complete - c.finalizing_polls:
+                    # The last polls before the end: finalizing (or cancelling) costs no extra poll.
+                    batch.times.setdefault("in_progress_at", now)
+                    batch.counts["total"] = sum(1 for raw in self._files[batch.input_file_id].data.splitlines()
+                                                if raw.strip())
+                    if c.batch_outcome == "cancelled":
+                        batch.status = "cancelling"
+                        batch.times.setdefault("cancelling_at", now)
+                    else:
+                        batch.status = "finalizing"
+                        batch.times.setdefault("finalizing_at", now)
                 else:
                     batch.status = "in_progress"
                     batch.times.setdefault("in_progress_at", now)
@@ -532,7 +635,8 @@ class OpenAITestServer(LoopbackServer):
         with self._lock:
             if batch.status in ("completed", "failed", "expired", "cancelled"):
                 raise _ApiError(400, f"Cannot cancel a batch with status '{batch.status}'.")
-            if batch.status != "cancelling":
+            if not batch.cancel_requested:
+                batch.cancel_requested = True
                 batch.status = "cancelling"
                 batch.cancel_poll = batch.polls + 1
                 batch.times["cancelling_at"] = int(time.time())
@@ -553,18 +657,19 @@ class OpenAITestServer(LoopbackServer):
             batch.errors = [{"code": "testkit_injected_failure", "message": "The batch failed (testkit injected).",
                              "param": None, "line": None}]
             return
-        if outcome == "cancelled":
-            batch.status = "cancelled"
-            batch.times["cancelling_at"] = batch.times["cancelled_at"] = now
-            return
         outputs: list[bytes] = []
         errors: list[bytes] = []
-        for request in lines:
-            if outcome == "expired":
+        # An expired or cancelled batch ends part-way: the lines it finished are in the output file.
+        finished = len(lines)
+        if outcome in ("expired", "cancelled"):
+            wanted = self._config.completed_before_end
+            finished = min(len(lines), len(lines) // 2 if wanted is None else wanted)
+        for number, request in enumerate(lines):
+            if number >= finished:
+                message = ("This request could not be executed before the completion window expired."
+                           if outcome == "expired" else "This request was not executed: the batch was cancelled.")
                 record = {"id": _new_id("batch_req_"), "custom_id": request["custom_id"], "response": None,
-                          "error": {"code": "batch_expired",
-                                    "message": "This request could not be executed before the completion window "
-                                               "expired."}}
+                          "error": {"code": f"batch_{outcome}", "message": message}}
                 errors.append(json.dumps(record).encode())
                 continue
             status, response_body = self._batch_embedding(request)
@@ -574,14 +679,22 @@ class OpenAITestServer(LoopbackServer):
                       "error": None}
             (outputs if status == 200 else errors).append(json.dumps(record).encode())
         batch.counts["completed"], batch.counts["failed"] = len(outputs), len(errors)
+        if self._config.shuffle_output:  # the real API does not promise input order
+            shuffler = random.Random(batch.id)
+            shuffler.shuffle(outputs)
+            shuffler.shuffle(errors)
         if outputs:
             batch.output_file_id = self._store_output(batch, "output", outputs).id
         if errors:
             batch.error_file_id = self._store_output(batch, "error", errors).id
-        batch.times["finalizing_at"] = now
         if outcome == "expired":
             batch.status, batch.times["expired_at"] = "expired", now
+        elif outcome == "cancelled":
+            batch.status = "cancelled"
+            batch.times.setdefault("cancelling_at", now)
+            batch.times["cancelled_at"] = now
         else:
+            batch.times.setdefault("finalizing_at", now)
             batch.status, batch.times["completed_at"] = "completed", now
 
     def _store_output(self, batch: _Batch, kind: str, lines: list[bytes]) -> _File:
@@ -686,16 +799,73 @@ class OpenAITestServer(LoopbackServer):
                                 param="response_format")
         user_text = "\n".join(_message_text(m) for m in messages if isinstance(m, dict) and m.get("role") == "user")
         all_text = "\n".join(_message_text(m) for m in messages if isinstance(m, dict))
-        content = json.dumps({"activities": extract_labelled_activities(user_text)}, ensure_ascii=False)
-        prompt_tokens, completion_tokens = count_tokens(all_text), count_tokens(content)
+        with self._lock:
+            c = self._config
+            shape = c.chat_answers.pop(0) if c.chat_answers else VALID_CHAT_STYLES[self._chat_calls % len(
+                VALID_CHAT_STYLES)]
+            self._chat_calls += 1
+        self._count(f"chat.{shape}")
+        content, finish_reason, refusal = chat_answer(extract_labelled_activities(user_text), shape)
+        prompt_tokens, completion_tokens = count_tokens(all_text), count_tokens(content or refusal or "")
         return 200, {
             "id": _new_id("chatcmpl-"), "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
-                         "message": {"role": "assistant", "content": content, "refusal": None, "annotations": []}}],
+            "choices": [{"index": 0, "finish_reason": finish_reason, "logprobs": None,
+                         "message": {"role": "assistant", "content": content, "refusal": refusal,
+                                     "annotations": []}}],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},
             "system_fingerprint": "fp_testkit",
         }
+
+
+def _restyle(value: Any, style: str) -> Any:
+    """The same answer in another schema-valid shape (see VALID_CHAT_STYLES)."""
+    if isinstance(value, dict):
+        # blank_strings: a missing *string* field as "" (location and tags keep their null)
+        items = [(key, "" if item is None and style == "blank_strings" and key not in ("location", "tags")
+                  else _restyle(item, style)) for key, item in value.items()]
+        if style == "reordered":
+            items.reverse()
+        out = dict(items)
+        if style == "null_tags" and out.get("tags") == []:
+            out["tags"] = None
+        if style == "lowercase_country" and isinstance(out.get("country_code"), str):
+            out["country_code"] = out["country_code"].lower()
+        return out
+    if isinstance(value, list):
+        return [_restyle(item, style) for item in value]
+    if isinstance(value, str) and style == "padded":
+        return f"  {value}\n "
+    return value
+
+
+def chat_answer(activities: list[dict[str, Any]], shape: str) -> tuple[str | None, str, str | None]:
+    """(content, finish_reason, refusal) of a chat answer listing `activities` in the given shape.
+
+    Valid shapes carry the same activities (every schema field present, as strict structured outputs
+    guarantee) written differently; invalid ones are what a real API can still return."""
+    if shape in VALID_CHAT_STYLES:
+        answer = {"activities": [_restyle(a, shape) for a in activities]}
+        if shape == "pretty":
+            return json.dumps(answer, indent=2, ensure_ascii=False), "stop", None
+        return json.dumps(answer, ensure_ascii=shape == "escaped_unicode"), "stop", None
+    full = json.dumps({"activities": activities}, ensure_ascii=False)
+    if shape == "invalid_json":
+        return full[: max(1, len(full) // 2)], "stop", None
+    if shape == "truncated":  # cut at max_tokens: the content stops mid-string
+        return full[: max(1, len(full) // 2)], "length", None
+    if shape == "no_activities":
+        return json.dumps({"results": activities}), "stop", None
+    if shape == "activities_not_list":
+        return json.dumps({"activities": activities[0] if activities else {}}), "stop", None
+    if shape == "nameless_item":
+        nameless = {**(activities[0] if activities else {}), "name": None}
+        return json.dumps({"activities": [nameless, *activities]}), "stop", None
+    if shape == "refusal":
+        return None, "stop", "I'm sorry, I can't help with that request."
+    if shape == "empty":
+        return "", "stop", None
+    raise ValueError(f"unknown chat answer shape {shape!r}")
 
 
 def _message_text(message: dict[str, Any]) -> str:

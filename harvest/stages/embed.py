@@ -173,6 +173,10 @@ def collect_embeddings(
                 matrix.write_rows(iter_batch_results(client, finished, dimensions=dimensions), rows) if finished else {}
             )
             missing = matrix.missing  # NaN rows: never written
+        if finished is not None and finished.status != "completed":
+            done = finished.request_counts.get("completed", 0)
+            result.warn(f"batch {finished.batch_id} ended {finished.status} after {done} of "
+                        f"{finished.request_counts.get('total', 0)} lines: kept those vectors, the rest have none")
         for key, error in failures.items():
             if key not in rows:
                 result.warn(f"batch output line {key!r} not used: {error}")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator
+from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -18,34 +19,52 @@ from harvest.storage.keys import run_key
 
 
 class _OncePerAddress:
-    """Each distinct address is sent to the geocoder once, even when several threads ask at the same time."""
+    """Each distinct address is sent to the geocoder once, even when several threads ask at the same time.
 
-    def __init__(self, geocoder: Geocoder) -> None:
-        self.geocoder = geocoder
+    One per run and provider in this process (:func:`_book_for`), shared by the run's chunks: chunks run
+    side by side, so the `geocode_cache` rows one chunk writes when it ends come too late for the others,
+    and an address that appears in several chunks would otherwise be asked once per chunk.
+    """
+
+    def __init__(self) -> None:
         self.results: dict[str, Geocode] = {}
         self.locks: dict[str, threading.Lock] = {}
         self.guard = threading.Lock()
-        self.calls = 0
 
-    def __call__(self, address: str) -> Geocode:
+    def ask(self, geocoder: Geocoder, address: str, asked: set[str]) -> Geocode:
+        """The answer for `address`, calling `geocoder` only if no chunk has yet; `asked` collects the calls."""
         key = normalize_address(address)
         with self.guard:
             lock = self.locks.setdefault(key, threading.Lock())
         with lock:
             if key not in self.results:
-                self.results[key] = self.geocoder.geocode(address)
-                self.calls += 1
+                self.results[key] = geocoder.geocode(address)
+                asked.add(key)
             return self.results[key]
 
 
-def _preload(cached: _OncePerAddress, records: Iterable[dict[str, Any]], engine: Engine, provider: str) -> set[str]:
+# Answer books of the last few runs: a run's chunks overlap in time, runs rarely do; a bound keeps a
+# long-lived worker's memory flat (a book holds one small Geocode per distinct address of its run).
+_BOOKS: OrderedDict[tuple[str, str], _OncePerAddress] = OrderedDict()
+_BOOKS_GUARD = threading.Lock()
+MAX_BOOKS = 8
+
+
+def _book_for(run_id: str, provider: str) -> _OncePerAddress:
+    with _BOOKS_GUARD:
+        book = _BOOKS.get((run_id, provider))
+        if book is None:
+            book = _BOOKS[(run_id, provider)] = _OncePerAddress()
+            while len(_BOOKS) > MAX_BOOKS:
+                _BOOKS.popitem(last=False)
+        else:
+            _BOOKS.move_to_end((run_id, provider))
+        return book
+
+
+def _preload(cached: _OncePerAddress, keys: set[str], engine: Engine, provider: str) -> set[str]:
     """Put every address this provider answered in an earlier run into `cached`: no call for those."""
-    keys = {
-        normalize_address(address)
-        for record in records
-        if (address := (record.get("location") or {}).get("formattedAddress"))
-    }
-    hits = cached_geocodes(engine, provider, keys)
+    hits = cached_geocodes(engine, provider, keys - set(cached.results))
     cached.results.update({key: Geocode.model_validate(value) for key, value in hits.items()})
     return set(hits)
 
@@ -67,8 +86,14 @@ def geocode_addresses(
     def records() -> Iterator[dict[str, Any]]:
         return chunk.records(store, standardized.uri)
 
-    cached = _OncePerAddress(geocoder)
-    reused = _preload(cached, records(), *cache) if cache else set()
+    keys = {
+        normalize_address(address)
+        for record in records()
+        if (address := (record.get("location") or {}).get("formattedAddress"))
+    }
+    cached = _book_for(run_id, cache[1] if cache else type(geocoder).__name__)
+    reused = _preload(cached, keys, *cache) if cache else set()
+    asked: set[str] = set()  # the addresses this chunk sent to the geocoder
 
     answers: dict[str, dict[str, object]] = {}  # normalized address → its map fields, dumped once
 
@@ -85,7 +110,7 @@ def geocode_addresses(
 
     def one(record: dict[str, Any]) -> dict[str, object]:
         address = record["location"]["formattedAddress"]
-        return {"id": record["id"], **cached(address).model_dump(mode="json")}
+        return {"id": record["id"], **cached.ask(geocoder, address, asked).model_dump(mode="json")}
 
     def activities() -> Iterator[dict[str, Any]]:
         for record in records():
@@ -111,11 +136,11 @@ def geocode_addresses(
     result.files.append(ref)
     if cache:
         fresh = {
-            key: geocode.model_dump(mode="json") for key, geocode in cached.results.items()
-            if key not in reused and is_settled(geocode)
+            key: geocode.model_dump(mode="json") for key in asked
+            if is_settled(geocode := cached.results[key])
         }
         store_geocodes(cache[0], cache[1], fresh)
-    result.stats.details["geocoder_calls"] = cached.calls
+    result.stats.details["geocoder_calls"] = len(asked)
     result.stats.details["geocode_cache_hits"] = len(reused)
-    result.stats.details["distinct_addresses"] = len(cached.results)
+    result.stats.details["distinct_addresses"] = len(keys)
     return result

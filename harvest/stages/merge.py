@@ -49,10 +49,9 @@ def merge_enrichments(
     result = StageResult()
 
     def merged() -> Iterator[dict[str, Any]]:
-        streams = zip(
-            iter_jsonl(store, standardized.uri), _lines(store, images), _lines(store, geocodes),
-            _lines(store, embeddings_index),
-        )
+        maps = {"images_map": _lines(store, images), "geocoded_map": _lines(store, geocodes),
+                "embeddings_index": _lines(store, embeddings_index)}
+        streams = zip(iter_jsonl(store, standardized.uri), *maps.values())
         for activity, image, geocode, embedding in streams:
             result.stats.items_in += 1
             activity_id = activity["id"]
@@ -65,6 +64,13 @@ def merge_enrichments(
                 "geocode": geocode if geocode and geocode.get("latitude") is not None else None,
                 "embedding_row": embedding["row"] if embedding and embedding.get("ok") else None,
             }
+        # zip stops at standardized.jsonl's end (its first stream, so no map line was consumed past it): a map
+        # with lines left over was made from other input, as out of step as one with a line missing.
+        for kind, ref in (("images_map", images), ("geocoded_map", geocodes), ("embeddings_index", embeddings_index)):
+            if ref is not None and next(maps[kind], None) is not None:
+                raise StorageError(
+                    f"{kind} has a line more than standardized.jsonl ({result.stats.items_in} activities)"
+                )
 
     with timed(result.stats):
         ref = write_jsonl(store, run_key(run_id, "merged", "jsonl"), "merged", merged())

@@ -181,8 +181,29 @@ def test_sweep_cli_reconciles_and_expires_and_dry_run_changes_nothing(harvest_en
     assert states.pop("digest") == "present" and set(states.values()) == {"expired"}
 
 
+_GATE_CHILD = """
+import sys, time
+from flows.limits import geocoder_gate
+gate = geocoder_gate()
+assert gate is not None, "the child does not see the shared limit"
+print("ready", flush=True)
+sys.stdin.readline()
+for _ in range(int(sys.argv[1])):
+    gate()
+    print(time.time(), flush=True)
+"""
+
+
 def test_the_shared_geocoder_rate_limit_spaces_calls_across_processes(harvest_env) -> None:
+    """Two processes (this one and a child on the same Prefect API) take the geocoder gate at the same time:
+    their calls together are spaced by the one rate. Each process alone at that rate would take half as long."""
+    import os
+    import subprocess
+    import sys
+    import threading
+
     from prefect import get_client
+    from prefect.server.api.server import SubprocessASGIServer
 
     from blocks.register import register_limits
     from flows.limits import GEOCODER_LIMIT, OPENAI_LIMIT, geocoder_gate, openai_slot
@@ -196,43 +217,74 @@ def test_the_shared_geocoder_rate_limit_spaces_calls_across_processes(harvest_en
                 pass
     assert geocoder_gate() is None, "no limit configured: no API round trip per call"
 
-    done = register_limits(HarvestSettings(geocoder_rate_per_second=5, openai_max_concurrent=2))
+    rate, calls = 5.0, 4
+    done = register_limits(HarvestSettings(geocoder_rate_per_second=rate, openai_max_concurrent=2))
     assert [(r.slug, r.action) for r in done] == [
         (f"global-concurrency-limit/{GEOCODER_LIMIT}", "created"), (f"global-concurrency-limit/{OPENAI_LIMIT}", "created"),
     ]
+    api_url = SubprocessASGIServer().api_url  # the ephemeral API this process started: the child shares it
+    child = subprocess.Popen(
+        [sys.executable, "-c", _GATE_CHILD, str(calls)], env={**os.environ, "PREFECT_API_URL": api_url},
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
     try:
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline().strip() == "ready", child.stderr.read() if child.stderr else ""
         gate = geocoder_gate()
         assert gate is not None
-        started = time.monotonic()
-        for _ in range(6):
-            gate()
-        assert time.monotonic() - started >= 0.8, "6 calls at 5/s take at least a second minus one slot"
+        mine: list[float] = []
+
+        def take() -> None:
+            for _ in range(calls):
+                gate()
+                mine.append(time.time())
+
+        here = threading.Thread(target=take)
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        here.start()
+        here.join()
+        theirs = [float(line) for line in child.stdout.read().split()]
+        assert child.wait(120) == 0 and len(theirs) == calls
+        stamps = sorted(mine + theirs)
+        # 2 × calls through one gate at `rate`/s span at least (2 × calls − 1)/rate s, less one slot of slack;
+        # two separate limits would let both processes finish in (calls − 1)/rate s.
+        assert stamps[-1] - stamps[0] >= (2 * calls - 2) / rate, [round(t - stamps[0], 3) for t in stamps]
         with openai_slot():
             with get_client(sync_client=True) as client:
                 assert client.read_global_concurrency_limit_by_name(OPENAI_LIMIT).active_slots == 1
-        again = register_limits(HarvestSettings(geocoder_rate_per_second=5, openai_max_concurrent=2))
+        again = register_limits(HarvestSettings(geocoder_rate_per_second=rate, openai_max_concurrent=2))
         assert {r.action for r in again} == {"updated"}
     finally:
+        if child.poll() is None:
+            child.kill()
         with get_client(sync_client=True) as client:
             for name in (GEOCODER_LIMIT, OPENAI_LIMIT):
                 client.delete_global_concurrency_limit_by_name(name)
 
 
-def test_the_dask_task_runner_runs_the_whole_flow(harvest_env, demo_site, monkeypatch) -> None:
+def test_the_dask_task_runner_runs_the_whole_flow(harvest_env, demo_site, tmp_path) -> None:
+    """HARVEST_TASK_RUNNER=dask chosen the way a worker chooses it: from the environment of a fresh process
+    (the flow's runner is fixed when flows.scrape is imported), through the installed CLI."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, **harvest_env, "HARVEST_TASK_RUNNER": "dask", "PREFECT_HOME": str(tmp_path / "prefect"),
+           "PREFECT_LOGGING_LEVEL": "INFO"}
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "harvest"), "scrape", demo_site.base_url + "/", "--max-pages", "20",
+         "--max-extractions", "6", "--json"], env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    # prefect-dask says so when it starts the local cluster the flow's tasks then run on.
+    assert "Creating a new Dask cluster with `distributed.deploy.local.LocalCluster`" in done.stderr, done.stderr[-3000:]
+    summary = json.loads(done.stdout)
+    assert summary["status"] == "completed" and summary["activities_processed"] > 0
+    assert summary["files"]["final_jsonl"]["records"] == summary["activities_processed"]
     from blocks.storage import resolve_store
-    from flows.runners import make_task_runner
-    from flows.scrape import scrape_website
     from harvest.settings import get_settings
 
-    monkeypatch.setenv("HARVEST_TASK_RUNNER", "dask")
-    get_settings.cache_clear()
-    task_runner = make_task_runner(get_settings())
-    assert type(task_runner).__name__ == "DaskTaskRunner"
-    state = scrape_website.with_options(task_runner=task_runner)(
-        url=demo_site.base_url + "/", config=RunConfig(max_pages=20, max_extractions=6), return_state=True
-    )
-    assert state.is_completed(), state.message
-    summary = state.result()
-    assert summary.activities_processed > 0 and summary.files["final_jsonl"].records == summary.activities_processed
-    final = list(iter_jsonl(resolve_store(get_settings()), summary.files["final_jsonl"].uri))
+    final = list(iter_jsonl(resolve_store(get_settings()), summary["files"]["final_jsonl"]["uri"]))
+    assert len(final) == summary["activities_processed"]
     assert all(r["embedding"] for r in final) and any(r["location"]["latitude"] for r in final)

@@ -53,7 +53,12 @@ def test_no_secret_in_rows_files_prefect_logs_artifacts_or_captured_output(
         assert state.is_completed(), state.message
         summary = state.result()
         assert summary.activities_processed > 0
-        assert openai.stats().get("embeddings.batches.created", 1) and geocoder.stats()  # the keys were used
+        # The keys were really used: both stand-ins refuse any other value (a wrong OpenAI key is a 401, a
+        # wrong Google key a REQUEST_DENIED without results), and here every call was let in and answered.
+        openai_stats, geocoder_stats = openai.stats(), geocoder.stats()
+        assert openai_stats.get("unauthorized", 0) == 0, openai_stats
+        assert openai_stats["batches.create"] == 1 and openai_stats["batches.lines"] > 0, openai_stats
+        assert geocoder_stats["results"] > 0, geocoder_stats
     run_id = summary.run_id
 
     # The database: the run row (config, warnings, errors, steps), its files, the imported activities.
@@ -62,6 +67,9 @@ def test_no_secret_in_rows_files_prefect_logs_artifacts_or_captured_output(
         rows = [dict(r) for table in (scrape_runs, run_files, activities)
                 for r in connection.execute(sa.select(table)).mappings()]
     assert rows and _hits(json.dumps(rows, default=str)) == []
+    imported = [r for r in rows if "embedding" in r and "dedupe_key" in r]
+    assert imported and all(r["embedding"] for r in imported), "every imported activity has its vector"
+    assert any(r["latitude"] is not None for r in imported), "the Google geocoder answered with the right key"
 
     # Every object in the bucket: run files, Prefect's persisted task results, images.
     bucket = harvest_env["HARVEST_BUCKET"]

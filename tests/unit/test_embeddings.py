@@ -132,12 +132,13 @@ def test_batch_happy_path_gives_each_activity_its_deterministic_vector(
     acts = [activity(n) for n in range(5)]
     handle = submit_batch(client, batch_file(tmp_path, acts), metadata={"harvest_run_id": "run-1"})
     assert oai.file_content(handle.input_file_id) == (tmp_path / "input.jsonl").read_bytes()
-    with pytest.raises(BatchNotReadyError, match="in_progress"):
+    with pytest.raises(BatchNotReadyError, match="finalizing"):
         check_batch(client, handle.batch_id)
     result = check_batch(client, handle.batch_id)
     assert result.status == "completed" and result.error_file_id is None
     assert result.request_counts == {"total": 5, "completed": 5, "failed": 0}
-    rows = list(iter_batch_results(client, result, dimensions=DIMS))
+    rows = sorted(iter_batch_results(client, result, dimensions=DIMS), key=lambda r: r.custom_id or "")
+    acts = sorted(acts, key=lambda a: a.id)  # the output file is in no particular order, like the API's
     assert [r.custom_id for r in rows] == [a.id for a in acts]
     for row, act in zip(rows, acts, strict=True):
         assert row.error is None and row.vector is not None and row.vector.dtype == np.float32
@@ -352,3 +353,31 @@ def test_matrix_file_is_the_same_npy_a_memory_map_writes_and_reads_back_in_chunk
     np.save(tmp_path / "f8.npy", np.zeros((2, 2)))
     with pytest.raises(ValueError, match="float32"):
         EmbeddingReader(tmp_path / "f8.npy")
+
+
+@pytest.mark.parametrize("outcome", ["expired", "cancelled"])
+def test_a_batch_that_ends_part_way_keeps_the_vectors_it_finished(
+    tmp_path: Path, client: openai.OpenAI, oai: OpenAITestServer, outcome: str
+) -> None:
+    """The API delivers the lines an expired or cancelled batch finished in its output file: paid for, kept."""
+    oai.configure(batch_outcome=outcome, completed_before_end=2, polls_until_complete=1)
+    acts = [activity(n) for n in range(4)]
+    handle = submit_batch(client, batch_file(tmp_path, acts), metadata={})
+    result = check_batch(client, handle.batch_id)
+    assert result.status == outcome and result.request_counts == {"total": 4, "completed": 2, "failed": 2}
+    rows = {row.custom_id: row for row in iter_batch_results(client, result, dimensions=DIMS)}
+    assert set(rows) == {a.id for a in acts}
+    for act in acts[:2]:  # the input file's first lines are the ones finished before the end
+        vector = rows[act.id].vector
+        assert vector is not None and np.array_equal(vector, embedding_vector(embedding_text(act), DIMS))
+    assert {rows[a.id].error.split(":")[0] for a in acts[2:]} == {f"batch_{outcome}"}
+
+
+def test_a_request_rate_window_is_waited_out_and_every_vector_arrives(client: openai.OpenAI, oai: OpenAITestServer) -> None:
+    """The stand-in answers 429 with Retry-After once 2 requests were made in its 0.3 s window: the small
+    chunks below make 4 requests, so at least one is refused and retried, and no vector is lost."""
+    oai.configure(rate_limit_requests=2, rate_limit_window_s=0.3)
+    texts = [f"text number {n}" for n in range(8)]
+    vectors = embed_texts(client, texts, model=MODEL, dimensions=DIMS, chunk_size=2)
+    assert oai.stats()["rate_limited"] >= 1 and oai.stats()["embeddings"] >= 5
+    assert all(np.array_equal(v, embedding_vector(t, DIMS)) for v, t in zip(vectors, texts, strict=True))

@@ -346,7 +346,7 @@ def test_deeply_nested_json_does_not_crash() -> None:
     started = time.monotonic()
     found = extract_structured(html, URL)
     assert [a.name for a in found] == ["Shallow"]  # nesting beyond the depth cap is not followed
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 60  # a generous cap: following the nesting would not end
 
 
 @pytest.mark.parametrize("levels", [200, 5_000])
@@ -361,7 +361,7 @@ def test_deeply_nested_markup_does_not_crash(levels: int) -> None:
     )
     started = time.monotonic()
     names = [a.name for a in extract_structured(html, URL)]
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 60
     # libxml2 stops building the tree past ~255 levels: deeper (hostile) markup yields nothing, not a crash.
     assert names == (["Deep", "Top Park"] if levels == 200 else [])
 
@@ -387,7 +387,7 @@ def test_huge_lists_and_pages_are_bounded() -> None:
     padding = "<p>" + "x" * (MAX_HTML_CHARS + 1_000) + "</p>"
     big = jsonld({"@context": "https://schema.org", "@type": "Event", "name": "Early"}, body=padding)
     assert [a.name for a in extract_structured(big, URL)] == ["Early"]
-    assert time.monotonic() - started < 15
+    assert time.monotonic() - started < 120
 
 
 @pytest.mark.parametrize(
@@ -519,7 +519,7 @@ def test_text_helpers() -> None:
     started = time.monotonic()
     strip_markup("<script>" * 200_000)  # unclosed openers: one linear pass, not quadratic
     strip_markup("<a " * 300_000)
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 60  # quadratic work on 200,000 openers would take far longer
 
 
 # --- page text and the render heuristic ------------------------------------------------------------------

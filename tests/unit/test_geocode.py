@@ -105,7 +105,8 @@ def test_retry_after_is_honoured_and_capped(geo: GeocoderTestServer) -> None:
     assert result.error is None
     arrivals = [r["at"] for r in geo.requests_seen()]
     assert arrivals[1] - arrivals[0] >= 0.19  # asked 0.3 s, capped at 0.2 s
-    assert arrivals[2] - arrivals[1] >= 0.19 and elapsed < 2  # asked 60 s, capped at 0.2 s
+    # asked 60 s, capped at 0.2 s: a generous cap that only an uncapped 60 s wait would break
+    assert arrivals[2] - arrivals[1] >= 0.19 and elapsed < 30
 
 
 def test_rate_limited_past_the_retries_returns_an_error(geo: GeocoderTestServer) -> None:
@@ -122,12 +123,14 @@ def test_timeout_is_retried_then_reported(geo: GeocoderTestServer) -> None:
         recovered = geocoder.geocode(ELTHAM)
     assert recovered.error is None and recovered.latitude is not None
 
-    geo.fail_next(2, mode="timeout", sleep_s=1.0)
+    # The server would answer after 30 s; two 0.2 s attempts give up long before (a cap only a client
+    # that waited for the answer would break, whatever the load).
+    geo.fail_next(2, mode="timeout", sleep_s=30.0)
     started = time.monotonic()
     with nominatim(geo, timeout_s=0.2, retries=1) as geocoder:
         failed = geocoder.geocode(ELTHAM)
     assert failed.latitude is None and "timed out" in (failed.error or "")
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 20
 
 
 @pytest.mark.parametrize("make", [nominatim, google])
@@ -204,7 +207,7 @@ def test_rate_limiter_spaces_calls_across_threads() -> None:
     # that holds on a loaded machine too (a late wake-up only makes a call later, never earlier).
     for k, stamp in enumerate(stamps):
         assert stamp - started >= k * 0.05 - 0.005, (k, [round(s - started, 3) for s in stamps])
-    assert stamps[-1] - started < 3.0
+    assert len(stamps) == 6  # every caller got through (no upper time bound: a loaded machine is slow)
 
 
 def test_geocoder_requests_arrive_no_faster_than_the_rate(geo: GeocoderTestServer) -> None:
