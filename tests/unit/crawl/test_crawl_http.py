@@ -190,6 +190,19 @@ def test_robots_txt_rules_for_our_agent_are_honoured(site, run_crawl, cfg) -> No
     assert len(site.requested("/robots.txt")) == 1
 
 
+def test_robots_txt_with_a_byte_order_mark_is_honoured_from_its_first_line(site, run_crawl, cfg) -> None:
+    # Notepad and some CMSs save robots.txt with a UTF-8 BOM; read as plain UTF-8 it hid this first group.
+    site.page("/robots.txt", b"\xef\xbb\xbfUser-agent: *\nDisallow: /private\n", content_type="text/plain")
+    site.html("/", links=["/private/x", "/open"])
+    site.html("/private/x")
+    site.html("/open")
+
+    result = run_crawl(site.url("/"), cfg())
+
+    assert sorted(result.paths()) == ["/", "/open"]
+    assert "/private/x" not in site.paths() and result.stats.skipped["robots"] == 1
+
+
 def test_robots_crawl_delay_spaces_requests(site, run_crawl, cfg) -> None:
     site.page("/robots.txt", "User-agent: *\nCrawl-delay: 0.3\n", content_type="text/plain")
     site.html("/", links=["/a", "/b"])
@@ -346,6 +359,19 @@ def test_429_retry_after_is_honoured(site, run_crawl, cfg) -> None:
     assert site.url("/busy") in result.urls
     first, second = site.requested("/busy")
     assert second.at - first.at >= 0.95
+
+
+def test_503_with_a_fractional_retry_after_waits_that_long(site, run_crawl, cfg) -> None:
+    # A "0.6" used to be read as garbage here (whole seconds only), so the crawler came back after its own
+    # 0.05 s backoff instead of the 0.6 s the server asked for.
+    site.html("/", links=["/busy"])
+    site.route("/busy", _counter_handler([(503, {"Retry-After": "0.6"}, b"busy"), PAGE]))
+
+    result = run_crawl(site.url("/"), cfg())
+
+    assert site.url("/busy") in result.urls
+    first, second = site.requested("/busy")
+    assert second.at - first.at >= 0.55
 
 
 def test_persistent_errors_and_404_are_recorded_and_crawl_continues(site, run_crawl, cfg) -> None:

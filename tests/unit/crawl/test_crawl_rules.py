@@ -8,11 +8,11 @@ import pytest
 
 from harvest.crawl import Page, needs_browser, normalize_url, parse_robots, site_of
 from harvest.crawl.frontier import Frontier, has_repeated_segments, trap_pattern
-from harvest.crawl.http_fetch import parse_retry_after
 from harvest.crawl.links import extract_links
-from harvest.crawl.robots import product_token
+from harvest.crawl.robots import decode_robots, product_token
 from harvest.crawl.sitemap import parse_sitemap
 from harvest.models import RunConfig
+from harvest.retries import parse_retry_after
 
 
 @pytest.mark.parametrize(
@@ -144,6 +144,52 @@ def test_robots_without_rules_allows_everything_and_caps_delay() -> None:
     assert policy.crawl_delay == 30.0
 
 
+def test_robots_with_a_byte_order_mark_keeps_its_first_group() -> None:
+    body = b"\xef\xbb\xbfUser-agent: *\nDisallow: /private\n"
+    policy = parse_robots("https://e.org", decode_robots(body), "harvest")
+    assert not policy.can_fetch("https://e.org/private/x")
+    assert policy.can_fetch("https://e.org/public")
+    # A caller that decoded with plain utf-8 hands over the BOM as U+FEFF: still the first group.
+    policy = parse_robots("https://e.org", body.decode("utf-8"), "harvest")
+    assert not policy.can_fetch("https://e.org/private/x")
+
+
+def test_robots_tolerates_misspelled_directives() -> None:
+    text = "User agent: harvest\nDissallow: /a\nDisalow: /b\nuseragent: other\nDisallow: /\nsite-map: https://e.org/s.xml\n"
+    policy = parse_robots("https://e.org", text, "harvest/0.1")
+    assert not policy.can_fetch("https://e.org/a/1") and not policy.can_fetch("https://e.org/b")
+    assert policy.can_fetch("https://e.org/c")
+    assert policy.sitemaps == ["https://e.org/s.xml"]
+
+
+def test_robots_wildcards_and_end_anchor() -> None:
+    text = (
+        "User-agent: *\n"
+        "Disallow: /*/print\n"          # a * inside the path
+        "Disallow: /*.php$\n"           # $ anchors the end
+        "Allow: /*.php$ \n"             # same length as the Disallow: Allow wins the tie
+        "Disallow: /fish*.txt\n"
+        "Disallow: /exact$\n"
+        "Disallow: /caf%C3%A9\n"        # percent-encoded and raw spellings are one path
+    )
+    policy = parse_robots("https://e.org", text, "harvest")
+    assert not policy.can_fetch("https://e.org/events/2024/print")
+    assert not policy.can_fetch("https://e.org/events/printable")  # /*/print is a prefix pattern
+    assert policy.can_fetch("https://e.org/index.php")  # Allow wins the tie
+    assert not policy.can_fetch("https://e.org/fishing/notes.txt")
+    assert policy.can_fetch("https://e.org/fish.html")
+    assert not policy.can_fetch("https://e.org/exact")
+    assert policy.can_fetch("https://e.org/exact/more") and policy.can_fetch("https://e.org/exactly")
+    assert not policy.can_fetch("https://e.org/café/menu")
+    assert policy.can_fetch("https://e.org/cafe")
+
+
+def test_robots_matches_our_product_token_not_words_elsewhere_in_the_user_agent() -> None:
+    text = "User-agent: github\nDisallow: /\n\nUser-agent: *\nDisallow: /private\n"
+    policy = parse_robots("https://e.org", text, "harvest/0.1 (+https://github.com/harvest)")
+    assert policy.can_fetch("https://e.org/events") and not policy.can_fetch("https://e.org/private")
+
+
 def test_product_token() -> None:
     assert product_token("harvest/0.1 (+https://github.com/harvest)") == "harvest"
     assert product_token("Harvest") == "harvest"
@@ -155,6 +201,18 @@ def test_retry_after_parsing() -> None:
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412490.0) == 0.0
     assert parse_retry_after("soon") is None
     assert parse_retry_after(None) is None
+
+
+def test_retry_after_accepts_fractions_and_refuses_nonsense() -> None:
+    # The crawler read "0.5" as garbage (whole seconds only) while the geocoder honoured it: one parser now.
+    assert parse_retry_after(" 0.5 ") == 0.5
+    assert parse_retry_after("0") == 0.0
+    assert parse_retry_after("120") == 120.0
+    for garbled in ("-1", "nan", "inf", "", "   ", "Wed, 99 Foo 2015 07:28:10 GMT"):
+        assert parse_retry_after(garbled) is None, garbled
+    # An obsolete RFC 850 date still parses; a date without a zone is taken as GMT.
+    assert parse_retry_after("Wednesday, 21-Oct-15 07:28:10 GMT", now=1445412480.0) == pytest.approx(10.0)
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:10 -0000", now=1445412480.0) == pytest.approx(10.0)
 
 
 # ---- links, sitemaps, heuristics -----------------------------------------------------------------
