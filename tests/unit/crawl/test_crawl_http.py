@@ -268,6 +268,38 @@ def test_default_sitemap_location_is_tried(site, run_crawl, cfg) -> None:
     assert sorted(result.paths()) == ["/", "/listed"]
 
 
+def test_text_rss_and_atom_sitemaps_from_robots_seed_the_frontier(site, run_crawl, cfg) -> None:
+    robots = (
+        "User-agent: *\nAllow: /\n"
+        f"Sitemap: {site.url('/sitemap.txt')}\nSitemap: {site.url('/events.rss')}\nSitemap: {site.url('/news.atom')}\n"
+    )
+    site.page("/robots.txt", robots, content_type="text/plain")
+    site.page("/sitemap.txt", f"\ufeff{site.url('/from-text')}\r\nnot a url\n\n", content_type="text/plain")
+    site.page(
+        "/events.rss",
+        '<?xml version="1.0"?><rss version="2.0"><channel><title>Events</title>'
+        f"<link>{site.url('/')}</link><item><title>Fair</title><link>{site.url('/from-rss')}</link></item>"
+        "</channel></rss>",
+        content_type="application/rss+xml",
+    )
+    site.page(
+        "/news.atom",
+        '<?xml version="1.0"?><feed xmlns="http://www.w3.org/2005/Atom">'
+        f'<link rel="self" href="{site.url("/news.atom")}"/>'
+        f'<entry><title>Story</title><link rel="edit" href="{site.url("/edit/1")}"/>'
+        '<link href="/from-atom"/></entry></feed>',
+        content_type="application/atom+xml",
+    )
+    site.html("/")  # links to nothing: the pages are only in the sitemaps
+    for path in ("/from-text", "/from-rss", "/from-atom", "/edit/1"):
+        site.html(path)
+
+    result = run_crawl(site.url("/"), cfg())
+
+    assert sorted(result.paths()) == ["/", "/from-atom", "/from-rss", "/from-text"]
+    assert result.stats.problems == []
+
+
 # ---- identity ------------------------------------------------------------------------------------
 
 

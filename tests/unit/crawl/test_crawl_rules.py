@@ -243,6 +243,39 @@ def test_parse_sitemap_urlset_index_and_gzip() -> None:
     assert parse_sitemap(b"not xml at all", "https://e.org/sitemap.xml") == ([], [])
 
 
+def test_parse_text_sitemap() -> None:
+    body = "\ufeffhttps://e.org/a\r\n  https://e.org/b?x=1  \n\n/relative\nnot a url\nftp://e.org/f\nhttps://e.org/c d\n"
+    assert parse_sitemap(body.encode("utf-8"), "https://e.org/sitemap.txt") == (
+        ["https://e.org/a", "https://e.org/b?x=1"], [],
+    )
+    assert parse_sitemap(gzip.compress(b"https://e.org/z\n"), "https://e.org/s.txt.gz") == (["https://e.org/z"], [])
+
+
+def test_parse_rss_sitemaps() -> None:
+    rss2 = b"""<?xml version="1.0" encoding="UTF-8"?><rss version="2.0"><channel><title>Events</title>
+    <link>https://e.org/</link>
+    <item><title>Fair</title><link>https://e.org/events/fair</link></item>
+    <item><title>Relative</title><link> /events/swim </link></item>
+    <item><title>No link</title><guid isPermaLink="false">x</guid></item></channel></rss>"""
+    assert parse_sitemap(rss2, "https://e.org/feed.rss") == (
+        ["https://e.org/events/fair", "https://e.org/events/swim"], [],
+    )
+    rss1 = b"""<?xml version="1.0"?><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"
+    xmlns="http://purl.org/rss/1.0/"><channel rdf:about="https://e.org/"><link>https://e.org/</link></channel>
+    <item rdf:about="https://e.org/a"><title>A</title><link>https://e.org/a</link></item></rdf:RDF>"""
+    assert parse_sitemap(rss1, "https://e.org/feed.rdf") == (["https://e.org/a"], [])
+
+
+def test_parse_atom_sitemap() -> None:
+    atom = b"""<?xml version="1.0" encoding="utf-8"?><feed xmlns="http://www.w3.org/2005/Atom">
+    <title>News</title><link rel="self" href="https://e.org/feed.atom"/><link href="https://e.org/"/>
+    <entry><title>One</title><link rel="edit" href="https://e.org/edit/1"/>
+      <link rel="alternate" type="text/html" href="https://e.org/news/1"/></entry>
+    <entry><title>Two</title><link href="news/2"/><link rel="enclosure" href="https://e.org/two.mp3"/></entry>
+    <entry><title>No page</title><link rel="self" href="https://e.org/x"/></entry></feed>"""
+    assert parse_sitemap(atom, "https://e.org/feed.atom") == (["https://e.org/news/1", "https://e.org/news/2"], [])
+
+
 def test_parse_sitemap_does_not_expand_entities() -> None:
     evil = b"""<?xml version="1.0"?><!DOCTYPE u [<!ENTITY x SYSTEM "file:///etc/passwd">]>
     <urlset><url><loc>https://e.org/&x;</loc></url></urlset>"""
