@@ -1,4 +1,4 @@
-# harvest worker/flow-run image: the project installed from pyproject, Debian's Chromium for Playwright,
+# harvest worker/flow-run image: the project installed from the runtime lock, Debian's Chromium for Playwright,
 # migrations beside it, a non-root user. No secrets: every setting comes from the environment at run time
 # (the docker work pool's job variables), e.g. HARVEST_DATABASE_URL, HARVEST_STORAGE_URL, OPENAI_API_KEY.
 #
@@ -26,15 +26,20 @@ RUN groupadd --system --gid 10001 harvest \
 
 WORKDIR /app
 
-# Dependencies are pinned in pyproject.toml; the source tree is copied as well because deployments load
-# their entrypoint (flows/scrape.py) from the working directory /app.
+# Dependencies come from the runtime lock (every package pinned with its hashes; `make lock` writes it), in
+# a layer of their own that a source change does not rebuild. Two images built a week apart get the same packages.
+COPY requirements/runtime.lock requirements/runtime.lock
+RUN pip install --no-cache-dir --require-hashes -r requirements/runtime.lock
+
+# The project itself without dependencies (all locked above). The source tree is copied as well because
+# deployments load their entrypoint (flows/scrape.py) from the working directory /app.
 COPY pyproject.toml README.md alembic.ini prefect.yaml ./
 COPY harvest/ harvest/
 COPY flows/ flows/
 COPY blocks/ blocks/
 COPY harvest_cli/ harvest_cli/
 COPY migrations/ migrations/
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir --no-deps . \
     && chown -R harvest:harvest /app
 
 USER 10001:10001

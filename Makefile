@@ -4,19 +4,36 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PG_URL ?= postgresql+psycopg://harvest:harvest@127.0.0.1:5432/harvest_test
+# Every dependency, direct and transitive, pinned with its hashes (make lock writes them from pyproject.toml).
+RUNTIME_LOCK := requirements/runtime.lock
+DEV_LOCK := requirements/dev.lock
+# One resolution for every machine: Linux images, developers' laptops (--universal keeps the markers).
+UV_COMPILE := $(BIN)/uv pip compile pyproject.toml --universal --generate-hashes --python-version 3.11 \
+	--custom-compile-command "make lock" --quiet $(if $(UPGRADE),--upgrade)
 
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: venv system postgres demo test test-fast bench image lint clean
+.PHONY: venv lock system postgres demo test test-fast bench image lint clean
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The dev lock holds the runtime lock's versions plus the dev tools; the project itself goes in without
+# dependencies, so nothing is resolved afresh and two installs a week apart get the same packages.
+$(STAMP): pyproject.toml $(DEV_LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --require-hashes -r $(DEV_LOCK)
+	$(BIN)/pip install -q --no-deps -e .
 	touch $(STAMP)
+
+## make lock: re-resolve requirements/runtime.lock and requirements/dev.lock from pyproject.toml (after editing
+## its dependencies; `make lock UPGRADE=1` takes the newest allowed versions of the unpinned transitive ones).
+## The runtime lock goes into the image; the dev lock is constrained to it, so both agree.
+lock:
+	test -x $(BIN)/uv || { test -x $(BIN)/python || $(PYTHON) -m venv $(VENV); $(BIN)/pip install -q "$$(grep -o 'uv==[0-9.]*' pyproject.toml)"; }
+	$(UV_COMPILE) -o $(RUNTIME_LOCK)
+	$(UV_COMPILE) --extra dev -c $(RUNTIME_LOCK) -o $(DEV_LOCK)
 
 system:
 	scripts/ensure-system.sh

@@ -16,20 +16,20 @@ filter on httpx's loggers scrubs every registered key from their records.
 from __future__ import annotations
 
 import logging
-import random
 import re
 import threading
 import time
 import unicodedata
 from collections.abc import Callable
-from email.utils import parsedate_to_datetime
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import quote, quote_plus
 
 import httpx
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
 from harvest.errors import ConfigError
 from harvest.models import Geocode
+from harvest.retries import exponential_backoff, parse_retry_after, wait_retry_after
 
 logger = logging.getLogger(__name__)
 
@@ -112,17 +112,14 @@ class _Attempt(Exception):
         self.wait_s = wait_s
 
 
-def _retry_after_seconds(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
+def _is_retryable(exc: BaseException) -> bool:
+    return isinstance(exc, _Attempt) and exc.retryable
+
+
+def _asked_wait(state: RetryCallState) -> float | None:
+    """What the failed attempt's server asked for in Retry-After, if anything."""
+    exc = state.outcome.exception() if state.outcome is not None else None
+    return exc.wait_s if isinstance(exc, _Attempt) else None
 
 
 class _HttpGeocoder:
@@ -162,23 +159,34 @@ class _HttpGeocoder:
         """Geocode one address; failures come back in ``.error`` (retries exhausted, no result, bad answer)."""
         if not address or not address.strip():
             return Geocode(address=address, error="empty address")
-        last = "no attempt made"
-        for attempt in range(self.retries + 1):
-            self.limiter.acquire()
-            if self.before_call is not None:
-                self.before_call()
-            try:
-                return self._attempt(address)
-            except _Attempt as failure:
-                last = self._scrub(str(failure))
-                if not failure.retryable or attempt == self.retries:
-                    break
-                backoff = self.backoff_s * (2**attempt) * (0.75 + random.random() / 2)
-                wait = min(max(failure.wait_s or 0.0, backoff), self.max_retry_after_s)
-                logger.debug("%s: %s; retry %d/%d in %.2fs", self.service, last, attempt + 1, self.retries, wait)
-                time.sleep(wait)
+        retrying = Retrying(
+            stop=stop_after_attempt(self.retries + 1),
+            wait=wait_retry_after(_asked_wait, fallback=exponential_backoff(self.backoff_s),
+                                  cap_s=self.max_retry_after_s),
+            retry=retry_if_exception(_is_retryable),
+            before_sleep=self._log_retry,
+            reraise=True,  # the last _Attempt itself, turned into the Geocode's error below
+        )
+        try:
+            result: Geocode = retrying(self._limited_attempt, address)
+            return result
+        except _Attempt as failure:
+            last = self._scrub(str(failure))
         tries = "1 attempt" if self.retries == 0 else f"{self.retries + 1} attempts"
         return Geocode(address=address, error=f"{self.service}: {last} (after {tries})")
+
+    def _limited_attempt(self, address: str) -> Geocode:
+        """One attempt, after this process's rate limiter and the shared limit (every retry waits its turn too)."""
+        self.limiter.acquire()
+        if self.before_call is not None:
+            self.before_call()
+        return self._attempt(address)
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        delay = state.next_action.sleep if state.next_action else 0.0
+        logger.debug("%s: %s; retry %d/%d in %.2fs", self.service, self._scrub(str(exc)), state.attempt_number,
+                     self.retries, delay)
 
     def _attempt(self, address: str) -> Geocode:
         url, params = self._request(address)
@@ -190,7 +198,7 @@ class _HttpGeocoder:
             raise _Attempt(f"transport error: {type(exc).__name__}: {exc}", retryable=True) from None
         if response.status_code in RETRYABLE_STATUS:
             raise _Attempt(f"HTTP {response.status_code}", retryable=True,
-                           wait_s=_retry_after_seconds(response.headers.get("Retry-After")))
+                           wait_s=parse_retry_after(response.headers.get("Retry-After")))
         if response.status_code != 200:
             raise _Attempt(f"HTTP {response.status_code}", retryable=False)
         try:

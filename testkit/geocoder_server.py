@@ -20,7 +20,8 @@ server can be driven by e2e tests):
 * ``POST /_testkit/config`` ``{"fail": [{"path": "/search", "count": 2, "mode": "status", "status": 429,
   "retry_after": 0.1}]}`` — modes: ``status`` (HTTP error with that status), ``timeout`` (sleep ``sleep_s``
   before answering normally: longer than the client's timeout), ``garbage`` (HTTP 200 with a non-JSON body),
-  ``over_query_limit`` (Google's HTTP 200 ``OVER_QUERY_LIMIT`` status).
+  ``over_query_limit`` (Google's HTTP 200 ``OVER_QUERY_LIMIT`` status). ``retry_after`` is seconds, or a
+  string sent as it is (an HTTP date).
 * ``GET /_testkit/stats`` → per-endpoint counters; ``POST /_testkit/reset`` → no rules, zero counters.
 
 CLI: ``python -m testkit.geocoder_server --port P [--api-key K]`` prints the base URL and runs until SIGTERM.
@@ -318,7 +319,8 @@ class FailureRule:
     count: int = 1
     mode: str = "status"  # status | timeout | garbage | over_query_limit
     status: int = 500
-    retry_after: float | None = None
+    # Seconds (sent as "%g"), or a string sent verbatim: an HTTP date such as formatdate(..., usegmt=True).
+    retry_after: float | str | None = None
     sleep_s: float = 2.0
 
     def __post_init__(self) -> None:
@@ -348,7 +350,7 @@ class GeocoderTestServer(LoopbackServer):
 
     # -- control ---------------------------------------------------------------------------------------
     def fail_next(self, count: int = 1, *, mode: str = "status", status: int = 500, path: str = "/",
-                  retry_after: float | None = None, sleep_s: float = 2.0) -> None:
+                  retry_after: float | str | None = None, sleep_s: float = 2.0) -> None:
         """Make the next `count` requests under `path` fail in `mode` (see module docstring)."""
         rule = FailureRule(path=path, count=count, mode=mode, status=status, retry_after=retry_after,
                            sleep_s=sleep_s)
@@ -428,7 +430,8 @@ class GeocoderTestServer(LoopbackServer):
                 req.send_bytes(200, b"<html><body>502 Bad Gateway</body></html>{not json", "application/json")
                 return
             elif rule.mode == "status":
-                headers = {"Retry-After": f"{rule.retry_after:g}"} if rule.retry_after is not None else {}
+                headers = {} if rule.retry_after is None else {"Retry-After": (
+                    rule.retry_after if isinstance(rule.retry_after, str) else f"{rule.retry_after:g}")}
                 req.send_json(rule.status, {"error": {"code": rule.status, "message": "testkit injected failure"}},
                               headers)
                 return

@@ -78,6 +78,45 @@ def test_image_runs_as_non_root_with_chromium_and_migrations() -> None:
     assert any(word == "RUN" and "pip install" in rest and " . " in f"{rest} " for word, rest in steps)
 
 
+def test_dependencies_come_from_the_runtime_lock_with_hashes() -> None:
+    """Every package in the image is pinned with its hash by requirements/runtime.lock; `pip install .` resolves
+    nothing afresh (--no-deps), so two builds a week apart install the same packages."""
+    steps = instructions()
+    lock = "requirements/runtime.lock"
+    assert (ROOT / lock).is_file(), "run `make lock`"
+    copied_at = next(i for i, (word, rest) in enumerate(steps) if word == "COPY" and lock in rest.split()[:-1])
+    installs = [(i, rest) for i, (word, rest) in enumerate(steps) if word == "RUN" and "pip install" in rest]
+    from_lock = [i for i, rest in installs if "--require-hashes" in rest.split() and f"-r {lock}" in rest]
+    assert from_lock and from_lock[0] > copied_at, "the lock must be copied before the RUN that installs from it"
+    for i, rest in installs:
+        if i not in from_lock:
+            assert "--no-deps" in rest.split(), f"RUN {rest!r} would resolve dependencies outside the lock"
+    assert "requirements/dev.lock" not in DOCKERFILE.read_text(), "the image takes the runtime lock only"
+
+
+def test_the_locks_pin_every_package_with_hashes_and_cover_pyproject() -> None:
+    """Each lock line is `name==version` followed by hashes, and every dependency pyproject.toml declares is in
+    the lock at that version (a pyproject edit without `make lock` fails here, not in a build)."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for lock_name, declared in (
+        ("runtime.lock", project["dependencies"]),
+        ("dev.lock", project["dependencies"] + project["optional-dependencies"]["dev"]),
+    ):
+        text = (ROOT / "requirements" / lock_name).read_text()
+        entries = re.findall(r"^([A-Za-z0-9_.\-]+(?:\[[^\]]*\])?)==(\S+?)(?: ;[^\\]*)? \\\n((?:\s+--hash=sha256:[0-9a-f]{64}(?: \\)?\n)+)",
+                             text, re.M)
+        pins = {re.sub(r"[-_.]+", "-", name.split("[")[0]).lower(): version for name, version, _ in entries}
+        requirement_lines = [line for line in text.splitlines() if re.match(r"^[A-Za-z0-9]", line)]
+        assert len(requirement_lines) == len(entries), f"{lock_name}: a requirement without hashes"
+        for requirement in declared:
+            spec = requirement.split(";")[0].strip()
+            name, _, version = spec.partition("==")
+            key = re.sub(r"[-_.]+", "-", name.split("[")[0]).lower()
+            assert pins.get(key) == version, f"{lock_name}: {spec} not locked (run `make lock`)"
+
+
 def test_no_secrets_in_the_image() -> None:
     for name, value in env_vars().items():
         assert not re.search(r"KEY|SECRET|PASSWORD|TOKEN", name), f"{name} must come from the runtime environment"

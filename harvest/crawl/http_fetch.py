@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, retry_if_result, stop_after_attempt
 from w3lib.encoding import html_to_unicode
 
 from harvest.crawl.guard import HostGuard
 from harvest.crawl.page import PageFailed
+from harvest.retries import exponential_backoff, parse_retry_after, wait_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +28,8 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # 501 (not implemented) will not get better by asking again; the other 5xx and 429 often do.
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504, 507, 509, 520, 521, 522, 523, 524})
 ACCEPT_PAGES = "text/html,application/xhtml+xml;q=0.9,*/*;q=0.1"
+# Worth another try: timeouts (httpx's per read, asyncio's overall bound) and connection failures.
+RETRY_ERRORS = (httpx.TimeoutException, TimeoutError, httpx.TransportError)
 
 
 class FetchFailed(PageFailed):
@@ -75,26 +75,17 @@ def media_type(content_type: str | None) -> str:
     return (content_type or "").split(";", 1)[0].strip().lower()
 
 
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date); None if absent/garbled."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    current = datetime.fromtimestamp(now if now is not None else time.time(), tz=UTC)
-    return max(0.0, (when - current).total_seconds())
-
-
 def _drop_fragment(url: str) -> str:
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.netloc, parts.path, parts.query, ""))
+
+
+def _retry_after_of(state: RetryCallState) -> float | None:
+    """The Retry-After of the response the last attempt got (a 429 or 5xx), if any."""
+    outcome = state.outcome
+    if outcome is None or outcome.failed:
+        return None
+    return parse_retry_after(outcome.result().headers.get("retry-after"))
 
 
 class HttpFetcher:
@@ -180,41 +171,55 @@ class HttpFetcher:
         raise AssertionError("unreachable: the redirect loop always returns or raises")
 
     async def _get_with_retries(self, url: str, *, pages_only: bool, max_bytes: int) -> FetchResult:
-        """One hop, retried with exponential backoff on timeouts, connection errors, 5xx and 429."""
-        last_reason = "no attempt made"
-        for attempt in range(self.retries + 1):
-            final = attempt == self.retries
-            try:
-                # httpx timeouts are per read; the overall bound stops a server dripping one byte a second.
-                async with asyncio.timeout(self.timeout_s * 3):
-                    result = await self._get_once(url, pages_only=pages_only, max_bytes=max_bytes)
-            except (httpx.TimeoutException, TimeoutError):
-                last_reason = f"timed out after {self.timeout_s:g}s"
-            except httpx.TransportError as exc:
-                last_reason = f"connection failed: {type(exc).__name__}: {exc}"
-            except (httpx.InvalidURL, httpx.DecodingError) as exc:
-                # Not worth a retry: httpx refuses a Location it cannot parse even when it is not following
-                # redirects (a 302 to "javascript:..."), or the body does not decode (a lying Content-Encoding).
-                raise FetchFailed(url, f"malformed response refused: {type(exc).__name__}: {exc}") from exc
-            else:
-                if result.status not in RETRY_STATUSES or final:
-                    return result
-                delay = self._backoff(attempt)
-                retry_after = parse_retry_after(result.headers.get("retry-after"))
-                if retry_after is not None:
-                    delay = min(retry_after, self.retry_after_cap_s)
-                log.info("HTTP %d from %s; retry %d/%d in %.2fs", result.status, url, attempt + 1, self.retries, delay)
-                await asyncio.sleep(delay)
-                continue
-            if final:
-                break
-            delay = self._backoff(attempt)
-            log.info("%s for %s; retry %d/%d in %.2fs", last_reason, url, attempt + 1, self.retries, delay)
-            await asyncio.sleep(delay)
-        raise FetchFailed(url, f"{last_reason} ({self.retries + 1} attempts)")
+        """One hop, retried with exponential backoff on timeouts, connection errors, 5xx and 429.
 
-    def _backoff(self, attempt: int) -> float:
-        return self.backoff_s * (2**attempt) * (1 + random.random() * 0.25)
+        After the last attempt a retryable status is returned like any other (the caller records it); a
+        network failure becomes FetchFailed with the last reason and the attempt count.
+        """
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.retries + 1),
+            wait=wait_retry_after(_retry_after_of, fallback=exponential_backoff(self.backoff_s),
+                                  cap_s=self.retry_after_cap_s),
+            retry=retry_if_exception_type(RETRY_ERRORS) | retry_if_result(lambda r: r.status in RETRY_STATUSES),
+            before_sleep=lambda state: self._log_retry(url, state),
+            retry_error_callback=lambda state: self._give_up(url, state),
+            sleep=asyncio.sleep,
+        )
+        result: FetchResult = await retrying(self._get_bounded, url, pages_only=pages_only, max_bytes=max_bytes)
+        return result
+
+    async def _get_bounded(self, url: str, *, pages_only: bool, max_bytes: int) -> FetchResult:
+        try:
+            # httpx timeouts are per read; the overall bound stops a server dripping one byte a second.
+            async with asyncio.timeout(self.timeout_s * 3):
+                return await self._get_once(url, pages_only=pages_only, max_bytes=max_bytes)
+        except (httpx.InvalidURL, httpx.DecodingError) as exc:
+            # Not worth a retry: httpx refuses a Location it cannot parse even when it is not following
+            # redirects (a 302 to "javascript:..."), or the body does not decode (a lying Content-Encoding).
+            raise FetchFailed(url, f"malformed response refused: {type(exc).__name__}: {exc}") from exc
+
+    def _failure_reason(self, exc: BaseException | None) -> str:
+        if isinstance(exc, httpx.TimeoutException | TimeoutError):
+            return f"timed out after {self.timeout_s:g}s"
+        return f"connection failed: {type(exc).__name__}: {exc}"
+
+    def _log_retry(self, url: str, state: RetryCallState) -> None:
+        outcome = state.outcome
+        delay = state.next_action.sleep if state.next_action else 0.0
+        if outcome is not None and not outcome.failed:
+            what = f"HTTP {outcome.result().status} from {url}"
+        else:
+            what = f"{self._failure_reason(outcome.exception() if outcome else None)} for {url}"
+        log.info("%s; retry %d/%d in %.2fs", what, state.attempt_number, self.retries, delay)
+
+    def _give_up(self, url: str, state: RetryCallState) -> FetchResult:
+        """After the last attempt: its response if it had one, else FetchFailed."""
+        outcome = state.outcome
+        if outcome is not None and not outcome.failed:
+            result: FetchResult = outcome.result()
+            return result
+        exc = outcome.exception() if outcome is not None else None
+        raise FetchFailed(url, f"{self._failure_reason(exc)} ({self.retries + 1} attempts)") from exc
 
     async def _get_once(self, url: str, *, pages_only: bool, max_bytes: int) -> FetchResult:
         headers = {"Accept": ACCEPT_PAGES} if pages_only else {}

@@ -48,6 +48,7 @@ DEPLOYMENT = "scrape-website/default"
 DEPLOYMENTS = {
     "scrape-website/default": (POOL, []),
     "scrape-website/docker": (DOCKER_POOL, []),
+    "scrape-website/git": (POOL, []),
     "import-run/manual": (POOL, []),
     "sweep-expired/nightly": (POOL, ["0 3 * * *"]),
 }
@@ -269,7 +270,7 @@ def file_rows(db_url: str, run_id: str) -> dict[str, dict[str, Any]]:
 
 
 def test_deploy_all_creates_every_deployment(stack) -> None:  # noqa: ANN001
-    """`prefect --no-prompt deploy --all` ran unattended (in the fixture) and created all four deployments."""
+    """`prefect --no-prompt deploy --all` ran unattended (in the fixture) and created all five deployments."""
     print(f"deploy --all {stack.timings['deploy_s']:.1f}s")
     for name, (pool, crons) in DEPLOYMENTS.items():
         deployment = stack.api("GET", f"/deployments/name/{name}")

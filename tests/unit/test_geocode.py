@@ -109,6 +109,26 @@ def test_retry_after_is_honoured_and_capped(geo: GeocoderTestServer) -> None:
     assert arrivals[2] - arrivals[1] >= 0.19 and elapsed < 30
 
 
+def test_retry_after_as_an_http_date_is_honoured(geo: GeocoderTestServer) -> None:
+    from email.utils import formatdate
+
+    geo.fail_next(1, mode="status", status=503, retry_after=formatdate(time.time() + 1.5, usegmt=True))
+    with nominatim(geo, retries=1, max_retry_after_s=5.0) as geocoder:
+        result = geocoder.geocode(ELTHAM)
+    assert result.error is None
+    first, second = (r["at"] for r in geo.requests_seen())
+    assert second - first >= 0.4  # the date has one-second resolution; the 0.01 s backoff alone is far shorter
+
+
+def test_retry_after_in_seconds_replaces_the_backoff(geo: GeocoderTestServer) -> None:
+    geo.fail_next(1, mode="status", status=429, retry_after=0.5)
+    with nominatim(geo, retries=1, backoff_s=0.01) as geocoder:
+        result = geocoder.geocode(ELTHAM)
+    assert result.error is None
+    first, second = (r["at"] for r in geo.requests_seen())
+    assert second - first >= 0.45
+
+
 def test_rate_limited_past_the_retries_returns_an_error(geo: GeocoderTestServer) -> None:
     geo.fail_next(5, mode="status", status=429, retry_after=0.01)
     with nominatim(geo, retries=2) as geocoder:

@@ -190,6 +190,19 @@ def test_robots_txt_rules_for_our_agent_are_honoured(site, run_crawl, cfg) -> No
     assert len(site.requested("/robots.txt")) == 1
 
 
+def test_robots_txt_with_a_byte_order_mark_is_honoured_from_its_first_line(site, run_crawl, cfg) -> None:
+    # Notepad and some CMSs save robots.txt with a UTF-8 BOM; read as plain UTF-8 it hid this first group.
+    site.page("/robots.txt", b"\xef\xbb\xbfUser-agent: *\nDisallow: /private\n", content_type="text/plain")
+    site.html("/", links=["/private/x", "/open"])
+    site.html("/private/x")
+    site.html("/open")
+
+    result = run_crawl(site.url("/"), cfg())
+
+    assert sorted(result.paths()) == ["/", "/open"]
+    assert "/private/x" not in site.paths() and result.stats.skipped["robots"] == 1
+
+
 def test_robots_crawl_delay_spaces_requests(site, run_crawl, cfg) -> None:
     site.page("/robots.txt", "User-agent: *\nCrawl-delay: 0.3\n", content_type="text/plain")
     site.html("/", links=["/a", "/b"])
@@ -253,6 +266,38 @@ def test_default_sitemap_location_is_tried(site, run_crawl, cfg) -> None:
     result = run_crawl(site.url("/"), cfg())
 
     assert sorted(result.paths()) == ["/", "/listed"]
+
+
+def test_text_rss_and_atom_sitemaps_from_robots_seed_the_frontier(site, run_crawl, cfg) -> None:
+    robots = (
+        "User-agent: *\nAllow: /\n"
+        f"Sitemap: {site.url('/sitemap.txt')}\nSitemap: {site.url('/events.rss')}\nSitemap: {site.url('/news.atom')}\n"
+    )
+    site.page("/robots.txt", robots, content_type="text/plain")
+    site.page("/sitemap.txt", f"\ufeff{site.url('/from-text')}\r\nnot a url\n\n", content_type="text/plain")
+    site.page(
+        "/events.rss",
+        '<?xml version="1.0"?><rss version="2.0"><channel><title>Events</title>'
+        f"<link>{site.url('/')}</link><item><title>Fair</title><link>{site.url('/from-rss')}</link></item>"
+        "</channel></rss>",
+        content_type="application/rss+xml",
+    )
+    site.page(
+        "/news.atom",
+        '<?xml version="1.0"?><feed xmlns="http://www.w3.org/2005/Atom">'
+        f'<link rel="self" href="{site.url("/news.atom")}"/>'
+        f'<entry><title>Story</title><link rel="edit" href="{site.url("/edit/1")}"/>'
+        '<link href="/from-atom"/></entry></feed>',
+        content_type="application/atom+xml",
+    )
+    site.html("/")  # links to nothing: the pages are only in the sitemaps
+    for path in ("/from-text", "/from-rss", "/from-atom", "/edit/1"):
+        site.html(path)
+
+    result = run_crawl(site.url("/"), cfg())
+
+    assert sorted(result.paths()) == ["/", "/from-atom", "/from-rss", "/from-text"]
+    assert result.stats.problems == []
 
 
 # ---- identity ------------------------------------------------------------------------------------
@@ -346,6 +391,19 @@ def test_429_retry_after_is_honoured(site, run_crawl, cfg) -> None:
     assert site.url("/busy") in result.urls
     first, second = site.requested("/busy")
     assert second.at - first.at >= 0.95
+
+
+def test_503_with_a_fractional_retry_after_waits_that_long(site, run_crawl, cfg) -> None:
+    # A "0.6" used to be read as garbage here (whole seconds only), so the crawler came back after its own
+    # 0.05 s backoff instead of the 0.6 s the server asked for.
+    site.html("/", links=["/busy"])
+    site.route("/busy", _counter_handler([(503, {"Retry-After": "0.6"}, b"busy"), PAGE]))
+
+    result = run_crawl(site.url("/"), cfg())
+
+    assert site.url("/busy") in result.urls
+    first, second = site.requested("/busy")
+    assert second.at - first.at >= 0.55
 
 
 def test_persistent_errors_and_404_are_recorded_and_crawl_continues(site, run_crawl, cfg) -> None:

@@ -8,11 +8,11 @@ import pytest
 
 from harvest.crawl import Page, needs_browser, normalize_url, parse_robots, site_of
 from harvest.crawl.frontier import Frontier, has_repeated_segments, trap_pattern
-from harvest.crawl.http_fetch import parse_retry_after
 from harvest.crawl.links import extract_links
-from harvest.crawl.robots import product_token
+from harvest.crawl.robots import decode_robots, product_token
 from harvest.crawl.sitemap import parse_sitemap
 from harvest.models import RunConfig
+from harvest.retries import parse_retry_after
 
 
 @pytest.mark.parametrize(
@@ -144,6 +144,52 @@ def test_robots_without_rules_allows_everything_and_caps_delay() -> None:
     assert policy.crawl_delay == 30.0
 
 
+def test_robots_with_a_byte_order_mark_keeps_its_first_group() -> None:
+    body = b"\xef\xbb\xbfUser-agent: *\nDisallow: /private\n"
+    policy = parse_robots("https://e.org", decode_robots(body), "harvest")
+    assert not policy.can_fetch("https://e.org/private/x")
+    assert policy.can_fetch("https://e.org/public")
+    # A caller that decoded with plain utf-8 hands over the BOM as U+FEFF: still the first group.
+    policy = parse_robots("https://e.org", body.decode("utf-8"), "harvest")
+    assert not policy.can_fetch("https://e.org/private/x")
+
+
+def test_robots_tolerates_misspelled_directives() -> None:
+    text = "User agent: harvest\nDissallow: /a\nDisalow: /b\nuseragent: other\nDisallow: /\nsite-map: https://e.org/s.xml\n"
+    policy = parse_robots("https://e.org", text, "harvest/0.1")
+    assert not policy.can_fetch("https://e.org/a/1") and not policy.can_fetch("https://e.org/b")
+    assert policy.can_fetch("https://e.org/c")
+    assert policy.sitemaps == ["https://e.org/s.xml"]
+
+
+def test_robots_wildcards_and_end_anchor() -> None:
+    text = (
+        "User-agent: *\n"
+        "Disallow: /*/print\n"          # a * inside the path
+        "Disallow: /*.php$\n"           # $ anchors the end
+        "Allow: /*.php$ \n"             # same length as the Disallow: Allow wins the tie
+        "Disallow: /fish*.txt\n"
+        "Disallow: /exact$\n"
+        "Disallow: /caf%C3%A9\n"        # percent-encoded and raw spellings are one path
+    )
+    policy = parse_robots("https://e.org", text, "harvest")
+    assert not policy.can_fetch("https://e.org/events/2024/print")
+    assert not policy.can_fetch("https://e.org/events/printable")  # /*/print is a prefix pattern
+    assert policy.can_fetch("https://e.org/index.php")  # Allow wins the tie
+    assert not policy.can_fetch("https://e.org/fishing/notes.txt")
+    assert policy.can_fetch("https://e.org/fish.html")
+    assert not policy.can_fetch("https://e.org/exact")
+    assert policy.can_fetch("https://e.org/exact/more") and policy.can_fetch("https://e.org/exactly")
+    assert not policy.can_fetch("https://e.org/café/menu")
+    assert policy.can_fetch("https://e.org/cafe")
+
+
+def test_robots_matches_our_product_token_not_words_elsewhere_in_the_user_agent() -> None:
+    text = "User-agent: github\nDisallow: /\n\nUser-agent: *\nDisallow: /private\n"
+    policy = parse_robots("https://e.org", text, "harvest/0.1 (+https://github.com/harvest)")
+    assert policy.can_fetch("https://e.org/events") and not policy.can_fetch("https://e.org/private")
+
+
 def test_product_token() -> None:
     assert product_token("harvest/0.1 (+https://github.com/harvest)") == "harvest"
     assert product_token("Harvest") == "harvest"
@@ -155,6 +201,18 @@ def test_retry_after_parsing() -> None:
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412490.0) == 0.0
     assert parse_retry_after("soon") is None
     assert parse_retry_after(None) is None
+
+
+def test_retry_after_accepts_fractions_and_refuses_nonsense() -> None:
+    # The crawler read "0.5" as garbage (whole seconds only) while the geocoder honoured it: one parser now.
+    assert parse_retry_after(" 0.5 ") == 0.5
+    assert parse_retry_after("0") == 0.0
+    assert parse_retry_after("120") == 120.0
+    for garbled in ("-1", "nan", "inf", "", "   ", "Wed, 99 Foo 2015 07:28:10 GMT"):
+        assert parse_retry_after(garbled) is None, garbled
+    # An obsolete RFC 850 date still parses; a date without a zone is taken as GMT.
+    assert parse_retry_after("Wednesday, 21-Oct-15 07:28:10 GMT", now=1445412480.0) == pytest.approx(10.0)
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:10 -0000", now=1445412480.0) == pytest.approx(10.0)
 
 
 # ---- links, sitemaps, heuristics -----------------------------------------------------------------
@@ -183,6 +241,39 @@ def test_parse_sitemap_urlset_index_and_gzip() -> None:
     assert parse_sitemap(index, "https://e.org/sitemap.xml") == ([], ["https://e.org/s1.xml.gz"])
     assert parse_sitemap(gzip.compress(urlset), "https://e.org/s.xml.gz")[0] == ["https://e.org/a", "https://e.org/b"]
     assert parse_sitemap(b"not xml at all", "https://e.org/sitemap.xml") == ([], [])
+
+
+def test_parse_text_sitemap() -> None:
+    body = "\ufeffhttps://e.org/a\r\n  https://e.org/b?x=1  \n\n/relative\nnot a url\nftp://e.org/f\nhttps://e.org/c d\n"
+    assert parse_sitemap(body.encode("utf-8"), "https://e.org/sitemap.txt") == (
+        ["https://e.org/a", "https://e.org/b?x=1"], [],
+    )
+    assert parse_sitemap(gzip.compress(b"https://e.org/z\n"), "https://e.org/s.txt.gz") == (["https://e.org/z"], [])
+
+
+def test_parse_rss_sitemaps() -> None:
+    rss2 = b"""<?xml version="1.0" encoding="UTF-8"?><rss version="2.0"><channel><title>Events</title>
+    <link>https://e.org/</link>
+    <item><title>Fair</title><link>https://e.org/events/fair</link></item>
+    <item><title>Relative</title><link> /events/swim </link></item>
+    <item><title>No link</title><guid isPermaLink="false">x</guid></item></channel></rss>"""
+    assert parse_sitemap(rss2, "https://e.org/feed.rss") == (
+        ["https://e.org/events/fair", "https://e.org/events/swim"], [],
+    )
+    rss1 = b"""<?xml version="1.0"?><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"
+    xmlns="http://purl.org/rss/1.0/"><channel rdf:about="https://e.org/"><link>https://e.org/</link></channel>
+    <item rdf:about="https://e.org/a"><title>A</title><link>https://e.org/a</link></item></rdf:RDF>"""
+    assert parse_sitemap(rss1, "https://e.org/feed.rdf") == (["https://e.org/a"], [])
+
+
+def test_parse_atom_sitemap() -> None:
+    atom = b"""<?xml version="1.0" encoding="utf-8"?><feed xmlns="http://www.w3.org/2005/Atom">
+    <title>News</title><link rel="self" href="https://e.org/feed.atom"/><link href="https://e.org/"/>
+    <entry><title>One</title><link rel="edit" href="https://e.org/edit/1"/>
+      <link rel="alternate" type="text/html" href="https://e.org/news/1"/></entry>
+    <entry><title>Two</title><link href="news/2"/><link rel="enclosure" href="https://e.org/two.mp3"/></entry>
+    <entry><title>No page</title><link rel="self" href="https://e.org/x"/></entry></feed>"""
+    assert parse_sitemap(atom, "https://e.org/feed.atom") == (["https://e.org/news/1", "https://e.org/news/2"], [])
 
 
 def test_parse_sitemap_does_not_expand_entities() -> None:
