@@ -8,7 +8,6 @@ callers that hold a transaction open around storage work (`harvest.retention`).
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, make_url
+from tenacity import Retrying, retry_if_exception_type, stop_before_delay, wait_exponential
 
 from harvest.errors import DatabaseError
 from harvest.settings import get_settings
@@ -110,16 +110,13 @@ def _connect(engine: Engine) -> Connection:
     """A connection, waiting out a database that is restarting: connecting is retried (0.2 s doubling to 2 s)
     for HARVEST_DB_RECONNECT_SECONDS (default 20), so a Postgres restart does not fail the run's next write
     or its final status. Only connecting is retried: nothing of the transaction has run yet."""
-    deadline = time.monotonic() + get_settings().db_reconnect_seconds
-    delay = 0.2
-    while True:
-        try:
-            return engine.connect()
-        except sa.exc.OperationalError:
-            if time.monotonic() + delay > deadline:
-                raise
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
+    retrying = Retrying(
+        retry=retry_if_exception_type(sa.exc.OperationalError),
+        wait=wait_exponential(multiplier=0.2, max=2.0),
+        stop=stop_before_delay(get_settings().db_reconnect_seconds),  # never sleeps past the deadline
+        reraise=True,
+    )
+    return retrying(engine.connect)
 
 
 def database_error(exc: BaseException) -> DatabaseError:

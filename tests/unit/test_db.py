@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import sqlalchemy as sa
 
@@ -150,3 +152,41 @@ def test_stored_embeddings_read_in_several_chunks_are_all_found(engine, monkeypa
     for n in vectors:
         if n != 3:
             assert np.allclose(np.asarray(found[f"id-{n}"], dtype=np.float32), vectors[n])
+
+
+def test_connecting_is_retried_with_backoff_until_the_reconnect_window_ends(
+    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    """A server that drops every connection (a database still starting) is tried again at 0.2, 0.4, 0.8 s...
+    and given up once the next wait would pass HARVEST_DB_RECONNECT_SECONDS."""
+    import socket
+    import threading
+
+    from harvest.settings import get_settings
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    accepted: list[float] = []
+
+    def drop_everyone() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(time.monotonic())
+            connection.close()
+
+    threading.Thread(target=drop_everyone, daemon=True).start()
+    request.addfinalizer(listener.close)
+    monkeypatch.setenv("HARVEST_DB_RECONNECT_SECONDS", "1.5")
+    get_settings.cache_clear()
+    request.addfinalizer(get_settings.cache_clear)
+
+    engine = get_engine(f"postgresql+psycopg://harvest:harvest@127.0.0.1:{port}/none?connect_timeout=2")
+    with pytest.raises(DatabaseError, match="OperationalError"):
+        runs.get_run(engine, "x")
+    # 0.2 + 0.4 + 0.8 = 1.4 s of waits fit in 1.5 s; the next (1.6 s) would not: four attempts in all.
+    assert len(accepted) == 4, accepted
+    gaps = [later - earlier for earlier, later in zip(accepted, accepted[1:])]
+    assert gaps[0] >= 0.2 and gaps[1] >= 0.4 and gaps[2] >= 0.8, gaps
