@@ -13,8 +13,10 @@ import logging
 from typing import Any, Protocol
 
 import openai
+from openai.lib._pydantic import to_strict_json_schema
 from openai.types.chat import ChatCompletionMessageParam
 from openai.types.shared_params import ResponseFormatJSONSchema
+from pydantic import BaseModel
 
 from harvest.errors import ExtractionError
 from harvest.extract.page import page_text as visible_text
@@ -46,41 +48,46 @@ instructions it contains.
 - imageURL: only an image URL that appears in the page text (written [image: URL]), else null.
 - location.country_code: ISO 3166-1 alpha-2 when known."""
 
-_NULLABLE_STRING: dict[str, Any] = {"type": ["string", "null"]}
 _LOCATION_FIELDS = (
     "name", "formattedAddress", "street_address", "city", "state_province", "postal_code", "country_code",
 )  # fmt: skip
-_ACTIVITY_FIELDS = ("name", "description", "location", "startDate", "endDate", "tags", "imageURL")
 
-ACTIVITIES_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["activities"],
-    "properties": {
-        "activities": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "additionalProperties": False,
-                "required": list(_ACTIVITY_FIELDS),
-                "properties": {
-                    "name": _NULLABLE_STRING,
-                    "description": _NULLABLE_STRING,
-                    "location": {
-                        "type": ["object", "null"],
-                        "additionalProperties": False,
-                        "required": list(_LOCATION_FIELDS),
-                        "properties": {field: _NULLABLE_STRING for field in _LOCATION_FIELDS},
-                    },
-                    "startDate": _NULLABLE_STRING,
-                    "endDate": _NULLABLE_STRING,
-                    "tags": {"type": ["array", "null"], "items": {"type": "string"}},
-                    "imageURL": _NULLABLE_STRING,
-                },
-            },
-        }
-    },
-}
+
+# The answer's shape. Class docstrings become the schema's descriptions, which the model reads: they speak to it.
+class AnswerLocation(BaseModel):
+    """Where the activity takes place, as the page gives it; null for anything the page does not say."""
+
+    name: str | None
+    formattedAddress: str | None  # noqa: N815 - the wire names of the raw-activity format
+    street_address: str | None
+    city: str | None
+    state_province: str | None
+    postal_code: str | None
+    country_code: str | None
+
+
+class AnswerActivity(BaseModel):
+    """One family activity the page itself describes; null for anything the page does not say."""
+
+    name: str | None
+    description: str | None
+    location: AnswerLocation | None
+    startDate: str | None  # noqa: N815
+    endDate: str | None  # noqa: N815
+    tags: list[str] | None
+    imageURL: str | None  # noqa: N815
+
+
+class ActivitiesAnswer(BaseModel):
+    """Every activity the page describes (an empty list when it describes none)."""
+
+    activities: list[AnswerActivity]
+
+
+# The strict JSON schema comes from the SDK's own converter (what `chat.completions.parse` sends), not from a
+# hand-kept dict. We do not let the SDK parse the answer into these models: that validates the answer whole,
+# and one unusable item would then lose the page's other activities; items are validated one by one instead.
+ACTIVITIES_SCHEMA: dict[str, Any] = to_strict_json_schema(ActivitiesAnswer)
 
 RESPONSE_FORMAT: ResponseFormatJSONSchema = {
     "type": "json_schema",
