@@ -129,6 +129,13 @@ def summary_markdown(row: dict[str, Any], files: list[dict[str, Any]], links: di
         lines.append(", ".join(f"{k}: {v}" for k, v in diff.items()) + f" — against {against}")
     else:
         lines.append("not computed")
+    unfollowed = (row.get("steps") or {}).get("unfollowed") or {}
+    lines += ["", "## Unfollowed links", ""]
+    for reason, entry in sorted(unfollowed.items()):
+        lines.append(f"- {_text(reason)}: {entry.get('count', 0)} link(s), e.g.")
+        lines += [f"  - `{_code(url)}`" for url in entry.get("examples", [])]
+    if not unfollowed:
+        lines.append("none: no limit stopped the crawl")
     warnings = list(row.get("warnings") or [])
     lines += ["", f"## Warnings ({len(warnings)})", ""]
     lines += [f"- {_text(w)}" for w in warnings[:SHOWN_WARNINGS]] or ["none"]

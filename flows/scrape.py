@@ -42,6 +42,10 @@ class RunSummary(BaseModel):
     import_summary: ImportSummary | None = None
     warnings: list[str] = Field(default_factory=list)
     failed_urls: list[dict[str, Any]] = Field(default_factory=list)
+    unfollowed_links: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Links a limit (max_pages, max_depth, max_extractions) left unfollowed: {count, examples}.",
+    )
     bytes_between_tasks: int = Field(description="JSON bytes of every task's parameters and result in this run.")
     task_runs: int = 0
 
@@ -183,6 +187,7 @@ def _finish(
         run_id=run_id, url=url, status="completed", activities_processed=final.records,
         files=run_rows.files_view(res.engine, run_id), import_summary=imported,
         warnings=list(row.get("warnings") or []), failed_urls=list(row.get("failed_urls") or []),
+        unfollowed_links=dict((row.get("steps") or {}).get("unfollowed") or {}),
         bytes_between_tasks=traffic.bytes, task_runs=traffic.calls,
     )
 

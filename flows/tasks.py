@@ -72,6 +72,8 @@ def crawl_and_extract(run_id: str, url: str, config: RunConfig) -> FileRef:
         llm = LLMExtractor(_openai_client(res), res.settings.extraction_model, cache=LLMAnswerCache(res.engine))
     result = collect_raw_activities(res.store, run_id, url, config, res.settings, llm=llm)
     record_stage(res, run_id, "crawl", result)
+    if result.unfollowed:  # what a limit cut off, for the summary, the CLI and the UI
+        run_rows.record_step(res.engine, run_id, "unfollowed", result.unfollowed)
     return result.file("raw_activities")
 
 

@@ -126,6 +126,10 @@ def _print_summary(summary: dict[str, Any]) -> None:
         typer.echo(f"  warning: {warning}")
     if summary.get("failed_urls"):
         typer.echo(f"  failed URLs: {len(summary['failed_urls'])}")
+    for reason, entry in (summary.get("unfollowed_links") or {}).items():
+        typer.echo(f"  unfollowed links ({reason}): {entry['count']}, e.g.")
+        for example in entry.get("examples", []):
+            typer.echo(f"    {example}")
 
 
 @runs_app.command("list")

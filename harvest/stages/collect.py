@@ -39,9 +39,10 @@ def collect_raw_activities(
     result = StageResult()
     llm_pages = 0
     llm_skipped_pages = 0
+    stopped_early = False
 
     def activities(session: Crawl) -> Iterator[RawActivity]:
-        nonlocal llm_pages, llm_skipped_pages
+        nonlocal llm_pages, llm_skipped_pages, stopped_early
         found = 0
         for page in session:
             items = _extract_page(page, result)
@@ -59,8 +60,8 @@ def collect_raw_activities(
                 yield item
                 found += 1
                 if found >= config.max_extractions:
-                    result.warn(f"stopped at max_extractions={config.max_extractions}")
-                    session.close()
+                    stopped_early = True
+                    session.close(reason="max_extractions")
                     return
 
     with timed(result.stats):
@@ -80,6 +81,17 @@ def collect_raw_activities(
     result.failed_urls.extend(
         {"url": failed.url, "reason": failed.reason, "status": failed.status} for failed in stats.failed_urls
     )
+    limits = {"max_pages": config.max_pages, "max_depth": config.max_depth, "max_extractions": config.max_extractions}
+    for reason, entry in stats.unfollowed.items():
+        result.stats.details[f"unfollowed_{reason}"] = entry["count"]
+        result.warn(
+            f"{reason}={limits.get(reason)} stopped the crawl with {entry['count']} link(s) unfollowed, e.g. "
+            + ", ".join(entry["examples"])
+            + f"; raise {reason} to reach them"
+        )
+    result.unfollowed = stats.unfollowed
+    if stopped_early and "max_extractions" not in stats.unfollowed:
+        result.warn(f"stopped at max_extractions={config.max_extractions}")
     if llm_skipped_pages:
         result.warn(
             f"OPENAI_API_KEY not set: LLM extraction skipped for {llm_skipped_pages} page(s) without structured data"
