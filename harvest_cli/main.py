@@ -47,6 +47,19 @@ def _flow_result(state: Any, what: str, *, as_json: bool = False, run_id: str | 
     _fail(f"{what} {status}: {reason}")
 
 
+def _prefect(call: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run a flow (or anything that starts Prefect's API); a temporary server that never came up is a clear
+    error with what to do, not a traceback."""
+    from harvest_cli.prefect_defaults import STARTUP_HINT, is_startup_timeout
+
+    try:
+        return call(*args, **kwargs)
+    except RuntimeError as exc:
+        if is_startup_timeout(exc):
+            _fail(f"{exc}\n{STARTUP_HINT}")
+        raise
+
+
 def _show_summary(summary: Any, as_json: bool) -> None:
     document = summary.model_dump(mode="json")
     if as_json:
@@ -99,7 +112,7 @@ def scrape(
         _route_logs_to_stderr()
     from flows.scrape import scrape_website
 
-    state = scrape_website(url=request.url, config=request.config, from_raw=from_raw, return_state=True)
+    state = _prefect(scrape_website, url=request.url, config=request.config, from_raw=from_raw, return_state=True)
     run_id = str(state.state_details.flow_run_id)
     _show_summary(_flow_result(state, f"run {run_id}", as_json=as_json, run_id=run_id), as_json)
 
@@ -311,7 +324,8 @@ def runs_import(
         _route_logs_to_stderr()
     from flows.import_run import import_run
 
-    summary = _flow_result(import_run(run_id=run_id, cleanup=cleanup, return_state=True), f"import of run {run_id}")
+    state = _prefect(import_run, run_id=run_id, cleanup=cleanup, return_state=True)
+    summary = _flow_result(state, f"import of run {run_id}")
     if as_json:
         _emit(summary.model_dump(mode="json"))
         return
@@ -336,7 +350,7 @@ def runs_resume(run_id: str, as_json: bool = typer.Option(False, "--json")) -> N
         _route_logs_to_stderr()
     from flows.resume import resume_flow_run
 
-    _show_summary(_flow_result(resume_flow_run(run_id), f"resumed run {run_id}"), as_json)
+    _show_summary(_flow_result(_prefect(resume_flow_run, run_id), f"resumed run {run_id}"), as_json)
 
 
 @runs_app.command("diff")
@@ -388,7 +402,7 @@ def sweep(
         _route_logs_to_stderr()
     from flows.sweep import sweep_expired
 
-    report = _flow_result(sweep_expired(dry_run=dry_run, return_state=True), "sweep")
+    report = _flow_result(_prefect(sweep_expired, dry_run=dry_run, return_state=True), "sweep")
     if as_json:
         _emit(report)
         return
