@@ -1,4 +1,9 @@
-"""Stage 3b: geocode each distinct address once (`geocoded_map.jsonl`, one line per activity)."""
+"""Stage 3b: geocode each distinct address once (`geocoded_map.jsonl`, one line per activity).
+
+Each line says where its coordinates came from (`source`): `page` (the page gave them: never geocoded, so a
+page's coordinates are never replaced by a geocoder's guess, and cost no call), `cache` (answered in an earlier
+run) or `geocoder` (asked now). Only activities without page coordinates reach the geocoder.
+"""
 
 from __future__ import annotations
 
@@ -50,6 +55,11 @@ def _preload(cached: _OncePerAddress, records: Iterable[dict[str, Any]], engine:
     return set(hits)
 
 
+def _has_coordinates(record: dict[str, Any]) -> bool:
+    location = record.get("location") or {}
+    return location.get("latitude") is not None and location.get("longitude") is not None
+
+
 def geocode_addresses(
     store: ObjectStore, run_id: str, standardized: FileRef, geocoder: Geocoder, *, workers: int = 4,
     cache: tuple[Engine, str] | None = None, chunk: Chunk | None = None,
@@ -68,24 +78,31 @@ def geocode_addresses(
         return chunk.records(store, standardized.uri)
 
     cached = _OncePerAddress(geocoder)
-    reused = _preload(cached, records(), *cache) if cache else set()
+    # Activities with page coordinates are never geocoded, so their addresses are not even looked up.
+    reused = _preload(cached, (r for r in records() if not _has_coordinates(r)), *cache) if cache else set()
 
     answers: dict[str, dict[str, object]] = {}  # normalized address → its map fields, dumped once
 
     def known(record: dict[str, Any]) -> dict[str, object] | None:
-        """The row without a call: no address, or one already answered (this run or the cache)."""
+        """The row without a call: page coordinates, no address, or one already answered (this run or the cache)."""
         # Standardized lines are Activity dumps already: the address is read, no model is rebuilt per line.
-        address = (record.get("location") or {}).get("formattedAddress")
+        location = record.get("location") or {}
+        address = location.get("formattedAddress")
+        if location.get("latitude") is not None and location.get("longitude") is not None:
+            result.stats.details["page_coordinates"] = int(result.stats.details.get("page_coordinates", 0)) + 1
+            return {"id": record["id"], "address": address, "latitude": location["latitude"],
+                    "longitude": location["longitude"], "source": "page"}
         if not address:
             return {"id": record["id"], "address": None}
         key = normalize_address(address)
         if key not in answers and key in cached.results:
-            answers[key] = cached.results[key].model_dump(mode="json")
+            answers[key] = {**cached.results[key].model_dump(mode="json"),
+                            "source": "cache" if key in reused else "geocoder"}
         return {"id": record["id"], **answers[key]} if key in answers else None
 
     def one(record: dict[str, Any]) -> dict[str, object]:
         address = record["location"]["formattedAddress"]
-        return {"id": record["id"], **cached(address).model_dump(mode="json")}
+        return {"id": record["id"], **cached(address).model_dump(mode="json"), "source": "geocoder"}
 
     def activities() -> Iterator[dict[str, Any]]:
         for record in records():
