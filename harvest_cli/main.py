@@ -111,8 +111,10 @@ def scrape(
     if as_json:
         _route_logs_to_stderr()
     from flows.scrape import scrape_website
+    from harvest_cli.live import live_progress, wanted
 
-    state = _prefect(scrape_website, url=request.url, config=request.config, from_raw=from_raw, return_state=True)
+    with live_progress(wanted(as_json)):  # a live line on stderr only for a person at a terminal
+        state = _prefect(scrape_website, url=request.url, config=request.config, from_raw=from_raw, return_state=True)
     run_id = str(state.state_details.flow_run_id)
     _show_summary(_flow_result(state, f"run {run_id}", as_json=as_json, run_id=run_id), as_json)
 

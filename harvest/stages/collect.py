@@ -29,12 +29,13 @@ def collect_raw_activities(
     settings: HarvestSettings,
     *,
     llm: LLMExtractor | None = None,
-    on_progress: Callable[[CrawlStats], None] | None = None,
+    on_progress: Callable[[CrawlStats, int], None] | None = None,
 ) -> StageResult:
     """Crawl from `url`, extract activities from each page as it arrives, and store them as JSONL.
 
     Structured data (JSON-LD, microdata, RDFa) comes first; the LLM only sees pages without any.
-    The crawl stops early once `max_extractions` activities are found.
+    The crawl stops early once `max_extractions` activities are found. `on_progress(stats, activities found)`
+    runs after each page (on this thread), so callers can show the crawl moving; it must be cheap.
     """
     result = StageResult()
     llm_pages = 0
@@ -45,6 +46,8 @@ def collect_raw_activities(
         nonlocal llm_pages, llm_skipped_pages, stopped_early
         found = 0
         for page in session:
+            if on_progress is not None:
+                _report(on_progress, session.stats, found)
             items = _extract_page(page, result)
             if not items:
                 if llm is not None:
@@ -65,10 +68,12 @@ def collect_raw_activities(
                     return
 
     with timed(result.stats):
-        session = crawl(url, config, CrawlOptions.from_settings(settings), on_progress=on_progress)
+        session = crawl(url, config, CrawlOptions.from_settings(settings))
         with session:
             ref = write_jsonl(store, run_key(run_id, "raw_activities", "jsonl"), "raw_activities", activities(session))
         stats = session.stats
+    if on_progress is not None:
+        _report(on_progress, stats, ref.records)
     result.files.append(ref)
     result.stats.items_in = stats.pages_fetched
     result.stats.items_out = ref.records
@@ -99,6 +104,13 @@ def collect_raw_activities(
     if ref.records == 0:
         result.warn(f"no activities found on {url} ({stats.pages_fetched} page(s) crawled)")
     return result
+
+
+def _report(on_progress: Callable[[CrawlStats, int], None], stats: CrawlStats, found: int) -> None:
+    try:
+        on_progress(stats, found)
+    except Exception:  # a progress display must never stop a crawl
+        logger.exception("progress callback failed (ignored)")
 
 
 def _extract_page(page: Page, result: StageResult) -> list[RawActivity]:
