@@ -338,12 +338,24 @@ def runs_import(
 
 @runs_app.command("resume")
 def runs_resume(run_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
-    """Run a failed, crashed or cancelled run again as the same flow run: finished steps are not repeated."""
+    """Run a failed, crashed or cancelled run again as the same flow run: finished steps are not repeated.
+
+    A run still marked running whose process is gone (killed terminal, OOM, SIGKILL: same host and its pid is
+    dead, or Prefect says its flow run is over) is reconciled first, so it can be resumed at once."""
     from harvest.db.runs import get_run
 
-    row = get_run(_engine(), run_id)
+    engine = _engine()
+    row = get_run(engine, run_id)
     if row is None:
         _fail(f"no run {run_id}")
+    if row["status"] == "running":
+        from flows.reconcile import reconcile_if_dead
+        from harvest.retention import policy_from
+        from harvest.settings import get_settings
+
+        if _prefect(reconcile_if_dead, engine, policy_from(get_settings()), run_id):
+            row = get_run(engine, run_id) or row
+            typer.echo(f"run {run_id} was left running by a process that is gone: marked {row['status']}", err=True)
     if row["status"] in ("running", "completed"):
         _fail(f"run {run_id} is {row['status']}; only failed, crashed or cancelled runs can be resumed")
     if row["retention"] not in ("pending", "kept"):
