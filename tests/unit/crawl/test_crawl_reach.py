@@ -106,3 +106,22 @@ def test_max_pages_reports_unfollowed_links_with_examples(site, run_crawl, cfg) 
     entry = result.stats.unfollowed["max_pages"]
     assert entry["count"] == 16
     assert entry["examples"] == [site.url(f"/p{i}") for i in range(4, 9)]
+
+
+def test_a_consumer_stop_reports_what_was_still_queued(site, cfg, ua) -> None:
+    """max_extractions stops the crawl from the consumer side: what was queued is reported under that name."""
+    from harvest.crawl import CrawlOptions, crawl
+
+    links = [f"/p{i}" for i in range(12)]
+    site.html("/", links=links)
+    for link in links:
+        site.html(link)
+    options = CrawlOptions(browser_path=None, user_agent=ua, allow_private_networks=True, per_host_concurrency=1,
+                           timeout_s=5.0, max_concurrency=1, queue_size=1)
+    with crawl(site.url("/"), cfg(), options) as running:
+        next(iter(running))
+        running.close(reason="max_extractions")
+        stats = running.stats
+    entry = stats.unfollowed["max_extractions"]
+    assert 0 < entry["count"] <= 12
+    assert 1 <= len(entry["examples"]) <= 5 and all(e.startswith(site.url("/p")) for e in entry["examples"])
