@@ -102,9 +102,9 @@ class Progress:
         self.artifact_id: UUID | None = artifact_id
         self.percent = 0.0
         self._sent_at = 0.0
-        LIVE.update(run_id=run_id, stage="starting", percent=0.0)
         if artifact_id is not None or not create:
-            return
+            return  # a task attaching to the run's progress: the flow already started it
+        LIVE.update(run_id=run_id, stage="starting", percent=0.0)
         try:
             self.artifact_id = create_progress_artifact(
                 0.0, key=artifact_key("progress"), description=f"Run {run_id}: started"
