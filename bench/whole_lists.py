@@ -43,16 +43,17 @@ def load_raw(path: str) -> list[dict[str, Any]]:
 
 @task(**PERSIST)
 def standardize(raw: list[dict[str, Any]], config: dict[str, Any]) -> list[dict[str, Any]]:
+    from harvest.dedupe import Deduplicator
     from harvest.models import RawActivity, RunConfig
     from harvest.standardize import Standardizer
 
     standardizer = Standardizer(RunConfig.model_validate(config))
-    out = []
-    for record in raw:
-        activity = standardizer.standardize(RawActivity.model_validate(record))
-        if activity is not None:
-            out.append(activity.model_dump(mode="json"))
-    return out
+    with Deduplicator() as dedupe:
+        for record in raw:
+            activity = standardizer.standardize(RawActivity.model_validate(record))
+            if activity is not None:
+                dedupe.add(activity)
+        return [activity.model_dump(mode="json") for activity in dedupe.activities()]
 
 
 @task(**PERSIST)

@@ -10,6 +10,9 @@ from __future__ import annotations
 import html
 import logging
 import re
+import threading
+import time
+from dataclasses import dataclass, replace
 from typing import Any, cast
 from uuid import UUID
 
@@ -48,12 +51,60 @@ def artifact_key(kind: str) -> str:
     return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", f"{flow}-{deployment}-{kind}".lower())).strip("-")
 
 
-class Progress:
-    """One progress artifact per run, moved forward as stages finish."""
+@dataclass
+class LiveStatus:
+    """What a run is doing right now, for a display in this process (the CLI's live line)."""
 
-    def __init__(self, run_id: str) -> None:
+    run_id: str = ""
+    stage: str = "starting"
+    percent: float = 0.0
+    pages_fetched: int = 0
+    pages_queued: int = 0
+    activities_found: int = 0
+    chunks_done: int = 0
+    chunks_total: int = 0
+
+
+class _LiveBoard:
+    """The latest LiveStatus of this process's run. Process-local on purpose: the `harvest` command runs the flow
+    in its own process (a worker's runs are followed in the UI through the progress artifact instead)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._status = LiveStatus()
+
+    def update(self, **changes: Any) -> None:
+        with self._lock:
+            self._status = replace(self._status, **changes)
+
+    def get(self) -> LiveStatus:
+        with self._lock:
+            return self._status
+
+    def reset(self) -> None:
+        with self._lock:
+            self._status = LiveStatus()
+
+
+LIVE = _LiveBoard()
+
+# The crawl moves the artifact between the "started" and "crawl" milestones, enrichment between "standardize"
+# and "enrich". At most one API call per PROGRESS_INTERVAL_S: a 2,000-page crawl must not become 2,000 calls.
+PROGRESS_INTERVAL_S = 2.0
+
+
+class Progress:
+    """One progress artifact per run, moved forward as stages finish and, throttled, during the crawl and
+    enrichment; every change also goes to LIVE for the CLI."""
+
+    def __init__(self, run_id: str, artifact_id: UUID | None = None, *, create: bool = True) -> None:
         self.run_id = run_id
-        self.artifact_id: UUID | None = None
+        self.artifact_id: UUID | None = artifact_id
+        self.percent = 0.0
+        self._sent_at = 0.0
+        if artifact_id is not None or not create:
+            return  # a task attaching to the run's progress: the flow already started it
+        LIVE.update(run_id=run_id, stage="starting", percent=0.0)
         try:
             # Prefect types its sync/async dispatch as either; called from sync code it returns the id.
             self.artifact_id = cast(UUID, create_progress_artifact(
@@ -62,13 +113,42 @@ class Progress:
         except Exception as exc:  # noqa: BLE001 - artifacts are reporting, never a reason to fail
             logger.warning("run %s: progress artifact not created: %s", run_id, exc)
 
+    @classmethod
+    def attach(cls, run_id: str, artifact_id: str | None) -> Progress:
+        """The run's progress, from inside one of its tasks (the flow created the artifact)."""
+        return cls(run_id, UUID(artifact_id) if artifact_id else None, create=False)
+
     def advance(self, milestone: str) -> None:
-        if self.artifact_id is None:
+        LIVE.update(stage=f"{milestone} finished", percent=MILESTONES[milestone])
+        self._send(MILESTONES[milestone], f"Run {self.run_id}: {milestone} finished", force=True)
+
+    def crawl(self, pages_fetched: int, pages_queued: int, activities: int, max_pages: int) -> None:
+        """Pages fetched out of those known so far (fetched + queued, capped by max_pages), scaled into the
+        crawl's share of the bar."""
+        known = max(1, min(max_pages, pages_fetched + pages_queued))
+        share = MILESTONES["crawl"] - MILESTONES["started"]
+        percent = MILESTONES["started"] + share * min(1.0, pages_fetched / known) * 0.99
+        LIVE.update(stage="crawl", percent=percent, pages_fetched=pages_fetched, pages_queued=pages_queued,
+                    activities_found=activities)
+        self._send(percent, f"Run {self.run_id}: crawling, {pages_fetched} pages fetched, {pages_queued} queued, "
+                            f"{activities} activities found")
+
+    def enrich(self, done: int, total: int) -> None:
+        """`done` of `total` enrichment tasks (image and geocode chunks, embeddings) finished."""
+        share = MILESTONES["enrich"] - MILESTONES["standardize"]
+        percent = MILESTONES["standardize"] + share * done / max(1, total)
+        LIVE.update(stage="enrich", percent=percent, chunks_done=done, chunks_total=total)
+        self._send(percent, f"Run {self.run_id}: enriching, {done} of {total} parts done", force=done == total)
+
+    def _send(self, percent: float, description: str, *, force: bool = False) -> None:
+        if self.artifact_id is None or percent < self.percent:
             return
+        now = time.monotonic()
+        if not force and now - self._sent_at < PROGRESS_INTERVAL_S:
+            return
+        self._sent_at, self.percent = now, percent
         try:
-            update_progress_artifact(
-                self.artifact_id, MILESTONES[milestone], description=f"Run {self.run_id}: {milestone} finished"
-            )
+            update_progress_artifact(self.artifact_id, round(percent, 1), description=description)
         except Exception as exc:  # noqa: BLE001
             logger.warning("run %s: progress artifact not updated: %s", self.run_id, exc)
 
@@ -130,6 +210,13 @@ def summary_markdown(row: dict[str, Any], files: list[dict[str, Any]], links: di
         lines.append(", ".join(f"{k}: {v}" for k, v in diff.items()) + f" — against {against}")
     else:
         lines.append("not computed")
+    unfollowed = (row.get("steps") or {}).get("unfollowed") or {}
+    lines += ["", "## Unfollowed links", ""]
+    for reason, entry in sorted(unfollowed.items()):
+        lines.append(f"- {_text(reason)}: {entry.get('count', 0)} link(s), e.g.")
+        lines += [f"  - `{_code(url)}`" for url in entry.get("examples", [])]
+    if not unfollowed:
+        lines.append("none: no limit stopped the crawl")
     warnings = list(row.get("warnings") or [])
     lines += ["", f"## Warnings ({len(warnings)})", ""]
     lines += [f"- {_text(w)}" for w in warnings[:SHOWN_WARNINGS]] or ["none"]

@@ -9,7 +9,8 @@ from prefect.exceptions import ObjectNotFound
 from sqlalchemy.engine import Engine
 
 from harvest.db.engine import utcnow
-from harvest.retention import RECONCILED_STATUS, RetentionPolicy, reconcile_run
+from harvest.db.runs import get_run
+from harvest.retention import RECONCILED_STATUS, RetentionPolicy, process_gone, reconcile_run
 
 
 def flow_run_state(run_id: str) -> str | None:
@@ -27,8 +28,17 @@ def flow_run_state(run_id: str) -> str | None:
 
 
 def reconcile_if_dead(engine: Engine, policy: RetentionPolicy, run_id: str) -> bool:
-    """Reconcile one `running` row now if its flow run is already over; True when it was."""
+    """Reconcile one `running` row now if its run is in fact over; True when it was.
+
+    Over means: Prefect says its flow run ended, or the process the row names ran on this host and is gone (a
+    killed `harvest scrape`, whose own temporary Prefect API died with it and so can never say so).
+    """
     state = flow_run_state(run_id)
-    if state not in RECONCILED_STATUS:
+    if state in RECONCILED_STATUS:
+        why = f"its Prefect flow run is {state}"
+        return reconcile_run(engine, policy, run_id, RECONCILED_STATUS[state], why, utcnow())
+    row = get_run(engine, run_id)
+    if row is None or row["status"] != "running" or not process_gone(row.get("host"), row.get("pid")):
         return False
-    return reconcile_run(engine, policy, run_id, RECONCILED_STATUS[state], f"its Prefect flow run is {state}", utcnow())
+    why = f"its process {row['pid']} on {row['host']} is gone"
+    return reconcile_run(engine, policy, run_id, "crashed", why, utcnow())

@@ -7,7 +7,7 @@ from functools import partial
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.futures import PrefectFuture
+from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import deployment as runtime_deployment
 from prefect.runtime import flow_run as runtime_flow_run
 from pydantic import BaseModel, Field
@@ -19,6 +19,7 @@ from flows.hooks import on_cancellation, on_completion, on_crashed, on_failure
 from flows.polling import poll_schedule
 from flows.reconcile import reconcile_if_dead
 from flows.resources import Resources, resources
+from flows.run_logs import harvest_logs_to_run
 from flows.runners import make_task_runner
 from flows.tasks import Steps
 from flows.traffic import CountedTask, Traffic
@@ -43,6 +44,10 @@ class RunSummary(BaseModel):
     import_summary: ImportSummary | None = None
     warnings: list[str] = Field(default_factory=list)
     failed_urls: list[dict[str, Any]] = Field(default_factory=list)
+    unfollowed_links: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Links a limit (max_pages, max_depth, max_extractions) left unfollowed: {count, examples}.",
+    )
     bytes_between_tasks: int = Field(description="JSON bytes of every task's parameters and result in this run.")
     task_runs: int = 0
 
@@ -79,6 +84,12 @@ def scrape_website(
     `from_raw`: start from stored raw activities (a kept run's raw_activities URI or a local JSONL) instead
     of crawling; `url` is then only the run's label.
     """
+    with harvest_logs_to_run(runtime_flow_run.id):  # harvest's own log lines reach this run's logs in the UI
+        return _scrape(url, config, from_raw)
+
+
+def _scrape(url: str, config: RunConfig, from_raw: str | None) -> RunSummary:
+    """The flow's steps (see scrape_website)."""
     res = resources()
     url = _checked_url(res, url, config, from_raw)
     run_id = str(runtime_flow_run.id)
@@ -92,13 +103,15 @@ def scrape_website(
     progress = artifacts.Progress(run_id)
 
     # 1-2. Crawl + extract (or load stored raw activities), then standardize: both critical.
-    raw = steps.load_raw_activities(run_id, from_raw) if from_raw else steps.crawl_and_extract(run_id, url, config)
+    progress_id = str(progress.artifact_id) if progress.artifact_id else None
+    raw = (steps.load_raw_activities(run_id, from_raw) if from_raw
+           else steps.crawl_and_extract(run_id, url, config, progress_id))
     progress.advance("crawl")
     standardized = steps.standardize(run_id, raw, config)
     progress.advance("standardize")
 
     # 3. Images, geocodes and embeddings side by side; each may fail without failing the run.
-    images_map, geocoded_map, embeddings = _enrich(steps, res, run_id, standardized, config)
+    images_map, geocoded_map, embeddings = _enrich(steps, res, run_id, standardized, config, progress)
     progress.advance("enrich")
 
     # 4-5. Merge, then the final JSONL (both critical); the diff against the previous run is optional.
@@ -123,46 +136,61 @@ def _checked_url(res: Resources, url: str, config: RunConfig, from_raw: str | No
 
 
 def _enrich(
-    steps: Steps, res: Resources, run_id: str, standardized: FileRef, config: RunConfig
+    steps: Steps, res: Resources, run_id: str, standardized: FileRef, config: RunConfig, progress: artifacts.Progress
 ) -> tuple[FileRef | None, FileRef | None, dict[str, FileRef]]:
     """The image map, the geocode map (each in chunks joined in order) and the embedding files by kind.
 
-    The embeddings batch is submitted first: on a first run it is the longest branch (the batch's wait).
+    The embeddings batch is submitted first: on a first run it is the longest branch (the batch's wait), so
+    its poll starts as soon as it is submitted, alongside the chunks. Progress moves as each chunk and the
+    embeddings finish, not only when the whole stage does.
     """
     batch_future = steps.submit_embeddings_batch.submit(run_id, standardized, config.embedding_model)
     chunks = chunk_ranges(standardized.records, res.settings.enrich_chunk_size, res.settings.enrich_max_chunks)
     layout = (res.settings.enrich_chunk_size, res.settings.enrich_max_chunks)
-    images_future = _fan_out(steps, steps.images_chunk, "images_map", "images", run_id, standardized, chunks, layout)
-    geocode_future = _fan_out(
+    image_parts, images_future = _fan_out(
+        steps, steps.images_chunk, "images_map", "images", run_id, standardized, chunks, layout
+    )
+    geocode_parts, geocode_future = _fan_out(
         steps, steps.geocode_chunk, "geocoded_map", "geocode", run_id, standardized, chunks, layout
     )
-    embedding_files = _embeddings(steps, res, run_id, standardized, _optional(batch_future, "embeddings", run_id))
+    batch = _optional(batch_future, "embeddings", run_id)
+    poll_future = _poll_embeddings(steps, res, run_id, standardized, batch)
+    pending = image_parts + geocode_parts + ([poll_future] if poll_future is not None else [])
+    total = len(pending) + 1  # + the embeddings' submission, done above
+    progress.enrich(1, total)
+    for done, _ in enumerate(as_completed(pending), start=2):  # failures are reported by _optional below
+        progress.enrich(done, total)
+    if poll_future is not None:
+        embedding_files = _optional(poll_future, "embeddings", run_id)
+    else:  # every vector reused or embedded now, or no batch at all
+        embedding_files = batch.files if batch is not None else None
     images_map = _optional(images_future, "images", run_id)
     geocoded_map = _optional(geocode_future, "geocode", run_id)
     return images_map, geocoded_map, {ref.kind: ref for ref in embedding_files or []}
 
 
-def _embeddings(
+def _poll_embeddings(
     steps: Steps, res: Resources, run_id: str, standardized: FileRef, batch: SubmittedBatch | None
-) -> list[FileRef] | None:
-    """The embedding files: ready at once when every vector was reused or embedded now, else after polling."""
+) -> PrefectFuture[Any] | None:
+    """The poll of a submitted batch (its future: the embedding files); None when there is nothing to poll."""
     if batch is None or batch.complete:
-        return batch.files if batch is not None else None
+        return None
     retries, delays = poll_schedule(
         res.settings.batch_poll_seconds, res.settings.batch_poll_max_seconds, res.settings.batch_max_wait_seconds
     )
     poll = steps.poll_embeddings_batch.with_options(retries=retries, retry_delay_seconds=delays)
-    return _optional(poll.submit(run_id, standardized, batch), "embeddings", run_id)
+    return poll.submit(run_id, standardized, batch)
 
 
 def _fan_out(
     steps: Steps, chunk_task: CountedTask, kind: str, step: str, run_id: str, standardized: FileRef,
     chunks: list[tuple[int, int]], layout: tuple[int, int],
-) -> PrefectFuture[Any]:
-    """One task per chunk of standardized.jsonl, then one that joins their parts in order (the map's future).
-    `layout` (chunk size, max chunks) goes into the join's result key: another layout is another result."""
+) -> tuple[list[PrefectFuture[Any]], PrefectFuture[Any]]:
+    """One task per chunk of standardized.jsonl, then one that joins their parts in order: (the chunks' futures,
+    the map's future). `layout` (chunk size, max chunks) goes into the join's result key: another layout is
+    another result."""
     parts = [chunk_task.submit(run_id, standardized, index, start, stop) for index, (start, stop) in enumerate(chunks)]
-    return steps.combine_map.submit(run_id, kind, step, len(chunks), *layout, wait_for=parts)
+    return parts, steps.combine_map.submit(run_id, kind, step, len(chunks), *layout, wait_for=parts)
 
 
 def _finish(
@@ -188,6 +216,7 @@ def _finish(
         run_id=run_id, url=url, status="completed", activities_processed=final.records,
         files=run_rows.files_view(res.engine, run_id), import_summary=imported,
         warnings=list(row.get("warnings") or []), failed_urls=list(row.get("failed_urls") or []),
+        unfollowed_links=dict((row.get("steps") or {}).get("unfollowed") or {}),
         bytes_between_tasks=traffic.bytes, task_runs=traffic.calls,
     )
 

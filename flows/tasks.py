@@ -13,9 +13,11 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
+from flows import artifacts
 from flows.limits import geocoder_gate, openai_slot
 from flows.resources import Resources, resources
 from flows.traffic import CountedTask, Traffic
+from harvest.crawl import CrawlStats
 from harvest.db import runs as run_rows
 from harvest.db.caches import LLMAnswerCache
 from harvest.embeddings import make_openai_client
@@ -65,13 +67,21 @@ def _openai_client(res: Resources) -> Any:
 
 
 @task(name="crawl-and-extract", result_storage_key=result_key_template("crawl"), **PERSISTED)
-def crawl_and_extract(run_id: str, url: str, config: RunConfig) -> FileRef:
+def crawl_and_extract(run_id: str, url: str, config: RunConfig, progress_id: str | None = None) -> FileRef:
+    """Crawl and extract; the run's progress artifact (`progress_id`) moves as pages arrive (throttled)."""
     res = resources()
     llm = None
     if res.settings.has_openai:
         llm = LLMExtractor(_openai_client(res), res.settings.extraction_model, cache=LLMAnswerCache(res.engine))
-    result = collect_raw_activities(res.store, run_id, url, config, res.settings, llm=llm)
+    progress = artifacts.Progress.attach(run_id, progress_id)
+
+    def on_progress(stats: CrawlStats, found: int) -> None:
+        progress.crawl(stats.pages_fetched, stats.pages_queued, found, config.max_pages)
+
+    result = collect_raw_activities(res.store, run_id, url, config, res.settings, llm=llm, on_progress=on_progress)
     record_stage(res, run_id, "crawl", result)
+    if result.unfollowed:  # what a limit cut off, for the summary, the CLI and the UI
+        run_rows.record_step(res.engine, run_id, "unfollowed", result.unfollowed)
     return result.file("raw_activities")
 
 

@@ -64,6 +64,9 @@ class Location(BaseModel):
     state_province: str | None = None
     postal_code: str | None = None
     country_code: str | None = None
+    # Coordinates the page itself gave (schema.org GeoCoordinates): data, kept as given and never geocoded over.
+    latitude: float | None = Field(default=None, ge=-90, le=90)
+    longitude: float | None = Field(default=None, ge=-180, le=180)
 
 
 class RawActivity(BaseModel):
@@ -82,6 +85,13 @@ class RawActivity(BaseModel):
     extractedBy: str | None = Field(default=None, description="jsonld | microdata | rdfa | llm | fixture")
 
 
+class Occurrence(BaseModel):
+    """One date an activity happens on (a recurring show, a tour playing a venue twice)."""
+
+    start_date: datetime
+    end_date: datetime | None = None
+
+
 class Activity(BaseModel):
     """A standardized activity: a name, clean fields and a stable id used to dedupe and to join enrichments."""
 
@@ -93,6 +103,10 @@ class Activity(BaseModel):
     location: Location
     start_date: datetime | None = None
     end_date: datetime | None = None
+    occurrences: list[Occurrence] = Field(
+        default_factory=list,
+        description="Every (start, end) of an activity found on several dates, earliest first; empty for one date.",
+    )
     tags: list[str] = Field(default_factory=list)
     image_url: str | None = None
     source_url: str | None = None

@@ -11,8 +11,13 @@ import hashlib
 import json
 import logging
 import re
+import warnings
 from datetime import datetime
+from typing import Any
 
+from dateutil import parser as dateutil_parser
+
+from harvest.countries import country_code
 from harvest.extract.text import absolute_http_url, clean_text, format_address, normalize_key
 from harvest.models import Activity, Location, RawActivity, RunConfig
 
@@ -27,15 +32,37 @@ MAX_WARNINGS = 100
 MIN_YEAR, MAX_YEAR = 1800, 2200  # outside this a "date" is a typo or a placeholder, not an activity date
 
 _ISO_LIKE_RE = re.compile(r"^\d{4}[-/]?\d{2}")
-_TEXT_DATE_FORMATS = ("%d %B %Y", "%d %b %Y", "%B %d, %Y", "%b %d, %Y", "%B %d %Y", "%b %d %Y", "%d %B, %Y")
+_RFC2822_RE = re.compile(
+    r"^(?:[A-Za-z]{3},\s*)?\d{1,2}\s+[A-Za-z]{3}\s+\d{4}\s+\d{1,2}:\d{2}(?::\d{2})?\s*(?:[+-]\d{4}|[A-Za-z]{1,5})?$"
+)
+# 01/05/2024, 1.5.24, 01-05-2024: day and month in an order only the page's country knows.
+_NUMERIC_DATE_RE = re.compile(r"^(\d{1,2})[/.\-](\d{1,2})[/.\-](\d{2}|\d{4})\b")
+_MONTHS = (
+    "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+)
+_MONTH_RE = re.compile(r"\b(" + "|".join(_MONTHS) + r")[a-z]*\.?\b", re.IGNORECASE)
+_YEAR_RE = re.compile(r"\b(1[89]\d\d|2[0-2]\d\d)\b")
+# A day of the month next to its month name: "1 May", "1st May", "May 1", "May 1st" (not a time like "10am").
+_DAY_RE = re.compile(
+    r"\b(\d{1,2})(?:st|nd|rd|th)?\s+(?:of\s+)?(?:" + "|".join(_MONTHS) + r")"
+    r"|(?:" + "|".join(_MONTHS) + r")[a-z]*\.?\s+(\d{1,2})(?:st|nd|rd|th)?\b",
+    re.IGNORECASE,
+)
 
 
-def parse_date(value: str | None) -> datetime | None:
-    """A datetime from ISO-8601 and its common variants, or None when `value` is not a date.
+class DateRefused(ValueError):
+    """A value that is not a date we can read without guessing; the message says why (recorded as a warning)."""
 
-    Accepted: "2024-05-01", "2024-05-01T10:00", "...Z", "...+10:00", "...+1000", fractional seconds
-    (any number of digits), a space instead of "T", "2024/05/01", RFC 2822 and "1 May 2024".
-    Date-only and offset-less values stay naive: the page did not say which zone it meant.
+
+def read_date(value: str | None) -> datetime | None:
+    """A datetime from `value`, None when empty; DateRefused (with the reason) when it is not a usable date.
+
+    In order: strict ISO 8601 and its common variants ("2024-05-01", "...T10:00", "Z", "+10:00", "+1000",
+    fractional seconds, a space for "T", "2024/05/01"); RFC 2822; then dates as people write them, through
+    python-dateutil: "Saturday 1 June 2024", "1st May 2024", "1 May 2024, 10am", "May 1, 2024 7:30 pm". Such a
+    date must name its day, its month (in words, English month names) and its year: nothing is filled in
+    from today. Numeric dates whose day and month could be swapped (01/05/2024) are refused, never guessed.
+    Offsets are kept; date-only and offset-less values stay naive (the page did not say which zone it meant).
     """
     text = clean_text(value, max_chars=100)
     if not text:
@@ -49,21 +76,42 @@ def parse_date(value: str | None) -> datetime | None:
             parsed = datetime.fromisoformat(candidate)
         except ValueError:
             parsed = None
-    if parsed is None:
+    if parsed is None and _RFC2822_RE.match(text):  # only the real shape: the stdlib parser drops "pm" silently
         try:
             parsed = email.utils.parsedate_to_datetime(text)
         except (TypeError, ValueError, IndexError):
             parsed = None
     if parsed is None:
-        for date_format in _TEXT_DATE_FORMATS:
-            try:
-                parsed = datetime.strptime(text, date_format)
-                break
-            except ValueError:
-                continue
-    if parsed is None or not MIN_YEAR <= parsed.year <= MAX_YEAR:
-        return None
+        parsed = _human_date(text)
+    if not MIN_YEAR <= parsed.year <= MAX_YEAR:
+        raise DateRefused(f"year {parsed.year} is outside {MIN_YEAR}-{MAX_YEAR}")
     return parsed
+
+
+def _human_date(text: str) -> datetime:
+    """A date as a person writes it, through dateutil, only when day, month and year are all written out."""
+    numeric = _NUMERIC_DATE_RE.match(text)
+    if numeric:
+        first, second = int(numeric.group(1)), int(numeric.group(2))
+        if first <= 12 and second <= 12 and first != second:
+            raise DateRefused("ambiguous numeric date: day and month could be either way round")
+        raise DateRefused("numeric date without a year first: write it as ISO 8601 (YYYY-MM-DD)")
+    if not (_MONTH_RE.search(text) and _YEAR_RE.search(text) and _DAY_RE.search(text)):
+        raise DateRefused("not a recognisable date (it needs a day, a month name and a year)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", dateutil_parser.UnknownTimezoneWarning)  # "AEST": kept naive
+            return dateutil_parser.parse(text, fuzzy=True, dayfirst=True)
+    except (dateutil_parser.ParserError, ValueError, OverflowError) as exc:
+        raise DateRefused(f"not a recognisable date ({exc})") from None
+
+
+def parse_date(value: str | None) -> datetime | None:
+    """`read_date`, with None for anything it refuses (see there for what is accepted)."""
+    try:
+        return read_date(value)
+    except DateRefused:
+        return None
 
 
 def activity_id(name: str, formatted_address: str | None) -> str:
@@ -78,7 +126,7 @@ def activity_id(name: str, formatted_address: str | None) -> str:
 
 def content_hash(activity: Activity) -> str:
     """sha256 of what feeds enrichment (text for embeddings, address for geocoding, the image)."""
-    payload = {
+    payload: dict[str, Any] = {
         "name": activity.name,
         "description": activity.description,
         "location_name": activity.location.name,
@@ -88,6 +136,11 @@ def content_hash(activity: Activity) -> str:
         "start_date": activity.start_date.isoformat() if activity.start_date else None,
         "end_date": activity.end_date.isoformat() if activity.end_date else None,
     }
+    if activity.occurrences:  # only when several: hashes of single-date activities stay as they were
+        payload["occurrences"] = [[o.start_date.isoformat(), o.end_date.isoformat() if o.end_date else None]
+                                  for o in activity.occurrences]
+    if activity.location.latitude is not None:  # only when present: hashes of activities without stay as they were
+        payload["coordinates"] = [activity.location.latitude, activity.location.longitude]
     encoded = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(encoded.encode("utf-8")).hexdigest()
 
@@ -112,32 +165,44 @@ def standardize_location(location: Location | None, activity_name: str) -> Locat
     state = clean_text(location.state_province, max_chars=MAX_FIELD_CHARS)
     postal = clean_text(location.postal_code, max_chars=MAX_FIELD_CHARS)
     country = clean_text(location.country_code, max_chars=MAX_FIELD_CHARS)
-    if country and len(country) == 2:
-        country = country.upper()
     formatted = clean_text(location.formattedAddress, max_chars=MAX_FIELD_CHARS)
+    has_coordinates = location.latitude is not None and location.longitude is not None
     return Location(
         name=clean_text(location.name, max_chars=MAX_NAME_CHARS) or activity_name,
-        formattedAddress=formatted or format_address(street, city, state, postal, country),
+        formattedAddress=formatted or format_address(street, city, state, postal, country_code(country) or country),
         street_address=street,
         city=city,
         state_province=state,
         postal_code=postal,
-        country_code=country,
+        country_code=country_code(country),  # ISO 3166-1 alpha-2, or None when it names no single country
+        # Kept exactly as the page gave them, and only as a pair.
+        latitude=location.latitude if has_coordinates else None,
+        longitude=location.longitude if has_coordinates else None,
     )
 
 
+def place_key(location: Location) -> str | None:
+    """What identifies where an activity is: its address, else the page's coordinates (5 decimals, ~1 m), so two
+    same-named activities at two coordinate-only places stay two."""
+    if location.formattedAddress:
+        return location.formattedAddress
+    if location.latitude is not None and location.longitude is not None:
+        return f"{location.latitude:.5f},{location.longitude:.5f}"
+    return None
+
+
 class Standardizer:
-    """Standardizes the raw activities of one run, dropping duplicates by id.
+    """Standardizes the raw activities of one run, one record at a time (copies of one activity are merged
+    afterwards, in any order, by harvest.dedupe.Deduplicator).
 
     Keeps counters for the run report: `accepted`, `skipped` (reason -> count) and `warnings`
-    (first MAX_WARNINGS messages, `warnings_dropped` counts the rest). Only the seen-id set grows.
+    (first MAX_WARNINGS messages, `warnings_dropped` counts the rest).
     """
 
     def __init__(self, config: RunConfig, *, max_warnings: int = MAX_WARNINGS) -> None:
         self.config = config
         self.max_warnings = max_warnings
         self.hint_tags = normalize_tags(config.tags_hint)
-        self.seen_ids: set[str] = set()
         self.accepted = 0
         self.skipped: dict[str, int] = {}
         self.warnings: list[str] = []
@@ -157,22 +222,20 @@ class Standardizer:
     def _date(self, value: str | None, field: str, name: str) -> datetime | None:
         if value is None or not value.strip():
             return None
-        parsed = parse_date(value)
-        if parsed is None:
-            self.warn(f"{name!r}: dropped {field} {value[:60]!r}: not a recognisable date")
-        return parsed
+        try:
+            return read_date(value)
+        except DateRefused as exc:
+            self.warn(f"{name!r}: dropped {field} {value[:60]!r}: {exc}")
+            return None
 
     def standardize(self, raw: RawActivity) -> Activity | None:
-        """The clean Activity for `raw`, or None when it has no name or its id was already seen."""
+        """The clean Activity for `raw`, or None when it has no name."""
         name = clean_text(raw.name, max_chars=MAX_NAME_CHARS)
         if not name:
             self._skip("missing name", raw)
             return None
         location = standardize_location(raw.location, name)
-        identifier = activity_id(name, location.formattedAddress)
-        if identifier in self.seen_ids:
-            self._skip("duplicate", raw)
-            return None
+        identifier = activity_id(name, place_key(location))
 
         start = self._date(raw.startDate, "startDate", name)
         end = self._date(raw.endDate, "endDate", name)
@@ -207,7 +270,6 @@ class Standardizer:
             content_hash="",
         )
         activity.content_hash = content_hash(activity)
-        self.seen_ids.add(identifier)
         self.accepted += 1
         return activity
 

@@ -47,6 +47,19 @@ def _flow_result(state: Any, what: str, *, as_json: bool = False, run_id: str | 
     _fail(f"{what} {status}: {reason}")
 
 
+def _prefect(call: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run a flow (or anything that starts Prefect's API); a temporary server that never came up is a clear
+    error with what to do, not a traceback."""
+    from harvest_cli.prefect_defaults import STARTUP_HINT, is_startup_timeout
+
+    try:
+        return call(*args, **kwargs)
+    except RuntimeError as exc:
+        if is_startup_timeout(exc):
+            _fail(f"{exc}\n{STARTUP_HINT}")
+        raise
+
+
 def _show_summary(summary: Any, as_json: bool) -> None:
     document = summary.model_dump(mode="json")
     if as_json:
@@ -98,8 +111,10 @@ def scrape(
     if as_json:
         _route_logs_to_stderr()
     from flows.scrape import scrape_website
+    from harvest_cli.live import live_progress, wanted
 
-    state = scrape_website(url=request.url, config=request.config, from_raw=from_raw, return_state=True)
+    with live_progress(wanted(as_json)):  # a live line on stderr only for a person at a terminal
+        state = _prefect(scrape_website, url=request.url, config=request.config, from_raw=from_raw, return_state=True)
     run_id = str(state.state_details.flow_run_id)
     _show_summary(_flow_result(state, f"run {run_id}", as_json=as_json, run_id=run_id), as_json)
 
@@ -126,6 +141,10 @@ def _print_summary(summary: dict[str, Any]) -> None:
         typer.echo(f"  warning: {warning}")
     if summary.get("failed_urls"):
         typer.echo(f"  failed URLs: {len(summary['failed_urls'])}")
+    for reason, entry in (summary.get("unfollowed_links") or {}).items():
+        typer.echo(f"  unfollowed links ({reason}): {entry['count']}, e.g.")
+        for example in entry.get("examples", []):
+            typer.echo(f"    {example}")
 
 
 @runs_app.command("list")
@@ -308,7 +327,8 @@ def runs_import(
         _route_logs_to_stderr()
     from flows.import_run import import_run
 
-    summary = _flow_result(import_run(run_id=run_id, cleanup=cleanup, return_state=True), f"import of run {run_id}")
+    state = _prefect(import_run, run_id=run_id, cleanup=cleanup, return_state=True)
+    summary = _flow_result(state, f"import of run {run_id}")
     if as_json:
         _emit(summary.model_dump(mode="json"))
         return
@@ -319,12 +339,24 @@ def runs_import(
 
 @runs_app.command("resume")
 def runs_resume(run_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
-    """Run a failed, crashed or cancelled run again as the same flow run: finished steps are not repeated."""
+    """Run a failed, crashed or cancelled run again as the same flow run: finished steps are not repeated.
+
+    A run still marked running whose process is gone (killed terminal, OOM, SIGKILL: same host and its pid is
+    dead, or Prefect says its flow run is over) is reconciled first, so it can be resumed at once."""
     from harvest.db.runs import get_run
 
-    row = get_run(_engine(), run_id)
+    engine = _engine()
+    row = get_run(engine, run_id)
     if row is None:
         _fail(f"no run {run_id}")
+    if row["status"] == "running":
+        from flows.reconcile import reconcile_if_dead
+        from harvest.retention import policy_from
+        from harvest.settings import get_settings
+
+        if _prefect(reconcile_if_dead, engine, policy_from(get_settings()), run_id):
+            row = get_run(engine, run_id) or row
+            typer.echo(f"run {run_id} was left running by a process that is gone: marked {row['status']}", err=True)
     if row["status"] in ("running", "completed"):
         _fail(f"run {run_id} is {row['status']}; only failed, crashed or cancelled runs can be resumed")
     if row["retention"] not in ("pending", "kept"):
@@ -333,7 +365,7 @@ def runs_resume(run_id: str, as_json: bool = typer.Option(False, "--json")) -> N
         _route_logs_to_stderr()
     from flows.resume import resume_flow_run
 
-    _show_summary(_flow_result(resume_flow_run(run_id), f"resumed run {run_id}"), as_json)
+    _show_summary(_flow_result(_prefect(resume_flow_run, run_id), f"resumed run {run_id}"), as_json)
 
 
 @runs_app.command("diff")
@@ -385,7 +417,7 @@ def sweep(
         _route_logs_to_stderr()
     from flows.sweep import sweep_expired
 
-    report = _flow_result(sweep_expired(dry_run=dry_run, return_state=True), "sweep")
+    report = _flow_result(_prefect(sweep_expired, dry_run=dry_run, return_state=True), "sweep")
     if as_json:
         _emit(report)
         return

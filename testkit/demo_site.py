@@ -307,7 +307,9 @@ def _layout(title: str, path: str, body: str, *, head: str = "", description: st
 
 
 def _tag_list(tags: list[str], tag_slugs: dict[str, str]) -> str:
-    items = "".join(f'<li><a href="/tags/{tag_slugs[t]}/">{_esc(t)}</a></li>' for t in tags)
+    # A tag without a slug (a build without tag pages) is plain text: no link to a page that does not exist.
+    items = "".join(f'<li><a href="/tags/{tag_slugs[t]}/">{_esc(t)}</a></li>' if t in tag_slugs
+                    else f"<li>{_esc(t)}</li>" for t in tags)
     return f'<ul class="tags">{items}</ul>' if items else ""
 
 
@@ -530,8 +532,17 @@ def _listing_item(activity: DemoActivity, act: dict[str, Any], ref: str | None) 
     return f'<li><a href="{href}">{_esc(act["name"])}</a>{suffix}</li>'
 
 
-def _pagination(page: int, pages: int) -> str:
+def _pagination(page: int, pages: int, style: str = "numbered") -> str:
+    """numbered: every page linked (plus rel=prev/next); next: only "Older »"/"« Newer" without rel, as on
+    blogs and "what's on" listings, so only the text tells a crawler these are further pages of the list."""
     links = []
+    if style == "next":
+        if page > 1:
+            links.append(f'<a href="/activities/page/{page - 1}/">&laquo; Newer</a>')
+        links.append(f"<span>Page {page} of {pages}</span>")
+        if page < pages:
+            links.append(f'<a href="/activities/page/{page + 1}/">Older &raquo;</a>')
+        return f'<nav class="pagination">{" ".join(links)}</nav>'
     if page > 1:
         links.append(f'<a rel="prev" href="/activities/page/{page - 1}/">&laquo; Previous</a>')
     for n in range(1, pages + 1):
@@ -561,10 +572,20 @@ def _prepare_out_dir(out_dir: Path) -> None:
 
 
 def build_demo_site(out_dir: Path, *, activities_path: Path | None = None, limit: int | None = None,
-                    per_page: int = 20, seed: int = 0) -> SiteInfo:
-    """Write the demo site for the first `limit` activities into `out_dir` and return what it holds."""
+                    per_page: int = 20, seed: int = 0, pagination: str = "numbered", tag_pages: bool = True,
+                    sitemap: str | None = "robots") -> SiteInfo:
+    """Write the demo site for the first `limit` activities into `out_dir` and return what it holds.
+
+    Variants for crawl-reach tests: `pagination="next"` links listing pages only one to the next (so a
+    crawler that spends depth on pagination stops early); `pagination="none"` writes no listing at all (the
+    activities are then reachable only through the sitemap and the home page's featured six);
+    `tag_pages=False` leaves out the tag pages (another way in); `sitemap` is "robots" (named in robots.txt),
+    "root" (only at /sitemap.xml) or None (no sitemap).
+    """
     if per_page < 1:
         raise ValueError(f"per_page must be at least 1, got {per_page}")
+    if pagination not in ("numbered", "next", "none") or sitemap not in ("robots", "root", None):
+        raise ValueError(f"unknown variant pagination={pagination!r} sitemap={sitemap!r}")
     source = json.loads(Path(activities_path or DATA_PATH).read_text("utf-8"))
     acts: list[dict[str, Any]] = [a for a in source if isinstance(a, dict) and a.get("name")]
     if limit is not None:
@@ -581,6 +602,8 @@ def build_demo_site(out_dir: Path, *, activities_path: Path | None = None, limit
         for tag in act.get("tags") or []:
             if tag not in tag_slugs:
                 tag_slugs[tag] = _unique(slugify(tag), taken_tags)
+    if not tag_pages:
+        tag_slugs = {}  # tags are then plain text on activity pages
 
     image_candidates = [i for i, a in enumerate(acts) if a.get("imageURL") and syntaxes[i] == "jsonld"]
     broken = set(rng.sample(image_candidates, min(2, len(image_candidates))))
@@ -633,20 +656,27 @@ def build_demo_site(out_dir: Path, *, activities_path: Path | None = None, limit
         published.append(DemoActivity(act["name"], slug, path, syntax, schema_type, image_path, image_status, index))
 
     # Listing pages: every fifth link carries a ?ref= variant of the same canonical page.
-    total_pages = max(1, -(-len(published) // per_page))
+    total_pages = max(1, -(-len(published) // per_page)) if pagination != "none" else 0
     for page_no in range(1, total_pages + 1):
         chunk = range((page_no - 1) * per_page, min(page_no * per_page, len(published)))
         items = "\n".join(_listing_item(published[i], acts[i], "listing" if i % 5 == 2 else None) for i in chunk)
         body = (f"<h1>All activities &ndash; page {page_no} of {total_pages}</h1>\n"
-                f'<ul class="listing">\n{items}\n</ul>\n{_pagination(page_no, total_pages)}')
+                f'<ul class="listing">\n{items}\n</ul>\n{_pagination(page_no, total_pages, pagination)}')
         path = f"/activities/page/{page_no}/"
         _write(out_dir, path, _layout(f"All activities, page {page_no}", path, body))
         pages.append(path)
+
+    if pagination == "none":  # the nav still links page 1: a page without a listing, not a 404
+        body = "<h1>All activities</h1>\n<p>Use the search or the sitemap.</p>"
+        _write(out_dir, "/activities/page/1/", _layout("All activities", "/activities/page/1/", body))
+        pages.append("/activities/page/1/")
 
     by_tag: dict[str, list[int]] = {}
     for i, act in enumerate(acts):
         for tag in dict.fromkeys(act.get("tags") or []):
             by_tag.setdefault(tag, []).append(i)
+    if not tag_pages:
+        by_tag = {}
     for tag, members in by_tag.items():
         path = f"/tags/{tag_slugs[tag]}/"
         items = "\n".join(_listing_item(published[i], acts[i], None) for i in members)
@@ -677,10 +707,12 @@ def build_demo_site(out_dir: Path, *, activities_path: Path | None = None, limit
     _write(out_dir, "/private/", _layout("Staff area", "/private/", private_body))
 
     _write(out_dir, "/static/site.css", _CSS)
-    _write(out_dir, "/robots.txt",
-           f"User-agent: *\nDisallow: /private/\n\nSitemap: {BASE_TOKEN}/sitemap.xml\n")
+    sitemap_line = f"\nSitemap: {BASE_TOKEN}/sitemap.xml\n" if sitemap == "robots" else ""
+    _write(out_dir, "/robots.txt", f"User-agent: *\nDisallow: /private/\n{sitemap_line}")
     activity_paths = [a.path for a in published]
-    _write(out_dir, "/sitemap.xml", _sitemap(pages + activity_paths, {a.path: acts[a.source_index] for a in published}))
+    if sitemap:
+        _write(out_dir, "/sitemap.xml",
+               _sitemap(pages + activity_paths, {a.path: acts[a.source_index] for a in published}))
 
     expected = {s: [a.name for a in published if a.syntax == s] for s in SYNTAXES}
     info = SiteInfo(

@@ -72,3 +72,46 @@ def test_db_upgrade_is_idempotent(harvest_env, tmp_path, args) -> None:
     for _ in range(2):
         done = harvest(args, harvest_env, tmp_path)
         assert done.returncode == 0, done.stderr
+
+
+def _scrape_with_stderr_on_a_terminal(args: list[str], env: dict[str, str], tmp_path: Path) -> tuple[int, str, str]:
+    """Run `harvest` with stderr on a pseudo-terminal (as in a person's shell) and stdout piped."""
+    import pty
+    import threading
+
+    master, slave = pty.openpty()
+    full_env = {**os.environ, **env, "PREFECT_HOME": str(tmp_path / "prefect-cli"), "COLUMNS": "200"}
+    process = subprocess.Popen([HARVEST, *args], env=full_env, stdout=subprocess.PIPE, stderr=slave, text=True)
+    os.close(slave)
+    chunks: list[bytes] = []
+
+    def read() -> None:
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # the child closed its end
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    stdout, _ = process.communicate(timeout=600)
+    reader.join(timeout=10)
+    os.close(master)
+    return process.returncode, stdout, b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_live_progress_on_a_terminal_and_quiet_with_json(harvest_env, demo_site, tmp_path) -> None:
+    args = ["scrape", demo_site.base_url + "/", "--max-pages", "25", "--max-extractions", "8"]
+    code, stdout, terminal = _scrape_with_stderr_on_a_terminal(args, harvest_env, tmp_path)
+    assert code == 0, terminal[-3000:]
+    assert "completed" in stdout
+    assert "pages fetched" in terminal and "activities found" in terminal  # the live line was drawn
+    assert "harvest: crawl" in terminal  # ...while crawling, not only at the end
+
+    code, stdout, terminal = _scrape_with_stderr_on_a_terminal([*args, "--json"], harvest_env, tmp_path)
+    assert code == 0, terminal[-3000:]
+    assert json.loads(stdout)["status"] == "completed"
+    assert "pages fetched" not in terminal  # --json: no live display even on a terminal

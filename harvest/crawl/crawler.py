@@ -25,7 +25,7 @@ from harvest.crawl.browser import (
     RenderFailed,
     browser_available,
 )
-from harvest.crawl.frontier import Frontier, FrontierItem, normalize_url, site_of
+from harvest.crawl.frontier import UNFOLLOWED_EXAMPLES, Frontier, FrontierItem, normalize_url, site_of
 from harvest.crawl.heuristics import needs_browser as default_needs_browser
 from harvest.crawl.http_fetch import PAGE_TYPES, FetchFailed, HttpFetcher
 from harvest.crawl.links import PageLinks, extract_links
@@ -106,6 +106,7 @@ class _Engine:
         self.http_checked: Counter[str] = Counter()
         self.emitted_keys: set[str] = set()
         self.pages_emitted = 0
+        self.stop_reason: str | None = None  # set by the consumer that stops the crawl early (max_extractions)
         self.fetcher: HttpFetcher | None = None
         self.renderer: BrowserRenderer | None = None
 
@@ -144,6 +145,7 @@ class _Engine:
             try:
                 await self._crawl_until_stopped()
             finally:
+                self._record_limits()
                 if self.renderer is not None:
                     await self.renderer.close()
                     with self.stats_lock:
@@ -249,8 +251,9 @@ class _Engine:
                         return
             left = len(self.frontier)
             if left and self.pages_emitted >= self.config.max_pages:
-                log.info("max_pages=%d reached; %d queued URLs not fetched", self.config.max_pages, left)
+                log.warning("max_pages=%d reached; %d queued URLs not fetched", self.config.max_pages, left)
                 self._skip("max_pages", left)
+                self._unfollowed("max_pages", left, self.frontier.queued())
         finally:
             pending = set(in_flight) | set(rendering)
             for task in pending:
@@ -296,9 +299,14 @@ class _Engine:
         if outcome.links.nofollow_links:
             self._skip("nofollow", outcome.links.nofollow_links)
         before = Counter(self.frontier.skipped)
+        pagination = set(outcome.links.pagination)
         for link in outcome.links.links:
-            self.frontier.add(link, depth + 1)
+            # Another page of the same listing is no deeper than this one: pagination must not use up
+            # max_depth, or a listing split over many pages loses every item past the first few.
+            self.frontier.add(link, depth if link in pagination else depth + 1)
         self._sync_frontier_skips(before)
+        with self.stats_lock:
+            self.stats.pages_queued = len(self.frontier)
         return await self._emit(page)
 
     async def _emit(self, page: Page) -> bool:
@@ -310,6 +318,23 @@ class _Engine:
             except queue.Full:
                 await asyncio.sleep(_POLL_S)
         return False
+
+    def _unfollowed(self, reason: str, count: int, examples: list[str]) -> None:
+        with self.stats_lock:
+            entry = self.stats.unfollowed.setdefault(reason, {"count": 0, "examples": []})
+            entry["count"] += count
+            entry["examples"] = (entry["examples"] + examples)[:UNFOLLOWED_EXAMPLES]
+
+    def _record_limits(self) -> None:
+        """Say which links a limit left unfollowed: max_depth refusals, and what was still queued when the
+        consumer stopped the crawl (`stop_reason`, e.g. max_extractions)."""
+        refused = self.frontier.beyond_depth()
+        if refused:
+            log.warning("max_depth=%d left %d links unfollowed", self.config.max_depth, len(refused))
+            self._unfollowed("max_depth", len(refused), refused[:UNFOLLOWED_EXAMPLES])
+        left = len(self.frontier)
+        if left and self.stopping() and self.stop_reason:
+            self._unfollowed(self.stop_reason, left, self.frontier.queued())
 
     def _accept_duplicate(self, url: str) -> None:
         log.info("skipped %s: duplicate of an already crawled page", url)
@@ -613,8 +638,13 @@ class Crawl:
             snapshot.seconds = round(end - self._started_at, 3)
         return snapshot
 
-    def close(self) -> None:
-        """Stop the crawl now (pages not yet consumed are dropped); shuts the browser and loop down."""
+    def close(self, reason: str | None = None) -> None:
+        """Stop the crawl now (pages not yet consumed are dropped); shuts the browser and loop down.
+
+        `reason` (e.g. "max_extractions") names the limit that stopped it: the URLs still queued are then
+        reported in `stats.unfollowed` under that name."""
+        if reason and not self._finished:
+            self._engine.stop_reason = reason
         self._finish()
 
     def __enter__(self) -> Crawl:

@@ -27,6 +27,9 @@ MAX_URL_LENGTH = 2048
 # A path that repeats one segment this many times is a relative-link loop (/a/b/a/b/a/b/...).
 MAX_REPEATED_SEGMENT = 3
 DEFAULT_TRAP_LIMIT = 100
+# Unfollowed links kept as examples per reason: enough for a person to see what a limit cut off.
+UNFOLLOWED_EXAMPLES = 5
+MAX_TRACKED_BEYOND_DEPTH = 100_000  # bounds the memory of the report on a huge site
 
 _DIGITS = re.compile(r"\d+")
 _PATH_PARAM_SESSION = re.compile(r";(?:jsessionid|phpsessid|sid|sessionid)=[^/?#]*", re.IGNORECASE)
@@ -116,6 +119,7 @@ class Frontier:
         self.trap_limit = trap_limit
         self.sites: set[str] = {site_of(start)}
         self.skipped: Counter[str] = Counter()
+        self._beyond_depth: set[str] = set()
         self._queue: deque[FrontierItem] = deque()
         self._seen: set[str] = set()
         self._patterns: Counter[str] = Counter()
@@ -151,6 +155,8 @@ class Frontier:
             return False
         if depth > self.config.max_depth:
             self.skipped["max_depth"] += 1
+            if len(self._beyond_depth) < MAX_TRACKED_BEYOND_DEPTH:
+                self._beyond_depth.add(normalized)
             return False
         if len(normalized) > MAX_URL_LENGTH:
             self.skipped["too_long"] += 1
@@ -174,6 +180,14 @@ class Frontier:
 
     def pop(self) -> FrontierItem | None:
         return self._queue.popleft() if self._queue else None
+
+    def queued(self, limit: int = UNFOLLOWED_EXAMPLES) -> list[str]:
+        """The first `limit` URLs still queued (examples of what a stopped crawl left unfollowed)."""
+        return [item.url for item in list(self._queue)[:limit]]
+
+    def beyond_depth(self) -> list[str]:
+        """Distinct URLs refused for max_depth and never reached another way, in a stable order."""
+        return sorted(self._beyond_depth - self._seen)
 
     def _is_trap(self, url: str) -> bool:
         pattern = trap_pattern(url)

@@ -1,10 +1,16 @@
-"""What a fetched page says about other URLs: its links, its canonical URL, and whether we may follow them."""
+"""What a fetched page says about other URLs: its links, its canonical URL, its next pages, and whether we may
+follow them.
+
+Next-page links are told apart because pagination must not consume crawl depth: a listing split over 12
+pages is one listing, and its page 12 is as close to the start as its page 1 (see `Frontier.add`).
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
-from urllib.parse import urljoin
+from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 import lxml.html
 from lxml import etree
@@ -20,6 +26,63 @@ class PageLinks:
     canonical: str | None = None
     nofollow: bool = False
     nofollow_links: int = 0
+    pagination: list[str] = field(default_factory=list)
+    """The subset of `links` (plus any `<link rel=next>`) that are further pages of this same listing."""
+
+
+# Anchor text that says "the next page of this list" on real sites (English; arrows are language-neutral).
+_NEXT_TEXT = re.compile(
+    r"^(?:[‹«←<]+\s*)?(?:next|prev|previous|older|newer)(?: page| posts| events| entries)?(?:\s*[›»→>]+)?$"
+    r"|^load more$|^[›»→>‹«←<]+$",
+    re.IGNORECASE,
+)
+# `/page/3`, `/page/3/`, `/p/3` as the last path segments of a listing.
+_PAGE_SEGMENT = re.compile(r"/(?:page|p)/\d{1,5}/?$", re.IGNORECASE)
+_PAGE_PARAMS = frozenset({"page", "p", "pg", "paged", "pagenum", "page_num", "pageno"})
+
+
+def listing_key(url: str) -> str | None:
+    """`url` without its page number (`/events/page/3/` -> `/events/`, `/events?page=3` -> `/events`), or None
+    when it has no page number: two URLs of one paginated listing share this key."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    path, query = parts.path, parse_qsl(parts.query, keep_blank_values=True)
+    numbered = False
+    if _PAGE_SEGMENT.search(path):
+        path, numbered = _PAGE_SEGMENT.sub("/", path), True
+    kept = [(key, value) for key, value in query if not (key.lower() in _PAGE_PARAMS and value.isdigit())]
+    numbered |= len(kept) != len(query)
+    if not numbered:
+        return None
+    return urlunsplit((parts.scheme, parts.netloc.lower(), path.rstrip("/") or "/", urlencode(kept), ""))
+
+
+def _base_key(url: str) -> str | None:
+    """The key of a listing's first page, which often carries no number at all (`/events/`)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    return urlunsplit((parts.scheme, parts.netloc.lower(), parts.path.rstrip("/") or "/", parts.query, ""))
+
+
+def is_pagination(link: str, page_url: str, *, rel: list[str] | None = None, text: str = "") -> bool:
+    """Is `link` another page of the listing at `page_url`?
+
+    Yes for `rel=next`/`rel=prev`, for anchor text like "Next", "Older posts", "›" or "»", and for a URL that
+    differs from the page's only by its page number (`?page=N`, `/page/N`), the page's own URL counting as
+    page 1 when it has none.
+    """
+    if rel and {"next", "prev", "previous"} & set(rel):
+        return True
+    if text and _NEXT_TEXT.match(" ".join(text.split())):
+        return True
+    key = listing_key(link)
+    if key is None:
+        return False
+    return key in (listing_key(page_url), _base_key(page_url))
 
 
 def parse_html(html: str) -> lxml.html.HtmlElement | None:
@@ -69,13 +132,19 @@ def extract_links(html: str, page_url: str) -> PageLinks:
     if result.nofollow:
         result.nofollow_links = len(tree.xpath("//a[@href] | //area[@href]"))
         return result
-    for element in tree.xpath("//a[@href] | //area[@href]"):
+    for element in tree.xpath("//a[@href] | //area[@href] | //link[@href and @rel]"):
         rel = (element.get("rel") or "").lower().split()
         if "nofollow" in rel:
             result.nofollow_links += 1
             continue
+        if element.tag == "link" and not {"next", "prev", "previous"} & set(rel):
+            continue  # stylesheets, icons, alternates: not pages of this listing
         href = (element.get("href") or "").strip()
         if href and not href.startswith("#"):
             # A malformed href is kept as written: the frontier refuses it and counts it (non_http).
-            result.links.append(_join(base, href) or href)
+            link = _join(base, href) or href
+            result.links.append(link)
+            text = element.text_content() if element.tag == "a" else ""
+            if is_pagination(link, page_url, rel=rel, text=text[:40]):
+                result.pagination.append(link)
     return result

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from typing import Any
 
 from harvest.errors import CrawlError
 
@@ -44,6 +45,10 @@ class CrawlStats:
     seconds: float = 0.0
     browser_launches: int = 0
     problems: list[str] = field(default_factory=list)
+    pages_queued: int = 0
+    """URLs waiting in the frontier right now (for progress displays)."""
+    unfollowed: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Links a limit left unfollowed: reason (max_pages, max_depth, max_extractions) -> {count, examples}."""
 
     def snapshot(self) -> CrawlStats:
         return copy.deepcopy(self)

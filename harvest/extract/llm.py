@@ -235,7 +235,7 @@ class LLMExtractor:
                     fields["street_address"], fields["city"], fields["state_province"], fields["postal_code"], country
                 )
             if any(fields.values()):
-                location = Location(**fields)
+                location = Location.model_validate(fields)
         raw_tags = item.get("tags")
         tags: list[str] = []
         if isinstance(raw_tags, list):

@@ -18,6 +18,7 @@ import extruct
 import lxml.html
 from extruct.jsonld import JsonLdExtractor
 
+from harvest.countries import country_code
 from harvest.extract.page import looks_script_rendered, page_text, parse_html, prepare_html
 from harvest.extract.text import absolute_http_url, clean_text, format_address, normalize_key
 from harvest.models import Location, RawActivity
@@ -320,6 +321,10 @@ class _Mapper:
                     start = start or _text(instance.get("startDate"))
                     end = end or _text(instance.get("endDate"))
             location = self._location(source.get("location"))
+        own_geo = self._geo(self._resolve(node.get("geo")))  # an item may carry `geo` itself, not on its place
+        if own_geo and (location is None or location.latitude is None):
+            location = location or Location()
+            location.latitude, location.longitude = own_geo
         if not (name or description):
             log.debug("ignored a %s %s without name or description on %s", self.extracted_by, kind, self.url)
             return None
@@ -359,8 +364,8 @@ class _Mapper:
     def _place(self, node: dict[str, Any], fallback_name: str | None) -> Location | None:
         name = _text(node.get("name"), MAX_NAME_CHARS) or fallback_name
         location = self._address(self._resolve(node.get("address"))) or Location()
-        if not location.formattedAddress:
-            location.formattedAddress = self._geo(self._resolve(node.get("geo")))
+        # Coordinates stay coordinates: a page that gives only them gets no address made up from them.
+        location.latitude, location.longitude = self._geo(self._resolve(node.get("geo"))) or (None, None)
         location.name = name
         if not any(location.model_dump().values()):
             return None
@@ -377,7 +382,7 @@ class _Mapper:
         state = _text(value.get("addressRegion"))
         postal = _text(value.get("postalCode"))
         country = _text(self._resolve(value.get("addressCountry")))
-        code = country.upper() if country and len(country) == 2 and country.isalpha() else None
+        code = country_code(country)  # "UK", "Australia", "AUS" -> ISO alpha-2; the address keeps the page's text
         formatted = format_address(street, city, state, postal, country)
         if not formatted:
             formatted = _text(value.get("name"))
@@ -392,8 +397,11 @@ class _Mapper:
             country_code=code,
         )
 
-    def _geo(self, value: Any) -> str | None:
-        """'lat, lon' from GeoCoordinates: the only address left when a page gives coordinates alone."""
+    def _geo(self, value: Any) -> tuple[float, float] | None:
+        """(latitude, longitude) from GeoCoordinates, exactly as the page wrote them; None when absent or out of
+        range (a swapped or garbled pair is dropped, not guessed at)."""
+        if isinstance(value, list):
+            value = next((item for item in value[:5] if isinstance(item, dict)), None)
         if not isinstance(value, dict):
             return None
         lat, lon = _text(value.get("latitude")), _text(value.get("longitude"))
@@ -401,7 +409,7 @@ class _Mapper:
             return None
         if abs(float(lat)) > 90 or abs(float(lon)) > 180:
             return None
-        return f"{lat}, {lon}"
+        return float(lat), float(lon)
 
     def _image(self, value: Any) -> str | None:
         """image: a URL string, an ImageObject (url/contentUrl), or a list of either."""
@@ -494,6 +502,8 @@ def _combine(primary: Location | None, fallback: Location | None) -> Location | 
     if not primary.formattedAddress and fallback.formattedAddress:
         for field in ("formattedAddress", "street_address", "city", "state_province", "postal_code", "country_code"):
             setattr(merged, field, getattr(fallback, field))
+    if primary.latitude is None and fallback.latitude is not None:  # the pair moves together, never mixed
+        merged.latitude, merged.longitude = fallback.latitude, fallback.longitude
     return merged
 
 

@@ -29,21 +29,25 @@ def collect_raw_activities(
     settings: HarvestSettings,
     *,
     llm: LLMExtractor | None = None,
-    on_progress: Callable[[CrawlStats], None] | None = None,
+    on_progress: Callable[[CrawlStats, int], None] | None = None,
 ) -> StageResult:
     """Crawl from `url`, extract activities from each page as it arrives, and store them as JSONL.
 
     Structured data (JSON-LD, microdata, RDFa) comes first; the LLM only sees pages without any.
-    The crawl stops early once `max_extractions` activities are found.
+    The crawl stops early once `max_extractions` activities are found. `on_progress(stats, activities found)`
+    runs after each page (on this thread), so callers can show the crawl moving; it must be cheap.
     """
     result = StageResult()
     llm_pages = 0
     llm_skipped_pages = 0
+    stopped_early = False
 
     def activities(session: Crawl) -> Iterator[RawActivity]:
-        nonlocal llm_pages, llm_skipped_pages
+        nonlocal llm_pages, llm_skipped_pages, stopped_early
         found = 0
         for page in session:
+            if on_progress is not None:
+                _report(on_progress, session.stats, found)
             items = _extract_page(page, result)
             if not items:
                 if llm is not None:
@@ -59,15 +63,17 @@ def collect_raw_activities(
                 yield item
                 found += 1
                 if found >= config.max_extractions:
-                    result.warn(f"stopped at max_extractions={config.max_extractions}")
-                    session.close()
+                    stopped_early = True
+                    session.close(reason="max_extractions")
                     return
 
     with timed(result.stats):
-        session = crawl(url, config, CrawlOptions.from_settings(settings), on_progress=on_progress)
+        session = crawl(url, config, CrawlOptions.from_settings(settings))
         with session:
             ref = write_jsonl(store, run_key(run_id, "raw_activities", "jsonl"), "raw_activities", activities(session))
         stats = session.stats
+    if on_progress is not None:
+        _report(on_progress, stats, ref.records)
     result.files.append(ref)
     result.stats.items_in = stats.pages_fetched
     result.stats.items_out = ref.records
@@ -80,6 +86,17 @@ def collect_raw_activities(
     result.failed_urls.extend(
         {"url": failed.url, "reason": failed.reason, "status": failed.status} for failed in stats.failed_urls
     )
+    limits = {"max_pages": config.max_pages, "max_depth": config.max_depth, "max_extractions": config.max_extractions}
+    for reason, entry in stats.unfollowed.items():
+        result.stats.details[f"unfollowed_{reason}"] = entry["count"]
+        result.warn(
+            f"{reason}={limits.get(reason)} stopped the crawl with {entry['count']} link(s) unfollowed, e.g. "
+            + ", ".join(entry["examples"])
+            + f"; raise {reason} to reach them"
+        )
+    result.unfollowed = stats.unfollowed
+    if stopped_early and "max_extractions" not in stats.unfollowed:
+        result.warn(f"stopped at max_extractions={config.max_extractions}")
     if llm_skipped_pages:
         result.warn(
             f"OPENAI_API_KEY not set: LLM extraction skipped for {llm_skipped_pages} page(s) without structured data"
@@ -87,6 +104,13 @@ def collect_raw_activities(
     if ref.records == 0:
         result.warn(f"no activities found on {url} ({stats.pages_fetched} page(s) crawled)")
     return result
+
+
+def _report(on_progress: Callable[[CrawlStats, int], None], stats: CrawlStats, found: int) -> None:
+    try:
+        on_progress(stats, found)
+    except Exception:  # a progress display must never stop a crawl
+        logger.exception("progress callback failed (ignored)")
 
 
 def _extract_page(page: Page, result: StageResult) -> list[RawActivity]:

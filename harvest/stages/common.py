@@ -32,6 +32,9 @@ class StageResult(BaseModel):
     stats: StageStats = Field(default_factory=StageStats)
     warnings: list[str] = Field(default_factory=list)
     failed_urls: list[dict[str, object]] = Field(default_factory=list)
+    unfollowed: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Crawl only: links a limit left unfollowed, reason -> {count, examples}."
+    )
 
     def file(self, kind: str) -> FileRef:
         for ref in self.files:

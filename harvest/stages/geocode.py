@@ -1,4 +1,9 @@
-"""Stage 3b: geocode each distinct address once (`geocoded_map.jsonl`, one line per activity)."""
+"""Stage 3b: geocode each distinct address once (`geocoded_map.jsonl`, one line per activity).
+
+Each line says where its coordinates came from (`source`): `page` (the page gave them: never geocoded, so a
+page's coordinates are never replaced by a geocoder's guess, and cost no call), `cache` (answered in an earlier
+run) or `geocoder` (asked now). Only activities without page coordinates reach the geocoder.
+"""
 
 from __future__ import annotations
 
@@ -69,6 +74,11 @@ def _preload(cached: _OncePerAddress, keys: set[str], engine: Engine, provider: 
     return set(hits)
 
 
+def _has_coordinates(record: dict[str, Any]) -> bool:
+    location = record.get("location") or {}
+    return location.get("latitude") is not None and location.get("longitude") is not None
+
+
 def geocode_addresses(
     store: ObjectStore, run_id: str, standardized: FileRef, geocoder: Geocoder, *, workers: int = 4,
     cache: tuple[Engine, str] | None = None, chunk: Chunk | None = None,
@@ -86,10 +96,11 @@ def geocode_addresses(
     def records() -> Iterator[dict[str, Any]]:
         return chunk.records(store, standardized.uri)
 
+    # Activities with page coordinates are never geocoded, so their addresses are not even looked up.
     keys = {
         normalize_address(address)
         for record in records()
-        if (address := (record.get("location") or {}).get("formattedAddress"))
+        if not _has_coordinates(record) and (address := (record.get("location") or {}).get("formattedAddress"))
     }
     cached = _book_for(run_id, cache[1] if cache else type(geocoder).__name__)
     reused = _preload(cached, keys, *cache) if cache else set()
@@ -98,19 +109,26 @@ def geocode_addresses(
     answers: dict[str, dict[str, object]] = {}  # normalized address → its map fields, dumped once
 
     def known(record: dict[str, Any]) -> dict[str, object] | None:
-        """The row without a call: no address, or one already answered (this run or the cache)."""
+        """The row without a call: page coordinates, no address, or one already answered (this run or the cache)."""
         # Standardized lines are Activity dumps already: the address is read, no model is rebuilt per line.
-        address = (record.get("location") or {}).get("formattedAddress")
+        location = record.get("location") or {}
+        address = location.get("formattedAddress")
+        if location.get("latitude") is not None and location.get("longitude") is not None:
+            result.stats.details["page_coordinates"] = int(result.stats.details.get("page_coordinates", 0)) + 1
+            return {"id": record["id"], "address": address, "latitude": location["latitude"],
+                    "longitude": location["longitude"], "source": "page"}
         if not address:
             return {"id": record["id"], "address": None}
         key = normalize_address(address)
         if key not in answers and key in cached.results:
-            answers[key] = cached.results[key].model_dump(mode="json")
+            answers[key] = {**cached.results[key].model_dump(mode="json"),
+                            "source": "cache" if key in reused else "geocoder"}
         return {"id": record["id"], **answers[key]} if key in answers else None
 
     def one(record: dict[str, Any]) -> dict[str, object]:
         address = record["location"]["formattedAddress"]
-        return {"id": record["id"], **cached.ask(geocoder, address, asked).model_dump(mode="json")}
+        answer = cached.ask(geocoder, address, asked)
+        return {"id": record["id"], **answer.model_dump(mode="json"), "source": "geocoder"}
 
     def activities() -> Iterator[dict[str, Any]]:
         for record in records():

@@ -87,6 +87,15 @@ def final_record(merged: dict[str, Any], vector: list[float] | np.ndarray | None
     location = activity.get("location") or {}
     geocode = merged.get("geocode") or {}
     image = merged.get("image")
+    # The page's own coordinates win, even when the geocode map is missing (its stage failed): they are data.
+    source: str | None
+    if location.get("latitude") is not None and location.get("longitude") is not None:
+        latitude, longitude, source = location["latitude"], location["longitude"], "page"
+    elif geocode:
+        latitude, longitude, source = geocode.get("latitude"), geocode.get("longitude"), geocode.get("source")
+        source = source or "geocoder"  # maps written before sources were recorded
+    else:
+        latitude = longitude = source = None
     return {
         "id": activity["id"],
         "name": activity["name"],
@@ -101,13 +110,16 @@ def final_record(merged: dict[str, Any], vector: list[float] | np.ndarray | None
             "state_province": location.get("state_province"),
             "postal_code": location.get("postal_code"),
             "country_code": location.get("country_code"),
-            "latitude": geocode.get("latitude"),
-            "longitude": geocode.get("longitude"),
-            "place_id": geocode.get("place_id"),
-            "geocoded_address": geocode.get("formatted_address"),
+            "latitude": latitude,
+            "longitude": longitude,
+            "coordinates_source": source,
+            "place_id": geocode.get("place_id") if source != "page" else None,
+            "geocoded_address": geocode.get("formatted_address") if source != "page" else None,
         },
         "start_date": activity.get("start_date"),
         "end_date": activity.get("end_date"),
+        # Every date of an activity found on several (start_date/end_date are the earliest); empty for one date.
+        "occurrences": activity.get("occurrences") or [],
         "tags": activity.get("tags") or [],
         "embedding": vector,
         "image": {"uri": image["uri"], "width": image["width"], "height": image["height"]} if image else None,

@@ -1,12 +1,11 @@
-"""Stage 2: raw activities → standardized, deduplicated activities (`standardized.jsonl`)."""
+"""Stage 2: raw activities → standardized, deduplicated activities (`standardized.jsonl`, sorted by id)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 from pydantic import ValidationError
 
-from harvest.models import Activity, FileRef, RawActivity, RunConfig
+from harvest.dedupe import Deduplicator
+from harvest.models import FileRef, RawActivity, RunConfig
 from harvest.stages.common import StageResult, timed
 from harvest.standardize import Standardizer
 from harvest.storage import ObjectStore, iter_jsonl, write_jsonl
@@ -18,7 +17,7 @@ def standardize_raw_activities(store: ObjectStore, run_id: str, raw: FileRef, co
     result = StageResult()
     standardizer = Standardizer(config)
 
-    def activities() -> Iterator[Activity]:
+    def collect(dedupe: Deduplicator) -> None:
         for number, record in enumerate(iter_jsonl(store, raw.uri), start=1):
             result.stats.items_in += 1
             try:
@@ -29,10 +28,15 @@ def standardize_raw_activities(store: ObjectStore, run_id: str, raw: FileRef, co
                 continue
             activity = standardizer.standardize(item)
             if activity is not None:
-                yield activity
+                dedupe.add(activity)
 
-    with timed(result.stats):
-        ref = write_jsonl(store, run_key(run_id, "standardized", "jsonl"), "standardized", activities())
+    with timed(result.stats), Deduplicator() as dedupe:
+        # All copies first, then one merged activity per id in id order: the file is the same whatever order
+        # the crawl found the pages in (see harvest/dedupe.py for the policy).
+        collect(dedupe)
+        ref = write_jsonl(store, run_key(run_id, "standardized", "jsonl"), "standardized", dedupe.activities())
+    if dedupe.duplicates:
+        standardizer.skipped["duplicate"] = dedupe.duplicates
     result.files.append(ref)
     result.stats.items_out = ref.records
     result.stats.skipped += sum(standardizer.skipped.values())

@@ -140,7 +140,7 @@ def test_item_list_of_events_and_places_of_many_types() -> None:
     assert kite.location is not None and kite.location.formattedAddress == "Altona Beach, Altona VIC"
 
 
-def test_place_is_its_own_location_and_geo_stands_in_for_a_missing_address() -> None:
+def test_place_is_its_own_location_and_geo_gives_coordinates_not_an_address() -> None:
     html = jsonld(
         {
             "@context": "http://schema.org/",
@@ -159,9 +159,44 @@ def test_place_is_its_own_location_and_geo_stands_in_for_a_missing_address() -> 
     trail = found["Edgar's Creek Trail"].location
     assert trail is not None
     assert trail.name == "Edgar's Creek Trail"
-    assert trail.formattedAddress == "-37.7105, 145.0036"
+    # Issue 11: coordinates are kept as data; no address is made up from them.
+    assert trail.formattedAddress is None
+    assert (trail.latitude, trail.longitude) == (-37.7105, 145.0036)
     bad = found["Bad Geo"].location
     assert bad is not None and bad.formattedAddress is None and bad.name == "Bad Geo"
+    assert bad.latitude is None and bad.longitude is None
+
+
+def test_event_coordinates_from_its_place_or_from_the_item_itself() -> None:
+    html = jsonld(
+        {
+            "@context": "https://schema.org",
+            "@type": "Event",
+            "name": "Carols by Candlelight",
+            "startDate": "2024-12-24T19:00:00+11:00",
+            "location": {
+                "@type": "Place",
+                "name": "Sidney Myer Music Bowl",
+                "address": {"@type": "PostalAddress", "streetAddress": "21 Linlithgow Ave", "addressLocality": "Melbourne"},
+                "geo": {"@type": "GeoCoordinates", "latitude": "-37.82339", "longitude": "144.97275"},
+            },
+        },
+        {
+            "@context": "https://schema.org",
+            "@type": "Event",
+            "name": "Twilight Sounds",
+            "startDate": "2024-02-01",
+            "location": {"@type": "Place", "name": "Royal Botanic Gardens"},
+            "geo": {"@type": "GeoCoordinates", "latitude": -37.8304, "longitude": 144.9796},
+        },
+    )
+    found = by_name(extract_structured(html, URL))
+    carols = found["Carols by Candlelight"].location
+    assert carols is not None and carols.formattedAddress == "21 Linlithgow Ave, Melbourne"
+    assert (carols.latitude, carols.longitude) == (-37.82339, 144.97275)
+    twilight = found["Twilight Sounds"].location
+    assert twilight is not None and twilight.name == "Royal Botanic Gardens" and twilight.formattedAddress is None
+    assert (twilight.latitude, twilight.longitude) == (-37.8304, 144.9796)
 
 
 def test_course_takes_dates_and_location_from_its_instance() -> None:
@@ -264,7 +299,7 @@ def test_location_shapes() -> None:
     address_only = found["Address Only"].location
     assert address_only is not None
     assert address_only.formattedAddress == "1 Main St, Australia"
-    assert address_only.country_code is None  # a country name is not a code
+    assert address_only.country_code == "AU"  # issue 11: a country name becomes its ISO 3166-1 alpha-2 code
     assert found["Numeric Location"].location is None
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from harvest.dedupe import Deduplicator
 from harvest.models import Location, RawActivity, RunConfig
 from harvest.standardize import Standardizer, activity_id, content_hash, parse_date
 
@@ -66,13 +67,14 @@ def test_fixture_counts_and_duplicates(fixture_items: list[dict]) -> None:
     assert expected_unique < 300  # the fixture really has repeats
 
     standardizer, results = run(fixture_items)
-    accepted = [a for a in results if a is not None]
-    assert standardizer.accepted == len(accepted) == expected_unique
-    assert standardizer.skipped == {"duplicate": 300 - expected_unique}
-    # The first occurrence of each key is the one kept.
-    kept_indexes = [i for i, a in enumerate(results) if a is not None]
-    assert kept_indexes == sorted(first_index.values())
-    assert len({a.id for a in accepted}) == len(accepted)
+    assert standardizer.accepted == 300 and standardizer.skipped == {}
+    with Deduplicator() as dedupe:
+        for activity in results:
+            dedupe.add(activity)
+        merged = list(dedupe.activities())
+    assert len(merged) == dedupe.distinct == expected_unique
+    assert dedupe.duplicates == 300 - expected_unique
+    assert [a.id for a in merged] == sorted({a.id for a in results})
 
 
 def test_fixture_ids_are_stable_and_match_an_independent_hash(fixture_items: list[dict]) -> None:
@@ -213,9 +215,13 @@ def test_duplicates_by_normalized_name_and_address() -> None:
     first = standardizer.standardize(raw(name="Coburg Lake Reserve, Coburg North", location=place))
     again = standardizer.standardize(raw(name="coburg lake reserve  coburg north", location=place))
     elsewhere = standardizer.standardize(raw(name="Coburg Lake Reserve, Coburg North"))
-    assert first is not None and again is None and elsewhere is not None
-    assert standardizer.skipped == {"duplicate": 1}
-    assert standardizer.seen_ids == {first.id, elsewhere.id}
+    assert first is not None and again is not None and elsewhere is not None
+    assert again.id == first.id != elsewhere.id
+    with Deduplicator() as dedupe:
+        for activity in (first, again, elsewhere):
+            dedupe.add(activity)
+        assert {a.id for a in dedupe.activities()} == {first.id, elsewhere.id}
+    assert dedupe.duplicates == 1
 
 
 def test_activity_id_normalization() -> None:
