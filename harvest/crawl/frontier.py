@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from urllib.parse import parse_qsl, quote, unquote, urljoin, urlsplit, urlunsplit
 
+from w3lib.url import safe_url_string
+
 from harvest.models import RunConfig
 
 log = logging.getLogger(__name__)
@@ -39,14 +41,15 @@ def normalize_url(url: str, base: str | None = None) -> str | None:
     """Return the canonical spelling of `url` (resolved against `base`), or None if it is not http(s).
 
     Two spellings of one page must compare equal or the visited set cannot stop re-fetching it:
-    fragments are dropped, scheme/host lowercased, default ports removed, session-id parameters
-    stripped. The query is otherwise kept in its original order (it can select content).
+    fragments are dropped, scheme/host lowercased, an internationalised host spelled in IDNA (w3lib:
+    `bücher.de` is `xn--bcher-kva.de`), default ports removed, session-id parameters stripped. The query is
+    otherwise kept in its original order (it can select content).
     """
     url = (url or "").strip()
     if not url:
         return None
     try:
-        absolute = urljoin(base, url) if base else url
+        absolute = safe_url_string(urljoin(base, url) if base else url)
         parts = urlsplit(absolute)
         port = parts.port
     except ValueError:
@@ -72,8 +75,8 @@ def _query_key(pair: str) -> str:
 
 
 def site_of(url: str) -> str:
-    """The site a URL belongs to: its host without a leading `www.` (so example.org == www.example.org)."""
-    host = (urlsplit(url).hostname or "").lower().rstrip(".")
+    """The site a URL belongs to: its host (in IDNA) without a leading `www.` (so example.org == www.example.org)."""
+    host = (urlsplit(safe_url_string(url)).hostname or "").lower().rstrip(".")
     return host[4:] if host.startswith("www.") else host
 
 

@@ -299,3 +299,18 @@ def test_needs_browser_heuristic() -> None:
         _page('<html><body><script type="application/ld+json">{"@type":"Event"}</script><script>x()</script></body>')
     )
     assert not needs_browser(_page(""))
+
+
+def test_internationalised_hosts_are_one_site_in_either_spelling() -> None:
+    unicode_host = normalize_url("http://bücher.de/Seite?q=ü")
+    assert unicode_host == normalize_url("http://xn--bcher-kva.de/Seite?q=%C3%BC") == normalize_url(
+        "http://BÜCHER.de:80/Seite?q=%C3%BC#top"
+    )
+    assert unicode_host == "http://xn--bcher-kva.de/Seite?q=%C3%BC"
+    assert site_of("https://www.bücher.de/a") == site_of("https://xn--bcher-kva.de/b") == "xn--bcher-kva.de"
+
+    frontier = Frontier("https://bücher.de/", RunConfig(max_depth=3))
+    assert frontier.add("https://xn--bcher-kva.de/kinder", 1) is True
+    assert frontier.add("https://bücher.de/kinder", 1) is False  # the same page in the other spelling
+    assert frontier.add("https://www.xn--bcher-kva.de/kurse", 1) is True  # the same site
+    assert frontier.add("https://bücher.example/", 1) is False  # another site
