@@ -392,6 +392,15 @@ def _jsonb(value: Any) -> Jsonb:
 Converter = Callable[[Any], Any]
 
 
+def _in_zone(naive: datetime, zone: ZoneInfo) -> datetime:
+    """A naive time read as Postgres reads it in a session of this zone: a time a fall-back transition makes
+    ambiguous is the later instant (Python's fold=1); a time in a spring-forward gap takes the offset before
+    the gap (Python's fold=0)."""
+    later = naive.replace(tzinfo=zone, fold=1)
+    exists = later.astimezone(UTC).astimezone(zone).replace(tzinfo=None) == naive  # False inside a gap
+    return later if exists else naive.replace(tzinfo=zone, fold=0)
+
+
 def _converters(session_zone: ZoneInfo) -> list[tuple[str, Converter]]:
     """Per column (in COLUMNS order): the Postgres type psycopg dumps it as, and the check that turns a row's
     value into exactly the Python type that dumper takes. Design choice: every value is checked and
@@ -401,8 +410,7 @@ def _converters(session_zone: ZoneInfo) -> list[tuple[str, Converter]]:
     def timestamptz(value: Any) -> datetime:
         if not isinstance(value, datetime):
             raise TypeError(f"expected a datetime, got {type(value).__name__}")
-        # what Postgres does with a naive value: the session's time zone
-        return value if value.tzinfo else value.replace(tzinfo=session_zone)
+        return value if value.tzinfo else _in_zone(value, session_zone)
 
     by_column: list[tuple[str, Converter]] = []
     for column in activities.columns:
