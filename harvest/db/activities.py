@@ -36,6 +36,7 @@ import numpy as np
 import orjson
 import psycopg
 import sqlalchemy as sa
+from psycopg import postgres
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
 from psycopg.types.json import Jsonb
@@ -316,8 +317,8 @@ def _import_upsert(engine: Engine, records: Iterable[dict[str, Any]], *, run_id:
 
 COPY_BATCH_SIZE = 500  # rows per COPY + upsert: a batch holds its rows, vectors as float32, in memory
 COLUMNS = [c.name for c in activities.columns]
-_FLOAT4_OID = 700
-_FLOAT4_ARRAY_OID = 1021  # real[]: psycopg.postgres.types["float4"].array_oid
+_FLOAT4_OID = postgres.types["float4"].oid  # 700; its array type real[] is 1021
+_FLOAT4_ARRAY_OID = postgres.types["float4"].array_oid
 _ARRAY_ELEMENT = np.dtype([("length", ">i4"), ("value", ">f4")])
 _INT4_RANGE = range(-(2**31), 2**31)
 
