@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import numpy as np
 import sqlalchemy as sa
 
 from bench.inputs import write_input
@@ -21,17 +22,19 @@ def copy_floor(engine: sa.Engine, final_path: Path, workdir: Path) -> dict[str, 
     scratch table with no index or constraint (no dedupe, no upsert).
 
     `copy_rows_per_s` times the whole plain load of the file: read each line, parse it, build the row, COPY it
-    (what any import of final.jsonl must do at least). `copy_only_rows_per_s` times the COPY statement alone,
-    streaming rows encoded beforehand from a local file. Both stream: memory stays flat.
+    through psycopg with the import's own column types and dumpers (what any import of final.jsonl must do at
+    least). `copy_only_rows_per_s` times the COPY statement alone, streaming from a local file the binary
+    rows Postgres itself wrote (`COPY ... TO STDOUT`) from that first load. Both stream: memory stays flat.
     """
-    from harvest.db.activities import _COPY_HEADER, _COPY_TRAILER, COLUMNS, _encode_row, _encoders, record_to_row
+    from harvest.db.activities import COLUMNS, Float4ArrayBinaryDumper, _converters, _copy_row, record_to_row
     from harvest.db.engine import utcnow
 
     now = utcnow()
     with engine.begin() as connection:
         zone = ZoneInfo(str(connection.exec_driver_sql("SELECT current_setting('TimeZone')").scalar_one()))
-    encoders = _encoders(zone)
-    copy_sql = f"COPY bench_copy_floor ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+    converters = _converters(zone)
+    copy_in = f"COPY bench_copy_floor ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+    copy_out = f"COPY bench_copy_floor ({', '.join(COLUMNS)}) TO STDOUT (FORMAT BINARY)"
 
     def scratch(connection: sa.Connection) -> None:
         connection.exec_driver_sql("DROP TABLE IF EXISTS bench_copy_floor")
@@ -42,25 +45,26 @@ def copy_floor(engine: sa.Engine, final_path: Path, workdir: Path) -> dict[str, 
         scratch(connection)
         raw = connection.connection.driver_connection
         started = time.perf_counter()
-        with raw.cursor() as cursor, cursor.copy(copy_sql) as copy, open(final_path, "rb") as lines:
-            copy.write(_COPY_HEADER)
-            for line in lines:
-                copy.write(_encode_row(record_to_row(json.loads(line), "bench", now), encoders))
-                rows += 1
-            copy.write(_COPY_TRAILER)
+        with raw.cursor() as cursor, open(final_path, "rb") as lines:
+            cursor.adapters.register_dumper(np.ndarray, Float4ArrayBinaryDumper)
+            with cursor.copy(copy_in) as copy:
+                copy.set_types([kind for kind, _ in converters])
+                for line in lines:
+                    copy.write_row(_copy_row(record_to_row(json.loads(line), "bench", now), converters))
+                    rows += 1
     load_seconds = time.perf_counter() - started  # after the commit
 
     encoded = workdir / "copy.bin"
-    with open(final_path, "rb") as lines, open(encoded, "wb") as out:
-        out.write(_COPY_HEADER)
-        for line in lines:
-            out.write(_encode_row(record_to_row(json.loads(line), "bench", now), encoders))
-        out.write(_COPY_TRAILER)
+    with engine.begin() as connection, open(encoded, "wb") as out:
+        raw = connection.connection.driver_connection
+        with raw.cursor() as cursor, cursor.copy(copy_out) as copy:
+            for chunk in copy:
+                out.write(chunk)
     with engine.begin() as connection:
         scratch(connection)
         raw = connection.connection.driver_connection
         started = time.perf_counter()
-        with raw.cursor() as cursor, cursor.copy(copy_sql) as copy, open(encoded, "rb") as data:
+        with raw.cursor() as cursor, cursor.copy(copy_in) as copy, open(encoded, "rb") as data:
             while chunk := data.read(1 << 20):
                 copy.write(chunk)
     copy_seconds = time.perf_counter() - started

@@ -16,7 +16,7 @@ until another image replaces it. (3) A row is written when its content hash chan
 unchanged, the run brings an enrichment group that differs from the stored one (a geocode that now succeeds,
 a new embedding model: `embedding_hash`, a sha256 of the vector's JSON, says so without parsing it).
 
-On Postgres each batch is one binary `COPY` into a temporary staging table and one
+On Postgres each batch is one binary `COPY` (written by psycopg) into a temporary staging table and one
 `INSERT ... SELECT ... ON CONFLICT (dedupe_key) DO UPDATE ... WHERE <the policy> RETURNING`, which says per
 written row whether it was inserted or updated; rows not returned were unchanged. The portable path (SQLite)
 looks the keys up first and then upserts with the same ON CONFLICT clause.
@@ -34,7 +34,12 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import orjson
+import psycopg
 import sqlalchemy as sa
+from psycopg import postgres
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
+from psycopg.types.json import Jsonb
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
@@ -306,100 +311,134 @@ def _import_upsert(engine: Engine, records: Iterable[dict[str, Any]], *, run_id:
 
 
 # --- Postgres: binary COPY into a staging table, then one upsert per batch -------------------------------
+# psycopg writes the COPY stream (signature, tuples, per-type binary encodings). The one hand-written piece
+# left is the float4[] dumper's array header: numpy lays out 1,536 elements at once, where psycopg's list
+# dumper would box and pack each float in Python.
 
-COPY_BATCH_SIZE = 500  # rows per COPY + upsert: a batch holds its rows, vector text included, in memory
+COPY_BATCH_SIZE = 500  # rows per COPY + upsert: a batch holds its rows, vectors as float32, in memory
 COLUMNS = [c.name for c in activities.columns]
-_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
-_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
-_COPY_TRAILER = struct.pack("!h", -1)
-_NULL = struct.pack("!i", -1)
-_FLOAT4_OID = 700
+_FLOAT4_OID = postgres.types["float4"].oid  # 700; its array type real[] is 1021
+_FLOAT4_ARRAY_OID = postgres.types["float4"].array_oid
 _ARRAY_ELEMENT = np.dtype([("length", ">i4"), ("value", ">f4")])
+_INT4_RANGE = range(-(2**31), 2**31)
 
 
-def _text(value: Any) -> bytes:
-    if not isinstance(value, str):
-        raise TypeError(f"expected text, got {type(value).__name__}")
-    return value.encode("utf-8")
-
-
-def _float8(value: Any) -> bytes:
-    if isinstance(value, bool):
-        raise TypeError("expected a number, got bool")
-    return struct.pack("!d", float(value))
-
-
-def _int4(value: Any) -> bytes:
-    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-        raise TypeError(f"expected an integer, got {value!r}")
-    return struct.pack("!i", int(value))
-
-
-def _bool(value: Any) -> bytes:
-    return b"\x01" if value else b"\x00"
-
-
-def _jsonb(value: Any) -> bytes:
-    return b"\x01" + json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-
-
-def _float4_array(value: Any) -> bytes:
-    """A one-dimensional real[] in Postgres's binary array format, built by numpy (no per-float Python work)."""
+def embedding_array(value: Any) -> np.ndarray:
+    """An embedding (list, array or still-unparsed JSON text) as a flat float32 array; raises ValueError or
+    TypeError for anything that is not a flat list of numbers, so a bad vector fails its row before the COPY."""
     value = _vector(value)
     if not isinstance(value, (list, tuple, np.ndarray)):
         raise TypeError(f"embedding is a {type(value).__name__}, not a list of numbers")
-    values = np.asarray(value, dtype=np.float64)  # refuses strings and nested lists with ValueError
+    values = np.asarray(value, dtype=np.float32)  # refuses strings and nested lists with ValueError
     if values.ndim != 1:
         raise ValueError("embedding is not a flat list of numbers")
-    if values.size == 0:
-        return struct.pack("!iii", 0, 0, _FLOAT4_OID)
-    elements = np.empty(values.size, dtype=_ARRAY_ELEMENT)
-    elements["length"] = 4
-    elements["value"] = values
-    return struct.pack("!iiiii", 1, 0, _FLOAT4_OID, values.size, 1) + elements.tobytes()
+    return values
 
 
-def _encoders(session_zone: ZoneInfo) -> dict[str, Callable[[Any], bytes]]:
-    def timestamptz(value: datetime) -> bytes:
-        if value.tzinfo is None:  # what Postgres does with a naive value: the session's time zone
-            value = value.replace(tzinfo=session_zone)
-        delta = value - _PG_EPOCH
-        return struct.pack("!q", (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds)
+class Float4ArrayBinaryDumper(Dumper):
+    """psycopg binary dumper: a 1-D float32 ndarray as a Postgres real[] (no per-float Python work).
 
-    by_type: dict[str, Callable[[Any], bytes]] = {}
+    Registered by oid on the COPY's cursor, so `set_types([... "float4[]" ...])` picks it for the
+    embedding column; `embedding_array` has already made the value a flat float32 array.
+    """
+
+    format = Format.BINARY
+    oid = _FLOAT4_ARRAY_OID
+
+    def dump(self, obj: Any) -> bytes:
+        size = int(obj.size)
+        if size == 0:  # an empty array: no dimensions
+            return struct.pack("!iii", 0, 0, _FLOAT4_OID)
+        elements = np.empty(size, dtype=_ARRAY_ELEMENT)  # each element: its length (4), then the value
+        elements["length"] = 4
+        elements["value"] = obj
+        # header: 1 dimension, no NULLs, element type, then the dimension's length and lower bound (1)
+        return struct.pack("!iiiii", 1, 0, _FLOAT4_OID, size, 1) + elements.tobytes()
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected text, got {type(value).__name__}")
+    return value
+
+
+def _float8(value: Any) -> float:
+    if isinstance(value, bool):
+        raise TypeError("expected a number, got bool")
+    return float(value)
+
+
+def _int4(value: Any) -> int:
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise TypeError(f"expected an integer, got {value!r}")
+    number = int(value)
+    if number not in _INT4_RANGE:
+        raise OverflowError(f"{number} is out of range for an integer column")
+    return number
+
+
+def _bool(value: Any) -> bool:
+    return bool(value)
+
+
+def _json_as_is(text: str) -> str:
+    return text  # the JSON text `_jsonb` has already dumped: psycopg adds the jsonb version byte
+
+
+def _jsonb(value: Any) -> Jsonb:
+    # Dumped here rather than by psycopg during the COPY: a value json cannot dump fails its row alone.
+    return Jsonb(json.dumps(value, ensure_ascii=False, separators=(",", ":")), dumps=_json_as_is)
+
+
+Converter = Callable[[Any], Any]
+
+
+def _in_zone(naive: datetime, zone: ZoneInfo) -> datetime:
+    """A naive time read as Postgres reads it in a session of this zone: a time a fall-back transition makes
+    ambiguous is the later instant (Python's fold=1); a time in a spring-forward gap takes the offset before
+    the gap (Python's fold=0)."""
+    later = naive.replace(tzinfo=zone, fold=1)
+    exists = later.astimezone(UTC).astimezone(zone).replace(tzinfo=None) == naive  # False inside a gap
+    return later if exists else naive.replace(tzinfo=zone, fold=0)
+
+
+def _converters(session_zone: ZoneInfo) -> list[tuple[str, Converter]]:
+    """Per column (in COLUMNS order): the Postgres type psycopg dumps it as, and the check that turns a row's
+    value into exactly the Python type that dumper takes. Design choice: every value is checked and
+    converted before the COPY starts, because psycopg appends a row to its buffer as it dumps it; a value
+    that fails there would leave half a row in the stream. After these, dumping cannot fail."""
+
+    def timestamptz(value: Any) -> datetime:
+        if not isinstance(value, datetime):
+            raise TypeError(f"expected a datetime, got {type(value).__name__}")
+        return value if value.tzinfo else _in_zone(value, session_zone)
+
+    by_column: list[tuple[str, Converter]] = []
     for column in activities.columns:
         kind = column.type.dialect_impl(postgresql.dialect())
         if isinstance(kind, postgresql.ARRAY):
-            by_type[column.name] = _float4_array
+            by_column.append(("float4[]", embedding_array))
         elif isinstance(kind, postgresql.JSONB):
-            by_type[column.name] = _jsonb
+            by_column.append(("jsonb", _jsonb))
         elif isinstance(kind, sa.DateTime):
-            by_type[column.name] = timestamptz
+            by_column.append(("timestamptz", timestamptz))
         elif isinstance(kind, sa.Boolean):
-            by_type[column.name] = _bool
+            by_column.append(("bool", _bool))
         elif isinstance(kind, sa.Integer):
-            by_type[column.name] = _int4
+            by_column.append(("int4", _int4))
         elif isinstance(kind, sa.Float):
-            by_type[column.name] = _float8
-        elif isinstance(kind, sa.String):
-            by_type[column.name] = _text
-        else:  # pragma: no cover - a new column type needs an encoder
-            raise TypeError(f"no COPY encoder for activities.{column.name} ({kind!r})")
-    return by_type
+            by_column.append(("float8", _float8))
+        elif isinstance(kind, sa.String):  # varchar(n) has text's binary format; its length is checked by Postgres
+            by_column.append(("text", _text))
+        else:  # pragma: no cover - a new column type needs a converter
+            raise TypeError(f"no COPY type for activities.{column.name} ({kind!r})")
+    return by_column
 
 
-def _encode_row(row: dict[str, Any], encoders: dict[str, Callable[[Any], bytes]]) -> bytes:
-    """One tuple of a binary COPY stream: field count, then each field as length + bytes (or -1 for NULL)."""
-    parts = [struct.pack("!h", len(COLUMNS))]
-    for name in COLUMNS:
-        value = row[name]
-        if value is None:
-            parts.append(_NULL)
-        else:
-            data = encoders[name](value)
-            parts.append(struct.pack("!i", len(data)))
-            parts.append(data)
-    return b"".join(parts)
+def _copy_row(row: dict[str, Any], converters: list[tuple[str, Converter]]) -> tuple[Any, ...]:
+    """One row as the tuple `copy.write_row` takes, every value checked (raises on a value that cannot be copied)."""
+    return tuple(None if (value := row[name]) is None else convert(value)
+                 for name, (_, convert) in zip(COLUMNS, converters, strict=True))
 
 
 _STAGE = "harvest_import_stage"
@@ -418,7 +457,8 @@ def _import_copy(engine: Engine, records: Iterable[dict[str, Any]], *, run_id: s
     now = utcnow()
     with transaction(engine) as connection:
         zone = ZoneInfo(str(connection.exec_driver_sql("SELECT current_setting('TimeZone')").scalar_one()))
-    encoders = _encoders(zone)
+    converters = _converters(zone)
+    types = [kind for kind, _ in converters]
     started = run_started_at(engine, run_id)
     iterator = iter(records)
     while True:
@@ -434,54 +474,53 @@ def _import_copy(engine: Engine, records: Iterable[dict[str, Any]], *, run_id: s
             if row["dedupe_key"] in rows:
                 summary.skipped += 1  # the same activity twice in one file
             rows[row["dedupe_key"]] = row
-        # Rows the policy would not write are skipped before they are encoded or copied: an unchanged
+        # Rows the policy would not write are skipped before they are converted or copied: an unchanged
         # re-run writes nothing (the upsert's WHERE would skip them too, after the work).
         stored = _stored_rows(engine, list(rows))
         unchanged = {key for key, row in rows.items() if not _writes(stored.get(key), row)}
         summary.skipped += len(unchanged)
-        encoded: list[bytes] = []
+        checked: list[tuple[Any, ...]] = []
         for key, row in rows.items():
             if key in unchanged:
                 continue
             try:
-                encoded.append(_encode_row(row, encoders))
-            except (ValueError, TypeError, AttributeError, OverflowError, struct.error) as exc:
-                _record_failure(summary, row, exc)
-        if encoded:
+                checked.append(_copy_row(row, converters))
+            except (ValueError, TypeError, AttributeError, OverflowError) as exc:
+                _record_failure(summary, row, exc)  # this row only: nothing of it reached the COPY
+        if checked:
             try:
-                inserted, updated = _copy_batch(engine, encoded)
+                inserted, updated = _copy_batch(engine, types, checked)
             except DatabaseError as exc:
                 done = summary.imported + summary.updated
                 raise ImportInterrupted(f"import into activities failed after {done} rows: {exc}", summary) from exc
             summary.imported += inserted
             summary.updated += updated
-            summary.skipped += len(encoded) - inserted - updated
+            summary.skipped += len(checked) - inserted - updated
         if consumed < batch_size:
             return summary
 
 
-def _copy_batch(engine: Engine, tuples: Iterable[bytes]) -> tuple[int, int]:
+def _copy_batch(engine: Engine, types: list[str], rows: Iterable[tuple[Any, ...]]) -> tuple[int, int]:
     """COPY one batch into a fresh staging table and upsert it; returns (inserted, updated)."""
-    import psycopg
-
     try:
-        return _copy_batch_in(engine, tuples)
+        return _copy_batch_in(engine, types, rows)
     except psycopg.Error as exc:  # raised by the driver cursor, outside SQLAlchemy's wrapping
         raise database_error(exc) from exc
 
 
-def _copy_batch_in(engine: Engine, tuples: Iterable[bytes]) -> tuple[int, int]:
+def _copy_batch_in(engine: Engine, types: list[str], rows: Iterable[tuple[Any, ...]]) -> tuple[int, int]:
     with transaction(engine) as connection:
         connection.exec_driver_sql(
             f"CREATE TEMPORARY TABLE {_STAGE} (LIKE activities INCLUDING DEFAULTS) ON COMMIT DROP"
         )
         driver = cast(Any, connection.connection.driver_connection)  # psycopg's, on Postgres
         with driver.cursor() as cursor:
+            # on this cursor only: the float4[] oid is dumped from numpy arrays
+            cursor.adapters.register_dumper(np.ndarray, Float4ArrayBinaryDumper)
             with cursor.copy(f"COPY {_STAGE} ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)") as copy:
-                copy.write(_COPY_HEADER)
-                for data in tuples:
-                    copy.write(data)
-                copy.write(_COPY_TRAILER)
+                copy.set_types(types)  # dumpers chosen by column type, not by each value's Python type
+                for row in rows:
+                    copy.write_row(row)
             cursor.execute(_UPSERT_SQL)
             flags = [row[0] for row in cursor.fetchall()]
     inserted = sum(1 for flag in flags if flag)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import orjson
 import pytest
 
-from harvest.db.activities import UnparsedVector, _float4_array, parse_final_line
+from harvest.db.activities import UnparsedVector, embedding_array, parse_final_line
 
 
 def _line(record: dict[str, object]) -> bytes:
@@ -18,7 +19,7 @@ def test_the_vector_is_kept_as_text_and_parses_to_the_same_numbers() -> None:
     assert isinstance(parsed["embedding"], UnparsedVector)
     assert {k: v for k, v in parsed.items() if k != "embedding"} == {"id": "a", "name": "Park", "content_hash": "h"}
     assert parsed["embedding"].parse() == [0.25, -1.5e-05, 3.0]
-    assert _float4_array(parsed["embedding"]) == _float4_array([0.25, -1.5e-05, 3.0])
+    assert np.array_equal(embedding_array(parsed["embedding"]), embedding_array([0.25, -1.5e-05, 3.0]))
 
 
 @pytest.mark.parametrize("record", [
@@ -41,7 +42,7 @@ def test_a_broken_vector_is_an_error_of_that_row_when_it_is_needed() -> None:
     parsed = parse_final_line(line)
     assert parsed["id"] == "b"
     with pytest.raises(ValueError, match="embedding is not JSON"):
-        _float4_array(parsed["embedding"])
+        embedding_array(parsed["embedding"])
 
 
 def test_a_line_that_is_not_json_at_all_raises() -> None:

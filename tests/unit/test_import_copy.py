@@ -85,3 +85,94 @@ def test_copy_import_counts_a_malformed_vector_as_failed(clean_db: str) -> None:
            record(4, image={"uri": "u", "width": 1.5, "height": 2})]
     summary = import_activities(engine, bad + [record(5)], run_id="r", method="copy")
     assert (summary.imported, summary.failed, len(summary.errors)) == (1, 4, 4)
+
+
+# --- psycopg's COPY stores exactly what the portable path stores, column for column -----------------------
+
+MELBOURNE = "Australia/Melbourne"  # a session time zone that is not UTC, with DST: naive datetimes take it
+NAN, INF = float("nan"), float("inf")
+
+
+def varied(n: int, **changes: object) -> dict:
+    """Records that exercise every column type's edge: offsets, naive times, NULLs, non-ASCII, JSONB, NaN."""
+    return record(n, **changes)
+
+
+EDGE_RECORDS = [
+    varied(1),  # +10:00 start, a date-only (naive) end
+    varied(2, start_date="2024-01-01T00:00:00-05:30", end_date="2024-03-10T12:00:00Z"),
+    varied(3, start_date="2024-04-07T02:30:00", end_date="2024-10-06T02:30:00"),  # naive, on Melbourne's DST changes
+    varied(4, start_date="2024-02-29T12:34:56.789012+00:00", end_date="1900-01-01T00:00:00"),
+    varied(5, start_date="0001-01-01T00:00:00+00:00", end_date="9999-12-31T23:59:59.999999+14:00"),
+    varied(6, name="Café ünïcode ✓ 日本語 🎠", description="tab\tnewline\nbackslash\\ quote\" NUL-free \u00a0",
+           tags=["ü", 'quo"te', "back\\slash", {"k": [1, 2.5, None, True, "日本"]}, []]),
+    varied(7, tags=[], embedding=[]),  # empty JSONB array and an empty real[]
+    varied(8, embedding=None, image=None, location=None, start_date=None, end_date=None, description=None,
+           source_url=None, tags=None),  # every nullable column NULL
+    varied(9, location={"formatted_address": "9 NaN St", "latitude": NAN, "longitude": -INF, "place_id": "p9"},
+           embedding=[NAN, INF, -INF, -0.0, 0.1, 3.4e38, 1e-38, -1.5e-5]),  # NaN and infinities stored as today
+    varied(10, location={"formatted_address": "10 Int Rd", "latitude": -37, "longitude": 145}, is_public=0,
+           image={"uri": "s3://b/i.webp", "width": 2.0, "height": 2**31 - 1}, urgency=None),  # ints, a float int
+    varied(11, embedding=[float(i) / 7 for i in range(1536)]),  # a full-size vector
+]
+
+
+def every_column(engine: sa.Engine) -> dict[str, tuple[str, dict[str, str]]]:
+    """Each row as Postgres prints it (ROW(...)::text, in the session's time zone) and as psycopg reads it back
+    with SELECT * (repr per column, so NaN equals NaN); only the two write timestamps are left out."""
+    compared = [c for c in COLUMNS if c not in ("created_at", "updated_at")]
+    with engine.begin() as connection:
+        printed = dict(connection.exec_driver_sql(
+            f"SELECT dedupe_key, ROW({', '.join(compared)})::text FROM activities").all())
+        rows = connection.execute(sa.select(activities)).mappings().all()
+    return {row["dedupe_key"]: (printed[row["dedupe_key"]], {c: repr(row[c]) for c in compared}) for row in rows}
+
+
+def test_copy_stores_every_column_exactly_as_the_upsert_path(clean_db: str) -> None:
+    """The portable path (SQLAlchemy + psycopg parameters, no COPY code) is the reference; both run in a
+    non-UTC session so a naive datetime is read in that zone by Postgres and by the COPY's converter alike."""
+    url = sa.make_url(clean_db).update_query_dict({"options": f"-c TimeZone={MELBOURNE}"})
+    engine = get_engine(url.render_as_string(hide_password=False))
+    from harvest.db import runs
+
+    runs.create_run(engine, "edge", "http://site/", {})  # one run_started_at for both imports
+    tables = {}
+    for method in ("upsert", "copy"):
+        with engine.begin() as connection:
+            connection.execute(activities.delete())
+        summary = import_activities(engine, EDGE_RECORDS, run_id="edge", method=method)
+        assert counts(summary) == (len(EDGE_RECORDS), 0, 0, 0, 0), summary.errors
+        tables[method] = every_column(engine)
+    assert tables["copy"].keys() == tables["upsert"].keys()
+    for key, (printed, columns) in tables["upsert"].items():
+        assert tables["copy"][key][0] == printed, key
+        assert tables["copy"][key][1] == columns, key
+    # the zone really applied, as Postgres applies it: an ambiguous 02:30 (clocks go back at 03:00) is the later
+    # instant, +10:00; a 02:30 that does not exist (clocks go forward at 02:00) takes the offset before, 03:30+11
+    printed = next(printed for printed, columns in tables["copy"].values() if columns["id"] == "'id-3'")
+    assert '"2024-04-07 02:30:00+10","2024-10-06 03:30:00+11"' in printed
+
+
+def test_a_row_that_cannot_be_dumped_fails_alone_and_the_batch_is_imported(clean_db: str) -> None:
+    """Bad values at the start, middle and end of one COPY batch: each is a counted failure with its reason,
+    and every other row of the batch is stored whole (no half row reaches the COPY stream)."""
+    engine = get_engine(clean_db)
+    good = [record(n) for n in range(300)]
+    bad = {
+        0: record(9100, image={"uri": "u", "width": 2**40, "height": 1}),  # out of int4's range
+        150: record(9101, tags=[{1, 2}]),  # JSON cannot dump a set
+        151: record(9102, description=12345),  # not text
+        301: record(9103, embedding=[0.5, "x"]),  # not numbers
+        302: record(9104, location={"formatted_address": "x", "latitude": "north"}),  # not a float
+    }
+    batch = list(good)
+    for position, bad_record in sorted(bad.items()):
+        batch.insert(position, bad_record)
+    summary = import_activities(engine, batch, run_id="r", method="copy", batch_size=500)
+    assert (summary.imported, summary.failed, len(summary.errors)) == (300, 5, 5), summary.errors
+    assert all(error.startswith(("id-91", "Playground 91")) for error in summary.errors), summary.errors
+    reference = get_engine(clean_db)
+    stored = table(reference)
+    assert sorted(row["id"] for row in stored.values()) == sorted(f"id-{n}" for n in range(300))
+    row = next(row for row in stored.values() if row["id"] == "id-299")
+    assert row["tags"] == ["park", "swings"] and row["embedding"] == pytest.approx([0.5, -0.25, 2.99e-5])
