@@ -157,6 +157,7 @@ def record_to_row(
         "place_id": location.get("place_id"),
         "start_date": _parse_time(record.get("start_date")),
         "end_date": _parse_time(record.get("end_date")),
+        "occurrences": [list(pair) for pair in record.get("occurrences") or []],
         "tags": list(record.get("tags") or []),
         "embedding": record.get("embedding"),
         "embedding_hash": embedding_hash(record.get("embedding")),

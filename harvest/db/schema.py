@@ -105,6 +105,8 @@ activities = sa.Table(
     sa.Column("place_id", sa.Text),
     sa.Column("start_date", Timestamp),
     sa.Column("end_date", Timestamp),
+    sa.Column("occurrences", Json, nullable=False, server_default="[]",
+              comment="Every [start, end] of an activity found on several dates (start_date: the earliest)."),
     sa.Column("tags", Json, nullable=False),
     sa.Column("embedding", FloatArray),
     sa.Column("image_uri", sa.Text),

@@ -55,23 +55,41 @@ def _start_in_thread(url: str, config: dict[str, Any]) -> tuple[threading.Thread
 
 
 @pytest.mark.pg_restart
-def test_a_postgres_restart_during_enrichment_is_survived(harvest_env, demo_site, openai_server) -> None:
+def test_a_postgres_restart_during_enrichment_is_waited_out(harvest_env, demo_site, openai_server, monkeypatch) -> None:
+    """The cluster is down exactly when the run must record its vectors: the run's connects fail and are retried
+    (counted at the driver: `do_connect` fires for every attempt) until it is back, and nothing is lost."""
+    import sqlalchemy as sa
+
+    from harvest.db.engine import get_engine
+
+    monkeypatch.setenv("HARVEST_DB_RECONNECT_SECONDS", "120")  # longer than the outage below, on any machine
     db_url = harvest_env["HARVEST_DATABASE_URL"]
+    attempts: list[float] = []
+    engine = get_engine(db_url)  # the engine the flow uses (one per URL per process)
+    record_attempt = lambda *_: attempts.append(time.monotonic())  # noqa: E731
+    sa.event.listen(engine, "do_connect", record_attempt)
     openai_server.configure(polls_until_complete=1_000_000)  # the run waits in its embeddings poll
     thread, outcome = _start_in_thread(demo_site.base_url + "/", {**SMALL, "auto_import": True})
     try:
         row = wait_for(in_embeddings_poll(db_url, openai_server), 180, "the run to sit in its embeddings poll")
         before = _psql("SELECT pg_postmaster_start_time()")
-        started = time.monotonic()
-        _as_postgres("pg_ctlcluster", "15", "main", "restart")
-        restart_seconds = time.monotonic() - started
+        _as_postgres("pg_ctlcluster", "15", "main", "stop", "-m", "fast")
+        stopped = time.monotonic()
+        openai_server.configure(polls_until_complete=1)  # the batch completes: the run must now write
+        wait_for(lambda: len([t for t in attempts if t > stopped]) >= 2, 120, "two connects while the server is down")
+        _as_postgres("pg_ctlcluster", "15", "main", "start")
+        back = time.monotonic()
         assert _psql("SELECT pg_postmaster_start_time()") != before, "the server really restarted"
     finally:
-        openai_server.configure(polls_until_complete=1)  # the batch completes; the run writes everything after it
+        if not _cluster_up():  # the test failed while the server was down: never leave it stopped
+            _as_postgres("pg_ctlcluster", "15", "main", "start")
+        openai_server.configure(polls_until_complete=1)
         thread.join(300)
-    print(f"postgres restart took {restart_seconds:.1f}s")
-    # Every engine this process holds (harvest's and the test session's admin engine) pre-pings, so the
-    # connections the restart cut are replaced on checkout; nothing to dispose here.
+        sa.event.remove(engine, "do_connect", record_attempt)
+    down = [t for t in attempts if stopped < t < back]
+    print(f"{len(down)} connects refused during the outage, {back - stopped:.1f}s down")
+    assert len(down) >= 2, "the run retried connecting while the server was down"
+    assert [t for t in attempts if t > back], "and connected once it was back"
 
     [state] = outcome
     assert state.is_completed(), state.message
@@ -82,7 +100,11 @@ def test_a_postgres_restart_during_enrichment_is_survived(harvest_env, demo_site
     assert {"embeddings", "merge", "final", "import"} <= set(final["steps"])
     rows = activity_rows(db_url)
     assert len(rows) == final["activities_processed"] == summary.import_summary.imported > 0
-    assert all(r["embedding"] is not None for r in rows), "the vectors collected after the restart are all there"
+    assert all(r["embedding"] is not None for r in rows), "the vectors collected during the outage are all there"
+
+
+def _cluster_up() -> bool:
+    return subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1", "-p", "5432"], timeout=30).returncode == 0
 
 
 def test_postgres_unreachable_when_the_run_writes_fails_it_cleanly_and_it_resumes_once_back(

@@ -100,3 +100,28 @@ def test_an_older_run_never_overwrites_a_newer_one(target) -> None:  # noqa: ANN
     later = make_run(engine, "later", 3)
     assert load(engine, method, later, record("later content"))["updated"] == 1
     assert stored(engine)["description"] == "later content"
+
+
+def test_every_dated_occurrence_reaches_the_table(target) -> None:  # noqa: ANN001
+    """An activity found on several dates keeps them all in its row, not only the earliest (issue 11)."""
+    import orjson
+
+    engine, method = target
+    run_id = make_run(engine, "r-dates", 1)
+    occurrences = [["2024-06-01T10:00:00+10:00", "2024-06-01T12:00:00+10:00"], ["2024-06-08T10:00:00+10:00", None]]
+    line = {
+        "id": "a1", "name": "Puppet show", "location": {"formatted_address": "1 Main Rd, Eltham"},
+        "start_date": occurrences[0][0], "end_date": occurrences[0][1], "occurrences": occurrences,
+        "tags": [], "content_hash": "h-dates",
+    }
+    load(engine, method, run_id, parse_final_line(orjson.dumps(line)))
+    row = stored(engine)
+    assert row["occurrences"] == occurrences
+    assert row["start_date"].isoformat().startswith("2024-06-01")
+
+    single = {**line, "id": "a2", "name": "Story time", "content_hash": "h-single"}
+    del single["occurrences"]
+    load(engine, method, run_id, parse_final_line(orjson.dumps(single)))
+    with engine.begin() as connection:
+        kept = connection.execute(sa.select(activities.c.occurrences).where(activities.c.id == "a2")).scalar_one()
+    assert kept == []
