@@ -555,7 +555,8 @@ def _pagination(page: int, pages: int, style: str = "numbered") -> str:
 # ------------------------------------------------------------------------------------------------ build
 
 
-def _write(root: Path, url_path: str, text: str) -> None:
+def write_page(root: Path, url_path: str, text: str) -> None:
+    """Write `text` as the page served at `url_path` (a path ending in / is its index.html)."""
     target = root / url_path.lstrip("/")
     if url_path.endswith("/"):
         target = target / "index.html"
@@ -652,7 +653,7 @@ def build_demo_site(out_dir: Path, *, activities_path: Path | None = None, limit
             page = _layout(act["name"], path, _text_article(act, image_path, tag_slugs), description=description)
         else:
             page = _layout("Loading activity…", path, _js_body(act, schema_type or "Park", path, image_path))
-        _write(out_dir, path, page)
+        write_page(out_dir, path, page)
         published.append(DemoActivity(act["name"], slug, path, syntax, schema_type, image_path, image_status, index))
 
     # Listing pages: every fifth link carries a ?ref= variant of the same canonical page.
@@ -663,12 +664,12 @@ def build_demo_site(out_dir: Path, *, activities_path: Path | None = None, limit
         body = (f"<h1>All activities &ndash; page {page_no} of {total_pages}</h1>\n"
                 f'<ul class="listing">\n{items}\n</ul>\n{_pagination(page_no, total_pages, pagination)}')
         path = f"/activities/page/{page_no}/"
-        _write(out_dir, path, _layout(f"All activities, page {page_no}", path, body))
+        write_page(out_dir, path, _layout(f"All activities, page {page_no}", path, body))
         pages.append(path)
 
     if pagination == "none":  # the nav still links page 1: a page without a listing, not a 404
         body = "<h1>All activities</h1>\n<p>Use the search or the sitemap.</p>"
-        _write(out_dir, "/activities/page/1/", _layout("All activities", "/activities/page/1/", body))
+        write_page(out_dir, "/activities/page/1/", _layout("All activities", "/activities/page/1/", body))
         pages.append("/activities/page/1/")
 
     by_tag: dict[str, list[int]] = {}
@@ -682,12 +683,12 @@ def build_demo_site(out_dir: Path, *, activities_path: Path | None = None, limit
         items = "\n".join(_listing_item(published[i], acts[i], None) for i in members)
         body = (f'<h1>Tagged &ldquo;{_esc(tag)}&rdquo;</h1>\n<p>{len(members)} activities</p>\n'
                 f'<ul class="listing">\n{items}\n</ul>')
-        _write(out_dir, path, _layout(f"Tag: {tag}", path, body))
+        write_page(out_dir, path, _layout(f"Tag: {tag}", path, body))
         pages.append(path)
     tag_items = "\n".join(f'<li><a href="/tags/{tag_slugs[t]}/">{_esc(t)}</a> ({len(m)})</li>'
                           for t, m in sorted(by_tag.items(), key=lambda kv: (-len(kv[1]), kv[0])))
     tags_body = f'<h1>All tags</h1>\n<ul class="tag-cloud">\n{tag_items}\n</ul>'
-    _write(out_dir, "/tags/", _layout("All tags", "/tags/", tags_body))
+    write_page(out_dir, "/tags/", _layout("All tags", "/tags/", tags_body))
     pages.insert(0, "/tags/")
 
     featured = "\n".join(_listing_item(published[i], acts[i], "home") for i in range(min(6, len(published))))
@@ -699,19 +700,19 @@ def build_demo_site(out_dir: Path, *, activities_path: Path | None = None, limit
             f'<p><a href="/activities/page/1/">Browse all activities</a></p>\n'
             f'<h2>Popular tags</h2>\n<ul class="tags">{popular_html}</ul>\n'
             f'<p class="staff"><a href="/private/">Staff area</a></p>')
-    _write(out_dir, "/", _layout(SITE_NAME, "/", home, description="Family activities around Melbourne."))
+    write_page(out_dir, "/", _layout(SITE_NAME, "/", home, description="Family activities around Melbourne."))
     pages.insert(0, "/")
 
     private_body = ("<h1>Staff area</h1>\n<p>Draft listings and notes. robots.txt disallows this folder: "
                     "a polite crawler never fetches this page.</p>")
-    _write(out_dir, "/private/", _layout("Staff area", "/private/", private_body))
+    write_page(out_dir, "/private/", _layout("Staff area", "/private/", private_body))
 
-    _write(out_dir, "/static/site.css", _CSS)
+    write_page(out_dir, "/static/site.css", _CSS)
     sitemap_line = f"\nSitemap: {BASE_TOKEN}/sitemap.xml\n" if sitemap == "robots" else ""
-    _write(out_dir, "/robots.txt", f"User-agent: *\nDisallow: /private/\n{sitemap_line}")
+    write_page(out_dir, "/robots.txt", f"User-agent: *\nDisallow: /private/\n{sitemap_line}")
     activity_paths = [a.path for a in published]
     if sitemap:
-        _write(out_dir, "/sitemap.xml",
+        write_page(out_dir, "/sitemap.xml",
                _sitemap(pages + activity_paths, {a.path: acts[a.source_index] for a in published}))
 
     expected = {s: [a.name for a in published if a.syntax == s] for s in SYNTAXES}

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from testkit.demo_site import BASE_TOKEN
+from testkit.demo_site import BASE_TOKEN, write_page
 
 BOWL = {"name": "Sidney Myer Music Bowl", "street": "21 Linlithgow Ave", "city": "Melbourne", "postal": "3004",
         "country": "AU", "geo": (-37.82339, 144.97275)}
@@ -62,20 +62,13 @@ def build_events_site(out_dir: Path) -> list[str]:
                  "url": f"{BASE_TOKEN}{path}", "location": _place(venue),
                  "description": f"{name} at {venue['name']}."}
         head = f'<script type="application/ld+json">{json.dumps(event)}</script>'
-        _write(out_dir, path, _page(name, f"<h1>{name}</h1><p>{start}, {venue['name']}</p>", head))
+        write_page(out_dir, path, _page(name, f"<h1>{name}</h1><p>{start}, {venue['name']}</p>", head))
         paths.append(path)
     listing = "".join(f'<li><a href="{path}">{name}</a></li>' for path, name, _, _ in EVENTS)
-    _write(out_dir, "/", _page("What's on", f"<h1>What's on</h1><ul>{listing}</ul>"))
-    _write(out_dir, "/robots.txt", "User-agent: *\nAllow: /\n")
+    write_page(out_dir, "/", _page("What's on", f"<h1>What's on</h1><ul>{listing}</ul>"))
+    write_page(out_dir, "/robots.txt", "User-agent: *\nAllow: /\n")
     return paths
 
-
-def _write(root: Path, url_path: str, text: str) -> None:
-    target = root / url_path.lstrip("/")
-    if url_path.endswith("/"):
-        target = target / "index.html"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(text, "utf-8")
 
 
 if __name__ == "__main__":  # pragma: no cover

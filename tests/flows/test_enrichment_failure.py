@@ -6,11 +6,9 @@ while counting traffic nor lose the other branches."""
 
 from __future__ import annotations
 
-import sqlalchemy as sa
-
 from harvest.db.engine import get_engine
 from harvest.storage import iter_jsonl
-from tests.failures.support import file_rows, run_row, scrape
+from tests.failures.support import file_rows, refusing_to_record, run_row, scrape
 from tests.helpers import reset_harvest_caches
 
 
@@ -25,15 +23,8 @@ def test_a_failed_image_chunk_leaves_a_completed_run_without_images(
     reset_harvest_caches()
     engine = get_engine(db_url)
 
-    def refuse_second_part(conn, cursor, statement, params, context, executemany) -> None:  # noqa: ANN001
-        if "run_files" in statement and "images_map.part-0001" in str(params):
-            raise RuntimeError("injected: cannot record images_map.part-0001")
-
-    sa.event.listen(engine, "before_cursor_execute", refuse_second_part)
-    try:
+    with refusing_to_record(engine, "images_map.part-0001"):
         state = scrape(demo_site.base_url + "/", max_pages=30, max_extractions=10)
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", refuse_second_part)
 
     assert state.is_completed(), state.message
     summary = state.result()

@@ -5,11 +5,9 @@ was never joined."""
 
 from __future__ import annotations
 
-import sqlalchemy as sa
-
 from harvest.db.engine import get_engine
 from harvest.storage import iter_jsonl
-from tests.failures.support import file_rows, run_row, scrape
+from tests.failures.support import file_rows, refusing_to_record, run_row, scrape
 from tests.helpers import reset_harvest_caches
 
 
@@ -25,15 +23,8 @@ def test_10_a_resume_after_the_chunk_size_changed_never_mixes_ranges(
     reset_harvest_caches()
     engine = get_engine(db_url)
 
-    def refuse_second_part(conn, cursor, statement, params, context, executemany) -> None:  # noqa: ANN001
-        if "run_files" in statement and "images_map.part-0001" in str(params):
-            raise RuntimeError("injected: cannot record images_map.part-0001")
-
-    sa.event.listen(engine, "before_cursor_execute", refuse_second_part)
-    try:
+    with refusing_to_record(engine, "images_map.part-0001"):
         first = scrape(demo_site.base_url + "/", max_pages=30, max_extractions=10)
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", refuse_second_part)
     run_id = str(first.state_details.flow_run_id)
     # (Prefect fails the flow run over the join left pending by the failed chunk; either way it is over.)
     assert run_row(db_url, run_id)["status"] in ("failed", "completed")
