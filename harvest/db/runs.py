@@ -217,15 +217,17 @@ def list_files(engine: Engine, run_id: str, *, include_deleted: bool = True) -> 
         return [dict(row) for row in connection.execute(query).mappings()]
 
 
+def file_ref(row: dict[str, Any]) -> FileRef:
+    """The reference a `run_files` row records."""
+    return FileRef(
+        kind=row["kind"], uri=row["uri"], records=row["records"], bytes=row["bytes"], sha256=row["sha256"],
+        content_type=row["content_type"],
+    )
+
+
 def files_view(engine: Engine, run_id: str) -> dict[str, FileRef]:
     """kind → reference for the run's live files: the original design's `files` object."""
-    return {
-        row["kind"]: FileRef(
-            kind=row["kind"], uri=row["uri"], records=row["records"], bytes=row["bytes"],
-            sha256=row["sha256"], content_type=row["content_type"],
-        )
-        for row in list_files(engine, run_id, include_deleted=False)
-    }
+    return {row["kind"]: file_ref(row) for row in list_files(engine, run_id, include_deleted=False)}
 
 
 def comparable_file(engine: Engine, run_id: str) -> dict[str, Any] | None:

@@ -29,11 +29,6 @@ def _live_files(engine: Engine, run_id: str) -> dict[str, dict[str, Any]]:
     return {row["kind"]: row for row in run_rows.list_files(engine, run_id, include_deleted=False)}
 
 
-def _ref(row: dict[str, Any]) -> FileRef:
-    return FileRef(kind=row["kind"], uri=row["uri"], records=row["records"], bytes=row["bytes"],
-                   sha256=row["sha256"], content_type=row["content_type"])
-
-
 def _moment(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)  # SQLite hands back naive UTC
 
@@ -73,13 +68,13 @@ def combine_parts(
         unrecorded = [f"{step}.{i}" for i in range(chunks) if f"{step}.{i}" not in steps]
         if unrecorded:
             raise StorageError(f"run {run_id}: {kind} chunk steps {unrecorded} were never recorded")
-        ref = concat_files(store, run_key(run_id, kind, "jsonl"), kind, [_ref(p) for p in parts])
+        ref = concat_files(store, run_key(run_id, kind, "jsonl"), kind, [run_rows.file_ref(p) for p in parts])
         run_rows.record_file(engine, run_id, ref)
         stats = merge_stats([StageStats.model_validate(steps[f"{step}.{i}"]) for i in range(chunks)])
         run_rows.fold_steps(engine, run_id, f"{step}.", step, stats.model_dump())
     else:
         assert combined is not None
-        ref = _ref(combined)
+        ref = run_rows.file_ref(combined)
     return ref, _drop(engine, store, run_id, parts, f"{kind} parts")
 
 
@@ -92,7 +87,7 @@ def collected_embeddings(engine: Engine, run_id: str) -> list[FileRef] | None:
     prefill = files.get("embeddings_prefill")
     if prefill is not None and _recorded_after(prefill, done[0]):
         return None
-    return [_ref(done[0]), _ref(done[1])]
+    return [run_rows.file_ref(done[0]), run_rows.file_ref(done[1])]
 
 
 def drop_prefill(engine: Engine, store: ObjectStore, run_id: str) -> list[str]:
