@@ -142,3 +142,13 @@ def costs_since(engine: Engine, *, since: datetime | None = None, url: str | Non
         cost = cost_object(ledgers.get(run["id"], []))
         run.update(cost_usd=cost["cost_usd"], usage=cost["usage"])
     return runs
+
+
+def chat_output_ratio(engine: Engine, *, min_input_tokens: int = 10_000) -> float | None:
+    """Output tokens per input token of the extraction calls this deployment has paid for, or None with too
+    little history (fewer than `min_input_tokens` input tokens) to trust."""
+    with transaction(engine) as connection:
+        rows = connection.execute(sa.select(run_ledger.c.usage).where(run_ledger.c.stage == "crawl")).scalars().all()
+    sent = sum(int((usage or {}).get("chat_input_tokens", 0)) for usage in rows)
+    answered = sum(int((usage or {}).get("chat_output_tokens", 0)) for usage in rows)
+    return answered / sent if sent >= min_input_tokens else None
