@@ -11,7 +11,6 @@ stays reserved: money that may have been spent keeps counting against the budget
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -99,7 +98,3 @@ def tokens_from_chars(chars: int) -> int:
     used where the exact count would need the text sent or a tokenizer download."""
     return -(-max(0, chars) // 4)
 
-
-def usage_of(mapping: Mapping[str, object]) -> dict[str, int]:
-    """Integer counters out of a loose mapping (an API's `usage` object dumped to a dict)."""
-    return {key: int(value) for key, value in mapping.items() if isinstance(value, int) and not isinstance(value, bool)}
