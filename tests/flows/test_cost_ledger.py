@@ -105,3 +105,33 @@ def test_a_budget_stops_llm_extraction_part_way(harvest_env, demo_site, openai_s
     assert f"skipped for {left} page(s)" in skipped
     named = skipped.split("would have been passed: ", 1)[1].split(" and ")[0].split(", ")
     assert len(named) == min(left, 50) and all(page.startswith(demo_site.base_url) for page in named)
+
+
+def test_a_resumed_run_keeps_its_spent_total(harvest_env, demo_site, openai_server) -> None:
+    import sqlalchemy as sa
+
+    from flows.resume import resume_flow_run
+    from flows.scrape import scrape_website
+    from harvest.db.ledger import run_cost
+
+    engine = get_engine(harvest_env["HARVEST_DATABASE_URL"])
+    with engine.begin() as connection:  # the import step fails: its table is gone
+        connection.execute(sa.text("ALTER TABLE activities RENAME TO activities_away"))
+    try:
+        state = scrape_website(url=demo_site.base_url + "/", return_state=True, config=RunConfig(
+            max_pages=200, max_extractions=1000, auto_import=True, max_cost_usd=0.0003))
+    finally:
+        with engine.begin() as connection:
+            connection.execute(sa.text("ALTER TABLE activities_away RENAME TO activities"))
+    assert state.is_failed()
+    run_id = str(state.state_details.flow_run_id)
+    spent = run_cost(engine, run_id)
+    assert 0 < spent["cost_usd"] <= 0.0003
+    calls = openai_server.stats().get("requests", 0)
+
+    resumed = resume_flow_run(run_id)
+    assert resumed.is_completed(), resumed.message
+    assert openai_server.stats().get("requests", 0) == calls, "the finished steps were loaded, not paid again"
+    after = resumed.result().cost
+    assert after["cost_usd"] == pytest.approx(spent["cost_usd"]) and after["usage"] == {
+        **spent["usage"], Counter.bytes_stored: after["usage"][Counter.bytes_stored]}
