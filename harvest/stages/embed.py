@@ -28,7 +28,7 @@ from harvest.embeddings import (
     submit_batch,
     write_batch_input,
 )
-from harvest.errors import DatabaseError, EmbeddingError
+from harvest.errors import BatchNotReadyError, DatabaseError, EmbeddingError
 from harvest.models import Activity, FileRef
 from harvest.stages.common import StageResult, timed
 from harvest.storage import ObjectStore, iter_jsonl, store_local_file, write_jsonl
@@ -202,7 +202,14 @@ def collect_embeddings(
     The tokens each output line reports (`response.body.usage`) are charged to `meter`, releasing the hold."""
     if batch.prefill_uri is None:
         raise EmbeddingError("this submission went to no batch: its vectors were stored when it was submitted")
-    finished = check_batch(client, batch.batch_id) if batch.batch_id else None
+    try:
+        finished = check_batch(client, batch.batch_id) if batch.batch_id else None
+    except BatchNotReadyError:
+        raise
+    except EmbeddingError:  # final (failed, or unreadable): no output to read usage from, so the hold is released
+        if meter is not None:
+            meter.release(Reservation(batch.reserved_usd))
+        raise
     result = StageResult()
     with timed(result.stats), tempfile.TemporaryDirectory(prefix="harvest-") as tmp:
         rows, _, count = _rows(store, standardized)
