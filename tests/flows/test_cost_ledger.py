@@ -135,3 +135,22 @@ def test_a_resumed_run_keeps_its_spent_total(harvest_env, demo_site, openai_serv
     after = resumed.result().cost
     assert after["cost_usd"] == pytest.approx(spent["cost_usd"]) and after["usage"] == {
         **spent["usage"], Counter.bytes_stored: after["usage"][Counter.bytes_stored]}
+
+
+def test_the_estimate_command_prices_a_site_without_a_paid_call(
+    harvest_env, demo_site, openai_server, geocoder_server, tmp_path
+) -> None:
+    url = demo_site.base_url + "/"
+    estimate = cli(["scrape", url, "--max-pages", "200", "--max-extractions", "1000", "--estimate", "--json"],
+                   harvest_env, tmp_path)
+    assert estimate["url"] == url and estimate["cost_usd"] > 0 and estimate["llm_pages"] > 0
+    assert set(estimate["stages"]) == {"crawl", "embeddings", "geocode"}
+    assert openai_server.stats() == {} and geocoder_server.stats() == {}, "nothing paid, nothing asked"
+    with get_engine(harvest_env["HARVEST_DATABASE_URL"]).begin() as connection:
+        import sqlalchemy as sa
+
+        assert connection.execute(sa.text("SELECT count(*) FROM scrape_runs")).scalar() == 0, "a dry run records none"
+    full_env = {**os.environ, **harvest_env, "PREFECT_HOME": str(tmp_path / "prefect-cli")}
+    refused = subprocess.run([HARVEST, "scrape", url, "--max-cost-usd", "-1"], env=full_env, capture_output=True,
+                             text=True, timeout=120)
+    assert refused.returncode == 2 and "max_cost_usd" in refused.stderr
