@@ -77,7 +77,7 @@ def _old_encoders(session_zone: ZoneInfo) -> dict[str, Callable[[Any], bytes]]:
     from sqlalchemy.dialects import postgresql
 
     from harvest.db.activities import _vector
-    from harvest.db.schema import activities
+    from harvest.db.schema import Timestamp, activities
 
     def text(value: Any) -> bytes:
         if not isinstance(value, str):
@@ -127,7 +127,7 @@ def _old_encoders(session_zone: ZoneInfo) -> dict[str, Callable[[Any], bytes]]:
             by_type[column.name] = float4_array
         elif isinstance(kind, postgresql.JSONB):
             by_type[column.name] = jsonb
-        elif isinstance(kind, sa.DateTime):
+        elif isinstance(kind, (Timestamp, sa.DateTime)):
             by_type[column.name] = timestamptz
         elif isinstance(kind, sa.Boolean):
             by_type[column.name] = boolean

@@ -47,7 +47,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from harvest.db.engine import database_error, transaction, utcnow
-from harvest.db.schema import activities, one_of, scrape_runs
+from harvest.db.schema import Timestamp, activities, one_of, scrape_runs
 from harvest.errors import DatabaseError, ImportInterrupted
 from harvest.extract.text import normalize_key as dedupe_text
 from harvest.models import ImportSummary
@@ -200,15 +200,11 @@ def _on_conflict(statement: Any) -> Any:
     )
 
 
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)  # SQLite hands back naive UTC
-
-
 def _writes(stored: Any, row: dict[str, Any]) -> bool:
     """The policy's WHERE in Python, for the rows looked up before a batch is sent (skipped without work)."""
     if stored is None:
         return True
-    if stored["run_started_at"] is not None and _aware(stored["run_started_at"]) > _aware(row["run_started_at"]):
+    if stored["run_started_at"] is not None and stored["run_started_at"] > row["run_started_at"]:
         return False  # a newer run wrote this row
     if stored["content_hash"] != row["content_hash"]:
         return True
@@ -234,7 +230,7 @@ def run_started_at(engine: Engine, run_id: str) -> datetime:
     """When the importing run started (its rows' recency), or now for records of no known run."""
     with transaction(engine) as connection:
         started = connection.execute(sa.select(scrape_runs.c.started_at).where(scrape_runs.c.id == run_id)).scalar()
-    return _aware(started) if started is not None else utcnow()
+    return started if started is not None else utcnow()
 
 
 def _upsert(engine: Engine, rows: list[dict[str, Any]]) -> None:
@@ -289,7 +285,10 @@ def _import_upsert(engine: Engine, records: Iterable[dict[str, Any]], *, run_id:
             rows[row["dedupe_key"]] = row
         if not rows:
             continue
-        existing = _stored_rows(engine, list(rows))
+        try:
+            existing = _stored_rows(engine, list(rows))
+        except DatabaseError as exc:
+            raise _interrupted(summary, exc) from exc
         to_write = []
         for key, row in rows.items():
             if not _writes(existing.get(key), row):
@@ -309,9 +308,14 @@ def _import_upsert(engine: Engine, records: Iterable[dict[str, Any]], *, run_id:
             try:
                 _upsert(engine, to_write)
             except DatabaseError as exc:
-                done = summary.imported + summary.updated
-                raise ImportInterrupted(f"import into activities failed after {done} rows: {exc}", summary) from exc
+                raise _interrupted(summary, exc) from exc
     return summary
+
+
+def _interrupted(summary: ImportSummary, exc: DatabaseError) -> ImportInterrupted:
+    """A database error part way: the import stops, and says how far it got (the caller records that)."""
+    done = summary.imported + summary.updated
+    return ImportInterrupted(f"import into activities failed after {done} rows: {exc}", summary)
 
 
 # --- Postgres: binary COPY, new keys straight into the table, stored ones through a staging table ---------
@@ -424,7 +428,7 @@ def _converters(session_zone: ZoneInfo) -> list[tuple[str, Converter]]:
             by_column.append(("float4[]", embedding_array))
         elif isinstance(kind, postgresql.JSONB):
             by_column.append(("jsonb", _jsonb))
-        elif isinstance(kind, sa.DateTime):
+        elif isinstance(kind, (Timestamp, sa.DateTime)):
             by_column.append(("timestamptz", timestamptz))
         elif isinstance(kind, sa.Boolean):
             by_column.append(("bool", _bool))
@@ -479,19 +483,17 @@ def _import_copy(engine: Engine, records: Iterable[dict[str, Any]], *, run_id: s
             rows[row["dedupe_key"]] = row
         # Rows the policy would not write are skipped before they are converted or copied: an unchanged
         # re-run writes nothing (the upsert's WHERE would skip them too, after the work).
-        stored = _stored_rows(engine, list(rows))
-        new = [row for key, row in rows.items() if key not in stored]
-        known = [row for key, row in rows.items() if key in stored and _writes(stored[key], row)]
-        summary.skipped += len(rows) - len(new) - len(known)
-        if new or known:
-            try:
-                inserted, updated, unchanged = _copy_batch(engine, converters, summary, new, known)
-            except DatabaseError as exc:
-                done = summary.imported + summary.updated
-                raise ImportInterrupted(f"import into activities failed after {done} rows: {exc}", summary) from exc
-            summary.imported += inserted
-            summary.updated += updated
-            summary.skipped += unchanged
+        try:
+            stored = _stored_rows(engine, list(rows))
+            new = [row for key, row in rows.items() if key not in stored]
+            known = [row for key, row in rows.items() if key in stored and _writes(stored[key], row)]
+            summary.skipped += len(rows) - len(new) - len(known)
+            inserted, updated, unchanged = _copy_batch(engine, converters, summary, new, known)
+        except DatabaseError as exc:
+            raise _interrupted(summary, exc) from exc
+        summary.imported += inserted
+        summary.updated += updated
+        summary.skipped += unchanged
         if consumed < batch_size:
             return summary
 
