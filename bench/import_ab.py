@@ -1,5 +1,7 @@
 """A/B of the Postgres COPY import: the hand-written binary encoder it had (kept below as the reference) against
-psycopg's COPY with the float4[] dumper, on the same N final records; plus the COPY-only floor of bench.one.
+the import as it is (`import_activities`: psycopg's COPY with the float4[] dumper, new keys straight into the table),
+on the same N final records; plus the COPY-only floor of bench.one. The old side is the import as it was before
+issue 13: every row through a staging table and the upsert.
 
     python -m bench.import_ab [N] [OUT.json]      (N defaults to 10,000; rounds interleaved, 3 each)
 
