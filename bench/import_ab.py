@@ -1,5 +1,7 @@
 """A/B of the Postgres COPY import: the hand-written binary encoder it had (kept below as the reference) against
-psycopg's COPY with the float4[] dumper, on the same N final records; plus the COPY-only floor of bench.one.
+the import as it is (`import_activities`: psycopg's COPY with the float4[] dumper, new keys straight into the table),
+on the same N final records; plus the COPY-only floor of bench.one. The old side is the import as it was before
+issue 13: every row through a staging table and the upsert.
 
     python -m bench.import_ab [N] [OUT.json]      (N defaults to 10,000; rounds interleaved, 3 each)
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import statistics
 import struct
@@ -77,7 +80,7 @@ def _old_encoders(session_zone: ZoneInfo) -> dict[str, Callable[[Any], bytes]]:
     from sqlalchemy.dialects import postgresql
 
     from harvest.db.activities import _vector
-    from harvest.db.schema import activities
+    from harvest.db.schema import Timestamp, activities
 
     def text(value: Any) -> bytes:
         if not isinstance(value, str):
@@ -127,7 +130,7 @@ def _old_encoders(session_zone: ZoneInfo) -> dict[str, Callable[[Any], bytes]]:
             by_type[column.name] = float4_array
         elif isinstance(kind, postgresql.JSONB):
             by_type[column.name] = jsonb
-        elif isinstance(kind, sa.DateTime):
+        elif isinstance(kind, (Timestamp, sa.DateTime)):
             by_type[column.name] = timestamptz
         elif isinstance(kind, sa.Boolean):
             by_type[column.name] = boolean
@@ -246,6 +249,24 @@ def fingerprint(engine: sa.Engine) -> str:
     return digest.hexdigest()
 
 
+def _backend_cpu(engine: sa.Engine) -> float:
+    """CPU seconds (user + system) so far of every Postgres backend connected to this scratch database (Linux
+    /proc; the benchmark runs beside its Postgres). Backends that ended meanwhile are not counted."""
+    with engine.begin() as connection:
+        pids = connection.exec_driver_sql(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+        ).scalars().all()
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime (fields 14 and 15 of stat)
+    return total
+
+
 def main() -> int:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
     out = Path(sys.argv[2]) if len(sys.argv) > 2 else None
@@ -263,6 +284,7 @@ def main() -> int:
     }
     rates: dict[str, list[float]] = {"old": [], "new": [], "copy_rows_per_s": [], "copy_only_rows_per_s": []}
     prints: dict[str, set[str]] = {"old": set(), "new": set()}
+    cpu: dict[str, list[float]] = {"old": [], "new": []}  # CPU seconds: this process and its Postgres backends
     try:
         upgrade(url)
         engine = get_engine(url)
@@ -275,9 +297,12 @@ def main() -> int:
                 for side in (("old", "new") if round_ % 2 == 0 else ("new", "old")):
                     with engine.begin() as connection:
                         connection.exec_driver_sql("TRUNCATE activities")
+                    backends_before = _backend_cpu(engine)
+                    cpu_before = time.process_time()
                     started = time.perf_counter()
                     summary = sides[side](engine, _read(final_path), run_id="bench-ab")
                     seconds = time.perf_counter() - started
+                    cpu[side].append(time.process_time() - cpu_before + _backend_cpu(engine) - backends_before)
                     assert (summary.imported, summary.failed) == (n, 0), summary
                     rates[side].append(n / seconds)
                     prints[side].add(fingerprint(engine))
@@ -299,6 +324,10 @@ def main() -> int:
         "new_over_copy_only_floor": round(median["new"] / median["copy_only_rows_per_s"], 3),
         "new_over_plain_load_floor": round(median["new"] / median["copy_rows_per_s"], 3),
         "same_rows": len(prints["old"] | prints["new"]) == 1,
+        # less sensitive to a shared machine than rows/s: the CPU both processes spent per 1,000 rows
+        "median_cpu_ms_per_1000_rows": {
+            side: round(statistics.median(values) / n * 1e6, 1) for side, values in cpu.items()
+        },
     }
     print(json.dumps(result, indent=2))
     if out:

@@ -25,7 +25,7 @@ import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from harvest.db import retention as rows
@@ -117,7 +117,7 @@ def cleanup_run(engine: Engine, store: ObjectStore, run_id: str, *, retention: s
         row = rows.lock_run(connection, run_id, skip_locked=False)
         if row is None or row["status"] == "running" or row["retention"] not in FILES_KEPT or row["pinned"]:
             return None
-        if row["lease_until"] is not None and _aware(row["lease_until"]) > utcnow():
+        if row["lease_until"] is not None and row["lease_until"] > utcnow():
             return None
         deleted = delete_run_objects(store, connection, run_id, keep_digest=True)
         rows.finish_cleanup(connection, run_id, retention)
@@ -218,7 +218,7 @@ def _reconcile(
             if not process_gone(host, pid):
                 continue
             status, why = "crashed", f"its process {pid} on {host} is gone"
-        elif _aware(updated_at) < now - policy.grace:
+        elif updated_at < now - policy.grace:
             said = f"Prefect still says {state}" if state else "no Prefect flow run"
             status, why = "crashed", f"no heartbeat from {host or 'its host'} for over {policy.grace} ({said})"
         else:
@@ -264,7 +264,7 @@ def _settle(engine: Engine, policy: RetentionPolicy, report: SweepReport, now: d
         for run_id, status, ended in rows.lock_unsettled_runs(connection, now - policy.grace):
             report.settled.append(run_id)
             if not report.dry_run:
-                rows.mark_settled(connection, run_id, policy.expires_at(status, _aware(ended)), now)
+                rows.mark_settled(connection, run_id, policy.expires_at(status, ended), now)
 
 
 def _expire(engine: Engine, store: ObjectStore, report: SweepReport, now: datetime) -> None:
@@ -334,7 +334,7 @@ def _delete_orphans(
                     continue  # a running run records its files as it goes: never touch them
                 if owner in kept and keys.is_step_result(info.key):
                     continue  # a kept run's Prefect step results: what `harvest runs resume` needs
-            if _aware(info.last_modified) > now - policy.grace:
+            if info.last_modified > now - policy.grace:
                 continue  # may belong to a run being started right now
             report.orphans.append(info.key)
             if not report.dry_run:
@@ -378,7 +378,7 @@ def _delete_unreferenced_images(
     if referenced is None:
         return
     for info in listed:
-        if info.key in referenced or _aware(info.last_modified) > now - policy.grace:
+        if info.key in referenced or info.last_modified > now - policy.grace:
             continue
         report.images.append(info.key)
         if not report.dry_run:
@@ -406,11 +406,6 @@ def _key(store: ObjectStore, uri: str) -> str:
         return store.key_for(uri)
     except StorageError:
         return uri
-
-
-def _aware(moment: datetime) -> datetime:
-    """SQLite hands back naive datetimes for timezone-aware columns; they are UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def file_state(row: dict[str, Any], run: dict[str, Any]) -> str:

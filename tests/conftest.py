@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from testkit.s3 import MotoS3
-from tests.helpers import TEST_OPENAI_KEY, reset_harvest_caches
+from tests.helpers import TEST_OPENAI_KEY, database_url, reset_harvest_caches
 
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="harvest-tests-"))
 os.environ.update(
@@ -79,6 +79,30 @@ def clean_db(pg_url: str) -> str:
     with get_engine(pg_url).begin() as connection:
         connection.execute(sa.text("TRUNCATE activities, run_files, scrape_runs, geocode_cache, image_cache, llm_answers CASCADE"))
     return pg_url
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A module that names DATABASES (e.g. ["postgres", "sqlite"]) runs each of its tests taking `engine` once per
+    database, in that order."""
+    databases = getattr(metafunc.module, "DATABASES", None)
+    if databases and "engine" in metafunc.fixturenames:
+        metafunc.parametrize("engine", databases, indirect=True)
+
+
+@pytest.fixture
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> object:
+    """An engine on an empty, migrated database: Postgres, or the one DATABASES gives this test."""
+    from harvest.db.engine import get_engine
+
+    return get_engine(database_url(request, tmp_path, getattr(request, "param", "postgres")))
+
+
+@pytest.fixture
+def store(s3: MotoS3) -> object:
+    """An S3 store (the real client) on a fresh bucket of the session's moto server."""
+    from harvest.storage import S3Store, make_s3_client
+
+    return S3Store(make_s3_client(s3.endpoint), s3.new_bucket(), "harvest")
 
 
 @pytest.fixture(scope="session")

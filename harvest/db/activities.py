@@ -16,7 +16,9 @@ until another image replaces it. (3) A row is written when its content hash chan
 unchanged, the run brings an enrichment group that differs from the stored one (a geocode that now succeeds,
 a new embedding model: `embedding_hash`, a sha256 of the vector's JSON, says so without parsing it).
 
-On Postgres each batch is one binary `COPY` (written by psycopg) into a temporary staging table and one
+On Postgres each batch's keys are looked up first. Rows of keys the table does not hold are one binary `COPY`
+(written by psycopg) straight into `activities`; rows of stored keys (and new ones another import stored
+meanwhile, which the unique index refuses) are one `COPY` into a temporary staging table and one
 `INSERT ... SELECT ... ON CONFLICT (dedupe_key) DO UPDATE ... WHERE <the policy> RETURNING`, which says per
 written row whether it was inserted or updated; rows not returned were unchanged. The portable path (SQLite)
 looks the keys up first and then upserts with the same ON CONFLICT clause.
@@ -38,13 +40,14 @@ import psycopg
 import sqlalchemy as sa
 from psycopg import postgres
 from psycopg.adapt import Dumper
+from psycopg.errors import UniqueViolation
 from psycopg.pq import Format
 from psycopg.types.json import Jsonb
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from harvest.db.engine import database_error, transaction, utcnow
-from harvest.db.schema import activities, one_of, scrape_runs
+from harvest.db.schema import Timestamp, activities, one_of, scrape_runs
 from harvest.errors import DatabaseError, ImportInterrupted
 from harvest.extract.text import normalize_key as dedupe_text
 from harvest.models import ImportSummary
@@ -197,15 +200,11 @@ def _on_conflict(statement: Any) -> Any:
     )
 
 
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)  # SQLite hands back naive UTC
-
-
 def _writes(stored: Any, row: dict[str, Any]) -> bool:
     """The policy's WHERE in Python, for the rows looked up before a batch is sent (skipped without work)."""
     if stored is None:
         return True
-    if stored["run_started_at"] is not None and _aware(stored["run_started_at"]) > _aware(row["run_started_at"]):
+    if stored["run_started_at"] is not None and stored["run_started_at"] > row["run_started_at"]:
         return False  # a newer run wrote this row
     if stored["content_hash"] != row["content_hash"]:
         return True
@@ -231,7 +230,7 @@ def run_started_at(engine: Engine, run_id: str) -> datetime:
     """When the importing run started (its rows' recency), or now for records of no known run."""
     with transaction(engine) as connection:
         started = connection.execute(sa.select(scrape_runs.c.started_at).where(scrape_runs.c.id == run_id)).scalar()
-    return _aware(started) if started is not None else utcnow()
+    return started if started is not None else utcnow()
 
 
 def _upsert(engine: Engine, rows: list[dict[str, Any]]) -> None:
@@ -286,7 +285,10 @@ def _import_upsert(engine: Engine, records: Iterable[dict[str, Any]], *, run_id:
             rows[row["dedupe_key"]] = row
         if not rows:
             continue
-        existing = _stored_rows(engine, list(rows))
+        try:
+            existing = _stored_rows(engine, list(rows))
+        except DatabaseError as exc:
+            raise _interrupted(summary, exc) from exc
         to_write = []
         for key, row in rows.items():
             if not _writes(existing.get(key), row):
@@ -306,12 +308,17 @@ def _import_upsert(engine: Engine, records: Iterable[dict[str, Any]], *, run_id:
             try:
                 _upsert(engine, to_write)
             except DatabaseError as exc:
-                done = summary.imported + summary.updated
-                raise ImportInterrupted(f"import into activities failed after {done} rows: {exc}", summary) from exc
+                raise _interrupted(summary, exc) from exc
     return summary
 
 
-# --- Postgres: binary COPY into a staging table, then one upsert per batch -------------------------------
+def _interrupted(summary: ImportSummary, exc: DatabaseError) -> ImportInterrupted:
+    """A database error part way: the import stops, and says how far it got (the caller records that)."""
+    done = summary.imported + summary.updated
+    return ImportInterrupted(f"import into activities failed after {done} rows: {exc}", summary)
+
+
+# --- Postgres: binary COPY, new keys straight into the table, stored ones through a staging table ---------
 # psycopg writes the COPY stream (signature, tuples, per-type binary encodings). The one hand-written piece
 # left is the float4[] dumper's array header: numpy lays out 1,536 elements at once, where psycopg's list
 # dumper would box and pack each float in Python.
@@ -421,7 +428,7 @@ def _converters(session_zone: ZoneInfo) -> list[tuple[str, Converter]]:
             by_column.append(("float4[]", embedding_array))
         elif isinstance(kind, postgresql.JSONB):
             by_column.append(("jsonb", _jsonb))
-        elif isinstance(kind, sa.DateTime):
+        elif isinstance(kind, (Timestamp, sa.DateTime)):
             by_column.append(("timestamptz", timestamptz))
         elif isinstance(kind, sa.Boolean):
             by_column.append(("bool", _bool))
@@ -459,7 +466,6 @@ def _import_copy(engine: Engine, records: Iterable[dict[str, Any]], *, run_id: s
     with transaction(engine) as connection:
         zone = ZoneInfo(str(connection.exec_driver_sql("SELECT current_setting('TimeZone')").scalar_one()))
     converters = _converters(zone)
-    types = [kind for kind, _ in converters]
     started = run_started_at(engine, run_id)
     iterator = iter(records)
     while True:
@@ -477,52 +483,86 @@ def _import_copy(engine: Engine, records: Iterable[dict[str, Any]], *, run_id: s
             rows[row["dedupe_key"]] = row
         # Rows the policy would not write are skipped before they are converted or copied: an unchanged
         # re-run writes nothing (the upsert's WHERE would skip them too, after the work).
-        stored = _stored_rows(engine, list(rows))
-        unchanged = {key for key, row in rows.items() if not _writes(stored.get(key), row)}
-        summary.skipped += len(unchanged)
-        checked: list[tuple[Any, ...]] = []
-        for key, row in rows.items():
-            if key in unchanged:
-                continue
-            try:
-                checked.append(_copy_row(row, converters))
-            except (ValueError, TypeError, AttributeError, OverflowError) as exc:
-                _record_failure(summary, row, exc)  # this row only: nothing of it reached the COPY
-        if checked:
-            try:
-                inserted, updated = _copy_batch(engine, types, checked)
-            except DatabaseError as exc:
-                done = summary.imported + summary.updated
-                raise ImportInterrupted(f"import into activities failed after {done} rows: {exc}", summary) from exc
-            summary.imported += inserted
-            summary.updated += updated
-            summary.skipped += len(checked) - inserted - updated
+        try:
+            stored = _stored_rows(engine, list(rows))
+            new = [row for key, row in rows.items() if key not in stored]
+            known = [row for key, row in rows.items() if key in stored and _writes(stored[key], row)]
+            summary.skipped += len(rows) - len(new) - len(known)
+            inserted, updated, unchanged = _copy_batch(engine, converters, summary, new, known)
+        except DatabaseError as exc:
+            raise _interrupted(summary, exc) from exc
+        summary.imported += inserted
+        summary.updated += updated
+        summary.skipped += unchanged
         if consumed < batch_size:
             return summary
 
 
-def _copy_batch(engine: Engine, types: list[str], rows: Iterable[tuple[Any, ...]]) -> tuple[int, int]:
-    """COPY one batch into a fresh staging table and upsert it; returns (inserted, updated)."""
+def _checked_rows(
+    rows: Iterable[dict[str, Any]], converters: list[tuple[str, Converter]], summary: ImportSummary,
+    kept: list[tuple[Any, ...]],
+) -> Iterator[tuple[Any, ...]]:
+    """Each row converted for the COPY just before it is written, so Python's work on the next row overlaps
+    Postgres's on the last; a row that cannot be converted is a counted failure and nothing of it is written.
+    Every row yielded is also appended to `kept`, for a batch that has to be written a second way."""
+    for row in rows:
+        try:
+            values = _copy_row(row, converters)
+        except (ValueError, TypeError, AttributeError, OverflowError) as exc:
+            _record_failure(summary, row, exc)  # this row only: nothing of it reached the COPY
+            continue
+        kept.append(values)
+        yield values
+
+
+def _copy_batch(
+    engine: Engine, converters: list[tuple[str, Converter]], summary: ImportSummary,
+    new: list[dict[str, Any]], known: list[dict[str, Any]],
+) -> tuple[int, int, int]:
+    """Write one batch; returns (inserted, updated, unchanged).
+
+    Design choice: rows whose key the table did not hold at the lookup are COPYed straight into `activities`
+    (no staging table, no second write of each 6 kB vector, no upsert): most of an import's rows on a first run.
+    If another import stored one of those keys since, the unique index refuses the whole COPY (nothing of it is
+    kept) and those rows join the known ones, which go through the staging table and the policy's upsert.
+    """
+    types = [kind for kind, _ in converters]
     try:
-        return _copy_batch_in(engine, types, rows)
+        inserted = 0
+        staged: list[tuple[Any, ...]] = []
+        if new:
+            copied: list[tuple[Any, ...]] = []
+            pending = _checked_rows(new, converters, summary, copied)
+            try:
+                with transaction(engine) as connection:
+                    _copy_into(connection, "activities", types, pending)
+                inserted = len(copied)
+            except UniqueViolation:
+                staged = copied + list(pending)  # the rows not yet converted are converted now
+        staged += [] if not known else list(_checked_rows(known, converters, summary, []))
+        if not staged:
+            return inserted, 0, 0
+        with transaction(engine) as connection:
+            connection.exec_driver_sql(
+                f"CREATE TEMPORARY TABLE {_STAGE} (LIKE activities INCLUDING DEFAULTS) ON COMMIT DROP"
+            )
+            _copy_into(connection, _STAGE, types, staged)
+            with cast(Any, connection.connection.driver_connection).cursor() as cursor:
+                cursor.execute(_UPSERT_SQL)
+                flags = [row[0] for row in cursor.fetchall()]
     except psycopg.Error as exc:  # raised by the driver cursor, outside SQLAlchemy's wrapping
         raise database_error(exc) from exc
+    upserted = sum(1 for flag in flags if flag)
+    return inserted + upserted, len(flags) - upserted, len(staged) - len(flags)
 
 
-def _copy_batch_in(engine: Engine, types: list[str], rows: Iterable[tuple[Any, ...]]) -> tuple[int, int]:
-    with transaction(engine) as connection:
-        connection.exec_driver_sql(
-            f"CREATE TEMPORARY TABLE {_STAGE} (LIKE activities INCLUDING DEFAULTS) ON COMMIT DROP"
-        )
-        driver = cast(Any, connection.connection.driver_connection)  # psycopg's, on Postgres
-        with driver.cursor() as cursor:
-            # on this cursor only: the float4[] oid is dumped from numpy arrays
-            cursor.adapters.register_dumper(np.ndarray, Float4ArrayBinaryDumper)
-            with cursor.copy(f"COPY {_STAGE} ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)") as copy:
-                copy.set_types(types)  # dumpers chosen by column type, not by each value's Python type
-                for row in rows:
-                    copy.write_row(row)
-            cursor.execute(_UPSERT_SQL)
-            flags = [row[0] for row in cursor.fetchall()]
-    inserted = sum(1 for flag in flags if flag)
-    return inserted, len(flags) - inserted
+def _copy_into(connection: sa.Connection, table: str, types: list[str], rows: Iterable[tuple[Any, ...]]) -> None:
+    """A binary COPY of converted rows into `table` (every column of `activities`), through psycopg's writer."""
+    driver = cast(Any, connection.connection.driver_connection)  # psycopg's, on Postgres
+    with driver.cursor() as cursor:
+        # on this cursor only: the float4[] oid is dumped from numpy arrays
+        cursor.adapters.register_dumper(np.ndarray, Float4ArrayBinaryDumper)
+        with cursor.copy(f"COPY {table} ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(types)  # dumpers chosen by column type, not by each value's Python type
+            for row in rows:
+                copy.write_row(row)

@@ -7,6 +7,7 @@ Types are portable (Postgres in production and tests, SQLite as the embedded def
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
@@ -24,7 +25,31 @@ metadata = sa.MetaData(
 Json = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 # A real float array on Postgres; JSON list elsewhere.
 FloatArray = sa.JSON().with_variant(postgresql.ARRAY(sa.REAL()), "postgresql")
-Timestamp = sa.DateTime(timezone=True)
+
+
+class Timestamp(sa.TypeDecorator[datetime]):
+    """A moment in time, read back as an aware UTC datetime from either database.
+
+    `timestamptz` on Postgres; on SQLite (which keeps no zone) a naive UTC text. Design choice: the conversion
+    lives in the column type, once, instead of in each reader. In: an aware value is stored as its UTC instant
+    on SQLite (SQLite would otherwise keep its wall time and drop the offset); Postgres gets every value as
+    given, so a naive one is read in the session's zone exactly as the COPY import reads it. Out: a naive value
+    (SQLite) is UTC; an aware one (Postgres, in the session's zone) is the same instant in UTC.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is not None and dialect.name == "sqlite":
+            return value.astimezone(UTC).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
 
 scrape_runs = sa.Table(
     "scrape_runs",

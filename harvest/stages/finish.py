@@ -12,7 +12,6 @@ go on without its images, geocodes or embeddings.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -29,12 +28,8 @@ def _live_files(engine: Engine, run_id: str) -> dict[str, dict[str, Any]]:
     return {row["kind"]: row for row in run_rows.list_files(engine, run_id, include_deleted=False)}
 
 
-def _moment(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)  # SQLite hands back naive UTC
-
-
 def _recorded_after(row: dict[str, Any], than: dict[str, Any]) -> bool:
-    return _moment(row["created_at"]) > _moment(than["created_at"])
+    return bool(row["created_at"] > than["created_at"])
 
 
 def _drop(engine: Engine, store: ObjectStore, run_id: str, rows: list[dict[str, Any]], what: str) -> list[str]:

@@ -5,23 +5,13 @@ from __future__ import annotations
 
 import threading
 
-import pytest
-
 from harvest.db import runs
-from harvest.db.engine import get_engine, upgrade
 
 THREADS = 12
 CALLS = 20
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def engine(request, tmp_path):  # noqa: ANN001, ANN201
-    if request.param == "postgres":
-        url = request.getfixturevalue("clean_db")
-    else:
-        url = f"sqlite:///{tmp_path / 'harvest.db'}"
-        upgrade(url)
-    return get_engine(url)
+DATABASES = ["sqlite", "postgres"]  # every test taking `engine` runs on both (tests/conftest.py)
 
 
 def test_concurrent_record_step_and_warnings_keep_every_update(engine) -> None:  # noqa: ANN001

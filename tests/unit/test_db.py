@@ -9,21 +9,13 @@ import sqlalchemy as sa
 
 from harvest.db import runs
 from harvest.db.activities import import_activities
-from harvest.db.engine import get_engine, transaction, upgrade
+from harvest.db.engine import get_engine, transaction
 from harvest.db.retention import mark_run_files_deleted
 from harvest.db.schema import activities
 from harvest.errors import DatabaseError
 from harvest.models import FileRef
 
-
-@pytest.fixture(params=["postgres", "sqlite"])
-def engine(request, tmp_path):  # noqa: ANN001, ANN201
-    if request.param == "postgres":
-        url = request.getfixturevalue("clean_db")
-    else:
-        url = f"sqlite:///{tmp_path / 'harvest.db'}"
-        upgrade(url)
-    return get_engine(url)
+DATABASES = ["postgres", "sqlite"]  # every test taking `engine` runs on both (tests/conftest.py)
 
 
 def count_activities(engine) -> int:  # noqa: ANN001
@@ -190,3 +182,34 @@ def test_connecting_is_retried_with_backoff_until_the_reconnect_window_ends(
     assert len(accepted) == 4, accepted
     gaps = [later - earlier for earlier, later in zip(accepted, accepted[1:])]
     assert gaps[0] >= 0.2 and gaps[1] >= 0.4 and gaps[2] >= 0.8, gaps
+
+
+def test_timestamps_are_stored_as_instants_and_read_back_in_utc(engine) -> None:  # noqa: ANN001
+    """One column type on both databases: an aware time is stored as its instant (SQLite alone kept its wall
+    time and dropped the offset, 10 hours off here) and read back aware in UTC; SQL compares instants; NULL
+    stays NULL; a naive time SQLite hands back is UTC."""
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    from harvest.db.schema import scrape_runs
+
+    melbourne = datetime(2024, 5, 1, 10, 0, tzinfo=ZoneInfo("Australia/Melbourne"))  # 00:00 UTC
+    runs.create_run(engine, "t", "http://site/", {})
+    with transaction(engine) as connection:
+        connection.execute(scrape_runs.update().where(scrape_runs.c.id == "t").values(expires_at=melbourne))
+        stored = connection.execute(
+            sa.select(scrape_runs.c.expires_at, scrape_runs.c.finished_at, scrape_runs.c.started_at)
+        ).one()
+        earlier_than_half_past = connection.execute(
+            sa.select(sa.func.count()).select_from(scrape_runs)
+            .where(scrape_runs.c.expires_at < datetime(2024, 5, 1, 0, 30, tzinfo=UTC))
+        ).scalar_one()
+    assert stored.expires_at == melbourne and str(stored.expires_at) == "2024-05-01 00:00:00+00:00"
+    assert stored.expires_at.tzinfo is UTC and stored.started_at.tzinfo is UTC
+    assert stored.finished_at is None
+    assert earlier_than_half_past == 1
+    if engine.dialect.name == "sqlite":
+        with transaction(engine) as connection:
+            connection.exec_driver_sql("UPDATE scrape_runs SET finished_at = '2024-05-01 02:03:04.000000'")
+            finished = connection.execute(sa.select(scrape_runs.c.finished_at)).scalar_one()
+        assert finished == datetime(2024, 5, 1, 2, 3, 4, tzinfo=UTC) and finished.tzinfo is UTC

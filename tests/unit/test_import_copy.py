@@ -176,3 +176,44 @@ def test_a_row_that_cannot_be_dumped_fails_alone_and_the_batch_is_imported(clean
     assert sorted(row["id"] for row in stored.values()) == sorted(f"id-{n}" for n in range(300))
     row = next(row for row in stored.values() if row["id"] == "id-299")
     assert row["tags"] == ["park", "swings"] and row["embedding"] == pytest.approx([0.5, -0.25, 2.99e-5])
+
+
+def test_a_key_another_import_stores_during_the_copy_goes_through_the_policy(clean_db: str) -> None:
+    """New keys are COPYed straight into the table. When another transaction stores one of them after the lookup
+    (uncommitted then, so the lookup cannot see it), the unique index refuses the COPY; the batch is then written
+    by the upsert with the policy: that key updated, every other row inserted, none lost or doubled."""
+    import threading
+    import time
+    from datetime import UTC, datetime
+
+    from harvest.db.activities import record_to_row
+
+    engine = get_engine(clean_db)
+    early = datetime(2020, 1, 1, tzinfo=UTC)
+    other = engine.connect()
+    other_transaction = other.begin()
+    other.execute(activities.insert().values(record_to_row(record(7, content_hash="older"), "other", early)))
+    results: list[object] = []
+    importer = threading.Thread(
+        target=lambda: results.append(import_activities(engine, [record(n) for n in range(10)], run_id="r", method="copy"))
+    )
+    importer.start()
+    try:
+        deadline = time.monotonic() + 20
+        waiting = 0
+        while not waiting and time.monotonic() < deadline:  # the COPY waits for the other transaction's key
+            with engine.begin() as connection:
+                waiting = connection.exec_driver_sql(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                ).scalar_one()
+            time.sleep(0.05)
+        assert waiting, "the import never waited for the other transaction's key"
+    finally:
+        other_transaction.commit()
+        other.close()
+        importer.join(30)
+    summary = results[0]
+    assert counts(summary) == (9, 1, 0, 0, 0), summary
+    stored = table(engine)
+    assert sorted(row["id"] for row in stored.values()) == sorted(f"id-{n}" for n in range(10))
+    assert next(row for row in stored.values() if row["id"] == "id-7")["content_hash"] == "h7"

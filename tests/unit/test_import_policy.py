@@ -10,22 +10,17 @@ import sqlalchemy as sa
 
 from harvest.db import runs
 from harvest.db.activities import import_activities, parse_final_line
-from harvest.db.engine import get_engine, upgrade, utcnow
+from harvest.db.engine import get_engine, utcnow
 from harvest.db.schema import activities, scrape_runs
+from tests.helpers import database_url
 
 T0 = utcnow() - timedelta(days=3)
 
 
-@pytest.fixture(params=["postgres-copy", "postgres-upsert", "sqlite"])
+@pytest.fixture(params=["postgres-copy", "postgres-upsert", "sqlite-upsert"])
 def target(request, tmp_path):  # noqa: ANN001, ANN201
-    if request.param.startswith("postgres"):
-        url = request.getfixturevalue("clean_db")
-        method = request.param.split("-")[1]
-    else:
-        url = f"sqlite:///{tmp_path / 'harvest.db'}"
-        upgrade(url)
-        method = "upsert"
-    return get_engine(url), method
+    kind, method = request.param.split("-")
+    return get_engine(database_url(request, tmp_path, kind)), method
 
 
 def make_run(engine, run_id: str, hours: int) -> str:  # noqa: ANN001

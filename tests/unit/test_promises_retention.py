@@ -11,24 +11,11 @@ from __future__ import annotations
 import threading
 from datetime import timedelta
 
-import pytest
 import sqlalchemy as sa
 
-from harvest.db.engine import get_engine
 from harvest.db.schema import scrape_runs
 from harvest.retention import sweep
-from harvest.storage import S3Store, make_s3_client
 from tests.unit.test_retention import NOW, POLICY, keys, make_run, never_heard_of, row
-
-
-@pytest.fixture
-def store(s3):  # noqa: ANN001, ANN201
-    return S3Store(make_s3_client(s3.endpoint), s3.new_bucket(), "harvest")
-
-
-@pytest.fixture
-def engine(clean_db):  # noqa: ANN001, ANN201
-    return get_engine(clean_db)
 
 
 def test_a_sweep_skips_the_runs_another_sweep_holds_and_the_next_one_takes_them(engine, store) -> None:

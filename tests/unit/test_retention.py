@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from harvest.db import runs as run_rows
-from harvest.db.engine import get_engine, utcnow
+from harvest.db.engine import utcnow
 from harvest.db.retention import set_pinned
 from harvest.db.schema import scrape_runs
 from harvest.diff import digest_key
@@ -27,7 +27,7 @@ from harvest.retention import (
     parse_duration,
     sweep,
 )
-from harvest.storage import S3Store, make_s3_client, write_json, write_jsonl
+from harvest.storage import write_json, write_jsonl
 
 POLICY = RetentionPolicy(kept_days=14, failed_days=30, grace=timedelta(hours=24))
 NOW = utcnow()
@@ -35,16 +35,6 @@ NOW = utcnow()
 
 def never_heard_of(run_id: str) -> str | None:
     return None
-
-
-@pytest.fixture
-def store(s3):  # noqa: ANN001, ANN201
-    return S3Store(make_s3_client(s3.endpoint), s3.new_bucket(), "harvest")
-
-
-@pytest.fixture
-def engine(clean_db):  # noqa: ANN001, ANN201
-    return get_engine(clean_db)
 
 
 def make_run(engine, store, *, status="completed", url=None, expires_in=timedelta(days=14), image=None):  # noqa: ANN001, ANN201
