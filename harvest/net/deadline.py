@@ -6,6 +6,8 @@ the thread, which never lands while it waits on a socket). So the bound lives wh
 happens: `call_deadline(s)` sets a deadline for the calling thread (a context variable), and
 `DeadlineBackend`, the httpcore network backend under our clients, gives each operation at most the
 time left and raises a timeout once it is spent. Hand-written because httpx/httpcore offer no total timeout.
+The backend takes the httpcore module it serves (`httpcore`, or `httpcore2` under the OpenAI SDK's httpx2),
+whose exceptions it raises so that each client maps them to its own timeout errors.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ import time
 import typing
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import ModuleType
 
 import httpcore
-from httpcore import NetworkBackend, NetworkStream
 
 _DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("harvest_call_deadline", default=None)
 
@@ -25,11 +27,18 @@ _DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("harves
 @contextmanager
 def call_deadline(seconds: float) -> Iterator[float]:
     """Every HTTP call made inside (on a `DeadlineBackend`) ends within `seconds` from now; nests to the earlier."""
-    deadline = time.monotonic() + seconds
-    outer = _DEADLINE.get()
-    token = _DEADLINE.set(deadline if outer is None else min(outer, deadline))
-    try:
+    with deadline_at(time.monotonic() + seconds) as deadline:
         yield deadline
+
+
+@contextmanager
+def deadline_at(deadline: float) -> Iterator[float]:
+    """Like `call_deadline`, for an absolute `time.monotonic()` deadline (to resume one, e.g. reading a body)."""
+    outer = _DEADLINE.get()
+    effective = deadline if outer is None else min(outer, deadline)
+    token = _DEADLINE.set(effective)
+    try:
+        yield effective
     finally:
         _DEADLINE.reset(token)
 
@@ -49,45 +58,51 @@ def _bounded(timeout: float | None, error: type[Exception], doing: str) -> float
     return left if timeout is None else min(timeout, left)
 
 
-class _DeadlineStream(NetworkStream):
+class _DeadlineStream:
     """A socket stream whose every operation waits no longer than the current call's deadline allows."""
 
-    def __init__(self, inner: NetworkStream) -> None:
+    def __init__(self, inner: typing.Any, core: ModuleType) -> None:
         self._inner = inner
+        self._core = core
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._inner.read(max_bytes, _bounded(timeout, httpcore.ReadTimeout, "reading"))
+        data: bytes = self._inner.read(max_bytes, _bounded(timeout, self._core.ReadTimeout, "reading"))
+        return data
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._inner.write(buffer, _bounded(timeout, httpcore.WriteTimeout, "writing"))
+        self._inner.write(buffer, _bounded(timeout, self._core.WriteTimeout, "writing"))
 
     def close(self) -> None:
         self._inner.close()
 
     def start_tls(self, ssl_context: typing.Any, server_hostname: str | None = None,
-                  timeout: float | None = None) -> NetworkStream:
-        bounded = _bounded(timeout, httpcore.ConnectTimeout, "starting TLS")
-        return _DeadlineStream(self._inner.start_tls(ssl_context, server_hostname, bounded))
+                  timeout: float | None = None) -> _DeadlineStream:
+        bounded = _bounded(timeout, self._core.ConnectTimeout, "starting TLS")
+        return _DeadlineStream(self._inner.start_tls(ssl_context, server_hostname, bounded), self._core)
 
     def get_extra_info(self, info: str) -> typing.Any:
         return self._inner.get_extra_info(info)
 
 
-class DeadlineBackend(NetworkBackend):
-    """Wraps a sync httpcore backend (by default the plain socket one) so calls honour `call_deadline`."""
+class DeadlineBackend:
+    """Wraps a sync httpcore backend (by default `core`'s plain socket one) so calls honour `call_deadline`.
 
-    def __init__(self, inner: NetworkBackend | None = None) -> None:
-        self._inner = inner if inner is not None else httpcore.SyncBackend()
+    Duck-typed rather than subclassing `httpcore.NetworkBackend`, so one class serves httpcore and httpcore2.
+    """
+
+    def __init__(self, inner: typing.Any = None, *, core: ModuleType = httpcore) -> None:
+        self._core = core
+        self._inner = inner if inner is not None else core.SyncBackend()
 
     def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
-                    socket_options: typing.Iterable[typing.Any] | None = None) -> NetworkStream:
-        bounded = _bounded(timeout, httpcore.ConnectTimeout, "connecting")
-        return _DeadlineStream(self._inner.connect_tcp(host, port, bounded, local_address, socket_options))
+                    socket_options: typing.Iterable[typing.Any] | None = None) -> _DeadlineStream:
+        bounded = _bounded(timeout, self._core.ConnectTimeout, "connecting")
+        return _DeadlineStream(self._inner.connect_tcp(host, port, bounded, local_address, socket_options), self._core)
 
     def connect_unix_socket(self, path: str, timeout: float | None = None,
-                            socket_options: typing.Iterable[typing.Any] | None = None) -> NetworkStream:
-        bounded = _bounded(timeout, httpcore.ConnectTimeout, "connecting")
-        return _DeadlineStream(self._inner.connect_unix_socket(path, bounded, socket_options))
+                            socket_options: typing.Iterable[typing.Any] | None = None) -> _DeadlineStream:
+        bounded = _bounded(timeout, self._core.ConnectTimeout, "connecting")
+        return _DeadlineStream(self._inner.connect_unix_socket(path, bounded, socket_options), self._core)
 
     def sleep(self, seconds: float) -> None:
         self._inner.sleep(seconds)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import httpcore
 import httpx
@@ -22,7 +22,7 @@ def sync_transport(*, book: AddressBook | None = None,
     transport._pool = httpcore.ConnectionPool(
         ssl_context=httpx.create_ssl_context(), max_connections=limits.max_connections,
         max_keepalive_connections=limits.max_keepalive_connections, keepalive_expiry=limits.keepalive_expiry,
-        network_backend=backend,
+        network_backend=cast(httpcore.NetworkBackend, backend),  # duck-typed (see DeadlineBackend)
     )
     return transport
 
