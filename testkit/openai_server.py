@@ -244,6 +244,9 @@ class _DripWriter:
     def flush(self) -> None:
         self._inner.flush()
 
+    def __getattr__(self, name: str) -> Any:  # closed, close, ...: the socket file's own
+        return getattr(self._inner, name)
+
 
 @dataclass
 class _Config:
