@@ -1,7 +1,7 @@
 """Wall time of one crawl of a hostile 60-page site on the default settings (issue 16): before/after figures.
 
 `python -m bench.hostile_wall [timeout_s]` prints one JSON object. The site (testkit's HostileSite on
-loopback) has 52 good event pages, 4 pages that drip their body one byte every 50 ms (25 s each), 2 that
+loopback) has 52 good event pages, 4 pages that drip a 2,000-byte body one byte every 50 ms (100 s each), 2 that
 never answer within 30 s, and 2 chains of four redirect hops that each answer after 0.8 x the timeout. The
 crawl is `harvest.crawl.crawl` with `CrawlOptions` as a run builds them (timeout 20 s by default, 3 retries,
 0.5 s backoff); only the timeout can be given, to scale the whole test down. Every bound is proportional
@@ -38,7 +38,8 @@ def main() -> int:
         for n in range(52):
             site.page(f"/good{n}", page.format(f"Good {n}"))
         for n in range(4):
-            site.route(f"/drip{n}", drip(page.format(f"Drip {n}").encode()[:500], every_s=0.05))
+            body = page.format(f"Drip {n}").encode()
+            site.route(f"/drip{n}", drip((body * 10)[:2000], every_s=0.05))
         for n in range(2):
             site.route(f"/stall{n}", stall(max(30.0, 4 * timeout_s)))
             for hop in range(4):

@@ -91,7 +91,7 @@ def test_a_redirect_hop_to_a_rebinding_name_is_fetched_from_the_checked_address(
     result = _fetch(site.url("/start"), allow_private_networks=True)
 
     assert result.status == 200 and result.redirects == [site.url("/start")]
-    assert len(site.hits("/page")) == 1
+    assert len(site.hits("/page")) == 1 and site.hits("/page")[0].headers["host"] == f"{NAME}:{site.port}"
     assert dns.calls == 1  # checked once; the connection used that answer instead of asking again
     assert loopback_only == []  # nothing dialled the metadata address
 
@@ -117,6 +117,7 @@ def test_an_image_on_a_rebinding_name_is_downloaded_from_the_checked_address(sit
                                      user_agent=UA, allow_private_networks=True)
 
     assert data == JPEG and len(site.hits("/pic.jpg")) == 1
+    assert site.hits("/pic.jpg")[0].headers["host"] == f"{NAME}:{site.port}"
     assert dns.calls == 1
     assert loopback_only == []
 
