@@ -39,7 +39,7 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # 501 (not implemented) will not get better by asking again; the other 5xx and 429 often do.
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504, 507, 509, 520, 521, 522, 523, 524})
 ACCEPT_PAGES = "text/html,application/xhtml+xml;q=0.9,*/*;q=0.1"
-# Worth another try: timeouts (httpx's per read, asyncio's overall bound) and connection failures.
+# Worth another try: timeouts before the body (httpx's connect/read of the head) and connection failures.
 RETRY_ERRORS = (httpx.TimeoutException, TimeoutError, httpx.TransportError)
 
 
@@ -181,10 +181,13 @@ class HttpFetcher:
         The whole call, every hop and retry included, ends within `url_budget_s`.
         """
         deadline = time.monotonic() + self.url_budget_s
+        budget = asyncio.timeout(self.url_budget_s)
         try:
-            async with asyncio.timeout(self.url_budget_s):
+            async with budget:
                 return await self._fetch(url, pages_only=pages_only, max_bytes=max_bytes, deadline=deadline)
         except TimeoutError as exc:
+            if not budget.expired():
+                raise
             raise FetchFailed(url, f"gave up: the per-URL budget of {self.url_budget_s:g}s is spent") from exc
 
     async def _fetch(self, url: str, *, pages_only: bool, max_bytes: int | None, deadline: float) -> FetchResult:
