@@ -117,6 +117,9 @@ def main() -> int:
             store.get_file(store.key_for(summary.files["final_jsonl"].uri), final_path)
             floor = copy_floor(engine, final_path, Path(tmp))
     import_seconds = steps.get("import", {}).get("seconds") or 0
+    per_1000 = 1000 / max(1, summary.activities_processed)
+    google = summary.cost.get("usage", {}).get("geocode_requests_nominatim", 0) * settings.prices().unit_prices()[
+        "geocode_requests_google"]  # what the same geocoder requests would cost at Google's price
     result = {
         "n": n,
         "activities": summary.activities_processed,
@@ -133,6 +136,10 @@ def main() -> int:
         "import_rows_per_s": round(summary.activities_processed / import_seconds, 1) if import_seconds else None,
         **floor,
         "import_summary": summary.import_summary.model_dump() if summary.import_summary else None,
+        "cost_usd": summary.cost.get("cost_usd", 0.0),
+        "cost_usd_per_1000_activities": round(summary.cost.get("cost_usd", 0.0) * per_1000, 6),
+        "cost_usd_per_1000_activities_with_google": round((summary.cost.get("cost_usd", 0.0) + google) * per_1000, 6),
+        "cost_usage": summary.cost.get("usage", {}),
     }
     out.write_text(json.dumps(result))
     return 0

@@ -100,6 +100,9 @@ def run_size(n: int, env: dict[str, str], workdir: Path, openai_server: OpenAITe
         result["rerun_api_calls"] = sum(calls.values())
         result["rerun_api_calls_by_service"] = calls
         result["rerun_import_summary"] = rerun.get("import_summary")
+        result["rerun_cost_usd_per_1000_activities"] = rerun.get("cost_usd_per_1000_activities")
+        result["rerun_cost_usd_per_1000_activities_with_google"] = rerun.get(
+            "cost_usd_per_1000_activities_with_google")
     if _flag("BENCH_WHOLE_LISTS") and n <= int(os.environ.get("BENCH_WHOLE_LISTS_MAX", "10000")):
         print(f"bench: N={n}: whole-lists alternative ...", file=sys.stderr, flush=True)
         storage = workdir / f"whole-lists-results-{n}"
@@ -165,6 +168,10 @@ KEYS = [
     "n", "activities", "wall_s", "peak_rss_mb", "bytes_between_tasks", "task_runs", "embedding_bytes_per_activity",
     "import_rows_per_s", "copy_rows_per_s", "copy_only_rows_per_s", "rerun_wall_ratio", "rerun_api_calls",
 ]
+COST_KEYS = [
+    "n", "cost_usd", "cost_usd_per_1000_activities", "rerun_cost_usd_per_1000_activities",
+    "cost_usd_per_1000_activities_with_google", "rerun_cost_usd_per_1000_activities_with_google",
+]
 
 
 def markdown(document: dict[str, Any]) -> str:
@@ -172,6 +179,9 @@ def markdown(document: dict[str, Any]) -> str:
     lines = [f"Generated {document['generated_at']} on {document['machine']}.", "", "### Our flow", ""]
     lines += ["| " + " | ".join(KEYS) + " |", "|" + "---|" * len(KEYS)]
     lines += ["| " + " | ".join(str(r.get(key, "")) for key in KEYS) + " |" for r in results]
+    lines += ["", "### Estimated cost (the run ledger, at the configured prices)", "",
+              "| " + " | ".join(COST_KEYS) + " |", "|" + "---|" * len(COST_KEYS)]
+    lines += ["| " + " | ".join(str(r.get(key, "")) for key in COST_KEYS) + " |" for r in results]
     stages = sorted({stage for r in results for stage in r.get("stage_wall_s", {})})
     lines += ["", "### Wall seconds per stage", "",
               "| n | " + " | ".join(stages) + " |", "|" + "---|" * (len(stages) + 1)]
@@ -219,6 +229,10 @@ NOTES = [
     "statement alone, from rows encoded beforehand.",
     "rerun_*: `bench.one N --rerun`, the same input again over what the first run stored; rerun_api_calls "
     "counts requests the OpenAI and geocoder stand-ins received during it.",
+    "cost_usd*: the run's ledger (harvest.db.ledger) priced with the HARVEST_PRICE_* defaults: the bench starts "
+    "from stored raw activities (no crawl, so no LLM extraction) and geocodes with Nominatim (free), so a first "
+    "run pays for its embeddings batch; *_with_google adds its geocoder requests at Google's $5 per 1,000. "
+    "rerun_*: the unchanged re-run, which reuses vectors and geocodes.",
     "whole_lists: bench/whole_lists.py, the same stages with whole lists between tasks and Prefect's default "
     "persisted results (pickle, local storage); its bytes_between_tasks is the size of those result files.",
     "crawl: harvest.crawl over the demo site (531 pages, 15 drawn by scripts) in each render mode, "

@@ -26,7 +26,9 @@ from prefect.artifacts import (
 from prefect.runtime import deployment as runtime_deployment
 from prefect.runtime import flow_run as runtime_flow_run
 
+from harvest.cost.report import cost_lines
 from harvest.db import runs as run_rows
+from harvest.db.ledger import run_cost
 from harvest.models import RunConfig
 from harvest.storage import ObjectStore
 
@@ -200,6 +202,8 @@ def summary_markdown(row: dict[str, Any], files: list[dict[str, Any]], links: di
         + " |"
         for f in files
     ]
+    if row.get("cost"):
+        lines += ["", "## Cost", "", "```", *cost_lines(row["cost"]), "```"]
     summary = row.get("import_summary")
     lines += ["", "## Import", "", ", ".join(f"{k}: {v}" for k, v in summary.items()) if summary else "not imported"]
     diff = row.get("diff")
@@ -228,7 +232,7 @@ def summary_markdown(row: dict[str, Any], files: list[dict[str, Any]], links: di
 def publish_summary(engine: Any, store: ObjectStore, run_id: str, config: RunConfig) -> None:
     """The end-of-run table, markdown summary and links to the final JSONL and the raw activities."""
     try:
-        row = run_rows.get_run(engine, run_id) or {}
+        row = {**(run_rows.get_run(engine, run_id) or {}), "cost": run_cost(engine, run_id)}
         files = run_rows.list_files(engine, run_id, include_deleted=False)
         # After a clean auto-import the completion hook deletes the run's files: links would be dead.
         cleaned_soon = config.auto_import and not config.keep_files

@@ -24,6 +24,7 @@ from flows.runners import make_task_runner
 from flows.tasks import Steps
 from flows.traffic import CountedTask, Traffic
 from harvest.db import runs as run_rows
+from harvest.db.ledger import run_cost
 from harvest.errors import RunAlreadyRunningError
 from harvest.models import FileRef, ImportSummary, RunConfig, StartRequest
 from harvest.retention import policy_from
@@ -53,6 +54,9 @@ class RunSummary(BaseModel):
     )
     bytes_between_tasks: int = Field(description="JSON bytes of every task's parameters and result in this run.")
     task_runs: int = 0
+    cost: dict[str, Any] = Field(
+        default_factory=dict, description="The run ledger: {cost_usd, reserved_usd, usage, stages} (harvest.db.ledger)."
+    )
 
 
 def _optional(future: PrefectFuture[Any], what: str, run_id: str) -> Any:
@@ -212,15 +216,15 @@ def _finish(
     artifacts.publish_summary(res.engine, res.store, run_id, config)
     progress.advance("done")
     get_run_logger().info(
-        "run %s completed: %d activities, %d bytes passed between %d tasks", run_id, final.records, traffic.bytes,
-        traffic.calls,
+        "run %s completed: %d activities, %d bytes passed between %d tasks, estimated cost $%.6f", run_id,
+        final.records, traffic.bytes, traffic.calls, run_cost(res.engine, run_id)["cost_usd"],
     )
     return RunSummary(
         run_id=run_id, url=url, status="completed", activities_processed=final.records,
         files=run_rows.files_view(res.engine, run_id), import_summary=imported,
         warnings=list(row.get("warnings") or []), failed_urls=list(row.get("failed_urls") or []),
         unfollowed_links=dict((row.get("steps") or {}).get("unfollowed") or {}),
-        bytes_between_tasks=traffic.bytes, task_runs=traffic.calls,
+        bytes_between_tasks=traffic.bytes, task_runs=traffic.calls, cost=run_cost(res.engine, run_id),
     )
 
 

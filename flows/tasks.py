@@ -14,9 +14,11 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from flows import artifacts
+from flows.ledger import count_step, meter_for
 from flows.limits import geocoder_gate, openai_slot
 from flows.resources import Resources, resources
 from flows.traffic import CountedTask, Traffic
+from harvest.cost.geocoding import MeteredGeocoder
 from harvest.crawl import CrawlStats
 from harvest.db import runs as run_rows
 from harvest.db.caches import LLMAnswerCache
@@ -49,6 +51,7 @@ def record_stage(res: Resources, run_id: str, step: str, result: StageResult) ->
     for ref in result.files:
         run_rows.record_file(res.engine, run_id, ref)
     run_rows.record_step(res.engine, run_id, step, result.stats.model_dump())
+    count_step(res.engine, run_id, step, result)
     run_rows.add_warnings(res.engine, run_id, [f"{step}: {w}" for w in result.warnings], failed_urls=result.failed_urls)
     for warning in result.warnings[:LOGGED_WARNINGS]:
         logger.warning("%s: %s", step, warning)
@@ -72,7 +75,8 @@ def crawl_and_extract(run_id: str, url: str, config: RunConfig, progress_id: str
     res = resources()
     llm = None
     if res.settings.has_openai:
-        llm = LLMExtractor(_openai_client(res), res.settings.extraction_model, cache=LLMAnswerCache(res.engine))
+        llm = LLMExtractor(_openai_client(res), res.settings.extraction_model, cache=LLMAnswerCache(res.engine),
+                           meter=meter_for(res.engine, res.settings, run_id, "crawl"))
     progress = artifacts.Progress.attach(run_id, progress_id)
 
     def on_progress(stats: CrawlStats, found: int) -> None:
@@ -123,7 +127,13 @@ def geocode_chunk(run_id: str, standardized: FileRef, index: int, start: int, st
         timeout_s=settings.request_timeout_seconds, before_call=geocoder_gate(),
     )
     cache = (res.engine, settings.geocoder) if settings.geocoder != "none" else None
+    meter = meter_for(res.engine, settings, run_id, "geocode")
+    if settings.geocoder != "none":
+        geocoder = MeteredGeocoder(geocoder, settings.geocoder, meter)
     result = geocode_addresses(res.store, run_id, standardized, geocoder, cache=cache, chunk=Chunk(index, start, stop))
+    if meter.refused:
+        result.warn(f"budget: {len(meter.refused)} address(es) not geocoded, the run's max_cost_usd would have "
+                    "been passed: " + ", ".join(meter.refused[:20]))
     record_stage(res, run_id, f"geocode.{index}", result)
     return result.files[0]
 
@@ -156,6 +166,7 @@ def submit_embeddings_batch(run_id: str, standardized: FileRef, model: str) -> S
         result, batch, collected = submit_embeddings(
             res.store, run_id, standardized, _openai_client(res), model, dimensions=res.settings.embedding_dimensions,
             reuse=res.engine, sync_below=res.settings.embeddings_sync_below,
+            meter=meter_for(res.engine, res.settings, run_id, "embeddings"),
         )
     record_stage(res, run_id, "embeddings_submit", result)
     if collected is not None:  # no batch: the vectors are final already (batch.files), nothing to poll
@@ -180,6 +191,7 @@ def poll_embeddings_batch(run_id: str, standardized: FileRef, batch: SubmittedBa
             result = collect_embeddings(
                 res.store, run_id, standardized, _openai_client(res), batch,
                 dimensions=res.settings.embedding_dimensions,
+                meter=meter_for(res.engine, res.settings, run_id, "embeddings"),
             )
         record_stage(res, run_id, "embeddings", result)
         files = result.files

@@ -18,7 +18,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Final, Literal
@@ -185,6 +185,7 @@ class EmbeddingRow:
     custom_id: str | None
     vector: np.ndarray | None
     error: str | None
+    tokens: int = 0  # the line's `response.body.usage.prompt_tokens`: what this line was billed for
 
 
 def _api_failure(action: str, exc: openai.OpenAIError) -> EmbeddingError:
@@ -311,7 +312,14 @@ def parse_batch_line(raw: str, *, dimensions: int, line_number: int = 0) -> Embe
     except (ValueError, TypeError) as exc:
         return EmbeddingRow(custom_id, None, f"unreadable embedding: {exc}")
     problem = _check_vector(vector, dimensions)
-    return EmbeddingRow(custom_id, None, problem) if problem else EmbeddingRow(custom_id, vector, None)
+    tokens = _prompt_tokens(body.get("usage"))
+    return EmbeddingRow(custom_id, None, problem, tokens) if problem else EmbeddingRow(custom_id, vector, None, tokens)
+
+
+def _prompt_tokens(usage: Any) -> int:
+    """`usage.prompt_tokens` of an embeddings answer (a dict from a batch line, or the SDK's object); 0 if absent."""
+    value = usage.get("prompt_tokens") if isinstance(usage, dict) else getattr(usage, "prompt_tokens", None)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def iter_batch_results(client: openai.OpenAI, result: BatchResult, *, dimensions: int) -> Iterator[EmbeddingRow]:
@@ -344,8 +352,10 @@ def _chunks(texts: list[str], max_inputs: int, max_chars: int) -> Iterator[tuple
 
 
 def embed_texts(client: openai.OpenAI, texts: list[str], *, model: str, dimensions: int,
-                chunk_size: int = SYNC_CHUNK_INPUTS) -> list[np.ndarray]:
+                chunk_size: int = SYNC_CHUNK_INPUTS, on_usage: Callable[[int], None] | None = None,
+                ) -> list[np.ndarray]:
     """Vectors for `texts` (same order) from the synchronous endpoint, in chunks; for small runs and queries.
+    `on_usage(prompt tokens)` hears each answer's `usage` (the run ledger counts it).
 
     A wrong-length vector here means the model/dimensions setting is wrong for every text, so it raises
     EmbeddingError rather than returning a partial answer.
@@ -360,6 +370,8 @@ def embed_texts(client: openai.OpenAI, texts: list[str], *, model: str, dimensio
             response = client.embeddings.create(input=chunk, model=model, encoding_format="base64", **extra)
         except openai.OpenAIError as exc:
             raise _api_failure(f"embedding texts {start}..{start + len(chunk) - 1}", exc) from exc
+        if on_usage is not None:
+            on_usage(_prompt_tokens(getattr(response, "usage", None)))
         data = sorted(response.data, key=lambda item: item.index)
         if len(data) != len(chunk):
             raise EmbeddingError(

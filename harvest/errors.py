@@ -12,6 +12,7 @@ A geocoder failure for one address is not raised: it travels as `Geocode.error` 
     │                                 Chromium, or its thread died (other pages that fail become FailedURL
     │                                 records, never raised)
     ├── ExtractionError               a page's content could not be turned into activities
+    │   └── OverBudgetError           the LLM call for a page would pass the run's budget: not made
     ├── ImageError                    one image was refused (type, size, bomb, broken); never fatal alone
     └── EmbeddingError                the embeddings service failed
         └── BatchNotReadyError        an embeddings batch is still running (the poll task retries on it)
@@ -63,6 +64,10 @@ class CrawlError(HarvestError):
 
 class ExtractionError(HarvestError):
     """Raised when a page's content cannot be turned into activities."""
+
+
+class OverBudgetError(ExtractionError):
+    """Raised instead of an LLM call whose estimated cost would pass the run's budget (the page is skipped)."""
 
 
 class ImageError(HarvestError):

@@ -40,6 +40,11 @@ class RunConfig(BaseModel):
     keep_files: bool | None = Field(
         default=None, description="Override cleanup: true keeps files even after a successful auto-import."
     )
+    max_cost_usd: float | None = Field(
+        default=None, ge=0,
+        description="Budget of this run in USD: no paid call is made that would pass it (0: none at all). "
+        "Unset: the deployment's HARVEST_MAX_COST_USD, else no limit.",
+    )
     render: Literal["auto", "browser", "http"] = Field(
         default="auto",
         description="auto: plain HTTP first, the browser only for pages that need scripts; browser: always render.",

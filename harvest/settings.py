@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from harvest.cost.prices import Prices
+
 HARVEST_HOME = Path(os.environ.get("HARVEST_HOME", str(Path.home() / ".harvest")))
 
 
@@ -98,6 +100,28 @@ class HarvestSettings(BaseSettings):
             "(0: always batch)."
         ),
     )
+    # Prices (USD) of the paid calls, for the run ledger and budgets; sources and the date they were checked are
+    # in docs/configuration.md. They price the configured models: change them with HARVEST_EXTRACTION_MODEL or
+    # the run's embedding_model.
+    price_embedding_per_million_tokens: float = Field(
+        default=0.02, ge=0, description="text-embedding-3-small, per 1M input tokens (synchronous endpoint)."
+    )
+    price_chat_input_per_million_tokens: float = Field(
+        default=0.15, ge=0, description="gpt-4o-mini (the extraction model), per 1M input tokens."
+    )
+    price_chat_output_per_million_tokens: float = Field(
+        default=0.60, ge=0, description="gpt-4o-mini (the extraction model), per 1M output tokens."
+    )
+    price_batch_discount: float = Field(
+        default=0.5, ge=0, le=1, description="Share the Batch API takes off embedding tokens (0.5: half price)."
+    )
+    price_google_geocode_per_1000: float = Field(
+        default=5.0, ge=0, description="Google Geocoding, per 1,000 requests (Nominatim is free)."
+    )
+    max_cost_usd: float | None = Field(
+        default=None, ge=0,
+        description="The deployment's default budget per run (USD), used when the run config sets none.",
+    )
     browser_path: str | None = Field(
         default_factory=_default_browser_path, description="Chromium executable driven by Playwright."
     )
@@ -179,6 +203,16 @@ class HarvestSettings(BaseSettings):
                 f"HARVEST_STORAGE_URL must be s3://bucket/prefix, file:///abs/path or s3-bucket/<block>, got {value!r}"
             )
         return value
+
+    def prices(self) -> Prices:
+        """The price table the run ledger charges with."""
+        return Prices(
+            embedding_per_million_tokens=self.price_embedding_per_million_tokens,
+            chat_input_per_million_tokens=self.price_chat_input_per_million_tokens,
+            chat_output_per_million_tokens=self.price_chat_output_per_million_tokens,
+            batch_discount=self.price_batch_discount,
+            google_geocode_per_1000=self.price_google_geocode_per_1000,
+        )
 
     @property
     def has_openai(self) -> bool:

@@ -92,9 +92,15 @@ def scrape(
     from_raw: str | None = typer.Option(
         None, "--from-raw", help="Start from stored raw activities (a run's raw_activities URI or a JSONL path)."
     ),
+    max_cost_usd: float | None = typer.Option(
+        None, "--max-cost-usd", help="Budget in USD: no paid call that would pass it (0: no paid call at all)."
+    ),
+    estimate: bool = typer.Option(
+        False, "--estimate", help="Crawl without any paid call and print what a full run would spend."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout (logs on stderr)."),
 ) -> None:
-    """Run the scrape-website flow in this process and print its summary."""
+    """Run the scrape-website flow in this process and print its summary (or, with --estimate, its price)."""
     from pydantic import ValidationError
 
     from harvest.models import RunConfig, StartRequest
@@ -103,7 +109,7 @@ def scrape(
         base = json.loads(config_json) if config_json else {}
         overrides = {
             "max_pages": max_pages, "max_depth": max_depth, "max_extractions": max_extractions, "render": render,
-            "max_crawl_seconds": max_crawl_seconds,
+            "max_crawl_seconds": max_crawl_seconds, "max_cost_usd": max_cost_usd,
         }
         base.update({k: v for k, v in overrides.items() if v is not None})
         if auto_import:
@@ -114,6 +120,9 @@ def scrape(
 
     if as_json:
         _route_logs_to_stderr()
+    if estimate:
+        _estimate(request.url, request.config, as_json)
+        return
     from flows.scrape import scrape_website
     from harvest_cli.live import live_progress, wanted
 
@@ -121,6 +130,31 @@ def scrape(
         state = _prefect(scrape_website, url=request.url, config=request.config, from_raw=from_raw, return_state=True)
     run_id = str(state.state_details.flow_run_id)
     _show_summary(_flow_result(state, f"run {run_id}", as_json=as_json, run_id=run_id), as_json)
+
+
+def _estimate(url: str, config: Any, as_json: bool) -> None:
+    """The dry run: crawl without paid calls and print what a full run would spend."""
+    from harvest.cost.estimate import estimate_run
+    from harvest.cost.report import usd
+    from harvest.settings import get_settings
+    from harvest.urls import check_fetch_allowed
+
+    settings = get_settings()
+    try:
+        check_fetch_allowed(url, allow_private_networks=settings.allow_private_networks)
+        result = estimate_run(url, config, settings, _engine())
+    except HarvestError as exc:
+        _fail(f"estimate of {url} failed: {exc}")
+    if as_json:
+        _emit(result.model_dump(mode="json"))
+        return
+    typer.echo(f"estimate for {url}: {usd(result.cost_usd)} ({result.pages_fetched} pages, "
+               f"{result.activities} activities from structured data, {result.llm_pages} page(s) for the LLM)")
+    for stage, entry in result.stages.items():
+        counters = ", ".join(f"{name} {count:,}" for name, count in sorted(entry["usage"].items()))
+        typer.echo(f"  {stage:12} {usd(entry['cost_usd']):>12}  {counters}")
+    for note in result.notes:
+        typer.echo(f"  note: {note}")
 
 
 def _route_logs_to_stderr() -> None:
@@ -141,6 +175,11 @@ def _print_summary(summary: dict[str, Any]) -> None:
         typer.echo(f"  {kind:24} {ref['records']:>7} records {ref['bytes']:>12,} bytes  {ref['uri']}")
     if summary.get("import_summary"):
         typer.echo(f"  import: {summary['import_summary']}")
+    if summary.get("cost"):
+        from harvest.cost.report import cost_lines
+
+        for line in cost_lines(summary["cost"]):
+            typer.echo(f"  {line}")
     for warning in summary.get("warnings", [])[:20]:
         typer.echo(f"  warning: {warning}")
     if summary.get("failed_urls"):
@@ -174,6 +213,8 @@ def runs_list(
 @runs_app.command("show")
 def runs_show(run_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
     """The whole story of one run: status, timings per step, files and their state, import, diff, warnings."""
+    from harvest.cost.report import cost_lines
+    from harvest.db.ledger import run_cost
     from harvest.db.runs import get_run, list_files
     from harvest.retention import file_state
 
@@ -182,6 +223,7 @@ def runs_show(run_id: str, as_json: bool = typer.Option(False, "--json")) -> Non
     if row is None:
         _fail(f"no run {run_id}")
     row["files"] = [{**item, "state": file_state(item, row)} for item in list_files(engine, run_id)]
+    row["cost"] = run_cost(engine, run_id)
     if as_json:
         _emit(row)
         return
@@ -201,6 +243,9 @@ def runs_show(run_id: str, as_json: bool = typer.Option(False, "--json")) -> Non
     typer.echo("files:")
     for item in row["files"]:
         typer.echo(f"  {item['kind']:24} {item['records']:>7} {item['bytes']:>12,}  {item['state']:8} {item['uri']}")
+    typer.echo("cost:")
+    for line in cost_lines(row["cost"]):
+        typer.echo(f"  {line}")
     typer.echo(f"import_summary         {row['import_summary']}")
     diff = row.get("diff")
     against = f" (against {row.get('previous_run_id')})" if diff else ""
@@ -220,6 +265,36 @@ def _duration_seconds(text: str, option: str) -> float:
         return parse_duration(text).total_seconds()
     except HarvestError as exc:
         _fail(f"{option}: {exc}", 2)
+
+
+@runs_app.command("cost")
+def runs_cost(
+    since: str | None = typer.Option(None, help="Only runs started within this long: 30d, 12h, 3600."),
+    url: str | None = typer.Option(None, help="Only runs of this URL."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """What runs cost, from their ledgers: one line per run and the sum."""
+    from datetime import timedelta
+
+    from harvest.cost import add_usage
+    from harvest.cost.report import usd
+    from harvest.db.engine import utcnow
+    from harvest.db.ledger import costs_since
+
+    start = utcnow() - timedelta(seconds=_duration_seconds(since, "--since")) if since else None
+    runs = costs_since(_engine(), since=start, url=url)
+    usage: dict[str, int] = {}
+    for run in runs:
+        add_usage(usage, run["usage"])
+    total = round(sum(run["cost_usd"] for run in runs), 8)
+    activities = sum(run["activities_processed"] or 0 for run in runs)
+    if as_json:
+        _emit({"since": start, "url": url, "runs": runs, "cost_usd": total, "usage": usage, "activities": activities})
+        return
+    for run in runs:
+        typer.echo(f"{run['id']}  {run['status']:9} {run['started_at']:%Y-%m-%d %H:%M}  "
+                   f"{run['activities_processed'] or 0:>6}  {usd(run['cost_usd']):>12}  {run['url']}")
+    typer.echo(f"{len(runs)} run(s), {activities} activities: {usd(total)}")
 
 
 @runs_app.command("files")

@@ -413,7 +413,8 @@ class OpenAITestServer(LoopbackServer):
     def stats(self) -> dict[str, int]:
         """Counters: requests per endpoint (``embeddings``, ``files.create``, ``batches.retrieve``…),
         ``embeddings.inputs`` (texts embedded synchronously), ``batches.lines``, ``unauthorized``,
-        ``injected.<status>``."""
+        ``injected.<status>``, and the ``usage`` the answers reported: ``usage.chat_prompt_tokens``,
+        ``usage.chat_completion_tokens``, ``usage.embedding_tokens`` (sync), ``usage.batch_tokens`` (batch lines)."""
         with self._lock:
             return dict(self._stats)
 
@@ -707,6 +708,8 @@ class OpenAITestServer(LoopbackServer):
                 continue
             status, response_body = self._batch_embedding(request)
             self._stats["batches.lines"] += 1
+            if status == 200:  # what the line's answer says it used: the run ledger must read the same
+                self._stats["usage.batch_tokens"] += response_body["usage"]["prompt_tokens"]
             record = {"id": _new_id("batch_req_"), "custom_id": request["custom_id"],
                       "response": {"status_code": status, "request_id": _new_id("req_"), "body": response_body},
                       "error": None}
@@ -811,6 +814,7 @@ class OpenAITestServer(LoopbackServer):
         params = _json_body(body)
         response = self._embedding_response(params)
         self._count("embeddings.inputs", len(response["data"]))
+        self._count("usage.embedding_tokens", response["usage"]["prompt_tokens"])
         return 200, response
 
     # -- chat ------------------------------------------------------------------------------------------
@@ -840,6 +844,8 @@ class OpenAITestServer(LoopbackServer):
         self._count(f"chat.{shape}")
         content, finish_reason, refusal = chat_answer(extract_labelled_activities(user_text), shape)
         prompt_tokens, completion_tokens = count_tokens(all_text), count_tokens(content or refusal or "")
+        self._count("usage.chat_prompt_tokens", prompt_tokens)
+        self._count("usage.chat_completion_tokens", completion_tokens)
         return 200, {
             "id": _new_id("chatcmpl-"), "object": "chat.completion", "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "finish_reason": finish_reason, "logprobs": None,

@@ -42,3 +42,14 @@ def test_summary_has_download_links_and_the_diff_against_the_previous_run() -> N
     text = summary_markdown(row, files, {"final_jsonl": link})
     assert f"[download](<{link}>)" in text
     assert "added: 1, removed: 2, changed: 3, unchanged: 4 — against run `r1`" in text
+
+
+def test_summary_shows_the_run_cost_per_stage() -> None:
+    cost = {"cost_usd": 0.0123, "reserved_usd": 0.0, "usage": {}, "stages": {
+        "crawl": {"usage": {"chat_requests": 3, "chat_input_tokens": 900}, "cost_usd": 0.0123, "reserved_usd": 0.0},
+    }}
+    row = {"id": "r3", "url": "https://example.org/", "status": "completed", "activities_processed": 1,
+           "import_summary": None, "warnings": [], "cost": cost}
+    text = summary_markdown(row, [])
+    assert "## Cost\n\n```\nestimated cost $0.012300\n" in text
+    assert "crawl" in text and "chat_input_tokens 900, chat_requests 3" in text

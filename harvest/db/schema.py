@@ -156,6 +156,21 @@ llm_answers = sa.Table(
 )
 
 
+run_ledger = sa.Table(
+    "run_ledger",
+    metadata,
+    sa.Column("run_id", sa.String(64), sa.ForeignKey("scrape_runs.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("stage", sa.String(64), primary_key=True, comment="crawl, images, geocode, embeddings, run"),
+    sa.Column("usage", Json, nullable=False, server_default="{}",
+              comment="counter -> count (harvest.cost.prices.Counter): tokens, requests, pages, cache hits, bytes."),
+    sa.Column("cost_usd", sa.Float, nullable=False, server_default="0",
+              comment="Estimated cost of the usage at the configured prices."),
+    sa.Column("reserved_usd", sa.Float, nullable=False, server_default="0",
+              comment="Estimates held for paid calls not yet settled: they count against the budget."),
+    sa.Column("updated_at", Timestamp, nullable=False),
+)
+
+
 def one_of(column: sa.ColumnElement[object], values: Sequence[object], dialect: str) -> sa.ColumnElement[bool]:
     """`column IN (values)` for lookups of up to thousands of keys. On Postgres it is `column = ANY(%(array)s)`,
     one array parameter: an expanded IN is a statement with one placeholder per key, which the driver has to

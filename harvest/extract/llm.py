@@ -18,7 +18,8 @@ from openai.types.chat import ChatCompletionMessageParam
 from openai.types.shared_params import ResponseFormatJSONSchema
 from pydantic import BaseModel
 
-from harvest.errors import ExtractionError
+from harvest.cost import Counter, Meter, Reservation, tokens_from_chars
+from harvest.errors import ExtractionError, OverBudgetError
 from harvest.extract.page import page_text as visible_text
 from harvest.extract.text import absolute_http_url, clean_text, format_address
 from harvest.models import Location, RawActivity
@@ -32,6 +33,9 @@ MAX_NAME_CHARS = 500
 MAX_DESCRIPTION_CHARS = 20_000
 MAX_FIELD_CHARS = 500
 MAX_TAGS = 30
+# The answer restates the page's activities as JSON: estimated at this share of the page text's tokens (measured
+# on the demo site's labelled pages; the exact count is only known once the model has answered).
+OUTPUT_SHARE_OF_PAGE = 0.6
 
 PAGE_START = "<<<PAGE TEXT"
 PAGE_END = "PAGE TEXT>>>"
@@ -121,6 +125,7 @@ class LLMExtractor:
         max_input_chars: int = DEFAULT_MAX_INPUT_CHARS,
         max_output_tokens: int = DEFAULT_MAX_OUTPUT_TOKENS,
         cache: AnswerCache | None = None,
+        meter: Meter | None = None,
     ) -> None:
         if max_input_chars < 1 or max_output_tokens < 1:
             raise ValueError("max_input_chars and max_output_tokens must be positive")
@@ -129,6 +134,7 @@ class LLMExtractor:
         self.max_input_chars = max_input_chars
         self.max_output_tokens = max_output_tokens
         self.cache = cache
+        self.meter = meter
         self.rejected = 0
         self.cache_hits = 0
 
@@ -144,6 +150,14 @@ class LLMExtractor:
         prompt = json.dumps([self.model, self.max_output_tokens, self.messages(page_text, url)], sort_keys=True)
         return hashlib.sha256(prompt.encode()).hexdigest()
 
+    def estimated_usage(self, page_text: str, url: str) -> dict[str, int]:
+        """What the call for this page will likely use: input from the messages' length, output a share of the
+        page text (bounded by the output limit)."""
+        sent = sum(len(str(message.get("content", ""))) for message in self.messages(page_text, url))
+        output = tokens_from_chars(int(len(page_text[: self.max_input_chars]) * OUTPUT_SHARE_OF_PAGE))
+        return {Counter.chat_requests: 1, Counter.chat_input_tokens: tokens_from_chars(sent),
+                Counter.chat_output_tokens: min(self.max_output_tokens, output)}
+
     def extract_page(self, html: str | bytes, url: str) -> list[RawActivity]:
         """Activities in a fetched page: its visible text plus image references, bounded, then `extract`."""
         # One character over the limit lets `messages` tell the model the text was cut.
@@ -155,7 +169,7 @@ class LLMExtractor:
             return []
         key = self.prompt_key(page_text, url)
         cached = self.cache.get(key) if self.cache is not None else None
-        content = cached if cached is not None else self._complete(page_text, url)
+        content = cached if cached is not None else self._complete(page_text, url, self._reserve(page_text, url))
         self.cache_hits += cached is not None
         try:
             answer = json.loads(content)
@@ -184,8 +198,18 @@ class LLMExtractor:
             activities.append(activity)
         return activities
 
-    def _complete(self, page_text: str, url: str) -> str:
-        """One chat completion; every failure mode becomes an ExtractionError that names it."""
+    def _reserve(self, page_text: str, url: str) -> Reservation | None:
+        """Hold the call's estimated cost against the run's budget; OverBudgetError when it does not fit."""
+        if self.meter is None:
+            return None
+        reservation = self.meter.reserve(self.estimated_usage(page_text, url), url)
+        if reservation is None:
+            raise OverBudgetError(f"LLM extraction of {url} skipped: its estimated cost would pass the budget")
+        return reservation
+
+    def _complete(self, page_text: str, url: str, reservation: Reservation | None = None) -> str:
+        """One chat completion; every failure mode becomes an ExtractionError that names it. The usage the API
+        reports is charged to the meter (a failed answer was still paid for)."""
         where = f"LLM extraction of {url} with model {self.model}"
         try:
             completion = self.client.chat.completions.create(
@@ -194,12 +218,20 @@ class LLMExtractor:
                 response_format=RESPONSE_FORMAT,
                 max_completion_tokens=self.max_output_tokens,
             )
-        except openai.APIStatusError as exc:
-            raise ExtractionError(f"{where} failed: HTTP {exc.status_code} from the API: {exc.message}") from exc
-        except openai.APIConnectionError as exc:
-            raise ExtractionError(f"{where} failed: could not reach the API ({exc})") from exc
         except openai.OpenAIError as exc:
+            if self.meter is not None:  # no answer, no usage reported: the hold is given back
+                self.meter.release(reservation)
+            if isinstance(exc, openai.APIStatusError):
+                raise ExtractionError(f"{where} failed: HTTP {exc.status_code} from the API: {exc.message}") from exc
+            if isinstance(exc, openai.APIConnectionError):
+                raise ExtractionError(f"{where} failed: could not reach the API ({exc})") from exc
             raise ExtractionError(f"{where} failed: {type(exc).__name__}: {exc}") from exc
+        if self.meter is not None:
+            self.meter.charge(_chat_usage(completion), reservation)
+        return self._content(completion, where)
+
+    def _content(self, completion: Any, where: str) -> str:
+        """The answer's text; every unusable answer becomes an ExtractionError that names it."""
         if not completion.choices:
             raise ExtractionError(f"{where} failed: the answer has no choices")
         choice = completion.choices[0]
@@ -254,3 +286,13 @@ class LLMExtractor:
             sourceUrl=url,
             extractedBy="llm",
         )
+
+
+def _chat_usage(completion: Any) -> dict[str, int]:
+    """The ledger's counters from a chat completion's `usage` (zero tokens when the answer has none)."""
+    usage = getattr(completion, "usage", None)
+    return {
+        Counter.chat_requests: 1,
+        Counter.chat_input_tokens: int(getattr(usage, "prompt_tokens", 0) or 0),
+        Counter.chat_output_tokens: int(getattr(usage, "completion_tokens", 0) or 0),
+    }

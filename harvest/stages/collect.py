@@ -9,7 +9,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from harvest.crawl import Crawl, CrawlOptions, CrawlStats, Page, crawl
-from harvest.errors import ExtractionError, StorageError
+from harvest.errors import ExtractionError, OverBudgetError, StorageError
 from harvest.extract.llm import LLMExtractor
 from harvest.extract.structured import extract_structured, page_text
 from harvest.models import RawActivity, RunConfig
@@ -40,6 +40,7 @@ def collect_raw_activities(
     result = StageResult()
     llm_pages = 0
     llm_skipped_pages = 0
+    over_budget: list[str] = []  # pages the budget left without LLM extraction
     stopped_early = False
 
     def activities(session: Crawl) -> Iterator[RawActivity]:
@@ -54,6 +55,9 @@ def collect_raw_activities(
                     llm_pages += 1
                     try:
                         items = llm.extract(page_text(page.html), page.url)
+                    except OverBudgetError:
+                        over_budget.append(page.url)
+                        items = []
                     except ExtractionError as exc:
                         result.warn(f"LLM extraction failed for {page.url}: {exc}")
                         items = []
@@ -110,6 +114,13 @@ def collect_raw_activities(
     if llm_skipped_pages:
         result.warn(
             f"OPENAI_API_KEY not set: LLM extraction skipped for {llm_skipped_pages} page(s) without structured data"
+        )
+    if over_budget:
+        result.stats.details["llm_over_budget_pages"] = len(over_budget)
+        result.warn(
+            f"budget: LLM extraction skipped for {len(over_budget)} page(s) without structured data, the run's "
+            "max_cost_usd would have been passed: " + ", ".join(over_budget[:50])
+            + (f" and {len(over_budget) - 50} more" if len(over_budget) > 50 else "")
         )
     if ref.records == 0:
         result.warn(f"no activities found on {url} ({stats.pages_fetched} page(s) crawled)")

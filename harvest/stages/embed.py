@@ -17,6 +17,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 from sqlalchemy.engine import Engine
 
+from harvest.cost import Counter, Meter, Reservation, tokens_from_chars
 from harvest.db.caches import reusable_embeddings
 from harvest.embeddings import (
     EmbeddingMatrix,
@@ -27,7 +28,7 @@ from harvest.embeddings import (
     submit_batch,
     write_batch_input,
 )
-from harvest.errors import DatabaseError, EmbeddingError
+from harvest.errors import BatchNotReadyError, DatabaseError, EmbeddingError
 from harvest.models import Activity, FileRef
 from harvest.stages.common import StageResult, timed
 from harvest.storage import ObjectStore, iter_jsonl, store_local_file, write_jsonl
@@ -49,6 +50,9 @@ class SubmittedBatch(BaseModel):
     files: list[FileRef] = Field(
         default_factory=list, description="The stored vectors when nothing is left to collect."
     )
+    reserved_usd: float = Field(
+        default=0.0, description="The batch's estimated cost, held against the run's budget until it is collected."
+    )
 
     @property
     def complete(self) -> bool:
@@ -68,7 +72,7 @@ def _rows(store: ObjectStore, standardized: FileRef) -> tuple[dict[str, int], di
 
 def submit_embeddings(
     store: ObjectStore, run_id: str, standardized: FileRef, client: Any, model: str, *, dimensions: int,
-    reuse: Engine | None = None, sync_below: int = 0,
+    reuse: Engine | None = None, sync_below: int = 0, meter: Meter | None = None,
 ) -> tuple[StageResult, SubmittedBatch | None, StageResult | None]:
     """Fill what is already known, embed the rest now or in a batch.
 
@@ -80,6 +84,8 @@ def submit_embeddings(
     Without one, the vectors are final here: they are stored as `embeddings.npy` + `embeddings_index.jsonl`
     and returned as the third element (what `collect_embeddings` would have returned), so nothing is
     uploaded, downloaded and uploaded again for an unchanged re-run.
+    With a `meter`, the texts' estimated cost is held against the run's budget first; when it does not fit,
+    nothing is sent and those activities have no embedding (a warning says so).
     """
     result = StageResult()
     collected: StageResult | None = None
@@ -105,15 +111,37 @@ def submit_embeddings(
                     if not present[rows[record["id"]]]:
                         yield Activity.model_validate(record)
 
+            sent_chars = 0
+
+            def counted() -> Iterator[Activity]:
+                nonlocal sent_chars
+                for activity in remaining():
+                    sent_chars += len(embedding_text(activity))
+                    yield activity
+
             with open(batch_path, "wb") as out:
-                pending = write_batch_input(remaining(), model, out) if not present.all() else 0
+                pending = write_batch_input(counted(), model, out) if not present.all() else 0
             synced = 0
+            held: Reservation | None = None
+            over_budget = 0
+            if pending and meter is not None:
+                held = meter.reserve(_estimate(pending, sent_chars, batched=pending >= sync_below), "embeddings")
+                if held is None:
+                    over_budget, pending = pending, 0
+                    result.warn(f"budget: {over_budget} activities left without embeddings: their estimated cost "
+                                "would pass the run's max_cost_usd")
             if 0 < pending < sync_below:
                 todo = [(a.id, text) for a in remaining() if (text := embedding_text(a))]
                 todo = list(dict(todo).items())  # a repeated id is embedded once
-                for (activity_id, _), vector in zip(todo, embed_texts(
-                    client, [text for _, text in todo], model=model, dimensions=dimensions
-                )):
+                tokens: list[int] = []
+                try:
+                    vectors = embed_texts(client, [text for _, text in todo], model=model, dimensions=dimensions,
+                                          on_usage=tokens.append)
+                finally:
+                    if meter is not None:
+                        meter.charge({Counter.embedding_requests: len(tokens),
+                                      Counter.embedding_tokens: sum(tokens)}, held)
+                for (activity_id, _), vector in zip(todo, vectors):
                     matrix.write(rows[activity_id], vector)
                 synced = len(todo)
             missing = matrix.missing
@@ -130,16 +158,22 @@ def submit_embeddings(
                 records=pending, content_type="application/x-ndjson",
             )
             result.files.append(ref)
-            handle = submit_batch(client, batch_path, metadata={"harvest_run_id": run_id})
+            try:
+                handle = submit_batch(client, batch_path, metadata={"harvest_run_id": run_id})
+            except BaseException:
+                if meter is not None:
+                    meter.release(held)
+                raise
         elif count:
             collected = StageResult()
+            reason = "over the run's budget (max_cost_usd)" if over_budget else "no text to embed"
             with timed(collected.stats):
-                _store_vectors(
-                    store, run_id, rows, prefill_path, missing, {}, collected, missing_reason="no text to embed"
-                )
+                _store_vectors(store, run_id, rows, prefill_path, missing, {}, collected, missing_reason=reason)
     result.stats.items_in = count
     result.stats.items_out = reused + synced + (pending if handle else 0)
     result.stats.details.update({"reused": reused, "embedded_now": synced, "batched": pending if handle else 0})
+    if over_budget:
+        result.stats.details["over_budget"] = over_budget
     if handle:
         result.stats.details["batch_id"] = handle.batch_id
     if count == 0:
@@ -148,17 +182,34 @@ def submit_embeddings(
     return result, SubmittedBatch(
         batch_id=handle.batch_id if handle else None, input_file_id=handle.input_file_id if handle else None,
         records=count, model=model, prefill_uri=prefill.uri if prefill else None,
-        files=collected.files if collected else [],
+        files=collected.files if collected else [], reserved_usd=held.usd if handle and held else 0.0,
     ), collected
 
 
+def _estimate(texts: int, chars: int, *, batched: bool) -> dict[str, int]:
+    """What embedding `texts` texts of `chars` characters will likely use (tokens from the text length)."""
+    tokens = tokens_from_chars(chars)
+    if batched:
+        return {Counter.batch_lines: texts, Counter.batch_tokens: tokens}
+    return {Counter.embedding_requests: 1, Counter.embedding_tokens: tokens}
+
+
 def collect_embeddings(
-    store: ObjectStore, run_id: str, standardized: FileRef, client: Any, batch: SubmittedBatch, *, dimensions: int
+    store: ObjectStore, run_id: str, standardized: FileRef, client: Any, batch: SubmittedBatch, *, dimensions: int,
+    meter: Meter | None = None,
 ) -> StageResult:
-    """Raises BatchNotReadyError while the batch runs (the caller retries) and EmbeddingError when it ended badly."""
+    """Raises BatchNotReadyError while the batch runs (the caller retries) and EmbeddingError when it ended badly.
+    The tokens each output line reports (`response.body.usage`) are charged to `meter`, releasing the hold."""
     if batch.prefill_uri is None:
         raise EmbeddingError("this submission went to no batch: its vectors were stored when it was submitted")
-    finished = check_batch(client, batch.batch_id) if batch.batch_id else None
+    try:
+        finished = check_batch(client, batch.batch_id) if batch.batch_id else None
+    except BatchNotReadyError:
+        raise
+    except EmbeddingError:  # final (failed, or unreadable): no output to read usage from, so the hold is released
+        if meter is not None:
+            meter.release(Reservation(batch.reserved_usd))
+        raise
     result = StageResult()
     with timed(result.stats), tempfile.TemporaryDirectory(prefix="harvest-") as tmp:
         rows, _, count = _rows(store, standardized)
@@ -169,9 +220,18 @@ def collect_embeddings(
                 raise EmbeddingError(
                     f"prefilled matrix is {matrix.rows}×{matrix.dimensions}, expected {count}×{dimensions}"
                 )
-            failures = (
-                matrix.write_rows(iter_batch_results(client, finished, dimensions=dimensions), rows) if finished else {}
-            )
+            billed: dict[str, int] = {Counter.batch_lines: 0, Counter.batch_tokens: 0}
+
+            def billed_lines() -> Iterator[Any]:
+                for line in iter_batch_results(client, finished, dimensions=dimensions) if finished else ():
+                    billed[Counter.batch_lines] += line.tokens > 0
+                    billed[Counter.batch_tokens] += line.tokens
+                    yield line
+
+            failures = matrix.write_rows(billed_lines(), rows) if finished else {}
+            if meter is not None:
+                meter.charge(billed, Reservation(batch.reserved_usd))
+            result.stats.details.update(billed)
             missing = matrix.missing  # NaN rows: never written
         if finished is not None and finished.status != "completed":
             done = finished.request_counts.get("completed", 0)

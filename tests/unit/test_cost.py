@@ -1,0 +1,162 @@
+"""The run ledger's parts against the real wire-protocol stand-ins: usage read from the services' own answers
+(chat `usage`, embeddings `usage`, per-line `response.body.usage` of a batch output), priced exactly, and a
+budget that refuses calls before they are made, in memory and in the database (where it survives a resume)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import openai
+import pytest
+
+from harvest.cost import Counter, Meter, Prices
+from harvest.cost.geocoding import OVER_BUDGET, MeteredGeocoder
+from harvest.cost.stages import free_counters, ledger_stage
+from harvest.embeddings import embed_texts, parse_batch_line
+from harvest.errors import OverBudgetError
+from harvest.extract.llm import LLMExtractor
+from harvest.geocode import GoogleGeocoder
+from harvest.models import FileRef
+from testkit.geocoder_server import GeocoderTestServer
+from testkit.openai_server import OpenAITestServer, count_tokens
+
+PAGE = """Activity: Anthony Beale Reserve playground
+Where: Anthony Beale Reserve, 277 St Helena Rd, St Helena VIC 3088, Australia
+About: A bright, colourful playground with a flying fox.
+"""
+PRICES = Prices()
+
+
+@pytest.fixture(scope="module")
+def oai() -> Iterator[OpenAITestServer]:
+    with OpenAITestServer(dimensions=8) as server:
+        yield server
+
+
+def client(server: OpenAITestServer) -> openai.OpenAI:
+    return openai.OpenAI(api_key="sk-test", base_url=server.base_url, max_retries=0)
+
+
+def test_prices_apply_list_prices_and_the_batch_discount() -> None:
+    usage = {
+        Counter.chat_input_tokens: 1_000_000, Counter.chat_output_tokens: 1_000_000,
+        Counter.embedding_tokens: 1_000_000, Counter.batch_tokens: 1_000_000,
+        Counter.geocode_requests_google: 1000, Counter.geocode_requests_nominatim: 1000, Counter.pages_http: 7,
+    }
+    # 0.15 + 0.60 (gpt-4o-mini) + 0.02 (text-embedding-3-small) + 0.01 (batch: half) + 5.00 (Google) + 0 (Nominatim)
+    assert PRICES.cost(usage) == pytest.approx(5.78, abs=1e-12)
+    assert Prices(batch_discount=0).cost({Counter.batch_tokens: 1_000_000}) == pytest.approx(0.02)
+
+
+def test_a_chat_call_is_charged_what_its_answer_says_it_used(oai: OpenAITestServer) -> None:
+    oai.reset()
+    meter = Meter("crawl")
+    extractor = LLMExtractor(client(oai), "gpt-4o-mini", meter=meter)
+    assert [a.name for a in extractor.extract(PAGE, "https://example.org/a")] == ["Anthony Beale Reserve playground"]
+    sent = "\n".join(str(m["content"]) for m in extractor.messages(PAGE, "https://example.org/a"))
+    stats = oai.stats()
+    assert meter.usage[Counter.chat_input_tokens] == count_tokens(sent) == stats["usage.chat_prompt_tokens"]
+    assert meter.usage[Counter.chat_output_tokens] == stats["usage.chat_completion_tokens"] > 0
+    assert meter.usage[Counter.chat_requests] == 1
+    expected = (count_tokens(sent) * 0.15 + stats["usage.chat_completion_tokens"] * 0.60) / 1_000_000
+    assert meter.cost_usd == pytest.approx(expected, rel=1e-12)
+
+
+def test_a_budget_stops_llm_extraction_part_way_and_names_the_pages_left(oai: OpenAITestServer) -> None:
+    oai.reset()
+    urls = [f"https://example.org/page-{n}" for n in range(6)]
+    probe = LLMExtractor(client(oai), "gpt-4o-mini")
+    per_call = PRICES.cost(probe.estimated_usage(PAGE, urls[0]))
+    meter = Meter("crawl", limit=per_call * 2.5)  # room for two calls' estimates, not three
+    extractor = LLMExtractor(client(oai), "gpt-4o-mini", meter=meter)
+    made, refused = [], []
+    for url in urls:
+        try:
+            extractor.extract(PAGE, url)
+            made.append(url)
+        except OverBudgetError as exc:
+            assert url in str(exc)
+            refused.append(url)
+    calls = oai.stats().get("chat.completions", 0)
+    assert 0 < calls == len(made) < len(urls)
+    assert meter.refused == refused == urls[len(made):]
+    assert meter.cost_usd <= meter.limit  # what was charged (the answers' usage) stayed within the budget
+
+
+def test_a_budget_of_zero_makes_no_call(oai: OpenAITestServer) -> None:
+    oai.reset()
+    extractor = LLMExtractor(client(oai), "gpt-4o-mini", meter=Meter("crawl", limit=0))
+    with pytest.raises(OverBudgetError):
+        extractor.extract(PAGE, "https://example.org/a")
+    assert oai.stats().get("requests", 0) == 0, oai.stats()
+
+
+def test_sync_embeddings_report_the_tokens_of_each_answer(oai: OpenAITestServer) -> None:
+    oai.reset()
+    texts = ["Playground | swings and slides", "Museum | dinosaurs, for toddlers", "Pool"]
+    heard: list[int] = []
+    embed_texts(client(oai), texts, model="text-embedding-3-small", dimensions=8, chunk_size=2, on_usage=heard.append)
+    assert heard == [count_tokens(texts[0]) + count_tokens(texts[1]), count_tokens(texts[2])]
+    assert sum(heard) == oai.stats()["usage.embedding_tokens"] == 5 + 6 + 1  # words and punctuation
+
+
+def test_a_batch_output_line_carries_the_tokens_it_was_billed() -> None:
+    body = {"object": "list", "data": [{"index": 0, "embedding": [0.5, 0.5]}], "usage": {"prompt_tokens": 17,
+                                                                                         "total_tokens": 17}}
+    line = json.dumps({"custom_id": "a1", "response": {"status_code": 200, "body": body}, "error": None})
+    assert parse_batch_line(line, dimensions=2).tokens == 17
+    assert parse_batch_line(line, dimensions=3).tokens == 17, "a refused vector was still billed"
+    failed = json.dumps({"custom_id": "a1", "response": None, "error": {"code": "batch_expired", "message": "x"}})
+    assert parse_batch_line(failed, dimensions=2).tokens == 0
+
+
+def test_google_geocodes_stop_at_the_budget_and_nominatim_costs_nothing() -> None:
+    addresses = [f"{n} Main Rd, Eltham VIC 3095, Australia" for n in range(1, 5)]
+    with GeocoderTestServer(api_key="key") as server:
+        google = GoogleGeocoder("key", server.base_url, rate_per_second=1000, timeout_s=2, retries=0)
+        meter = Meter("geocode", limit=0.0125)  # $5 per 1,000: two requests fit, a third would pass it
+        metered = MeteredGeocoder(google, "google", meter)
+        answers = [metered.geocode(address) for address in addresses]
+        assert server.stats().get("google.geocode") == 2
+    assert [a.error == OVER_BUDGET for a in answers] == [False, False, True, True]
+    assert meter.usage == {Counter.geocode_requests_google: 2} and meter.cost_usd == pytest.approx(0.01)
+    assert meter.refused == addresses[2:]
+    free = Meter("geocode", limit=0)
+    assert PRICES.cost({Counter.geocode_requests_nominatim: 1}) == 0
+    assert free.reserve({Counter.geocode_requests_nominatim: 1}, "x") is not None, "a free call needs no budget"
+
+
+def test_free_counters_come_from_what_each_step_counted() -> None:
+    files = [FileRef(kind="images_map.0", uri="s3://b/k", bytes=1200)]
+    assert ledger_stage("images.3") == "images" and ledger_stage("embeddings_submit") == "embeddings"
+    assert free_counters("images.0", 5, {"images_reused": 2}, files) == {
+        Counter.bytes_stored: 1200, Counter.images_reused: 2, Counter.images_downloaded: 3,
+    }
+    crawl = {"pages_http": 9, "pages_rendered": 2, "llm_cached_answers": 1}
+    assert free_counters("crawl", 20, crawl, []) == {
+        Counter.pages_http: 9, Counter.pages_browser: 2, Counter.chat_cache_hits: 1,
+    }
+
+
+def test_the_database_budget_holds_across_books_and_reservations(clean_db: str) -> None:
+    from harvest.db import runs as run_rows
+    from harvest.db.engine import get_engine
+    from harvest.db.ledger import RunBook, run_cost, spent_usd
+
+    engine = get_engine(clean_db)
+    run_rows.create_run(engine, "run-ledger-1", "https://example.org/", {"max_cost_usd": 0.01})
+    first = Meter("geocode", limit=0.01, book=RunBook(engine, "run-ledger-1"))
+    held = first.reserve({Counter.geocode_requests_google: 1}, "a")
+    assert held is not None and held.usd == pytest.approx(0.005)
+    first.charge({Counter.geocode_requests_google: 1}, held)
+    pending = first.reserve({Counter.geocode_requests_google: 1}, "b")  # held, never settled: a process died
+    assert pending is not None
+    # A resumed run is a new process with a new book: it sees what was spent and what is still held.
+    resumed = Meter("geocode", limit=0.01, book=RunBook(engine, "run-ledger-1"))
+    assert resumed.reserve({Counter.geocode_requests_google: 1}, "c") is None
+    assert resumed.refused == ["c"]
+    assert spent_usd(engine, "run-ledger-1") == pytest.approx(0.005)
+    cost = run_cost(engine, "run-ledger-1")
+    assert cost["stages"]["geocode"]["usage"] == {Counter.geocode_requests_google: 1}
+    assert (cost["cost_usd"], cost["reserved_usd"]) == (pytest.approx(0.005), pytest.approx(0.005))
