@@ -1,11 +1,11 @@
 """Wall time of one crawl of a hostile 60-page site on the default settings (issue 16): before/after figures.
 
 `python -m bench.hostile_wall [timeout_s]` prints one JSON object. The site (testkit's HostileSite on
-loopback) has 52 good event pages, 4 pages that drip a 2,000-byte body one byte every 50 ms (100 s each), 2 that
-never answer within 30 s, and 2 chains of four redirect hops that each answer after 0.8 x the timeout. The
-crawl is `harvest.crawl.crawl` with `CrawlOptions` as a run builds them (timeout 20 s by default, 3 retries,
-0.5 s backoff); only the timeout can be given, to scale the whole test down. Every bound is proportional
-to the timeout: the per-URL budget is 2 x timeout.
+loopback) has 52 good event pages, 4 pages that drip a 2,000-byte body one byte every 50 ms (100 s each),
+2 that stay silent for 4 x the timeout (at least 30 s), and 2 chains of four redirect hops that each answer
+after 0.8 x the timeout. The crawl is `harvest.crawl.crawl` with `CrawlOptions` as a run builds them
+(timeout 20 s by default, 3 retries, 0.5 s backoff); only the timeout can be given, to scale the whole test
+down. Every bound is proportional to the timeout: the per-URL budget is 2 x timeout.
 """
 
 from __future__ import annotations
