@@ -16,9 +16,13 @@ Two shapes of the attack:
 from __future__ import annotations
 
 import asyncio
+import datetime
 import socket
+import ssl
 import threading
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -186,4 +190,67 @@ def test_chromium_renders_a_rebinding_name_from_the_checked_address(site, rebind
     assert browser_hits and browser_hits[0].headers["host"] == f"{NAME}:{site.port}"
     assert dns.calls == 1  # the crawl's guard, the route handler and the proxy share one answer
     assert result.stats.failed_urls == []
+    assert loopback_only == []
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate for NAME (its own CA), as a site with a real certificate for its name would have."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, NAME)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(NAME)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_https_to_a_rebinding_name_keeps_the_name_for_sni_and_the_certificate(tmp_path, rebinding, loopback_only,
+                                                                              monkeypatch) -> None:
+    cert_path, key_path = _self_signed(tmp_path)
+    server_names: list[str | None] = []
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_path, key_path)
+    context.sni_callback = lambda _sock, name, _ctx: server_names.append(name)  # type: ignore[assignment,return-value]
+
+    class Page(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server API)
+            body = event_page("Over TLS").encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert_path))  # trust this site's certificate, as a CA bundle would
+    dns = rebinding("127.0.0.1", METADATA)
+    try:
+        result = _fetch(f"https://{NAME}:{server.server_address[1]}/", allow_private_networks=True)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    assert result.status == 200 and "Over TLS" in result.text()  # the certificate was checked against the name
+    assert server_names == [NAME]  # SNI carried the name while the socket went to 127.0.0.1
+    assert dns.calls == 1
     assert loopback_only == []
