@@ -47,7 +47,10 @@ class RunSummary(BaseModel):
     failed_urls: list[dict[str, Any]] = Field(default_factory=list)
     unfollowed_links: dict[str, Any] = Field(
         default_factory=dict,
-        description="Links a limit (max_pages, max_depth, max_extractions) left unfollowed: {count, examples}.",
+        description=(
+            "Links a limit (max_pages, max_depth, max_extractions, max_crawl_seconds: the crawl deadline) left "
+            "unfollowed: {count, examples}."
+        ),
     )
     bytes_between_tasks: int = Field(description="JSON bytes of every task's parameters and result in this run.")
     task_runs: int = 0

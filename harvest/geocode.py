@@ -29,6 +29,8 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 
 from harvest.errors import ConfigError
 from harvest.models import Geocode
+from harvest.net.deadline import call_deadline
+from harvest.net.transport import env_proxy_mounts, sync_transport
 from harvest.retries import exponential_backoff, parse_retry_after, wait_retry_after
 
 logger = logging.getLogger(__name__)
@@ -140,9 +142,12 @@ class _HttpGeocoder:
         self.limiter = shared_limiter(self.base_url, rate_per_second)
         # A limit shared with other processes (the flow passes Prefect's global rate limit here).
         self.before_call: Callable[[], None] | None = None
+        self.timeout_s = timeout_s
+        # httpx's timeout is per socket operation (a drip of one byte a second never trips it); the transport
+        # also holds each call to `call_deadline(timeout_s)` in total, headers and body included.
         self._client = httpx.Client(
             timeout=timeout_s, headers={"User-Agent": user_agent, "Accept": "application/json"},
-            follow_redirects=False,
+            follow_redirects=False, transport=sync_transport(), mounts=env_proxy_mounts(asynchronous=False),
         )
 
     # Subclasses: build the request and read the answer.
@@ -191,9 +196,10 @@ class _HttpGeocoder:
     def _attempt(self, address: str) -> Geocode:
         url, params = self._request(address)
         try:
-            response = self._client.get(url, params=params)
+            with call_deadline(self.timeout_s):
+                response = self._client.get(url, params=params)
         except httpx.TimeoutException as exc:
-            raise _Attempt(f"timed out ({type(exc).__name__})", retryable=True) from None
+            raise _Attempt(f"timed out ({type(exc).__name__}, {self.timeout_s:g}s per call)", retryable=True) from None
         except httpx.TransportError as exc:
             raise _Attempt(f"transport error: {type(exc).__name__}: {exc}", retryable=True) from None
         if response.status_code in RETRYABLE_STATUS:

@@ -1,9 +1,11 @@
 """Activity images: download safely, verify, shrink to a card size, re-encode as WebP, store by content hash.
 
-Why each guard: image URLs come from untrusted pages, so every redirect hop passes the SSRF guard, the body
-is capped while it streams (a huge or endless body never fills memory), a total deadline stops slow-drip
-servers, SVG is refused (it can carry scripts and is not a raster), and pixel counts are checked from the
-header before decoding (a tiny file can expand into gigabytes). Output is WebP named by its sha256, so the
+Why each guard: image URLs come from untrusted pages, so every redirect hop passes the SSRF guard and the
+connection goes to the address the guard approved (no second DNS answer), the body is capped while it
+streams (a huge or endless body never fills memory), a total deadline on every socket operation stops
+slow-drip servers (headers or body) and a body under the minimum rate is cut early, SVG is refused (it
+can carry scripts and is not a raster), and pixel counts are checked from the header before decoding (a
+tiny file can expand into gigabytes). Output is WebP named by its sha256, so the
 same picture found on many pages is stored once.
 """
 
@@ -29,10 +31,12 @@ from PIL import Image
 
 from harvest.errors import DisallowedURLError, ImageError
 from harvest.models import ImageInfo
+from harvest.net.deadline import call_deadline
+from harvest.net.pinned import AddressBook
+from harvest.net.transport import sync_transport
 from harvest.settings import get_settings
 from harvest.storage import ObjectStore
 from harvest.storage.keys import image_key
-from harvest.urls import check_fetch_allowed
 
 MAX_REDIRECTS = 5
 CARD_SIZE = (1200, 630)
@@ -50,6 +54,8 @@ _ORIENTATION_FIX = {
     8: Image.Transpose.ROTATE_90,
 }
 _ROTATING_ORIENTATIONS = {5, 6, 7, 8}
+# Bytes/s an image body must average once it has taken half its deadline (as pages, harvest.crawl.http_fetch).
+MIN_BODY_RATE = 1024.0
 
 
 @dataclass(frozen=True)
@@ -114,29 +120,28 @@ def fetch_image_if_changed(url: str, known: Validators, *, max_bytes: int, timeo
 
     Raises ImageError saying why an image was refused.
 
-    Redirects are followed by hand (at most 5) so that each hop is checked by the SSRF guard before
-    it is contacted. `timeout_s` bounds the whole download (checked after every read); a single read
-    may not stall longer than a quarter of it, so a stalled server overshoots the deadline by at most that.
-    (The guard resolves the host itself, then httpx resolves it again: DNS rebinding between the two is
-    not covered here.)
+    Redirects are followed by hand (at most 5) so that each hop is checked by the SSRF guard before it is
+    contacted, and the connection dials the address the guard approved. `timeout_s` bounds the whole
+    download, every hop included: each socket read, write and connect gets at most the time left
+    (`harvest.net.deadline`), so a server dripping headers or body one byte at a time ends on time too.
     """
-    deadline = time.monotonic() + timeout_s
+    book = AddressBook(allow_private_networks=allow_private_networks)
     headers = {"User-Agent": user_agent, "Accept": "image/webp,image/avif,image/png,image/jpeg,image/*;q=0.8",
                **known.request_headers()}
     current = url
-    with httpx.Client(follow_redirects=False, headers=headers, trust_env=False) as client:
+    with (call_deadline(timeout_s) as deadline,
+          httpx.Client(follow_redirects=False, headers=headers, trust_env=False, timeout=timeout_s,
+                       transport=sync_transport(book=book)) as client):
         for hop in range(MAX_REDIRECTS + 1):
             try:
-                check_fetch_allowed(current, allow_private_networks=allow_private_networks)
+                book.check(current)
             except DisallowedURLError as exc:
                 where = "" if hop == 0 else f" (redirected from {url})"
                 raise ImageError(f"image {current}{where} refused by the address guard: {exc}") from exc
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if deadline - time.monotonic() <= 0:
                 raise ImageError(f"image {url} timed out after {timeout_s:g}s (while following redirects)")
             try:
-                timeout = httpx.Timeout(remaining, read=min(remaining, max(1.0, timeout_s / 4)))
-                with client.stream("GET", current, timeout=timeout) as response:
+                with client.stream("GET", current) as response:
                     if response.status_code in _REDIRECTS:
                         location = response.headers.get("Location")
                         if not location:
@@ -154,6 +159,8 @@ def fetch_image_if_changed(url: str, known: Validators, *, max_bytes: int, timeo
                 raise ImageError(f"image {current} timed out after {timeout_s:g}s") from exc
             except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError) as exc:
                 raise ImageError(f"image {current} could not be downloaded: {type(exc).__name__}: {exc}") from exc
+            except DisallowedURLError as exc:  # the transport's own check (the book's answer expired meanwhile)
+                raise ImageError(f"image {current} refused by the address guard: {exc}") from exc
     raise ImageError(f"image {url} refused: more than {MAX_REDIRECTS} redirects")
 
 
@@ -162,13 +169,19 @@ def _read_capped(response: httpx.Response, url: str, max_bytes: int, deadline: f
     if declared and declared.isdigit() and int(declared) > max_bytes:
         raise ImageError(f"image {url} refused: {int(declared)} bytes declared, over the {max_bytes}-byte cap")
     body = bytearray()
+    started = time.monotonic()
     # iter_bytes yields decoded bytes, so a gzip-encoded body is capped at its real size too.
     for chunk in response.iter_bytes():  # no chunk size: yield as data arrives, so the deadline is checked
         body += chunk
         if len(body) > max_bytes:
             raise ImageError(f"image {url} refused: body exceeds the {max_bytes}-byte cap")
-        if time.monotonic() > deadline:
+        now = time.monotonic()
+        if now > deadline:
             raise ImageError(f"image {url} timed out after {timeout_s:g}s ({len(body)} bytes received)")
+        elapsed = now - started
+        if elapsed > timeout_s / 2 and len(body) < MIN_BODY_RATE * elapsed:
+            raise ImageError(f"image {url} too slow: {len(body)} bytes in {elapsed:.1f}s, under the minimum "
+                             f"{MIN_BODY_RATE:g} bytes/s")
     if not body:
         raise ImageError(f"image {url} is empty")
     return bytes(body)

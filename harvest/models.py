@@ -22,6 +22,10 @@ class RunConfig(BaseModel):
     max_extractions: int = Field(
         default=150, ge=1, le=1_000_000, description="Stop extracting after this many raw activities."
     )
+    max_crawl_seconds: float = Field(
+        default=1800, gt=0, le=7 * 24 * 3600,
+        description="Stop crawling after this many seconds and go on with the pages found so far.",
+    )
     follow_external_links: bool = Field(default=False, description="Also crawl pages on other sites.")
     include_paths: list[str] = Field(
         default_factory=list, description="Only crawl URL paths matching one of these globs (e.g. /events/*)."

@@ -153,6 +153,12 @@ class HarvestSettings(BaseSettings):
     crawl_queue_size: int | None = Field(
         default=None, ge=1, description="Pages the crawl may get ahead of its consumer before pausing (16)."
     )
+    crawl_url_budget_seconds: float | None = Field(
+        default=None, gt=0, description="Most time one URL may take, redirects and retries included (2 x the timeout)."
+    )
+    crawl_min_body_rate: float | None = Field(
+        default=None, ge=0, description="Bytes/s a page body must average after its first timeout, else cut (1024)."
+    )
     image_max_bytes: int = Field(default=15 * 1024 * 1024, description="Images larger than this are refused.")
     image_max_pixels: int = Field(default=50_000_000, description="Decompression-bomb guard for images.")
     image_processes: bool = Field(

@@ -50,6 +50,12 @@ def check_fetch_allowed(url: str, *, allow_private_networks: bool) -> None:
     Called for the start URL, every link, every redirect hop and every image, so a hostname that
     resolves to an internal address is refused wherever it appears.
     """
+    host, port = fetch_target(url)
+    approved_addresses(host, port, allow_private_networks=allow_private_networks, url=url)
+
+
+def fetch_target(url: str) -> tuple[str, int]:
+    """The host and port an http(s) `url` connects to; DisallowedURLError for any other scheme or a malformed URL."""
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -60,20 +66,36 @@ def check_fetch_allowed(url: str, *, allow_private_networks: bool) -> None:
     host = parts.hostname
     if not host:
         raise DisallowedURLError(f"refused {url!r}: no host")
+    return host, port or (443 if parts.scheme.lower() == "https" else 80)
+
+
+def approved_addresses(host: str, port: int, *, allow_private_networks: bool, url: str | None = None) -> list[str]:
+    """Resolve `host` once and return its addresses if every one may be contacted, else raise DisallowedURLError.
+
+    A connection must go to one of the addresses returned here (see `harvest.net.pinned`): resolving the
+    name again to connect would let a DNS answer that changed in between (DNS rebinding) slip past the check.
+    """
+    what = url if url is not None else f"{host}:{port}"
     try:
-        infos = socket.getaddrinfo(host, port or (443 if parts.scheme == "https" else 80))
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise DisallowedURLError(f"refused {url!r}: host {host!r} does not resolve ({exc})") from exc
+        raise DisallowedURLError(f"refused {what!r}: host {host!r} does not resolve ({exc})") from exc
     except UnicodeError as exc:  # the IDNA codec refuses the name: a label over 63 characters, an empty label
-        raise DisallowedURLError(f"refused {url!r}: host {host!r} is not a valid host name ({exc})") from exc
+        raise DisallowedURLError(f"refused {what!r}: host {host!r} is not a valid host name ({exc})") from exc
+    addresses: list[str] = []
     for info in infos:
         address = str(info[4][0]).split("%", 1)[0]
         ip = ipaddress.ip_address(address)
         mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
         if ip in METADATA_ADDRESSES or mapped in METADATA_ADDRESSES:
-            raise DisallowedURLError(f"refused {url!r}: {host} resolves to the cloud metadata address {address}")
+            raise DisallowedURLError(f"refused {what!r}: {host} resolves to the cloud metadata address {address}")
         if not allow_private_networks and not is_public_address(address):
             raise DisallowedURLError(
-                f"refused {url!r}: {host} resolves to non-public address {address} "
+                f"refused {what!r}: {host} resolves to non-public address {address} "
                 "(set HARVEST_ALLOW_PRIVATE_NETWORKS=true to allow)"
             )
+        if address not in addresses:
+            addresses.append(address)
+    if not addresses:
+        raise DisallowedURLError(f"refused {what!r}: host {host!r} resolves to no address")
+    return addresses

@@ -83,6 +83,9 @@ def scrape(
     max_pages: int | None = typer.Option(None, help="Stop after this many pages."),
     max_depth: int | None = typer.Option(None, help="How many links deep to follow."),
     max_extractions: int | None = typer.Option(None, help="Stop after this many raw activities."),
+    max_crawl_seconds: float | None = typer.Option(
+        None, help="Stop crawling after this many seconds and go on with the pages found (default 1800)."
+    ),
     auto_import: bool = typer.Option(False, "--auto-import", help="Import into activities and delete the run's files."),
     render: str | None = typer.Option(None, help="auto | browser | http."),
     config_json: str | None = typer.Option(None, "--config", help="Full run config as JSON (flags override it)."),
@@ -106,7 +109,7 @@ def scrape(
         base = json.loads(config_json) if config_json else {}
         overrides = {
             "max_pages": max_pages, "max_depth": max_depth, "max_extractions": max_extractions, "render": render,
-            "max_cost_usd": max_cost_usd,
+            "max_crawl_seconds": max_crawl_seconds, "max_cost_usd": max_cost_usd,
         }
         base.update({k: v for k, v in overrides.items() if v is not None})
         if auto_import:

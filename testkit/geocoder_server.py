@@ -20,8 +20,9 @@ server can be driven by e2e tests):
 * ``POST /_testkit/config`` ``{"fail": [{"path": "/search", "count": 2, "mode": "status", "status": 429,
   "retry_after": 0.1}]}`` — modes: ``status`` (HTTP error with that status), ``timeout`` (sleep ``sleep_s``
   before answering normally: longer than the client's timeout), ``garbage`` (HTTP 200 with a non-JSON body),
-  ``over_query_limit`` (Google's HTTP 200 ``OVER_QUERY_LIMIT`` status). ``retry_after`` is seconds, or a
-  string sent as it is (an HTTP date).
+  ``over_query_limit`` (Google's HTTP 200 ``OVER_QUERY_LIMIT`` status), ``drip`` (HTTP 200 headers at once,
+  then a JSON body one byte every ``sleep_s``: no single read ever waits long, only a total deadline ends
+  it). ``retry_after`` is seconds, or a string sent as it is (an HTTP date).
 * ``GET /_testkit/stats`` → per-endpoint counters; ``POST /_testkit/reset`` → no rules, zero counters.
 
 CLI: ``python -m testkit.geocoder_server --port P [--api-key K]`` prints the base URL and runs until SIGTERM.
@@ -317,17 +318,21 @@ class FailureRule:
 
     path: str = "/"
     count: int = 1
-    mode: str = "status"  # status | timeout | garbage | over_query_limit
+    mode: str = "status"  # status | timeout | garbage | over_query_limit | drip
     status: int = 500
     # Seconds (sent as "%g"), or a string sent verbatim: an HTTP date such as formatdate(..., usegmt=True).
     retry_after: float | str | None = None
     sleep_s: float = 2.0
 
     def __post_init__(self) -> None:
-        if self.mode not in {"status", "timeout", "garbage", "over_query_limit"}:
+        if self.mode not in {"status", "timeout", "garbage", "over_query_limit", "drip"}:
             raise ValueError(f"unknown failure mode {self.mode!r}")
         if self.count < 0:
             raise ValueError("count must be >= 0")
+
+
+def _drip_body() -> bytes:
+    return json.dumps([{"lat": "-37.7", "lon": "145.1", "display_name": "dripped"}] * 50).encode("utf-8")
 
 
 class GeocoderTestServer(LoopbackServer):
@@ -347,6 +352,22 @@ class GeocoderTestServer(LoopbackServer):
     @property
     def base_url(self) -> str:
         return f"http://{self._host}:{self._port}"
+
+    def _drip(self, req: Any, every_s: float) -> None:
+        body = _drip_body()
+        try:
+            req.send_response(200)
+            req.send_header("Content-Type", "application/json")
+            req.send_header("Content-Length", str(len(body)))
+            req.end_headers()
+            for index in range(len(body)):
+                if self._stopping.is_set():
+                    break
+                req.wfile.write(body[index : index + 1])
+                req.wfile.flush()
+                self._stopping.wait(every_s)
+        except OSError:
+            req.close_connection = True  # the client gave up, as it should
 
     # -- control ---------------------------------------------------------------------------------------
     def fail_next(self, count: int = 1, *, mode: str = "status", status: int = 500, path: str = "/",
@@ -428,6 +449,9 @@ class GeocoderTestServer(LoopbackServer):
                 self._stopping.wait(rule.sleep_s)
             elif rule.mode == "garbage":
                 req.send_bytes(200, b"<html><body>502 Bad Gateway</body></html>{not json", "application/json")
+                return
+            elif rule.mode == "drip":
+                self._drip(req, rule.sleep_s)
                 return
             elif rule.mode == "status":
                 headers = {} if rule.retry_after is None else {"Retry-After": (

@@ -58,6 +58,8 @@ same JSON keys, ``GET /_testkit/stats``, ``POST /_testkit/reset``). Config keys:
 * ``error_ids``: custom_ids whose batch output line is an error (in the error file);
 * ``wrong_dimension_ids``: custom_ids whose vector has half the requested dimensions;
 * ``delay_s`` (and ``delay_path``, default ``/v1/``): sleep before answering;
+* ``drip_s`` (same ``delay_path``): send the whole answer, headers included, one byte every ``drip_s``
+  (no single read waits long: only a total deadline ends it);
 * ``polls_until_complete``, ``dimensions``;
 * ``finalizing_polls`` (default 1): how many polls before the end say ``finalizing``/``cancelling``;
 * ``shuffle_output`` (default true): output and error file lines in a shuffled order;
@@ -222,6 +224,30 @@ class FailureRule:
             raise ValueError("count must be >= 0")
 
 
+class _DripWriter:
+    """Writes through to the socket one byte at a time, `every_s` apart (a trickling server or proxy)."""
+
+    def __init__(self, inner: Any, every_s: float, stopping: threading.Event) -> None:
+        self._inner = inner
+        self._every_s = every_s
+        self._stopping = stopping
+
+    def write(self, data: bytes) -> int:
+        for index in range(len(data)):
+            if self._stopping.is_set():
+                break
+            self._inner.write(data[index : index + 1])
+            self._inner.flush()
+            self._stopping.wait(self._every_s)
+        return len(data)
+
+    def flush(self) -> None:
+        self._inner.flush()
+
+    def __getattr__(self, name: str) -> Any:  # closed, close, ...: the socket file's own
+        return getattr(self._inner, name)
+
+
 @dataclass
 class _Config:
     failures: list[FailureRule] = field(default_factory=list)
@@ -230,6 +256,7 @@ class _Config:
     wrong_dimension_ids: set[str] = field(default_factory=set)
     delay_s: float = 0.0
     delay_path: str = "/v1/"
+    drip_s: float = 0.0
     polls_until_complete: int = 2
     dimensions: int = 1536
     finalizing_polls: int = 1
@@ -319,7 +346,7 @@ class OpenAITestServer(LoopbackServer):
     def configure(self, config: dict[str, Any] | None = None, **kwargs: Any) -> None:
         """Apply config keys (module docstring); the same JSON ``POST /_testkit/config`` takes."""
         settings = {**(config or {}), **kwargs}
-        known = {"fail", "batch_outcome", "error_ids", "wrong_dimension_ids", "delay_s", "delay_path",
+        known = {"fail", "batch_outcome", "error_ids", "wrong_dimension_ids", "delay_s", "delay_path", "drip_s",
                  "polls_until_complete", "dimensions", "finalizing_polls", "shuffle_output", "completed_before_end",
                  "rate_limit_requests", "rate_limit_window_s", "chat_answers"}
         unknown = set(settings) - known
@@ -346,6 +373,8 @@ class OpenAITestServer(LoopbackServer):
                 c.delay_s = float(settings["delay_s"])
             if "delay_path" in settings:
                 c.delay_path = str(settings["delay_path"])
+            if "drip_s" in settings:
+                c.drip_s = float(settings["drip_s"])
             if "polls_until_complete" in settings:
                 c.polls_until_complete = int(settings["polls_until_complete"])
             if "dimensions" in settings:
@@ -439,8 +468,12 @@ class OpenAITestServer(LoopbackServer):
         with self._lock:
             self._arrivals.append((time.monotonic(), method, path))
             delay = self._config.delay_s if path.startswith(self._config.delay_path) else 0.0
+            drip = self._config.drip_s if path.startswith(self._config.delay_path) else 0.0
         if delay:
             self._stopping.wait(delay)
+        if drip:
+            self._count("dripped")
+            req.wfile = _DripWriter(req.wfile, drip, self._stopping)  # type: ignore[assignment]
         route = next(((name, m) for verb, pattern, name in self._ROUTES
                       if verb == method and (m := pattern.match(path))), None)
         if route is None:

@@ -29,6 +29,12 @@ def test_invalid_url_exits_2_with_the_reason_on_stderr(harvest_env, tmp_path) ->
     assert "only http and https" in done.stderr
 
 
+def test_max_crawl_seconds_flag_reaches_the_run_config(harvest_env, tmp_path) -> None:
+    done = harvest(["scrape", "https://example.org/", "--max-crawl-seconds", "0", "--json"], harvest_env, tmp_path)
+    assert done.returncode == 2
+    assert "max_crawl_seconds" in done.stderr and "greater than 0" in done.stderr
+
+
 def test_scrape_json_then_runs_commands(harvest_env, demo_site, tmp_path) -> None:
     done = harvest(["scrape", demo_site.base_url + "/", "--max-pages", "25", "--max-extractions", "8", "--json"],
                    harvest_env, tmp_path)

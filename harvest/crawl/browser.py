@@ -38,6 +38,7 @@ from harvest.crawl.guard_proxy import REFUSED_HEADER, GuardProxy
 from harvest.crawl.http_fetch import media_type
 from harvest.crawl.page import PageFailed
 from harvest.errors import DisallowedURLError
+from harvest.net.pinned import AddressBook
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +176,7 @@ class BrowserRenderer:
         settle_s: float,
         max_chars: int,
         quiet_s: float = QUIET_S,
+        book: AddressBook | None = None,
     ) -> None:
         self.executable_path = executable_path
         self.user_agent = user_agent
@@ -191,7 +193,9 @@ class BrowserRenderer:
         self.proxy_refused: Counter[str] = Counter()
         self._pages = asyncio.Semaphore(max_pages)
         self._start_lock = asyncio.Lock()
-        self._guard = HostGuard(allow_private_networks=allow_private_networks)
+        # One address book for the route handler and the proxy (and the crawl's fetcher, when it passes its
+        # own): the address checked for a host is the address the proxy dials.
+        self._guard = HostGuard(allow_private_networks=allow_private_networks, book=book)
         self._playwright: Any = None
         self._browser: Any = None
         self._context: Any = None
@@ -211,7 +215,8 @@ class BrowserRenderer:
             from playwright.async_api import async_playwright
 
             use_node_compile_cache()
-            self._proxy = GuardProxy(allow_private_networks=self.allow_private_networks, refused=self.proxy_refused)
+            self._proxy = GuardProxy(allow_private_networks=self.allow_private_networks, refused=self.proxy_refused,
+                                     book=self._guard.book)
             proxy_url = await self._proxy.start()
             self._playwright = await async_playwright().start()
             try:

@@ -36,6 +36,7 @@ from harvest.crawl.robots import RobotsPolicy, fetch_robots, origin_of
 from harvest.crawl.sitemap import collect_sitemap_urls
 from harvest.errors import CrawlError, DisallowedURLError
 from harvest.models import RunConfig
+from harvest.net.pinned import AddressBook
 from harvest.urls import validate_start_url
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,8 @@ class _Engine:
         self.emitted_keys: set[str] = set()
         self.pages_emitted = 0
         self.stop_reason: str | None = None  # set by the consumer that stops the crawl early (max_extractions)
+        self.deadline_passed = False  # max_crawl_seconds ran out: the crawl stopped, the run goes on
+        self.cut_mid_fetch: list[str] = []  # URLs in flight when the deadline stopped the crawl
         self.fetcher: HttpFetcher | None = None
         self.renderer: BrowserRenderer | None = None
 
@@ -114,6 +117,9 @@ class _Engine:
 
     async def run(self) -> None:
         options = self.options
+        # One address book for the whole crawl: the fetcher's guard and transport and the browser's proxy
+        # all connect to the addresses checked for a host, never to a second DNS answer.
+        book = AddressBook(allow_private_networks=options.allow_private_networks)
         async with HttpFetcher(
             user_agent=options.user_agent,
             allow_private_networks=options.allow_private_networks,
@@ -122,6 +128,9 @@ class _Engine:
             retries=options.retries,
             backoff_s=options.backoff_s,
             max_connections=max(options.max_concurrency, options.per_host_concurrency) * 2,
+            url_budget_s=options.url_budget_s,
+            min_body_rate=options.min_body_rate,
+            book=book,
         ) as fetcher:
             self.fetcher = fetcher
             if self.mode != "http":
@@ -134,6 +143,7 @@ class _Engine:
                         timeout_s=options.timeout_s,
                         settle_s=options.settle_s,
                         max_chars=options.max_page_bytes,
+                        book=book,
                     )
                 else:
                     log.warning(
@@ -154,16 +164,25 @@ class _Engine:
                             self.stats.skipped["browser_request_refused"] = sum(self.renderer.refused.values())
 
     async def _crawl_until_stopped(self) -> None:
-        """Run the crawl, cancelling it promptly when the consumer closes (even mid-fetch or mid-backoff)."""
+        """Run the crawl, cancelling it promptly when the consumer closes (even mid-fetch or mid-backoff) or
+        when `max_crawl_seconds` has passed (then the pages so far go on to the rest of the run)."""
+        deadline = time.monotonic() + self.config.max_crawl_seconds
         task = asyncio.create_task(self._crawl())
         while not task.done():
-            await asyncio.wait({task}, timeout=0.1)
-            if self.stopping() and not task.done():
+            await asyncio.wait({task}, timeout=max(0.0, min(0.1, deadline - time.monotonic())))
+            if task.done():
+                break
+            if self.stopping():
+                task.cancel()
+            elif time.monotonic() >= deadline:
+                self.deadline_passed = True
+                log.warning("max_crawl_seconds=%g passed: stopping the crawl with %d page(s) fetched",
+                            self.config.max_crawl_seconds, self.pages_emitted)
                 task.cancel()
         try:
             await task
         except asyncio.CancelledError:
-            if not self.stopping():
+            if not (self.stopping() or self.deadline_passed):
                 raise
 
     async def _crawl(self) -> None:
@@ -256,6 +275,10 @@ class _Engine:
                 self._unfollowed("max_pages", left, self.frontier.queued())
         finally:
             pending = set(in_flight) | set(rendering)
+            if self.deadline_passed:
+                self.cut_mid_fetch = [item.url for task, (_, item) in (in_flight | rendering).items()
+                                      if not task.done()]
+                self.cut_mid_fetch += [step.item.url for _, step in [*backlog, *waiting]]
             for task in pending:
                 task.cancel()
             if pending:
@@ -335,6 +358,11 @@ class _Engine:
         left = len(self.frontier)
         if left and self.stopping() and self.stop_reason:
             self._unfollowed(self.stop_reason, left, self.frontier.queued())
+        if self.deadline_passed:
+            unfetched = self.cut_mid_fetch + self.frontier.queued()
+            self._unfollowed("max_crawl_seconds", len(self.cut_mid_fetch) + left, unfetched[:UNFOLLOWED_EXAMPLES])
+            with self.stats_lock:
+                self.stats.deadline_cut_in_flight = len(self.cut_mid_fetch)
 
     def _accept_duplicate(self, url: str) -> None:
         log.info("skipped %s: duplicate of an already crawled page", url)

@@ -5,7 +5,8 @@ inside Chromium without calling the route handler (verified with Playwright 1.65
 redirecting the browser to 169.254.169.254 or an intranet host would slip past it. Chromium is
 therefore launched with this proxy (Playwright forces loopback through it too): each redirect hop,
 fetch(), iframe and WebSocket is a new proxied connection and is checked by
-`harvest.urls.check_fetch_allowed` before we connect upstream.
+the SSRF guard before we connect upstream. The proxy dials the address the guard approved itself (never the
+name again), so a DNS answer that changes between the check and the connection cannot lead it inside.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections import Counter
 from urllib.parse import urlsplit
 
 from harvest.errors import DisallowedURLError
-from harvest.urls import check_fetch_allowed
+from harvest.net.pinned import AddressBook
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,10 @@ class GuardProxy:
         allow_private_networks: bool,
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
         refused: Counter[str] | None = None,
+        book: AddressBook | None = None,
     ) -> None:
         self.allow_private_networks = allow_private_networks
+        self.book = book if book is not None else AddressBook(allow_private_networks=allow_private_networks)
         self.connect_timeout_s = connect_timeout_s
         self.refused: Counter[str] = refused if refused is not None else Counter()
         self._server: asyncio.Server | None = None
@@ -99,7 +102,7 @@ class GuardProxy:
             port = parts.port or 80
             check_url = target
         try:
-            await asyncio.to_thread(check_fetch_allowed, check_url, allow_private_networks=self.allow_private_networks)
+            addresses = await asyncio.to_thread(self.book.check, check_url)
         except DisallowedURLError as exc:
             self.refused[host] += 1
             log.info("browser connection refused by the SSRF guard proxy: %s", exc)
@@ -107,7 +110,7 @@ class GuardProxy:
             return
         try:
             upstream_reader, upstream_writer = await asyncio.wait_for(
-                asyncio.open_connection(host, port, limit=MAX_HEAD_BYTES), self.connect_timeout_s
+                _open_first(addresses, port), self.connect_timeout_s
             )
         except (OSError, TimeoutError) as exc:
             await _reply(writer, 502, f"cannot connect to {host}:{port}: {exc}")
@@ -133,6 +136,17 @@ class GuardProxy:
         finally:
             with contextlib.suppress(Exception):
                 upstream_writer.close()
+
+
+async def _open_first(addresses: list[str], port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect to the first approved address that answers (by IP: the name is not resolved again)."""
+    error: OSError | None = None
+    for address in addresses:
+        try:
+            return await asyncio.open_connection(address, port, limit=MAX_HEAD_BYTES)
+        except OSError as exc:
+            error = exc
+    raise error if error is not None else OSError(f"no approved address to connect to on port {port}")
 
 
 def _netloc(host: str, port: int) -> str:

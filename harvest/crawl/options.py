@@ -12,7 +12,7 @@ from dataclasses import MISSING, dataclass, fields, replace
 from typing import TYPE_CHECKING
 
 from harvest.crawl.frontier import DEFAULT_TRAP_LIMIT
-from harvest.crawl.http_fetch import DEFAULT_MAX_BYTES
+from harvest.crawl.http_fetch import DEFAULT_MAX_BYTES, DEFAULT_MIN_BODY_RATE
 
 if TYPE_CHECKING:
     from harvest.settings import HarvestSettings
@@ -48,6 +48,11 @@ class CrawlOptions:
     """Longest wait for a rendered page's network and DOM to go quiet."""
     queue_size: int = 16
     """Pages the crawl may get ahead of its consumer before it pauses."""
+    url_budget_s: float | None = None
+    """Most time one URL may hold a fetch slot, first byte requested to last byte read, redirects and retries
+    included; None: twice `timeout_s`."""
+    min_body_rate: float = DEFAULT_MIN_BODY_RATE
+    """Bytes per second a page body must average once it has taken `timeout_s`; slower bodies are cut."""
 
     @classmethod
     def from_settings(cls, settings: HarvestSettings) -> CrawlOptions:

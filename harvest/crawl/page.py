@@ -48,7 +48,10 @@ class CrawlStats:
     pages_queued: int = 0
     """URLs waiting in the frontier right now (for progress displays)."""
     unfollowed: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Links a limit left unfollowed: reason (max_pages, max_depth, max_extractions) -> {count, examples}."""
+    """Links a limit left unfollowed: reason (max_pages, max_depth, max_extractions, max_crawl_seconds) ->
+    {count, examples}."""
+    deadline_cut_in_flight: int = 0
+    """URLs being fetched or rendered when `max_crawl_seconds` stopped the crawl (counted in `unfollowed`)."""
 
     def snapshot(self) -> CrawlStats:
         return copy.deepcopy(self)

@@ -90,9 +90,19 @@ def collect_raw_activities(
     result.failed_urls.extend(
         {"url": failed.url, "reason": failed.reason, "status": failed.status} for failed in stats.failed_urls
     )
-    limits = {"max_pages": config.max_pages, "max_depth": config.max_depth, "max_extractions": config.max_extractions}
+    limits = {"max_pages": config.max_pages, "max_depth": config.max_depth, "max_extractions": config.max_extractions,
+              "max_crawl_seconds": config.max_crawl_seconds}
     for reason, entry in stats.unfollowed.items():
         result.stats.details[f"unfollowed_{reason}"] = entry["count"]
+        if reason == "max_crawl_seconds":
+            result.stats.details["crawl_deadline_hit"] = True
+            result.warn(
+                f"crawl deadline hit: max_crawl_seconds={config.max_crawl_seconds:g} passed after "
+                f"{stats.pages_fetched} page(s); {entry['count']} URL(s) left unfetched "
+                f"({stats.deadline_cut_in_flight} cut mid-fetch), e.g. " + ", ".join(entry["examples"])
+                + "; the run went on with the pages fetched"
+            )
+            continue
         result.warn(
             f"{reason}={limits.get(reason)} stopped the crawl with {entry['count']} link(s) unfollowed, e.g. "
             + ", ".join(entry["examples"])

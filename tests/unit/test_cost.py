@@ -113,8 +113,8 @@ def test_a_batch_output_line_carries_the_tokens_it_was_billed() -> None:
 
 def test_google_geocodes_stop_at_the_budget_and_nominatim_costs_nothing() -> None:
     addresses = [f"{n} Main Rd, Eltham VIC 3095, Australia" for n in range(1, 5)]
-    with GeocoderTestServer(api_key="key") as server:
-        google = GoogleGeocoder("key", server.base_url, rate_per_second=1000, timeout_s=2, retries=0)
+    with GeocoderTestServer(api_key="cost-test-google-key") as server:
+        google = GoogleGeocoder("cost-test-google-key", server.base_url, rate_per_second=1000, timeout_s=2, retries=0)
         meter = Meter("geocode", limit=0.0125)  # $5 per 1,000: two requests fit, a third would pass it
         metered = MeteredGeocoder(google, "google", meter)
         answers = [metered.geocode(address) for address in addresses]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -269,6 +270,20 @@ def test_embed_texts_survives_429_then_500(client: openai.OpenAI, oai: OpenAITes
     [vector] = embed_texts(client, ["hello"], model=MODEL, dimensions=DIMS)
     assert np.array_equal(vector, embedding_vector("hello", DIMS))
     assert oai.stats()["embeddings"] == 3
+
+
+def test_a_dripping_api_is_cut_at_the_per_request_deadline(oai: OpenAITestServer) -> None:
+    # The whole answer, headers included, one byte every 0.05 s (a ~500-byte answer: ~25 s a request);
+    # no single read waits near the 0.5 s timeout, so only the total deadline per request ends it.
+    # Bound: 2 requests (1 SDK retry) x 0.5 s, plus the SDK's backoff (under 1 s).
+    oai.configure(drip_s=0.05, delay_path="/v1/embeddings")
+    client = make_openai_client("sk-test", oai.base_url, max_retries=1, timeout_s=0.5)
+    started = time.monotonic()
+    with pytest.raises(EmbeddingError, match="(?i)timed? ?out"):
+        embed_texts(client, ["hello"], model=MODEL, dimensions=DIMS)
+    elapsed = time.monotonic() - started
+    assert oai.stats()["dripped"] == 2
+    assert 1.0 <= elapsed < 1.0 + 1.0 + 1.5, elapsed  # 1.5 s for a loaded machine
 
 
 def test_embed_texts_refuses_wrong_dimensions_and_empty_text(client: openai.OpenAI) -> None:

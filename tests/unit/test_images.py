@@ -257,6 +257,30 @@ def test_slow_drip_hits_the_total_deadline(server: ImageServer, store: LocalStor
     def drip(handler: BaseHTTPRequestHandler) -> None:
         handler.send_response(200)
         handler.send_header("Content-Type", "image/jpeg")
+        handler.send_header("Content-Length", "30000")
+        handler.end_headers()
+        try:
+            for _ in range(100):  # 3 KB/s: above the minimum rate, but 10 s in all
+                handler.wfile.write(b"\xff" * 300)
+                handler.wfile.flush()
+                time.sleep(0.1)
+        except OSError:
+            pass  # the client gave up, as it should
+
+    server.routes["/drip.jpg"] = drip
+    started = time.perf_counter()
+    info = process(server.base + "/drip.jpg", store, timeout_s=1.0)
+    elapsed = time.perf_counter() - started
+    assert info.error and "timed out after 1s" in info.error
+    # The drip would last 10 s, each chunk arrives well within any per-read timeout and the rate is above the
+    # minimum: only the 1 s total deadline stops it. Lower bound: the deadline is not cut short.
+    assert elapsed >= 0.9 and elapsed < 12
+
+
+def test_a_body_under_the_minimum_rate_is_cut_at_half_the_deadline(server: ImageServer, store: LocalStore) -> None:
+    def drip(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "image/jpeg")
         handler.send_header("Content-Length", "100")
         handler.end_headers()
         try:
@@ -265,16 +289,14 @@ def test_slow_drip_hits_the_total_deadline(server: ImageServer, store: LocalStor
                 handler.wfile.flush()
                 time.sleep(0.2)
         except OSError:
-            pass  # the client gave up, as it should
+            pass
 
     server.routes["/drip.jpg"] = drip
     started = time.perf_counter()
-    info = process(server.base + "/drip.jpg", store, timeout_s=1.0)
+    info = process(server.base + "/drip.jpg", store, timeout_s=2.0)
     elapsed = time.perf_counter() - started
-    assert info.error and "timed out" in info.error
-    # The drip would last 20 s and each byte arrives well within any per-read timeout: only the 1 s total
-    # deadline stops it. Lower bound: the deadline is not cut short; the cap is generous, far below 20 s.
-    assert elapsed >= 0.9 and elapsed < 12
+    assert info.error and "too slow" in info.error and "under the minimum 1024 bytes/s" in info.error
+    assert 0.9 <= elapsed < 1.9  # cut once half the 2 s deadline has passed, before the deadline itself
 
 
 def test_404_reports_the_status(server: ImageServer, store: LocalStore) -> None:
