@@ -20,12 +20,13 @@ from flows.traffic import CountedTask, Traffic
 from harvest.crawl import CrawlStats
 from harvest.db import runs as run_rows
 from harvest.db.caches import LLMAnswerCache
+from harvest.db.page_cache import PageCache
 from harvest.embeddings import make_openai_client
 from harvest.errors import BatchNotReadyError
 from harvest.extract.llm import LLMExtractor
 from harvest.geocode import make_geocoder
 from harvest.models import FileRef, ImportSummary, RunConfig
-from harvest.stages.collect import collect_raw_activities, copy_raw_activities
+from harvest.stages.collect import EXTRACTOR_VERSION, collect_raw_activities, copy_raw_activities
 from harvest.stages.common import Chunk, StageResult
 from harvest.stages.diff import diff_with_previous_run as diff_stage
 from harvest.stages.embed import SubmittedBatch, collect_embeddings, submit_embeddings
@@ -78,7 +79,10 @@ def crawl_and_extract(run_id: str, url: str, config: RunConfig, progress_id: str
     def on_progress(stats: CrawlStats, found: int) -> None:
         progress.crawl(stats.pages_fetched, stats.pages_queued, found, config.max_pages)
 
-    result = collect_raw_activities(res.store, run_id, url, config, res.settings, llm=llm, on_progress=on_progress)
+    memory = PageCache(res.engine, EXTRACTOR_VERSION) if res.settings.crawl_revalidate else None
+    result = collect_raw_activities(
+        res.store, run_id, url, config, res.settings, llm=llm, on_progress=on_progress, memory=memory
+    )
     record_stage(res, run_id, "crawl", result)
     if result.unfollowed:  # what a limit cut off, for the summary, the CLI and the UI
         run_rows.record_step(res.engine, run_id, "unfollowed", result.unfollowed)

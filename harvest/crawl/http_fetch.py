@@ -133,19 +133,22 @@ class HttpFetcher:
         """Run the SSRF guard (off the event loop, cached per host); raises DisallowedURLError."""
         await self._guard.check(url)
 
-    async def fetch(self, url: str, *, pages_only: bool = True, max_bytes: int | None = None) -> FetchResult:
+    async def fetch(
+        self, url: str, *, pages_only: bool = True, max_bytes: int | None = None, headers: dict[str, str] | None = None
+    ) -> FetchResult:
         """GET `url`, following up to `max_redirects` redirects, each hop checked by the SSRF guard.
 
         Returns the final response even for 4xx/5xx (the caller decides what a status means); raises
         FetchFailed for network failures after retries and for redirect loops/chains, and
         DisallowedURLError when any hop is refused. With `pages_only`, non-HTML bodies are not downloaded.
+        `headers` go with every hop (conditional request headers: a 304 is returned like any status).
         """
         limit = self.max_bytes if max_bytes is None else max_bytes
         current = _drop_fragment(url)
         chain = [current]
         for hop in range(self.max_redirects + 1):
             await self.check_allowed(current)
-            result = await self._get_with_retries(current, pages_only=pages_only, max_bytes=limit)
+            result = await self._get_with_retries(current, pages_only=pages_only, max_bytes=limit, headers=headers)
             location = result.headers.get("location")
             if result.status not in REDIRECT_STATUSES or not location:
                 result.requested_url = url
@@ -170,7 +173,9 @@ class HttpFetcher:
             current = target
         raise AssertionError("unreachable: the redirect loop always returns or raises")
 
-    async def _get_with_retries(self, url: str, *, pages_only: bool, max_bytes: int) -> FetchResult:
+    async def _get_with_retries(
+        self, url: str, *, pages_only: bool, max_bytes: int, headers: dict[str, str] | None = None
+    ) -> FetchResult:
         """One hop, retried with exponential backoff on timeouts, connection errors, 5xx and 429.
 
         After the last attempt a retryable status is returned like any other (the caller records it); a
@@ -185,14 +190,18 @@ class HttpFetcher:
             retry_error_callback=lambda state: self._give_up(url, state),
             sleep=asyncio.sleep,
         )
-        result: FetchResult = await retrying(self._get_bounded, url, pages_only=pages_only, max_bytes=max_bytes)
+        result: FetchResult = await retrying(
+            self._get_bounded, url, pages_only=pages_only, max_bytes=max_bytes, headers=headers
+        )
         return result
 
-    async def _get_bounded(self, url: str, *, pages_only: bool, max_bytes: int) -> FetchResult:
+    async def _get_bounded(
+        self, url: str, *, pages_only: bool, max_bytes: int, headers: dict[str, str] | None = None
+    ) -> FetchResult:
         try:
             # httpx timeouts are per read; the overall bound stops a server dripping one byte a second.
             async with asyncio.timeout(self.timeout_s * 3):
-                return await self._get_once(url, pages_only=pages_only, max_bytes=max_bytes)
+                return await self._get_once(url, pages_only=pages_only, max_bytes=max_bytes, headers=headers)
         except (httpx.InvalidURL, httpx.DecodingError) as exc:
             # Not worth a retry: httpx refuses a Location it cannot parse even when it is not following
             # redirects (a 302 to "javascript:..."), or the body does not decode (a lying Content-Encoding).
@@ -221,9 +230,11 @@ class HttpFetcher:
         exc = outcome.exception() if outcome is not None else None
         raise FetchFailed(url, f"{self._failure_reason(exc)} ({self.retries + 1} attempts)") from exc
 
-    async def _get_once(self, url: str, *, pages_only: bool, max_bytes: int) -> FetchResult:
-        headers = {"Accept": ACCEPT_PAGES} if pages_only else {}
-        async with self._client.stream("GET", url, headers=headers) as response:
+    async def _get_once(
+        self, url: str, *, pages_only: bool, max_bytes: int, headers: dict[str, str] | None = None
+    ) -> FetchResult:
+        sent = {"Accept": ACCEPT_PAGES} if pages_only else {}
+        async with self._client.stream("GET", url, headers={**sent, **(headers or {})}) as response:
             ctype = media_type(response.headers.get("content-type"))
             result = FetchResult(
                 url=url,
