@@ -26,7 +26,7 @@ from harvest.errors import BatchNotReadyError
 from harvest.extract.llm import LLMExtractor
 from harvest.geocode import make_geocoder
 from harvest.models import FileRef, ImportSummary, RunConfig
-from harvest.stages.collect import EXTRACTOR_VERSION, collect_raw_activities, copy_raw_activities
+from harvest.stages.collect import collect_raw_activities, copy_raw_activities, extraction_version
 from harvest.stages.common import Chunk, StageResult
 from harvest.stages.diff import diff_with_previous_run as diff_stage
 from harvest.stages.embed import SubmittedBatch, collect_embeddings, submit_embeddings
@@ -79,7 +79,7 @@ def crawl_and_extract(run_id: str, url: str, config: RunConfig, progress_id: str
     def on_progress(stats: CrawlStats, found: int) -> None:
         progress.crawl(stats.pages_fetched, stats.pages_queued, found, config.max_pages)
 
-    memory = PageCache(res.engine, EXTRACTOR_VERSION) if res.settings.crawl_revalidate else None
+    memory = PageCache(res.engine, extraction_version(llm)) if res.settings.crawl_revalidate else None
     result = collect_raw_activities(
         res.store, run_id, url, config, res.settings, llm=llm, on_progress=on_progress, memory=memory
     )

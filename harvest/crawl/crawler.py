@@ -79,6 +79,7 @@ class _Render:
     document: PrefetchedDocument | None = None
     # What that response said about its version, kept with the rendered page for the next crawl.
     validators: Validators | None = None
+    fetched_at: datetime | None = None
 
 
 _Outcome = _Fetched | _Skipped | FailedURL
@@ -225,6 +226,7 @@ class _Engine:
                     seq, step = backlog.popleft()
                     if step.keys & self.emitted_keys:
                         self._accept_duplicate(step.requested_url or step.item.url)
+                        await self._remember_render_duplicate(step)
                         continue
                     if any(step.keys & keys for keys in rendering_keys.values()):
                         waiting.append((seq, step))
@@ -438,7 +440,7 @@ class _Engine:
                 if result is not None and result.url == url and result.status == 200 and not result.truncated:
                     return _Render(item, document=PrefetchedDocument.from_response(
                         result.url, result.status, result.headers, result.body
-                    ), validators=Validators.from_headers(result.headers))
+                    ), validators=Validators.from_headers(result.headers), fetched_at=response_time(result.headers))
                 return _Render(item)
             if result is None:
                 async with gate.slot():
@@ -479,7 +481,7 @@ class _Engine:
                     result.url, result.status, result.headers, result.body
                 )
                 return _Render(FrontierItem(result.url, item.depth), requested_url=url, keys=keys, document=document,
-                               validators=page.validators)
+                               validators=page.validators, fetched_at=page.fetched_at)
             return await self._finish(page)
         except DisallowedURLError as exc:
             return FailedURL(url, str(exc), None)
@@ -517,16 +519,31 @@ class _Engine:
         )
         return _Fetched(page, PageLinks(links=list(remembered.links), pagination=list(remembered.pagination)))
 
+    async def _remember_render_duplicate(self, step: _Render) -> None:
+        """A page that would need the browser but duplicates one already emitted: remember its validators, so
+        the next crawl gets a 304 for it (then a duplicate again) instead of downloading and maybe rendering it."""
+        known = step.keys & self.emitted_keys
+        if self.memory is None or step.validators is None or not known or step.fetched_at is None:
+            return
+        entry = Remembered(
+            url=step.requested_url or step.item.url, page_url=min(known), final_url=step.item.url,
+            validators=step.validators, fetched_at=step.fetched_at,
+        )
+        await self._remember(entry)
+
+    async def _remember(self, entry: Remembered) -> None:
+        assert self.memory is not None
+        try:
+            await asyncio.to_thread(self.memory.remember, entry)
+        except Exception as exc:
+            log.warning("could not remember %s (%s: %s)", entry.url, type(exc).__name__, exc)
+
     async def _remember_duplicate(self, page: Page) -> None:
         """A duplicate is never emitted, so the consumer cannot remember it: remember it here (no activities:
         the page it duplicates holds them), so the next crawl revalidates it instead of downloading it."""
         entry = entry_for(page, []) if self.memory is not None and page.reused is None else None
-        if self.memory is None or entry is None:
-            return
-        try:
-            await asyncio.to_thread(self.memory.remember, entry)
-        except Exception as exc:
-            log.warning("could not remember %s (%s: %s)", page.requested_url, type(exc).__name__, exc)
+        if entry is not None:
+            await self._remember(entry)
 
     def _host_needs_browser(self, host: str) -> bool:
         """Learned rule: render a host's pages directly once at least `learn_after` of them, and at least half
@@ -558,6 +575,7 @@ class _Engine:
             if isinstance(outcome, _Fetched) and step.document is not None:
                 # Rendered from the response fetched just now: its validators describe this very document.
                 outcome.page.validators = step.validators
+                outcome.page.fetched_at = step.fetched_at or outcome.page.fetched_at
             return outcome
         except DisallowedURLError as exc:
             return FailedURL(url, str(exc), None)

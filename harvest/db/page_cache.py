@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 
 from harvest.crawl.revalidate import Remembered, Validators
 from harvest.db.caches import _upsert
-from harvest.db.engine import transaction, utcnow
+from harvest.db.engine import database_error, transaction, utcnow
 from harvest.db.schema import page_cache
 
 BATCH = 200
@@ -34,12 +34,22 @@ class PageCache:
         self.extractor = extractor
         self._pending: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
+        # On SQLite every transaction of the shared engine takes the write lock (harvest.db.engine), so eight
+        # concurrent lookups queued behind each other on the busy timeout (6 ms a lookup, most of a re-crawl).
+        # A lookup is one SELECT: run it on an engine of its own, outside any transaction, which WAL never blocks.
+        self._reader = sa.create_engine(engine.url) if engine.dialect.name == "sqlite" else engine
 
     def recall(self, url: str) -> Remembered | None:
-        with transaction(self.engine) as connection:
-            row = connection.execute(
-                sa.select(page_cache).where(page_cache.c.url == url, page_cache.c.extractor == self.extractor)
-            ).first()
+        query = sa.select(page_cache).where(page_cache.c.url == url, page_cache.c.extractor == self.extractor)
+        if self._reader is self.engine:
+            with transaction(self.engine) as connection:
+                row = connection.execute(query).first()
+        else:
+            try:
+                with self._reader.connect() as connection:
+                    row = connection.execute(query).first()
+            except sa.exc.SQLAlchemyError as exc:
+                raise database_error(exc) from exc
         if row is None:
             return None
         fetched_at = row.fetched_at if row.fetched_at.tzinfo else row.fetched_at.replace(tzinfo=UTC)

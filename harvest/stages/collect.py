@@ -26,6 +26,12 @@ logger = logging.getLogger(__name__)
 EXTRACTOR_VERSION = "1"
 
 
+def extraction_version(llm: LLMExtractor | None) -> str:
+    """The page memory's key for how pages are extracted: with or without the LLM (and which model). A page
+    without structured data gives nothing when there is no key, so a run with a key must not reuse that."""
+    return EXTRACTOR_VERSION if llm is None else f"{EXTRACTOR_VERSION}+llm:{llm.model}"
+
+
 def collect_raw_activities(
     store: ObjectStore,
     run_id: str,
@@ -72,8 +78,7 @@ def collect_raw_activities(
                     result.warn(f"LLM extraction failed for {page.url}: {exc}")
                     items, complete = [], False
             else:
-                llm_skipped_pages += 1
-                complete = False  # a later run with a key may find activities here
+                llm_skipped_pages += 1  # final for this extraction_version (a run with a key uses another)
         return items, complete
 
     def activities(session: Crawl) -> Iterator[RawActivity]:

@@ -33,7 +33,7 @@ def upgrade() -> None:
         sa.Column('links', Json, nullable=False, comment='Outgoing links, followed again when the page is reused.'),
         sa.Column('pagination', Json, nullable=False),
         sa.Column('activities', Json, nullable=False, comment='Raw activities extraction found on the page.'),
-        sa.Column('extractor', sa.String(length=32), nullable=False,
+        sa.Column('extractor', sa.Text(), nullable=False,
                   comment='Version of the extraction that found them: another version ignores the row.'),
         sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint('url', name=op.f('pk_page_cache')),

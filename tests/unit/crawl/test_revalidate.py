@@ -229,17 +229,22 @@ def test_without_a_sitemap_every_page_is_revalidated_and_a_change_is_seen(tmp_pa
     with serve_site(root) as site:
         home_url = site.url("/")
         first, _ = _crawl(home_url, memory, config, _options())
+        requested_before = {path for _, path, status in site.log if status == 200}
         write_page(root, "/", (root / "index.html").read_text("utf-8").replace("</h1>", " (new)</h1>", 1))
         site.reset_counters()
         again, stats = _crawl(site.url("/"), memory, config, _options())
-        conditional = [hit for hit in site.log if hit[2] in (200, 304) and hit[1] != "/robots.txt"]
+        answers = {path: status for _, path, status in site.log if path in requested_before}
 
     assert {page.url for page in again} == {page.url for page in first}
     assert stats.pages_lastmod_unchanged == 0
-    assert stats.pages_not_modified == len(again) - 1  # every page but the changed home page
     home = next(page for page in again if page.requested_url == home_url)
     assert home.reused is None and "(new)</h1>" in home.html
-    assert all(status == 304 for _, path, status in conditional if path != "/")
+    # Every URL the first crawl downloaded is asked for again with its validators: 304, but for the changed
+    # home page. (A canonical URL the first crawl never requested, because another spelling of the page came
+    # first, can be requested this time in full: the crawl order is not fixed.)
+    assert answers.pop("/") == 200 and answers.pop("/robots.txt") == 200
+    assert set(answers.values()) == {304}, answers
+    assert stats.pages_not_modified == sum(1 for page in again if page.reused is not None) >= len(again) - 3
 
 
 def test_links_of_a_page_skipped_by_lastmod_are_still_followed(site, tmp_path: Path) -> None:
