@@ -427,6 +427,8 @@ class _Engine:
                 and self._host_needs_browser(host)
             )
             remembered = await self._recall(url)
+            if remembered is not None and remembered.duplicate and not self._emitted(remembered):
+                remembered = None  # its activities are another page's, not emitted (yet) in this crawl
             result = None
             if remembered is not None:
                 if unchanged_since(parse_lastmod(self.lastmods.get(url)), remembered.fetched_at):
@@ -527,7 +529,7 @@ class _Engine:
             return
         entry = Remembered(
             url=step.requested_url or step.item.url, page_url=min(known), final_url=step.item.url,
-            validators=step.validators, fetched_at=step.fetched_at,
+            validators=step.validators, fetched_at=step.fetched_at, duplicate=True,
         )
         await self._remember(entry)
 
@@ -543,7 +545,12 @@ class _Engine:
         the page it duplicates holds them), so the next crawl revalidates it instead of downloading it."""
         entry = entry_for(page, []) if self.memory is not None and page.reused is None else None
         if entry is not None:
+            entry.duplicate = True
             await self._remember(entry)
+
+    def _emitted(self, remembered: Remembered) -> bool:
+        return bool({remembered.page_url, normalize_url(remembered.final_url) or remembered.final_url}
+                    & self.emitted_keys)
 
     def _host_needs_browser(self, host: str) -> bool:
         """Learned rule: render a host's pages directly once at least `learn_after` of them, and at least half

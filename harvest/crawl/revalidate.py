@@ -63,6 +63,9 @@ class Remembered:
     rendered: bool = False
     activities: list[dict[str, Any]] = field(default_factory=list)
     """What extraction found on the page (raw activities as JSON), reused without extracting again."""
+    duplicate: bool = False
+    """The URL was a duplicate of another page (`page_url`) then: its activities are that page's. Reused only
+    once that page is emitted (it is skipped as a duplicate again); otherwise it is fetched in full."""
 
 
 class PageMemory(Protocol):

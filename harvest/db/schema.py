@@ -170,6 +170,8 @@ page_cache = sa.Table(
     sa.Column("links", Json, nullable=False, comment="Outgoing links, followed again when the page is reused."),
     sa.Column("pagination", Json, nullable=False),
     sa.Column("activities", Json, nullable=False, comment="Raw activities extraction found on the page."),
+    sa.Column("duplicate", sa.Boolean, nullable=False, server_default=sa.false(),
+              comment="A duplicate of page_url then: its activities are that page's."),
     sa.Column("extractor", sa.Text, nullable=False,
               comment="Version of the extraction that found them: another version ignores the row."),
     sa.Column("updated_at", Timestamp, nullable=False),

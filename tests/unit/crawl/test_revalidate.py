@@ -327,3 +327,36 @@ def test_a_stored_entry_round_trips_through_the_table(tmp_path: Path) -> None:
     memory.flush()
     assert memory.recall("http://s/a") == entry
     assert PageCache(memory.engine, "test-2").recall("http://s/a") is None  # another extractor's rows: not used
+
+
+def _revalidating(site, path: str, body: str, etag: str) -> None:  # noqa: ANN001 - the conftest Site
+    """A route that answers If-None-Match like a static host."""
+    data = body.encode()
+
+    def handler(request):  # noqa: ANN001, ANN202
+        if request.headers.get("if-none-match") == etag:
+            return 304, {"ETag": etag}, b""
+        return 200, {"Content-Type": "text/html; charset=utf-8", "ETag": etag}, data
+
+    site.route(path, handler)
+
+
+def test_a_remembered_duplicate_is_not_reused_when_its_original_is_not_crawled(site, tmp_path: Path) -> None:
+    """First crawl: /a?ref=x carries the page (canonical /a) and /a is its duplicate. Next crawl /a?ref=x is no
+    longer linked: /a must be fetched and extracted again, not reused with the duplicate's empty activities."""
+    text = "Family fun for everyone this weekend. " * 8
+    _revalidating(site, "/a", f'<html><head><link rel="canonical" href="/a"></head><body>{text}</body></html>', '"a"')
+    _revalidating(site, "/b", f'<html><body>{text}</body></html>', '"b"')
+    site.html("/", links=["/a?ref=x", "/a", "/b"])  # dispatched, and so handled, in this order
+    memory = _memory(tmp_path)
+    config = RunConfig(render="http", max_pages=50, max_depth=5)
+    first, stats = _crawl(site.url("/"), memory, config, _options())
+    assert [page.requested_url for page in first if page.url == site.url("/a")] == [site.url("/a?ref=x")]
+    assert stats.skipped.get("duplicate") == 1
+
+    site.html("/", links=["/a", "/b"])
+    site.hits.clear()
+    again, _ = _crawl(site.url("/"), memory, config, _options())
+    page = next(page for page in again if page.url == site.url("/a"))
+    assert page.requested_url == site.url("/a") and page.reused is None and text in page.html
+    assert next(page for page in again if page.url == site.url("/b")).reuse_reason == "not_modified"
