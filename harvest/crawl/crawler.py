@@ -14,7 +14,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal
 from urllib.parse import urlsplit
@@ -122,6 +122,8 @@ class _Engine:
         self.browser_needed: Counter[str] = Counter()
         self.http_checked: Counter[str] = Counter()
         self.emitted_keys: set[str] = set()
+        # Which requested URL emitted each key, when there is a memory: a remembered duplicate names its original.
+        self.emitted_by: dict[str, str] = {}
         self.pages_emitted = 0
         self.stop_reason: str | None = None  # set by the consumer that stops the crawl early (max_extractions)
         self.fetcher: HttpFetcher | None = None
@@ -308,6 +310,8 @@ class _Engine:
             await self._remember_duplicate(page)
             return True
         self.emitted_keys |= keys
+        if self.memory is not None:
+            self.emitted_by.update(dict.fromkeys(keys, page.requested_url))
         self.pages_emitted += 1
         with self.stats_lock:
             self.stats.pages_fetched += 1
@@ -428,7 +432,8 @@ class _Engine:
             )
             remembered = await self._recall(url)
             if remembered is not None and remembered.duplicate and not self._emitted(remembered):
-                remembered = None  # its activities are another page's, not emitted (yet) in this crawl
+                # Its activities are another page's, not emitted (yet) in this crawl: take that page's.
+                remembered = await self._as_original(remembered)
             result = None
             if remembered is not None:
                 if unchanged_since(parse_lastmod(self.lastmods.get(url)), remembered.fetched_at):
@@ -527,9 +532,11 @@ class _Engine:
         known = step.keys & self.emitted_keys
         if self.memory is None or step.validators is None or not known or step.fetched_at is None:
             return
+        key = min(known)
         entry = Remembered(
-            url=step.requested_url or step.item.url, page_url=min(known), final_url=step.item.url,
+            url=step.requested_url or step.item.url, page_url=key, final_url=step.item.url,
             validators=step.validators, fetched_at=step.fetched_at, duplicate=True,
+            original_url=self.emitted_by.get(key),
         )
         await self._remember(entry)
 
@@ -546,7 +553,18 @@ class _Engine:
         entry = entry_for(page, []) if self.memory is not None and page.reused is None else None
         if entry is not None:
             entry.duplicate = True
+            known = sorted({page.url, normalize_url(page.final_url) or page.final_url} & self.emitted_keys)
+            entry.original_url = self.emitted_by.get(known[0]) if known else None
             await self._remember(entry)
+
+    async def _as_original(self, duplicate: Remembered) -> Remembered | None:
+        """A remembered duplicate as the page it duplicated (its activities and links), asked for under its own
+        URL and validators; None when that page is not remembered (the duplicate is then fetched in full)."""
+        original = await self._recall(duplicate.original_url) if duplicate.original_url else None
+        if original is None or original.duplicate:
+            return None
+        return replace(original, url=duplicate.url, final_url=duplicate.final_url, validators=duplicate.validators,
+                       fetched_at=duplicate.fetched_at, duplicate=False, original_url=None)
 
     def _emitted(self, remembered: Remembered) -> bool:
         return bool({remembered.page_url, normalize_url(remembered.final_url) or remembered.final_url}

@@ -64,8 +64,10 @@ class Remembered:
     activities: list[dict[str, Any]] = field(default_factory=list)
     """What extraction found on the page (raw activities as JSON), reused without extracting again."""
     duplicate: bool = False
-    """The URL was a duplicate of another page (`page_url`) then: its activities are that page's. Reused only
-    once that page is emitted (it is skipped as a duplicate again); otherwise it is fetched in full."""
+    """The URL was a duplicate of another page (`page_url`) then: its activities are that page's. Reused as a
+    duplicate once that page is emitted; before, as that page (`original_url`'s entry), else fetched in full."""
+    original_url: str | None = None
+    """For a duplicate: the requested URL whose entry holds the page's activities."""
 
 
 class PageMemory(Protocol):

@@ -57,7 +57,7 @@ class PageCache:
         return Remembered(
             url=row.url, page_url=row.page_url, final_url=row.final_url, validators=validators,
             fetched_at=fetched_at, links=list(row.links), pagination=list(row.pagination), rendered=row.rendered,
-            activities=list(row.activities), duplicate=row.duplicate,
+            activities=list(row.activities), duplicate=row.duplicate, original_url=row.original_url,
         )
 
     def remember(self, entry: Remembered) -> None:
@@ -67,7 +67,7 @@ class PageCache:
             "etag": validators.etag, "last_modified": validators.last_modified,
             "fetched_at": entry.fetched_at.astimezone(UTC), "rendered": entry.rendered,
             "links": entry.links, "pagination": entry.pagination, "activities": entry.activities,
-            "duplicate": entry.duplicate,
+            "duplicate": entry.duplicate, "original_url": entry.original_url,
             "extractor": self.extractor, "updated_at": utcnow(),
         }
         with self._lock:

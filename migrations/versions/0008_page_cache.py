@@ -35,6 +35,8 @@ def upgrade() -> None:
         sa.Column('activities', Json, nullable=False, comment='Raw activities extraction found on the page.'),
         sa.Column('duplicate', sa.Boolean(), server_default=sa.false(), nullable=False,
                   comment="A duplicate of page_url then: its activities are that page's."),
+        sa.Column('original_url', sa.Text(), nullable=True,
+                  comment="For a duplicate: the URL whose row holds the page's activities."),
         sa.Column('extractor', sa.Text(), nullable=False,
                   comment='Version of the extraction that found them: another version ignores the row.'),
         sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),

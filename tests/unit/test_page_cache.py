@@ -92,7 +92,9 @@ def test_an_unchanged_recrawl_gives_the_same_activities_without_extracting(
     assert details["pages_http"] == 0 and details["pages_fetched"] == first_details["pages_fetched"]
     assert details["pages_not_modified"] + details["pages_lastmod_unchanged"] == details["pages_fetched"]
     assert details["reused_activities"] == len(first)
-    assert full == ["/robots.txt", "/sitemap.xml"]
+    # robots.txt, the sitemap, and at most a `?ref=` duplicate that came up before the page it duplicates
+    assert {"/robots.txt", "/sitemap.xml"} <= set(full) and all(
+        "?ref=" in path for path in full if path not in ("/robots.txt", "/sitemap.xml")), full
 
 
 def test_a_stored_entry_that_no_longer_validates_is_fetched_and_extracted_again(

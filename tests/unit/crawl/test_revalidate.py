@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -194,7 +195,10 @@ def test_unchanged_recrawl_reuses_every_page_for_a_fraction_of_the_bytes(demo_co
     assert stats.pages_lastmod_unchanged + stats.pages_not_modified == len(again)
     assert stats.pages_lastmod_unchanged > 0.8 * len(again)  # the sitemap lists nearly every page
     assert set(statuses) == {200, 304} and statuses[304] >= stats.pages_not_modified
-    assert sorted(full) == ["/robots.txt", "/sitemap.xml"]  # only what cannot be skipped is sent in full
+    # Only what cannot be skipped is sent in full, and now and then a `?ref=` duplicate that came up before the
+    # page it duplicates (a duplicate is reused only once its original is in the crawl).
+    assert {"/robots.txt", "/sitemap.xml"} <= set(full) and all(
+        "?ref=" in path for path in full if path not in ("/robots.txt", "/sitemap.xml")), full
     assert again_bytes <= 0.10 * first_bytes, (again_bytes, first_bytes)
     # what the first crawl's consumer kept comes back with the reused page
     assert all(page.reused.activities == [{"name": page.url}] for page in again)
@@ -239,12 +243,16 @@ def test_without_a_sitemap_every_page_is_revalidated_and_a_change_is_seen(tmp_pa
     assert stats.pages_lastmod_unchanged == 0
     home = next(page for page in again if page.requested_url == home_url)
     assert home.reused is None and "(new)</h1>" in home.html
-    # Every URL the first crawl downloaded is asked for again with its validators: 304, but for the changed
-    # home page. (A canonical URL the first crawl never requested, because another spelling of the page came
-    # first, can be requested this time in full: the crawl order is not fixed.)
+    # Every page the first crawl emitted is asked for again with its validators: 304, but for the changed home
+    # page. Duplicates may be fetched in full: one is reused only once the page it duplicates is in this crawl,
+    # and the crawl order is not fixed (nor is which spelling of a page comes first).
+    emitted_before = {urlsplit(page.requested_url).path + (f"?{urlsplit(page.requested_url).query}"
+                      if urlsplit(page.requested_url).query else "") for page in first}
     assert answers.pop("/") == 200 and answers.pop("/robots.txt") == 200
-    assert set(answers.values()) == {304}, answers
-    assert stats.pages_not_modified == sum(1 for page in again if page.reused is not None) >= len(again) - 3
+    full = {path for path, status in answers.items() if status == 200}
+    assert len(full) <= len(requested_before) - len(emitted_before), full  # at most the duplicates
+    assert stats.pages_not_modified == sum(1 for page in again if page.reused is not None)
+    assert stats.pages_not_modified >= len(again) - 1 - len(full)
 
 
 def test_links_of_a_page_skipped_by_lastmod_are_still_followed(site, tmp_path: Path) -> None:
@@ -343,11 +351,22 @@ def _revalidating(site, path: str, body: str, etag: str) -> None:  # noqa: ANN00
 
 def test_a_remembered_duplicate_is_not_reused_when_its_original_is_not_crawled(site, tmp_path: Path) -> None:
     """First crawl: /a?ref=x carries the page (canonical /a) and /a is its duplicate. Next crawl /a?ref=x is no
-    longer linked: /a must be fetched and extracted again, not reused with the duplicate's empty activities."""
+    longer linked: /a must give the page's activities (its original's row), not the duplicate's empty list."""
     text = "Family fun for everyone this weekend. " * 8
-    _revalidating(site, "/a", f'<html><head><link rel="canonical" href="/a"></head><body>{text}</body></html>', '"a"')
+    page_a = f'<html><head><link rel="canonical" href="/a"></head><body>{text}</body></html>'
+    _revalidating(site, "/a?ref=x", page_a, '"a"')
+    slow = {"on": True}
+
+    def slow_a(request):  # noqa: ANN001, ANN202 - answers after /a?ref=x in the first crawl, whatever the load
+        if slow["on"]:
+            time.sleep(0.5)
+        if request.headers.get("if-none-match") == '"a"':
+            return 304, {"ETag": '"a"'}, b""
+        return 200, {"Content-Type": "text/html; charset=utf-8", "ETag": '"a"'}, page_a.encode()
+
+    site.route("/a", slow_a)
     _revalidating(site, "/b", f'<html><body>{text}</body></html>', '"b"')
-    site.html("/", links=["/a?ref=x", "/a", "/b"])  # dispatched, and so handled, in this order
+    site.html("/", links=["/a?ref=x", "/a", "/b"])
     memory = _memory(tmp_path)
     config = RunConfig(render="http", max_pages=50, max_depth=5)
     first, stats = _crawl(site.url("/"), memory, config, _options())
@@ -355,8 +374,12 @@ def test_a_remembered_duplicate_is_not_reused_when_its_original_is_not_crawled(s
     assert stats.skipped.get("duplicate") == 1
 
     site.html("/", links=["/a", "/b"])
+    slow["on"] = False
     site.hits.clear()
     again, _ = _crawl(site.url("/"), memory, config, _options())
     page = next(page for page in again if page.url == site.url("/a"))
-    assert page.requested_url == site.url("/a") and page.reused is None and text in page.html
+    # reused as the page it duplicated (a 304 for /a itself), with that page's activities, not the empty list
+    # its own row holds as a duplicate
+    assert page.requested_url == site.url("/a") and page.reuse_reason == "not_modified"
+    assert page.reused.activities == [{"name": site.url("/a")}]
     assert next(page for page in again if page.url == site.url("/b")).reuse_reason == "not_modified"
