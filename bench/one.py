@@ -90,7 +90,8 @@ def main() -> int:
     if not rerun:
         with engine.begin() as connection:
             connection.exec_driver_sql(
-                "TRUNCATE activities, run_files, scrape_runs, geocode_cache, image_cache, llm_answers CASCADE"
+                "TRUNCATE activities, run_files, scrape_runs, geocode_cache, image_cache, llm_answers, page_cache "
+                "CASCADE"
             )  # a first run starts cold: nothing cached from an earlier bench
     with tempfile.TemporaryDirectory() as tmp:
         source = write_input(Path(tmp) / "raw.jsonl", n)

@@ -22,12 +22,13 @@ from harvest.cost.geocoding import MeteredGeocoder
 from harvest.crawl import CrawlStats
 from harvest.db import runs as run_rows
 from harvest.db.caches import LLMAnswerCache
+from harvest.db.page_cache import PageCache
 from harvest.embeddings import make_openai_client
 from harvest.errors import BatchNotReadyError
 from harvest.extract.llm import LLMExtractor
 from harvest.geocode import make_geocoder
 from harvest.models import FileRef, ImportSummary, RunConfig
-from harvest.stages.collect import collect_raw_activities, copy_raw_activities
+from harvest.stages.collect import collect_raw_activities, copy_raw_activities, extraction_version
 from harvest.stages.common import Chunk, StageResult
 from harvest.stages.diff import diff_with_previous_run as diff_stage
 from harvest.stages.embed import SubmittedBatch, collect_embeddings, submit_embeddings
@@ -82,7 +83,10 @@ def crawl_and_extract(run_id: str, url: str, config: RunConfig, progress_id: str
     def on_progress(stats: CrawlStats, found: int) -> None:
         progress.crawl(stats.pages_fetched, stats.pages_queued, found, config.max_pages)
 
-    result = collect_raw_activities(res.store, run_id, url, config, res.settings, llm=llm, on_progress=on_progress)
+    memory = PageCache(res.engine, extraction_version(llm)) if res.settings.crawl_revalidate else None
+    result = collect_raw_activities(
+        res.store, run_id, url, config, res.settings, llm=llm, on_progress=on_progress, memory=memory
+    )
     record_stage(res, run_id, "crawl", result)
     if result.unfollowed:  # what a limit cut off, for the summary, the CLI and the UI
         run_rows.record_step(res.engine, run_id, "unfollowed", result.unfollowed)

@@ -159,6 +159,11 @@ class HarvestSettings(BaseSettings):
     crawl_min_body_rate: float | None = Field(
         default=None, ge=0, description="Bytes/s a page body must average after its first timeout, else cut (1024)."
     )
+    crawl_revalidate: bool = Field(
+        default=True,
+        description="Keep each page's validators, links and activities (page_cache) and re-crawl politely: "
+        "conditional requests, a 304 or an older sitemap <lastmod> reuses what the page gave (false: fetch all).",
+    )
     image_max_bytes: int = Field(default=15 * 1024 * 1024, description="Images larger than this are refused.")
     image_max_pixels: int = Field(default=50_000_000, description="Decompression-bomb guard for images.")
     image_processes: bool = Field(

@@ -36,7 +36,8 @@ import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime
+from email.utils import formatdate, parsedate_to_datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -712,8 +713,7 @@ def build_demo_site(out_dir: Path, *, activities_path: Path | None = None, limit
     write_page(out_dir, "/robots.txt", f"User-agent: *\nDisallow: /private/\n{sitemap_line}")
     activity_paths = [a.path for a in published]
     if sitemap:
-        write_page(out_dir, "/sitemap.xml",
-               _sitemap(pages + activity_paths, {a.path: acts[a.source_index] for a in published}))
+        write_page(out_dir, "/sitemap.xml", _sitemap(out_dir, pages + activity_paths))
 
     expected = {s: [a.name for a in published if a.syntax == s] for s in SYNTAXES}
     info = SiteInfo(
@@ -725,16 +725,31 @@ def build_demo_site(out_dir: Path, *, activities_path: Path | None = None, limit
     return info
 
 
-def _sitemap(paths: list[str], acts_by_path: dict[str, dict[str, Any]]) -> str:
+def _sitemap(root: Path, paths: list[str]) -> str:
+    """The sitemap, each entry's `<lastmod>` the time its page's file was last written (as a site generator
+    would say it): a crawler may skip a page not modified since it last fetched it."""
     entries = []
     for path in paths:
         lastmod = ""
-        parsed = _parse_date((acts_by_path.get(path) or {}).get("startDate"))
-        if parsed:
-            lastmod = f"<lastmod>{(parsed.date() if isinstance(parsed, datetime) else parsed).isoformat()}</lastmod>"
+        target = _file_of(root, path)
+        if target.is_file():
+            modified = datetime.fromtimestamp(int(target.stat().st_mtime), tz=UTC)
+            lastmod = f"<lastmod>{modified.isoformat()}</lastmod>"
         entries.append(f"<url><loc>{BASE_TOKEN}{_esc(path)}</loc>{lastmod}</url>")
     return ('<?xml version="1.0" encoding="UTF-8"?>\n<urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">\n'
             + "\n".join(entries) + "\n</urlset>\n")
+
+
+def _file_of(root: Path, url_path: str) -> Path:
+    target = root / url_path.lstrip("/")
+    return target / "index.html" if url_path.endswith("/") else target
+
+
+def refresh_sitemap(root: Path) -> None:
+    """Write the sitemap again after pages changed, so its `<lastmod>`s say when (a site's regeneration)."""
+    root = Path(root)
+    if (root / "sitemap.xml").is_file():
+        write_page(root, "/sitemap.xml", _sitemap(root, load_site_info(root).pages))
 
 
 # ----------------------------------------------------------------------------------------------- server
@@ -760,6 +775,10 @@ class _Handler(BaseHTTPRequestHandler):
         host = self.headers.get("Host", "")
         return f"http://{host}" if host and _HOST_RE.match(host) else self.server.owner.base_url
 
+    def setup(self) -> None:
+        super().setup()
+        self.wfile = _CountingWriter(self.wfile, self.server.owner)  # bytes sent: what a client received
+
     def _serve(self, *, with_body: bool) -> None:
         parts = urlsplit(self.path)
         url_path = unquote(parts.path) or "/"
@@ -767,16 +786,38 @@ class _Handler(BaseHTTPRequestHandler):
         if status == HTTPStatus.OK:
             # Validators like any static host's, so clients can revalidate with a conditional GET.
             headers["ETag"] = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
-            if self.headers.get("If-None-Match") == headers["ETag"]:
+            if self._not_modified(headers):
                 status, body = HTTPStatus.NOT_MODIFIED, b""
         self.server.owner._record(self.command, self.path, url_path, status)
         self.send_response(status)
         for name, value in headers.items():
             self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
+        if status != HTTPStatus.NOT_MODIFIED:
+            self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if with_body:
             self.wfile.write(body)
+
+    def _not_modified(self, headers: dict[str, str]) -> bool:
+        """RFC 9110 13.1-13.2: If-None-Match (weak comparison, a list or *) decides when sent; otherwise
+        If-Modified-Since against Last-Modified (whole seconds). A malformed date is ignored, as the RFC asks."""
+        if_none_match = self.headers.get("If-None-Match")
+        if if_none_match is not None:
+            if if_none_match.strip() == "*":
+                return True
+            tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+            return headers["ETag"] in tags
+        if_modified_since = self.headers.get("If-Modified-Since")
+        last_modified = headers.get("Last-Modified")
+        if not if_modified_since or not last_modified:
+            return False
+        try:
+            since = parsedate_to_datetime(if_modified_since)
+        except (TypeError, ValueError):
+            return False
+        if since.tzinfo is None:
+            return False  # not an HTTP-date (those are always GMT)
+        return parsedate_to_datetime(last_modified) <= since
 
     def _resolve(self, url_path: str, query: str) -> tuple[int, dict[str, str], bytes]:
         root = self.server.owner.root
@@ -795,11 +836,34 @@ class _Handler(BaseHTTPRequestHandler):
         body = target.read_bytes()
         if suffix in TEXT_SUFFIXES:
             body = body.replace(BASE_TOKEN.encode(), self._base().encode())
-        return HTTPStatus.OK, {"Content-Type": content_type}, body
+        last_modified = formatdate(int(target.stat().st_mtime), usegmt=True)
+        return HTTPStatus.OK, {"Content-Type": content_type, "Last-Modified": last_modified}, body
 
     def _not_found(self) -> tuple[int, dict[str, str], bytes]:
         body = b"<!doctype html><html><head><title>Not found</title></head><body><h1>404 Not found</h1></body></html>\n"
         return HTTPStatus.NOT_FOUND, {"Content-Type": "text/html; charset=utf-8"}, body
+
+
+class _CountingWriter(io.BufferedIOBase):
+    """The handler's socket writer, counting every byte written (status line, headers, body) for its server."""
+
+    def __init__(self, raw: Any, owner: SiteServer) -> None:
+        self._raw = raw
+        self._owner = owner
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self._owner._count_sent(len(data))  # before the write: a client that has the bytes sees them counted
+        return int(self._raw.write(data))
+
+    def flush(self) -> None:
+        self._raw.flush()
+
+    def close(self) -> None:
+        super().close()
+        self._raw.close()
 
 
 class _SiteHTTPServer(ThreadingHTTPServer):
@@ -825,6 +889,7 @@ class SiteServer:
         self._lock = threading.Lock()
         self.requests: Counter[str] = Counter()
         self.log: list[tuple[str, str, int]] = []
+        self.bytes_sent = 0  # every byte written to clients: status lines, headers and bodies
         self.info: SiteInfo | None = None  # what serve_site found in the folder's manifest, if any
 
     @property
@@ -867,6 +932,16 @@ class SiteServer:
         with self._lock:
             self.requests.clear()
             self.log.clear()
+            self.bytes_sent = 0
+
+    def statuses(self) -> Counter[int]:
+        """How many responses had each status (e.g. 304s on a re-crawl)."""
+        with self._lock:
+            return Counter(status for _, _, status in self.log)
+
+    def _count_sent(self, size: int) -> None:
+        with self._lock:
+            self.bytes_sent += size
 
     def _record(self, method: str, target: str, path: str, status: int) -> None:
         with self._lock:

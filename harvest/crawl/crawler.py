@@ -14,7 +14,8 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -32,6 +33,15 @@ from harvest.crawl.links import PageLinks, extract_links
 from harvest.crawl.options import CrawlOptions
 from harvest.crawl.page import CrawlStats, FailedURL, Page
 from harvest.crawl.politeness import HostGates
+from harvest.crawl.revalidate import (
+    PageMemory,
+    Remembered,
+    Validators,
+    entry_for,
+    parse_lastmod,
+    response_time,
+    unchanged_since,
+)
 from harvest.crawl.robots import RobotsPolicy, fetch_robots, origin_of
 from harvest.crawl.sitemap import collect_sitemap_urls
 from harvest.errors import CrawlError, DisallowedURLError
@@ -68,6 +78,9 @@ class _Render:
     keys: frozenset[str] = frozenset()
     # The page's plain HTTP response, served to the browser instead of fetching the page again.
     document: PrefetchedDocument | None = None
+    # What that response said about its version, kept with the rendered page for the next crawl.
+    validators: Validators | None = None
+    fetched_at: datetime | None = None
 
 
 _Outcome = _Fetched | _Skipped | FailedURL
@@ -89,8 +102,12 @@ class _Engine:
         stop: threading.Event,
         stats: CrawlStats,
         stats_lock: threading.Lock,
+        memory: PageMemory | None = None,
     ) -> None:
         self.start_url = start_url
+        self.memory = memory
+        # Sitemap <lastmod> per normalized URL, read only when there is a memory to compare it with.
+        self.lastmods: dict[str, str] = {}
         self.config = config
         self.options = options
         self.mode: Mode = config.render
@@ -106,6 +123,8 @@ class _Engine:
         self.browser_needed: Counter[str] = Counter()
         self.http_checked: Counter[str] = Counter()
         self.emitted_keys: set[str] = set()
+        # Which requested URL emitted each key, when there is a memory: a remembered duplicate names its original.
+        self.emitted_by: dict[str, str] = {}
         self.pages_emitted = 0
         self.stop_reason: str | None = None  # set by the consumer that stops the crawl early (max_extractions)
         self.deadline_passed = False  # max_crawl_seconds ran out: the crawl stopped, the run goes on
@@ -228,6 +247,7 @@ class _Engine:
                     seq, step = backlog.popleft()
                     if step.keys & self.emitted_keys:
                         self._accept_duplicate(step.requested_url or step.item.url)
+                        await self._remember_render_duplicate(step)
                         continue
                     if any(step.keys & keys for keys in rendering_keys.values()):
                         waiting.append((seq, step))
@@ -310,12 +330,19 @@ class _Engine:
         if keys & self.emitted_keys:
             log.info("skipped %s: duplicate of an already crawled page (%s)", page.requested_url, page.url)
             self._skip("duplicate")
+            await self._remember_duplicate(page)
             return True
         self.emitted_keys |= keys
+        if self.memory is not None:
+            self.emitted_by.update(dict.fromkeys(keys, page.requested_url))
         self.pages_emitted += 1
         with self.stats_lock:
             self.stats.pages_fetched += 1
-            if page.rendered:
+            if page.reuse_reason == "not_modified":
+                self.stats.pages_not_modified += 1
+            elif page.reuse_reason == "lastmod":
+                self.stats.pages_lastmod_unchanged += 1
+            elif page.rendered:
                 self.stats.pages_rendered += 1
             else:
                 self.stats.pages_http += 1
@@ -382,7 +409,8 @@ class _Engine:
         assert self.fetcher is not None
         robots = await self._robots_for(start)
         candidates = robots.sitemaps or [f"{origin_of(start)}/sitemap.xml"]
-        urls, problems = await collect_sitemap_urls(self.fetcher, candidates)
+        lastmods = self.lastmods if self.memory is not None else None
+        urls, problems = await collect_sitemap_urls(self.fetcher, candidates, lastmods=lastmods)
         if problems:
             for problem in problems:
                 log.warning("%s", problem)
@@ -430,10 +458,28 @@ class _Engine:
                 and self.renderer is not None
                 and self._host_needs_browser(host)
             )
+            remembered = await self._recall(url)
+            if remembered is not None and remembered.duplicate and not self._emitted(remembered):
+                # Its activities are another page's, not emitted (yet) in this crawl: take that page's.
+                remembered = await self._as_original(remembered)
+            result = None
+            if remembered is not None:
+                if unchanged_since(parse_lastmod(self.lastmods.get(url)), remembered.fetched_at):
+                    return self._reuse(remembered, item, "lastmod", remembered.fetched_at)
+                if remembered.validators is not None:
+                    async with gate.slot():
+                        result = await self.fetcher.fetch(url, headers=remembered.validators.request_headers())
+                    if result.status == 304:
+                        return self._reuse(remembered, item, "not_modified", response_time(result.headers))
             if render_directly:
+                if result is not None and result.url == url and result.status == 200 and not result.truncated:
+                    return _Render(item, document=PrefetchedDocument.from_response(
+                        result.url, result.status, result.headers, result.body
+                    ), validators=Validators.from_headers(result.headers), fetched_at=response_time(result.headers))
                 return _Render(item)
-            async with gate.slot():
-                result = await self.fetcher.fetch(url)
+            if result is None:
+                async with gate.slot():
+                    result = await self.fetcher.fetch(url)
             if result.status >= 400:
                 return FailedURL(url, f"HTTP {result.status}", result.status)
             if not result.is_page:
@@ -449,6 +495,8 @@ class _Engine:
                 content_type=result.content_type,
                 final_url=result.url,
                 truncated=result.truncated,
+                validators=Validators.from_headers(result.headers),
+                fetched_at=response_time(result.headers),
             )
             if self.mode == "auto":
                 self.http_checked[host] += 1
@@ -467,12 +515,88 @@ class _Engine:
                 document = None if result.truncated else PrefetchedDocument.from_response(
                     result.url, result.status, result.headers, result.body
                 )
-                return _Render(FrontierItem(result.url, item.depth), requested_url=url, keys=keys, document=document)
+                return _Render(FrontierItem(result.url, item.depth), requested_url=url, keys=keys, document=document,
+                               validators=page.validators, fetched_at=page.fetched_at)
             return await self._finish(page)
         except DisallowedURLError as exc:
             return FailedURL(url, str(exc), None)
         except (FetchFailed, RenderFailed) as exc:
             return FailedURL(url, exc.reason, exc.status)
+
+    async def _recall(self, url: str) -> Remembered | None:
+        """What the last crawl kept for `url` (off the event loop: the memory may be a database)."""
+        if self.memory is None:
+            return None
+        try:
+            return await asyncio.to_thread(self.memory.recall, url)
+        except Exception as exc:  # the memory only saves bandwidth: without it, the page is fetched as new
+            log.warning("page memory unavailable for %s (%s: %s): fetching it in full", url, type(exc).__name__, exc)
+            return None
+
+    @staticmethod
+    def _reuse(remembered: Remembered, item: FrontierItem, reason: str, fetched_at: datetime) -> _Fetched:
+        """The page as the last crawl left it: no download, no parsing, no rendering; its links are followed."""
+        page = Page(
+            url=remembered.page_url,
+            requested_url=item.url,
+            status=200,
+            html="",
+            depth=item.depth,
+            rendered=remembered.rendered,
+            content_type="text/html",
+            final_url=remembered.final_url,
+            validators=remembered.validators,
+            fetched_at=fetched_at,
+            links=remembered.links,
+            pagination=remembered.pagination,
+            reused=remembered,
+            reuse_reason=reason,
+        )
+        return _Fetched(page, PageLinks(links=list(remembered.links), pagination=list(remembered.pagination)))
+
+    async def _remember_render_duplicate(self, step: _Render) -> None:
+        """A page that would need the browser but duplicates one already emitted: remember its validators, so
+        the next crawl gets a 304 for it (then a duplicate again) instead of downloading and maybe rendering it."""
+        known = step.keys & self.emitted_keys
+        if self.memory is None or step.validators is None or not known or step.fetched_at is None:
+            return
+        key = min(known)
+        entry = Remembered(
+            url=step.requested_url or step.item.url, page_url=key, final_url=step.item.url,
+            validators=step.validators, fetched_at=step.fetched_at, duplicate=True,
+            original_url=self.emitted_by.get(key),
+        )
+        await self._remember(entry)
+
+    async def _remember(self, entry: Remembered) -> None:
+        assert self.memory is not None
+        try:
+            await asyncio.to_thread(self.memory.remember, entry)
+        except Exception as exc:
+            log.warning("could not remember %s (%s: %s)", entry.url, type(exc).__name__, exc)
+
+    async def _remember_duplicate(self, page: Page) -> None:
+        """A duplicate is never emitted, so the consumer cannot remember it: remember it here (no activities:
+        the page it duplicates holds them), so the next crawl revalidates it instead of downloading it."""
+        entry = entry_for(page, []) if self.memory is not None and page.reused is None else None
+        if entry is not None:
+            entry.duplicate = True
+            known = sorted({page.url, normalize_url(page.final_url) or page.final_url} & self.emitted_keys)
+            entry.original_url = self.emitted_by.get(known[0]) if known else None
+            await self._remember(entry)
+
+    async def _as_original(self, duplicate: Remembered) -> Remembered | None:
+        """A remembered duplicate as the page it duplicated (its activities and links), asked for under its own
+        URL and validators; None when that page is not remembered (the duplicate is then fetched in full)."""
+        original = await self._recall(duplicate.original_url) if duplicate.original_url else None
+        if original is None or original.duplicate:
+            return None
+        return replace(original, url=duplicate.url, final_url=duplicate.final_url, validators=duplicate.validators,
+                       fetched_at=duplicate.fetched_at, duplicate=False, original_url=None)
+
+    def _emitted(self, remembered: Remembered) -> bool:
+        return bool({remembered.page_url, normalize_url(remembered.final_url) or remembered.final_url}
+                    & self.emitted_keys)
 
     def _host_needs_browser(self, host: str) -> bool:
         """Learned rule: render a host's pages directly once at least `learn_after` of them, and at least half
@@ -500,7 +624,12 @@ class _Engine:
             gate = self.gates.get(urlsplit(step.item.url).netloc)
             async with gate.slot():
                 pass
-            return await self._render(step.item, requested_url=step.requested_url, document=step.document)
+            outcome = await self._render(step.item, requested_url=step.requested_url, document=step.document)
+            if isinstance(outcome, _Fetched) and step.document is not None:
+                # Rendered from the response fetched just now: its validators describe this very document.
+                outcome.page.validators = step.validators
+                outcome.page.fetched_at = step.fetched_at or outcome.page.fetched_at
+            return outcome
         except DisallowedURLError as exc:
             return FailedURL(url, str(exc), None)
         except (FetchFailed, RenderFailed) as exc:
@@ -526,12 +655,14 @@ class _Engine:
             content_type=rendered.content_type or "text/html",
             final_url=rendered.url,
             truncated=rendered.truncated,
+            fetched_at=response_time(None),
         )
         return await self._finish(page)
 
     async def _finish(self, page: Page) -> _Fetched:
         """Extract links and adopt a same-site canonical URL as the page's identity (for dedupe)."""
         links = await asyncio.to_thread(extract_links, page.html, page.final_url)
+        page.links, page.pagination = links.links, links.pagination
         if links.canonical:
             canonical = normalize_url(links.canonical)
             if canonical and site_of(canonical) == site_of(page.final_url):
@@ -553,6 +684,7 @@ class Crawl:
         *,
         needs_browser: Callable[[Page], bool] | None = None,
         on_progress: Callable[[CrawlStats], None] | None = None,
+        memory: PageMemory | None = None,
     ) -> None:
         self.start_url = start_url
         self.config = config
@@ -571,6 +703,7 @@ class Crawl:
             self._stop,
             self._stats,
             self._stats_lock,
+            memory,
         )
         self._thread: threading.Thread | None = None
         self._started_at: float | None = None
@@ -695,6 +828,7 @@ def crawl(
     *,
     needs_browser: Callable[[Page], bool] | None = None,
     on_progress: Callable[[CrawlStats], None] | None = None,
+    memory: PageMemory | None = None,
 ) -> Crawl:
     """Prepare a crawl of `start_url` under `config`; iterate the result for pages.
 
@@ -702,10 +836,14 @@ def crawl(
     before anything is fetched. `needs_browser` (auto mode) and the crawl itself run on the crawl's own
     thread; `on_progress` runs on the iterating thread after each page and once at the end.
     Build `options` with `CrawlOptions.from_settings(settings)` (or directly, in tests and tools).
+    With `memory` (what earlier crawls kept, `harvest.crawl.revalidate`), a page the last crawl fetched is
+    asked for conditionally (a 304 is reused), or not at all when the sitemap's `<lastmod>` is older than
+    that fetch; a reused page comes back with `reused` set and no HTML. The caller remembers the pages it
+    consumed (`memory.remember`); the crawl remembers the duplicates it drops.
     """
     start = validate_start_url(start_url)
     if config.render == "browser" and not browser_available(options.browser_path):
         raise CrawlError(
             f"render='browser' needs Chromium but {MISSING_BROWSER} (browser_path={options.browser_path!r})"
         )
-    return Crawl(start, config, options, needs_browser=needs_browser, on_progress=on_progress)
+    return Crawl(start, config, options, needs_browser=needs_browser, on_progress=on_progress, memory=memory)

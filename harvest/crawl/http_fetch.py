@@ -172,31 +172,40 @@ class HttpFetcher:
         """Run the SSRF guard (off the event loop, cached per host); raises DisallowedURLError."""
         await self._guard.check(url)
 
-    async def fetch(self, url: str, *, pages_only: bool = True, max_bytes: int | None = None) -> FetchResult:
+    async def fetch(
+        self, url: str, *, pages_only: bool = True, max_bytes: int | None = None, headers: dict[str, str] | None = None
+    ) -> FetchResult:
         """GET `url`, following up to `max_redirects` redirects, each hop checked by the SSRF guard.
 
         Returns the final response even for 4xx/5xx (the caller decides what a status means); raises
         FetchFailed for network failures after retries and for redirect loops/chains, and
         DisallowedURLError when any hop is refused. With `pages_only`, non-HTML bodies are not downloaded.
         The whole call, every hop and retry included, ends within `url_budget_s`.
+        `headers` go with every hop (conditional request headers: a 304 is returned like any status).
         """
         deadline = time.monotonic() + self.url_budget_s
         budget = asyncio.timeout(self.url_budget_s)
         try:
             async with budget:
-                return await self._fetch(url, pages_only=pages_only, max_bytes=max_bytes, deadline=deadline)
+                return await self._fetch(url, pages_only=pages_only, max_bytes=max_bytes, deadline=deadline,
+                                         headers=headers)
         except TimeoutError as exc:
             if not budget.expired():
                 raise
             raise FetchFailed(url, f"gave up: the per-URL budget of {self.url_budget_s:g}s is spent") from exc
 
-    async def _fetch(self, url: str, *, pages_only: bool, max_bytes: int | None, deadline: float) -> FetchResult:
+    async def _fetch(
+        self, url: str, *, pages_only: bool, max_bytes: int | None, deadline: float,
+        headers: dict[str, str] | None,
+    ) -> FetchResult:
         limit = self.max_bytes if max_bytes is None else max_bytes
         current = _drop_fragment(url)
         chain = [current]
         for hop in range(self.max_redirects + 1):
             await self.check_allowed(current)
-            result = await self._get_with_retries(current, pages_only=pages_only, max_bytes=limit, deadline=deadline)
+            result = await self._get_with_retries(
+                current, pages_only=pages_only, max_bytes=limit, deadline=deadline, headers=headers
+            )
             location = result.headers.get("location")
             if result.status not in REDIRECT_STATUSES or not location:
                 result.requested_url = url
@@ -221,7 +230,10 @@ class HttpFetcher:
             current = target
         raise AssertionError("unreachable: the redirect loop always returns or raises")
 
-    async def _get_with_retries(self, url: str, *, pages_only: bool, max_bytes: int, deadline: float) -> FetchResult:
+    async def _get_with_retries(
+        self, url: str, *, pages_only: bool, max_bytes: int, deadline: float,
+        headers: dict[str, str] | None = None,
+    ) -> FetchResult:
         """One hop, retried with exponential backoff on timeouts, connection errors, 5xx and 429.
 
         After the last attempt (or when the next wait would pass the URL's deadline) a retryable status is
@@ -237,12 +249,16 @@ class HttpFetcher:
             retry_error_callback=lambda state: self._give_up(url, state),
             sleep=asyncio.sleep,
         )
-        result: FetchResult = await retrying(self._get_checked, url, pages_only=pages_only, max_bytes=max_bytes)
+        result: FetchResult = await retrying(
+            self._get_checked, url, pages_only=pages_only, max_bytes=max_bytes, headers=headers
+        )
         return result
 
-    async def _get_checked(self, url: str, *, pages_only: bool, max_bytes: int) -> FetchResult:
+    async def _get_checked(
+        self, url: str, *, pages_only: bool, max_bytes: int, headers: dict[str, str] | None = None
+    ) -> FetchResult:
         try:
-            return await self._get_once(url, pages_only=pages_only, max_bytes=max_bytes)
+            return await self._get_once(url, pages_only=pages_only, max_bytes=max_bytes, headers=headers)
         except (httpx.InvalidURL, httpx.DecodingError) as exc:
             # Not worth a retry: httpx refuses a Location it cannot parse even when it is not following
             # redirects (a 302 to "javascript:..."), or the body does not decode (a lying Content-Encoding).
@@ -281,9 +297,11 @@ class HttpFetcher:
             attempts += f"; no time left in the per-URL budget of {self.url_budget_s:g}s for another"
         raise FetchFailed(url, f"{self._failure_reason(exc)} ({attempts})") from exc
 
-    async def _get_once(self, url: str, *, pages_only: bool, max_bytes: int) -> FetchResult:
-        headers = {"Accept": ACCEPT_PAGES} if pages_only else {}
-        async with self._client.stream("GET", url, headers=headers) as response:
+    async def _get_once(
+        self, url: str, *, pages_only: bool, max_bytes: int, headers: dict[str, str] | None = None
+    ) -> FetchResult:
+        sent = {"Accept": ACCEPT_PAGES} if pages_only else {}
+        async with self._client.stream("GET", url, headers={**sent, **(headers or {})}) as response:
             ctype = media_type(response.headers.get("content-type"))
             result = FetchResult(
                 url=url,

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from harvest.errors import CrawlError
+
+if TYPE_CHECKING:
+    from harvest.crawl.revalidate import Remembered, Validators
 
 
 @dataclass
@@ -22,6 +26,17 @@ class Page:
     content_type: str
     final_url: str = ""
     truncated: bool = False
+    validators: Validators | None = None
+    """The response's ETag / Last-Modified, kept for the next crawl's conditional request."""
+    fetched_at: datetime | None = None
+    """When the server produced the content (its Date), for the next crawl's sitemap `<lastmod>` check."""
+    links: list[str] = field(default_factory=list)
+    """Outgoing links as extracted (kept with the page, so a reused page's links are followed again)."""
+    pagination: list[str] = field(default_factory=list)
+    reused: Remembered | None = None
+    """Set when the page was not downloaded again: a 304 (`reuse_reason` "not_modified") or a sitemap
+    `<lastmod>` not newer than the last fetch ("lastmod"). `html` is then empty: use what the entry kept."""
+    reuse_reason: str | None = None
 
 
 @dataclass
@@ -47,6 +62,10 @@ class CrawlStats:
     problems: list[str] = field(default_factory=list)
     pages_queued: int = 0
     """URLs waiting in the frontier right now (for progress displays)."""
+    pages_not_modified: int = 0
+    """Pages a conditional request found unchanged (304): reused, not downloaded (part of pages_fetched)."""
+    pages_lastmod_unchanged: int = 0
+    """Pages the sitemap's `<lastmod>` showed unchanged since the last fetch: reused without a request."""
     unfollowed: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Links a limit left unfollowed: reason (max_pages, max_depth, max_extractions, max_crawl_seconds) ->
     {count, examples}."""

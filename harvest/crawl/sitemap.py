@@ -32,11 +32,14 @@ MAX_SITEMAP_FILES = 10
 MAX_SITEMAP_URLS = 50_000
 
 
-def parse_sitemap(body: bytes, base_url: str) -> tuple[list[str], list[str]]:
+def parse_sitemap(
+    body: bytes, base_url: str, lastmods: dict[str, str] | None = None
+) -> tuple[list[str], list[str]]:
     """Return (page URLs, child sitemap URLs) from a sitemap in any of the formats sitemaps.org allows.
 
     XML (a `<urlset>`, a `<sitemapindex>`, an RSS or Atom feed) is told from plain text by its first
     character. Namespaces are ignored on purpose: many generators get the sitemap namespace wrong.
+    With `lastmods`, each `<url>` entry's `<lastmod>` is put there under its page URL (normalized).
     """
     if body[:2] == b"\x1f\x8b":
         body = _gunzip(body)
@@ -59,7 +62,19 @@ def parse_sitemap(body: bytes, base_url: str) -> tuple[list[str], list[str]]:
     urls = _absolute([_text(element) for element in _children(root, "loc")], base_url)
     if kind == "sitemapindex":
         return [], urls
+    if lastmods is not None:
+        _read_lastmods(root, base_url, lastmods)
     return urls, []
+
+
+def _read_lastmods(root: etree._Element, base_url: str, lastmods: dict[str, str]) -> None:
+    for entry in _children(root, "url"):
+        locations = _children(entry, "loc")
+        stamps = _children(entry, "lastmod")
+        if locations and stamps and _text(stamps[0]):
+            url = normalize_url(_text(locations[0]), base_url)
+            if url:
+                lastmods[url] = _text(stamps[0])
 
 
 def _children(element: etree._Element, name: str) -> list[etree._Element]:
@@ -123,11 +138,13 @@ async def collect_sitemap_urls(
     *,
     max_files: int = MAX_SITEMAP_FILES,
     max_urls: int = MAX_SITEMAP_URLS,
+    lastmods: dict[str, str] | None = None,
 ) -> tuple[list[str], list[str]]:
     """Fetch sitemaps (following indexes breadth-first) and return (page URLs, problems).
 
     A missing sitemap is normal and not a problem; a broken one is reported so it is not silently lost.
     The caller filters the URLs through the frontier (same site, globs, robots) like any link.
+    With `lastmods`, the pages' `<lastmod>` values are collected there (normalized URL → value).
     """
     queue = deque(url for url in sitemap_urls if normalize_url(url))
     seen: set[str] = set()
@@ -149,7 +166,7 @@ async def collect_sitemap_urls(
         if result.status >= 400:
             problems.append(f"sitemap {url}: HTTP {result.status}")
             continue
-        found, children = parse_sitemap(result.body, result.url)
+        found, children = parse_sitemap(result.body, result.url, lastmods)
         pages.extend(found[: max_urls - len(pages)])
         queue.extend(child for child in children if child not in seen)
     if queue:

@@ -196,6 +196,29 @@ run_ledger = sa.Table(
 )
 
 
+page_cache = sa.Table(
+    "page_cache",
+    metadata,
+    sa.Column("url", sa.Text, primary_key=True, comment="The URL as the crawl requested it (normalized)."),
+    sa.Column("page_url", sa.Text, nullable=False, comment="The page's identity then: canonical, else final URL."),
+    sa.Column("final_url", sa.Text, nullable=False, comment="Where redirects ended."),
+    sa.Column("etag", sa.Text, comment="Validators for a conditional GET: 304 means reuse, no download."),
+    sa.Column("last_modified", sa.Text),
+    sa.Column("fetched_at", Timestamp, nullable=False,
+              comment="When the content was last confirmed (the server's Date): compared with sitemap lastmod."),
+    sa.Column("rendered", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("links", Json, nullable=False, comment="Outgoing links, followed again when the page is reused."),
+    sa.Column("pagination", Json, nullable=False),
+    sa.Column("activities", Json, nullable=False, comment="Raw activities extraction found on the page."),
+    sa.Column("duplicate", sa.Boolean, nullable=False, server_default=sa.false(),
+              comment="A duplicate of page_url then: its activities are that page's."),
+    sa.Column("original_url", sa.Text, comment="For a duplicate: the URL whose row holds the page's activities."),
+    sa.Column("extractor", sa.Text, nullable=False,
+              comment="Version of the extraction that found them: another version ignores the row."),
+    sa.Column("updated_at", Timestamp, nullable=False),
+)
+
+
 def one_of(column: sa.ColumnElement[object], values: Sequence[object], dialect: str) -> sa.ColumnElement[bool]:
     """`column IN (values)` for lookups of up to thousands of keys. On Postgres it is `column = ANY(%(array)s)`,
     one array parameter: an expanded IN is a statement with one placeholder per key, which the driver has to

@@ -9,6 +9,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from harvest.crawl import Crawl, CrawlOptions, CrawlStats, Page, crawl
+from harvest.crawl.revalidate import PageMemory, Remembered, entry_for
 from harvest.errors import ExtractionError, OverBudgetError, StorageError
 from harvest.extract.llm import LLMExtractor
 from harvest.extract.structured import extract_structured, page_text
@@ -20,6 +21,16 @@ from harvest.storage.keys import run_key
 
 logger = logging.getLogger(__name__)
 
+# What the page memory's stored activities were extracted by: bump it when extraction changes what it finds,
+# so a re-crawl extracts unchanged pages again instead of reusing the older answers.
+EXTRACTOR_VERSION = "1"
+
+
+def extraction_version(llm: LLMExtractor | None) -> str:
+    """The page memory's key for how pages are extracted: with or without the LLM (and which model). A page
+    without structured data gives nothing when there is no key, so a run with a key must not reuse that."""
+    return EXTRACTOR_VERSION if llm is None else f"{EXTRACTOR_VERSION}+llm:{llm.model}"
+
 
 def collect_raw_activities(
     store: ObjectStore,
@@ -30,39 +41,59 @@ def collect_raw_activities(
     *,
     llm: LLMExtractor | None = None,
     on_progress: Callable[[CrawlStats, int], None] | None = None,
+    memory: PageMemory | None = None,
 ) -> StageResult:
     """Crawl from `url`, extract activities from each page as it arrives, and store them as JSONL.
 
     Structured data (JSON-LD, microdata, RDFa) comes first; the LLM only sees pages without any.
     The crawl stops early once `max_extractions` activities are found. `on_progress(stats, activities found)`
     runs after each page (on this thread), so callers can show the crawl moving; it must be cheap.
+    With `memory` (`harvest.db.page_cache.PageCache`), each page's validators, links and activities are kept,
+    and a page the server says is unchanged (304, or an older sitemap `<lastmod>`) gives the activities it
+    gave last time: no download, no extraction, no LLM call.
     """
     result = StageResult()
     llm_pages = 0
     llm_skipped_pages = 0
     over_budget: list[str] = []  # pages the budget left without LLM extraction
     stopped_early = False
+    reused_activities = 0
+
+    def extract(page: Page) -> tuple[list[RawActivity], bool]:
+        """The page's activities, and whether they are the page's final answer (worth remembering)."""
+        nonlocal llm_pages, llm_skipped_pages, reused_activities
+        if page.reused is not None:  # validated when recalled (_CheckedMemory)
+            reused = [RawActivity.model_validate(item) for item in page.reused.activities]
+            reused_activities += len(reused)
+            return reused, page.reuse_reason == "not_modified"  # a 304 confirms the content: keep its date
+        complete = True
+        items = _extract_page(page, result)
+        if items is None:
+            items, complete = [], False
+        if not items:
+            if llm is not None:
+                llm_pages += 1
+                try:
+                    items = llm.extract(page_text(page.html), page.url)
+                except OverBudgetError:
+                    over_budget.append(page.url)  # not final: a run with budget left extracts it
+                    items, complete = [], False
+                except ExtractionError as exc:
+                    result.warn(f"LLM extraction failed for {page.url}: {exc}")
+                    items, complete = [], False
+            else:
+                llm_skipped_pages += 1  # final for this extraction_version (a run with a key uses another)
+        return items, complete
 
     def activities(session: Crawl) -> Iterator[RawActivity]:
-        nonlocal llm_pages, llm_skipped_pages, stopped_early
+        nonlocal stopped_early
         found = 0
         for page in session:
             if on_progress is not None:
                 _report(on_progress, session.stats, found)
-            items = _extract_page(page, result)
-            if not items:
-                if llm is not None:
-                    llm_pages += 1
-                    try:
-                        items = llm.extract(page_text(page.html), page.url)
-                    except OverBudgetError:
-                        over_budget.append(page.url)
-                        items = []
-                    except ExtractionError as exc:
-                        result.warn(f"LLM extraction failed for {page.url}: {exc}")
-                        items = []
-                else:
-                    llm_skipped_pages += 1
+            items, complete = extract(page)
+            if memory is not None and complete:
+                _remember(memory, page, items, result)
             for item in items:
                 yield item
                 found += 1
@@ -71,10 +102,18 @@ def collect_raw_activities(
                     session.close(reason="max_extractions")
                     return
 
+    if memory is not None:
+        memory = _CheckedMemory(memory, result)
     with timed(result.stats):
-        session = crawl(url, config, CrawlOptions.from_settings(settings))
-        with session:
-            ref = write_jsonl(store, run_key(run_id, "raw_activities", "jsonl"), "raw_activities", activities(session))
+        session = crawl(url, config, CrawlOptions.from_settings(settings), memory=memory)
+        try:
+            with session:
+                ref = write_jsonl(
+                    store, run_key(run_id, "raw_activities", "jsonl"), "raw_activities", activities(session)
+                )
+        finally:
+            if memory is not None:
+                _flush(memory, result)
         stats = session.stats
     if on_progress is not None:
         _report(on_progress, stats, ref.records)
@@ -85,6 +124,8 @@ def collect_raw_activities(
     result.stats.details.update(
         pages_fetched=stats.pages_fetched, pages_rendered=stats.pages_rendered, pages_http=stats.pages_http,
         llm_pages=llm_pages, llm_cached_answers=llm.cache_hits if llm is not None else 0,
+        pages_not_modified=stats.pages_not_modified, pages_lastmod_unchanged=stats.pages_lastmod_unchanged,
+        reused_activities=reused_activities,
         **{f"skipped_{reason}": count for reason, count in stats.skipped.items()},
     )
     result.failed_urls.extend(
@@ -134,12 +175,58 @@ def _report(on_progress: Callable[[CrawlStats, int], None], stats: CrawlStats, f
         logger.exception("progress callback failed (ignored)")
 
 
-def _extract_page(page: Page, result: StageResult) -> list[RawActivity]:
+def _extract_page(page: Page, result: StageResult) -> list[RawActivity] | None:
+    """Structured activities of the page; None when extraction failed (warned)."""
     try:
         return extract_structured(page.html, page.url)
     except ExtractionError as exc:
         result.warn(f"structured extraction failed for {page.url}: {exc}")
-        return []
+        return None
+
+
+class _CheckedMemory:
+    """The page memory as the crawl sees it: an entry whose stored activities no longer validate is not
+    recalled (warned), so that page is fetched and extracted again instead of losing its activities."""
+
+    def __init__(self, memory: PageMemory, result: StageResult) -> None:
+        self.memory = memory
+        self.result = result
+
+    def recall(self, url: str) -> Remembered | None:
+        entry = self.memory.recall(url)
+        if entry is None:
+            return None
+        try:
+            for item in entry.activities:
+                RawActivity.model_validate(item)
+        except ValueError as exc:
+            self.result.warn(f"stored activities of {url} not reused ({exc}): fetched again")
+            return None
+        return entry
+
+    def remember(self, entry: Remembered) -> None:
+        self.memory.remember(entry)
+
+    def flush(self) -> None:
+        self.memory.flush()
+
+
+def _remember(memory: PageMemory, page: Page, items: list[RawActivity], result: StageResult) -> None:
+    """Keep the page for the next crawl; a failure costs only a full download next time."""
+    entry = entry_for(page, [item.model_dump(mode="json", exclude_none=True) for item in items])
+    if entry is None:
+        return  # a cut-off page is not the page: never answer for it from memory
+    try:
+        memory.remember(entry)
+    except Exception as exc:  # noqa: BLE001 - any storage failure: the crawl goes on
+        result.warn(f"page memory not updated for {page.requested_url}: {type(exc).__name__}: {exc}")
+
+
+def _flush(memory: PageMemory, result: StageResult) -> None:
+    try:
+        memory.flush()
+    except Exception as exc:  # noqa: BLE001 - as in _remember
+        result.warn(f"page memory not updated: {type(exc).__name__}: {exc}")
 
 
 def copy_raw_activities(store: ObjectStore, run_id: str, source: str) -> StageResult:

@@ -7,11 +7,15 @@ run) or `geocoder` (asked now). Only activities without page coordinates reach t
 
 from __future__ import annotations
 
+import sqlite3
+import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy.engine import Engine
 
 from harvest.db.caches import cached_geocodes, store_geocodes
@@ -22,6 +26,8 @@ from harvest.stages.concurrency import ordered_map
 from harvest.storage import ObjectStore, write_jsonl
 from harvest.storage.keys import run_key
 
+PRELOAD_SLICE = 1000
+
 
 class _OncePerAddress:
     """Each distinct address is sent to the geocoder once, even when several threads ask at the same time.
@@ -29,27 +35,64 @@ class _OncePerAddress:
     One per run and provider in this process (:func:`_book_for`), shared by the run's chunks: chunks run
     side by side, so the `geocode_cache` rows one chunk writes when it ends come too late for the others,
     and an address that appears in several chunks would otherwise be asked once per chunk.
+
+    The answers live in a SQLite file of the book's own, not in a dict: a run of 50,000 addresses held
+    ~3 KB of Python objects per address here (the largest part of the flow's peak memory growing with N).
+    Locks are striped by address, so their number does not grow with the run either.
     """
 
-    def __init__(self) -> None:
-        self.results: dict[str, Geocode] = {}
-        self.locks: dict[str, threading.Lock] = {}
-        self.guard = threading.Lock()
+    STRIPES = 256
 
-    def ask(self, geocoder: Geocoder, address: str, asked: set[str]) -> Geocode:
+    def __init__(self) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="harvest-geocodes-")
+        self._db = sqlite3.connect(Path(self._dir.name) / "book.db", check_same_thread=False)
+        # Scratch data of one run: no journal on disk, no fsync per answer.
+        self._db.execute("PRAGMA journal_mode=MEMORY")
+        self._db.execute("PRAGMA synchronous=OFF")
+        self._db.execute("CREATE TABLE answers (key TEXT PRIMARY KEY, row TEXT NOT NULL, asked INTEGER NOT NULL)")
+        self._db_lock = threading.Lock()
+        self._stripes = [threading.Lock() for _ in range(self.STRIPES)]
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        """The map fields answered for `key` (with their `source`), or None."""
+        with self._db_lock:
+            found = self._db.execute("SELECT row FROM answers WHERE key = ?", (key,)).fetchone()
+        return orjson.loads(found[0]) if found else None
+
+    def __contains__(self, key: str) -> bool:
+        with self._db_lock:
+            return self._db.execute("SELECT 1 FROM answers WHERE key = ?", (key,)).fetchone() is not None
+
+    def put_cached(self, rows: dict[str, dict[str, Any]]) -> None:
+        """Answers from `geocode_cache` (earlier runs): `source` cache; an answer already in the book stays."""
+        with self._db_lock, self._db:
+            self._db.executemany(
+                "INSERT OR IGNORE INTO answers VALUES (?, ?, 0)",
+                [(key, orjson.dumps({**row, "source": "cache"}).decode()) for key, row in rows.items()],
+            )
+
+    def ask(self, geocoder: Geocoder, address: str, asked: set[str]) -> dict[str, Any]:
         """The answer for `address`, calling `geocoder` only if no chunk has yet; `asked` collects the calls."""
         key = normalize_address(address)
-        with self.guard:
-            lock = self.locks.setdefault(key, threading.Lock())
-        with lock:
-            if key not in self.results:
-                self.results[key] = geocoder.geocode(address)
+        with self._stripes[hash(key) % self.STRIPES]:
+            row = self.get(key)
+            if row is None:
+                answer = geocoder.geocode(address)
+                row = {**answer.model_dump(mode="json"), "source": "geocoder"}
+                with self._db_lock, self._db:
+                    self._db.execute("INSERT OR REPLACE INTO answers VALUES (?, ?, 1)",
+                                     (key, orjson.dumps(row).decode()))
                 asked.add(key)
-            return self.results[key]
+            return row
+
+    def close(self) -> None:
+        with self._db_lock:
+            self._db.close()
+        self._dir.cleanup()
 
 
 # Answer books of the last few runs: a run's chunks overlap in time, runs rarely do; a bound keeps a
-# long-lived worker's memory flat (a book holds one small Geocode per distinct address of its run).
+# long-lived worker's open files flat (a book is a small SQLite file; its memory does not grow with the run).
 _BOOKS: OrderedDict[tuple[str, str], _OncePerAddress] = OrderedDict()
 _BOOKS_GUARD = threading.Lock()
 MAX_BOOKS = 8
@@ -61,17 +104,22 @@ def _book_for(run_id: str, provider: str) -> _OncePerAddress:
         if book is None:
             book = _BOOKS[(run_id, provider)] = _OncePerAddress()
             while len(_BOOKS) > MAX_BOOKS:
-                _BOOKS.popitem(last=False)
+                _BOOKS.popitem(last=False)[1].close()
         else:
             _BOOKS.move_to_end((run_id, provider))
         return book
 
 
-def _preload(cached: _OncePerAddress, keys: set[str], engine: Engine, provider: str) -> set[str]:
-    """Put every address this provider answered in an earlier run into `cached`: no call for those."""
-    hits = cached_geocodes(engine, provider, keys - set(cached.results))
-    cached.results.update({key: Geocode.model_validate(value) for key, value in hits.items()})
-    return set(hits)
+def _preload(cached: _OncePerAddress, keys: set[str], engine: Engine, provider: str) -> int:
+    """Put every address this provider answered in an earlier run into `cached`: no call for those.
+    Looked up and written in slices, so only a slice of answers is in memory at once. Returns the hits."""
+    hits = 0
+    todo = sorted(key for key in keys if key not in cached)
+    for start in range(0, len(todo), PRELOAD_SLICE):
+        found = cached_geocodes(engine, provider, todo[start: start + PRELOAD_SLICE])
+        cached.put_cached(found)
+        hits += len(found)
+    return hits
 
 
 def _has_coordinates(record: dict[str, Any]) -> bool:
@@ -103,10 +151,8 @@ def geocode_addresses(
         if not _has_coordinates(record) and (address := (record.get("location") or {}).get("formattedAddress"))
     }
     cached = _book_for(run_id, cache[1] if cache else type(geocoder).__name__)
-    reused = _preload(cached, keys, *cache) if cache else set()
+    reused = _preload(cached, keys, *cache) if cache else 0
     asked: set[str] = set()  # the addresses this chunk sent to the geocoder
-
-    answers: dict[str, dict[str, object]] = {}  # normalized address → its map fields, dumped once
 
     def known(record: dict[str, Any]) -> dict[str, object] | None:
         """The row without a call: page coordinates, no address, or one already answered (this run or the cache)."""
@@ -119,16 +165,12 @@ def geocode_addresses(
                     "longitude": location["longitude"], "source": "page"}
         if not address:
             return {"id": record["id"], "address": None}
-        key = normalize_address(address)
-        if key not in answers and key in cached.results:
-            answers[key] = {**cached.results[key].model_dump(mode="json"),
-                            "source": "cache" if key in reused else "geocoder"}
-        return {"id": record["id"], **answers[key]} if key in answers else None
+        answer = cached.get(normalize_address(address))
+        return {"id": record["id"], **answer} if answer is not None else None
 
     def one(record: dict[str, Any]) -> dict[str, object]:
         address = record["location"]["formattedAddress"]
-        answer = cached.ask(geocoder, address, asked)
-        return {"id": record["id"], **answer.model_dump(mode="json"), "source": "geocoder"}
+        return {"id": record["id"], **cached.ask(geocoder, address, asked)}
 
     def activities() -> Iterator[dict[str, Any]]:
         for record in records():
@@ -153,12 +195,16 @@ def geocode_addresses(
         ref = write_jsonl(store, run_key(run_id, kind, "jsonl"), kind, rows())
     result.files.append(ref)
     if cache:
-        fresh = {
-            key: geocode.model_dump(mode="json") for key in asked
-            if is_settled(geocode := cached.results[key])
-        }
-        store_geocodes(cache[0], cache[1], fresh)
+        todo = sorted(asked)
+        for start in range(0, len(todo), PRELOAD_SLICE):  # in slices, like the preload
+            fresh = {}
+            for key in todo[start: start + PRELOAD_SLICE]:
+                row = cached.get(key) or {}
+                geocode = Geocode.model_validate({k: v for k, v in row.items() if k != "source"})
+                if is_settled(geocode):
+                    fresh[key] = geocode.model_dump(mode="json")
+            store_geocodes(cache[0], cache[1], fresh)
     result.stats.details["geocoder_calls"] = len(asked)
-    result.stats.details["geocode_cache_hits"] = len(reused)
+    result.stats.details["geocode_cache_hits"] = reused
     result.stats.details["distinct_addresses"] = len(keys)
     return result

@@ -59,6 +59,16 @@ def test_an_unchanged_rerun_makes_no_api_call_and_downloads_no_image(
     assert {"embeddings", "embeddings_index"} <= kinds and "embeddings_prefill" not in kinds, kinds
     assert "batch_id" not in steps["embeddings_submit"]["details"]
     assert "poll-embeddings-batch" not in task_names(second.run_id)
+    # The pages themselves: revalidated (304) or skipped by the sitemap's <lastmod>, never downloaded or
+    # extracted again (issue 15); robots.txt and the sitemap are the only documents sent in full.
+    crawl = steps["crawl"]["details"]
+    assert crawl["pages_not_modified"] + crawl["pages_lastmod_unchanged"] == crawl["pages_fetched"] > 0, crawl
+    assert crawl["pages_http"] == crawl["pages_rendered"] == crawl["llm_pages"] == 0, crawl
+    pages_sent = [target for _, target, status in demo_site.log[before:]
+                  if status == 200 and not target.startswith("/images/")]
+    # (and at most a `?ref=` duplicate that came up before the page it duplicates: reused only after it)
+    assert {"/robots.txt", "/sitemap.xml"} <= set(pages_sent), pages_sent
+    assert all("?ref=" in target for target in pages_sent if target not in ("/robots.txt", "/sitemap.xml"))
     assert steps["geocode"]["details"]["geocoder_calls"] == 0
     assert steps["geocode"]["details"]["geocode_cache_hits"] > 0
     assert steps["images"]["details"]["images_reused"] == statuses.count(304)

@@ -1,0 +1,144 @@
+"""Polite re-crawls: what a page gave last time, and the HTTP rules for asking whether it changed.
+
+A site scraped nightly should not send every page again when nothing changed. HTTP answers it: the
+validators a response carried (ETag, Last-Modified) go back as If-None-Match / If-Modified-Since, and a 304
+means "as before"; a sitemap's `<lastmod>` not newer than the last fetch means the page need not be asked
+for at all. Either way the crawl reuses what the page gave before (its activities and its outgoing links,
+so the crawl keeps its reach) without parsing or rendering it again.
+
+The crawler only reads and writes through `PageMemory`; where the memory lives (the metadata database's
+`page_cache` table, `harvest.db.page_cache`) is not its concern.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from harvest.crawl.page import Page
+
+
+@dataclass(frozen=True)
+class Validators:
+    """What a response said about its version: sent back on the next fetch of the same URL."""
+
+    etag: str | None = None
+    last_modified: str | None = None
+
+    @classmethod
+    def from_headers(cls, headers: Any) -> Validators | None:
+        """The response's validators; None when it has neither (nothing to revalidate with)."""
+        etag = (headers.get("etag") or "").strip() or None
+        last_modified = (headers.get("last-modified") or "").strip() or None
+        return cls(etag, last_modified) if etag or last_modified else None
+
+    def request_headers(self) -> dict[str, str]:
+        """The conditional request headers (RFC 9110 13.1): If-None-Match wins where both are understood."""
+        headers = {}
+        if self.etag:
+            headers["If-None-Match"] = self.etag
+        if self.last_modified:
+            headers["If-Modified-Since"] = self.last_modified
+        return headers
+
+
+@dataclass
+class Remembered:
+    """One URL as the last crawl that fetched it left it: enough to revalidate it and to reuse what it gave."""
+
+    url: str
+    """The URL as requested (the frontier's normalized spelling): the key."""
+    page_url: str
+    """The page's identity then (canonical, else final URL): keeps duplicate detection working on reuse."""
+    final_url: str
+    validators: Validators | None
+    fetched_at: datetime
+    """When the content was last confirmed (a 200 or a 304): the server's Date when it sent one."""
+    links: list[str] = field(default_factory=list)
+    """Outgoing links, followed again when the page is reused (else the crawl would lose its reach)."""
+    pagination: list[str] = field(default_factory=list)
+    rendered: bool = False
+    activities: list[dict[str, Any]] = field(default_factory=list)
+    """What extraction found on the page (raw activities as JSON), reused without extracting again."""
+    duplicate: bool = False
+    """The URL was a duplicate of another page (`page_url`) then: its activities are that page's. Reused as a
+    duplicate once that page is emitted; before, as that page (`original_url`'s entry), else fetched in full."""
+    original_url: str | None = None
+    """For a duplicate: the requested URL whose entry holds the page's activities."""
+
+
+class PageMemory(Protocol):
+    """Where pages are remembered between crawls. Called from worker threads: implementations are thread-safe."""
+
+    def recall(self, url: str) -> Remembered | None:
+        """What the last crawl left for `url` (the requested URL), or None."""
+        ...
+
+    def remember(self, entry: Remembered) -> None:
+        """Keep `entry` for the next crawl (may be buffered until `flush`)."""
+        ...
+
+    def flush(self) -> None:
+        """Write what `remember` buffered."""
+        ...
+
+
+def response_time(headers: Any, received_at: datetime | None = None) -> datetime:
+    """When the server produced a response: its Date header (the server's clock, which its Last-Modified and
+    sitemap `<lastmod>` use too), else our own clock."""
+    date = headers.get("date") if headers is not None else None
+    if date:
+        try:
+            parsed = parsedate_to_datetime(date)
+        except (TypeError, ValueError):
+            parsed = None
+        if parsed is not None and parsed.tzinfo is not None:
+            return parsed.astimezone(UTC)
+    return received_at or datetime.now(UTC)
+
+
+def parse_lastmod(value: str | None) -> datetime | None:
+    """A sitemap `<lastmod>` (W3C datetime: a date, or a date and time) as the latest moment it can mean.
+
+    A date alone covers the whole day, so it stands for the end of that day: a page changed that afternoon
+    must not look older than a fetch that morning. A time without an offset is taken as UTC. None when
+    the value is missing or malformed (the page is then revalidated as usual).
+    """
+    text = (value or "").strip()
+    if not text:
+        return None
+    try:
+        if len(text) == 10:  # YYYY-MM-DD
+            day = datetime.fromisoformat(text).replace(tzinfo=UTC)
+            return day + timedelta(days=1)
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def unchanged_since(lastmod: datetime | None, fetched_at: datetime) -> bool:
+    """True when the sitemap says the page was last modified before we last fetched it.
+
+    Strictly before: `<lastmod>` and Date have whole seconds, so a page changed in the same second as the
+    fetch (after it) would otherwise look unchanged.
+    """
+    if lastmod is None:
+        return False
+    fetched = fetched_at if fetched_at.tzinfo else fetched_at.replace(tzinfo=UTC)
+    return lastmod < fetched
+
+
+def entry_for(page: Page, activities: list[dict[str, Any]]) -> Remembered | None:
+    """What to keep of a consumed page for the next crawl; None for a page that must not answer for itself
+    later (cut off by the size cap, or with no fetch time)."""
+    if page.truncated or page.fetched_at is None:
+        return None
+    return Remembered(
+        url=page.requested_url, page_url=page.url, final_url=page.final_url or page.url,
+        validators=page.validators, fetched_at=page.fetched_at, links=list(page.links),
+        pagination=list(page.pagination), rendered=page.rendered, activities=activities,
+    )

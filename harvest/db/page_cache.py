@@ -1,0 +1,83 @@
+"""The crawl's page memory in the metadata database (`page_cache`): one row per URL the last crawl fetched.
+
+Kept in the database rather than as objects in the store: a re-crawl reads one small row per URL (one
+indexed lookup, no listing), and 50,000 pages are 50,000 rows, not 50,000 objects to put and get.
+Writes are buffered and upserted in batches, so remembering costs one statement per `BATCH` pages.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from harvest.crawl.revalidate import Remembered, Validators
+from harvest.db.caches import _upsert
+from harvest.db.engine import database_error, transaction, utcnow
+from harvest.db.schema import page_cache
+
+BATCH = 200
+
+
+class PageCache:
+    """`harvest.crawl.revalidate.PageMemory` over the `page_cache` table; thread-safe.
+
+    `extractor` names the extraction that found the stored activities: rows another version wrote are not
+    recalled (that page is fetched and extracted again), so a better extractor is never fed old answers.
+    """
+
+    def __init__(self, engine: Engine, extractor: str) -> None:
+        self.engine = engine
+        self.extractor = extractor
+        self._pending: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        # On SQLite every transaction of the shared engine takes the write lock (harvest.db.engine), so eight
+        # concurrent lookups queued behind each other on the busy timeout (6 ms a lookup, most of a re-crawl).
+        # A lookup is one SELECT: run it on an engine of its own, outside any transaction, which WAL never blocks.
+        self._reader = sa.create_engine(engine.url) if engine.dialect.name == "sqlite" else engine
+
+    def recall(self, url: str) -> Remembered | None:
+        query = sa.select(page_cache).where(page_cache.c.url == url, page_cache.c.extractor == self.extractor)
+        if self._reader is self.engine:
+            with transaction(self.engine) as connection:
+                row = connection.execute(query).first()
+        else:
+            try:
+                with self._reader.connect() as connection:
+                    row = connection.execute(query).first()
+            except sa.exc.SQLAlchemyError as exc:
+                raise database_error(exc) from exc
+        if row is None:
+            return None
+        fetched_at = row.fetched_at if row.fetched_at.tzinfo else row.fetched_at.replace(tzinfo=UTC)
+        validators = Validators(row.etag, row.last_modified) if row.etag or row.last_modified else None
+        return Remembered(
+            url=row.url, page_url=row.page_url, final_url=row.final_url, validators=validators,
+            fetched_at=fetched_at, links=list(row.links), pagination=list(row.pagination), rendered=row.rendered,
+            activities=list(row.activities), duplicate=row.duplicate, original_url=row.original_url,
+        )
+
+    def remember(self, entry: Remembered) -> None:
+        validators = entry.validators or Validators()
+        row = {
+            "url": entry.url, "page_url": entry.page_url, "final_url": entry.final_url,
+            "etag": validators.etag, "last_modified": validators.last_modified,
+            "fetched_at": entry.fetched_at.astimezone(UTC), "rendered": entry.rendered,
+            "links": entry.links, "pagination": entry.pagination, "activities": entry.activities,
+            "duplicate": entry.duplicate, "original_url": entry.original_url,
+            "extractor": self.extractor, "updated_at": utcnow(),
+        }
+        with self._lock:
+            self._pending[entry.url] = row  # one row per URL in a statement: ON CONFLICT refuses two
+            if len(self._pending) < BATCH:
+                return
+            rows, self._pending = list(self._pending.values()), {}
+        _upsert(self.engine, page_cache, rows, ["url"])
+
+    def flush(self) -> None:
+        with self._lock:
+            rows, self._pending = list(self._pending.values()), {}
+        _upsert(self.engine, page_cache, rows, ["url"])
