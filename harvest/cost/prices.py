@@ -31,6 +31,8 @@ class Counter(StrEnum):
     geocode_cache_hits = "geocode_cache_hits"
     pages_http = "pages_http"
     pages_browser = "pages_browser"
+    pages_not_modified = "pages_not_modified"  # a 304 to a conditional GET: the page's remembered activities reused
+    pages_lastmod_unchanged = "pages_lastmod_unchanged"  # sitemap <lastmod> older than the last fetch: no request
     images_downloaded = "images_downloaded"
     images_reused = "images_reused"  # a 304 to a conditional GET: no download
     bytes_stored = "bytes_stored"

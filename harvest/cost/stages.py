@@ -23,13 +23,16 @@ def _int(details: Mapping[str, Any], key: str) -> int:
 
 def free_counters(step: str, items_out: int, details: Mapping[str, Any], files: Iterable[FileRef]) -> dict[str, int]:
     """What a finished step did that costs no money but says what a run used: pages fetched (HTTP, browser),
-    images downloaded and reused, cache hits that avoided a paid call, bytes stored."""
+    images downloaded and reused, pages reused from the page memory and cache hits that avoided a paid call,
+    bytes stored."""
     stage = ledger_stage(step)
     counters: dict[str, int] = {Counter.bytes_stored: sum(ref.bytes for ref in files)}
     if stage == "crawl":
         counters[Counter.pages_http] = _int(details, "pages_http")
         counters[Counter.pages_browser] = _int(details, "pages_rendered")
         counters[Counter.chat_cache_hits] = _int(details, "llm_cached_answers")
+        counters[Counter.pages_not_modified] = _int(details, "pages_not_modified")
+        counters[Counter.pages_lastmod_unchanged] = _int(details, "pages_lastmod_unchanged")
     elif stage == "images":
         reused = _int(details, "images_reused")
         counters[Counter.images_reused] = reused
