@@ -34,7 +34,7 @@ def make_task_runner(settings: HarvestSettings) -> TaskRunner[Any]:
             per_process = -(-threads // settings.dask_processes)
             return DaskTaskRunner(cluster_kwargs={
                 "n_workers": settings.dask_processes, "threads_per_worker": per_process, "processes": True,
-                "dashboard_address": None,
+                "dashboard_address": ":0",
             })
         # Threads, not processes: the tasks stay in this process, so they work with the ephemeral API too.
         return DaskTaskRunner(cluster_kwargs={"n_workers": 1, "threads_per_worker": threads, "processes": False})

@@ -190,3 +190,17 @@ def test_connecting_is_retried_with_backoff_until_the_reconnect_window_ends(
     assert len(accepted) == 4, accepted
     gaps = [later - earlier for earlier, later in zip(accepted, accepted[1:])]
     assert gaps[0] >= 0.2 and gaps[1] >= 0.4 and gaps[2] >= 0.8, gaps
+
+
+def test_threads_migrating_at_once_all_succeed(tmp_path) -> None:  # noqa: ANN001
+    """The first tasks of a fresh process (a Dask worker process) call upgrade() from several threads at once;
+    Alembic keeps its command context in module globals, so unguarded they failed with KeyError('script')."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    urls = [f"sqlite:///{tmp_path / f'race-{n}.db'}" for n in range(3)]
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        failures = [f.exception() for f in [pool.submit(upgrade, urls[i % 3]) for i in range(24)]]
+    assert failures == [None] * 24
+    for url in urls:
+        with get_engine(url).begin() as connection:
+            assert connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one()
