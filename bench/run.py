@@ -6,12 +6,13 @@ Every measured case runs in a fresh subprocess, so its peak RSS is its own:
   read) the plain-COPY floor of the same rows;
 - `bench.one N --rerun`: the same input again over what the first run stored (wall ratio, API calls);
 - `bench.whole_lists N`: the whole-lists alternative a typical Prefect user would write;
-- `bench.crawl URL MODE`, once per render mode, over the demo site served from this process.
+- `bench.crawl URL MODE`, once per render mode, over the demo site served from this process;
+- `bench.dask_processes N`, twice (thread runner, then a local Dask cluster of worker processes): the `dask` entry.
 
 Sizes: BENCH_SIZES (default "100,1000,10000"). BENCH_RERUN=0 skips the re-runs, BENCH_WHOLE_LISTS=0 the
 alternative, BENCH_CRAWL=0 the crawls (BENCH_CRAWL_REPEATS rounds of them, default 3: medians are
 reported); the alternative runs only up to BENCH_WHOLE_LISTS_MAX (10000: at 50,000 it would hold ~15 GB
-of lists).
+of lists). BENCH_DASK=0 skips the Dask entry; BENCH_DASK_N (10000) and BENCH_DASK_PROCESSES (2) size it.
 """
 
 from __future__ import annotations
@@ -171,6 +172,32 @@ def run_recrawl(site: Any, workdir: Path, env: dict[str, str]) -> dict[str, Any]
     }
 
 
+def run_dask(env: dict[str, str], workdir: Path) -> dict[str, Any]:
+    """The same cold run over BENCH_DASK_N activities (10,000) with the thread runner, then on a local Dask
+    cluster of BENCH_DASK_PROCESSES worker processes (2): both walls, and whether the output is identical."""
+    n = int(os.environ.get("BENCH_DASK_N", "10000"))
+    processes = int(os.environ.get("BENCH_DASK_PROCESSES", "2"))
+    print(f"bench: N={n}: thread runner, then Dask with {processes} worker processes ...", file=sys.stderr, flush=True)
+    threads = child("bench.dask_processes", [str(n)], {**env, "HARVEST_TASK_RUNNER": "threads"},
+                    workdir / f"dask-threads-{n}.json")
+    dask = child("bench.dask_processes", [str(n)],
+                 {**env, "HARVEST_TASK_RUNNER": "dask", "HARVEST_DASK_PROCESSES": str(processes)},
+                 workdir / f"dask-processes-{n}.json")
+    flow = f":{dask['flow_process_pid']}"
+    return {
+        "n": n,
+        "dask_processes": processes,
+        "threads_wall_s": threads["wall_s"],
+        "dask_processes_wall_s": dask["wall_s"],
+        "dask_over_threads": round(dask["wall_s"] / threads["wall_s"], 2) if threads["wall_s"] else None,
+        "output_identical": threads["sha256"] == dask["sha256"] and threads["activities"] == dask["activities"],
+        "activities": dask["activities"],
+        # host:pid of the processes that ran the geocode chunks and the embeddings submission in the Dask run
+        "enrichment_processes": len(dask["enrichment_processes"]),
+        "enrichment_in_flow_process": any(p.endswith(flow) for p in dask["enrichment_processes"]),
+    }
+
+
 def targets(results: list[dict[str, Any]], crawl: dict[str, Any]) -> dict[str, Any]:
     """The issue's target ratios, computed from this run (None when a needed case was not run)."""
     by_n = {r["n"]: r for r in results}
@@ -235,6 +262,13 @@ def markdown(document: dict[str, Any]) -> str:
             lines.append(f"| {r['n']} | {r['wall_s']} | {alt.get('wall_s', '')} | {r['peak_rss_mb']} | "
                          f"{alt.get('peak_rss_mb', '')} | {r['bytes_between_tasks']} | "
                          f"{alt.get('bytes_between_tasks', '')} |")
+    dask = document.get("dask") or {}
+    if dask:
+        title = f"### Dask, {dask['dask_processes']} worker processes, vs the thread runner (N={dask['n']}, cold)"
+        lines += ["", title, "", "| threads wall_s | dask_processes_wall_s | dask/threads | output_identical |",
+                  "|---|---|---|---|",
+                  f"| {dask['threads_wall_s']} | {dask['dask_processes_wall_s']} | {dask['dask_over_threads']} | "
+                  f"{dask['output_identical']} |"]
     crawl = document.get("crawl") or {}
     if crawl:
         lines += ["", "### Crawl of the demo site (median of the rounds)", "",
@@ -302,6 +336,7 @@ def main() -> int:
     try:
         with OpenAITestServer() as openai_server, GeocoderTestServer() as geocoder:
             results = []
+            dask: dict[str, Any] = {}
             for n in sizes:
                 bucket = s3.new_bucket()
                 env = {
@@ -315,6 +350,9 @@ def main() -> int:
                 }
                 results.append(run_size(n, env, workdir, openai_server, geocoder))
                 print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+            if _flag("BENCH_DASK"):
+                dask = run_dask(env, workdir)
+                print(json.dumps(dask), file=sys.stderr, flush=True)
     finally:
         s3.stop()
         server.terminate()
@@ -325,6 +363,7 @@ def main() -> int:
         "machine": f"{os.cpu_count()} cores; other processes may have shared them (see the notes in README)",
         "results": results,
         "crawl": crawl,
+        "dask": dask,
     }
     document["targets"] = targets(results, crawl)
     (RESULTS / "latest.json").write_text(json.dumps(document, indent=2) + "\n")

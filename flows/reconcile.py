@@ -6,6 +6,7 @@ from uuid import UUID
 
 from prefect import get_client
 from prefect.exceptions import ObjectNotFound
+from prefect.states import Crashed
 from sqlalchemy.engine import Engine
 
 from harvest.db.engine import utcnow
@@ -41,4 +42,22 @@ def reconcile_if_dead(engine: Engine, policy: RetentionPolicy, run_id: str) -> b
     if row is None or row["status"] != "running" or not process_gone(row.get("host"), row.get("pid")):
         return False
     why = f"its process {row['pid']} on {row['host']} is gone"
-    return reconcile_run(engine, policy, run_id, "crashed", why, utcnow())
+    done = reconcile_run(engine, policy, run_id, "crashed", why, utcnow())
+    if done:
+        crash_flow_run(run_id, why)
+    return done
+
+
+def crash_flow_run(run_id: str, why: str) -> bool:
+    """Tell Prefect a flow run whose process is known dead has crashed; True when its state was changed.
+
+    A worker that dies with its flow run (SIGKILL, OOM, a lost machine) leaves the flow run RUNNING in Prefect
+    for ever: nothing is left to report. Crashed is terminal, so `prefect flow-run retry` (any worker of the
+    pool then picks the run up) and `harvest runs resume` accept it, and the sweep stops asking.
+    """
+    state = flow_run_state(run_id)
+    if state not in ("RUNNING", "PENDING", "CANCELLING"):  # over already, or scheduled again (a retry)
+        return False
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(UUID(run_id), Crashed(message=f"harvest reconciled the run: {why}"), force=True)
+    return True

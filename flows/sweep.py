@@ -11,7 +11,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from flows.reconcile import flow_run_state
+from flows.reconcile import crash_flow_run, flow_run_state
 from flows.resources import resources
 from harvest.retention import SweepReport, policy_from, sweep
 
@@ -50,6 +50,12 @@ def sweep_expired(dry_run: bool = False) -> dict[str, Any]:
         len(report.cleaned), len(report.digests), len(report.orphans), len(report.images), len(report.missing),
         report.deleted_objects,
     )
+    if not dry_run:  # a row declared dead on its own evidence (process gone, no heartbeat): Prefect learns it too
+        for item in report.reconciled:
+            try:
+                crash_flow_run(item["run_id"], item["reason"])  # no-op where Prefect already says it is over
+            except Exception as exc:  # noqa: BLE001 - the row is reconciled; the flow run can be retried by hand
+                report.errors.append(f"run {item['run_id']}: flow run not marked crashed: {exc}")
     for error in report.errors:
         logger.warning("sweep: %s", error)
     create_markdown_artifact(report_markdown(report), key="sweep-expired-report", description="What the sweep did")

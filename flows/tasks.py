@@ -8,6 +8,8 @@ which is why every key carries the run id.
 
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,7 +53,9 @@ def record_stage(res: Resources, run_id: str, step: str, result: StageResult) ->
     logger = get_run_logger()
     for ref in result.files:
         run_rows.record_file(res.engine, run_id, ref)
-    run_rows.record_step(res.engine, run_id, step, result.stats.model_dump())
+    # Which process ran the step: the flow's, or (HARVEST_DASK_PROCESSES) a Dask worker process.
+    stats = result.stats.model_copy(update={"processes": [f"{socket.gethostname()}:{os.getpid()}"]})
+    run_rows.record_step(res.engine, run_id, step, stats.model_dump())
     count_step(res.engine, run_id, step, result)
     run_rows.add_warnings(res.engine, run_id, [f"{step}: {w}" for w in result.warnings], failed_urls=result.failed_urls)
     for warning in result.warnings[:LOGGED_WARNINGS]:

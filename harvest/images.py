@@ -22,7 +22,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from multiprocessing import get_context
+from multiprocessing import current_process, get_context
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
@@ -231,10 +231,12 @@ _POOL_GUARD = threading.Lock()
 def _pool() -> ProcessPoolExecutor | None:
     """One process pool per process, sized to the cores: decoding and re-encoding are CPU work that threads
     would serialize on the GIL. Forkserver, not fork: the caller has threads (Prefect, httpx) that a fork
-    would copy mid-lock. None when processes cannot be started here."""
+    would copy mid-lock. None when processes cannot be started here: settings say no, or this is a daemonic
+    process (a Dask worker process), which may not have children; there the cluster's processes are the
+    parallelism."""
     global _POOL
     with _POOL_GUARD:
-        if _POOL is None and get_settings().image_processes:
+        if _POOL is None and get_settings().image_processes and not current_process().daemon:
             try:
                 _POOL = ProcessPoolExecutor(max_workers=os.cpu_count() or 1, mp_context=get_context("forkserver"))
             except (OSError, ValueError):

@@ -173,7 +173,15 @@ class HarvestSettings(BaseSettings):
         default="threads", description="threads: a thread pool in the flow's process; dask: a Dask cluster."
     )
     dask_address: str | None = Field(
-        default=None, description="Scheduler of an existing Dask cluster (tcp://host:8786); unset: an in-process one."
+        default=None, description="Scheduler of an existing Dask cluster (tcp://host:8786); unset: a local one."
+    )
+    dask_processes: int = Field(
+        default=0, ge=0,
+        description=(
+            "Worker processes of the local Dask cluster (no HARVEST_DASK_ADDRESS). 0: one worker inside the flow's "
+            "process (threads; works on Prefect's temporary API). N ≥ 1: N worker processes, each building what its "
+            "tasks need from the environment; they report to PREFECT_API_URL, so a Prefect server is needed."
+        ),
     )
     enrich_chunk_size: int = Field(
         default=1000, ge=1, description="Activities per image/geocode task: enrichment fans out in chunks of this size."

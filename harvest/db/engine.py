@@ -23,6 +23,7 @@ from harvest.settings import get_settings
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
 _upgraded: set[str] = set()
+_UPGRADE_GUARD = threading.Lock()
 
 
 def utcnow() -> datetime:
@@ -79,7 +80,15 @@ def _sqlite_begin_immediate(connection: Connection) -> None:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
-    """Apply Alembic migrations up to `revision`. Cheap when already there (checked once per process)."""
+    """Apply Alembic migrations up to `revision`. Cheap when already there (checked once per process).
+
+    One call at a time per process: Alembic's commands keep their context in module globals, so two threads
+    migrating at once (the first tasks of a fresh Dask worker process) failed with KeyError('script')."""
+    with _UPGRADE_GUARD:
+        _upgrade(url, revision)
+
+
+def _upgrade(url: str, revision: str) -> None:
     if revision == "head" and url in _upgraded:
         return
     from alembic import command

@@ -23,6 +23,9 @@ class StageStats(BaseModel):
     skipped: int = 0
     seconds: float = 0.0
     details: dict[str, int | float | str] = Field(default_factory=dict)
+    processes: list[str] = Field(
+        default_factory=list, description="host:pid of each process that ran (a chunk of) the stage, set by the flow."
+    )
 
 
 class StageResult(BaseModel):
@@ -95,4 +98,5 @@ def merge_stats(parts: list[StageStats]) -> StageStats:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 total.details[key] = total.details.get(key, 0) + value  # type: ignore[operator]
     total.details["chunks"] = len(parts)
+    total.processes = sorted({process for part in parts for process in part.processes})
     return total

@@ -11,7 +11,7 @@ import sqlite3
 import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +127,35 @@ def _has_coordinates(record: dict[str, Any]) -> bool:
     return location.get("latitude") is not None and location.get("longitude") is not None
 
 
+def _addresses(records: Iterable[dict[str, Any]]) -> Iterator[tuple[str, str]]:
+    """(normalized, as written) for each record that is to be geocoded: an address and no page coordinates."""
+    for record in records:
+        if not _has_coordinates(record) and (address := (record.get("location") or {}).get("formattedAddress")):
+            yield normalize_address(address), address
+
+
+def _first_spellings(
+    store: ObjectStore, uri: str, chunk: Chunk, records: Iterable[dict[str, Any]]
+) -> dict[str, str]:
+    """Normalized address → the spelling the geocoder is asked with: its first in the whole file.
+
+    Spellings of one address ('2 Main Rd' / '2 Main Road') get answers that differ in the echoed text. Asking
+    with whichever spelling came first in time made the output depend on which chunk's thread, or which
+    process, asked first; the first in file order is the same for any chunking, runner and timing. The lines
+    before this chunk are read only when it is not the first.
+    """
+    spelling: dict[str, str] = {}
+    for key, address in _addresses(records):
+        spelling.setdefault(key, address)
+    if chunk.start > 0 and spelling:
+        earlier: dict[str, str] = {}
+        for key, address in _addresses(Chunk(chunk.index, 0, chunk.start).records(store, uri)):
+            if key in spelling and key not in earlier:
+                earlier[key] = address
+        spelling.update(earlier)
+    return spelling
+
+
 def geocode_addresses(
     store: ObjectStore, run_id: str, standardized: FileRef, geocoder: Geocoder, *, workers: int = 4,
     cache: tuple[Engine, str] | None = None, chunk: Chunk | None = None,
@@ -145,11 +174,8 @@ def geocode_addresses(
         return chunk.records(store, standardized.uri)
 
     # Activities with page coordinates are never geocoded, so their addresses are not even looked up.
-    keys = {
-        normalize_address(address)
-        for record in records()
-        if not _has_coordinates(record) and (address := (record.get("location") or {}).get("formattedAddress"))
-    }
+    spelling = _first_spellings(store, standardized.uri, chunk, records())
+    keys = set(spelling)
     cached = _book_for(run_id, cache[1] if cache else type(geocoder).__name__)
     reused = _preload(cached, keys, *cache) if cache else 0
     asked: set[str] = set()  # the addresses this chunk sent to the geocoder
@@ -169,7 +195,7 @@ def geocode_addresses(
         return {"id": record["id"], **answer} if answer is not None else None
 
     def one(record: dict[str, Any]) -> dict[str, object]:
-        address = record["location"]["formattedAddress"]
+        address = spelling[normalize_address(record["location"]["formattedAddress"])]
         return {"id": record["id"], **cached.ask(geocoder, address, asked)}
 
     def activities() -> Iterator[dict[str, Any]]:

@@ -213,3 +213,17 @@ def test_timestamps_are_stored_as_instants_and_read_back_in_utc(engine) -> None:
             connection.exec_driver_sql("UPDATE scrape_runs SET finished_at = '2024-05-01 02:03:04.000000'")
             finished = connection.execute(sa.select(scrape_runs.c.finished_at)).scalar_one()
         assert finished == datetime(2024, 5, 1, 2, 3, 4, tzinfo=UTC) and finished.tzinfo is UTC
+
+
+def test_threads_migrating_at_once_all_succeed(tmp_path) -> None:  # noqa: ANN001
+    """The first tasks of a fresh process (a Dask worker process) call upgrade() from several threads at once;
+    Alembic keeps its command context in module globals, so unguarded they failed with KeyError('script')."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    urls = [f"sqlite:///{tmp_path / f'race-{n}.db'}" for n in range(3)]
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        failures = [f.exception() for f in [pool.submit(upgrade, urls[i % 3]) for i in range(24)]]
+    assert failures == [None] * 24
+    for url in urls:
+        with get_engine(url).begin() as connection:
+            assert connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one()

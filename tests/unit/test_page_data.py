@@ -14,6 +14,7 @@ import pytest
 from harvest.countries import country_code
 from harvest.geocode import NominatimGeocoder
 from harvest.models import Location, RawActivity, RunConfig
+from harvest.stages.common import Chunk
 from harvest.stages.geocode import geocode_addresses
 from harvest.stages.merge import final_record
 from harvest.stages.standardize import standardize_raw_activities
@@ -75,6 +76,28 @@ def test_page_coordinates_are_kept_exactly_and_never_sent_to_the_geocoder(store,
     assert twilight["formatted_address"] is None  # coordinates alone: no address made up from them
     knox = finals["Alistair Knox Park"]
     assert knox["coordinates_source"] == "geocoder" and knox["latitude"] is not None
+
+
+def test_each_address_is_asked_in_its_first_spelling_whatever_chunk_or_process_asks(store, geo) -> None:
+    """'2 Main Rd' and '2 Main Road' are one address; the geocoder echoes the spelling it was asked. A chunk that
+    sees only the later spelling, in a process of its own (a fresh answer book: another run id here), still asks
+    with the first spelling in the file, so the two chunks' answers, and the output, never depend on timing."""
+    raws = [
+        {"name": "Copper Butterfly Playspace", "location": {"formattedAddress": "2 Main Rd, Eltham, AU"}},
+        {"name": "Lower Eltham Reserve", "location": {"formattedAddress": "2 Main Road, Eltham, AU"}},
+    ]
+    standardized = _standardized(store, raws)
+    geocoder = NominatimGeocoder(geo.base_url, user_agent="t", rate_per_second=1000.0, timeout_s=2.0)
+    lines = list(iter_jsonl(store, standardized.uri))
+    later = next(i for i, line in enumerate(lines) if line["location"]["formattedAddress"].endswith("Road, Eltham, AU"))
+    first = lines[1 - later]["location"]["formattedAddress"]
+
+    part = geocode_addresses(store, "run-other-process", standardized, geocoder,
+                             chunk=Chunk(later, later, later + 1))
+
+    assert [request["query"].get("q") for request in geo.requests_seen()] == [first]
+    (row,) = iter_jsonl(store, part.files[0].uri)
+    assert row["address"] == first
 
 
 def test_page_coordinates_survive_a_failed_geocode_stage() -> None:
