@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from harvest.db import runs
 from harvest.db.activities import import_activities
-from harvest.db.engine import get_engine, transaction
+from harvest.db.engine import get_engine, transaction, upgrade
 from harvest.db.retention import mark_run_files_deleted
 from harvest.db.schema import activities
 from harvest.errors import DatabaseError
