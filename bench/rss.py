@@ -4,12 +4,14 @@ thread). The bench reports the peak per stage, so a stage whose memory grows wit
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import threading
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _STAGES = f"{os.sep}harvest{os.sep}stages{os.sep}"
@@ -35,8 +37,21 @@ def peak_rss_mb() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
+def _thread_frames() -> dict[int, Any]:
+    """`sys._current_frames()` with the garbage collector off: on CPython 3.11 a collection triggered inside it
+    deadlocks the whole process (python/cpython#106883, fixed in 3.12 only): it holds the runtime's head lock,
+    and an object freed by the collection waits for that lock. A 10,000 bench hung there for good."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return sys._current_frames()  # noqa: SLF001 - a profiler's job
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _running_stage() -> str | None:
-    for thread_id, frame in sys._current_frames().items():  # noqa: SLF001 - a profiler's job
+    for thread_id, frame in _thread_frames().items():
         if thread_id == threading.get_ident():
             continue
         stage = None
@@ -76,7 +91,7 @@ class RssSampler:
 
     def _trace(self, rss: float) -> None:
         print(f"--- rss {rss:.0f} MB at {time.strftime('%X')}", file=sys.stderr)
-        for thread_id, frame in sys._current_frames().items():  # noqa: SLF001
+        for thread_id, frame in _thread_frames().items():
             if thread_id == threading.get_ident():
                 continue
             lines = [f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in traceback.extract_stack(frame)

@@ -30,10 +30,10 @@ def make_task_runner(settings: HarvestSettings) -> TaskRunner[Any]:
         if settings.dask_processes:
             import dask
 
-            # Dask's worker profiler samples every thread's stack all the time; with our enrichment threads
-            # blocked in socket reads, a worker process hung for good in a garbage collection it triggered
-            # (3 of 3 runs at 1,000 activities; 2 of 2 completed once it was off). The nanny hands this config to
-            # the worker processes it starts.
+            # Dask's worker profiler samples every thread's stack with sys._current_frames(), which on CPython
+            # 3.11 deadlocks the process when a garbage collection starts inside it (python/cpython#106883,
+            # fixed in 3.12 only): a worker process hung for good in 3 of 3 runs at 1,000 activities, 2 of 2
+            # completed once it was off. The nanny hands this config to the worker processes it starts.
             dask.config.set({"distributed.worker.profile.enabled": False})
             # Dask holds a task until the futures it waits for are done (it does not occupy a thread meanwhile),
             # so the threads are shared out between the processes. Each worker process inherits this process's
