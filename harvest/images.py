@@ -31,6 +31,7 @@ from PIL import Image
 
 from harvest.errors import DisallowedURLError, ImageError
 from harvest.models import ImageInfo
+from harvest.net.conditional import Validators
 from harvest.net.deadline import call_deadline
 from harvest.net.pinned import AddressBook
 from harvest.net.transport import sync_transport
@@ -75,25 +76,6 @@ def _check_content_type(url: str, header: str | None) -> None:
     if media.startswith("image/") or media in GENERIC_TYPES:
         return
     raise ImageError(f"image {url} refused: content type {media or '(none)'!r} is not an image")
-
-
-@dataclass(frozen=True)
-class Validators:
-    """What a server said to identify a version of a resource (for `If-None-Match` / `If-Modified-Since`)."""
-
-    etag: str | None = None
-    last_modified: str | None = None
-
-    def __bool__(self) -> bool:
-        return bool(self.etag or self.last_modified)
-
-    def request_headers(self) -> dict[str, str]:
-        headers = {}
-        if self.etag:
-            headers["If-None-Match"] = self.etag
-        if self.last_modified:
-            headers["If-Modified-Since"] = self.last_modified
-        return headers
 
 
 class HostSlots:

@@ -36,7 +36,6 @@ from harvest.crawl.politeness import HostGates
 from harvest.crawl.revalidate import (
     PageMemory,
     Remembered,
-    Validators,
     entry_for,
     parse_lastmod,
     response_time,
@@ -46,6 +45,7 @@ from harvest.crawl.robots import RobotsPolicy, fetch_robots, origin_of
 from harvest.crawl.sitemap import collect_sitemap_urls
 from harvest.errors import CrawlError, DisallowedURLError
 from harvest.models import RunConfig
+from harvest.net.conditional import Validators
 from harvest.net.pinned import AddressBook
 from harvest.urls import validate_start_url
 

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 from harvest.errors import CrawlError
 
 if TYPE_CHECKING:
-    from harvest.crawl.revalidate import Remembered, Validators
+    from harvest.crawl.revalidate import Remembered
+    from harvest.net.conditional import Validators
 
 
 @dataclass

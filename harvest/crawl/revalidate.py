@@ -17,32 +17,10 @@ from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+from harvest.net.conditional import Validators
+
 if TYPE_CHECKING:
     from harvest.crawl.page import Page
-
-
-@dataclass(frozen=True)
-class Validators:
-    """What a response said about its version: sent back on the next fetch of the same URL."""
-
-    etag: str | None = None
-    last_modified: str | None = None
-
-    @classmethod
-    def from_headers(cls, headers: Any) -> Validators | None:
-        """The response's validators; None when it has neither (nothing to revalidate with)."""
-        etag = (headers.get("etag") or "").strip() or None
-        last_modified = (headers.get("last-modified") or "").strip() or None
-        return cls(etag, last_modified) if etag or last_modified else None
-
-    def request_headers(self) -> dict[str, str]:
-        """The conditional request headers (RFC 9110 13.1): If-None-Match wins where both are understood."""
-        headers = {}
-        if self.etag:
-            headers["If-None-Match"] = self.etag
-        if self.last_modified:
-            headers["If-Modified-Since"] = self.last_modified
-        return headers
 
 
 @dataclass

@@ -14,10 +14,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from harvest.crawl.revalidate import Remembered, Validators
+from harvest.crawl.revalidate import Remembered
 from harvest.db.caches import _upsert
 from harvest.db.engine import database_error, transaction, utcnow
 from harvest.db.schema import page_cache
+from harvest.net.conditional import Validators
 
 BATCH = 200
 

@@ -16,7 +16,6 @@ import pytest
 from harvest.crawl import CrawlOptions, CrawlStats, Page, crawl
 from harvest.crawl.revalidate import (
     Remembered,
-    Validators,
     entry_for,
     parse_lastmod,
     response_time,
@@ -25,6 +24,7 @@ from harvest.crawl.revalidate import (
 from harvest.db.engine import get_engine, upgrade
 from harvest.db.page_cache import PageCache
 from harvest.models import RunConfig
+from harvest.net.conditional import Validators
 from harvest.settings import BROWSER_CANDIDATES
 from testkit.demo_site import build_demo_site, refresh_sitemap, serve_site, write_page
 
