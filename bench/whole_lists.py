@@ -97,7 +97,7 @@ def geocode(activities: list[dict[str, Any]]) -> list[dict[str, Any]]:
         address = activity.location.formattedAddress
         if not address:
             return {"id": activity.id, "address": None}
-        return {"id": activity.id, **cached.ask(geocoder, address, asked).model_dump(mode="json")}
+        return {"id": activity.id, **cached.ask(geocoder, address, asked)}
 
     return list(ordered_map(one, activities, workers=4))
 
