@@ -13,7 +13,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     DO_NOT_TRACK=1 \
     HARVEST_BROWSER_PATH=/usr/bin/chromium-headless-shell \
     HARVEST_MIGRATIONS_DIR=/app/migrations \
-    HARVEST_HOME=/home/harvest/.harvest
+    HARVEST_HOME=/home/harvest/.harvest \
+    MALLOC_ARENA_MAX=2
 
 # Playwright drives the distribution's Chromium headless shell (`playwright install` needs a CDN and brings its own).
 # hadolint ignore=DL3008

@@ -29,6 +29,7 @@ from harvest.embeddings import make_openai_client
 from harvest.errors import BatchNotReadyError
 from harvest.extract.llm import LLMExtractor
 from harvest.geocode import make_geocoder
+from harvest.memory import release_free_memory
 from harvest.models import FileRef, ImportSummary, RunConfig
 from harvest.stages.collect import collect_raw_activities, copy_raw_activities, extraction_version
 from harvest.stages.common import Chunk, StageResult
@@ -50,6 +51,7 @@ PERSISTED: dict[str, Any] = {"persist_result": True, "result_serializer": "json"
 
 def record_stage(res: Resources, run_id: str, step: str, result: StageResult) -> None:
     """Write what a stage stored and counted into the run row, and surface its warnings in the run's logs."""
+    release_free_memory()  # the stage's data is dropped: its pages go back, not into the next stage's peak
     logger = get_run_logger()
     for ref in result.files:
         run_rows.record_file(res.engine, run_id, ref)

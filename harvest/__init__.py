@@ -2,3 +2,8 @@
 
 The domain package: no Prefect in it. `flows/` composes these functions into the Prefect flow.
 """
+
+from harvest.memory import limit_malloc_arenas
+
+# Before any thread allocates: every entry point (CLI, flow run, worker, Dask worker) imports harvest first.
+limit_malloc_arenas()

@@ -1,0 +1,57 @@
+"""Keep the process's resident memory flat: glibc's allocator is bounded to a few arenas (ctypes over libc:
+no maintained library wraps `mallopt`, and these are two calls).
+
+glibc gives every thread that allocates its own arena, up to 8 per core, and memory freed into an arena is
+kept there for that arena's next allocations instead of returning to the system. The flow's stages run in
+threads (task runner, chunk workers, upload threads), each of them leaving freed blocks in its own arena:
+the bench measured the peak RSS growing with the site (1,000 → 281 MB, 10,000 → 392 MB) with no Python
+object kept, and 262 / 301 MB with two arenas (MALLOC_ARENA_MAX=2, bench/results). Two arenas, not one:
+the flow's threads mostly wait on I/O, so they rarely contend for an arena's lock.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+from functools import cache
+
+logger = logging.getLogger("harvest.memory")
+
+M_ARENA_MAX = -8  # glibc's malloc.h
+DEFAULT_ARENAS = 2
+
+
+@cache
+def _glibc() -> ctypes.CDLL | None:
+    """The C library when it is glibc (musl and macOS have neither call)."""
+    name = ctypes.util.find_library("c")
+    if not name:
+        return None
+    try:
+        libc = ctypes.CDLL(name)
+    except OSError:
+        return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+
+
+def limit_malloc_arenas(arenas: int = DEFAULT_ARENAS) -> bool:
+    """Bound glibc's arenas for this process (threads started afterwards share them). A MALLOC_ARENA_MAX set in
+    the environment wins: glibc applied it at start. Returns whether the bound was set here."""
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return False
+    libc = _glibc()
+    if libc is None:
+        return False
+    if libc.mallopt(M_ARENA_MAX, arenas) != 1:
+        logger.warning("mallopt(M_ARENA_MAX, %d) was refused; memory may grow with the number of threads", arenas)
+        return False
+    return True
+
+
+def release_free_memory() -> None:
+    """Give the pages the allocator holds free back to the system (after a stage has dropped its data)."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
