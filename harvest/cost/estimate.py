@@ -68,13 +68,13 @@ class _EstimatingExtractor(LLMExtractor):
 
     The input is estimated from the messages' length; the answer's length cannot be known without asking, so
     it is `output_ratio` times the input: this deployment's own ratio once its ledger has enough history,
-    else DEFAULT_OUTPUT_RATIO. (The budget's holds use the generous `estimated_usage` instead: there an
-    estimate too low could overspend.)
+    else DEFAULT_OUTPUT_RATIO. (A budget's holds use `held_usage` instead: generous, with the output capped.)
     """
 
     output_ratio = DEFAULT_OUTPUT_RATIO
 
-    def _complete(self, page_text: str, url: str, reservation: Reservation | None = None) -> str:
+    def _complete(self, page_text: str, url: str, reservation: Reservation | None = None,
+                  max_output_tokens: int | None = None) -> str:
         assert self.meter is not None
         sent = tokens_from_chars(sum(len(str(m.get("content", ""))) for m in self.messages(page_text, url)))
         self.meter.charge({Counter.chat_requests: 1, Counter.chat_input_tokens: sent,

@@ -36,6 +36,12 @@ MAX_TAGS = 30
 # The answer restates the page's activities as JSON: estimated at this share of the page text's tokens (measured
 # on the demo site's labelled pages; the exact count is only known once the model has answered).
 OUTPUT_SHARE_OF_PAGE = 0.6
+# Under a budget a call's hold must cover what the call can spend: the input is counted generously (3 UTF-8 bytes
+# a token, where English text averages 4 characters) and the output is capped with max_completion_tokens at what
+# was held (twice the estimate, at least 256 tokens), so a settled call never costs more than its hold.
+HELD_INPUT_BYTES_PER_TOKEN = 3
+HELD_OUTPUT_FACTOR = 2
+MIN_HELD_OUTPUT_TOKENS = 256
 
 PAGE_START = "<<<PAGE TEXT"
 PAGE_END = "PAGE TEXT>>>"
@@ -158,6 +164,16 @@ class LLMExtractor:
         return {Counter.chat_requests: 1, Counter.chat_input_tokens: tokens_from_chars(sent),
                 Counter.chat_output_tokens: min(self.max_output_tokens, output)}
 
+    def held_usage(self, page_text: str, url: str) -> dict[str, int]:
+        """What a call under a budget is allowed to use: the input counted generously, the output cap it is sent
+        with (see HELD_OUTPUT_FACTOR)."""
+        estimate = self.estimated_usage(page_text, url)
+        sent = sum(len(str(message.get("content", "")).encode()) for message in self.messages(page_text, url))
+        output = min(self.max_output_tokens,
+                     max(MIN_HELD_OUTPUT_TOKENS, HELD_OUTPUT_FACTOR * estimate[Counter.chat_output_tokens]))
+        return {Counter.chat_requests: 1, Counter.chat_input_tokens: -(-sent // HELD_INPUT_BYTES_PER_TOKEN),
+                Counter.chat_output_tokens: output}
+
     def extract_page(self, html: str | bytes, url: str) -> list[RawActivity]:
         """Activities in a fetched page: its visible text plus image references, bounded, then `extract`."""
         # One character over the limit lets `messages` tell the model the text was cut.
@@ -169,7 +185,7 @@ class LLMExtractor:
             return []
         key = self.prompt_key(page_text, url)
         cached = self.cache.get(key) if self.cache is not None else None
-        content = cached if cached is not None else self._complete(page_text, url, self._reserve(page_text, url))
+        content = cached if cached is not None else self._complete(page_text, url, *self._reserve(page_text, url))
         self.cache_hits += cached is not None
         try:
             answer = json.loads(content)
@@ -198,25 +214,29 @@ class LLMExtractor:
             activities.append(activity)
         return activities
 
-    def _reserve(self, page_text: str, url: str) -> Reservation | None:
-        """Hold the call's estimated cost against the run's budget; OverBudgetError when it does not fit."""
+    def _reserve(self, page_text: str, url: str) -> tuple[Reservation | None, int]:
+        """Hold the call's cost against the run's budget, and the output cap to send it with; OverBudgetError when
+        it does not fit. Without a budget the hold is the estimate and the cap the configured one."""
         if self.meter is None:
-            return None
-        reservation = self.meter.reserve(self.estimated_usage(page_text, url), url)
+            return None, self.max_output_tokens
+        held = self.estimated_usage(page_text, url) if self.meter.limit is None else self.held_usage(page_text, url)
+        reservation = self.meter.reserve(held, url)
         if reservation is None:
-            raise OverBudgetError(f"LLM extraction of {url} skipped: its estimated cost would pass the budget")
-        return reservation
+            raise OverBudgetError(f"LLM extraction of {url} skipped: its cost would pass the budget")
+        return reservation, held[Counter.chat_output_tokens]
 
-    def _complete(self, page_text: str, url: str, reservation: Reservation | None = None) -> str:
+    def _complete(self, page_text: str, url: str, reservation: Reservation | None = None,
+                  max_output_tokens: int | None = None) -> str:
         """One chat completion; every failure mode becomes an ExtractionError that names it. The usage the API
         reports is charged to the meter (a failed answer was still paid for)."""
+        cap = max_output_tokens or self.max_output_tokens
         where = f"LLM extraction of {url} with model {self.model}"
         try:
             completion = self.client.chat.completions.create(
                 model=self.model,
                 messages=self.messages(page_text, url),
                 response_format=RESPONSE_FORMAT,
-                max_completion_tokens=self.max_output_tokens,
+                max_completion_tokens=cap,
             )
         except openai.OpenAIError as exc:
             if self.meter is not None:  # no answer, no usage reported: the hold is given back
@@ -228,9 +248,9 @@ class LLMExtractor:
             raise ExtractionError(f"{where} failed: {type(exc).__name__}: {exc}") from exc
         if self.meter is not None:
             self.meter.charge(_chat_usage(completion), reservation)
-        return self._content(completion, where)
+        return self._content(completion, where, cap)
 
-    def _content(self, completion: Any, where: str) -> str:
+    def _content(self, completion: Any, where: str, cap: int) -> str:
         """The answer's text; every unusable answer becomes an ExtractionError that names it."""
         if not completion.choices:
             raise ExtractionError(f"{where} failed: the answer has no choices")
@@ -239,7 +259,8 @@ class LLMExtractor:
             raise ExtractionError(f"{where} failed: the model refused: {choice.message.refusal}")
         if choice.finish_reason == "length":
             raise ExtractionError(
-                f"{where} failed: the answer was cut off at {self.max_output_tokens} tokens (too many activities?)"
+                f"{where} failed: the answer was cut off at {cap} tokens (too many activities"
+                + (", or the output cap the budget left?)" if cap < self.max_output_tokens else "?)")
             )
         if choice.finish_reason == "content_filter":
             raise ExtractionError(f"{where} failed: the answer was withheld by the content filter")

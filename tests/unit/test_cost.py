@@ -67,8 +67,8 @@ def test_a_budget_stops_llm_extraction_part_way_and_names_the_pages_left(oai: Op
     oai.reset()
     urls = [f"https://example.org/page-{n}" for n in range(6)]
     probe = LLMExtractor(client(oai), "gpt-4o-mini")
-    per_call = PRICES.cost(probe.estimated_usage(PAGE, urls[0]))
-    meter = Meter("crawl", limit=per_call * 2.5)  # room for two calls' estimates, not three
+    per_call = PRICES.cost(probe.held_usage(PAGE, urls[0]))
+    meter = Meter("crawl", limit=per_call * 2.5)  # room for two calls' holds, not three
     extractor = LLMExtractor(client(oai), "gpt-4o-mini", meter=meter)
     made, refused = [], []
     for url in urls:
