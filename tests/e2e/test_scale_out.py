@@ -191,8 +191,14 @@ def deployment_run(stack: Stack, url: str) -> str:
 
 
 def ran_by(stack: Stack, workers: dict[str, Any], flow_run_id: str) -> list[str]:
-    """The workers whose log names the flow run (a worker logs each run it submits)."""
-    return [name for name in workers if flow_run_id in stack.log_tail(name, chars=10_000_000)]
+    """The workers that ran the flow run. Both workers of a pool may pick one scheduled run and log that they are
+    submitting it; the server lets one move it to Pending, and the other logs "Aborted submission" (Prefect's
+    workers/base.py): that one did not run it."""
+    def ran(log: str) -> bool:
+        return (f"submitting flow run '{flow_run_id}'" in log
+                and f"Aborted submission of flow run '{flow_run_id}'" not in log)
+
+    return [name for name in workers if ran(stack.log_tail(name, chars=10_000_000))]
 
 
 def test_two_workers_share_runs_and_one_resumes_what_a_killed_one_left(
