@@ -15,6 +15,14 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TypeGuard, get_args
+
+from harvest.crawl.crawler import Mode
+
+
+def is_render_mode(value: str) -> TypeGuard[Mode]:
+    """Whether a command-line word is one of RunConfig's render modes (lets the type checker trust it)."""
+    return value in get_args(Mode)
 
 
 def main() -> int:
@@ -30,6 +38,8 @@ def main() -> int:
     from harvest.models import RunConfig
     from harvest.settings import get_settings
 
+    if not is_render_mode(mode):
+        raise SystemExit(f"bench.crawl: the render mode is one of {', '.join(get_args(Mode))}, not {mode!r}")
     settings = get_settings()
     config = RunConfig(render=mode, max_pages=5000, max_depth=20)
     memory = None

@@ -8,13 +8,25 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
+import psycopg
 import sqlalchemy as sa
 
 from bench.inputs import write_input
 from bench.rss import RssSampler, peak_rss_mb
+
+
+def psycopg_connection(connection: sa.Connection) -> psycopg.Connection[Any]:
+    """The psycopg connection under SQLAlchemy's: the floor speaks psycopg's COPY directly, so it needs Postgres
+    through psycopg (an invalidated pool connection has no driver connection; another driver has no COPY)."""
+    driver = connection.connection.driver_connection
+    if not isinstance(driver, psycopg.Connection):
+        kind = f"{type(driver).__module__}.{type(driver).__qualname__}"
+        raise RuntimeError(f"the COPY floor needs a live psycopg connection to Postgres, not {kind}")
+    return driver
 
 
 def copy_floor(engine: sa.Engine, final_path: Path, workdir: Path) -> dict[str, float]:
@@ -43,7 +55,7 @@ def copy_floor(engine: sa.Engine, final_path: Path, workdir: Path) -> dict[str, 
     rows = 0
     with engine.begin() as connection:
         scratch(connection)
-        raw = connection.connection.driver_connection
+        raw = psycopg_connection(connection)
         started = time.perf_counter()
         with raw.cursor() as cursor, open(final_path, "rb") as lines:
             cursor.adapters.register_dumper(np.ndarray, Float4ArrayBinaryDumper)
@@ -56,13 +68,13 @@ def copy_floor(engine: sa.Engine, final_path: Path, workdir: Path) -> dict[str, 
 
     encoded = workdir / "copy.bin"
     with engine.begin() as connection, open(encoded, "wb") as out:
-        raw = connection.connection.driver_connection
+        raw = psycopg_connection(connection)
         with raw.cursor() as cursor, cursor.copy(copy_out) as copy:
             for chunk in copy:
                 out.write(chunk)
     with engine.begin() as connection:
         scratch(connection)
-        raw = connection.connection.driver_connection
+        raw = psycopg_connection(connection)
         started = time.perf_counter()
         with raw.cursor() as cursor, cursor.copy(copy_in) as copy, open(encoded, "rb") as data:
             while chunk := data.read(1 << 20):
@@ -109,6 +121,8 @@ def main() -> int:
     from harvest.db.runs import get_run
 
     row = get_run(engine, summary.run_id)
+    if row is None:
+        raise RuntimeError(f"the flow finished run {summary.run_id} but scrape_runs has no row for it")
     steps = row["steps"]
     store = resolve_store(settings)
     floor: dict[str, float] = {}

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from bench.inputs import write_input
 from bench.rss import peak_rss_mb
@@ -155,7 +155,12 @@ def import_all(records: list[dict[str, Any]], run_id: str) -> dict[str, Any]:
     return import_activities(_resources().engine, records, run_id=run_id).model_dump()
 
 
-@flow(name="whole-lists-bench", task_runner=ThreadPoolTaskRunner(max_workers=4))
+# Typed as flows/runners.py types its runners: `@flow` asks for a TaskRunner[PrefectFuture[Any]], and TaskRunner is
+# invariant in its future type, so a ThreadPoolTaskRunner (of PrefectConcurrentFuture) only passes as TaskRunner[Any].
+FOUR_THREADS: TaskRunner[Any] = ThreadPoolTaskRunner(max_workers=4)
+
+
+@flow(name="whole-lists-bench", task_runner=FOUR_THREADS)
 def whole_lists_flow(source: str, run_id: str, embedding_model: str = "text-embedding-3-small") -> dict[str, Any]:
     raw = load_raw(source)
     activities = standardize(raw, {"max_extractions": 1_000_000})

@@ -57,7 +57,7 @@ class LoopbackHandler(BaseHTTPRequestHandler):
     def read_body(self) -> bytes:
         """The whole request body (Content-Length or chunked): always read, so keep-alive stays in sync."""
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            chunks = []
+            chunks: list[bytes] = []
             while True:
                 size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
                 if size == 0:

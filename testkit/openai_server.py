@@ -324,9 +324,10 @@ class OpenAITestServer(LoopbackServer):
                  api_key: str | None = None, host: str = "127.0.0.1") -> None:
         super().__init__(port, host)
         self._api_key = api_key
-        self._defaults = {"dimensions": dimensions, "polls_until_complete": polls_until_complete}
+        self._default_dimensions = dimensions
+        self._default_polls_until_complete = polls_until_complete
         self._lock = threading.RLock()
-        self._config = _Config(dimensions=dimensions, polls_until_complete=polls_until_complete)
+        self._config = self._fresh_config()
         self._stats: Counter[str] = Counter()
         self._files: dict[str, _File] = {}
         self._batches: dict[str, _Batch] = {}
@@ -341,6 +342,10 @@ class OpenAITestServer(LoopbackServer):
     @property
     def dimensions(self) -> int:
         return self._config.dimensions
+
+    def _fresh_config(self) -> _Config:
+        """The constructor's dimensions and poll count, every other knob at its default: what `reset` returns to."""
+        return _Config(dimensions=self._default_dimensions, polls_until_complete=self._default_polls_until_complete)
 
     # -- control ---------------------------------------------------------------------------------------
     def configure(self, config: dict[str, Any] | None = None, **kwargs: Any) -> None:
@@ -402,7 +407,7 @@ class OpenAITestServer(LoopbackServer):
     def reset(self) -> None:
         """Back to a fresh server: default config, zero counters, no files or batches."""
         with self._lock:
-            self._config = _Config(**self._defaults)
+            self._config = self._fresh_config()
             self._stats.clear()
             self._files.clear()
             self._batches.clear()

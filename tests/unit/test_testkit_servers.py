@@ -305,7 +305,7 @@ def test_delay_makes_requests_slow(oai: OpenAITestServer) -> None:
 def test_control_endpoints_over_http(oai: OpenAITestServer, client: openai.OpenAI, http: httpx.Client) -> None:
     control = f"http://127.0.0.1:{oai.port}/_testkit"
     config = {"fail": [{"path": "/v1/embeddings", "count": 1, "status": 429, "retry_after": 0.01}],
-              "batch_outcome": "expired", "error_ids": ["x"], "polls_until_complete": 1}
+              "batch_outcome": "expired", "error_ids": ["x"], "polls_until_complete": 1, "dimensions": DIMS * 2}
     assert http.post(f"{control}/config", json=config).status_code == 200
     client.embeddings.create(input="x", model="m")
     assert http.get(f"{control}/stats").json()["injected.429"] == 1
@@ -315,6 +315,8 @@ def test_control_endpoints_over_http(oai: OpenAITestServer, client: openai.OpenA
     assert http.post(f"{control}/reset").status_code == 200
     assert http.get(f"{control}/stats").json() == {}
     assert _run_batch(client, _batch_lines([("a", "x")])).status == "completed"
+    # Reset goes back to the constructor's dimensions (DIMS), not the configured ones nor _Config's 1536.
+    assert len(client.embeddings.create(input="x", model="m").data[0].embedding) == DIMS
 
 
 # -- OpenAI: chat completions stand-in -------------------------------------------------------------------
