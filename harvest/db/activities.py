@@ -98,6 +98,29 @@ class UnparsedVector:
 _EMBEDDING_KEY = b'"embedding":['
 
 
+class HashedVector:
+    """A vector known only by the sha256 of its JSON text (a line of the import's policy index, written with
+    final.jsonl): enough to apply the policy, never written."""
+
+    __slots__ = ("sha256",)
+
+    def __init__(self, sha256: str) -> None:
+        self.sha256 = sha256
+
+    def parse(self) -> Any:
+        raise ValueError("this vector is known only by its hash (policy index); read it from final.jsonl")
+
+
+def parse_index_line(line: bytes) -> dict[str, Any]:
+    """One line of `final_index.jsonl` (harvest.stages.merge.policy_line) as a final record whose embedding
+    is a HashedVector."""
+    record = orjson.loads(line)
+    digest = record.pop("embedding_sha256", None) if isinstance(record, dict) else None
+    if isinstance(record, dict) and digest:
+        record["embedding"] = HashedVector(str(digest))
+    return record
+
+
 def parse_final_line(line: bytes) -> dict[str, Any]:
     """One line of final JSONL as a record whose `embedding` is left unparsed (an UnparsedVector).
 
@@ -120,13 +143,15 @@ def parse_final_line(line: bytes) -> dict[str, Any]:
 
 
 def _vector(value: Any) -> Any:
-    return value.parse() if isinstance(value, UnparsedVector) else value
+    return value.parse() if isinstance(value, (UnparsedVector, HashedVector)) else value
 
 
 def embedding_hash(value: Any) -> str | None:
     """sha256 of a vector's JSON text (as written in the final line, or dumped when already parsed)."""
     if value is None:
         return None
+    if isinstance(value, HashedVector):
+        return value.sha256
     text = value.text if isinstance(value, UnparsedVector) else orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
     return hashlib.sha256(text).hexdigest()
 
@@ -258,6 +283,47 @@ def import_activities(
     if method != "upsert":
         raise ValueError(f"unknown import method {method!r}")
     return _import_upsert(engine, records, run_id=run_id, batch_size=batch_size)
+
+
+class ImportPlan:
+    """Which lines of a final JSONL an import has to read (`wanted`, one flag per line) and how many it can
+    count as skipped without reading them (`skipped`): see plan_import."""
+
+    def __init__(self) -> None:
+        self.wanted = bytearray()
+        self.skipped = 0
+
+    def __bool__(self) -> bool:
+        return any(self.wanted)
+
+
+def plan_import(
+    engine: Engine, index: Iterable[dict[str, Any]], *, run_id: str, batch_size: int | None = None
+) -> ImportPlan:
+    """Apply the upsert policy to the policy index of a final JSONL (its lines without vectors, in order): a
+    line is left out when the table holds its key and the policy would not write it (an unchanged re-run:
+    every line). Lines that cannot be judged here (malformed: the import reports them) and every copy of a key
+    repeated within a batch (the import's own rule picks the last) are wanted. Raises DatabaseError."""
+    plan = ImportPlan()
+    now = utcnow()
+    started = run_started_at(engine, run_id)
+    for batch in _batches(index, batch_size or COPY_BATCH_SIZE):
+        offset = len(plan.wanted)
+        plan.wanted.extend(b"\x01" * len(batch))
+        rows: dict[str, tuple[int, dict[str, Any]] | None] = {}  # key -> (line, row); None once repeated
+        for number, record in enumerate(batch, start=offset):
+            try:
+                row = record_to_row(record, run_id, now, started)
+            except (ValueError, KeyError, TypeError, AttributeError, OverflowError):
+                continue  # wanted: the import counts it as failed, with its reason
+            key = row["dedupe_key"]
+            rows[key] = None if key in rows else (number, row)
+        stored = _stored_rows(engine, [key for key, found in rows.items() if found is not None])
+        for key, found in rows.items():
+            if found is not None and key in stored and not _writes(stored[key], found[1]):
+                plan.wanted[found[0]] = 0
+                plan.skipped += 1
+    return plan
 
 
 def _record_failure(summary: ImportSummary, record: Any, exc: Exception) -> None:

@@ -7,7 +7,7 @@ import logging
 from sqlalchemy.engine import Engine
 
 from harvest.db import runs as run_rows
-from harvest.db.activities import import_activities, parse_final_line
+from harvest.db.activities import ImportPlan, import_activities, parse_final_line, parse_index_line, plan_import
 from harvest.errors import DatabaseError, ImportInterrupted, StorageError
 from harvest.models import FileRef, ImportSummary
 from harvest.retention import import_lease
@@ -29,7 +29,15 @@ def import_final_records(
 
     with timed(result.stats):
         try:
-            summary = import_activities(engine, iter_jsonl(store, final.uri, parse=parse_final_line), run_id=run_id)
+            plan = _plan(store, run_id, final, engine)
+            if plan is None:  # no policy index (a run from before it was written): every line is read
+                records = iter_jsonl(store, final.uri, parse=parse_final_line)
+            else:  # only the lines the policy may write; none at all for an unchanged re-run
+                records = iter_jsonl(store, final.uri, parse=parse_final_line, wanted=plan.wanted) if plan else iter(())
+                result.stats.details["skipped_by_index"] = plan.skipped
+            summary = import_activities(engine, records, run_id=run_id)
+            if plan is not None:
+                summary.skipped += plan.skipped
         except ImportInterrupted as exc:
             partial = exc.summary if isinstance(exc.summary, ImportSummary) else ImportSummary()
             partial.interrupted = str(exc)
@@ -44,6 +52,18 @@ def import_final_records(
     for error in summary.errors:
         result.warn(f"import: {error}")
     return result, summary
+
+
+def _plan(store: ObjectStore, run_id: str, final: FileRef, engine: Engine) -> ImportPlan | None:
+    """The import plan from the run's policy index (written with final.jsonl), or None when the run has no
+    index matching `final` (an older run's files). A database error here is an interrupted import of 0 rows."""
+    try:
+        index = run_rows.files_view(engine, run_id).get("final_index")
+        if index is None or index.records != final.records:
+            return None
+        return plan_import(engine, iter_jsonl(store, index.uri, parse=parse_index_line), run_id=run_id)
+    except DatabaseError as exc:
+        raise ImportInterrupted(f"import into activities failed after 0 rows: {exc}", ImportSummary()) from exc
 
 
 def import_kept_run(store: ObjectStore, run_id: str, engine: Engine) -> tuple[StageResult, ImportSummary]:

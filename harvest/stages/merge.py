@@ -7,6 +7,7 @@ does not grow with the number of activities. A missing map (its stage failed) le
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from itertools import repeat
 from typing import Any
@@ -81,8 +82,9 @@ def merge_enrichments(
     return result
 
 
-def final_record(merged: dict[str, Any], vector: list[float] | np.ndarray | None) -> dict[str, Any]:
-    """One line of `final.jsonl`: the `activities` schema (`write_jsonl` serializes an array `vector` as a list)."""
+def final_record(merged: dict[str, Any], vector: list[float] | np.ndarray | orjson.Fragment | None) -> dict[str, Any]:
+    """One line of `final.jsonl`: the `activities` schema (`write_jsonl` serializes an array `vector` as a list,
+    and a Fragment, the vector's JSON already written, as is)."""
     activity = merged["activity"]
     location = activity.get("location") or {}
     geocode = merged.get("geocode") or {}
@@ -135,37 +137,52 @@ def _rounded(row: np.ndarray) -> np.ndarray:
 
 
 def write_final_records(store: ObjectStore, run_id: str, merged: FileRef, embeddings: FileRef | None) -> StageResult:
-    """Stream the merge and the vectors (read in chunks, see EmbeddingReader) into `final.jsonl`, and the
-    run's digest (`digests/<run_id>.jsonl`, see harvest/diff.py) in the same pass."""
+    """Stream the merge and the vectors (read in chunks, see EmbeddingReader) into `final.jsonl`, with, in the
+    same pass, the run's digest (`digests/<run_id>.jsonl`, see harvest/diff.py) and the import's policy index
+    (`final_index.jsonl`: each final line without its vector, plus the vector's sha256; see
+    harvest/stages/load.py), so an import decides which rows it writes without reading 6 kB of floats a line."""
     result = StageResult()
 
-    def records(matrix: EmbeddingReader | None, digest: Any) -> Iterator[dict[str, Any]]:
+    def records(matrix: EmbeddingReader | None, digest: Any, index: Any) -> Iterator[dict[str, Any]]:
         for row in iter_jsonl(store, merged.uri):
             result.stats.items_in += 1
-            index = row.get("embedding_row")
-            vector = _rounded(matrix.row(index)) if matrix is not None and index is not None else None
-            if vector is not None:
+            row_number = row.get("embedding_row")
+            vector = _rounded(matrix.row(row_number)) if matrix is not None and row_number is not None else None
+            # The vector's JSON once: spliced into the final line as is (orjson.Fragment) and hashed for the index.
+            text = orjson.dumps(vector, option=orjson.OPT_SERIALIZE_NUMPY) if vector is not None else None
+            if text is not None:
                 result.stats.details["with_embedding"] = int(result.stats.details.get("with_embedding", 0)) + 1
-            record = final_record(row, vector)  # the array itself: orjson writes it without a list of floats
+            record = final_record(row, orjson.Fragment(text) if text is not None else None)
             if record.get("id"):
                 digest.write(_line(digest_line(record, embedding=vector)))
                 digest.records += 1
+            index.write(_line(policy_line(record, text)))
+            index.records += 1
             yield record
 
-    def write(matrix: EmbeddingReader | None) -> tuple[FileRef, FileRef]:
-        with staged_file(store, digest_key(run_id), "digest", "application/x-ndjson") as (digest, out):
-            ref = write_jsonl(store, run_key(run_id, "final", "jsonl"), "final_jsonl", records(matrix, digest))
-        return ref, out[0]
+    def write(matrix: EmbeddingReader | None) -> list[FileRef]:
+        with staged_file(store, digest_key(run_id), "digest", "application/x-ndjson") as (digest, digest_out), \
+                staged_file(store, run_key(run_id, "final_index", "jsonl"), "final_index",
+                            "application/x-ndjson") as (index, index_out):
+            ref = write_jsonl(store, run_key(run_id, "final", "jsonl"), "final_jsonl", records(matrix, digest, index))
+        return [ref, digest_out[0], index_out[0]]
 
     with timed(result.stats):
         if embeddings is None:
-            ref, digest_ref = write(None)
+            files = write(None)
         else:
             with local_copy(store, embeddings.uri) as path, EmbeddingReader(path) as matrix:
-                ref, digest_ref = write(matrix)
-    result.files += [ref, digest_ref]
-    result.stats.items_out = ref.records
+                files = write(matrix)
+    result.files += files
+    result.stats.items_out = files[0].records
     return result
+
+
+def policy_line(record: dict[str, Any], vector_text: bytes | None) -> dict[str, Any]:
+    """A final record's line in `final_index.jsonl`: the record without its vector, and the sha256 of the
+    vector's JSON text as written in final.jsonl (what `activities.embedding_hash` holds)."""
+    return {**record, "embedding": None,
+            "embedding_sha256": hashlib.sha256(vector_text).hexdigest() if vector_text is not None else None}
 
 
 def _line(document: dict[str, Any]) -> bytes:

@@ -146,13 +146,14 @@ def concat_files(store: ObjectStore, key: str, kind: str, parts: list[FileRef]) 
 
 def iter_jsonl(
     store: ObjectStore, uri: str, start: int = 0, stop: int | None = None,
-    parse: Callable[[bytes], Any] = orjson.loads,
+    parse: Callable[[bytes], Any] = orjson.loads, wanted: bytes | bytearray | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Yield the records of a stored JSONL file one line at a time (memory does not grow with the file).
 
     `start`/`stop`: only records [start, stop) (a chunk's share): the records before it are skipped without
     being parsed, and reading stops at `stop`. `parse`: how a line becomes a record (it raises
-    orjson.JSONDecodeError for a line that is not JSON).
+    orjson.JSONDecodeError for a line that is not JSON). `wanted`: one flag per record; records flagged 0
+    are skipped unparsed (records past its end are yielded).
     """
     key = store.key_for(uri)
     handle = store.open_read(key)
@@ -164,7 +165,7 @@ def iter_jsonl(
             if stop is not None and index >= stop:
                 break
             index += 1
-            if index <= start:
+            if index <= start or (wanted is not None and index <= len(wanted) and not wanted[index - 1]):
                 continue
             try:
                 yield parse(line)

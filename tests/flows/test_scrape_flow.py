@@ -18,7 +18,7 @@ from harvest.models import RunConfig
 
 ALL_KINDS = {
     "raw_activities", "standardized", "images_map", "geocoded_map", "embeddings_batch_input",
-    "embeddings", "embeddings_index", "merged", "final_jsonl", "diff", "digest",
+    "embeddings", "embeddings_index", "merged", "final_jsonl", "final_index", "diff", "digest",
 }
 
 

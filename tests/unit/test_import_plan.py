@@ -1,0 +1,138 @@
+"""The import's policy index (final_index.jsonl, written with final.jsonl): an import reads only the final lines
+the upsert policy may write. An unchanged re-import must not read final.jsonl at all, and any import must end
+with the same table and the same counts as one that reads every line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import sqlalchemy as sa
+
+from harvest.db import runs
+from harvest.db.schema import activities
+from harvest.embeddings import EmbeddingMatrix
+from harvest.stages.load import import_final_records
+from harvest.stages.merge import write_final_records
+from harvest.storage import iter_jsonl, store_local_file, write_jsonl
+
+DATABASES = ["postgres", "sqlite"]
+
+
+class CountingReads:
+    """The store, counting every key opened for reading (the boundary: the import's own logic is untouched)."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.opened: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def open_read(self, key: str) -> IO[bytes]:
+        self.opened.append(key)
+        return self.store.open_read(key)
+
+
+def _activity(number: int, description: str = "Swings") -> dict[str, Any]:
+    return {
+        "id": f"a{number}", "name": f"Playground {number}", "description": description,
+        "location": {"formattedAddress": f"{number} Main Rd, Eltham", "city": "Eltham", "country_code": "AU"},
+        "tags": ["playground"], "source_url": f"https://site.example/{number}",
+        "content_hash": f"h{number}-{description}",
+    }
+
+
+def write_run(engine: Any, store: Any, tmp_path: Path, run_id: str, activities_: list[dict[str, Any]],
+              geocoded: frozenset[int] = frozenset()) -> Any:
+    """A completed run's final.jsonl (+ digest and policy index) through the real writer; vectors for all."""
+    runs.create_run(engine, run_id, "https://site.example/", {})
+    runs.finish_run(engine, run_id, "completed")  # one running run per URL: each run here is over
+    vectors = (np.random.default_rng(3).standard_normal((len(activities_), 8)) * 0.05).astype(np.float32)
+    with EmbeddingMatrix(tmp_path / f"{run_id}.npy", len(activities_), 8) as matrix:
+        for row in range(len(activities_)):
+            matrix.write(row, vectors[row])
+    embeddings = store_local_file(store, f"runs/{run_id}/embeddings.npy", "embeddings", tmp_path / f"{run_id}.npy",
+                                  records=len(activities_), content_type="application/x-npy")
+    merged = write_jsonl(store, f"runs/{run_id}/merged.jsonl", "merged", [
+        {"activity": activity, "image": None, "embedding_row": row,
+         "geocode": {"latitude": -37.7, "longitude": 145.1, "source": "geocoder"} if row in geocoded else None}
+        for row, activity in enumerate(activities_)
+    ])
+    result = write_final_records(store, run_id, merged, embeddings)
+    for ref in result.files:
+        runs.record_file(engine, run_id, ref)
+    return result.file("final_jsonl")
+
+
+def table(engine: Any) -> list[dict[str, Any]]:
+    with engine.begin() as connection:
+        rows = connection.execute(sa.select(activities).order_by(activities.c.id)).mappings().all()
+    return [{k: v for k, v in row.items() if k not in ("created_at", "updated_at")} for row in rows]
+
+
+def test_an_unchanged_reimport_reads_no_line_of_final_jsonl(engine, store, tmp_path: Path) -> None:  # noqa: ANN001
+    items = [_activity(n) for n in range(30)]
+    first = write_run(engine, store, tmp_path, "run-1", items)
+    _, summary = import_final_records(store, "run-1", first, engine)
+    assert (summary.imported, summary.skipped) == (30, 0)
+
+    final = write_run(engine, store, tmp_path, "run-2", items)
+    counting = CountingReads(store)
+    result, summary = import_final_records(counting, "run-2", final, engine)
+
+    assert (summary.imported, summary.updated, summary.skipped, summary.failed) == (0, 0, 30, 0)
+    assert result.stats.details["skipped_by_index"] == 30
+    assert store.key_for(final.uri) not in counting.opened, "final.jsonl was read though nothing is written"
+    assert any(key.endswith("final_index.jsonl") for key in counting.opened)
+
+
+def test_an_import_through_the_index_ends_as_one_that_reads_every_line(engine, store, tmp_path: Path) -> None:  # noqa: ANN001
+    """New rows, changed content, better enrichment on unchanged content, unchanged rows: the index path writes
+    the same rows with the same counts as the full read (the index deleted from the run's files)."""
+    base = [_activity(n) for n in range(12)]
+    later = [_activity(n, "Swings and a slide") if n % 4 == 0 else _activity(n) for n in range(12)]
+    later += [_activity(n) for n in range(12, 16)]  # new
+    geocoded = frozenset({1, 5})  # unchanged content, a geocode that now succeeds: written
+
+    outcomes = []
+    for name, keep_index in (("index", True), ("full", False)):
+        with engine.begin() as connection:
+            connection.execute(activities.delete())
+        first = write_run(engine, store, tmp_path, f"{name}-1", base)
+        import_final_records(store, f"{name}-1", first, engine)
+        final = write_run(engine, store, tmp_path, f"{name}-2", later, geocoded)
+        if not keep_index:  # a run written before the index: the import reads every line
+            _forget_index(engine, f"{name}-2")
+        counting = CountingReads(store)
+        result, summary = import_final_records(counting, f"{name}-2", final, engine)
+        assert ("skipped_by_index" in result.stats.details) is keep_index
+        rows = [{**row, "run_id": row["run_id"].split("-")[1], "run_started_at": None} for row in table(engine)]
+        outcomes.append((summary.model_dump(exclude={"errors"}), rows))
+
+    (index_summary, index_rows), (full_summary, full_rows) = outcomes
+    assert index_summary == full_summary
+    assert (index_summary["imported"], index_summary["updated"], index_summary["skipped"]) == (4, 5, 7)
+    assert index_rows == full_rows
+
+
+def _forget_index(engine: Any, run_id: str) -> None:
+    from harvest.db.schema import run_files
+
+    with engine.begin() as connection:
+        connection.execute(run_files.delete().where(run_files.c.run_id == run_id, run_files.c.kind == "final_index"))
+
+
+def test_the_index_says_what_the_final_lines_say(engine, store, tmp_path: Path) -> None:  # noqa: ANN001
+    """Each index line is its final line without the vector, and its hash is the one the import stores."""
+    from harvest.db.activities import embedding_hash, parse_final_line, parse_index_line
+
+    final = write_run(engine, store, tmp_path, "run-1", [_activity(n) for n in range(5)])
+    index = runs.files_view(engine, "run-1")["final_index"]
+    finals = list(iter_jsonl(store, final.uri, parse=parse_final_line))
+    indexed = list(iter_jsonl(store, index.uri, parse=parse_index_line))
+    assert len(finals) == len(indexed) == index.records == 5
+    for line, entry in zip(finals, indexed, strict=True):
+        assert embedding_hash(entry["embedding"]) == embedding_hash(line["embedding"]) is not None
+        assert {**entry, "embedding": None} == {**line, "embedding": None}
