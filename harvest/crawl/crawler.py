@@ -856,7 +856,8 @@ def crawl(
     With `memory` (what earlier crawls kept, `harvest.crawl.revalidate`), a page the last crawl fetched is
     asked for conditionally (a 304 is reused), or not at all when the sitemap's `<lastmod>` is older than
     that fetch; a reused page comes back with `reused` set and no HTML. The caller remembers the pages it
-    consumed (`memory.remember`); the crawl remembers the duplicates it drops.
+    consumed (`memory.remember`); the crawl remembers the duplicates it drops and confirms every entry it
+    reuses (`memory.confirm`), so the sweep's pruning of the memory spares what the site still links to.
     """
     start = validate_start_url(start_url)
     if config.render == "browser" and not browser_available(options.browser_path):

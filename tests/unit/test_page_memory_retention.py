@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -166,3 +167,24 @@ def test_a_recrawl_that_finds_every_page_unchanged_keeps_every_row(engine, site_
     report = _sweep(engine, tmp_path)
     assert report.page_memory_pruned == 0, report
     assert _urls(engine) == remembered
+
+
+def test_a_row_a_crawl_is_writing_is_skipped_not_waited_for(engine, tmp_path: Path) -> None:  # noqa: ANN001
+    """Postgres: a crawl upserting a stale row holds its lock; the sweep leaves that row (the crawl is
+    refreshing it) and deletes the rest without waiting. SQLite has one writer: its batches queue instead."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("row locks are Postgres's; SQLite serializes writers")
+    urls = [f"https://s.example/sid/{n}" for n in range(5)]
+    memory = _remember(engine, urls)
+    _age(engine, urls, days=60)
+    reports: list[retention.SweepReport] = []
+    with engine.connect() as crawl, crawl.begin():
+        crawl.execute(page_cache.update().where(page_cache.c.url == urls[0]).values(updated_at=utcnow()))
+        sweeping = threading.Thread(target=lambda: reports.append(_sweep(engine, tmp_path)))
+        sweeping.start()
+        sweeping.join(timeout=10)
+        blocked = sweeping.is_alive()
+    sweeping.join()
+    assert not blocked, "the sweep waited for the crawl's row lock"
+    assert reports[0].page_memory_pruned == 4
+    assert _urls(engine) == [urls[0]] and memory.recall(urls[0]) == _entry(urls[0])
