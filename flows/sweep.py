@@ -29,7 +29,8 @@ def report_markdown(report: SweepReport) -> str:
         "files flagged missing": report.missing, "errors": report.errors,
     }
     lines += [f"| {name} | {len(items)} |" for name, items in sections.items()]
-    lines += ["", f"Objects deleted: {report.deleted_objects}"]
+    lines += ["", f"Objects deleted: {report.deleted_objects}",
+              "", f"Page memory rows pruned (no crawl saw their URL lately): {report.page_memory_pruned}"]
     for name, items in sections.items():
         if items:
             lines += ["", f"## {name}", ""] + [f"- `{item}`" for item in items[:SHOWN]]
@@ -46,9 +47,9 @@ def sweep_expired(dry_run: bool = False) -> dict[str, Any]:
     logger = get_run_logger()
     logger.info(
         "sweep%s: %d reconciled, %d expired, %d cleanups finished, %d digests, %d orphans, %d images, %d missing; "
-        "%d objects deleted", " (dry run)" if dry_run else "", len(report.reconciled), len(report.expired),
-        len(report.cleaned), len(report.digests), len(report.orphans), len(report.images), len(report.missing),
-        report.deleted_objects,
+        "%d objects deleted; %d page memory rows pruned", " (dry run)" if dry_run else "", len(report.reconciled),
+        len(report.expired), len(report.cleaned), len(report.digests), len(report.orphans), len(report.images),
+        len(report.missing), report.deleted_objects, report.page_memory_pruned,
     )
     if not dry_run:  # a row declared dead on its own evidence (process gone, no heartbeat): Prefect learns it too
         for item in report.reconciled:

@@ -11,8 +11,9 @@ The sweep (1) reconciles runs left `running` by a dead process and settles finis
 completion hook never ran (`pending` past the grace period: kept until the policy's expiry), (2) deletes
 the files of expired runs and retries failed cleanups (a completed run's digest stays), (3) deletes digests
 superseded by a newer completed run of the same URL (so the latest one, the next run's diff baseline, is
-never deleted), (4) deletes orphans older than a grace period, and
-(5) flags rows whose object vanished. Rows are locked with `FOR UPDATE SKIP LOCKED`, so two sweeps (or a
+never deleted), (4) deletes orphans older than a grace period,
+(5) flags rows whose object vanished, and (6) deletes the crawl's page memory (`page_cache`) for URLs no crawl
+fetched or revalidated for `page_memory_days`. Rows are locked with `FOR UPDATE SKIP LOCKED`, so two sweeps (or a
 sweep and a manual cleanup) never handle the same run twice.
 """
 
@@ -40,6 +41,9 @@ logger = logging.getLogger("harvest.retention")
 # Prefect state type → run status, for runs whose process died before the hooks could say.
 RECONCILED_STATUS = {"FAILED": "failed", "CRASHED": "crashed", "CANCELLED": "cancelled", "COMPLETED": "failed"}
 BATCH = 50
+# page_cache rows deleted per transaction: each batch is one short statement (an index range and the rows),
+# so a crawl writing its page memory meanwhile waits milliseconds, never for the whole prune.
+PAGE_MEMORY_BATCH = 1000
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -58,6 +62,7 @@ class RetentionPolicy:
     kept_days: float = 14
     failed_days: float = 30
     grace: timedelta = timedelta(hours=24)
+    page_memory_days: float = 30
 
     def expires_at(self, status: str, now: datetime) -> datetime:
         """When a run that ended with `status` and kept its files becomes eligible for the sweep."""
@@ -68,7 +73,7 @@ class RetentionPolicy:
 def policy_from(settings: HarvestSettings) -> RetentionPolicy:
     return RetentionPolicy(
         kept_days=settings.retention_days, failed_days=settings.failed_retention_days,
-        grace=timedelta(hours=settings.orphan_grace_hours),
+        grace=timedelta(hours=settings.orphan_grace_hours), page_memory_days=settings.page_memory_days,
     )
 
 
@@ -87,6 +92,8 @@ class SweepReport:
     images: list[str] = field(default_factory=list)
     missing: list[dict[str, str]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    page_memory_pruned: int = 0
+    """`page_cache` rows deleted (with dry_run: that would be): URLs no crawl fetched or revalidated lately."""
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -193,6 +200,7 @@ def sweep(
     existing = _delete_orphans(engine, store, policy, report, now)
     _delete_unreferenced_images(engine, store, policy, report, now)
     _flag_missing(engine, store, existing, report, now)
+    _prune_page_memory(engine, policy, report, now)
     return report
 
 
@@ -398,6 +406,25 @@ def _flag_missing(engine: Engine, store: ObjectStore, existing: set[str], report
             report.missing.append({"run_id": run_id, "kind": kind, "uri": uri})
             if not report.dry_run:
                 rows.mark_file_missing(connection, file_id, now)
+
+
+def _prune_page_memory(engine: Engine, policy: RetentionPolicy, report: SweepReport, now: datetime) -> None:
+    """Delete the page memory of URLs no crawl fetched or revalidated for `page_memory_days` (a site whose URLs
+    change, with session ids or dated event pages, would grow the table forever), a batch per transaction.
+
+    A page a crawl reuses as unchanged has its row confirmed (`PageMemory.confirm`), so only URLs the crawls
+    stopped reaching go; a URL that comes back is simply fetched in full once.
+    """
+    before = now - timedelta(days=policy.page_memory_days)
+    if report.dry_run:
+        report.page_memory_pruned = rows.count_stale_page_memory(engine, before)
+        return
+    while True:
+        with transaction(engine) as connection:
+            deleted = rows.delete_stale_page_memory(connection, before, PAGE_MEMORY_BATCH)
+        report.page_memory_pruned += deleted
+        if deleted < PAGE_MEMORY_BATCH:
+            return
 
 
 def _key(store: ObjectStore, uri: str) -> str:

@@ -164,6 +164,12 @@ class HarvestSettings(BaseSettings):
         description="Keep each page's validators, links and activities (page_cache) and re-crawl politely: "
         "conditional requests, a 304 or an older sitemap <lastmod> reuses what the page gave (false: fetch all).",
     )
+    page_memory_days: float = Field(
+        default=30, ge=1,
+        description="Days a page_cache row lives without a crawl fetching or revalidating its URL before the sweep "
+        "deletes it (URLs a site stopped linking to: session ids, dated event pages). At least 1: a nightly "
+        "crawl must be able to confirm its pages before they go.",
+    )
     image_max_bytes: int = Field(default=15 * 1024 * 1024, description="Images larger than this are refused.")
     image_max_pixels: int = Field(default=50_000_000, description="Decompression-bomb guard for images.")
     image_processes: bool = Field(

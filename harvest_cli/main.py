@@ -491,7 +491,8 @@ def sweep(
     ),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Delete expired runs' files, orphans and unreferenced images; reconcile runs whose process died."""
+    """Delete expired runs' files, orphans, unreferenced images and stale page memory; reconcile runs whose
+    process died."""
     if as_json:
         _route_logs_to_stderr()
     from flows.sweep import sweep_expired
@@ -507,6 +508,7 @@ def sweep(
         for item in items[:20]:
             typer.echo(f"  {item}")
     typer.echo(f"objects deleted: {report['deleted_objects']}")
+    typer.echo(f"page memory rows {'to prune' if dry_run else 'pruned'}: {report['page_memory_pruned']}")
 
 
 @db_app.command("upgrade")

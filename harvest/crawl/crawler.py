@@ -459,17 +459,21 @@ class _Engine:
                 and self._host_needs_browser(host)
             )
             remembered = await self._recall(url)
+            original_url = None  # the URL whose entry gives the activities, when not this one's
             if remembered is not None and remembered.duplicate and not self._emitted(remembered):
                 # Its activities are another page's, not emitted (yet) in this crawl: take that page's.
+                original_url = remembered.original_url
                 remembered = await self._as_original(remembered)
             result = None
             if remembered is not None:
                 if unchanged_since(parse_lastmod(self.lastmods.get(url)), remembered.fetched_at):
+                    await self._confirm(url, original_url)
                     return self._reuse(remembered, item, "lastmod", remembered.fetched_at)
                 if remembered.validators is not None:
                     async with gate.slot():
                         result = await self.fetcher.fetch(url, headers=remembered.validators.request_headers())
                     if result.status == 304:
+                        await self._confirm(url, original_url)
                         return self._reuse(remembered, item, "not_modified", response_time(result.headers))
             if render_directly:
                 if result is not None and result.url == url and result.status == 200 and not result.truncated:
@@ -567,6 +571,19 @@ class _Engine:
             original_url=self.emitted_by.get(key),
         )
         await self._remember(entry)
+
+    async def _confirm(self, *urls: str | None) -> None:
+        """Keep the entries a reuse rests on alive in the memory (the sweep prunes entries no crawl confirms).
+        Here rather than in the consumer: a reused page skipped by `<lastmod>`, or dropped as a duplicate, is
+        never remembered again, and its entry would be pruned and the page downloaded anew."""
+        assert self.memory is not None
+        for url in urls:
+            if url is None:
+                continue
+            try:
+                await asyncio.to_thread(self.memory.confirm, url)
+            except Exception as exc:  # the memory only saves bandwidth: a lost confirmation costs a download later
+                log.warning("could not confirm %s in the page memory (%s: %s)", url, type(exc).__name__, exc)
 
     async def _remember(self, entry: Remembered) -> None:
         assert self.memory is not None
@@ -839,7 +856,8 @@ def crawl(
     With `memory` (what earlier crawls kept, `harvest.crawl.revalidate`), a page the last crawl fetched is
     asked for conditionally (a 304 is reused), or not at all when the sitemap's `<lastmod>` is older than
     that fetch; a reused page comes back with `reused` set and no HTML. The caller remembers the pages it
-    consumed (`memory.remember`); the crawl remembers the duplicates it drops.
+    consumed (`memory.remember`); the crawl remembers the duplicates it drops and confirms every entry it
+    reuses (`memory.confirm`), so the sweep's pruning of the memory spares what the site still links to.
     """
     start = validate_start_url(start_url)
     if config.render == "browser" and not browser_available(options.browser_path):

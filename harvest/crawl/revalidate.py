@@ -59,8 +59,15 @@ class PageMemory(Protocol):
         """Keep `entry` for the next crawl (may be buffered until `flush`)."""
         ...
 
+    def confirm(self, url: str) -> None:
+        """`url` was asked for again and is unchanged (a 304, or a sitemap `<lastmod>` older than its fetch):
+        keep its entry alive. The sweep deletes entries no crawl wrote or confirmed for a while, and a page
+        skipped by its `<lastmod>`, or dropped as a duplicate, is not remembered anew (may be buffered until
+        `flush`)."""
+        ...
+
     def flush(self) -> None:
-        """Write what `remember` buffered."""
+        """Write what `remember` and `confirm` buffered."""
         ...
 
 

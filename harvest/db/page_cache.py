@@ -3,6 +3,10 @@
 Kept in the database rather than as objects in the store: a re-crawl reads one small row per URL (one
 indexed lookup, no listing), and 50,000 pages are 50,000 rows, not 50,000 objects to put and get.
 Writes are buffered and upserted in batches, so remembering costs one statement per `BATCH` pages.
+
+`updated_at` is when a crawl last wrote or confirmed the row (our clock, unlike `fetched_at`, the server's):
+the sweep deletes rows older than HARVEST_PAGE_MEMORY_DAYS (`harvest.retention`), so URLs a site stopped
+linking to do not pile up, while a page every crawl finds unchanged keeps its row.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from sqlalchemy.engine import Engine
 from harvest.crawl.revalidate import Remembered
 from harvest.db.caches import _upsert
 from harvest.db.engine import database_error, transaction, utcnow
-from harvest.db.schema import page_cache
+from harvest.db.schema import one_of, page_cache
 from harvest.net.conditional import Validators
 
 BATCH = 200
@@ -34,6 +38,7 @@ class PageCache:
         self.engine = engine
         self.extractor = extractor
         self._pending: dict[str, dict[str, Any]] = {}
+        self._confirmed: set[str] = set()
         self._lock = threading.Lock()
         # On SQLite every transaction of the shared engine takes the write lock (harvest.db.engine), so eight
         # concurrent lookups queued behind each other on the busy timeout (6 ms a lookup, most of a re-crawl).
@@ -78,7 +83,29 @@ class PageCache:
             rows, self._pending = list(self._pending.values()), {}
         _upsert(self.engine, page_cache, rows, ["url"])
 
+    def confirm(self, url: str) -> None:
+        with self._lock:
+            self._confirmed.add(url)
+            if len(self._confirmed) < BATCH:
+                return
+            urls, self._confirmed = self._confirmed, set()
+        self._stamp(urls)
+
     def flush(self) -> None:
         with self._lock:
             rows, self._pending = list(self._pending.values()), {}
+            urls, self._confirmed = self._confirmed, set()
         _upsert(self.engine, page_cache, rows, ["url"])
+        self._stamp(urls)
+
+    def _stamp(self, urls: set[str]) -> None:
+        """Mark the rows of `urls` as seen now: one UPDATE per batch, nothing else in the row changes (a page
+        skipped by its `<lastmod>` keeps the fetch time the next crawl compares with)."""
+        if not urls:
+            return
+        with transaction(self.engine) as connection:
+            connection.execute(
+                page_cache.update()
+                .where(one_of(page_cache.c.url, sorted(urls), self.engine.dialect.name))
+                .values(updated_at=utcnow())
+            )

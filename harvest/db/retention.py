@@ -1,4 +1,4 @@
-"""Every statement retention and the sweep run on `scrape_runs`, `run_files` and `activities`.
+"""Every statement retention and the sweep run on `scrape_runs`, `run_files`, `activities` and `page_cache`.
 
 `harvest.retention` decides (what is expired, grace periods, the order of operations, storage deletes);
 this module only reads and writes the rows. Functions taking a `Connection` run inside the caller's
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from harvest.db.engine import transaction, utcnow
-from harvest.db.schema import activities, image_cache, run_files, scrape_runs
+from harvest.db.schema import activities, image_cache, page_cache, run_files, scrape_runs
 
 # Retention states in which a run's files are supposed to exist.
 FILES_KEPT = ("pending", "kept", "cleanup_failed")
@@ -291,3 +291,25 @@ def unflagged_files_of_finished_runs(connection: Connection) -> list[tuple[int, 
 def mark_file_missing(connection: Connection, file_id: int, now: datetime) -> None:
     """Flag one file row whose object vanished from storage."""
     connection.execute(run_files.update().where(run_files.c.id == file_id).values(missing_at=now))
+
+
+# --- the crawl's page memory ---------------------------------------------------------------------------
+
+
+def count_stale_page_memory(engine: Engine, before: datetime) -> int:
+    """How many `page_cache` rows no crawl wrote or confirmed since `before` (what a sweep would delete)."""
+    with transaction(engine) as connection:
+        return int(connection.execute(
+            sa.select(sa.func.count()).select_from(page_cache).where(page_cache.c.updated_at < before)
+        ).scalar_one())
+
+
+def delete_stale_page_memory(connection: Connection, before: datetime, limit: int) -> int:
+    """Delete up to `limit` `page_cache` rows no crawl wrote or confirmed since `before`, oldest first; returns
+    how many. Rows a crawl holds locked right now (it is writing them) are skipped (`FOR UPDATE SKIP LOCKED`;
+    a row it confirmed meanwhile no longer qualifies once the lock is taken)."""
+    stale = (
+        sa.select(page_cache.c.url).where(page_cache.c.updated_at < before)
+        .order_by(page_cache.c.updated_at).limit(limit).with_for_update(skip_locked=True)
+    )
+    return connection.execute(page_cache.delete().where(page_cache.c.url.in_(stale))).rowcount

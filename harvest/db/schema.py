@@ -215,7 +215,10 @@ page_cache = sa.Table(
     sa.Column("original_url", sa.Text, comment="For a duplicate: the URL whose row holds the page's activities."),
     sa.Column("extractor", sa.Text, nullable=False,
               comment="Version of the extraction that found them: another version ignores the row."),
-    sa.Column("updated_at", Timestamp, nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False,
+              comment="When a crawl last fetched or revalidated the URL: the sweep prunes rows older than "
+              "HARVEST_PAGE_MEMORY_DAYS."),
+    sa.Index("ix_page_cache_updated_at", "updated_at"),
 )
 
 

@@ -207,6 +207,9 @@ class _CheckedMemory:
     def remember(self, entry: Remembered) -> None:
         self.memory.remember(entry)
 
+    def confirm(self, url: str) -> None:
+        self.memory.confirm(url)
+
     def flush(self) -> None:
         self.memory.flush()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -13,7 +14,7 @@ from typer.testing import CliRunner
 
 from harvest.db import runs as run_rows
 from harvest.db.engine import get_engine, utcnow
-from harvest.db.schema import activities
+from harvest.db.schema import activities, page_cache
 from harvest.models import RunConfig
 from harvest.storage import iter_jsonl
 from testkit.demo_site import DATA_PATH, build_demo_site, serve_site
@@ -161,18 +162,32 @@ def test_sweep_cli_reconciles_and_expires_and_dry_run_changes_nothing(harvest_en
     run_rows.create_run(engine, str(dead.id), "https://gone.example/", {})
     kept = scrape(demo_site.base_url + "/", max_pages=10, max_extractions=3).result()
     run_rows.update_run(engine, kept.run_id, expires_at=utcnow())
+    with engine.begin() as connection:  # the scrape's page memory, and 3 rows of URLs no crawl reached for 31 days
+        remembered = connection.execute(sa.select(sa.func.count()).select_from(page_cache)).scalar_one()
+        row = dict(connection.execute(sa.select(page_cache).limit(1)).mappings().one())
+        connection.execute(page_cache.insert(), [
+            {**row, "url": f"https://gone.example/event/{n}", "updated_at": utcnow() - timedelta(days=31)}
+            for n in range(3)
+        ])
+    assert remembered > 0
 
     dry = CliRunner().invoke(app, ["sweep", "--dry-run", "--json"])
     assert dry.exit_code == 0, dry.output
     report = json.loads(dry.stdout)
     assert report["dry_run"] and report["expired"] == [kept.run_id]
     assert [r["run_id"] for r in report["reconciled"]] == [str(dead.id)]
+    assert report["page_memory_pruned"] == 3
     assert run_rows.get_run(engine, str(dead.id))["status"] == "running"
 
     done = CliRunner().invoke(app, ["sweep", "--json"])
     assert done.exit_code == 0, done.output
     report = json.loads(done.stdout)
     assert report["expired"] == [kept.run_id] and report["deleted_objects"] > 0
+    assert report["page_memory_pruned"] == 3
+    with engine.connect() as connection:  # the stale rows went, the scrape's own stayed
+        assert connection.execute(sa.select(sa.func.count()).select_from(page_cache)).scalar_one() == remembered
+    printed = CliRunner().invoke(app, ["sweep"])
+    assert printed.exit_code == 0 and "page memory rows pruned: 0" in printed.stdout, printed.output
     assert run_rows.get_run(engine, str(dead.id))["status"] == "crashed"
     assert run_rows.get_run(engine, kept.run_id)["retention"] == "expired"
     shown = CliRunner().invoke(app, ["runs", "show", kept.run_id, "--json"])
