@@ -124,11 +124,12 @@ def _scrape(url: str, config: RunConfig, from_raw: str | None) -> RunSummary:
     # 4-5. Merge, then the final JSONL (both critical); the diff against the previous run is optional.
     merged = steps.merge(run_id, standardized, images_map, geocoded_map, embeddings.get("embeddings_index"))
     final = steps.write_final(run_id, merged, embeddings.get("embeddings"))
-    _optional(steps.diff_with_previous_run.submit(run_id, url, final), "diff", run_id)
     progress.advance("final")
 
-    # 6. Import when asked.
+    # 6. Import when asked, while the diff runs: neither reads what the other writes.
+    diff = steps.diff_with_previous_run.submit(run_id, url, final)
     imported = steps.import_activities(run_id, final) if config.auto_import else None
+    _optional(diff, "diff", run_id)
 
     # 7. Done: the hooks decide what happens to the files.
     return _finish(res, run_id, url, config, final, imported, steps.traffic, progress)
