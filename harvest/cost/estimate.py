@@ -22,7 +22,7 @@ from harvest.cost.prices import Counter, Prices
 from harvest.db.caches import LLMAnswerCache, cached_geocodes, reusable_embeddings
 from harvest.db.ledger import chat_output_ratio
 from harvest.embeddings import embedding_text
-from harvest.extract.llm import AnswerCache, LLMExtractor
+from harvest.extract.llm import AnswerCache, LLMExtractor, Prompt
 from harvest.geocode import normalize_address
 from harvest.models import Activity, RunConfig
 from harvest.settings import HarvestSettings
@@ -73,10 +73,10 @@ class _EstimatingExtractor(LLMExtractor):
 
     output_ratio = DEFAULT_OUTPUT_RATIO
 
-    def _complete(self, page_text: str, url: str, reservation: Reservation | None = None,
+    def _complete(self, prompt: Prompt, url: str, reservation: Reservation | None = None,
                   max_output_tokens: int | None = None) -> str:
         assert self.meter is not None
-        sent = tokens_from_chars(sum(len(str(m.get("content", ""))) for m in self.messages(page_text, url)))
+        sent = tokens_from_chars(prompt.sent_chars)
         self.meter.charge({Counter.chat_requests: 1, Counter.chat_input_tokens: sent,
                            Counter.chat_output_tokens: round(sent * self.output_ratio)}, reservation)
         return NO_ANSWER

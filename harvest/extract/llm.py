@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import openai
@@ -116,6 +117,17 @@ class AnswerCache(Protocol):
     def put(self, key: str, model: str, answer: str) -> None: ...
 
 
+@dataclass(frozen=True)
+class Prompt:
+    """One page's chat request, and what its cost is estimated from."""
+
+    messages: list[ChatCompletionMessageParam]
+    key: str  # the answer cache's key
+    page_chars: int  # the page text sent (bounded)
+    sent_chars: int  # every message's content
+    sent_bytes: int  # the same, UTF-8
+
+
 class LLMExtractor:
     """Extracts activities from page text with one Chat Completions call per page.
 
@@ -144,35 +156,39 @@ class LLMExtractor:
         self.rejected = 0
         self.cache_hits = 0
 
-    def messages(self, page_text: str, url: str) -> list[ChatCompletionMessageParam]:
-        """The chat messages for one page: fixed instructions, then the bounded page text as data."""
+    def prompt(self, page_text: str, url: str) -> Prompt:
+        """The call for one page: fixed instructions, then the bounded page text as data. Built once per page:
+        its cache key, its estimated cost and the request itself all read it."""
         text = page_text[: self.max_input_chars]
         note = " (truncated)" if len(page_text) > self.max_input_chars else ""
         user = f"Page URL: {url}\nPage text{note}:\n{PAGE_START}\n{text}\n{PAGE_END}"
-        return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+        messages: list[ChatCompletionMessageParam] = [
+            {"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user},
+        ]
+        # sha256 of everything that decides the answer: model, output bound and the exact messages.
+        key = hashlib.sha256(
+            json.dumps([self.model, self.max_output_tokens, messages], sort_keys=True).encode()
+        ).hexdigest()
+        return Prompt(
+            messages=messages, key=key, page_chars=len(text), sent_chars=len(SYSTEM_PROMPT) + len(user),
+            sent_bytes=len(SYSTEM_PROMPT.encode()) + len(user.encode()),
+        )
 
-    def prompt_key(self, page_text: str, url: str) -> str:
-        """sha256 of everything that decides the answer: model, output bound and the exact messages."""
-        prompt = json.dumps([self.model, self.max_output_tokens, self.messages(page_text, url)], sort_keys=True)
-        return hashlib.sha256(prompt.encode()).hexdigest()
-
-    def estimated_usage(self, page_text: str, url: str) -> dict[str, int]:
-        """What the call for this page will likely use: input from the messages' length, output a share of the
-        page text (bounded by the output limit)."""
-        sent = sum(len(str(message.get("content", ""))) for message in self.messages(page_text, url))
-        output = tokens_from_chars(int(len(page_text[: self.max_input_chars]) * OUTPUT_SHARE_OF_PAGE))
-        return {Counter.chat_requests: 1, Counter.chat_input_tokens: tokens_from_chars(sent),
+    def estimated_usage(self, prompt: Prompt) -> dict[str, int]:
+        """What the call will likely use: input from the messages' length, output a share of the page text
+        (bounded by the output limit)."""
+        output = tokens_from_chars(int(prompt.page_chars * OUTPUT_SHARE_OF_PAGE))
+        return {Counter.chat_requests: 1, Counter.chat_input_tokens: tokens_from_chars(prompt.sent_chars),
                 Counter.chat_output_tokens: min(self.max_output_tokens, output)}
 
-    def held_usage(self, page_text: str, url: str) -> dict[str, int]:
+    def held_usage(self, prompt: Prompt) -> dict[str, int]:
         """What a call under a budget is allowed to use: the input counted generously, the output cap it is sent
         with (see HELD_OUTPUT_FACTOR)."""
-        estimate = self.estimated_usage(page_text, url)
-        sent = sum(len(str(message.get("content", "")).encode()) for message in self.messages(page_text, url))
+        estimate = self.estimated_usage(prompt)
         output = min(self.max_output_tokens,
                      max(MIN_HELD_OUTPUT_TOKENS, HELD_OUTPUT_FACTOR * estimate[Counter.chat_output_tokens]))
-        return {Counter.chat_requests: 1, Counter.chat_input_tokens: -(-sent // HELD_INPUT_BYTES_PER_TOKEN),
-                Counter.chat_output_tokens: output}
+        held_input = -(-prompt.sent_bytes // HELD_INPUT_BYTES_PER_TOKEN)
+        return {Counter.chat_requests: 1, Counter.chat_input_tokens: held_input, Counter.chat_output_tokens: output}
 
     def extract_page(self, html: str | bytes, url: str) -> list[RawActivity]:
         """Activities in a fetched page: its visible text plus image references, bounded, then `extract`."""
@@ -183,9 +199,10 @@ class LLMExtractor:
         """Activities the model finds in `page_text` (from `url`); [] for an empty page without a call."""
         if not page_text or not page_text.strip():
             return []
-        key = self.prompt_key(page_text, url)
+        prompt = self.prompt(page_text, url)
+        key = prompt.key
         cached = self.cache.get(key) if self.cache is not None else None
-        content = cached if cached is not None else self._complete(page_text, url, *self._reserve(page_text, url))
+        content = cached if cached is not None else self._complete(prompt, url, *self._reserve(prompt, url))
         self.cache_hits += cached is not None
         try:
             answer = json.loads(content)
@@ -214,18 +231,18 @@ class LLMExtractor:
             activities.append(activity)
         return activities
 
-    def _reserve(self, page_text: str, url: str) -> tuple[Reservation | None, int]:
+    def _reserve(self, prompt: Prompt, url: str) -> tuple[Reservation | None, int]:
         """Hold the call's cost against the run's budget, and the output cap to send it with; OverBudgetError when
         it does not fit. Without a budget the hold is the estimate and the cap the configured one."""
         if self.meter is None:
             return None, self.max_output_tokens
-        held = self.estimated_usage(page_text, url) if self.meter.limit is None else self.held_usage(page_text, url)
+        held = self.estimated_usage(prompt) if self.meter.limit is None else self.held_usage(prompt)
         reservation = self.meter.reserve(held, url)
         if reservation is None:
             raise OverBudgetError(f"LLM extraction of {url} skipped: its cost would pass the budget")
         return reservation, held[Counter.chat_output_tokens]
 
-    def _complete(self, page_text: str, url: str, reservation: Reservation | None = None,
+    def _complete(self, prompt: Prompt, url: str, reservation: Reservation | None = None,
                   max_output_tokens: int | None = None) -> str:
         """One chat completion; every failure mode becomes an ExtractionError that names it. The usage the API
         reports is charged to the meter (a failed answer was still paid for)."""
@@ -234,7 +251,7 @@ class LLMExtractor:
         try:
             completion = self.client.chat.completions.create(
                 model=self.model,
-                messages=self.messages(page_text, url),
+                messages=prompt.messages,
                 response_format=RESPONSE_FORMAT,
                 max_completion_tokens=cap,
             )

@@ -54,7 +54,7 @@ def test_a_chat_call_is_charged_what_its_answer_says_it_used(oai: OpenAITestServ
     meter = Meter("crawl")
     extractor = LLMExtractor(client(oai), "gpt-4o-mini", meter=meter)
     assert [a.name for a in extractor.extract(PAGE, "https://example.org/a")] == ["Anthony Beale Reserve playground"]
-    sent = "\n".join(str(m["content"]) for m in extractor.messages(PAGE, "https://example.org/a"))
+    sent = "\n".join(str(m["content"]) for m in extractor.prompt(PAGE, "https://example.org/a").messages)
     stats = oai.stats()
     assert meter.usage[Counter.chat_input_tokens] == count_tokens(sent) == stats["usage.chat_prompt_tokens"]
     assert meter.usage[Counter.chat_output_tokens] == stats["usage.chat_completion_tokens"] > 0
@@ -67,7 +67,7 @@ def test_a_budget_stops_llm_extraction_part_way_and_names_the_pages_left(oai: Op
     oai.reset()
     urls = [f"https://example.org/page-{n}" for n in range(6)]
     probe = LLMExtractor(client(oai), "gpt-4o-mini")
-    per_call = PRICES.cost(probe.held_usage(PAGE, urls[0]))
+    per_call = PRICES.cost(probe.held_usage(probe.prompt(PAGE, urls[0])))
     meter = Meter("crawl", limit=per_call * 2.5)  # room for two calls' holds, not three
     extractor = LLMExtractor(client(oai), "gpt-4o-mini", meter=meter)
     made, refused = [], []
