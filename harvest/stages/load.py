@@ -26,6 +26,7 @@ def import_final_records(
     (`import_summary` with `interrupted`) before the error is raised, so the run never says nothing was imported.
     """
     result = StageResult()
+    plan: ImportPlan | None = None
 
     with timed(result.stats):
         try:
@@ -41,6 +42,7 @@ def import_final_records(
         except ImportInterrupted as exc:
             partial = exc.summary if isinstance(exc.summary, ImportSummary) else ImportSummary()
             partial.interrupted = str(exc)
+            partial.skipped += plan.skipped if plan is not None else 0  # judged unchanged before the error
             try:
                 run_rows.update_run(engine, run_id, import_summary=partial.model_dump())
             except DatabaseError as again:  # the database is gone: the raised error says what happened
