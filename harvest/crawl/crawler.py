@@ -81,6 +81,8 @@ class _Render:
     # What that response said about its version, kept with the rendered page for the next crawl.
     validators: Validators | None = None
     fetched_at: datetime | None = None
+    # Of the URL's budget, what its plain fetch used: the render gets the rest.
+    budget_spent_s: float = 0.0
 
 
 _Outcome = _Fetched | _Skipped | FailedURL
@@ -163,6 +165,7 @@ class _Engine:
                         settle_s=options.settle_s,
                         max_chars=options.max_page_bytes,
                         book=book,
+                        url_budget_s=fetcher.url_budget_s,
                     )
                 else:
                     log.warning(
@@ -479,8 +482,9 @@ class _Engine:
                 if result is not None and result.url == url and result.status == 200 and not result.truncated:
                     return _Render(item, document=PrefetchedDocument.from_response(
                         result.url, result.status, result.headers, result.body
-                    ), validators=Validators.from_headers(result.headers), fetched_at=response_time(result.headers))
-                return _Render(item)
+                    ), validators=Validators.from_headers(result.headers), fetched_at=response_time(result.headers),
+                        budget_spent_s=result.elapsed_s)
+                return _Render(item, budget_spent_s=result.elapsed_s if result is not None else 0.0)
             if result is None:
                 async with gate.slot():
                     result = await self.fetcher.fetch(url)
@@ -520,7 +524,7 @@ class _Engine:
                     result.url, result.status, result.headers, result.body
                 )
                 return _Render(FrontierItem(result.url, item.depth), requested_url=url, keys=keys, document=document,
-                               validators=page.validators, fetched_at=page.fetched_at)
+                               validators=page.validators, fetched_at=page.fetched_at, budget_spent_s=result.elapsed_s)
             return await self._finish(page)
         except DisallowedURLError as exc:
             return FailedURL(url, str(exc), None)
@@ -641,7 +645,8 @@ class _Engine:
             gate = self.gates.get(urlsplit(step.item.url).netloc)
             async with gate.slot():
                 pass
-            outcome = await self._render(step.item, requested_url=step.requested_url, document=step.document)
+            outcome = await self._render(step.item, requested_url=step.requested_url, document=step.document,
+                                         spent_s=step.budget_spent_s)
             if isinstance(outcome, _Fetched) and step.document is not None:
                 # Rendered from the response fetched just now: its validators describe this very document.
                 outcome.page.validators = step.validators
@@ -653,11 +658,12 @@ class _Engine:
             return FailedURL(url, exc.reason, exc.status)
 
     async def _render(
-        self, item: FrontierItem, *, requested_url: str | None = None, document: PrefetchedDocument | None = None
+        self, item: FrontierItem, *, requested_url: str | None = None, document: PrefetchedDocument | None = None,
+        spent_s: float = 0.0,
     ) -> _Outcome:
         if self.renderer is None:
             return FailedURL(item.url, MISSING_BROWSER, None)
-        rendered = await self.renderer.render(item.url, document=document)
+        rendered = await self.renderer.render(item.url, document=document, spent_s=spent_s)
         if rendered.status >= 400:
             return FailedURL(requested_url or item.url, f"HTTP {rendered.status}", rendered.status)
         if rendered.content_type and rendered.content_type not in PAGE_TYPES:
