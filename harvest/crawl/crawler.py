@@ -198,8 +198,12 @@ class _Engine:
                 task.cancel()
             elif time.monotonic() >= deadline:
                 self.deadline_passed = True
-                log.warning("max_crawl_seconds=%g passed: stopping the crawl with %d page(s) fetched",
-                            self.config.max_crawl_seconds, self.pages_emitted)
+                if self.pages_emitted:
+                    log.warning("max_crawl_seconds=%g passed: stopping the crawl with %d page(s) fetched",
+                                self.config.max_crawl_seconds, self.pages_emitted)
+                else:
+                    log.warning("max_crawl_seconds=%g passed before the start page %s was fetched: nothing crawled",
+                                self.config.max_crawl_seconds, self.start_url)
                 task.cancel()
         try:
             await task
@@ -210,8 +214,11 @@ class _Engine:
     async def _crawl(self) -> None:
         start = self.frontier.start_url
         self.frontier.mark_seen(start)
+        # A deadline passing before the start page is in leaves it unfetched: counted like a page cut mid-fetch.
+        self.cut_mid_fetch = [start]
         step = await self._process(FrontierItem(start, 0))
         outcome = await self._render_step(step) if isinstance(step, _Render) else step
+        self.cut_mid_fetch = []
         if isinstance(outcome, FailedURL):
             raise CrawlError(f"start URL {start} could not be crawled: {outcome.reason}")
         if isinstance(outcome, _Skipped):

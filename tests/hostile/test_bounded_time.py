@@ -1,6 +1,6 @@
 """Bounded time against a hostile site (issue 16): no URL holds a fetch slot past its budget, a slow body is
 cut and not retried, a render gets only what is left of its URL's budget, and a crawl stops at
-`max_crawl_seconds` with what it has, saying what was left.
+`max_crawl_seconds` with what it has, saying what was left (even when that is before the start page).
 
 Bounds are stated per test: the per-URL budget is twice the timeout (1 s here, so 2 s), each cap adds
 1.5 s for a loaded 2-core machine. Without the budget the drip alone held a slot for 4 attempts x 3 s.
@@ -178,4 +178,25 @@ def test_a_document_dribbling_into_the_browser_fails_at_the_budget(site, run_cra
     assert held < BUDGET_S + SLACK_S, held
     assert names(result.pages) == {"Start", "Good"}
     assert all(page.rendered for page in result.pages)
+
+
+# ---- a crawl deadline before the start page ------------------------------------------------------------
+
+
+def test_a_deadline_passing_before_the_start_page_is_fetched_leaves_it_unfetched_and_says_so(
+    site, run_crawl
+) -> None:
+    site.route("/", stall(5.0, event_page("Start", links=["/next"]).encode()))
+    site.page("/next", event_page("Next"))
+
+    started = time.monotonic()
+    result = run_crawl(site.url("/"), make_config(max_crawl_seconds=0.5), timeout_s=TIMEOUT_S)
+    elapsed = time.monotonic() - started
+
+    stats: CrawlStats = result.stats
+    assert result.pages == [] and stats.pages_fetched == 0
+    assert stats.unfollowed == {"max_crawl_seconds": {"count": 1, "examples": [site.url("/")]}}
+    assert stats.deadline_cut_in_flight == 1
+    assert stats.failed_urls == []  # not a failure of the site: the run's deadline
+    assert elapsed < 0.5 + SLACK_S, elapsed
 
