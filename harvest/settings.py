@@ -154,7 +154,8 @@ class HarvestSettings(BaseSettings):
         default=None, ge=1, description="Pages the crawl may get ahead of its consumer before pausing (16)."
     )
     crawl_url_budget_seconds: float | None = Field(
-        default=None, gt=0, description="Most time one URL may take, redirects and retries included (2 x the timeout)."
+        default=None, gt=0,
+        description="Most time one URL may take, redirects, retries and its render included (2 x the timeout).",
     )
     crawl_min_body_rate: float | None = Field(
         default=None, ge=0, description="Bytes/s a page body must average after its first timeout, else cut (1024)."

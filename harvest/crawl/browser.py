@@ -17,6 +17,13 @@ any page script runs), with a hard cap. That still waits out pages that fetch JS
 the fetch keeps a request in flight, and building the DOM resets the quiet window. The DOM's quiet window is
 waited out inside the page, by the same call that then reads the DOM; that call has a deadline of its own, so a
 page whose scripts never yield (an endless loop) fails that page instead of hanging the crawl.
+
+Time: a render is bounded by what is left of its URL's budget (`url_budget_s`, as for a plain fetch; the fetch
+that found the page needs scripts has used part of it), counted from when the render has a tab. Navigation and
+every wait get at most that as their timeouts, and `asyncio.timeout` bounds the whole render, so a page whose
+document dribbles or whose blocking script stalls fails with "the per-URL budget ... is spent" instead of holding
+a tab for the browser's own timeouts. A page still settling when the budget is nearly spent is read as it is,
+as at the settle cap.
 """
 
 from __future__ import annotations
@@ -56,6 +63,7 @@ BLOCKED_RESOURCE_TYPES = frozenset({"image", "font", "media", "stylesheet"})
 MISSING_BROWSER = "no Chromium found: set HARVEST_BROWSER_PATH"
 QUIET_S = 0.1  # no request in flight and no DOM change for this long: the page is ready
 RESPOND_S = 5.0  # a page that does not answer for this long past its settle cap is busy in a script: given up
+READ_RESERVE_S = 0.25  # of a URL's budget, kept for reading the DOM: settling stops this long before it is spent
 _READY = "harvest.readWhenQuiet"
 # Installed before any page script runs. It records when the DOM last changed and defines one function that
 # waits, inside the page, until the DOM has been quiet for a while (or a cap passes) and then returns the DOM as
@@ -104,6 +112,36 @@ _READ_WHEN_QUIET = """([quietMs, maxMs]) => {
 
 class RenderFailed(PageFailed):
     """One page could not be rendered (navigation error, timeout, browser crash)."""
+
+
+class _RenderBudget:
+    """What is left of one URL's budget (`total_s`, less `spent_s` by its plain fetch) while it renders.
+
+    The clock starts with `start()`, once the render has a tab: waiting for a tab, opening one or launching
+    Chromium is the crawl's cost, not this URL's. `bound` is the hard limit around the whole render."""
+
+    def __init__(self, total_s: float, spent_s: float) -> None:
+        self.total_s = total_s
+        self.spent_s = spent_s
+        self.end: float | None = None  # time.monotonic() when it is spent, once started
+        self.bound = asyncio.timeout(None)
+
+    def start(self) -> None:
+        left = self.total_s - self.spent_s
+        self.end = time.monotonic() + left
+        self.bound.reschedule(asyncio.get_running_loop().time() + left)
+
+    def left(self) -> float:
+        return self.total_s - self.spent_s if self.end is None else self.end - time.monotonic()
+
+    def cap(self, seconds: float) -> float:
+        """`seconds`, or the time left if that is sooner (at least 1 ms: Playwright reads 0 as no timeout)."""
+        return max(0.001, min(seconds, self.left()))
+
+    def spent(self, url: str) -> RenderFailed:
+        """The failure of a render that ran out, worded like a plain fetch's."""
+        by_fetch = f" ({self.spent_s:.1f}s of it by the plain fetch)" if self.spent_s >= 0.05 else ""
+        return RenderFailed(url, f"gave up rendering: the per-URL budget of {self.total_s:g}s is spent{by_fetch}")
 
 
 @dataclass(frozen=True)
@@ -177,11 +215,13 @@ class BrowserRenderer:
         max_chars: int,
         quiet_s: float = QUIET_S,
         book: AddressBook | None = None,
+        url_budget_s: float | None = None,
     ) -> None:
         self.executable_path = executable_path
         self.user_agent = user_agent
         self.allow_private_networks = allow_private_networks
         self.timeout_s = timeout_s
+        self.url_budget_s = url_budget_s if url_budget_s is not None else 2 * timeout_s  # as HttpFetcher's
         self.settle_s = settle_s  # hard cap on waiting for the page to become ready after DOMContentLoaded
         self.quiet_s = quiet_s
         self.max_chars = max_chars
@@ -281,19 +321,34 @@ class BrowserRenderer:
         del self._prefetched[frame.page]  # once: a script that reloads or navigates gets the network
         return document
 
-    async def render(self, url: str, *, document: PrefetchedDocument | None = None) -> RenderResult:
+    async def render(
+        self, url: str, *, document: PrefetchedDocument | None = None, spent_s: float = 0.0
+    ) -> RenderResult:
         """Navigate to `url`, wait until it is ready (see the module docstring), return the rendered HTML.
 
         `document`, the page's response from a plain HTTP fetch, is served to the browser instead of fetching
         `url` again (only when the browser asks for exactly `document.url`; otherwise it goes to the network).
+        The render ends within what is left of the URL's budget once `spent_s` (its plain fetch) is taken off.
         Raises DisallowedURLError if the SSRF guard refuses the URL or a redirect hop, RenderFailed otherwise.
         """
+        budget = _RenderBudget(self.url_budget_s, spent_s)
+        try:
+            async with budget.bound:
+                return await self._render(url, document, budget)
+        except TimeoutError as exc:
+            if not budget.bound.expired():
+                raise
+            raise budget.spent(url) from exc
+
+    async def _render(self, url: str, document: PrefetchedDocument | None, budget: _RenderBudget) -> RenderResult:
         from playwright.async_api import Error as PlaywrightError
         from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
         verdict = await self._guard_verdict(url)
         if verdict is not None:
             raise DisallowedURLError(verdict)
+        if budget.left() <= 0:
+            raise budget.spent(url)
         await self._ensure_started()
         async with self._pages:
             if self._idle:
@@ -302,13 +357,17 @@ class BrowserRenderer:
             else:
                 page = await self._context.new_page()
                 network = _NetworkWatch(page)
+            budget.start()
             reusable = False
             if document is not None:
                 self._prefetched[page] = document
             try:
+                navigation_s = budget.cap(self.timeout_s)
                 try:
-                    response = await page.goto(url, wait_until="domcontentloaded", timeout=self.timeout_s * 1000)
+                    response = await page.goto(url, wait_until="domcontentloaded", timeout=navigation_s * 1000)
                 except PlaywrightTimeoutError as exc:
+                    if navigation_s < self.timeout_s:
+                        raise budget.spent(url) from exc
                     raise RenderFailed(url, f"navigation timed out after {self.timeout_s:g}s") from exc
                 except PlaywrightError as exc:
                     raise RenderFailed(url, f"navigation failed: {_first_line(exc)}") from exc
@@ -321,7 +380,7 @@ class BrowserRenderer:
                 content_type = media_type(response.headers.get("content-type"))
                 if status >= 400:
                     return RenderResult(url=page.url, status=status, html="", content_type=content_type)
-                html = await self._read_when_settled(page, network, url)
+                html = await self._read_when_settled(page, network, url, budget)
                 truncated = len(html) > self.max_chars
                 if truncated:
                     log.warning("rendered %s is larger than %d characters: truncated", url, self.max_chars)
@@ -338,17 +397,19 @@ class BrowserRenderer:
                     with contextlib.suppress(Exception):
                         await page.close()
 
-    async def _read_when_settled(self, page: Any, network: _NetworkWatch, url: str) -> str:
+    async def _read_when_settled(self, page: Any, network: _NetworkWatch, url: str, budget: _RenderBudget) -> str:
         """The rendered DOM as HTML, once the page is ready: after `load`, no request in flight and the DOM
-        unchanged for `quiet_s`; at the latest `settle_s` after the document loaded (read as it is then).
+        unchanged for `quiet_s`; at the latest `settle_s` after the document loaded, or `READ_RESERVE_S` before
+        the URL's budget is spent, whichever comes first (read as it is then).
 
         Raises RenderFailed when the page stops answering (a script keeps it busy past the cap plus
         RESPOND_S) or keeps navigating while it is read."""
         from playwright.async_api import Error as PlaywrightError
 
-        deadline = time.monotonic() + self.settle_s
+        assert budget.end is not None
+        deadline = min(time.monotonic() + self.settle_s, budget.end - READ_RESERVE_S)
         with contextlib.suppress(PlaywrightError):
-            await page.wait_for_load_state("load", timeout=max(self.settle_s, 0.001) * 1000)
+            await page.wait_for_load_state("load", timeout=max(deadline - time.monotonic(), 0.001) * 1000)
         navigations = 0
         while True:
             now = time.monotonic()
@@ -370,7 +431,7 @@ class BrowserRenderer:
                 if navigations > 2:
                     raise RenderFailed(url, f"could not read the rendered DOM: {_first_line(exc)}") from exc
                 with contextlib.suppress(PlaywrightError):
-                    await page.wait_for_load_state("domcontentloaded", timeout=self.timeout_s * 1000)
+                    await page.wait_for_load_state("domcontentloaded", timeout=budget.cap(self.timeout_s) * 1000)
                 continue
             if not isinstance(html, str):
                 raise RenderFailed(url, f"could not read the rendered DOM: got {type(html).__name__}")

@@ -81,6 +81,8 @@ class _Render:
     # What that response said about its version, kept with the rendered page for the next crawl.
     validators: Validators | None = None
     fetched_at: datetime | None = None
+    # Of the URL's budget, what its plain fetch used: the render gets the rest.
+    budget_spent_s: float = 0.0
 
 
 _Outcome = _Fetched | _Skipped | FailedURL
@@ -163,6 +165,7 @@ class _Engine:
                         settle_s=options.settle_s,
                         max_chars=options.max_page_bytes,
                         book=book,
+                        url_budget_s=fetcher.url_budget_s,
                     )
                 else:
                     log.warning(
@@ -195,8 +198,12 @@ class _Engine:
                 task.cancel()
             elif time.monotonic() >= deadline:
                 self.deadline_passed = True
-                log.warning("max_crawl_seconds=%g passed: stopping the crawl with %d page(s) fetched",
-                            self.config.max_crawl_seconds, self.pages_emitted)
+                if self.pages_emitted:
+                    log.warning("max_crawl_seconds=%g passed: stopping the crawl with %d page(s) fetched",
+                                self.config.max_crawl_seconds, self.pages_emitted)
+                else:
+                    log.warning("max_crawl_seconds=%g passed before the start page %s was fetched: nothing crawled",
+                                self.config.max_crawl_seconds, self.start_url)
                 task.cancel()
         try:
             await task
@@ -207,8 +214,11 @@ class _Engine:
     async def _crawl(self) -> None:
         start = self.frontier.start_url
         self.frontier.mark_seen(start)
+        # A deadline passing before the start page is in leaves it unfetched: counted like a page cut mid-fetch.
+        self.cut_mid_fetch = [start]
         step = await self._process(FrontierItem(start, 0))
         outcome = await self._render_step(step) if isinstance(step, _Render) else step
+        self.cut_mid_fetch = []
         if isinstance(outcome, FailedURL):
             raise CrawlError(f"start URL {start} could not be crawled: {outcome.reason}")
         if isinstance(outcome, _Skipped):
@@ -479,8 +489,9 @@ class _Engine:
                 if result is not None and result.url == url and result.status == 200 and not result.truncated:
                     return _Render(item, document=PrefetchedDocument.from_response(
                         result.url, result.status, result.headers, result.body
-                    ), validators=Validators.from_headers(result.headers), fetched_at=response_time(result.headers))
-                return _Render(item)
+                    ), validators=Validators.from_headers(result.headers), fetched_at=response_time(result.headers),
+                        budget_spent_s=result.elapsed_s)
+                return _Render(item, budget_spent_s=result.elapsed_s if result is not None else 0.0)
             if result is None:
                 async with gate.slot():
                     result = await self.fetcher.fetch(url)
@@ -520,7 +531,7 @@ class _Engine:
                     result.url, result.status, result.headers, result.body
                 )
                 return _Render(FrontierItem(result.url, item.depth), requested_url=url, keys=keys, document=document,
-                               validators=page.validators, fetched_at=page.fetched_at)
+                               validators=page.validators, fetched_at=page.fetched_at, budget_spent_s=result.elapsed_s)
             return await self._finish(page)
         except DisallowedURLError as exc:
             return FailedURL(url, str(exc), None)
@@ -641,7 +652,8 @@ class _Engine:
             gate = self.gates.get(urlsplit(step.item.url).netloc)
             async with gate.slot():
                 pass
-            outcome = await self._render(step.item, requested_url=step.requested_url, document=step.document)
+            outcome = await self._render(step.item, requested_url=step.requested_url, document=step.document,
+                                         spent_s=step.budget_spent_s)
             if isinstance(outcome, _Fetched) and step.document is not None:
                 # Rendered from the response fetched just now: its validators describe this very document.
                 outcome.page.validators = step.validators
@@ -653,11 +665,12 @@ class _Engine:
             return FailedURL(url, exc.reason, exc.status)
 
     async def _render(
-        self, item: FrontierItem, *, requested_url: str | None = None, document: PrefetchedDocument | None = None
+        self, item: FrontierItem, *, requested_url: str | None = None, document: PrefetchedDocument | None = None,
+        spent_s: float = 0.0,
     ) -> _Outcome:
         if self.renderer is None:
             return FailedURL(item.url, MISSING_BROWSER, None)
-        rendered = await self.renderer.render(item.url, document=document)
+        rendered = await self.renderer.render(item.url, document=document, spent_s=spent_s)
         if rendered.status >= 400:
             return FailedURL(requested_url or item.url, f"HTTP {rendered.status}", rendered.status)
         if rendered.content_type and rendered.content_type not in PAGE_TYPES:

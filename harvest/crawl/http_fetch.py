@@ -7,7 +7,8 @@ and only a per-hop check stops it. Connections go to the addresses the guard app
 Time: one URL holds a fetch slot for at most its budget (twice the timeout by default), from the first
 byte requested to the last byte read, redirects, retries and their waits included. A body that trickles
 in under `min_body_rate` once it has taken a timeout is cut, and a slow or stalled body is not retried:
-a server that drips once will drip again, while a refused connection or a 503 often recovers.
+a server that drips once will drip again, while a refused connection or a 503 often recovers. A page that
+then needs the browser renders within what its fetch left of the budget (`harvest.crawl.browser`).
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ class FetchResult:
     body: bytes
     truncated: bool = False
     redirects: list[str] = field(default_factory=list)
+    # Of the URL's budget, what this fetch used (every hop, retry and wait): a render of the page gets the rest.
+    elapsed_s: float = 0.0
 
     @property
     def is_page(self) -> bool:
@@ -180,15 +183,18 @@ class HttpFetcher:
         Returns the final response even for 4xx/5xx (the caller decides what a status means); raises
         FetchFailed for network failures after retries and for redirect loops/chains, and
         DisallowedURLError when any hop is refused. With `pages_only`, non-HTML bodies are not downloaded.
-        The whole call, every hop and retry included, ends within `url_budget_s`.
+        The whole call, every hop and retry included, ends within `url_budget_s` (what it used: `elapsed_s`).
         `headers` go with every hop (conditional request headers: a 304 is returned like any status).
         """
-        deadline = time.monotonic() + self.url_budget_s
+        started = time.monotonic()
+        deadline = started + self.url_budget_s
         budget = asyncio.timeout(self.url_budget_s)
         try:
             async with budget:
-                return await self._fetch(url, pages_only=pages_only, max_bytes=max_bytes, deadline=deadline,
-                                         headers=headers)
+                result = await self._fetch(url, pages_only=pages_only, max_bytes=max_bytes, deadline=deadline,
+                                           headers=headers)
+            result.elapsed_s = time.monotonic() - started
+            return result
         except TimeoutError as exc:
             if not budget.expired():
                 raise

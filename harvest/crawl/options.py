@@ -50,7 +50,7 @@ class CrawlOptions:
     """Pages the crawl may get ahead of its consumer before it pauses."""
     url_budget_s: float | None = None
     """Most time one URL may hold a fetch slot, first byte requested to last byte read, redirects and retries
-    included; None: twice `timeout_s`."""
+    included, and a render of it (which gets what the plain fetch left); None: twice `timeout_s`."""
     min_body_rate: float = DEFAULT_MIN_BODY_RATE
     """Bytes per second a page body must average once it has taken `timeout_s`; slower bodies are cut."""
 

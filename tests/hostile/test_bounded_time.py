@@ -1,5 +1,6 @@
 """Bounded time against a hostile site (issue 16): no URL holds a fetch slot past its budget, a slow body is
-cut and not retried, and a crawl stops at `max_crawl_seconds` with what it has, saying what was left.
+cut and not retried, a render gets only what is left of its URL's budget, and a crawl stops at
+`max_crawl_seconds` with what it has, saying what was left (even when that is before the start page).
 
 Bounds are stated per test: the per-URL budget is twice the timeout (1 s here, so 2 s), each cap adds
 1.5 s for a loaded 2-core machine. Without the budget the drip alone held a slot for 4 attempts x 3 s.
@@ -8,8 +9,11 @@ Bounds are stated per test: the per-URL budget is twice the timeout (1 s here, s
 from __future__ import annotations
 
 import time
+from urllib.parse import urlsplit
 
-from harvest.crawl.page import CrawlStats
+import pytest
+
+from harvest.crawl.page import CrawlStats, Page
 from harvest.models import RunConfig
 from harvest.settings import HarvestSettings
 from harvest.stages.collect import collect_raw_activities
@@ -21,6 +25,10 @@ from tests.hostile.test_hostile_sites import event_page, names
 TIMEOUT_S = 1.0
 BUDGET_S = 2 * TIMEOUT_S
 SLACK_S = 1.5
+CHROMIUM = HarvestSettings().browser_path or "/usr/bin/chromium"
+# Renders: Chromium's own navigation timeout (the request timeout) is long, the budget short, so a render that
+# waits for the browser's timeouts instead of the budget takes 10 s where the budget allows 2.
+BROWSER_TIMEOUT_S = 10.0
 
 
 def _slow_redirect(to: str, after_s: float):  # noqa: ANN202 - a route
@@ -112,3 +120,83 @@ def test_the_collect_stage_goes_on_after_the_deadline_and_warns_with_counts(site
     assert result.stats.items_out >= 1  # the activities of the pages fetched are written
     warning = next(w for w in result.warnings if w.startswith("crawl deadline hit"))
     assert f"max_crawl_seconds=1.5 passed after {fetched} page(s); {31 - fetched} URL(s) left unfetched" in warning
+
+
+# ---- renders under the per-URL budget ----------------------------------------------------------------
+
+
+def _built_by_script(heading: str, *, head: str = "") -> str:
+    """A page whose content a script builds (the crawl is told it needs the browser)."""
+    return (f"<html><head><title>{heading}</title>{head}</head><body><div id='root'></div><script>"
+            f"document.getElementById('root').innerHTML = '<h1>{heading}</h1>';</script></body></html>")
+
+
+def _by_path(pages: list[Page]) -> dict[str, Page]:
+    return {urlsplit(page.requested_url).path: page for page in pages}
+
+
+@pytest.mark.browser
+def test_a_render_gets_what_the_plain_fetch_left_of_the_budget(site, run_crawl) -> None:
+    # /stalled answers its plain fetch after 0.6 s; rendered, its blocking script never arrives, so Chromium's
+    # navigation (DOMContentLoaded) waits. The render gets the 1.4 s left of the 2 s budget, not the 10 s timeout.
+    site.route("/stalled", stall(0.6, _built_by_script("Stalled", head="<script src='/never.js'></script>").encode()))
+    site.route("/never.js", stall(30.0, b""))
+    site.page("/spa", _built_by_script("Built by its script"))
+    site.page("/good", event_page("Good"))
+    site.page("/", event_page("Start", links=["/stalled", "/spa", "/good"]))
+
+    result = run_crawl(site.url("/"), make_config(render="auto"), browser_path=CHROMIUM, timeout_s=BROWSER_TIMEOUT_S,
+                       url_budget_s=BUDGET_S, needs_browser=lambda page: "id='root'" in page.html)
+    ended = time.monotonic()
+
+    reason = result.failed("/stalled").reason
+    assert reason.startswith("gave up rendering: the per-URL budget of 2s is spent"), reason
+    assert "of it by the plain fetch)" in reason
+    assert len(site.hits("/stalled")) == 1  # rendered from the plain fetch's response, not fetched again
+    # The render's clock starts once it has a tab (after Chromium launched, before the script was asked for):
+    # 1.4 s left, not the 10 s navigation timeout. The crawl's end includes closing Chromium.
+    held = ended - site.hits("/never.js")[0].at
+    assert held < BUDGET_S + SLACK_S, held
+    by_path = _by_path(result.pages)
+    assert by_path["/spa"].rendered and "<h1>Built by its script</h1>" in by_path["/spa"].html
+    assert names(result.pages) == {"Start", "Good"}
+
+
+@pytest.mark.browser
+def test_a_document_dribbling_into_the_browser_fails_at_the_budget(site, run_crawl) -> None:
+    # render="browser": no plain fetch, Chromium fetches the page itself; 600 bytes at 20 bytes/s take 30 s.
+    site.route("/dribble", drip(b"<html><body>" + b"x" * 600 + b"</body></html>", every_s=0.05))
+    site.page("/good", event_page("Good"))
+    site.page("/", event_page("Start", links=["/dribble", "/good"]))
+
+    result = run_crawl(site.url("/"), make_config(render="browser"), browser_path=CHROMIUM,
+                       timeout_s=BROWSER_TIMEOUT_S, url_budget_s=BUDGET_S)
+    ended = time.monotonic()
+
+    assert result.failed("/dribble").reason == "gave up rendering: the per-URL budget of 2s is spent"
+    held = ended - site.hits("/dribble")[0].at
+    assert held < BUDGET_S + SLACK_S, held
+    assert names(result.pages) == {"Start", "Good"}
+    assert all(page.rendered for page in result.pages)
+
+
+# ---- a crawl deadline before the start page ------------------------------------------------------------
+
+
+def test_a_deadline_passing_before_the_start_page_is_fetched_leaves_it_unfetched_and_says_so(
+    site, run_crawl
+) -> None:
+    site.route("/", stall(5.0, event_page("Start", links=["/next"]).encode()))
+    site.page("/next", event_page("Next"))
+
+    started = time.monotonic()
+    result = run_crawl(site.url("/"), make_config(max_crawl_seconds=0.5), timeout_s=TIMEOUT_S)
+    elapsed = time.monotonic() - started
+
+    stats: CrawlStats = result.stats
+    assert result.pages == [] and stats.pages_fetched == 0
+    assert stats.unfollowed == {"max_crawl_seconds": {"count": 1, "examples": [site.url("/")]}}
+    assert stats.deadline_cut_in_flight == 1
+    assert stats.failed_urls == []  # not a failure of the site: the run's deadline
+    assert elapsed < 0.5 + SLACK_S, elapsed
+
