@@ -8,7 +8,9 @@ must use for all traffic and which also sees redirect hops the route handler nev
 
 A page the crawler already fetched over plain HTTP (and found to need scripts) is not fetched a second time:
 its document is served to the browser from that response (`PrefetchedDocument`, fulfilled in the route
-handler), which saves the site a request and the render a round trip through the proxy.
+handler), which saves the site a request and the render a round trip through the proxy. Either way the
+document's response headers come back with the rendered HTML (`RenderResult.headers`): the crawler keeps their
+validators and Date, so the next crawl can revalidate a rendered page with a plain conditional request.
 
 Readiness: Playwright's "networkidle" waits for 500 ms without network traffic, which dominated the cost of
 a render. Instead a page counts as ready after its `load` event once, for a short quiet window (100 ms),
@@ -35,7 +37,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -171,6 +173,9 @@ class RenderResult:
     html: str
     content_type: str
     truncated: bool = False
+    headers: dict[str, str] = field(default_factory=dict)
+    """The main document's response headers (lower-case names), as the browser got them: its validators and
+    Date describe the rendered page like a plain fetch's do, so the next crawl can ask whether it changed."""
 
 
 def use_node_compile_cache() -> None:
@@ -377,9 +382,11 @@ class BrowserRenderer:
                 if response.status == 403 and refused:
                     raise DisallowedURLError(f"redirect refused while rendering {url}: {refused}")
                 status = response.status
-                content_type = media_type(response.headers.get("content-type"))
+                headers = dict(response.headers)
+                content_type = media_type(headers.get("content-type"))
                 if status >= 400:
-                    return RenderResult(url=page.url, status=status, html="", content_type=content_type)
+                    return RenderResult(url=page.url, status=status, html="", content_type=content_type,
+                                        headers=headers)
                 html = await self._read_when_settled(page, network, url, budget)
                 truncated = len(html) > self.max_chars
                 if truncated:
@@ -387,7 +394,8 @@ class BrowserRenderer:
                     html = html[: self.max_chars]
                 reusable = True
                 return RenderResult(
-                    url=page.url, status=status, html=html, content_type=content_type, truncated=truncated
+                    url=page.url, status=status, html=html, content_type=content_type, truncated=truncated,
+                    headers=headers,
                 )
             finally:
                 self._prefetched.pop(page, None)

@@ -685,7 +685,9 @@ class _Engine:
             content_type=rendered.content_type or "text/html",
             final_url=rendered.url,
             truncated=rendered.truncated,
-            fetched_at=response_time(None),
+            # The document the browser navigated to, like a plain fetch's: a re-crawl revalidates it over HTTP.
+            validators=Validators.from_headers(rendered.headers),
+            fetched_at=response_time(rendered.headers),
         )
         return await self._finish(page)
 

@@ -322,6 +322,104 @@ def test_a_page_that_needed_the_browser_is_not_rendered_again_when_unchanged(dem
     assert {page.url for page in again} == {page.url for page in first}
 
 
+
+@pytest.fixture
+def sitemapless_copy(tmp_path: Path) -> Path:
+    """A small demo site without a sitemap: no `<lastmod>` shortcut, so a re-crawl must revalidate every page."""
+    root = tmp_path / "site"
+    build_demo_site(root, limit=12, sitemap=None)
+    return root
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(BROWSER is None, reason="needs Debian Chromium (scripts/ensure-system.sh)")
+def test_render_browser_keeps_validators_and_an_unchanged_recrawl_renders_nothing(
+    sitemapless_copy: Path, tmp_path: Path
+) -> None:
+    memory = _memory(tmp_path)
+    config = RunConfig(render="browser", max_pages=1000, max_depth=20)
+    options = _options(browser_path=BROWSER)
+    with serve_site(sitemapless_copy) as site:
+        first, first_stats = _crawl(site.url("/"), memory, config, options)
+        first_bytes = site.bytes_sent
+        site.reset_counters()
+        again, stats = _crawl(site.url("/"), memory, config, options)
+        again_bytes = site.bytes_sent
+        statuses = site.statuses()
+
+    assert first_stats.pages_rendered == len(first) > 10 and first_stats.pages_http == 0
+    home = memory.recall(first[0].requested_url)
+    # The browser's response for the document is kept like a plain fetch's: its ETag, and the server's Date
+    # (whole seconds; our own clock would have microseconds).
+    assert home is not None and home.rendered and home.validators is not None and home.validators.etag
+    assert home.fetched_at.microsecond == 0
+    assert stats.pages_rendered == 0 and stats.browser_launches == 0 and stats.pages_http == 0
+    assert stats.pages_not_modified == len(again) and statuses[304] >= len(again)
+    assert {page.url for page in again} == {page.url for page in first}  # the same reach
+    assert all(page.reused is not None and page.rendered for page in again)  # reused as what they were
+    assert again_bytes <= 0.10 * first_bytes, (again_bytes, first_bytes)
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(BROWSER is None, reason="needs Debian Chromium (scripts/ensure-system.sh)")
+def test_render_browser_renders_a_changed_page_again_and_reuses_the_rest(
+    sitemapless_copy: Path, tmp_path: Path
+) -> None:
+    memory = _memory(tmp_path)
+    config = RunConfig(render="browser", max_pages=1000, max_depth=20)
+    options = _options(browser_path=BROWSER)
+    with serve_site(sitemapless_copy) as site:
+        home_url = site.url("/")
+        first, _ = _crawl(home_url, memory, config, options)
+        before = memory.recall(first[0].requested_url)
+        html = (sitemapless_copy / "index.html").read_text("utf-8")
+        write_page(sitemapless_copy, "/", html.replace("</h1>", " (new)</h1>", 1))  # a new ETag
+        site.reset_counters()
+        again, stats = _crawl(home_url, memory, config, options)
+        home_answers = [status for _, path, status in site.log if path == "/"]
+
+    home = next(page for page in again if page.requested_url == first[0].requested_url)
+    assert home.reused is None and home.rendered and "(new)</h1>" in home.html
+    assert stats.pages_rendered == 1
+    assert all(page.reused is not None for page in again if page is not home)
+    # Asked for once: the conditional request's 200 is the document the browser renders (not downloaded twice).
+    assert home_answers == [200]
+    after = memory.recall(home.requested_url)
+    assert before is not None and after is not None and before.validators and after.validators
+    assert after.validators.etag != before.validators.etag  # the new version is what the next crawl asks about
+
+
+
+SCRIPT_BUILT = """<html><head><title>Spa</title></head><body><div id="root"></div>
+<script>
+  document.getElementById('root').innerHTML = '<h1>Toddler Music Morning</h1><p>Saturday 10am at the library</p>';
+</script></body></html>"""
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(BROWSER is None, reason="needs Debian Chromium (scripts/ensure-system.sh)")
+def test_pages_auto_mode_renders_without_a_plain_fetch_are_revalidated_too(site, tmp_path: Path) -> None:
+    """Once a host's pages needed the browser, auto mode renders the rest directly (no plain fetch to take
+    validators from): they keep the browser's, so the next crawl asks for them instead of rendering them."""
+    pages = [f"/js{i}" for i in range(3)]
+    site.html("/", links=pages)
+    for number, path in enumerate(pages):
+        _revalidating(site, path, SCRIPT_BUILT, f'"js{number}"')
+    memory = _memory(tmp_path)
+    config = RunConfig(render="auto", max_pages=50, max_depth=1)
+    options = _options(browser_path=BROWSER, learn_after=1, max_concurrency=1)
+    first, first_stats = _crawl(site.url("/"), memory, config, options)
+    assert first_stats.pages_rendered == 3
+    assert [len(site.requested(path)) for path in pages] == [1, 1, 1]  # /js1 and /js2 only by the browser
+    site.hits.clear()
+    again, stats = _crawl(site.url("/"), memory, config, options)
+
+    assert stats.pages_rendered == 0 and stats.browser_launches == 0
+    reused = {page.requested_url for page in again if page.reuse_reason == "not_modified"}
+    assert reused == {site.url(path) for path in pages}
+    assert all(page.rendered for page in again if page.reused is not None)
+
+
 def test_a_stored_entry_round_trips_through_the_table(tmp_path: Path) -> None:
     memory = _memory(tmp_path)
     fetched = datetime(2026, 11, 30, 10, tzinfo=UTC)
