@@ -10,6 +10,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from flows.resources import resources
+from flows.run_logs import harvest_logs_to_task
 from flows.tasks import record_stage
 from harvest.models import ImportSummary
 from harvest.retention import cleanup_run
@@ -17,6 +18,7 @@ from harvest.stages.load import import_kept_run as import_kept_files
 
 
 @task(name="import-kept-run")
+@harvest_logs_to_task
 def import_kept_run(run_id: str) -> ImportSummary:
     """Import under a lease the sweep respects (an expiry cannot delete the file being read)."""
     res = resources()

@@ -3,7 +3,8 @@
 Results are persisted as JSON under `runs/<run_id>/results/<step>.json` in the run's own storage, so a
 flow run retried (or restarted with the same run id) loads finished steps instead of running them again,
 and deleting the run's prefix removes them with the run's files. The key is also Prefect's cache key,
-which is why every key carries the run id.
+which is why every key carries the run id. Every task body runs under `harvest_logs_to_task`, so the domain's
+own log lines reach its task run's logs in whichever process runs it (a Dask worker process too).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from flows import artifacts
 from flows.ledger import count_step, meter_for
 from flows.limits import geocoder_gate, openai_slot
 from flows.resources import Resources, resources
+from flows.run_logs import harvest_logs_to_task
 from flows.traffic import CountedTask, Traffic
 from harvest.cost.geocoding import MeteredGeocoder
 from harvest.crawl import CrawlStats
@@ -77,6 +79,7 @@ def _openai_client(res: Resources) -> Any:
 
 
 @task(name="crawl-and-extract", result_storage_key=result_key_template("crawl"), **PERSISTED)
+@harvest_logs_to_task
 def crawl_and_extract(run_id: str, url: str, config: RunConfig, progress_id: str | None = None) -> FileRef:
     """Crawl and extract; the run's progress artifact (`progress_id`) moves as pages arrive (throttled)."""
     res = resources()
@@ -100,6 +103,7 @@ def crawl_and_extract(run_id: str, url: str, config: RunConfig, progress_id: str
 
 
 @task(name="load-raw-activities", result_storage_key=result_key_template("crawl"), **PERSISTED)
+@harvest_logs_to_task
 def load_raw_activities(run_id: str, source: str) -> FileRef:
     res = resources()
     result = copy_raw_activities(res.store, run_id, source)
@@ -108,6 +112,7 @@ def load_raw_activities(run_id: str, source: str) -> FileRef:
 
 
 @task(name="standardize", result_storage_key=result_key_template("standardize"), **PERSISTED)
+@harvest_logs_to_task
 def standardize(run_id: str, raw: FileRef, config: RunConfig) -> FileRef:
     res = resources()
     result = standardize_raw_activities(res.store, run_id, raw, config)
@@ -116,6 +121,7 @@ def standardize(run_id: str, raw: FileRef, config: RunConfig) -> FileRef:
 
 
 @task(name="process-images-chunk", result_storage_key=result_key_template(chunk_result_step("images")), **PERSISTED)
+@harvest_logs_to_task
 def images_chunk(run_id: str, standardized: FileRef, index: int, start: int, stop: int) -> FileRef:
     """One chunk of the image map (lines start..stop of standardized.jsonl)."""
     res = resources()
@@ -126,6 +132,7 @@ def images_chunk(run_id: str, standardized: FileRef, index: int, start: int, sto
 
 
 @task(name="geocode-chunk", result_storage_key=result_key_template(chunk_result_step("geocode")), **PERSISTED)
+@harvest_logs_to_task
 def geocode_chunk(run_id: str, standardized: FileRef, index: int, start: int, stop: int) -> FileRef:
     """One chunk of the geocode map; each distinct address is asked once per chunk, and never again once cached."""
     res = resources()
@@ -149,6 +156,7 @@ def geocode_chunk(run_id: str, standardized: FileRef, index: int, start: int, st
 
 
 @task(name="combine-map", result_storage_key=result_key_template(combined_result_step()), **PERSISTED)
+@harvest_logs_to_task
 def combine_map(run_id: str, kind: str, step: str, chunks: int, chunk_size: int, max_chunks: int) -> FileRef:
     """Join a map's chunk parts in order and drop them; idempotent (harvest.stages.finish). `chunk_size` and
     `max_chunks` are the layout the parts were cut with: part of the result's key, not of the work."""
@@ -165,6 +173,7 @@ def _warn(res: Resources, run_id: str, step: str, warnings: list[str]) -> None:
 
 
 @task(name="submit-embeddings-batch", result_storage_key=result_key_template("embeddings_batch"), **PERSISTED)
+@harvest_logs_to_task
 def submit_embeddings_batch(run_id: str, standardized: FileRef, model: str) -> SubmittedBatch | None:
     res = resources()
     if not res.settings.has_openai:
@@ -193,6 +202,7 @@ def _only_while_running(task: Any, task_run: Any, state: Any) -> bool:
     name="poll-embeddings-batch", result_storage_key=result_key_template("embeddings"),
     retry_condition_fn=_only_while_running, **PERSISTED,
 )
+@harvest_logs_to_task
 def poll_embeddings_batch(run_id: str, standardized: FileRef, batch: SubmittedBatch) -> list[FileRef]:
     res = resources()
     files = collected_embeddings(res.engine, run_id)  # collected before; stopped before its result was saved
@@ -210,6 +220,7 @@ def poll_embeddings_batch(run_id: str, standardized: FileRef, batch: SubmittedBa
 
 
 @task(name="merge", result_storage_key=result_key_template("merge"), **PERSISTED)
+@harvest_logs_to_task
 def merge(
     run_id: str, standardized: FileRef, images_map: FileRef | None, geocoded_map: FileRef | None,
     embeddings_index: FileRef | None,
@@ -221,6 +232,7 @@ def merge(
 
 
 @task(name="write-final-jsonl", result_storage_key=result_key_template("final"), **PERSISTED)
+@harvest_logs_to_task
 def write_final(run_id: str, merged: FileRef, embeddings: FileRef | None) -> FileRef:
     res = resources()
     result = write_final_records(res.store, run_id, merged, embeddings)
@@ -229,6 +241,7 @@ def write_final(run_id: str, merged: FileRef, embeddings: FileRef | None) -> Fil
 
 
 @task(name="import-activities", result_storage_key=result_key_template("import"), **PERSISTED)
+@harvest_logs_to_task
 def import_activities(run_id: str, final: FileRef) -> ImportSummary:
     res = resources()
     result, summary = import_final_records(res.store, run_id, final, res.engine)
@@ -237,6 +250,7 @@ def import_activities(run_id: str, final: FileRef) -> ImportSummary:
 
 
 @task(name="diff-with-previous-run", result_storage_key=result_key_template("diff"), **PERSISTED)
+@harvest_logs_to_task
 def diff_with_previous_run(run_id: str, url: str, final: FileRef) -> dict[str, Any]:
     """Digest + diff files, and the counts written onto the run row (and shown in the summary artifact)."""
     res = resources()

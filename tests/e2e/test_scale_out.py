@@ -2,6 +2,7 @@
 
 - the flow on a local Dask cluster of two worker processes gives the thread runner's output byte for byte, its
   tasks run in the worker processes, and the shared geocoder rate limit holds across them;
+- harvest's own log lines from a task in a Dask worker process reach that task run's logs, once;
 - two process workers on one pool share several flow runs at once: each run completes once, on one worker,
   with its own rows and files; a worker SIGKILLed mid-run leaves its run crashed (after the sweep) and the
   other worker resumes it with `prefect flow-run retry`, reusing the finished steps.
@@ -10,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import signal
 import subprocess
@@ -153,6 +155,50 @@ def test_dask_worker_processes_give_the_thread_runners_output(
     most = busiest_second(stamps)
     print(f"geocoder: {len(stamps)} requests over {max(stamps) - min(stamps):.1f}s, at most {most} in one second")
     assert most <= GEOCODER_RATE + 1, most
+
+
+def flow_run_logs(stack: Stack, flow_run_id: str) -> list[dict[str, Any]]:
+    """Every log line of a flow run (its tasks' included) as the API gives it back, page by page."""
+    found: list[dict[str, Any]] = []
+    while True:
+        page = stack.api("POST", "/logs/filter", json={
+            "logs": {"flow_run_id": {"any_": [flow_run_id]}}, "sort": "TIMESTAMP_ASC", "offset": len(found),
+            "limit": 200,
+        })
+        found += page
+        if len(page) < 200:
+            return found
+
+
+def test_harvest_log_lines_from_dask_worker_processes_reach_their_task_run_once(
+    stack, harvest_env, demo_site  # noqa: ANN001
+) -> None:
+    """A `harvest` logger line logged in a Dask worker process reaches the task run it was logged in, once.
+
+    The line: `harvest.embeddings` at INFO when the embeddings batch is submitted (harvest_env takes the batch
+    path), inside the submit-embeddings-batch task, which runs in one of the 2 worker processes."""
+    env = {**harvest_env, "HARVEST_TASK_RUNNER": "dask", "HARVEST_DASK_PROCESSES": "2", "PREFECT_LOGGING_LEVEL": "INFO"}
+    done = harvest(stack, env, "scrape", f"{demo_site.base_url}/?site=logs", "--max-pages", "20",
+                   "--max-extractions", "5", "--json")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    run_id = json.loads(done.stdout)["run_id"]
+    row = run_row(harvest_env["HARVEST_DATABASE_URL"], run_id)
+    assert row is not None and row["status"] == "completed"
+    assert row["steps"]["embeddings_submit"]["processes"] != [f"{row['host']}:{row['pid']}"]  # in a worker process
+
+    task_runs = stack.api("POST", "/task_runs/filter", json={"flow_runs": {"id": {"any_": [run_id]}}, "limit": 200})
+    (submit,) = [run for run in task_runs if run["name"].startswith("submit-embeddings-batch")]
+
+    def submitted() -> list[dict[str, Any]]:
+        return [log for log in flow_run_logs(stack, run_id)
+                if log["name"] == "harvest.embeddings" and "submitted for file" in log["message"]]
+
+    # The worker processes send their lines in batches (and the last at exit): wait for them, then for any copy.
+    wait_for(submitted, 30, "the embeddings line in the run's logs")
+    time.sleep(3)
+    lines = submitted()
+    assert len(lines) == 1, lines
+    assert (lines[0]["task_run_id"], lines[0]["level"]) == (submit["id"], logging.INFO), lines
 
 
 def start_worker(stack: Stack, harvest_env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
