@@ -7,9 +7,10 @@ Every object in storage must be accounted for by a row:
 - `images/<sha256>.webp` by an `activities` row, the images map (whole or a chunk's part) of a running run or
   of a run whose files are kept, or an `image_cache` row a run claimed within the grace period.
 
-The sweep (1) reconciles runs left `running` by a dead process and settles finished runs whose
-completion hook never ran (`pending` past the grace period: kept until the policy's expiry), (2) deletes
-the files of expired runs and retries failed cleanups (a completed run's digest stays), (3) deletes digests
+The sweep (1) reconciles runs left `running` by a dead process (releasing their open budget holds) and
+settles finished runs whose completion hook never ran (`pending` past the grace period: kept until the
+policy's expiry), (2) deletes the files of expired runs and retries failed cleanups (a completed run's
+digest stays), (3) deletes digests
 superseded by a newer completed run of the same URL (so the latest one, the next run's diff baseline, is
 never deleted), (4) deletes orphans older than a grace period,
 (5) flags rows whose object vanished, and (6) deletes the crawl's page memory (`page_cache`) for URLs no crawl
@@ -29,8 +30,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from harvest.cost.report import usd
+from harvest.cost.stages import holds_a_resume_settles
 from harvest.db import retention as rows
 from harvest.db.engine import Connection, Engine, transaction, utcnow
+from harvest.db.ledger import release_open_holds
 from harvest.db.retention import FILES_KEPT
 from harvest.errors import ConfigError, StorageError
 from harvest.settings import HarvestSettings
@@ -251,7 +255,12 @@ def process_gone(host: str | None, pid: int | None) -> bool:
 
 
 def reconcile_run(engine: Engine, policy: RetentionPolicy, run_id: str, status: str, why: str, now: datetime) -> bool:
-    """Give a run left `running` by a dead process its real status; False if it is no longer running."""
+    """Give a run left `running` by a dead process its real status; False if it is no longer running.
+
+    In the same transaction its open budget holds are released (recorded as released in the ledger): the calls
+    they were held for died with the process and will never report back, and a resumed run must be able to
+    spend its budget. A submitted embeddings batch keeps its hold: the resumed run collects and charges it.
+    """
     with transaction(engine) as connection:
         row = rows.lock_run(connection, run_id, skip_locked=True)
         if row is None or row["status"] != "running":
@@ -260,7 +269,11 @@ def reconcile_run(engine: Engine, policy: RetentionPolicy, run_id: str, status: 
             connection, run_id, status=status, now=now, expires_at=policy.expires_at(status, now),
             error=row["error"] or f"reconciled: {why}; the run's process ended without reporting",
         )
+        released = release_open_holds(connection, run_id, keep=holds_a_resume_settles(row["steps"] or {}))
     logger.warning("run %s reconciled as %s: %s", run_id, status, why)
+    if released:
+        logger.warning("run %s: released %s held for calls that never reported back (%s)", run_id,
+                       usd(sum(released.values())), ", ".join(f"{stage} {usd(v)}" for stage, v in released.items()))
     return True
 
 

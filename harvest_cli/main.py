@@ -269,18 +269,35 @@ def _duration_seconds(text: str, option: str) -> float:
 
 @runs_app.command("cost")
 def runs_cost(
+    run_id: str | None = typer.Argument(None, help="One run: its cost per stage, open holds and released holds."),
     since: str | None = typer.Option(None, help="Only runs started within this long: 30d, 12h, 3600."),
     url: str | None = typer.Option(None, help="Only runs of this URL."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """What runs cost, from their ledgers: one line per run and the sum."""
+    """What runs cost, from their ledgers: one line per run and the sum; or one run's ledger."""
     from datetime import timedelta
 
     from harvest.cost import add_usage
-    from harvest.cost.report import usd
+    from harvest.cost.report import cost_lines, usd
     from harvest.db.engine import utcnow
-    from harvest.db.ledger import costs_since
+    from harvest.db.ledger import costs_since, run_cost
+    from harvest.db.runs import get_run
 
+    if run_id is not None:
+        if since is not None or url is not None:
+            _fail("give a run id or --since/--url, not both", 2)
+        engine = _engine()
+        row = get_run(engine, run_id)
+        if row is None:
+            _fail(f"no run {run_id}")
+        cost = run_cost(engine, run_id)
+        if as_json:
+            _emit({"run_id": run_id, "status": row["status"], **cost})
+            return
+        typer.echo(f"run {run_id}: {row['status']}")
+        for line in cost_lines(cost):
+            typer.echo(f"  {line}")
+        return
     start = utcnow() - timedelta(seconds=_duration_seconds(since, "--since")) if since else None
     runs = costs_since(_engine(), since=start, url=url)
     usage: dict[str, int] = {}
@@ -292,9 +309,36 @@ def runs_cost(
         _emit({"since": start, "url": url, "runs": runs, "cost_usd": total, "usage": usage, "activities": activities})
         return
     for run in runs:
+        holds = "".join(f"  {what} {usd(run[key])}" for what, key in (("held", "reserved_usd"),
+                                                                      ("released", "released_usd")) if run[key])
         typer.echo(f"{run['id']}  {run['status']:9} {run['started_at']:%Y-%m-%d %H:%M}  "
-                   f"{run['activities_processed'] or 0:>6}  {usd(run['cost_usd']):>12}  {run['url']}")
+                   f"{run['activities_processed'] or 0:>6}  {usd(run['cost_usd']):>12}  {run['url']}{holds}")
     typer.echo(f"{len(runs)} run(s), {activities} activities: {usd(total)}")
+
+
+@runs_app.command("release-reservations")
+def runs_release_reservations(run_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Release a finished run's open budget holds (calls that never reported back), recorded as released.
+
+    Refused for a running run: its holds are for calls in flight. A run whose process died is reconciled (and
+    its holds released) by `harvest sweep` or `harvest runs resume`."""
+    from harvest.cost.report import usd
+    from harvest.db.ledger import release_reservations
+
+    try:
+        released = release_reservations(_engine(), run_id)
+    except HarvestError as exc:
+        _fail(str(exc))
+    if as_json:
+        _emit({"run_id": run_id, "released_usd": round(sum(released.values()), 8),
+               "stages": {stage: round(value, 8) for stage, value in released.items()}})
+        return
+    if not released:
+        typer.echo(f"run {run_id}: no open holds")
+        return
+    typer.echo(f"run {run_id}: released {usd(sum(released.values()))} held for calls that never reported back")
+    for stage, value in released.items():
+        typer.echo(f"  {stage:12} {usd(value):>12}")
 
 
 @runs_app.command("files")

@@ -5,7 +5,10 @@ chunks, other workers and a resumed run all see the same spent and reserved tota
 by being split or restarted. Before a paid call the meter reserves the call's estimated cost; the book refuses
 when spent + reserved + this estimate would pass the limit. After the call the reservation is released and
 the usage the service reported is charged. A reservation whose call never reported back (the process died)
-stays reserved: money that may have been spent keeps counting against the budget.
+stays reserved until the run is reconciled as dead (`harvest sweep`, `harvest runs resume`, a new start of its
+URL) or an operator releases it (`harvest runs release-reservations`): then it is recorded as released, no
+longer counts against the budget, and stays in the run's cost record. A submitted embeddings batch keeps its
+hold through reconciliation: the resumed run collects and charges it.
 """
 
 from __future__ import annotations

@@ -192,6 +192,9 @@ run_ledger = sa.Table(
               comment="Estimated cost of the usage at the configured prices."),
     sa.Column("reserved_usd", sa.Float, nullable=False, server_default="0",
               comment="Estimates held for paid calls not yet settled: they count against the budget."),
+    sa.Column("released_usd", sa.Float, nullable=False, server_default="0",
+              comment="Holds released when the run was reconciled as dead or by `harvest runs release-reservations`: "
+                      "their calls never reported back (they may have been billed). No longer counted in the budget."),
     sa.Column("updated_at", Timestamp, nullable=False),
 )
 
