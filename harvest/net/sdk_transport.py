@@ -17,6 +17,7 @@ import httpcore2
 import httpx2
 
 from harvest.net.deadline import DeadlineBackend, deadline_at
+from harvest.net.tls import shared_ssl_context
 
 DOWNLOAD_SUFFIX = "/content"
 
@@ -46,12 +47,12 @@ class DeadlineTransport(httpx2.HTTPTransport):
 
     def __init__(self, *, request_s: float, download_s: float, limits: httpx2.Limits | None = None) -> None:
         limits = limits if limits is not None else httpx2.Limits(max_connections=1000, max_keepalive_connections=100)
-        super().__init__(limits=limits)
+        super().__init__(verify=shared_ssl_context(), limits=limits)
         self.request_s = request_s
         self.download_s = download_s
         # httpx2 builds its httpcore2 pool without a backend argument; the pool is the one place to give it one.
         self._pool = httpcore2.ConnectionPool(
-            ssl_context=httpx2.create_ssl_context(), max_connections=limits.max_connections,
+            ssl_context=shared_ssl_context(), max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections, keepalive_expiry=limits.keepalive_expiry,
             network_backend=cast(httpcore2.NetworkBackend, DeadlineBackend(core=httpcore2)),  # duck-typed
         )
@@ -72,7 +73,7 @@ def deadline_http_client(*, request_s: float, download_s: float) -> httpx2.Clien
     from openai import DefaultHttpxClient
 
     mounts: dict[str, Any] = {
-        pattern: None if proxy is None else httpx2.HTTPTransport(proxy=proxy)
+        pattern: None if proxy is None else httpx2.HTTPTransport(proxy=proxy, verify=shared_ssl_context())
         for pattern, proxy in get_environment_proxies().items()
     }
     return DefaultHttpxClient(transport=DeadlineTransport(request_s=request_s, download_s=download_s), mounts=mounts)

@@ -9,6 +9,7 @@ import httpx
 
 from harvest.net.deadline import DeadlineBackend
 from harvest.net.pinned import AddressBook, AsyncPinnedBackend, PinnedBackend
+from harvest.net.tls import shared_ssl_context
 
 DEFAULT_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
 
@@ -17,10 +18,10 @@ def sync_transport(*, book: AddressBook | None = None,
                    limits: httpx.Limits = DEFAULT_LIMITS) -> httpx.HTTPTransport:
     """A sync transport whose calls honour `call_deadline`; with `book`, it connects only to approved addresses."""
     backend = DeadlineBackend(PinnedBackend(book) if book is not None else None)
-    transport = httpx.HTTPTransport(limits=limits)
+    transport = httpx.HTTPTransport(verify=shared_ssl_context(), limits=limits)
     # httpx builds its httpcore pool without a backend argument; the pool is the one place to give it one.
     transport._pool = httpcore.ConnectionPool(
-        ssl_context=httpx.create_ssl_context(), max_connections=limits.max_connections,
+        ssl_context=shared_ssl_context(), max_connections=limits.max_connections,
         max_keepalive_connections=limits.max_keepalive_connections, keepalive_expiry=limits.keepalive_expiry,
         network_backend=cast(httpcore.NetworkBackend, backend),  # duck-typed (see DeadlineBackend)
     )
@@ -29,9 +30,9 @@ def sync_transport(*, book: AddressBook | None = None,
 
 def async_transport(*, book: AddressBook, limits: httpx.Limits = DEFAULT_LIMITS) -> httpx.AsyncHTTPTransport:
     """An async transport that connects only to addresses `book` approved (asyncio cancellation bounds its time)."""
-    transport = httpx.AsyncHTTPTransport(limits=limits)
+    transport = httpx.AsyncHTTPTransport(verify=shared_ssl_context(), limits=limits)
     transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=httpx.create_ssl_context(), max_connections=limits.max_connections,
+        ssl_context=shared_ssl_context(), max_connections=limits.max_connections,
         max_keepalive_connections=limits.max_keepalive_connections, keepalive_expiry=limits.keepalive_expiry,
         network_backend=AsyncPinnedBackend(book),
     )
@@ -52,7 +53,7 @@ def env_proxy_mounts(*, asynchronous: bool, limits: httpx.Limits = DEFAULT_LIMIT
         if proxy is None:
             mounts[pattern] = None  # NO_PROXY: the client's own (pinned) transport
         elif asynchronous:
-            mounts[pattern] = httpx.AsyncHTTPTransport(proxy=proxy, limits=limits)
+            mounts[pattern] = httpx.AsyncHTTPTransport(proxy=proxy, verify=shared_ssl_context(), limits=limits)
         else:
-            mounts[pattern] = httpx.HTTPTransport(proxy=proxy, limits=limits)
+            mounts[pattern] = httpx.HTTPTransport(proxy=proxy, verify=shared_ssl_context(), limits=limits)
     return mounts

@@ -16,13 +16,11 @@ Two shapes of the attack:
 from __future__ import annotations
 
 import asyncio
-import datetime
 import socket
 import ssl
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -34,6 +32,7 @@ from harvest.errors import ImageError
 from harvest.images import Validators, fetch_image_if_changed
 from harvest.settings import HarvestSettings
 from testkit.hostile_site import HostileSite
+from tests.helpers import self_signed_certificate
 from tests.hostile.support import PUBLIC_HOST, UA, make_config
 from tests.hostile.test_hostile_sites import event_page, names
 
@@ -193,34 +192,9 @@ def test_chromium_renders_a_rebinding_name_from_the_checked_address(site, rebind
     assert loopback_only == []
 
 
-def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    """A certificate for NAME (its own CA), as a site with a real certificate for its name would have."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, NAME)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(NAME)]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
-
-
 def test_https_to_a_rebinding_name_keeps_the_name_for_sni_and_the_certificate(tmp_path, rebinding, loopback_only,
                                                                               monkeypatch) -> None:
-    cert_path, key_path = _self_signed(tmp_path)
+    cert_path, key_path = self_signed_certificate(tmp_path, NAME)
     server_names: list[str | None] = []
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert_path, key_path)
