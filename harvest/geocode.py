@@ -75,7 +75,6 @@ class RequestRefused(Exception):
     error (the budget cannot pay for it)."""
 
 
-@runtime_checkable
 class GatedGeocoder(Protocol):
     """A Geocoder that calls `before_request` right before each request it sends, every retry included: what
     a paid service bills is requests, not addresses."""
