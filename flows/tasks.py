@@ -30,7 +30,7 @@ from harvest.db.page_cache import PageCache
 from harvest.embeddings import make_openai_client
 from harvest.errors import BatchNotReadyError
 from harvest.extract.llm import LLMExtractor
-from harvest.geocode import make_geocoder
+from harvest.geocode import Geocoder, make_geocoder
 from harvest.memory import release_free_memory
 from harvest.models import FileRef, ImportSummary, RunConfig
 from harvest.stages.collect import collect_raw_activities, copy_raw_activities, extraction_version
@@ -137,7 +137,7 @@ def geocode_chunk(run_id: str, standardized: FileRef, index: int, start: int, st
     """One chunk of the geocode map; each distinct address is asked once per chunk, and never again once cached."""
     res = resources()
     settings = res.settings
-    geocoder = make_geocoder(
+    made = make_geocoder(
         settings.geocoder, base_url=settings.geocoder_url,
         google_api_key=settings.google_maps_api_key.get_secret_value() if settings.google_maps_api_key else None,
         user_agent=settings.user_agent, rate_per_second=settings.geocoder_rate_per_second,
@@ -145,8 +145,7 @@ def geocode_chunk(run_id: str, standardized: FileRef, index: int, start: int, st
     )
     cache = (res.engine, settings.geocoder) if settings.geocoder != "none" else None
     meter = meter_for(res.engine, settings, run_id, "geocode")
-    if settings.geocoder != "none":
-        geocoder = MeteredGeocoder(geocoder, settings.geocoder, meter)
+    geocoder: Geocoder = MeteredGeocoder(made, settings.geocoder, meter) if settings.geocoder != "none" else made
     result = geocode_addresses(res.store, run_id, standardized, geocoder, cache=cache, chunk=Chunk(index, start, stop))
     if meter.refused:
         result.warn(f"budget: {len(meter.refused)} address(es) not geocoded, the run's max_cost_usd would have "

@@ -70,6 +70,18 @@ class Geocoder(Protocol):
     def geocode(self, address: str) -> Geocode: ...
 
 
+class RequestRefused(Exception):
+    """Raised by a `before_request` gate to stop a request before it is sent; its message becomes the address's
+    error (the budget cannot pay for it)."""
+
+
+class GatedGeocoder(Protocol):
+    """A Geocoder that calls `before_request` right before each request it sends, every retry included: what
+    a paid service bills is requests, not addresses."""
+
+    def geocode(self, address: str, *, before_request: Callable[[], None] | None = None) -> Geocode: ...
+
+
 class RateLimiter:
     """Spaces calls at least ``1/rate_per_second`` apart across all threads sharing it."""
 
@@ -160,8 +172,9 @@ class _HttpGeocoder:
     def _scrub(self, text: str) -> str:
         return text
 
-    def geocode(self, address: str) -> Geocode:
-        """Geocode one address; failures come back in ``.error`` (retries exhausted, no result, bad answer)."""
+    def geocode(self, address: str, *, before_request: Callable[[], None] | None = None) -> Geocode:
+        """Geocode one address; failures come back in ``.error`` (retries exhausted, no result, bad answer, or
+        `before_request` refusing a request: it runs before each one, retries included)."""
         if not address or not address.strip():
             return Geocode(address=address, error="empty address")
         retrying = Retrying(
@@ -173,18 +186,23 @@ class _HttpGeocoder:
             reraise=True,  # the last _Attempt itself, turned into the Geocode's error below
         )
         try:
-            result: Geocode = retrying(self._limited_attempt, address)
+            result: Geocode = retrying(self._limited_attempt, address, before_request)
             return result
+        except RequestRefused as refused:
+            return Geocode(address=address, error=str(refused))
         except _Attempt as failure:
             last = self._scrub(str(failure))
         tries = "1 attempt" if self.retries == 0 else f"{self.retries + 1} attempts"
         return Geocode(address=address, error=f"{self.service}: {last} (after {tries})")
 
-    def _limited_attempt(self, address: str) -> Geocode:
-        """One attempt, after this process's rate limiter and the shared limit (every retry waits its turn too)."""
+    def _limited_attempt(self, address: str, before_request: Callable[[], None] | None) -> Geocode:
+        """One attempt, after this process's rate limiter and the shared limit (every retry waits its turn too),
+        then the caller's gate."""
         self.limiter.acquire()
         if self.before_call is not None:
             self.before_call()
+        if before_request is not None:
+            before_request()
         return self._attempt(address)
 
     def _log_retry(self, state: RetryCallState) -> None:
@@ -385,13 +403,13 @@ def _google_components(result: dict[str, Any]) -> dict[str, str]:
 class NullGeocoder:
     """Geocoding switched off (``HARVEST_GEOCODER=none``): no request, no coordinates, and no error either."""
 
-    def geocode(self, address: str) -> Geocode:
-        return Geocode(address=address)
+    def geocode(self, address: str, *, before_request: Callable[[], None] | None = None) -> Geocode:
+        return Geocode(address=address)  # no request, so nothing to gate
 
 
 def make_geocoder(kind: str, *, base_url: str | None, google_api_key: str | None, user_agent: str,
                   rate_per_second: float, timeout_s: float, retries: int = 3,
-                  before_call: Callable[[], None] | None = None) -> Geocoder:
+                  before_call: Callable[[], None] | None = None) -> GatedGeocoder:
     """The geocoder the settings ask for; raises ConfigError for an unknown kind or Google without a key.
 
     `before_call` runs before every request, after the in-process limiter: a limit shared across processes.

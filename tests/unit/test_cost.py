@@ -16,7 +16,7 @@ from harvest.cost.stages import free_counters, ledger_stage
 from harvest.embeddings import embed_texts, parse_batch_line
 from harvest.errors import OverBudgetError
 from harvest.extract.llm import LLMExtractor
-from harvest.geocode import GoogleGeocoder
+from harvest.geocode import GoogleGeocoder, NominatimGeocoder
 from harvest.models import FileRef
 from testkit.geocoder_server import GeocoderTestServer
 from testkit.openai_server import OpenAITestServer, count_tokens
@@ -125,6 +125,44 @@ def test_google_geocodes_stop_at_the_budget_and_nominatim_costs_nothing() -> Non
     free = Meter("geocode", limit=0)
     assert PRICES.cost({Counter.geocode_requests_nominatim: 1}) == 0
     assert free.reserve({Counter.geocode_requests_nominatim: 1}, "x") is not None, "a free call needs no budget"
+
+
+@pytest.mark.parametrize("provider", ["google", "nominatim"])
+def test_every_geocoder_request_is_counted_retries_too(provider: str, clean_db: str) -> None:
+    """Google bills each request it answers, a retried one too: the ledger counts what was sent, not the address."""
+    from harvest.db import runs as run_rows
+    from harvest.db.engine import get_engine
+    from harvest.db.ledger import RunBook, run_cost
+
+    engine = get_engine(clean_db)
+    run_rows.create_run(engine, "run-retries", "https://example.org/", {})
+    with GeocoderTestServer(api_key="cost-test-google-key") as server:
+        options = dict(rate_per_second=1000, timeout_s=2, retries=3, backoff_s=0.01)
+        geocoder = (GoogleGeocoder("cost-test-google-key", server.base_url, **options) if provider == "google"
+                    else NominatimGeocoder(server.base_url, user_agent="harvest-tests", **options))
+        meter = Meter("geocode", book=RunBook(engine, "run-retries"))
+        server.fail_next(2, status=503)  # two answers to retry, then the real one
+        answer = MeteredGeocoder(geocoder, provider, meter).geocode("277 St Helena Rd, St Helena VIC 3088, Australia")
+        sent = server.stats()
+    endpoint = "google.geocode" if provider == "google" else "nominatim.search"
+    assert answer.error is None and answer.latitude is not None
+    assert sent[endpoint] == 3 and sent["injected.status"] == 2
+    assert meter.usage == {f"geocode_requests_{provider}": 3}
+    assert run_cost(engine, "run-retries")["stages"]["geocode"]["usage"] == {f"geocode_requests_{provider}": 3}
+    assert meter.cost_usd == pytest.approx(0.015 if provider == "google" else 0.0)
+
+
+def test_a_retry_the_budget_cannot_pay_for_is_not_sent() -> None:
+    address = "277 St Helena Rd, St Helena VIC 3088, Australia"
+    with GeocoderTestServer(api_key="cost-test-google-key") as server:
+        google = GoogleGeocoder("cost-test-google-key", server.base_url, rate_per_second=1000, timeout_s=2,
+                                retries=3, backoff_s=0.01)
+        meter = Meter("geocode", limit=0.01)  # $5 per 1,000: two requests
+        server.fail_next(3, status=503)
+        answer = MeteredGeocoder(google, "google", meter).geocode(address)
+        assert server.stats()["google.geocode"] == 2
+    assert answer.error == OVER_BUDGET and answer.latitude is None
+    assert meter.usage == {Counter.geocode_requests_google: 2} and meter.refused == [address]
 
 
 def test_free_counters_come_from_what_each_step_counted() -> None:

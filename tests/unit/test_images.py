@@ -114,6 +114,26 @@ class ImageServer:
         self.routes[path] = (status, {"Content-Type": content_type, **headers}, body)
         return self.base + path
 
+    def drip(self, path: str, *, chunk: int, pause_s: float, chunks: int = 100) -> str:
+        """Route `path` to a JPEG of `chunks` x `chunk` bytes (its length declared up front) sent one chunk
+        every `pause_s` seconds; returns its URL."""
+
+        def send(handler: BaseHTTPRequestHandler) -> None:
+            handler.send_response(200)
+            handler.send_header("Content-Type", "image/jpeg")
+            handler.send_header("Content-Length", str(chunk * chunks))
+            handler.end_headers()
+            try:
+                for _ in range(chunks):
+                    handler.wfile.write(b"\xff" * chunk)
+                    handler.wfile.flush()
+                    time.sleep(pause_s)
+            except OSError:
+                pass  # the client gave up, as it should
+
+        self.routes[path] = send
+        return self.base + path
+
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
@@ -254,22 +274,9 @@ def test_undeclared_body_over_the_cap_is_cut_off(server: ImageServer, store: Loc
 
 
 def test_slow_drip_hits_the_total_deadline(server: ImageServer, store: LocalStore) -> None:
-    def drip(handler: BaseHTTPRequestHandler) -> None:
-        handler.send_response(200)
-        handler.send_header("Content-Type", "image/jpeg")
-        handler.send_header("Content-Length", "30000")
-        handler.end_headers()
-        try:
-            for _ in range(100):  # 3 KB/s: above the minimum rate, but 10 s in all
-                handler.wfile.write(b"\xff" * 300)
-                handler.wfile.flush()
-                time.sleep(0.1)
-        except OSError:
-            pass  # the client gave up, as it should
-
-    server.routes["/drip.jpg"] = drip
+    url = server.drip("/drip.jpg", chunk=300, pause_s=0.1)  # 3 KB/s: above the minimum rate, but 10 s in all
     started = time.perf_counter()
-    info = process(server.base + "/drip.jpg", store, timeout_s=1.0)
+    info = process(url, store, timeout_s=1.0)
     elapsed = time.perf_counter() - started
     assert info.error and "timed out after 1s" in info.error
     # The drip would last 10 s, each chunk arrives well within any per-read timeout and the rate is above the
@@ -278,22 +285,9 @@ def test_slow_drip_hits_the_total_deadline(server: ImageServer, store: LocalStor
 
 
 def test_a_body_under_the_minimum_rate_is_cut_at_half_the_deadline(server: ImageServer, store: LocalStore) -> None:
-    def drip(handler: BaseHTTPRequestHandler) -> None:
-        handler.send_response(200)
-        handler.send_header("Content-Type", "image/jpeg")
-        handler.send_header("Content-Length", "100")
-        handler.end_headers()
-        try:
-            for _ in range(100):
-                handler.wfile.write(b"\xff")
-                handler.wfile.flush()
-                time.sleep(0.2)
-        except OSError:
-            pass
-
-    server.routes["/drip.jpg"] = drip
+    url = server.drip("/drip.jpg", chunk=1, pause_s=0.2)  # 5 bytes/s, 20 s in all
     started = time.perf_counter()
-    info = process(server.base + "/drip.jpg", store, timeout_s=2.0)
+    info = process(url, store, timeout_s=2.0)
     elapsed = time.perf_counter() - started
     assert info.error and "too slow" in info.error and "under the minimum 1024 bytes/s" in info.error
     assert 0.9 <= elapsed < 1.9  # cut once half the 2 s deadline has passed, before the deadline itself

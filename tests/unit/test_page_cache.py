@@ -6,8 +6,11 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 import pytest
@@ -20,7 +23,7 @@ from harvest.models import RunConfig
 from harvest.settings import HarvestSettings
 from harvest.stages.collect import collect_raw_activities, extraction_version
 from harvest.storage import LocalStore, iter_jsonl
-from testkit.demo_site import build_demo_site, refresh_sitemap, serve_site
+from testkit.demo_site import SiteServer, build_demo_site, refresh_sitemap, serve_site
 
 
 @pytest.fixture
@@ -69,52 +72,68 @@ def site_root(tmp_path: Path) -> Path:
     return root
 
 
-def _collect(store: LocalStore, run_id: str, url: str, memory: PageCache) -> tuple[list[str], dict, list[str]]:
-    settings = HarvestSettings(allow_private_networks=True, browser_path=None)
-    config = RunConfig(render="http", max_pages=500, max_depth=20)
-    result = collect_raw_activities(store, run_id, url, config, settings, memory=memory)
-    lines = sorted(json.dumps(record, sort_keys=True) for record in iter_jsonl(store, result.file("raw_activities").uri))
-    return lines, result.stats.details, result.warnings
+class Collected(NamedTuple):
+    lines: list[str]  # the raw activities as JSON lines, sorted
+    details: dict
+    warnings: list[str]
 
 
-def test_an_unchanged_recrawl_gives_the_same_activities_without_extracting(
-    engine: sa.Engine, site_root: Path, tmp_path: Path
-) -> None:
-    store = LocalStore(tmp_path / "store")
-    memory = PageCache(engine, extraction_version(None))
+@dataclass
+class Collector:
+    """The demo site served, a store and the page memory on Postgres: the crawl stage over them, run after run."""
+
+    site: SiteServer
+    store: LocalStore
+    memory: PageCache
+
+    def collect(self, run_id: str) -> Collected:
+        settings = HarvestSettings(allow_private_networks=True, browser_path=None)
+        config = RunConfig(render="http", max_pages=500, max_depth=20)
+        result = collect_raw_activities(self.store, run_id, self.site.url("/"), config, settings, memory=self.memory)
+        lines = sorted(json.dumps(record, sort_keys=True)
+                       for record in iter_jsonl(self.store, result.file("raw_activities").uri))
+        return Collected(lines, result.stats.details, result.warnings)
+
+    def collect_again(self, run_id: str) -> tuple[Collected, list[str]]:
+        """Another run, and the paths the site answered in full (200) during it."""
+        self.site.reset_counters()
+        collected = self.collect(run_id)
+        return collected, [path for _, path, status in self.site.log if status == 200]
+
+
+@pytest.fixture
+def collector(engine: sa.Engine, site_root: Path, tmp_path: Path) -> Iterator[Collector]:
     with serve_site(site_root) as site:
-        first, first_details, _ = _collect(store, "run-1", site.url("/"), memory)
-        site.reset_counters()
-        again, details, _ = _collect(store, "run-2", site.url("/"), memory)
-        full = sorted(path for _, path, status in site.log if status == 200)
+        yield Collector(site, LocalStore(tmp_path / "store"), PageCache(engine, extraction_version(None)))
 
-    assert first and again == first
-    assert details["pages_http"] == 0 and details["pages_fetched"] == first_details["pages_fetched"]
+
+def test_an_unchanged_recrawl_gives_the_same_activities_without_extracting(collector: Collector) -> None:
+    first = collector.collect("run-1")
+    again, full = collector.collect_again("run-2")
+
+    assert first.lines and again.lines == first.lines
+    details = again.details
+    assert details["pages_http"] == 0 and details["pages_fetched"] == first.details["pages_fetched"]
     assert details["pages_not_modified"] + details["pages_lastmod_unchanged"] == details["pages_fetched"]
-    assert details["reused_activities"] == len(first)
+    assert details["reused_activities"] == len(first.lines)
     # robots.txt, the sitemap, and at most a `?ref=` duplicate that came up before the page it duplicates
     assert {"/robots.txt", "/sitemap.xml"} <= set(full) and all(
-        "?ref=" in path for path in full if path not in ("/robots.txt", "/sitemap.xml")), full
+        "?ref=" in path for path in full if path not in ("/robots.txt", "/sitemap.xml")), sorted(full)
 
 
 def test_a_stored_entry_that_no_longer_validates_is_fetched_and_extracted_again(
-    engine: sa.Engine, site_root: Path, tmp_path: Path
+    engine: sa.Engine, collector: Collector
 ) -> None:
-    store = LocalStore(tmp_path / "store")
-    memory = PageCache(engine, extraction_version(None))
-    with serve_site(site_root) as site:
-        first, _, _ = _collect(store, "run-1", site.url("/"), memory)
-        with engine.begin() as connection:
-            spoiled = connection.execute(sa.text(
-                "UPDATE page_cache SET activities = '[{\"name\": 7}]' WHERE url = "
-                "(SELECT url FROM page_cache WHERE jsonb_array_length(activities) = 1 ORDER BY url LIMIT 1) "
-                "RETURNING url"
-            )).scalar_one()
-        site.reset_counters()
-        again, details, warnings = _collect(store, "run-2", site.url("/"), memory)
-        fetched = [path for _, path, status in site.log if status == 200]
+    first = collector.collect("run-1")
+    with engine.begin() as connection:
+        spoiled = connection.execute(sa.text(
+            "UPDATE page_cache SET activities = '[{\"name\": 7}]' WHERE url = "
+            "(SELECT url FROM page_cache WHERE jsonb_array_length(activities) = 1 ORDER BY url LIMIT 1) "
+            "RETURNING url"
+        )).scalar_one()
+    again, fetched = collector.collect_again("run-2")
 
-    assert again == first  # nothing lost
-    assert any(spoiled in warning and "not reused" in warning for warning in warnings), warnings
-    assert details["pages_http"] == 1 and urlsplit(spoiled).path in fetched
-    assert memory.recall(spoiled).activities != [{"name": 7}]  # the fresh extraction replaced it
+    assert again.lines == first.lines  # nothing lost
+    assert any(spoiled in warning and "not reused" in warning for warning in again.warnings), again.warnings
+    assert again.details["pages_http"] == 1 and urlsplit(spoiled).path in fetched
+    assert collector.memory.recall(spoiled).activities != [{"name": 7}]  # the fresh extraction replaced it

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -26,7 +27,7 @@ from harvest.db.page_cache import PageCache
 from harvest.models import RunConfig
 from harvest.net.conditional import Validators
 from harvest.settings import BROWSER_CANDIDATES
-from testkit.demo_site import build_demo_site, refresh_sitemap, serve_site, write_page
+from testkit.demo_site import SiteServer, build_demo_site, refresh_sitemap, serve_site, write_page
 
 UA = "harvest/0.1 (+https://github.com/harvest; test)"
 
@@ -323,29 +324,40 @@ def test_a_page_that_needed_the_browser_is_not_rendered_again_when_unchanged(dem
 
 
 
+@dataclass
+class BrowserRecrawl:
+    """A small demo site without a sitemap (no `<lastmod>` shortcut: a re-crawl must revalidate every page),
+    served, with a fresh page memory; `crawl()` crawls it from its home page with `render=browser`."""
+
+    root: Path
+    site: SiteServer
+    memory: PageCache
+
+    def crawl(self) -> tuple[list[Page], CrawlStats]:
+        config = RunConfig(render="browser", max_pages=1000, max_depth=20)
+        return _crawl(self.site.url("/"), self.memory, config, _options(browser_path=BROWSER))
+
+
 @pytest.fixture
-def sitemapless_copy(tmp_path: Path) -> Path:
-    """A small demo site without a sitemap: no `<lastmod>` shortcut, so a re-crawl must revalidate every page."""
+def browser_recrawl(tmp_path: Path) -> Iterator[BrowserRecrawl]:
     root = tmp_path / "site"
     build_demo_site(root, limit=12, sitemap=None)
-    return root
+    with serve_site(root) as site:
+        yield BrowserRecrawl(root, site, _memory(tmp_path))
 
 
 @pytest.mark.browser
 @pytest.mark.skipif(BROWSER is None, reason="needs Debian Chromium (scripts/ensure-system.sh)")
 def test_render_browser_keeps_validators_and_an_unchanged_recrawl_renders_nothing(
-    sitemapless_copy: Path, tmp_path: Path
+    browser_recrawl: BrowserRecrawl,
 ) -> None:
-    memory = _memory(tmp_path)
-    config = RunConfig(render="browser", max_pages=1000, max_depth=20)
-    options = _options(browser_path=BROWSER)
-    with serve_site(sitemapless_copy) as site:
-        first, first_stats = _crawl(site.url("/"), memory, config, options)
-        first_bytes = site.bytes_sent
-        site.reset_counters()
-        again, stats = _crawl(site.url("/"), memory, config, options)
-        again_bytes = site.bytes_sent
-        statuses = site.statuses()
+    site, memory = browser_recrawl.site, browser_recrawl.memory
+    first, first_stats = browser_recrawl.crawl()
+    first_bytes = site.bytes_sent
+    site.reset_counters()
+    again, stats = browser_recrawl.crawl()
+    again_bytes = site.bytes_sent
+    statuses = site.statuses()
 
     assert first_stats.pages_rendered == len(first) > 10 and first_stats.pages_http == 0
     home = memory.recall(first[0].requested_url)
@@ -362,21 +374,15 @@ def test_render_browser_keeps_validators_and_an_unchanged_recrawl_renders_nothin
 
 @pytest.mark.browser
 @pytest.mark.skipif(BROWSER is None, reason="needs Debian Chromium (scripts/ensure-system.sh)")
-def test_render_browser_renders_a_changed_page_again_and_reuses_the_rest(
-    sitemapless_copy: Path, tmp_path: Path
-) -> None:
-    memory = _memory(tmp_path)
-    config = RunConfig(render="browser", max_pages=1000, max_depth=20)
-    options = _options(browser_path=BROWSER)
-    with serve_site(sitemapless_copy) as site:
-        home_url = site.url("/")
-        first, _ = _crawl(home_url, memory, config, options)
-        before = memory.recall(first[0].requested_url)
-        html = (sitemapless_copy / "index.html").read_text("utf-8")
-        write_page(sitemapless_copy, "/", html.replace("</h1>", " (new)</h1>", 1))  # a new ETag
-        site.reset_counters()
-        again, stats = _crawl(home_url, memory, config, options)
-        home_answers = [status for _, path, status in site.log if path == "/"]
+def test_render_browser_renders_a_changed_page_again_and_reuses_the_rest(browser_recrawl: BrowserRecrawl) -> None:
+    site, memory = browser_recrawl.site, browser_recrawl.memory
+    first, _ = browser_recrawl.crawl()
+    before = memory.recall(first[0].requested_url)
+    html = (browser_recrawl.root / "index.html").read_text("utf-8")
+    write_page(browser_recrawl.root, "/", html.replace("</h1>", " (new)</h1>", 1))  # a new ETag
+    site.reset_counters()
+    again, stats = browser_recrawl.crawl()
+    home_answers = [status for _, path, status in site.log if path == "/"]
 
     home = next(page for page in again if page.requested_url == first[0].requested_url)
     assert home.reused is None and home.rendered and "(new)</h1>" in home.html
@@ -387,7 +393,6 @@ def test_render_browser_renders_a_changed_page_again_and_reuses_the_rest(
     after = memory.recall(home.requested_url)
     assert before is not None and after is not None and before.validators and after.validators
     assert after.validators.etag != before.validators.etag  # the new version is what the next crawl asks about
-
 
 
 SCRIPT_BUILT = """<html><head><title>Spa</title></head><body><div id="root"></div>
