@@ -21,7 +21,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Final, Literal
+from typing import IO, Any, BinaryIO, Final, Literal
 
 import numpy as np
 import openai
@@ -493,59 +493,75 @@ class EmbeddingMatrix:
         self.close()
 
 
-class EmbeddingReader:
-    """Rows of an embeddings ``.npy`` read in chunks with positioned reads (no memory map, so resident memory
-    stays one chunk whatever the matrix size). Sequential access, the merge's order, reads each chunk once.
+class EmbeddingStream:
+    """Rows of an embeddings ``.npy`` read forward from a stream (a stored object's body), one chunk at a time.
 
-    ``with EmbeddingReader(path) as reader: reader.row(i)`` → a float32 vector (a copy, safe to keep).
+    The final writer asks for rows in file order (the merge's order is `standardized.jsonl`'s, which is the
+    matrix's), so it needs no local copy: the download overlaps the writing instead of coming before it, and
+    resident memory stays one chunk. A row before the current chunk is an error (the caller is out of order).
+
+    ``with EmbeddingStream(handle) as rows: rows.row(i)`` → a float32 vector (a copy, safe to keep).
     """
 
-    def __init__(self, path: Path, *, chunk_rows: int = 512) -> None:
-        self.path = Path(path)
-        self._file: BinaryIO | None = open(self.path, "rb")  # noqa: SIM115 - closed in close()
+    def __init__(self, handle: IO[bytes], *, chunk_rows: int = 512, name: str = "embeddings") -> None:
+        self._handle: IO[bytes] | None = handle
+        self.name = name
         try:
-            version = read_magic(self._file)
-            shape, fortran_order, dtype = _read_array_header(self._file, version)
+            shape, fortran_order, dtype = _read_array_header(handle, read_magic(handle))
         except BaseException:
             self.close()
             raise
         if len(shape) != 2 or fortran_order or dtype != np.dtype("<f4"):
             self.close()
-            raise ValueError(f"{self.path}: not a C-order float32 matrix ({shape}, {dtype}, fortran={fortran_order})")
+            raise ValueError(f"{name}: not a C-order float32 matrix ({shape}, {dtype}, fortran={fortran_order})")
         self.rows, self.dimensions = int(shape[0]), int(shape[1])
-        self._offset = self._file.tell()
         self._row_bytes = 4 * self.dimensions
         self._chunk_rows = max(1, chunk_rows)
-        self._start = 0
+        self._start = 0  # first row of the current chunk; rows before it are gone
         self._chunk = np.empty((0, self.dimensions), dtype="<f4")
 
     def row(self, index: int) -> np.ndarray:
-        if self._file is None:
-            raise ValueError(f"{self.path} is closed")
+        if self._handle is None:
+            raise ValueError(f"{self.name} is closed")
         if not 0 <= index < self.rows:
             raise IndexError(f"row {index} outside 0..{self.rows - 1}")
-        if not self._start <= index < self._start + len(self._chunk):
-            self._start = index
-            count = min(self._chunk_rows, self.rows - index)
-            data = os.pread(self._file.fileno(), count * self._row_bytes, self._offset + index * self._row_bytes)
+        if index < self._start:
+            raise ValueError(f"{self.name}: row {index} asked after row {self._start} (rows are read forward only)")
+        while index >= self._start + len(self._chunk):
+            self._start += len(self._chunk)
+            count = min(self._chunk_rows, self.rows - self._start)
+            data = _read_exactly(self._handle, count * self._row_bytes)
             if len(data) != count * self._row_bytes:
-                raise ValueError(f"{self.path} is truncated at row {index}")
+                raise ValueError(f"{self.name} is truncated at row {self._start + len(data) // self._row_bytes}")
             self._chunk = np.frombuffer(data, dtype="<f4").reshape(count, self.dimensions)
         return self._chunk[index - self._start].copy()
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
 
-    def __enter__(self) -> EmbeddingReader:
+    def __enter__(self) -> EmbeddingStream:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-def _read_array_header(handle: BinaryIO, version: tuple[int, int]) -> tuple[tuple[int, ...], bool, np.dtype]:
+def _read_exactly(handle: IO[bytes], size: int) -> bytes:
+    """`size` bytes, or fewer only at the end of the stream (a socket may hand them over in pieces)."""
+    parts: list[bytes] = []
+    wanted = size
+    while wanted > 0:
+        piece = handle.read(wanted)
+        if not piece:
+            break
+        parts.append(piece)
+        wanted -= len(piece)
+    return b"".join(parts)
+
+
+def _read_array_header(handle: IO[bytes], version: tuple[int, int]) -> tuple[tuple[int, ...], bool, np.dtype]:
     if version == (1, 0):
         return read_array_header_1_0(handle)
     if version == (2, 0):

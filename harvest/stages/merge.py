@@ -16,11 +16,11 @@ import numpy as np
 import orjson
 
 from harvest.diff import digest_line
-from harvest.embeddings import EmbeddingReader
+from harvest.embeddings import EmbeddingStream
 from harvest.errors import StorageError
 from harvest.models import FileRef
 from harvest.stages.common import StageResult, timed
-from harvest.storage import ObjectStore, iter_jsonl, local_copy, staged_file, write_jsonl
+from harvest.storage import ObjectStore, iter_jsonl, staged_file, write_jsonl
 from harvest.storage.keys import digest_key, run_key
 
 
@@ -137,13 +137,13 @@ def _rounded(row: np.ndarray) -> np.ndarray:
 
 
 def write_final_records(store: ObjectStore, run_id: str, merged: FileRef, embeddings: FileRef | None) -> StageResult:
-    """Stream the merge and the vectors (read in chunks, see EmbeddingReader) into `final.jsonl`, with, in the
-    same pass, the run's digest (`digests/<run_id>.jsonl`, see harvest/diff.py) and the import's policy index
-    (`final_index.jsonl`: each final line without its vector, plus the vector's sha256; see
+    """Stream the merge and the vectors (read forward as they download, see EmbeddingStream) into `final.jsonl`,
+    with, in the same pass, the run's digest (`digests/<run_id>.jsonl`, see harvest/diff.py) and the import's
+    policy index (`final_index.jsonl`: each final line without its vector, plus the vector's sha256; see
     harvest/stages/load.py), so an import decides which rows it writes without reading 6 kB of floats a line."""
     result = StageResult()
 
-    def records(matrix: EmbeddingReader | None, digest: Any, index: Any) -> Iterator[dict[str, Any]]:
+    def records(matrix: EmbeddingStream | None, digest: Any, index: Any) -> Iterator[dict[str, Any]]:
         for row in iter_jsonl(store, merged.uri):
             result.stats.items_in += 1
             row_number = row.get("embedding_row")
@@ -160,7 +160,7 @@ def write_final_records(store: ObjectStore, run_id: str, merged: FileRef, embedd
             index.records += 1
             yield record
 
-    def write(matrix: EmbeddingReader | None) -> list[FileRef]:
+    def write(matrix: EmbeddingStream | None) -> list[FileRef]:
         with staged_file(store, digest_key(run_id), "digest", "application/x-ndjson") as (digest, digest_out), \
                 staged_file(store, run_key(run_id, "final_index", "jsonl"), "final_index",
                             "application/x-ndjson") as (index, index_out):
@@ -171,7 +171,8 @@ def write_final_records(store: ObjectStore, run_id: str, merged: FileRef, embedd
         if embeddings is None:
             files = write(None)
         else:
-            with local_copy(store, embeddings.uri) as path, EmbeddingReader(path) as matrix:
+            handle = store.open_read(store.key_for(embeddings.uri))
+            with EmbeddingStream(handle, name=embeddings.uri) as matrix:
                 files = write(matrix)
     result.files += files
     result.stats.items_out = files[0].records

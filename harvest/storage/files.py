@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import urlsplit
 
 import orjson
 from pydantic import BaseModel
@@ -197,15 +196,6 @@ def read_json(store: ObjectStore, uri: str) -> Any:
         return json.loads(handle.read())
     finally:
         handle.close()
-
-
-@contextmanager
-def local_copy(store: ObjectStore, uri: str) -> Iterator[Path]:
-    """Download a stored file to a temp path (for memory-mapping binary arrays); removed afterwards."""
-    with tempfile.TemporaryDirectory(prefix="harvest-") as tmp:
-        path = Path(tmp) / Path(urlsplit(uri).path).name
-        store.get_file(store.key_for(uri), path)
-        yield path
 
 
 def delete_prefix(store: ObjectStore, prefix: str) -> int:

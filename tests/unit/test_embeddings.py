@@ -17,7 +17,7 @@ from numpy.lib.format import open_memmap
 from harvest.embeddings import (
     BatchResult,
     EmbeddingMatrix,
-    EmbeddingReader,
+    EmbeddingStream,
     check_batch,
     embed_texts,
     embedding_text,
@@ -342,9 +342,8 @@ def test_matrix_write_rows_from_a_real_batch(tmp_path: Path, client: openai.Open
     assert missing_rows(read_embeddings(tmp_path / "empty.npy")).shape == (0,)
 
 
-def test_matrix_file_is_the_same_npy_a_memory_map_writes_and_reads_back_in_chunks(tmp_path: Path) -> None:
-    """Positioned writes, no map: byte for byte the file `open_memmap` would have made; the reader's chunked
-    rows equal the map's rows, in order and out of order."""
+def test_matrix_file_is_the_same_npy_a_memory_map_writes(tmp_path: Path) -> None:
+    """Positioned writes, no map: byte for byte the file `open_memmap` would have made."""
     rng = np.random.default_rng(1)
     vectors = rng.standard_normal((50, DIMS)).astype(np.float32)
     reference = open_memmap(tmp_path / "ref.npy", mode="w+", dtype="<f4", shape=(50, DIMS))
@@ -358,16 +357,43 @@ def test_matrix_file_is_the_same_npy_a_memory_map_writes_and_reads_back_in_chunk
     del reference
     assert (tmp_path / "m.npy").read_bytes() == (tmp_path / "ref.npy").read_bytes()
     assert missing.tolist() == missing_rows(read_embeddings(tmp_path / "m.npy")).tolist()
+
+
+
+class _Trickle(io.RawIOBase):
+    """A stream that hands over at most 1,000 bytes per read, as a socket may."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        return self._data.read(min(size, 1000) if size >= 0 else 1000)
+
+
+def test_an_embedding_stream_reads_rows_forward_from_a_trickling_stream(tmp_path: Path) -> None:
+    """The final writer reads the stored matrix as it downloads: rows come in order, whatever size the pieces."""
+    vectors = np.random.default_rng(7).normal(size=(30, DIMS)).astype(np.float32)
+    with EmbeddingMatrix(tmp_path / "m.npy", rows=30, dimensions=DIMS) as matrix:
+        for row in range(0, 30, 2):
+            matrix.write(row, vectors[row])
+    data = (tmp_path / "m.npy").read_bytes()
     loaded = read_embeddings(tmp_path / "m.npy")
-    with EmbeddingReader(tmp_path / "m.npy", chunk_rows=4) as reader:
-        assert (reader.rows, reader.dimensions) == (50, DIMS)
-        for row in [*range(50), 3, 40, 0]:
-            assert np.array_equal(reader.row(row), loaded[row], equal_nan=True)
+    with EmbeddingStream(_Trickle(data), chunk_rows=4) as rows:
+        assert (rows.rows, rows.dimensions) == (30, DIMS)
+        for row in [0, 0, 1, 5, 6, 17, 29]:
+            assert np.array_equal(rows.row(row), loaded[row], equal_nan=True)
+        with pytest.raises(ValueError, match="forward only"):
+            rows.row(3)
         with pytest.raises(IndexError):
-            reader.row(50)
+            rows.row(30)
+    with EmbeddingStream(io.BytesIO(data[:-10]), chunk_rows=4) as rows, pytest.raises(ValueError, match="truncated"):
+        rows.row(29)
     np.save(tmp_path / "f8.npy", np.zeros((2, 2)))
     with pytest.raises(ValueError, match="float32"):
-        EmbeddingReader(tmp_path / "f8.npy")
+        EmbeddingStream(io.BytesIO((tmp_path / "f8.npy").read_bytes()))
 
 
 @pytest.mark.parametrize("outcome", ["expired", "cancelled"])
