@@ -389,10 +389,12 @@ def embed_texts(client: openai.OpenAI, texts: list[str], *, model: str, dimensio
 class EmbeddingMatrix:
     """An N×dimensions float32 ``.npy`` file (format 1.0, C order), written row by row with positioned writes.
 
-    Rows are activities in file order (4·dimensions bytes each). Missing rows are flagged as NaN rows: the
-    file starts all-NaN and :meth:`write` only accepts finite vectors, so a row is missing exactly when its
-    first value is NaN (:func:`missing_rows`; :attr:`missing` says the same without reading the file back).
-    One file, no side mask to keep in sync.
+    Rows are activities in file order (4·dimensions bytes each). Missing rows are flagged as NaN rows: once
+    the matrix is closed, every row never written is NaN, and :meth:`write` only accepts finite vectors, so a
+    row is missing exactly when its first value is NaN (:func:`missing_rows`; :attr:`missing` says the same
+    without reading the file back). One file, no side mask to keep in sync. A new file is sized at once
+    (sparse) and only the rows still missing at :meth:`close` are written as NaN: an unchanged re-run, whose
+    rows are all reused, writes each row once instead of NaN first and the vector over it.
 
     The file is written with ``os.pwrite``, not through a memory map: dirty pages of a map count towards the
     process's resident memory until they are written back, so a 50,000-row matrix (300 MB) would have
@@ -411,14 +413,13 @@ class EmbeddingMatrix:
             header = {"descr": "<f4", "fortran_order": False, "shape": (rows, dimensions)}
             write_array_header_1_0(self._file, header)
             self._offset = self._file.tell()
-            nan_rows = np.full((min(rows, fill_chunk_rows), dimensions), np.nan, dtype="<f4").tobytes()
-            for start in range(0, rows, fill_chunk_rows):  # chunked: never a whole N×D array in memory
-                count = min(fill_chunk_rows, rows - start)
-                self._file.write(nan_rows[: count * self._row_bytes])
             self._file.flush()
+            os.ftruncate(self._file.fileno(), self._offset + rows * self._row_bytes)
         except BaseException:
             self.close()
             raise
+        self._fill_chunk_rows = max(1, fill_chunk_rows)
+        self._unfilled = True  # rows never written are zeros until close() writes them as NaN
         self.written = 0
 
     @classmethod
@@ -441,6 +442,8 @@ class EmbeddingMatrix:
         except BaseException:
             self.close()
             raise
+        self._fill_chunk_rows = 1024
+        self._unfilled = False  # a closed matrix: its missing rows are NaN already
         self.written = int(self._present.sum())
         return self
 
@@ -482,9 +485,29 @@ class EmbeddingMatrix:
         return failures
 
     def close(self) -> None:
+        """Write the rows still missing as NaN (see the class), then close the file."""
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            try:
+                if self._unfilled:
+                    self._fill_missing()
+            finally:
+                self._file.close()
+                self._file = None
+
+    def _fill_missing(self) -> None:
+        """NaN into each run of rows never written, a chunk at a time: never a whole N×D array in memory."""
+        assert self._file is not None
+        missing = np.flatnonzero(~self._present)
+        if missing.size == 0:
+            return
+        nan_rows = np.full((min(missing.size, self._fill_chunk_rows), self.dimensions), np.nan, dtype="<f4").tobytes()
+        breaks = np.flatnonzero(np.diff(missing) != 1) + 1  # runs of consecutive missing rows
+        fd = self._file.fileno()
+        for run in np.split(missing, breaks):
+            for start in range(int(run[0]), int(run[-1]) + 1, self._fill_chunk_rows):
+                count = min(self._fill_chunk_rows, int(run[-1]) + 1 - start)
+                os.pwrite(fd, nan_rows[: count * self._row_bytes], self._offset + start * self._row_bytes)
+        self._unfilled = False
 
     def __enter__(self) -> EmbeddingMatrix:
         return self
