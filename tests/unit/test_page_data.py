@@ -199,13 +199,13 @@ def test_dates_that_would_need_a_guess_are_refused_with_the_reason(text: str, re
         ("samedi 1er juin 2024 à 10h30", datetime(2024, 6, 1, 10, 30)),
         ("3 mars 2024", datetime(2024, 3, 3)),  # was read by dateutil as 1 March: "mars" is not "Mar"
         ("1 octobre 2024", datetime(2024, 10, 1)),  # was 1 January: dateutil skipped the French month
-        ("mar. 1 mai 2024", datetime(2024, 5, 1)),  # "mar." is Tuesday here, not March
+        ("mar. 7 mai 2024", datetime(2024, 5, 7)),  # "mar." is Tuesday (mardi) here, not March
         ("Samstag, 1. Juni 2024", datetime(2024, 6, 1)),
-        ("Sa., 1. August 2024, 10:00 Uhr", datetime(2024, 8, 1, 10)),
+        ("Do., 1. August 2024, 10:00 Uhr", datetime(2024, 8, 1, 10)),
         ("Sonntag, 1. März 2026, 10 Uhr", datetime(2026, 3, 1, 10)),
         ("1. März 2026, 10.30 Uhr", datetime(2026, 3, 1, 10, 30)),
         ("1 de mayo de 2024, 18:00", datetime(2024, 5, 1, 18)),
-        ("mar. 1 de mayo de 2024", datetime(2024, 5, 1)),
+        ("mar. 7 de mayo de 2024", datetime(2024, 5, 7)),
         ("1 maggio 2024 ore 10:00", datetime(2024, 5, 1, 10)),
         ("1 juni 2024", datetime(2024, 6, 1)),
         ("zaterdag 1 juni 2024 14:00", datetime(2024, 6, 1, 14)),
