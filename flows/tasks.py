@@ -115,7 +115,7 @@ def load_raw_activities(run_id: str, source: str) -> FileRef:
 @harvest_logs_to_task
 def standardize(run_id: str, raw: FileRef, config: RunConfig) -> FileRef:
     res = resources()
-    result = standardize_raw_activities(res.store, run_id, raw, config)
+    result = standardize_raw_activities(res.store, run_id, raw, config, date_languages=res.settings.date_languages)
     record_stage(res, run_id, "standardize", result)
     return result.file("standardized")
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from harvest.cost.prices import Prices
 
@@ -38,6 +38,12 @@ def _default_browser_path() -> str | None:
         if Path(candidate).exists():
             return candidate
     return None
+
+
+# Languages (dateparser codes) whose month names a page's dates may be written in; English month names are read
+# whatever the list. A page's `<html lang>` is not used: it is missing, or left at a theme's "en-US", on too many
+# sites to be trusted, and the month names themselves say which language a date is in.
+DEFAULT_DATE_LANGUAGES: tuple[str, ...] = ("en", "fr", "de", "es", "it", "nl", "pt")
 
 
 class HarvestSettings(BaseSettings):
@@ -165,6 +171,11 @@ class HarvestSettings(BaseSettings):
         description="Keep each page's validators, links and activities (page_cache) and re-crawl politely: "
         "conditional requests, a 304 or an older sitemap <lastmod> reuses what the page gave (false: fetch all).",
     )
+    date_languages: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=DEFAULT_DATE_LANGUAGES,
+        description="Comma-separated languages (dateparser codes: fr, de, ...) a page's dates may be written in; "
+        "English is always read. A date in any other language is refused with a warning, never guessed.",
+    )
     page_memory_days: float = Field(
         default=30, ge=1,
         description="Days a page_cache row lives without a crawl fetching or revalidating its URL before the sweep "
@@ -222,6 +233,17 @@ class HarvestSettings(BaseSettings):
             raise ValueError(
                 f"HARVEST_STORAGE_URL must be s3://bucket/prefix, file:///abs/path or s3-bucket/<block>, got {value!r}"
             )
+        return value
+
+    @field_validator("date_languages", mode="before")
+    @classmethod
+    def _date_languages_are_known(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = tuple(part.strip().lower() for part in value.split(",") if part.strip())
+        if isinstance(value, list | tuple):
+            from harvest.standardize import check_date_languages  # here: harvest.standardize imports this module
+
+            check_date_languages([str(language) for language in value])
         return value
 
     def prices(self) -> Prices:

@@ -12,14 +12,20 @@ import json
 import logging
 import re
 import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
+from dateparser.date import DateDataParser
+from dateparser.languages.loader import default_loader as dateparser_locales
 from dateutil import parser as dateutil_parser
 
 from harvest.countries import country_code
 from harvest.extract.text import absolute_http_url, clean_text, format_address, normalize_key
 from harvest.models import Activity, Location, RawActivity, RunConfig
+from harvest.settings import DEFAULT_DATE_LANGUAGES
 
 log = logging.getLogger(__name__)
 
@@ -37,31 +43,48 @@ _RFC2822_RE = re.compile(
 )
 # 01/05/2024, 1.5.24, 01-05-2024: day and month in an order only the page's country knows.
 _NUMERIC_DATE_RE = re.compile(r"^(\d{1,2})[/.\-](\d{1,2})[/.\-](\d{2}|\d{4})\b")
-_MONTHS = (
-    "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+# The month names dateutil knows, whole words only: "mars", "octobre", "mayo" are not "Mar", "Oct", "May".
+_ENGLISH_MONTH = (
+    r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|sep(?:t(?:ember)?)?"
+    r"|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)"
 )
-_MONTH_RE = re.compile(r"\b(" + "|".join(_MONTHS) + r")[a-z]*\.?\b", re.IGNORECASE)
+_MONTH_RE = re.compile(rf"\b{_ENGLISH_MONTH}\b", re.IGNORECASE)
 _YEAR_RE = re.compile(r"\b(1[89]\d\d|2[0-2]\d\d)\b")
 # A day of the month next to its month name: "1 May", "1st May", "May 1", "May 1st" (not a time like "10am").
 _DAY_RE = re.compile(
-    r"\b(\d{1,2})(?:st|nd|rd|th)?\s+(?:of\s+)?(?:" + "|".join(_MONTHS) + r")"
-    r"|(?:" + "|".join(_MONTHS) + r")[a-z]*\.?\s+(\d{1,2})(?:st|nd|rd|th)?\b",
+    rf"\b(\d{{1,2}})(?:st|nd|rd|th)?\s+(?:of\s+)?{_ENGLISH_MONTH}\b"
+    rf"|\b{_ENGLISH_MONTH}\.?\s+(\d{{1,2}})(?:st|nd|rd|th)?\b",
     re.IGNORECASE,
 )
+_WORD_RE = re.compile(r"[^\W\d_]+")  # month names in the languages of Europe's Latin script are single words
+_DAY_NUMBER_RE = re.compile(r"(?<!\d)\d{1,2}(?!\d)")
+# Two spellings dateparser does not read, rewritten to ones it does: "1º de maio" (it knows "1er", not "1º")
+# and "10 Uhr" (it knows "10:00 Uhr" and "10.30 Uhr").
+_ORDINAL_SIGN_RE = re.compile(r"(?<=\d)[ºª°]")
+_BARE_HOUR_RE = re.compile(r"(?<![\d:.])(\d{1,2})\s*Uhr\b", re.IGNORECASE)
+_NEEDS_ALL_PARTS = "not a recognisable date (it needs a day, a month name and a year)"
+
+_MONTH_KEYS = (
+    "january", "february", "march", "april", "may", "june",
+    "july", "august", "september", "october", "november", "december",
+)
+# Only what a page wrote down: day, month and year must all be in the text, and nothing relative to today.
+_DATEPARSER_SETTINGS = {"REQUIRE_PARTS": ["day", "month", "year"], "PARSERS": ["absolute-time"]}
 
 
 class DateRefused(ValueError):
     """A value that is not a date we can read without guessing; the message says why (recorded as a warning)."""
 
 
-def read_date(value: str | None) -> datetime | None:
+def read_date(value: str | None, languages: Sequence[str] = DEFAULT_DATE_LANGUAGES) -> datetime | None:
     """A datetime from `value`, None when empty; DateRefused (with the reason) when it is not a usable date.
 
     In order: strict ISO 8601 and its common variants ("2024-05-01", "...T10:00", "Z", "+10:00", "+1000",
-    fractional seconds, a space for "T", "2024/05/01"); RFC 2822; then dates as people write them, through
-    python-dateutil: "Saturday 1 June 2024", "1st May 2024", "1 May 2024, 10am", "May 1, 2024 7:30 pm". Such a
-    date must name its day, its month (in words, English month names) and its year: nothing is filled in
-    from today. Numeric dates whose day and month could be swapped (01/05/2024) are refused, never guessed.
+    fractional seconds, a space for "T", "2024/05/01"); RFC 2822; then dates as people write them: English
+    through python-dateutil ("Saturday 1 June 2024", "1st May 2024, 10am", "May 1, 2024 7:30 pm"), and the
+    month names of `languages` through dateparser ("1er mai 2024", "Samstag, 1. Juni 2024", "1 de mayo de
+    2024"). Such a date must name its day, its month (in words) and its year: nothing is filled in from
+    today. Numeric dates whose day and month could be swapped (01/05/2024) are refused, never guessed.
     Offsets are kept; date-only and offset-less values stay naive (the page did not say which zone it meant).
     """
     text = clean_text(value, max_chars=100)
@@ -82,22 +105,43 @@ def read_date(value: str | None) -> datetime | None:
         except (TypeError, ValueError, IndexError):
             parsed = None
     if parsed is None:
-        parsed = _human_date(text)
+        parsed = _human_date(text, tuple(languages))
     if not MIN_YEAR <= parsed.year <= MAX_YEAR:
         raise DateRefused(f"year {parsed.year} is outside {MIN_YEAR}-{MAX_YEAR}")
     return parsed
 
 
-def _human_date(text: str) -> datetime:
-    """A date as a person writes it, through dateutil, only when day, month and year are all written out."""
+def _human_date(text: str, languages: tuple[str, ...]) -> datetime:
+    """A date as a person writes it, only when day, month (in words) and year are all written out.
+
+    English goes to dateutil (fast, and the common case); a text naming a month of another language goes to
+    dateparser, restricted to the languages whose month names it contains, so "mar. 1 mai 2024" is read as
+    French (Tuesday 1 May) rather than by dateutil as 1 March.
+    """
     numeric = _NUMERIC_DATE_RE.match(text)
     if numeric:
         first, second = int(numeric.group(1)), int(numeric.group(2))
         if first <= 12 and second <= 12 and first != second:
             raise DateRefused("ambiguous numeric date: day and month could be either way round")
         raise DateRefused("numeric date without a year first: write it as ISO 8601 (YYYY-MM-DD)")
-    if not (_MONTH_RE.search(text) and _YEAR_RE.search(text) and _DAY_RE.search(text)):
-        raise DateRefused("not a recognisable date (it needs a day, a month name and a year)")
+    if not (_YEAR_RE.search(text) and _DAY_NUMBER_RE.search(text)):
+        raise DateRefused(_NEEDS_ALL_PARTS)
+    english = bool(_MONTH_RE.search(text) and _DAY_RE.search(text))
+    months = _month_names(languages)
+    named = {word.casefold() for word in _WORD_RE.findall(text)} & months.every
+    if english and not named - months.english:
+        return _english_date(text)
+    written_in = tuple(language for language in languages if named & months.by_language[language])
+    if written_in:
+        parsed = _other_language_date(text, written_in)
+        if parsed is not None:
+            return parsed
+    if english:  # "1 May 2024, sold out": "out" is October in Portuguese, but the English reading stands
+        return _english_date(text)
+    raise DateRefused(_NEEDS_ALL_PARTS)
+
+
+def _english_date(text: str) -> datetime:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", dateutil_parser.UnknownTimezoneWarning)  # "AEST": kept naive
@@ -106,10 +150,56 @@ def _human_date(text: str) -> datetime:
         raise DateRefused(f"not a recognisable date ({exc})") from None
 
 
-def parse_date(value: str | None) -> datetime | None:
+@dataclass(frozen=True)
+class _MonthNames:
+    """Month names (and their abbreviations) of some languages, from dateparser's own locale data."""
+
+    every: frozenset[str]
+    by_language: dict[str, frozenset[str]]
+    english: frozenset[str]
+
+
+@lru_cache(maxsize=16)
+def _month_names(languages: tuple[str, ...]) -> _MonthNames:
+    by_language: dict[str, frozenset[str]] = {}
+    for language in ("en", *languages):
+        try:
+            info = dateparser_locales.get_locale(language).info
+        except (KeyError, ValueError):
+            raise ValueError(f"date language {language!r} is not a language dateparser knows") from None
+        names = frozenset(name.casefold() for key in _MONTH_KEYS for name in info[key] if _WORD_RE.fullmatch(name))
+        if not names:  # "tháng 5": not found word by word, so never read; say so now rather than refuse every date
+            raise ValueError(f"date language {language!r}: its month names are not single words, so cannot be read")
+        by_language[language] = names
+    english = by_language["en"] | {"sept"}  # dateutil's own table also has "Sept"
+    return _MonthNames(frozenset().union(*by_language.values()), by_language, english)
+
+
+def check_date_languages(languages: Sequence[str]) -> None:
+    """ValueError naming the first of `languages` dateparser has no month names for."""
+    _month_names(tuple(languages))
+
+
+@lru_cache(maxsize=16)
+def _date_parser(languages: tuple[str, ...]) -> DateDataParser:
+    return DateDataParser(languages=list(languages), settings=_DATEPARSER_SETTINGS)
+
+
+@lru_cache(maxsize=4096)
+def _other_language_date(text: str, languages: tuple[str, ...]) -> datetime | None:
+    """dateparser's reading of `text` in the first of `languages` that reads it whole, or None.
+
+    Cached: dateparser takes about a millisecond a date, and a listing repeats its dates.
+    """
+    text = _BARE_HOUR_RE.sub(r"\1:00 Uhr", _ORDINAL_SIGN_RE.sub("", text))
+    date: datetime | None = _date_parser(languages).get_date_data(text).date_obj
+    return date
+
+
+def parse_date(value: str | None, languages: Sequence[str] = DEFAULT_DATE_LANGUAGES) -> datetime | None:
     """`read_date`, with None for anything it refuses (see there for what is accepted)."""
     try:
-        return read_date(value)
+        return read_date(value, languages)
     except DateRefused:
         return None
 
@@ -199,8 +289,16 @@ class Standardizer:
     (first MAX_WARNINGS messages, `warnings_dropped` counts the rest).
     """
 
-    def __init__(self, config: RunConfig, *, max_warnings: int = MAX_WARNINGS) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        *,
+        max_warnings: int = MAX_WARNINGS,
+        date_languages: Sequence[str] = DEFAULT_DATE_LANGUAGES,
+    ) -> None:
         self.config = config
+        self.date_languages = tuple(date_languages)
+        check_date_languages(self.date_languages)  # a typo in the setting fails here, not as 10,000 warnings
         self.max_warnings = max_warnings
         self.hint_tags = normalize_tags(config.tags_hint)
         self.accepted = 0
@@ -223,7 +321,7 @@ class Standardizer:
         if value is None or not value.strip():
             return None
         try:
-            return read_date(value)
+            return read_date(value, self.date_languages)
         except DateRefused as exc:
             self.warn(f"{name!r}: dropped {field} {value[:60]!r}: {exc}")
             return None

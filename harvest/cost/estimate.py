@@ -100,7 +100,9 @@ def estimate_run(url: str, config: RunConfig, settings: HarvestSettings, engine:
         details = crawled.stats.details
         estimate.pages_fetched = int(details.get("pages_fetched", 0))
         estimate.llm_pages = int(details.get("llm_pages", 0))
-        standardized = standardize_raw_activities(store, "estimate", crawled.file("raw_activities"), config)
+        standardized = standardize_raw_activities(
+            store, "estimate", crawled.file("raw_activities"), config, date_languages=settings.date_languages
+        )
         records = list(iter_jsonl(store, standardized.file("standardized").uri))
     estimate.activities = len(records)
     _add(estimate, prices, "crawl", {

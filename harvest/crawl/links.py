@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
@@ -30,10 +31,22 @@ class PageLinks:
     """The subset of `links` (plus any `<link rel=next>`) that are further pages of this same listing."""
 
 
-# Anchor text that says "the next page of this list" on real sites (English; arrows are language-neutral).
+# Anchor text that says "the next page of this list" on real sites, as the whole text of the link (arrows are
+# language-neutral): English, then French, German, Spanish, Italian, Dutch and Portuguese, as WordPress and the
+# common calendar plugins translate their pagination. "Weiter lesen", "Lire la suite" are articles, not pages.
+_NEXT_WORDS = (
+    r"(?:next|prev|previous|older|newer)(?: page| posts| events| entries)?",
+    r"(?:page )?(?:suivante|précédente)|suivant|précédent|articles plus (?:anciens|récents)",
+    r"weiter|zurück|(?:nächste|vorherige)(?: seite)?|(?:ältere|neuere) (?:beiträge|einträge|veranstaltungen)",
+    r"(?:página )?(?:siguiente|anterior)|entradas (?:anteriores|siguientes|más recientes|más antiguas)",
+    r"(?:pagina )?(?:successiva|precedente)|successivo|avanti|indietro|articoli (?:più|meno) recenti",
+    r"(?:volgende|vorige)(?: pagina)?|(?:oudere|nieuwere) (?:berichten|evenementen)",
+    r"próxima página|página (?:seguinte|anterior)|próxim[oa]|seguinte|(?:posts|artigos) mais (?:antigos|recentes)",
+)
+_LOAD_MORE_WORDS = r"load more|charger plus|mehr laden|cargar más|carica altri|meer laden|carregar mais"
 _NEXT_TEXT = re.compile(
-    r"^(?:[‹«←<]+\s*)?(?:next|prev|previous|older|newer)(?: page| posts| events| entries)?(?:\s*[›»→>]+)?$"
-    r"|^load more$|^[›»→>‹«←<]+$",
+    r"^(?:[‹«←<]+\s*)?(?:" + "|".join(_NEXT_WORDS) + r")(?:\s*[›»→>]+)?$"
+    rf"|^(?:{_LOAD_MORE_WORDS})$|^[›»→>‹«←<]+$",
     re.IGNORECASE,
 )
 # `/page/3`, `/page/3/`, `/p/3` as the last path segments of a listing.
@@ -71,13 +84,14 @@ def _base_key(url: str) -> str | None:
 def is_pagination(link: str, page_url: str, *, rel: list[str] | None = None, text: str = "") -> bool:
     """Is `link` another page of the listing at `page_url`?
 
-    Yes for `rel=next`/`rel=prev`, for anchor text like "Next", "Older posts", "›" or "»", and for a URL that
-    differs from the page's only by its page number (`?page=N`, `/page/N`), the page's own URL counting as
-    page 1 when it has none.
+    Yes for `rel=next`/`rel=prev`, for anchor text like "Next", "Older posts", "›" or "»" (or "Page suivante",
+    "Weiter", "Siguiente", "Avanti", "Volgende", "Próximo": see `_NEXT_WORDS`), and for a URL that differs from
+    the page's only by its page number (`?page=N`, `/page/N`), the page's own URL counting as page 1 when it has
+    none.
     """
     if rel and {"next", "prev", "previous"} & set(rel):
         return True
-    if text and _NEXT_TEXT.match(" ".join(text.split())):
+    if text and _NEXT_TEXT.match(" ".join(unicodedata.normalize("NFC", text).split())):
         return True
     key = listing_key(link)
     if key is None:

@@ -2,20 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pydantic import ValidationError
 
 from harvest.dedupe import Deduplicator
 from harvest.models import FileRef, RawActivity, RunConfig
+from harvest.settings import DEFAULT_DATE_LANGUAGES
 from harvest.stages.common import StageResult, timed
 from harvest.standardize import Standardizer
 from harvest.storage import ObjectStore, iter_jsonl, write_jsonl
 from harvest.storage.keys import run_key
 
 
-def standardize_raw_activities(store: ObjectStore, run_id: str, raw: FileRef, config: RunConfig) -> StageResult:
-    """Stream the raw file through the Standardizer; skipped records are counted and explained, never lost silently."""
+def standardize_raw_activities(
+    store: ObjectStore,
+    run_id: str,
+    raw: FileRef,
+    config: RunConfig,
+    *,
+    date_languages: Sequence[str] = DEFAULT_DATE_LANGUAGES,
+) -> StageResult:
+    """Stream the raw file through the Standardizer; skipped records are counted and explained, never lost silently.
+
+    `date_languages`: HARVEST_DATE_LANGUAGES, the languages other than English a page's dates may be written in.
+    """
     result = StageResult()
-    standardizer = Standardizer(config)
+    standardizer = Standardizer(config, date_languages=date_languages)
 
     def collect(dedupe: Deduplicator) -> None:
         for number, record in enumerate(iter_jsonl(store, raw.uri), start=1):

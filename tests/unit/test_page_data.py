@@ -10,10 +10,12 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from harvest.countries import country_code
 from harvest.geocode import NominatimGeocoder
 from harvest.models import Location, RawActivity, RunConfig
+from harvest.settings import HarvestSettings
 from harvest.stages.common import Chunk
 from harvest.stages.geocode import geocode_addresses
 from harvest.stages.merge import final_record
@@ -188,6 +190,80 @@ def test_dates_that_would_need_a_guess_are_refused_with_the_reason(text: str, re
     activity = standardizer.standardize(RawActivity(name="Story time", startDate=text))
     assert activity is not None and activity.start_date is None
     assert any(text in warning and reason in warning for warning in standardizer.warnings)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1er mai 2024", datetime(2024, 5, 1)),
+        ("samedi 1er juin 2024 à 10h30", datetime(2024, 6, 1, 10, 30)),
+        ("3 mars 2024", datetime(2024, 3, 3)),  # was read by dateutil as 1 March: "mars" is not "Mar"
+        ("1 octobre 2024", datetime(2024, 10, 1)),  # was 1 January: dateutil skipped the French month
+        ("mar. 7 mai 2024", datetime(2024, 5, 7)),  # "mar." is Tuesday (mardi) here, not March
+        ("Samstag, 1. Juni 2024", datetime(2024, 6, 1)),
+        ("Do., 1. August 2024, 10:00 Uhr", datetime(2024, 8, 1, 10)),
+        ("Sonntag, 1. März 2026, 10 Uhr", datetime(2026, 3, 1, 10)),
+        ("1. März 2026, 10.30 Uhr", datetime(2026, 3, 1, 10, 30)),
+        ("1 de mayo de 2024, 18:00", datetime(2024, 5, 1, 18)),
+        ("mar. 7 de mayo de 2024", datetime(2024, 5, 7)),
+        ("1 maggio 2024 ore 10:00", datetime(2024, 5, 1, 10)),
+        ("1 juni 2024", datetime(2024, 6, 1)),
+        ("zaterdag 1 juni 2024 14:00", datetime(2024, 6, 1, 14)),
+        ("1 de maio de 2024", datetime(2024, 5, 1)),
+        ("1º de maio de 2024", datetime(2024, 5, 1)),
+        ("quinta-feira, 2 de maio de 2024", datetime(2024, 5, 2)),
+        ("1 juin 2024 10:00 +0200", datetime(2024, 6, 1, 10, tzinfo=timezone(timedelta(hours=2)))),
+    ],
+)
+def test_dates_written_in_other_languages(text: str, expected: datetime) -> None:
+    parsed = read_date(text)
+    assert parsed == expected and parsed.utcoffset() == expected.utcoffset()
+    activity = Standardizer(RunConfig()).standardize(RawActivity(name="Heure du conte", startDate=text))
+    assert activity is not None and activity.start_date == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("mai 2024", "needs a day, a month name and a year"),
+        ("juin 2024 10:00", "needs a day, a month name and a year"),
+        ("1er mai", "needs a day, a month name and a year"),
+        ("Samstag 01.05.2024", "needs a day, a month name and a year"),  # month in figures, behind a weekday
+        ("01.05.2024", "ambiguous numeric date"),
+        ("31 février 2024", "needs a day, a month name and a year"),
+        ("demain", "needs a day, a month name and a year"),
+    ],
+)
+def test_dates_in_other_languages_that_would_need_a_guess_are_refused(text: str, reason: str) -> None:
+    with pytest.raises(DateRefused, match=reason):
+        read_date(text)
+
+
+def test_only_the_configured_languages_are_read() -> None:
+    assert read_date("1 maggio 2024", languages=("it",)) == datetime(2024, 5, 1)
+    with pytest.raises(DateRefused, match="needs a day, a month name and a year"):
+        read_date("1 maggio 2024", languages=("fr",))
+    standardizer = Standardizer(RunConfig(), date_languages=("fr",))
+    activity = standardizer.standardize(RawActivity(name="Ora delle storie", startDate="1 maggio 2024"))
+    assert activity is not None and activity.start_date is None
+    assert "1 maggio 2024" in standardizer.warnings[0]
+    assert read_date("1 May 2024", languages=("fr",)) == datetime(2024, 5, 1)  # English is always read
+
+
+def test_date_languages_setting_is_a_checked_comma_separated_list(monkeypatch, store) -> None:  # noqa: ANN001
+    assert HarvestSettings().date_languages == ("en", "fr", "de", "es", "it", "nl", "pt")
+    monkeypatch.setenv("HARVEST_DATE_LANGUAGES", "en, IT")
+    settings = HarvestSettings()
+    assert settings.date_languages == ("en", "it")
+    raws = [{"name": "Ora delle storie", "startDate": "1 maggio 2024"}, {"name": "Heure du conte", "startDate": "1er mai 2024"}]
+    raw = write_jsonl(store, "runs/run-1/raw_activities.jsonl", "raw_activities", raws)
+    result = standardize_raw_activities(store, "run-1", raw, RunConfig(), date_languages=settings.date_languages)
+    dates = {record["name"]: record["start_date"] for record in iter_jsonl(store, result.file("standardized").uri)}
+    assert dates == {"Ora delle storie": "2024-05-01T00:00:00", "Heure du conte": None}
+    assert any("1er mai 2024" in warning for warning in result.warnings)
+    monkeypatch.setenv("HARVEST_DATE_LANGUAGES", "fr,french")
+    with pytest.raises(ValidationError, match="'french' is not a language dateparser knows"):
+        HarvestSettings()
 
 
 # ---- countries -----------------------------------------------------------------------------------------------

@@ -38,6 +38,37 @@ def test_other_links_are_not_pagination(link: str, page: str, text: str) -> None
     assert not is_pagination(link, page, text=text)
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Page suivante ›", "« Précédent", "Suivant", "Articles plus anciens",  # French
+        "Weiter »", "« Zurück", "Nächste Seite", "Ältere Beiträge",  # German
+        "Siguiente", "Página anterior", "Entradas anteriores",  # Spanish
+        "Successivo", "Avanti ›", "Pagina precedente", "Articoli meno recenti",  # Italian
+        "Volgende", "Vorige pagina", "Oudere berichten",  # Dutch
+        "Próximo »", "Próxima página", "Seguinte", "Posts mais antigos",  # Portuguese
+        "Charger plus", "Mehr laden", "Cargar más",
+        "  nächste\n Seite  ",  # as text_content() gives it: spread over lines
+        "Pr\u00e9c\u00e9dent", "Pre\u0301ce\u0301dent",  # é composed and decomposed
+    ],
+)
+def test_next_page_words_of_other_languages_are_recognised(text: str) -> None:
+    # A URL with no page number in it: only the anchor text says it is the listing's next page.
+    assert is_pagination("http://s/agenda/suite.html", "http://s/agenda/", text=text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Weiter lesen", "Weiterlesen", "Lire la suite", "Leer más", "Leggi tutto", "Lees meer", "Ler mais",
+        "La semaine suivante au parc", "Siguiente evento: taller de cerámica", "Nächster Termin",
+        "Página", "Voir plus", "Anterior edición del festival",
+    ],
+)
+def test_ordinary_links_in_other_languages_are_not_pagination(text: str) -> None:
+    assert not is_pagination("http://s/agenda/atelier-poterie.html", "http://s/agenda/", text=text)
+
+
 def test_listing_key_drops_only_the_page_number() -> None:
     assert listing_key("http://s/events/page/7/") == "http://s/events"
     assert listing_key("http://s/events?page=7&sort=date") == "http://s/events?sort=date"
@@ -80,6 +111,37 @@ def test_pagination_does_not_consume_depth(site, run_crawl, cfg, style: str) -> 
     assert set(items) <= fetched, sorted(set(items) - fetched)
     listing_depths = {page.depth for page in result.pages if "list" in page.url}
     assert listing_depths == {1}
+    assert result.stats.unfollowed == {}
+
+
+@pytest.mark.parametrize(
+    ("lang", "next_text"),
+    [("fr", "Page suivante ›"), ("de", "Weiter »"), ("es", "Siguiente"), ("it", "Successivo"),
+     ("nl", "Volgende"), ("pt", "Próxima página")],
+)
+def test_pagination_in_other_languages_does_not_consume_depth(site, run_crawl, cfg, lang: str, next_text: str) -> None:
+    """An agenda whose further pages carry no page number in their URL (`suite-2.html`): only the words of the
+    link say they are the same listing, so only they keep the events of page 5 within max_depth."""
+    items = []
+    for number in range(1, 6):
+        here = [f"/agenda/evenement-{number}-{i}.html" for i in range(3)]
+        items += here
+        anchors = "".join(f'<li><a href="{path}">Atelier {path[-8:-5]}</a></li>' for path in here)
+        if number < 5:
+            anchors += f'<nav class="pagination"><a class="next" href="/agenda/suite-{number + 1}.html">{next_text}</a></nav>'
+        path = "/agenda/" if number == 1 else f"/agenda/suite-{number}.html"
+        text = "Activités pour toute la famille ce week-end. " * 6
+        site.page(path, f'<html lang="{lang}"><head><title>Agenda</title></head>'
+                        f"<body><p>{text}</p><ul>{anchors}</ul></body></html>")
+        for item in here:
+            site.html(item)
+    site.html("/", links=["/agenda/"])
+
+    result = run_crawl(site.url("/"), cfg(max_depth=2, max_pages=500))
+
+    fetched = set(result.paths())
+    assert set(items) <= fetched, sorted(set(items) - fetched)
+    assert {page.depth for page in result.pages if "/agenda/suite" in page.url} == {1}
     assert result.stats.unfollowed == {}
 
 
