@@ -22,6 +22,9 @@ meanwhile, which the unique index refuses) are one `COPY` into a temporary stagi
 `INSERT ... SELECT ... ON CONFLICT (dedupe_key) DO UPDATE ... WHERE <the policy> RETURNING`, which says per
 written row whether it was inserted or updated; rows not returned were unchanged. The portable path (SQLite)
 looks the keys up first and then upserts with the same ON CONFLICT clause.
+
+Through a run's policy index (import_indexed), the batches are judged from the index records and each row to be
+written takes its vector from its final record: a row is built and its key looked up once (see Verdicts).
 """
 from __future__ import annotations
 
@@ -328,7 +331,7 @@ class Verdicts:
     the write. `new` rows are COPYed into the table, which the unique index refuses if another import stored
     one of their keys since (they then go through the upsert); `changed` rows go through the upsert, whose
     ON CONFLICT ... WHERE applies the policy again to the row stored at write time. The portable path upserts
-    both with that clause."""
+    both with that clause and counts them by the verdict (SQLite's upsert does not say which rows it inserted)."""
 
     new: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     changed: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
