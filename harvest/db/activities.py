@@ -22,16 +22,21 @@ meanwhile, which the unique index refuses) are one `COPY` into a temporary stagi
 `INSERT ... SELECT ... ON CONFLICT (dedupe_key) DO UPDATE ... WHERE <the policy> RETURNING`, which says per
 written row whether it was inserted or updated; rows not returned were unchanged. The portable path (SQLite)
 looks the keys up first and then upserts with the same ON CONFLICT clause.
+
+Through a run's policy index (import_indexed), the batches are judged from the index records and each row to be
+written takes its vector from its final record: a row is built and its key looked up once (see Verdicts).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import struct
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import islice
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -48,11 +53,12 @@ from sqlalchemy.engine import Engine
 
 from harvest.db.engine import database_error, transaction, utcnow
 from harvest.db.schema import Timestamp, activities, one_of, scrape_runs
-from harvest.errors import DatabaseError, ImportInterrupted
+from harvest.errors import DatabaseError, ImportInterrupted, StorageError
 from harvest.extract.text import normalize_key as dedupe_text
 from harvest.models import ImportSummary
 
 MAX_ERRORS = 50
+T = TypeVar("T")
 UPDATABLE = [c.name for c in activities.columns if c.name not in ("id", "created_at")]
 # Enrichment groups: each is taken whole from the new row when its key column is not NULL, else kept.
 ENRICHMENT_GROUPS: dict[str, tuple[str, ...]] = {
@@ -66,7 +72,7 @@ _POLICY_COLUMNS = ["dedupe_key", "content_hash", "run_started_at",
                    *(c for group in ENRICHMENT_GROUPS.values() for c in group if c != "embedding")]
 
 
-def _batches(records: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+def _batches(records: Iterable[T], size: int) -> Iterator[list[T]]:
     iterator = iter(records)
     while batch := list(islice(iterator, size)):
         yield batch
@@ -78,10 +84,24 @@ def _parse_time(value: Any) -> datetime | None:
     return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
 
 
-class UnparsedVector:
-    """A final record's embedding still as its JSON text. Parsing 1,536 floats is most of the cost of reading a
-    final line, and a row the table already holds (same content hash) is skipped without its vector ever
-    being needed: an unchanged re-run's import then parses none."""
+class DeferredVector(ABC):
+    """A final record's vector the import holds without its floats: parsed only for a row that is written, and
+    hashed (`embedding_hash`) without parsing. Parsing 1,536 floats is most of the cost of reading a final line,
+    and a row the policy does not write never needs them."""
+
+    __slots__ = ()
+
+    @abstractmethod
+    def parse(self) -> Any:
+        """The vector's values; raises ValueError when they cannot be had."""
+
+    @abstractmethod
+    def sha256(self) -> str:
+        """The sha256 (hex) of the vector's JSON text as written in final.jsonl."""
+
+
+class UnparsedVector(DeferredVector):
+    """A vector still as its JSON text (from a final line, see parse_final_line)."""
 
     __slots__ = ("text",)
 
@@ -94,21 +114,27 @@ class UnparsedVector:
         except orjson.JSONDecodeError as exc:
             raise ValueError(f"embedding is not JSON: {exc}") from exc
 
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text).hexdigest()
+
 
 _EMBEDDING_KEY = b'"embedding":['
 
 
-class HashedVector:
-    """A vector known only by the sha256 of its JSON text (a line of the import's policy index, written with
-    final.jsonl): enough to apply the policy, never written."""
+class HashedVector(DeferredVector):
+    """A vector known only by its sha256 (a line of the import's policy index, written with final.jsonl):
+    enough to apply the policy; the import takes the vector itself from final.jsonl before writing."""
 
-    __slots__ = ("sha256",)
+    __slots__ = ("digest",)
 
-    def __init__(self, sha256: str) -> None:
-        self.sha256 = sha256
+    def __init__(self, digest: str) -> None:
+        self.digest = digest
 
     def parse(self) -> Any:
         raise ValueError("this vector is known only by its hash (policy index); read it from final.jsonl")
+
+    def sha256(self) -> str:
+        return self.digest
 
 
 def parse_index_line(line: bytes) -> dict[str, Any]:
@@ -143,17 +169,16 @@ def parse_final_line(line: bytes) -> dict[str, Any]:
 
 
 def _vector(value: Any) -> Any:
-    return value.parse() if isinstance(value, (UnparsedVector, HashedVector)) else value
+    return value.parse() if isinstance(value, DeferredVector) else value
 
 
 def embedding_hash(value: Any) -> str | None:
     """sha256 of a vector's JSON text (as written in the final line, or dumped when already parsed)."""
     if value is None:
         return None
-    if isinstance(value, HashedVector):
-        return value.sha256
-    text = value.text if isinstance(value, UnparsedVector) else orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
-    return hashlib.sha256(text).hexdigest()
+    if isinstance(value, DeferredVector):
+        return value.sha256()
+    return hashlib.sha256(orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)).hexdigest()
 
 
 def record_to_row(
@@ -275,55 +300,115 @@ def import_activities(
     fails the import (the caller keeps the run's files so it can be retried). `method`: "copy" (Postgres
     only, its default) or "upsert" (the portable path, the default elsewhere).
     """
-    method = method or ("copy" if engine.dialect.name == "postgresql" else "upsert")
-    if method == "copy":
-        if engine.dialect.name != "postgresql":
-            raise ValueError("the COPY import needs Postgres")
-        return _import_copy(engine, records, run_id=run_id, batch_size=max(batch_size, COPY_BATCH_SIZE))
-    if method != "upsert":
-        raise ValueError(f"unknown import method {method!r}")
-    return _import_upsert(engine, records, run_id=run_id, batch_size=batch_size)
+    summary, _ = _import(engine, records, None, run_id=run_id, batch_size=batch_size, method=method)
+    return summary
 
 
-class ImportPlan:
-    """Which lines of a final JSONL an import has to read (`wanted`, one flag per line) and how many it can
-    count as skipped without reading them (`skipped`): see plan_import."""
-
-    def __init__(self) -> None:
-        self.wanted = bytearray()
-        self.skipped = 0
-
-    def __bool__(self) -> bool:
-        return any(self.wanted)
+FinalRecords = Callable[[list[int]], list[Any]]
 
 
-def plan_import(
-    engine: Engine, index: Iterable[dict[str, Any]], *, run_id: str, batch_size: int | None = None
-) -> ImportPlan:
-    """Apply the upsert policy to the policy index of a final JSONL (its lines without vectors, in order): a
-    line is left out when the table holds its key and the policy would not write it (an unchanged re-run:
-    every line). Lines that cannot be judged here (malformed: the import reports them) and every copy of a key
-    repeated within a batch (the import's own rule picks the last) are wanted. Raises DatabaseError."""
-    plan = ImportPlan()
+def import_indexed(
+    engine: Engine, index: Iterable[dict[str, Any]], finals: FinalRecords, *, run_id: str,
+    batch_size: int = 500, method: str | None = None,
+) -> tuple[ImportSummary, int]:
+    """import_activities through a final JSONL's policy index (its records without their vectors, in order, as
+    parse_index_line makes them): each batch of index records is judged by the policy, and only the final
+    records of the rows it writes are read, for their vectors (`finals`: the final records with these
+    numbers, ascending, as parse_final_line makes them). An unchanged re-import reads none. Each row is built and
+    its key looked up once. Returns the summary (the same as import_activities of the final records) and how
+    many records were judged unchanged from the index alone. Raises StorageError when a final record is not the
+    one its index record describes."""
+    return _import(engine, index, finals, run_id=run_id, batch_size=batch_size, method=method)
+
+
+@dataclass
+class Verdicts:
+    """One batch's rows judged by the upsert policy against the table as one key lookup found it: rows of keys
+    the table did not hold (`new`) and stored rows the policy would write (`changed`), each with its record's
+    number; `unchanged` rows were counted skipped and are not sent.
+
+    A verdict picks how a row is written and spares the work of rows that would not be; it does not decide
+    the write. `new` rows are COPYed into the table, which the unique index refuses if another import stored
+    one of their keys since (they then go through the upsert); `changed` rows go through the upsert, whose
+    ON CONFLICT ... WHERE applies the policy again to the row stored at write time. The portable path upserts
+    both with that clause and counts them by the verdict (SQLite's upsert does not say which rows it inserted)."""
+
+    new: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    changed: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    unchanged: int = 0
+
+
+def _judged_batches(
+    engine: Engine, records: Iterable[Any], summary: ImportSummary, *, run_id: str, batch_size: int,
+) -> Iterator[Verdicts]:
+    """The records' rows a batch at a time, judged with one key lookup per batch. A malformed record is a
+    counted failure; of a key repeated within a batch the last copy is kept (the others are skipped)."""
     now = utcnow()
     started = run_started_at(engine, run_id)
-    for batch in _batches(index, batch_size or COPY_BATCH_SIZE):
-        offset = len(plan.wanted)
-        plan.wanted.extend(b"\x01" * len(batch))
-        rows: dict[str, tuple[int, dict[str, Any]] | None] = {}  # key -> (line, row); None once repeated
-        for number, record in enumerate(batch, start=offset):
+    for batch in _batches(enumerate(records), batch_size):
+        rows: dict[str, tuple[int, dict[str, Any]]] = {}  # dedupe_key -> (record number, row)
+        for number, record in batch:
             try:
                 row = record_to_row(record, run_id, now, started)
-            except (ValueError, KeyError, TypeError, AttributeError, OverflowError):
-                continue  # wanted: the import counts it as failed, with its reason
-            key = row["dedupe_key"]
-            rows[key] = None if key in rows else (number, row)
-        stored = _stored_rows(engine, [key for key, found in rows.items() if found is not None])
-        for key, found in rows.items():
-            if found is not None and key in stored and not _writes(stored[key], found[1]):
-                plan.wanted[found[0]] = 0
-                plan.skipped += 1
-    return plan
+            except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
+                _record_failure(summary, record, exc)
+                continue
+            if row["dedupe_key"] in rows:
+                summary.skipped += 1  # the same activity twice in one file
+            rows[row["dedupe_key"]] = (number, row)
+        stored = _stored_rows(engine, list(rows))
+        verdicts = Verdicts()
+        for key, numbered in rows.items():
+            if key not in stored:
+                verdicts.new.append(numbered)
+            elif _writes(stored[key], numbered[1]):
+                verdicts.changed.append(numbered)
+            else:
+                verdicts.unchanged += 1
+        summary.skipped += verdicts.unchanged
+        yield verdicts
+
+
+def _take_vectors(verdicts: Verdicts, finals: FinalRecords) -> None:
+    """Give the rows to be written (built from index records) their vectors, read from their final records."""
+    numbered = sorted(verdicts.new + verdicts.changed, key=lambda pair: pair[0])
+    records = finals([number for number, _ in numbered])
+    for (number, row), record in zip(numbered, records, strict=True):
+        vector = record.get("embedding") if isinstance(record, dict) else None
+        if (not isinstance(record, dict) or record.get("id") != row["id"]
+                or (record.get("content_hash") or "") != row["content_hash"]
+                or embedding_hash(vector) != row["embedding_hash"]):
+            raise StorageError(
+                f"final record {number} is not the one its policy index line describes (index: id {row['id']}, "
+                f"content {row['content_hash']}, vector {row['embedding_hash']})"
+            )
+        row["embedding"] = vector
+
+
+def _import(
+    engine: Engine, records: Iterable[Any], finals: FinalRecords | None, *, run_id: str, batch_size: int,
+    method: str | None,
+) -> tuple[ImportSummary, int]:
+    """Judge and write batch after batch (see Verdicts); returns the summary and the rows judged unchanged.
+    With `finals`, the records are index records and the written rows take their vectors from `finals`."""
+    method = method or ("copy" if engine.dialect.name == "postgresql" else "upsert")
+    if method == "copy" and engine.dialect.name != "postgresql":
+        raise ValueError("the COPY import needs Postgres")
+    if method not in ("copy", "upsert"):
+        raise ValueError(f"unknown import method {method!r}")
+    summary = ImportSummary()
+    unchanged = 0
+    try:
+        write = _copy_writer(engine) if method == "copy" else _upsert_batch
+        size = max(batch_size, COPY_BATCH_SIZE) if method == "copy" else batch_size
+        for verdicts in _judged_batches(engine, records, summary, run_id=run_id, batch_size=size):
+            unchanged += verdicts.unchanged
+            if finals is not None and (verdicts.new or verdicts.changed):
+                _take_vectors(verdicts, finals)
+            write(engine, summary, verdicts)
+    except DatabaseError as exc:
+        raise _interrupted(summary, exc) from exc
+    return summary, unchanged
 
 
 def _record_failure(summary: ImportSummary, record: Any, exc: Exception) -> None:
@@ -333,49 +418,23 @@ def _record_failure(summary: ImportSummary, record: Any, exc: Exception) -> None
         summary.errors.append(f"{label}: {exc}")
 
 
-def _import_upsert(engine: Engine, records: Iterable[dict[str, Any]], *, run_id: str, batch_size: int) -> ImportSummary:
-    """The portable path: look the batch's keys up, then upsert the new and changed rows."""
-    summary = ImportSummary()
-    now = utcnow()
-    started = run_started_at(engine, run_id)
-    for batch in _batches(records, batch_size):
-        rows: dict[str, dict[str, Any]] = {}
-        for record in batch:
-            try:
-                row = record_to_row(record, run_id, now, started)
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                _record_failure(summary, record, exc)
-                continue
-            if row["dedupe_key"] in rows:
-                summary.skipped += 1  # the same activity twice in one file
-            rows[row["dedupe_key"]] = row
-        if not rows:
-            continue
-        try:
-            existing = _stored_rows(engine, list(rows))
-        except DatabaseError as exc:
-            raise _interrupted(summary, exc) from exc
-        to_write = []
-        for key, row in rows.items():
-            if not _writes(existing.get(key), row):
-                summary.skipped += 1
-                continue
+def _upsert_batch(engine: Engine, summary: ImportSummary, verdicts: Verdicts) -> None:
+    """The portable path: upsert a batch's new and changed rows (counted once the batch is written)."""
+    to_write = []
+    counts = {"imported": 0, "updated": 0}
+    for counter, rows in (("imported", verdicts.new), ("updated", verdicts.changed)):
+        for _, row in rows:
             try:
                 row["embedding"] = _vector(row["embedding"])
             except ValueError as exc:
                 _record_failure(summary, row, exc)
                 continue
-            if key in existing:
-                summary.updated += 1
-            else:
-                summary.imported += 1
+            counts[counter] += 1
             to_write.append(row)
-        if to_write:
-            try:
-                _upsert(engine, to_write)
-            except DatabaseError as exc:
-                raise _interrupted(summary, exc) from exc
-    return summary
+    if to_write:
+        _upsert(engine, to_write)
+    summary.imported += counts["imported"]
+    summary.updated += counts["updated"]
 
 
 def _interrupted(summary: ImportSummary, exc: DatabaseError) -> ImportInterrupted:
@@ -525,43 +584,22 @@ _UPSERT_SQL = str(
 )
 
 
-def _import_copy(engine: Engine, records: Iterable[dict[str, Any]], *, run_id: str, batch_size: int) -> ImportSummary:
-    """Same counts as the portable path: new keys are imported, changed content hashes updated, the rest skipped."""
-    summary = ImportSummary()
-    now = utcnow()
+def _copy_writer(engine: Engine) -> Callable[[Engine, ImportSummary, Verdicts], None]:
+    """The Postgres path: write a batch with _copy_batch (same counts as the portable path: new keys are
+    imported, changed content updated, the rest skipped), converting values for this database's time zone."""
     with transaction(engine) as connection:
         zone = ZoneInfo(str(connection.exec_driver_sql("SELECT current_setting('TimeZone')").scalar_one()))
     converters = _converters(zone)
-    started = run_started_at(engine, run_id)
-    iterator = iter(records)
-    while True:
-        rows: dict[str, dict[str, Any]] = {}  # dedupe_key -> row; the last copy in the file wins
-        consumed = 0
-        for record in islice(iterator, batch_size):
-            consumed += 1
-            try:
-                row = record_to_row(record, run_id, now, started)
-            except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
-                _record_failure(summary, record, exc)
-                continue
-            if row["dedupe_key"] in rows:
-                summary.skipped += 1  # the same activity twice in one file
-            rows[row["dedupe_key"]] = row
-        # Rows the policy would not write are skipped before they are converted or copied: an unchanged
-        # re-run writes nothing (the upsert's WHERE would skip them too, after the work).
-        try:
-            stored = _stored_rows(engine, list(rows))
-            new = [row for key, row in rows.items() if key not in stored]
-            known = [row for key, row in rows.items() if key in stored and _writes(stored[key], row)]
-            summary.skipped += len(rows) - len(new) - len(known)
-            inserted, updated, unchanged = _copy_batch(engine, converters, summary, new, known)
-        except DatabaseError as exc:
-            raise _interrupted(summary, exc) from exc
+
+    def write(engine: Engine, summary: ImportSummary, verdicts: Verdicts) -> None:
+        inserted, updated, unchanged = _copy_batch(
+            engine, converters, summary, [row for _, row in verdicts.new], [row for _, row in verdicts.changed]
+        )
         summary.imported += inserted
         summary.updated += updated
         summary.skipped += unchanged
-        if consumed < batch_size:
-            return summary
+
+    return write
 
 
 def _checked_rows(

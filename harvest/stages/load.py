@@ -7,12 +7,12 @@ import logging
 from sqlalchemy.engine import Engine
 
 from harvest.db import runs as run_rows
-from harvest.db.activities import ImportPlan, import_activities, parse_final_line, parse_index_line, plan_import
+from harvest.db.activities import import_activities, import_indexed, parse_final_line, parse_index_line
 from harvest.errors import DatabaseError, ImportInterrupted, StorageError
 from harvest.models import FileRef, ImportSummary
 from harvest.retention import import_lease
 from harvest.stages.common import StageResult, timed
-from harvest.storage import ObjectStore, iter_jsonl
+from harvest.storage import JsonlPicker, ObjectStore, iter_jsonl
 
 logger = logging.getLogger("harvest.load")
 
@@ -20,29 +20,29 @@ logger = logging.getLogger("harvest.load")
 def import_final_records(
     store: ObjectStore, run_id: str, final: FileRef, engine: Engine
 ) -> tuple[StageResult, ImportSummary]:
-    """Vectors are parsed only for the rows that are written (see parse_final_line).
+    """Vectors are parsed only for the rows that are written (see parse_final_line). With the run's policy index,
+    the rows are judged from it and only the final lines of rows to be written are read (none on an unchanged
+    re-run; see import_indexed); a run without one (from before it was written) is read whole.
 
     A database error part-way leaves the rows written before it: what was written is recorded on the run
     (`import_summary` with `interrupted`) before the error is raised, so the run never says nothing was imported.
     """
     result = StageResult()
-    plan: ImportPlan | None = None
 
     with timed(result.stats):
         try:
-            plan = _plan(store, run_id, final, engine)
-            if plan is None:  # no policy index (a run from before it was written): every line is read
-                records = iter_jsonl(store, final.uri, parse=parse_final_line)
-            else:  # only the lines the policy may write; none at all for an unchanged re-run
-                records = iter_jsonl(store, final.uri, parse=parse_final_line, wanted=plan.wanted) if plan else iter(())
-                result.stats.details["skipped_by_index"] = plan.skipped
-            summary = import_activities(engine, records, run_id=run_id)
-            if plan is not None:
-                summary.skipped += plan.skipped
+            index = _policy_index(engine, run_id, final)
+            if index is None:
+                summary = import_activities(engine, iter_jsonl(store, final.uri, parse=parse_final_line), run_id=run_id)
+            else:
+                with JsonlPicker(store, final.uri, parse=parse_final_line) as finals:
+                    summary, unread = import_indexed(
+                        engine, iter_jsonl(store, index.uri, parse=parse_index_line), finals.pick, run_id=run_id
+                    )
+                result.stats.details["skipped_by_index"] = unread
         except ImportInterrupted as exc:
             partial = exc.summary if isinstance(exc.summary, ImportSummary) else ImportSummary()
             partial.interrupted = str(exc)
-            partial.skipped += plan.skipped if plan is not None else 0  # judged unchanged before the error
             try:
                 run_rows.update_run(engine, run_id, import_summary=partial.model_dump())
             except DatabaseError as again:  # the database is gone: the raised error says what happened
@@ -56,16 +56,14 @@ def import_final_records(
     return result, summary
 
 
-def _plan(store: ObjectStore, run_id: str, final: FileRef, engine: Engine) -> ImportPlan | None:
-    """The import plan from the run's policy index (written with final.jsonl), or None when the run has no
-    index matching `final` (an older run's files). A database error here is an interrupted import of 0 rows."""
+def _policy_index(engine: Engine, run_id: str, final: FileRef) -> FileRef | None:
+    """The run's policy index (written with final.jsonl), or None when the run has none matching `final` (an
+    older run's files). A database error here is an interrupted import of 0 rows."""
     try:
         index = run_rows.files_view(engine, run_id).get("final_index")
-        if index is None or index.records != final.records:
-            return None
-        return plan_import(engine, iter_jsonl(store, index.uri, parse=parse_index_line), run_id=run_id)
     except DatabaseError as exc:
         raise ImportInterrupted(f"import into activities failed after 0 rows: {exc}", ImportSummary()) from exc
+    return index if index is not None and index.records == final.records else None
 
 
 def import_kept_run(store: ObjectStore, run_id: str, engine: Engine) -> tuple[StageResult, ImportSummary]:

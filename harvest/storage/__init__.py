@@ -9,6 +9,7 @@
 from harvest.storage.base import ObjectInfo, ObjectStore, Upload, WholeFileUpload
 from harvest.storage.factory import open_store
 from harvest.storage.files import (
+    JsonlPicker,
     concat_files,
     delete_prefix,
     iter_jsonl,
@@ -23,6 +24,7 @@ from harvest.storage.local import LocalStore
 from harvest.storage.s3 import PART_BYTES, FollowingUpload, S3Store, make_s3_client
 
 __all__ = [
+    "JsonlPicker",
     "PART_BYTES",
     "FollowingUpload",
     "LocalStore",

@@ -12,6 +12,7 @@ import json
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from itertools import islice
 from pathlib import Path
 from typing import IO, Any
 
@@ -172,6 +173,53 @@ def iter_jsonl(
                 raise StorageError(f"{uri} line {number} is not JSON: {exc}") from exc
     finally:
         handle.close()
+
+
+class JsonlPicker:
+    """Chosen records of a stored JSONL file, in one forward read: the file is opened when the first record is
+    asked for (never, when none is), and the lines before each chosen one are skipped unparsed. Records are
+    numbered as iter_jsonl numbers them (from 0, blank lines not counted). Use it as a context manager."""
+
+    def __init__(self, store: ObjectStore, uri: str, parse: Callable[[bytes], Any] = orjson.loads) -> None:
+        self.store, self.uri, self.parse = store, uri, parse
+        self._handle: IO[bytes] | None = None
+        self._lines: Iterator[tuple[int, bytes]] | None = None  # (line number in the file, line), blank ones left out
+        self._next = 0  # the number of the record the next line holds
+
+    def pick(self, numbers: Iterable[int]) -> list[Any]:
+        """The records with these numbers, ascending and each past the last one picked. Raises StorageError
+        for a line that is not JSON or a number past the file's end."""
+        picked = []
+        for wanted in numbers:
+            if wanted < self._next:
+                raise ValueError(f"record {wanted} of {self.uri} is behind the read ({self._next})")
+            entry = next(islice(self._opened(), wanted - self._next, None), None)  # skips the lines before it
+            if entry is None:
+                raise StorageError(f"{self.uri} has no record {wanted}: it holds fewer records")
+            self._next = wanted + 1
+            number, line = entry
+            try:
+                picked.append(self.parse(line))
+            except orjson.JSONDecodeError as exc:
+                raise StorageError(f"{self.uri} line {number} is not JSON: {exc}") from exc
+        return picked
+
+    def _opened(self) -> Iterator[tuple[int, bytes]]:
+        if self._lines is None:
+            self._handle = self.store.open_read(self.store.key_for(self.uri))
+            self._lines = ((number, line) for number, line in enumerate(_iter_lines(self._handle), start=1)
+                           if line.strip())
+        return self._lines
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+
+    def __enter__(self) -> JsonlPicker:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def _iter_lines(handle: IO[bytes]) -> Iterator[bytes]:

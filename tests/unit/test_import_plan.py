@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+import pytest
 import sqlalchemy as sa
 
 from harvest.db import runs
@@ -136,3 +137,117 @@ def test_the_index_says_what_the_final_lines_say(engine, store, tmp_path: Path) 
     for line, entry in zip(finals, indexed, strict=True):
         assert embedding_hash(entry["embedding"]) == embedding_hash(line["embedding"]) is not None
         assert {**entry, "embedding": None} == {**line, "embedding": None}
+
+
+LOOKUP = "SELECT activities.dedupe_key"  # the policy's key lookup (harvest.db.activities._stored_rows)
+
+
+def test_a_first_import_builds_and_looks_up_each_row_once(engine, store, tmp_path: Path) -> None:  # noqa: ANN001
+    """Every line new: the keys are looked up once per batch of 500 (three for 1,200 lines), not once to judge
+    the index and again to write, and final.jsonl is read once."""
+    final = write_run(engine, store, tmp_path, "run-1", [_activity(n) for n in range(1200)])
+    lookups: list[str] = []
+
+    def count(conn, cursor, statement, params, context, executemany) -> None:  # noqa: ANN001
+        if statement.startswith(LOOKUP):
+            lookups.append(statement)
+
+    counting = CountingReads(store)
+    sa.event.listen(engine, "before_cursor_execute", count)
+    try:
+        result, summary = import_final_records(counting, "run-1", final, engine)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", count)
+
+    assert (summary.imported, summary.updated, summary.skipped, summary.failed) == (1200, 0, 0, 0)
+    assert result.stats.details["skipped_by_index"] == 0
+    assert len(lookups) == 3, f"{len(lookups)} key lookups for 3 batches: the import repeats the policy's"
+    assert counting.opened.count(store.key_for(final.uri)) == 1
+    assert len(table(engine)) == 1200
+
+
+@pytest.mark.parametrize("other_run", ["newer", "older"])
+def test_a_key_another_run_stores_after_the_lookup_is_decided_at_write_time(
+    engine, store, tmp_path: Path, other_run: str,  # noqa: ANN001
+) -> None:
+    """Between one batch's key lookup and its write, another run (another URL listing the same activity) stores
+    one of the keys judged new. The row must then be written by the upsert policy, not by the stale verdict:
+    a newer run's row stays (Postgres counts ours unchanged), an older run's row is overwritten (updated)."""
+    from harvest.db.activities import import_activities
+    from harvest.stages.merge import final_record
+
+    items = [_activity(n) for n in range(30)]
+    if other_run == "older":
+        runs.create_run(engine, "other", "https://other.example/", {})
+    final = write_run(engine, store, tmp_path, "run-1", items)
+    if other_run == "newer":
+        runs.create_run(engine, "other", "https://other.example/", {})
+    theirs = final_record({"activity": _activity(7, "Swings, as the other site says")}, None)
+    state = {"looked_up": False, "stored": False}
+
+    def store_theirs() -> None:
+        if state["looked_up"] and not state["stored"]:
+            state["stored"] = True  # once: the other run's own import begins transactions too
+            assert import_activities(engine, [theirs], run_id="other").imported == 1
+
+    def on_statement(conn, cursor, statement, params, context, executemany) -> None:  # noqa: ANN001
+        if statement.startswith(LOOKUP):
+            state["looked_up"] = True
+        elif statement == "BEGIN IMMEDIATE":  # SQLite: the next transaction begins, before it takes the lock
+            store_theirs()
+
+    def on_begin(conn) -> None:  # noqa: ANN001
+        if engine.dialect.name != "sqlite":  # Postgres: the write's transaction (its COPY is the driver's own)
+            store_theirs()
+
+    sa.event.listen(engine, "before_cursor_execute", on_statement)
+    sa.event.listen(engine, "begin", on_begin)
+    try:
+        _, summary = import_final_records(store, "run-1", final, engine)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", on_statement)
+        sa.event.remove(engine, "begin", on_begin)
+
+    assert state["stored"]
+    rows = {row["id"]: row for row in table(engine)}
+    assert len(rows) == 30
+    kept = theirs if other_run == "newer" else items[7]
+    assert (rows["a7"]["description"], rows["a7"]["content_hash"]) == (kept["description"], kept["content_hash"])
+    assert rows["a7"]["run_id"] == ("other" if other_run == "newer" else "run-1")
+    if engine.dialect.name == "postgresql":  # the portable path counts by its lookup (see Verdicts)
+        expected = (29, 0, 1) if other_run == "newer" else (29, 1, 0)
+        assert (summary.imported, summary.updated, summary.skipped) == expected
+
+
+def test_a_database_error_part_way_keeps_the_counts_so_far_and_a_rerun_finishes(
+    engine, store, tmp_path: Path,  # noqa: ANN001
+) -> None:
+    """Through the index, a batch's lookup failing leaves the batches before it written and counted on the run
+    (imported and skipped as judged so far); importing again writes the rest and skips what is stored."""
+    from harvest.errors import ImportInterrupted
+
+    first = write_run(engine, store, tmp_path, "run-1", [_activity(n) for n in range(600)])
+    import_final_records(store, "run-1", first, engine)
+    final = write_run(engine, store, tmp_path, "run-2", [_activity(n) for n in range(1200)])
+    lookups: list[str] = []
+
+    def fail_third_batch(conn, cursor, statement, params, context, executemany) -> None:  # noqa: ANN001
+        if statement.startswith(LOOKUP):
+            lookups.append(statement)
+            if len(lookups) == 3:
+                raise sa.exc.OperationalError(statement, None, Exception("injected: the database went away"))
+
+    sa.event.listen(engine, "before_cursor_execute", fail_third_batch)
+    try:
+        with pytest.raises(ImportInterrupted, match="failed after 400 rows"):
+            import_final_records(store, "run-2", final, engine)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", fail_third_batch)
+    recorded = runs.get_run(engine, "run-2")["import_summary"]
+    # batch 1: 500 stored and unchanged; batch 2: 100 unchanged, 400 new; batch 3 never judged
+    assert (recorded["imported"], recorded["updated"], recorded["skipped"]) == (400, 0, 600)
+    assert recorded["interrupted"] and len(table(engine)) == 1000
+
+    result, summary = import_final_records(store, "run-2", final, engine)
+    assert (summary.imported, summary.updated, summary.skipped, summary.failed) == (200, 0, 1000, 0)
+    assert result.stats.details["skipped_by_index"] == 1000 and len(table(engine)) == 1200

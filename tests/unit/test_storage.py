@@ -9,7 +9,16 @@ import httpx
 import pytest
 
 from harvest.errors import StorageError
-from harvest.storage import LocalStore, S3Store, delete_prefix, iter_jsonl, make_s3_client, open_store, write_jsonl
+from harvest.storage import (
+    JsonlPicker,
+    LocalStore,
+    S3Store,
+    delete_prefix,
+    iter_jsonl,
+    make_s3_client,
+    open_store,
+    write_jsonl,
+)
 
 
 @pytest.fixture(params=["s3", "local"])
@@ -55,6 +64,25 @@ def write_raw(store, key: str, data: bytes) -> None:  # noqa: ANN001
         tmp.write(data)
         tmp.flush()
         store.put_file(key, Path(tmp.name), "application/x-ndjson")
+
+
+def test_chosen_records_are_picked_in_one_forward_read(store) -> None:  # noqa: ANN001
+    """JsonlPicker numbers records as iter_jsonl does (blank lines not counted), parses only the chosen lines,
+    and opens the file only when a record is asked for."""
+    key = "runs/r1/final.jsonl"
+    with JsonlPicker(store, store.uri_for(key)) as picker:
+        assert picker.pick([]) == []  # nothing asked for: the file (not written yet) is never opened
+    write_raw(store, key, b'{"i": 0}\n\n{"i": 1}\nnot json\n{"i": 3}\n{"i": 4}\n')
+    uri = store.uri_for(key)
+    with JsonlPicker(store, uri) as picker:
+        assert picker.pick([0, 1]) == [{"i": 0}, {"i": 1}]
+        assert picker.pick([3]) == [{"i": 3}]  # the broken line between is skipped unparsed
+        with pytest.raises(ValueError, match="behind the read"):
+            picker.pick([1])
+        with pytest.raises(StorageError, match="has no record 7"):
+            picker.pick([7])
+    with JsonlPicker(store, uri) as picker, pytest.raises(StorageError, match="line 4 is not JSON"):
+        picker.pick([2])
 
 
 def test_large_file_streams_through_multipart(store) -> None:  # noqa: ANN001
