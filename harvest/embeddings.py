@@ -13,7 +13,6 @@ One activity whose vector is missing or malformed is a row with an error, never 
 from __future__ import annotations
 
 import base64
-import io
 import json
 import logging
 import math
@@ -22,7 +21,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Final, Literal, Protocol
+from typing import IO, Any, BinaryIO, Final, Literal
 
 import numpy as np
 import openai
@@ -48,7 +47,6 @@ MAX_TEXT_CHARS = 8_000
 # Sync endpoint: at most 2,048 inputs and 300k tokens per request; these bounds stay well inside both.
 SYNC_CHUNK_INPUTS = 256
 SYNC_CHUNK_CHARS = 400_000
-NAN_BLOCK_ROWS = 256  # rows of NaN written at once for the missing rows of a matrix
 NOT_READY_STATUSES = {"validating", "in_progress", "finalizing", "cancelling"}
 FAILED_STATUSES = {"failed", "expired", "cancelled"}
 PARTIAL_STATUSES = {"expired", "cancelled"}  # may end with an output file of the lines done before the end
@@ -386,49 +384,6 @@ def embed_texts(client: openai.OpenAI, texts: list[str], *, model: str, dimensio
                 raise EmbeddingError(f"text {start + item.index}: {problem} from model {model!r}")
             vectors.append(vector)
     return vectors
-
-
-class _Writable(Protocol):
-    def write(self, data: bytes) -> Any: ...
-
-
-def write_matrix_in_order(
-    out: _Writable, rows: int, dimensions: int, vectors: Iterable[tuple[int, np.ndarray | list[float]]]
-) -> tuple[np.ndarray, dict[int, str]]:
-    """Write the N×dimensions float32 ``.npy`` that EmbeddingMatrix writes (the same bytes) as one forward
-    stream, from (row, vector) pairs in increasing row order; rows not given, or whose vector is refused, are
-    NaN. Returns (the missing mask, {row: why its vector was refused}).
-
-    Forward only, so the file can be uploaded while it is written (a following upload) and nothing is written
-    twice: the embeddings stage writes stored vectors as the database hands them over.
-    """
-    header = io.BytesIO()
-    write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (rows, dimensions)})
-    out.write(header.getvalue())
-    present = np.zeros(rows, dtype=bool)
-    refused: dict[int, str] = {}
-    nan_block = np.full((NAN_BLOCK_ROWS, dimensions), np.nan, dtype="<f4").tobytes()
-    row_bytes = 4 * dimensions
-
-    def nan_rows(count: int) -> None:
-        for start in range(0, count, NAN_BLOCK_ROWS):
-            out.write(nan_block[: min(NAN_BLOCK_ROWS, count - start) * row_bytes])
-
-    following = 0  # the next row the file holds
-    for row, value in vectors:
-        if not following <= row < rows:
-            raise ValueError(f"row {row} out of order or outside 0..{rows - 1} (next is {following})")
-        vector = np.asarray(value, dtype=np.float32)
-        problem = _check_vector(vector, dimensions)
-        if problem:
-            refused[row] = problem
-            continue
-        nan_rows(row - following)
-        out.write(vector.astype("<f4").tobytes())
-        present[row] = True
-        following = row + 1
-    nan_rows(rows - following)
-    return ~present, refused
 
 
 class EmbeddingMatrix:

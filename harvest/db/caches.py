@@ -94,59 +94,24 @@ def store_images(engine: Engine, entries: list[dict[str, Any]]) -> None:
     _upsert(engine, image_cache, [{**entry, "checked_at": now} for entry in entries], ["source_url"])
 
 
-def reusable_vector_ids(engine: Engine, model: str, content_hashes: dict[str, str], dimensions: int) -> set[str]:
-    """The ids of `content_hashes` whose stored vector `reusable_embeddings` would give: same content hash, the
-    same model, `dimensions` long. Reads no vector (the length is in the array's header), so the embeddings
-    stage knows what it must embed before it reads, and can then write its matrix in row order as the
-    vectors come."""
-    writer = scrape_runs.alias("writer")
-    length = (sa.func.array_length(activities.c.embedding, 1) if engine.dialect.name == "postgresql"
-              else sa.func.json_array_length(activities.c.embedding))
-    ids = list(content_hashes)
-    found: set[str] = set()
-    with transaction(engine) as connection:
-        for start in range(0, len(ids), LOOKUP_CHUNK):
-            rows = connection.execute(
-                sa.select(activities.c.id, activities.c.content_hash)
-                .join(writer, writer.c.id == activities.c.run_id)
-                .where(
-                    one_of(activities.c.id, ids[start: start + LOOKUP_CHUNK], engine.dialect.name),
-                    activities.c.embedding.is_not(None),
-                    length == dimensions,
-                    writer.c.config["embedding_model"].as_string() == model,
-                )
-            )
-            found.update(row.id for row in rows if content_hashes.get(row.id) == row.content_hash)
-    return found
-
-
 def reusable_embeddings(
     engine: Engine, model: str, content_hashes: dict[str, str]
 ) -> Iterator[tuple[str, np.ndarray | list[float]]]:
     """(activity id, vector) for activities already in the `activities` table with the same content hash,
-    embedded by a run that used the same model: the text did not change, so neither would its vector."""
-    for chunk in reusable_embedding_chunks(engine, model, content_hashes):
-        yield from chunk
-
-
-def reusable_embedding_chunks(
-    engine: Engine, model: str, content_hashes: dict[str, str]
-) -> Iterator[list[tuple[str, np.ndarray | list[float]]]]:
-    """`reusable_embeddings` one list per LOOKUP_CHUNK ids of `content_hashes`, in its order (within a list, in
-    no particular order): a caller writing in the ids' order sorts one chunk at a time.
+    embedded by a run that used the same model: the text did not change, so neither would its vector.
 
     On Postgres the vectors come as `array_send` bytes, decoded by numpy: ~3x faster than parsing REAL[] text;
     and they come over the binary protocol, so the bytes are not sent as hex text (twice the size) and decoded.
-    Most of the time goes to Postgres converting each element for `array_send` (8,560 vectors: ~0.45 s of its
-    CPU; taking them out of TOAST is ~0.05 s), so chunks are read on VECTOR_CONNECTIONS connections side by side,
-    at most one chunk ahead per connection so memory stays a few chunks whatever the count.
+    Most of the time goes to Postgres reading the vectors out of TOAST, so chunks are read on
+    VECTOR_CONNECTIONS connections side by side (8,560 vectors: ~1.6 s on one, ~0.85 s on two), at most one
+    chunk ahead per connection so memory stays a few chunks whatever the count.
     """
     ids = list(content_hashes)
     chunks = [ids[start: start + LOOKUP_CHUNK] for start in range(0, len(ids), LOOKUP_CHUNK)]
     binary = engine.dialect.name == "postgresql"
     if not binary or len(chunks) < 2:
         for chunk in chunks:
-            yield list(_same_content(_stored_vectors(engine, model, chunk, binary), content_hashes, binary))
+            yield from _same_content(_stored_vectors(engine, model, chunk, binary), content_hashes, binary)
         return
     with ThreadPoolExecutor(max_workers=VECTOR_CONNECTIONS, thread_name_prefix="harvest-vectors") as pool:
         waiting = iter(chunks)
@@ -159,7 +124,7 @@ def reusable_embedding_chunks(
                 following = next(waiting, None)
                 if following is not None:
                     reading.append(pool.submit(_stored_vectors, engine, model, following, True))
-                yield list(_same_content(rows, content_hashes, binary))
+                yield from _same_content(rows, content_hashes, binary)
         finally:  # the consumer stopped early or a read failed: start nothing new
             for future in reading:
                 future.cancel()

@@ -8,7 +8,6 @@ float32 `.npy` matrix (rows in `standardized.jsonl` order, 4 bytes × dimensions
 
 from __future__ import annotations
 
-import heapq
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy.engine import Engine
 
 from harvest.cost import Counter, Meter, Reservation, tokens_from_chars
-from harvest.db.caches import reusable_embedding_chunks, reusable_vector_ids
+from harvest.db.caches import reusable_embeddings
 from harvest.embeddings import (
     EmbeddingMatrix,
     check_batch,
@@ -28,12 +27,11 @@ from harvest.embeddings import (
     iter_batch_results,
     submit_batch,
     write_batch_input,
-    write_matrix_in_order,
 )
 from harvest.errors import BatchNotReadyError, DatabaseError, EmbeddingError
 from harvest.models import Activity, FileRef
 from harvest.stages.common import StageResult, timed
-from harvest.storage import ObjectStore, iter_jsonl, staged_file, store_local_file, write_jsonl
+from harvest.storage import ObjectStore, iter_jsonl, store_local_file, write_jsonl
 from harvest.storage.keys import run_key
 
 
@@ -79,9 +77,7 @@ def submit_embeddings(
     """Fill what is already known, embed the rest now or in a batch.
 
     1. With `reuse`, vectors of activities already imported with the same content hash and model are copied
-       from the `activities` table: an unchanged re-run sends OpenAI nothing. Which ones is asked first (no
-       vector is read for that), so the matrix can then be written in row order while it uploads, the stored
-       vectors going straight from the database into it.
+       from the `activities` table: an unchanged re-run sends OpenAI nothing.
     2. If fewer than `sync_below` texts are left, they are embedded now on the synchronous endpoint.
     3. Otherwise the rest goes into the batch input JSONL (kept in the run's files), uploaded as a batch.
     With a batch, the known vectors are stored as `embeddings_prefill.npy`; `collect_embeddings` completes it.
@@ -95,67 +91,68 @@ def submit_embeddings(
     collected: StageResult | None = None
     with timed(result.stats), tempfile.TemporaryDirectory(prefix="harvest-") as tmp:
         rows, hashes, count = _rows(store, standardized)
-        reusable: set[str] = set()
-        if reuse is not None:
+        prefill_path = Path(tmp) / "embeddings_prefill.npy"
+        batch_path = Path(tmp) / "embeddings_batch_input.jsonl"
+        with EmbeddingMatrix(prefill_path, count, dimensions) as matrix:
+            reused = 0
             try:
-                reusable = reusable_vector_ids(reuse, model, hashes, dimensions)
+                for activity_id, vector in reusable_embeddings(reuse, model, hashes) if reuse is not None else ():
+                    try:
+                        matrix.write(rows[activity_id], np.asarray(vector, dtype=np.float32))
+                        reused += 1
+                    except ValueError as exc:  # a stored vector of another length: embed it again
+                        result.warn(f"stored embedding of {activity_id} not reused: {exc}")
             except DatabaseError as exc:  # reuse saves money; without it, everything is embedded
                 result.warn(f"stored embeddings not reused: {exc}")
-        present = np.zeros(count, dtype=bool)
-        present[[rows[activity_id] for activity_id in reusable]] = True
-        batch_path = Path(tmp) / "embeddings_batch_input.jsonl"
+            present = ~matrix.missing
 
-        def remaining() -> Iterator[Activity]:
-            for record in iter_jsonl(store, standardized.uri):
-                if not present[rows[record["id"]]]:
-                    yield Activity.model_validate(record)
+            def remaining() -> Iterator[Activity]:
+                for record in iter_jsonl(store, standardized.uri):
+                    if not present[rows[record["id"]]]:
+                        yield Activity.model_validate(record)
 
-        sent_chars = 0
+            sent_chars = 0
 
-        def counted() -> Iterator[Activity]:
-            nonlocal sent_chars
-            for activity in remaining():
-                sent_chars += len(embedding_text(activity))
-                yield activity
+            def counted() -> Iterator[Activity]:
+                nonlocal sent_chars
+                for activity in remaining():
+                    sent_chars += len(embedding_text(activity))
+                    yield activity
 
-        with open(batch_path, "wb") as out:
-            pending = write_batch_input(counted(), model, out) if not present.all() else 0
-        embedded_now: dict[int, np.ndarray] = {}
-        held: Reservation | None = None
-        over_budget = 0
-        if pending and meter is not None:
-            held = meter.reserve(_estimate(pending, sent_chars, batched=pending >= sync_below), "embeddings")
-            if held is None:
-                over_budget, pending = pending, 0
-                result.warn(f"budget: {over_budget} activities left without embeddings: their estimated cost "
-                            "would pass the run's max_cost_usd")
-        if 0 < pending < sync_below:
-            todo = [(a.id, text) for a in remaining() if (text := embedding_text(a))]
-            todo = list(dict(todo).items())  # a repeated id is embedded once
-            tokens: list[int] = []
-            try:
-                vectors = embed_texts(client, [text for _, text in todo], model=model, dimensions=dimensions,
-                                      on_usage=tokens.append)
-            finally:
-                if meter is not None:
-                    meter.charge({Counter.embedding_requests: len(tokens),
-                                  Counter.embedding_tokens: sum(tokens)}, held)
-            embedded_now = {rows[activity_id]: vector for (activity_id, _), vector in zip(todo, vectors)}
-        stored = _StoredInOrder(reuse, model, hashes, rows, reusable) if reusable and reuse is not None else None
-
-        def in_row_order() -> Iterator[tuple[int, np.ndarray | list[float]]]:
-            known = stored.vectors() if stored is not None else iter(())
-            return heapq.merge(known, sorted(embedded_now.items(), key=lambda item: item[0]),
-                               key=lambda item: item[0])
-
+            with open(batch_path, "wb") as out:
+                pending = write_batch_input(counted(), model, out) if not present.all() else 0
+            synced = 0
+            held: Reservation | None = None
+            over_budget = 0
+            if pending and meter is not None:
+                held = meter.reserve(_estimate(pending, sent_chars, batched=pending >= sync_below), "embeddings")
+                if held is None:
+                    over_budget, pending = pending, 0
+                    result.warn(f"budget: {over_budget} activities left without embeddings: their estimated cost "
+                                "would pass the run's max_cost_usd")
+            if 0 < pending < sync_below:
+                todo = [(a.id, text) for a in remaining() if (text := embedding_text(a))]
+                todo = list(dict(todo).items())  # a repeated id is embedded once
+                tokens: list[int] = []
+                try:
+                    vectors = embed_texts(client, [text for _, text in todo], model=model, dimensions=dimensions,
+                                          on_usage=tokens.append)
+                finally:
+                    if meter is not None:
+                        meter.charge({Counter.embedding_requests: len(tokens),
+                                      Counter.embedding_tokens: sum(tokens)}, held)
+                for (activity_id, _), vector in zip(todo, vectors):
+                    matrix.write(rows[activity_id], vector)
+                synced = len(todo)
+            missing = matrix.missing
         handle = None
         prefill: FileRef | None = None
-        reused = 0
-        if pending and not embedded_now:
-            prefill, missing, refused = _store_matrix(store, run_key(run_id, "embeddings_prefill", "npy"),
-                                                      "embeddings_prefill", count, dimensions, in_row_order())
+        if pending and not synced:
+            prefill = store_local_file(
+                store, run_key(run_id, "embeddings_prefill", "npy"), "embeddings_prefill", prefill_path,
+                records=count, content_type="application/x-npy",
+            )
             result.files.append(prefill)
-            reused = count - int(missing.sum())
             ref = store_local_file(
                 store, run_key(run_id, "embeddings_batch_input", "jsonl"), "embeddings_batch_input", batch_path,
                 records=pending, content_type="application/x-ndjson",
@@ -167,23 +164,11 @@ def submit_embeddings(
                 if meter is not None:
                     meter.release(held)
                 raise
-            if refused:
-                activity_of = {row: activity_id for activity_id, row in rows.items()}
-                for row, problem in sorted(refused.items()):
-                    result.warn(f"stored embedding of {activity_of[row]} not reused: {problem}")
         elif count:
             collected = StageResult()
             reason = "over the run's budget (max_cost_usd)" if over_budget else "no text to embed"
             with timed(collected.stats):
-                matrix, missing, refused = _store_matrix(store, run_key(run_id, "embeddings", "npy"), "embeddings",
-                                                         count, dimensions, in_row_order())
-                reused = count - int(missing.sum()) - len(embedded_now)
-                refused = {row: f"stored vector not reused: {problem}" for row, problem in refused.items()}
-                _store_vectors(store, run_id, rows, matrix, missing, refused, collected, missing_reason=reason)
-        if stored is not None:
-            for warning in stored.warnings:
-                result.warn(warning)
-    synced = len(embedded_now)
+                _store_vectors(store, run_id, rows, prefill_path, missing, {}, collected, missing_reason=reason)
     result.stats.items_in = count
     result.stats.items_out = reused + synced + (pending if handle else 0)
     result.stats.details.update({"reused": reused, "embedded_now": synced, "batched": pending if handle else 0})
@@ -199,51 +184,6 @@ def submit_embeddings(
         records=count, model=model, prefill_uri=prefill.uri if prefill else None,
         files=collected.files if collected else [], reserved_usd=held.usd if handle and held else 0.0,
     ), collected
-
-
-class _StoredInOrder:
-    """The reusable stored vectors as (row, vector) in increasing row order, read chunk by chunk.
-
-    A vector that was reusable when asked but is not handed over (its activity was re-imported with other
-    content in between, or the database failed mid-read) leaves its row missing, with a warning: this run's
-    final file has no vector for it, and the vector stored in `activities` stays (a missing vector never
-    replaces a stored one), so nothing stored is lost.
-    """
-
-    def __init__(self, engine: Engine, model: str, hashes: dict[str, str], rows: dict[str, int],
-                 reusable: set[str]) -> None:
-        self.engine, self.model = engine, model
-        ordered = sorted(reusable, key=rows.__getitem__)
-        self.wanted = {activity_id: hashes[activity_id] for activity_id in ordered}
-        self.rows = rows
-        self.warnings: list[str] = []
-
-    def vectors(self) -> Iterator[tuple[int, np.ndarray | list[float]]]:
-        given: set[str] = set()
-        try:
-            for chunk in reusable_embedding_chunks(self.engine, self.model, self.wanted):
-                for activity_id, vector in sorted(chunk, key=lambda item: self.rows[item[0]]):
-                    given.add(activity_id)
-                    yield self.rows[activity_id], vector
-        except DatabaseError as exc:
-            self.warnings.append(f"stored embeddings not all read ({exc}): the rest have no vector in this run's "
-                                 "files (the stored ones stay)")
-            return
-        lost = [activity_id for activity_id in self.wanted if activity_id not in given]
-        if lost:
-            self.warnings.append(f"{len(lost)} stored embedding(s) changed while the run read them (e.g. "
-                                 f"{lost[0]}): no vector in this run's files; the next run embeds them")
-
-
-def _store_matrix(
-    store: ObjectStore, key: str, kind: str, rows: int, dimensions: int,
-    vectors: Iterator[tuple[int, np.ndarray | list[float]]],
-) -> tuple[FileRef, np.ndarray, dict[int, str]]:
-    """Write the matrix forward while it uploads; (its reference, the missing mask, refused rows)."""
-    with staged_file(store, key, kind, "application/x-npy") as (writer, out):
-        missing, refused = write_matrix_in_order(writer, rows, dimensions, vectors)
-        writer.records = rows
-    return out[0], missing, refused
 
 
 def _estimate(texts: int, chars: int, *, batched: bool) -> dict[str, int]:
@@ -301,19 +241,17 @@ def collect_embeddings(
             if key not in rows:
                 result.warn(f"batch output line {key!r} not used: {error}")
         status = {rows[key]: error for key, error in failures.items() if key in rows}
-        matrix_ref = store_local_file(store, run_key(run_id, "embeddings", "npy"), "embeddings", matrix_path,
-                                      records=count, content_type="application/x-npy")
         _store_vectors(
-            store, run_id, rows, matrix_ref, missing, status, result, missing_reason="missing from batch output"
+            store, run_id, rows, matrix_path, missing, status, result, missing_reason="missing from batch output"
         )
     return result
 
 
 def _store_vectors(
-    store: ObjectStore, run_id: str, rows: dict[str, int], matrix_ref: FileRef, missing: np.ndarray,
+    store: ObjectStore, run_id: str, rows: dict[str, int], matrix_path: Path, missing: np.ndarray,
     errors: dict[int, str], result: StageResult, *, missing_reason: str,
 ) -> None:
-    """Next to the stored matrix (`embeddings.npy`), its `embeddings_index.jsonl` (per row: a vector or why
+    """Store the finished matrix as `embeddings.npy` and its `embeddings_index.jsonl` (per row: a vector or why
     not), counting and warning into `result`."""
     count = len(missing)
 
@@ -328,6 +266,10 @@ def _store_vectors(
             yield {"id": activity_id, "row": row, "ok": error is None, "error": error}
 
     index_ref = write_jsonl(store, run_key(run_id, "embeddings_index", "jsonl"), "embeddings_index", index())
+    matrix_ref = store_local_file(
+        store, run_key(run_id, "embeddings", "npy"), "embeddings", matrix_path,
+        records=count, content_type="application/x-npy",
+    )
     result.stats.items_in = count
     result.files.extend([matrix_ref, index_ref])
     result.stats.details["bytes_per_activity"] = round(matrix_ref.bytes / count, 1) if count else 0

@@ -27,7 +27,6 @@ from harvest.embeddings import (
     split_batch_input,
     submit_batch,
     write_batch_input,
-    write_matrix_in_order,
 )
 from harvest.errors import BatchNotReadyError, ConfigError, EmbeddingError
 from harvest.models import Activity, Location
@@ -359,24 +358,6 @@ def test_matrix_file_is_the_same_npy_a_memory_map_writes(tmp_path: Path) -> None
     assert (tmp_path / "m.npy").read_bytes() == (tmp_path / "ref.npy").read_bytes()
     assert missing.tolist() == missing_rows(read_embeddings(tmp_path / "m.npy")).tolist()
 
-
-
-def test_a_matrix_written_in_order_is_the_file_the_positioned_writer_makes(tmp_path: Path) -> None:
-    """The embeddings stage writes its matrix forward while it uploads; collecting a batch reopens it with
-    EmbeddingMatrix: both must agree byte for byte (gaps and a refused vector are NaN rows)."""
-    vectors = np.random.default_rng(3).normal(size=(40, DIMS)).astype(np.float32)
-    given = [(row, vectors[row]) for row in (0, 1, 5, 17, 18, 39)]
-    broken = np.full(DIMS, np.inf, dtype=np.float32)
-    with EmbeddingMatrix(tmp_path / "positioned.npy", rows=40, dimensions=DIMS) as matrix:
-        for row, vector in reversed(given):
-            matrix.write(row, vector)
-        positioned_missing = matrix.missing
-    out = io.BytesIO()
-    missing, refused = write_matrix_in_order(out, 40, DIMS, [*given[:3], (9, broken), *given[3:]])
-    assert out.getvalue() == (tmp_path / "positioned.npy").read_bytes()
-    assert missing.tolist() == positioned_missing.tolist() and refused == {9: "vector has non-finite values"}
-    with pytest.raises(ValueError, match="out of order"):
-        write_matrix_in_order(io.BytesIO(), 40, DIMS, [(5, vectors[5]), (4, vectors[4])])
 
 
 class _Trickle(io.RawIOBase):
