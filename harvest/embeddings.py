@@ -461,6 +461,40 @@ class EmbeddingMatrix:
         self._present[row] = True
         self.written += 1
 
+    def write_many(self, items: list[tuple[int, np.ndarray | list[float]]]) -> dict[int, str]:
+        """`write` for several (row, vector) pairs, validated together and written in runs of consecutive rows
+        (per-row checks and writes were most of an unchanged re-run's embeddings stage). Returns {index in
+        `items`: why that vector was refused}; the others are written."""
+        if self._file is None:
+            raise ValueError(f"{self.path} is closed")
+        refused: dict[int, str] = {}
+        kept: list[tuple[int, int, np.ndarray]] = []  # (row, index in items, vector)
+        for index, (row, value) in enumerate(items):
+            vector = np.asarray(value, dtype="<f4")
+            if vector.shape != (self.dimensions,):
+                refused[index] = f"row {row}: wrong dimension {vector.size} (expected {self.dimensions})"
+            elif not 0 <= row < self.rows:
+                refused[index] = f"row {row} outside 0..{self.rows - 1}"
+            else:
+                kept.append((row, index, vector))
+        if kept:
+            finite = np.isfinite(np.stack([vector for _, _, vector in kept])).all(axis=1)
+            for (row, index, _), ok in zip(kept, finite):
+                if not ok:
+                    refused[index] = f"row {row}: vector has non-finite values"
+            kept = sorted((item for item, ok in zip(kept, finite) if ok), key=lambda item: item[0])
+        start = 0
+        for end in range(1, len(kept) + 1):  # each run of consecutive rows in one positioned write
+            if end < len(kept) and kept[end][0] == kept[end - 1][0] + 1:
+                continue
+            run = kept[start:end]
+            os.pwrite(self._file.fileno(), b"".join(vector.tobytes() for _, _, vector in run),
+                      self._offset + run[0][0] * self._row_bytes)
+            self._present[[row for row, _, _ in run]] = True
+            self.written += len(run)
+            start = end
+        return refused
+
     @property
     def missing(self) -> np.ndarray:
         """Boolean mask of rows never written (the NaN rows of the file)."""

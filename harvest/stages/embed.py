@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Iterator
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,8 @@ from harvest.models import Activity, FileRef
 from harvest.stages.common import StageResult, timed
 from harvest.storage import ObjectStore, iter_jsonl, store_local_file, write_jsonl
 from harvest.storage.keys import run_key
+
+WRITE_BATCH = 512  # stored vectors validated and written into the matrix at once
 
 
 class SubmittedBatch(BaseModel):
@@ -96,12 +99,12 @@ def submit_embeddings(
         with EmbeddingMatrix(prefill_path, count, dimensions) as matrix:
             reused = 0
             try:
-                for activity_id, vector in reusable_embeddings(reuse, model, hashes) if reuse is not None else ():
-                    try:
-                        matrix.write(rows[activity_id], np.asarray(vector, dtype=np.float32))
-                        reused += 1
-                    except ValueError as exc:  # a stored vector of another length: embed it again
-                        result.warn(f"stored embedding of {activity_id} not reused: {exc}")
+                stored = reusable_embeddings(reuse, model, hashes) if reuse is not None else iter(())
+                while batch := list(islice(stored, WRITE_BATCH)):  # validated and written a batch at a time
+                    refused = matrix.write_many([(rows[activity_id], vector) for activity_id, vector in batch])
+                    reused += len(batch) - len(refused)
+                    for index, problem in refused.items():  # e.g. a stored vector of another length: embedded again
+                        result.warn(f"stored embedding of {batch[index][0]} not reused: {problem}")
             except DatabaseError as exc:  # reuse saves money; without it, everything is embedded
                 result.warn(f"stored embeddings not reused: {exc}")
             present = ~matrix.missing

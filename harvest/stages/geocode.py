@@ -12,6 +12,7 @@ import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from harvest.storage import ObjectStore, iter_jsonl, write_jsonl
 from harvest.storage.keys import run_key
 
 PRELOAD_SLICE = 1000
+LOOKUP_WINDOW = 256  # records whose answers are read from the book in one query
 
 
 class _OncePerAddress:
@@ -87,9 +89,29 @@ class _OncePerAddress:
             found = self._db.execute("SELECT row FROM answers WHERE key = ?", (key,)).fetchone()
         return orjson.loads(found[0]) if found else None
 
-    def __contains__(self, key: str) -> bool:
+    def get_many(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """`get` for several keys in one query per PRELOAD_SLICE: key → answer, for the keys answered."""
+        wanted = sorted(set(keys))
+        found: dict[str, dict[str, Any]] = {}
         with self._db_lock:
-            return self._db.execute("SELECT 1 FROM answers WHERE key = ?", (key,)).fetchone() is not None
+            for start in range(0, len(wanted), PRELOAD_SLICE):
+                batch = wanted[start: start + PRELOAD_SLICE]
+                marks = ",".join("?" * len(batch))
+                for key, row in self._db.execute(f"SELECT key, row FROM answers WHERE key IN ({marks})", batch):
+                    found[key] = orjson.loads(row)
+        return found
+
+    def unanswered(self, keys: Iterable[str]) -> list[str]:
+        """The keys with no answer yet, sorted (one query per PRELOAD_SLICE)."""
+        wanted = sorted(set(keys))
+        answered: set[str] = set()
+        with self._db_lock:
+            for start in range(0, len(wanted), PRELOAD_SLICE):
+                batch = wanted[start: start + PRELOAD_SLICE]
+                marks = ",".join("?" * len(batch))
+                answered.update(key for (key,) in self._db.execute(
+                    f"SELECT key FROM answers WHERE key IN ({marks})", batch))
+        return [key for key in wanted if key not in answered]
 
     def put_cached(self, rows: dict[str, dict[str, Any]]) -> None:
         """Answers from `geocode_cache` (earlier runs): `source` cache; an answer already in the book stays."""
@@ -142,7 +164,7 @@ def _preload(cached: _OncePerAddress, keys: set[str], engine: Engine, provider: 
     """Put every address this provider answered in an earlier run into `cached`: no call for those.
     Looked up and written in slices, so only a slice of answers is in memory at once. Returns the hits."""
     hits = 0
-    todo = sorted(key for key in keys if key not in cached)
+    todo = cached.unanswered(keys)
     for start in range(0, len(todo), PRELOAD_SLICE):
         found = cached_geocodes(engine, provider, todo[start: start + PRELOAD_SLICE])
         cached.put_cached(found)
@@ -216,17 +238,26 @@ def geocode_addresses(
                     "longitude": location["longitude"], "source": "page"}
         if not address:
             return {"id": record["id"], "address": None}
-        answer = cached.get(normalize_address(address))
+        answer = window_answers.get(normalize_address(address))
         return {"id": record["id"], **answer} if answer is not None else None
 
     def one(record: dict[str, Any]) -> dict[str, object]:
         address = spelling[normalize_address(record["location"]["formattedAddress"])]
         return {"id": record["id"], **cached.ask(geocoder, address, asked)}
 
+    window_answers: dict[str, dict[str, Any]] = {}
+
     def activities() -> Iterator[dict[str, Any]]:
-        for record in records():
-            result.stats.items_in += 1
-            yield record
+        """The chunk's records, a window at a time: the answers already in the book for a window's addresses
+        are read in one query before its records go out (`known` looks them up as each record is taken), not
+        one locked query per record; only a window's answers are in memory."""
+        pending = records()
+        while window := list(islice(pending, LOOKUP_WINDOW)):
+            window_answers.clear()
+            window_answers.update(cached.get_many(key for key, _ in _addresses(window)))
+            for record in window:
+                result.stats.items_in += 1
+                yield record
 
     warned: set[str] = set()
 

@@ -360,6 +360,25 @@ def test_matrix_file_is_the_same_npy_a_memory_map_writes(tmp_path: Path) -> None
 
 
 
+def test_write_many_is_write_for_a_batch_and_says_which_vectors_it_refused(tmp_path: Path) -> None:
+    """Stored vectors are written a batch at a time: the same file as one `write` per row, and a refused vector
+    (wrong length, non-finite, no such row) names its place in the batch while the others are written."""
+    vectors = np.random.default_rng(5).normal(size=(12, DIMS)).astype(np.float32)
+    with EmbeddingMatrix(tmp_path / "one.npy", rows=12, dimensions=DIMS) as one:
+        for row in (7, 2, 3, 4, 11):
+            one.write(row, vectors[row])
+    broken = vectors[5].copy()
+    broken[0] = np.nan
+    batch = [(7, vectors[7]), (2, vectors[2].tolist()), (5, broken), (3, vectors[3]), (9, vectors[9][:3]),
+             (4, vectors[4]), (12, vectors[0]), (11, vectors[11])]
+    with EmbeddingMatrix(tmp_path / "many.npy", rows=12, dimensions=DIMS) as many:
+        refused = many.write_many(batch)
+        assert many.written == 5
+    assert sorted(refused) == [2, 4, 6]
+    assert "non-finite" in refused[2] and "wrong dimension" in refused[4] and "outside" in refused[6]
+    assert (tmp_path / "many.npy").read_bytes() == (tmp_path / "one.npy").read_bytes()
+
+
 class _Trickle(io.RawIOBase):
     """A stream that hands over at most 1,000 bytes per read, as a socket may."""
 
