@@ -13,6 +13,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Any, cast
 from uuid import UUID
 
@@ -48,9 +49,15 @@ def download_link(store: ObjectStore, uri: str, seconds: int = LINK_SECONDS) -> 
 
 def artifact_key(kind: str) -> str:
     """`<flow>-<deployment>-<kind>` in Prefect's key alphabet (lowercase letters, digits, dashes)."""
-    flow = runtime_flow_run.flow_name or "scrape-website"
-    deployment = runtime_deployment.name or "local"
+    flow, deployment = _flow_and_deployment(str(runtime_flow_run.id))
     return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", f"{flow}-{deployment}-{kind}".lower())).strip("-")
+
+
+@lru_cache(maxsize=64)
+def _flow_and_deployment(flow_run_id: str) -> tuple[str, str]:
+    """The run's flow and deployment names, looked up once per flow run: outside a deployment Prefect answers
+    `runtime.deployment.name` by fetching the flow run from the API each time (five fetches per summary)."""
+    return runtime_flow_run.flow_name or "scrape-website", runtime_deployment.name or "local"
 
 
 @dataclass
