@@ -31,7 +31,7 @@ def import_final_records(
 
     with timed(result.stats):
         try:
-            index = _policy_index(engine, run_id, final)
+            index = _policy_index(store, engine, run_id, final)
             if index is None:
                 summary = import_activities(engine, iter_jsonl(store, final.uri, parse=parse_final_line), run_id=run_id)
             else:
@@ -56,14 +56,27 @@ def import_final_records(
     return result, summary
 
 
-def _policy_index(engine: Engine, run_id: str, final: FileRef) -> FileRef | None:
-    """The run's policy index (written with final.jsonl), or None when the run has none matching `final` (an
-    older run's files). A database error here is an interrupted import of 0 rows."""
+def _policy_index(store: ObjectStore, engine: Engine, run_id: str, final: FileRef) -> FileRef | None:
+    """The run's policy index (written with final.jsonl), or None when it cannot stand for the stored final JSONL:
+    an older run's files without one, or a final JSONL edited after the run wrote it (kept runs are reviewed, and
+    may be corrected, before their import). The final file is finished before its index, so a final object newer
+    than the index, or of another size than the run recorded, was replaced since: it is read whole, every line
+    judged (S3 keeps LastModified to the second: an edit of the same size within the second of the run's write
+    goes unseen). A database error here is an interrupted import of 0 rows."""
     try:
         index = run_rows.files_view(engine, run_id).get("final_index")
     except DatabaseError as exc:
         raise ImportInterrupted(f"import into activities failed after 0 rows: {exc}", ImportSummary()) from exc
-    return index if index is not None and index.records == final.records else None
+    if index is None or index.records != final.records:
+        return None
+    stored_final = store.head(store.key_for(final.uri))
+    stored_index = store.head(store.key_for(index.uri))
+    if stored_final is None or stored_index is None:
+        return None  # reading the final JSONL says what is missing
+    if stored_final.size != final.bytes or stored_final.last_modified > stored_index.last_modified:
+        logger.info("run %s: %s changed since the run wrote it; importing it line by line", run_id, final.uri)
+        return None
+    return index
 
 
 def import_kept_run(store: ObjectStore, run_id: str, engine: Engine) -> tuple[StageResult, ImportSummary]:

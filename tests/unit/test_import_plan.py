@@ -139,6 +139,41 @@ def test_the_index_says_what_the_final_lines_say(engine, store, tmp_path: Path) 
         assert {**entry, "embedding": None} == {**line, "embedding": None}
 
 
+@pytest.mark.parametrize("edit", ["same_size", "appended"])
+def test_a_final_jsonl_edited_after_the_run_is_imported_as_edited(engine, store, tmp_path: Path, edit: str) -> None:  # noqa: ANN001
+    """A kept run's final.jsonl is reviewed and corrected before its import: its index no longer describes it,
+    so the import reads every line of the edited file (a corrected name is written; an appended malformed line
+    is a counted failure), never the stale index's view of it. (S3 keeps LastModified to the second: a same-size
+    edit is told by its time, so this one is made in a later second than the run's write, as a review is.)"""
+    import json
+    import time
+
+    final = write_run(engine, store, tmp_path, "run-1", [_activity(n) for n in range(5)])
+    path = tmp_path / "edited.jsonl"
+    with store.open_read(store.key_for(final.uri)) as handle:
+        body = handle.read()
+    if edit == "same_size":
+        body = body.replace(b'"Playground 3"', b'"Playpark   3"', 1)
+        time.sleep(1.0)
+    else:
+        broken = {**json.loads(body.splitlines()[0]), "id": "broken", "name": "Broken", "start_date": "not a date",
+                  "content_hash": "broken"}
+        body += json.dumps(broken).encode() + b"\n"
+    path.write_bytes(body)
+    store.put_file(store.key_for(final.uri), path, "application/x-ndjson")
+
+    result, summary = import_final_records(store, "run-1", final, engine)
+
+    assert "skipped_by_index" not in result.stats.details
+    names = sorted(row["name"] for row in table(engine))
+    if edit == "same_size":
+        assert (summary.imported, summary.failed) == (5, 0)
+        assert "Playpark   3" in names and "Playground 3" not in names
+    else:
+        assert (summary.imported, summary.failed) == (5, 1), summary
+        assert "Broken" not in names
+
+
 LOOKUP = "SELECT activities.dedupe_key"  # the policy's key lookup (harvest.db.activities._stored_rows)
 
 
