@@ -46,25 +46,37 @@ class PageCache:
         self._reader = sa.create_engine(engine.url) if engine.dialect.name == "sqlite" else engine
 
     def recall(self, url: str) -> Remembered | None:
-        query = sa.select(page_cache).where(page_cache.c.url == url, page_cache.c.extractor == self.extractor)
-        if self._reader is self.engine:
-            with transaction(self.engine) as connection:
-                row = connection.execute(query).first()
-        else:
-            try:
-                with self._reader.connect() as connection:
-                    row = connection.execute(query).first()
-            except sa.exc.SQLAlchemyError as exc:
-                raise database_error(exc) from exc
+        """The row of `url`; else, when the last crawl never requested `url` but reached its page under another
+        URL (one whose canonical `url` is: which spelling a crawl meets first depends on the order its fetches
+        end), that row as a duplicate of it, so `url` is revalidated with its validators, not fetched anew."""
+        table = page_cache.c
+        row = self._first(sa.select(page_cache).where(table.url == url, table.extractor == self.extractor))
+        if row is not None:
+            return _entry(row)
+        row = self._first(
+            sa.select(page_cache)
+            .where(table.page_url == url, table.extractor == self.extractor)
+            .order_by(table.duplicate, table.url)  # the row holding the page's activities, if there is one
+            .limit(1)
+        )
         if row is None:
             return None
-        fetched_at = row.fetched_at if row.fetched_at.tzinfo else row.fetched_at.replace(tzinfo=UTC)
-        validators = Validators(row.etag, row.last_modified) if row.etag or row.last_modified else None
+        found = _entry(row)
         return Remembered(
-            url=row.url, page_url=row.page_url, final_url=row.final_url, validators=validators,
-            fetched_at=fetched_at, links=list(row.links), pagination=list(row.pagination), rendered=row.rendered,
-            activities=list(row.activities), duplicate=row.duplicate, original_url=row.original_url,
+            url=url, page_url=found.page_url, final_url=url, validators=found.validators, fetched_at=found.fetched_at,
+            rendered=found.rendered, duplicate=True,
+            original_url=found.original_url if found.duplicate else found.url,
         )
+
+    def _first(self, query: sa.Select[Any]) -> Any:
+        if self._reader is self.engine:
+            with transaction(self.engine) as connection:
+                return connection.execute(query).first()
+        try:
+            with self._reader.connect() as connection:
+                return connection.execute(query).first()
+        except sa.exc.SQLAlchemyError as exc:
+            raise database_error(exc) from exc
 
     def remember(self, entry: Remembered) -> None:
         validators = entry.validators or Validators()
@@ -109,3 +121,13 @@ class PageCache:
                 .where(one_of(page_cache.c.url, sorted(urls), self.engine.dialect.name))
                 .values(updated_at=utcnow())
             )
+
+
+def _entry(row: Any) -> Remembered:
+    fetched_at = row.fetched_at if row.fetched_at.tzinfo else row.fetched_at.replace(tzinfo=UTC)
+    validators = Validators(row.etag, row.last_modified) if row.etag or row.last_modified else None
+    return Remembered(
+        url=row.url, page_url=row.page_url, final_url=row.final_url, validators=validators,
+        fetched_at=fetched_at, links=list(row.links), pagination=list(row.pagination), rendered=row.rendered,
+        activities=list(row.activities), duplicate=row.duplicate, original_url=row.original_url,
+    )

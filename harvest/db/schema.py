@@ -222,6 +222,7 @@ page_cache = sa.Table(
               comment="When a crawl last fetched or revalidated the URL: the sweep prunes rows older than "
               "HARVEST_PAGE_MEMORY_DAYS."),
     sa.Index("ix_page_cache_updated_at", "updated_at"),
+    sa.Index("ix_page_cache_page_url", "page_url"),
 )
 
 

@@ -278,6 +278,39 @@ def test_links_of_a_page_skipped_by_lastmod_are_still_followed(site, tmp_path: P
     assert stats.pages_lastmod_unchanged == 1
 
 
+def test_a_url_first_met_as_the_canonical_of_another_is_revalidated_not_fetched_anew(site, tmp_path: Path) -> None:
+    """The first crawl reached /p/ only as `/p/?ref=home` (its canonical /p/ then marked seen); the next one meets
+    /p/ itself first (here: the home page now links to it; in a real crawl, fetches ending in another order).
+    /p/ has no row of its own, but it is the page a remembered URL reached: revalidated with that row's
+    validators, a 304 reuses it (with the browser, nothing is rendered)."""
+    from conftest import Request
+
+    def p_page(request: Request) -> tuple[int, dict[str, str], bytes]:
+        if request.headers.get("if-none-match") == '"p1"':
+            return 304, {"ETag": '"p1"'}, b""
+        text = "Family fun activities for everyone this weekend. " * 6
+        body = f'<html><head><link rel="canonical" href="/p/"></head><body><p>{text}</p></body></html>'
+        return 200, {"Content-Type": "text/html", "ETag": '"p1"'}, body.encode()
+
+    site.route("/p/", p_page)
+    site.html("/", links=["/p/?ref=home"])
+    memory = _memory(tmp_path)
+    config = RunConfig(render="http", max_pages=50, max_depth=5)
+    first, _ = _crawl(site.url("/"), memory, config, _options())
+    assert [page.requested_url for page in first] == [site.url("/"), site.url("/p/?ref=home")]
+    assert memory.recall(site.url("/p/?ref=home")).page_url == site.url("/p/")
+
+    site.html("/", links=["/p/"])
+    site.hits.clear()
+    again, stats = _crawl(site.url("/"), memory, config, _options())
+
+    assert [hit.headers.get("if-none-match") for hit in site.requested("/p/")] == ['"p1"']
+    page = next(page for page in again if page.requested_url == site.url("/p/"))
+    assert page.reused is not None and page.reused.activities == [{"name": site.url("/p/")}]
+    assert (stats.pages_http, stats.pages_not_modified) == (1, 1)  # the changed home page, then /p/
+    assert memory.recall(site.url("/nowhere/")) is None
+
+
 def test_robots_rules_still_apply_to_remembered_pages(site, tmp_path: Path) -> None:
     site.page("/robots.txt", "User-agent: *\nAllow: /\n", content_type="text/plain")
     site.html("/", links=["/a"])
