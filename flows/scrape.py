@@ -25,12 +25,12 @@ from flows.tasks import Steps
 from flows.traffic import CountedTask, Traffic
 from harvest.db import runs as run_rows
 from harvest.db.ledger import run_cost
-from harvest.errors import RunAlreadyRunningError
+from harvest.errors import DatabaseError, RunAlreadyRunningError, StorageError
 from harvest.models import FileRef, ImportSummary, RunConfig, StartRequest
 from harvest.retention import policy_from
 from harvest.settings import get_settings
-from harvest.stages.common import chunk_ranges
 from harvest.stages.embed import SubmittedBatch
+from harvest.stages.fan_out import NetworkWork, enrichment_chunks, network_work
 from harvest.urls import check_fetch_allowed
 
 
@@ -153,13 +153,15 @@ def _enrich(
     embeddings finish, not only when the whole stage does.
     """
     batch_future = steps.submit_embeddings_batch.submit(run_id, standardized, config.embedding_model)
-    chunks = chunk_ranges(standardized.records, res.settings.enrich_chunk_size, res.settings.enrich_max_chunks)
-    layout = (res.settings.enrich_chunk_size, res.settings.enrich_max_chunks)
+    size, most = res.settings.enrich_chunk_size, res.settings.enrich_max_chunks
+    work = _network_work(res, standardized)
     image_parts, images_future = _fan_out(
-        steps, steps.images_chunk, "images_map", "images", run_id, standardized, chunks, layout
+        steps, steps.images_chunk, "images_map", "images", run_id, standardized,
+        enrichment_chunks(standardized.records, work.images, size, most), (size, most),
     )
     geocode_parts, geocode_future = _fan_out(
-        steps, steps.geocode_chunk, "geocoded_map", "geocode", run_id, standardized, chunks, layout
+        steps, steps.geocode_chunk, "geocoded_map", "geocode", run_id, standardized,
+        enrichment_chunks(standardized.records, work.geocode, size, most), (size, most),
     )
     batch = _optional(batch_future, "embeddings", run_id)
     poll_future = _poll_embeddings(steps, res, run_id, standardized, batch)
@@ -175,6 +177,17 @@ def _enrich(
     images_map = _optional(images_future, "images", run_id)
     geocoded_map = _optional(geocode_future, "geocode", run_id)
     return images_map, geocoded_map, {ref.kind: ref for ref in embedding_files or []}
+
+
+def _network_work(res: Resources, standardized: FileRef) -> NetworkWork:
+    """What of the enrichment will cost requests (harvest.stages.fan_out), which sizes its fan-out. Only a
+    sizing: if the count cannot be made (the cache unreachable), every record counts, as if nothing were cached."""
+    provider = res.settings.geocoder if res.settings.geocoder != "none" else None
+    try:
+        return network_work(res.store, standardized, res.engine, provider)
+    except (DatabaseError, StorageError) as exc:
+        get_run_logger().warning("enrichment fans out in full: its cached share could not be counted (%s)", exc)
+        return NetworkWork(geocode=standardized.records, images=standardized.records)
 
 
 def _poll_embeddings(

@@ -202,7 +202,9 @@ class HarvestSettings(BaseSettings):
         ),
     )
     enrich_chunk_size: int = Field(
-        default=1000, ge=1, description="Activities per image/geocode task: enrichment fans out in chunks of this size."
+        default=1000, ge=1,
+        description="Activities costing a request (an address no earlier run geocoded, an image URL) per "
+        "image/geocode task: enrichment fans out in chunks of this many of them.",
     )
     enrich_max_chunks: int = Field(
         default=4, ge=1, description="At most this many chunks per enrichment (bigger chunks on bigger sites)."

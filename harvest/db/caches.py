@@ -53,6 +53,21 @@ def cached_geocodes(engine: Engine, provider: str, address_keys: Iterable[str]) 
     return found
 
 
+def answered_address_keys(engine: Engine, provider: str, address_keys: Iterable[str]) -> set[str]:
+    """The keys among `address_keys` this provider has answered before (keys only: no answer is read)."""
+    found: set[str] = set()
+    keys = list(address_keys)
+    with transaction(engine) as connection:
+        for start in range(0, len(keys), LOOKUP_CHUNK):
+            found.update(connection.execute(
+                sa.select(geocode_cache.c.address_key).where(
+                    geocode_cache.c.provider == provider,
+                    one_of(geocode_cache.c.address_key, keys[start: start + LOOKUP_CHUNK], engine.dialect.name),
+                )
+            ).scalars())
+    return found
+
+
 def store_geocodes(engine: Engine, provider: str, geocodes: dict[str, dict[str, Any]]) -> None:
     """Remember settled answers: coordinates or a definite "no such address" (a transient failure is not
     cached: the next run asks again)."""

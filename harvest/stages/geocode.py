@@ -71,7 +71,7 @@ class _OncePerAddress:
                     self._db.execute("DELETE FROM spellings")
                     self._db.executemany(
                         "INSERT OR IGNORE INTO spellings VALUES (?, ?)",
-                        _addresses(iter_jsonl(store, standardized.uri, parse=_location_only)),
+                        addresses_to_geocode(iter_jsonl(store, standardized.uri, parse=_location_only)),
                     )
                 self._spellings_of = (standardized.uri, standardized.sha256)
         wanted = sorted(set(keys))
@@ -177,7 +177,7 @@ def _has_coordinates(record: dict[str, Any]) -> bool:
     return location.get("latitude") is not None and location.get("longitude") is not None
 
 
-def _addresses(records: Iterable[dict[str, Any]]) -> Iterator[tuple[str, str]]:
+def addresses_to_geocode(records: Iterable[dict[str, Any]]) -> Iterator[tuple[str, str]]:
     """(normalized, as written) for each record that is to be geocoded: an address and no page coordinates."""
     for record in records:
         if not _has_coordinates(record) and (address := (record.get("location") or {}).get("formattedAddress")):
@@ -199,7 +199,7 @@ def _first_spellings(
     with whichever spelling came first in time made the output depend on which chunk's thread, or which
     process, asked first; the first in file order is the same for any chunking, runner and timing.
     """
-    keys = {key for key, _ in _addresses(records)}
+    keys = {key for key, _ in addresses_to_geocode(records)}
     return book.first_spellings(store, standardized, keys) if keys else {}
 
 
@@ -254,7 +254,7 @@ def geocode_addresses(
         pending = records()
         while window := list(islice(pending, LOOKUP_WINDOW)):
             window_answers.clear()
-            window_answers.update(cached.get_many(key for key, _ in _addresses(window)))
+            window_answers.update(cached.get_many(key for key, _ in addresses_to_geocode(window)))
             for record in window:
                 result.stats.items_in += 1
                 yield record

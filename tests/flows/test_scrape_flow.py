@@ -289,3 +289,21 @@ def test_enrichment_fans_out_in_chunks_joined_in_order(harvest_env, s3, demo_sit
     # 3 image chunks + join, 3 geocode chunks + join, and crawl, standardize, submit, poll, merge, final, diff.
     assert summary.task_runs == 15
     assert summary.bytes_between_tasks < 16_000
+
+    # Unchanged, the site again: every address is in the geocode cache, so geocoding is one chunk (the fan-out
+    # follows the records that cost a request); each image is still revalidated (a request), so three chunks.
+    again = run(demo_site.base_url + "/", max_pages=200, max_extractions=1000)
+    assert again.is_completed(), again.message
+    rerun = again.result()
+    row = run_row(db_url, rerun.run_id)
+    files_again = file_rows(db_url, rerun.run_id)
+    assert row["steps"]["geocode"]["details"]["chunks"] == 1 and row["steps"]["geocode"]["items_in"] == n
+    assert row["steps"]["geocode"]["details"]["geocoder_calls"] == 0
+    assert row["steps"]["images"]["details"]["chunks"] == 3
+    for kind in ("images_map", "geocoded_map"):
+        before = jsonl(s3_object(s3, files[kind]["uri"]))
+        after = jsonl(s3_object(s3, files_again[kind]["uri"]))
+        assert [line["id"] for line in after] == [line["id"] for line in before], kind
+        if kind == "geocoded_map":
+            assert [(x["latitude"], x["longitude"]) for x in after] == [(x["latitude"], x["longitude"]) for x in before]
+    assert rerun.task_runs == 13
