@@ -6,6 +6,7 @@ boto3 is imported lazily, inside the calls, so a local-only install never pays f
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -15,6 +16,11 @@ from harvest.errors import StorageError
 from harvest.storage.base import ObjectInfo
 
 PART_BYTES = 8 << 20  # S3 parts (at least 5 MiB but the last); boto3's own upload_file uses 8 MiB too
+# Parts in memory at once in this process, across every FollowingUpload: the final writer uploads final.jsonl,
+# its policy index and the digest side by side, and at 50,000 activities all three pass the part size, so a
+# per-upload bound let the parts in memory grow with the site (three uploads of two 8 MiB parts, and their copies).
+PARTS_IN_MEMORY = 2
+_parts_in_memory = threading.BoundedSemaphore(PARTS_IN_MEMORY)
 
 
 class S3Store:
@@ -147,7 +153,8 @@ class FollowingUpload:
     thread while the writer goes on producing the rest, so writing a large file and uploading it overlap
     instead of adding up. A file that never fills one part is uploaded with one PUT at the end.
 
-    Parts are read back from the file by the uploading threads, so memory holds at most one part per thread.
+    Parts are read back from the file by the uploading threads, so memory holds at most PARTS_IN_MEMORY parts
+    in the whole process, however many uploads run.
     Any failure aborts the multipart upload (S3 keeps no half-written object) and raises StorageError.
     """
 
@@ -205,13 +212,14 @@ class FollowingUpload:
         self._sent = offset + size
 
     def _upload_part(self, upload_id: str, number: int, offset: int, size: int) -> dict[str, Any]:
-        with open(self.path, "rb") as handle:
-            data = os.pread(handle.fileno(), size, offset)
-        if len(data) != size:
-            raise StorageError(
-                f"upload of {self.store.uri_for(self.key)}: part {number} short ({len(data)} of {size} bytes)"
-            )
-        return {"PartNumber": number, "ETag": self.store._upload_part(self.key, upload_id, number, data)}
+        with _parts_in_memory:  # read only once a slot is free: a queued part holds no memory
+            with open(self.path, "rb") as handle:
+                data = os.pread(handle.fileno(), size, offset)
+            if len(data) != size:
+                raise StorageError(
+                    f"upload of {self.store.uri_for(self.key)}: part {number} short ({len(data)} of {size} bytes)"
+                )
+            return {"PartNumber": number, "ETag": self.store._upload_part(self.key, upload_id, number, data)}
 
     def _raise_failed(self) -> None:
         for future in self._parts:

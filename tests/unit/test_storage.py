@@ -177,3 +177,46 @@ def test_missing_bucket_is_a_clear_error(s3) -> None:  # noqa: ANN001
 def test_unsupported_storage_url() -> None:
     with pytest.raises(StorageError, match="unsupported"):
         open_store("ftp://host/x")
+
+
+def test_parts_in_memory_are_bounded_across_uploads_side_by_side(s3, tmp_path) -> None:  # noqa: ANN001
+    """The final writer uploads three files at once: however many uploads run, at most PARTS_IN_MEMORY parts are
+    read into memory and sent at a time (per upload, it grew with the site: three files past the part size)."""
+    import os
+    import threading
+
+    from harvest.storage.s3 import PARTS_IN_MEMORY, FollowingUpload
+
+    lock = threading.Lock()
+    active, most = [0], [0]
+
+    class Watched(S3Store):
+        def _upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:  # type: ignore[override]
+            with lock:
+                active[0] += 1
+                most[0] = max(most[0], active[0])
+            try:
+                time.sleep(0.05)  # long enough for every upload's threads to be waiting at once
+                return super()._upload_part(key, upload_id, number, data)
+            finally:
+                with lock:
+                    active[0] -= 1
+
+    store = Watched(make_s3_client(s3.endpoint), s3.new_bucket(), "p")
+    part = 5 << 20  # S3's smallest part but the last
+    uploads, bodies = [], []
+    for index in range(3):
+        path = tmp_path / f"file-{index}"
+        body = os.urandom(3 * part + 1000)
+        path.write_bytes(body)
+        bodies.append(body)
+        upload = FollowingUpload(store, f"f{index}", path, "application/octet-stream", part_bytes=part)
+        upload.advance(len(body))  # every full part queued at once, on each upload's own two threads
+        uploads.append(upload)
+    for upload, body in zip(uploads, bodies):
+        upload.finish(len(body))
+
+    assert 1 <= most[0] <= PARTS_IN_MEMORY, most[0]
+    for index, body in enumerate(bodies):
+        with store.open_read(f"f{index}") as handle:
+            assert hashlib.sha256(handle.read()).hexdigest() == hashlib.sha256(body).hexdigest()
