@@ -391,6 +391,7 @@ def test_render_browser_keeps_validators_and_an_unchanged_recrawl_renders_nothin
     again, stats = browser_recrawl.crawl()
     again_bytes = site.bytes_sent
     statuses = site.statuses()
+    sent_whole = [path for _, path, status in site.log if status != 304]
 
     assert first_stats.pages_rendered == len(first) > 10 and first_stats.pages_http == 0
     home = memory.recall(first[0].requested_url)
@@ -402,7 +403,11 @@ def test_render_browser_keeps_validators_and_an_unchanged_recrawl_renders_nothin
     assert stats.pages_not_modified == len(again) and statuses[304] >= len(again)
     assert {page.url for page in again} == {page.url for page in first}  # the same reach
     assert all(page.reused is not None and page.rendered for page in again)  # reused as what they were
-    assert again_bytes <= 0.10 * first_bytes, (again_bytes, first_bytes)
+    # Every page answered 304: nothing else is answered in full but robots.txt and the (missing) sitemap.
+    assert set(sent_whole) <= {"/robots.txt", "/sitemap.xml"}, sent_whole
+    # On this 12-activity site a 304's headers weigh ~0.3 kB against ~2.8 kB pages: 36 of them are ~0.1 of the
+    # first crawl's bytes by themselves (the bench's 531-page demo site: 0.047).
+    assert again_bytes <= 0.12 * first_bytes, (again_bytes, first_bytes)
 
 
 @pytest.mark.browser
