@@ -39,32 +39,26 @@ def _upsert(engine: Engine, table: sa.Table, rows: list[dict[str, Any]], keys: l
 
 def cached_geocodes(engine: Engine, provider: str, address_keys: Iterable[str]) -> dict[str, dict[str, Any]]:
     """address key → stored Geocode (as a dict) for the keys this provider has answered before."""
-    found: dict[str, dict[str, Any]] = {}
-    keys = list(address_keys)
-    with transaction(engine) as connection:
-        for start in range(0, len(keys), LOOKUP_CHUNK):
-            rows = connection.execute(
-                sa.select(geocode_cache.c.address_key, geocode_cache.c.geocode).where(
-                    geocode_cache.c.provider == provider,
-                    one_of(geocode_cache.c.address_key, keys[start: start + LOOKUP_CHUNK], engine.dialect.name),
-                )
-            )
-            found.update({row.address_key: row.geocode for row in rows})
-    return found
+    return dict(_geocode_rows(engine, provider, address_keys, geocode_cache.c.geocode))
 
 
 def answered_address_keys(engine: Engine, provider: str, address_keys: Iterable[str]) -> set[str]:
     """The keys among `address_keys` this provider has answered before (keys only: no answer is read)."""
-    found: set[str] = set()
+    return {row[0] for row in _geocode_rows(engine, provider, address_keys)}
+
+
+def _geocode_rows(engine: Engine, provider: str, address_keys: Iterable[str], *columns: Any) -> list[Any]:
+    """(address key, *columns) of this provider's cached answers for these keys, LOOKUP_CHUNK keys a query."""
+    found: list[Any] = []
     keys = list(address_keys)
     with transaction(engine) as connection:
         for start in range(0, len(keys), LOOKUP_CHUNK):
-            found.update(connection.execute(
-                sa.select(geocode_cache.c.address_key).where(
+            found.extend(connection.execute(
+                sa.select(geocode_cache.c.address_key, *columns).where(
                     geocode_cache.c.provider == provider,
                     one_of(geocode_cache.c.address_key, keys[start: start + LOOKUP_CHUNK], engine.dialect.name),
                 )
-            ).scalars())
+            ))
     return found
 
 
