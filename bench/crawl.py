@@ -64,6 +64,7 @@ def main() -> int:
         "mode": mode, "pages": pages, "pages_fetched": stats.pages_fetched, "pages_rendered": stats.pages_rendered,
         "pages_http": stats.pages_http, "failed_urls": len(stats.failed_urls), "seconds": round(seconds, 2),
         "pages_not_modified": stats.pages_not_modified, "pages_lastmod_unchanged": stats.pages_lastmod_unchanged,
+        "pages_scripts_changed": stats.pages_scripts_changed,
         "pages_per_s": round(pages / seconds, 2) if seconds else 0.0,
         "peak_rss_mb": round(peak_rss_mb(), 1),
     }))

@@ -46,7 +46,9 @@ from harvest.crawl.guard import HostGuard
 from harvest.crawl.guard_proxy import REFUSED_HEADER, GuardProxy
 from harvest.crawl.http_fetch import media_type
 from harvest.crawl.page import PageFailed
+from harvest.crawl.revalidate import MAX_SUBRESOURCES, Subresource
 from harvest.errors import DisallowedURLError
+from harvest.net.conditional import Validators
 from harvest.net.pinned import AddressBook
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,8 @@ CHROMIUM_ARGS = [
     "--disable-quic",
 ]
 BLOCKED_RESOURCE_TYPES = frozenset({"image", "font", "media", "stylesheet"})
+# What a page's scripts are and fetch: it can change under an unchanged document, so it is revalidated too.
+REVALIDATED_RESOURCE_TYPES = frozenset({"script", "xhr", "fetch"})
 MISSING_BROWSER = "no Chromium found: set HARVEST_BROWSER_PATH"
 QUIET_S = 0.1  # no request in flight and no DOM change for this long: the page is ready
 RESPOND_S = 5.0  # a page that does not answer for this long past its settle cap is busy in a script: given up
@@ -176,6 +180,9 @@ class RenderResult:
     headers: dict[str, str] = field(default_factory=dict)
     """The main document's response headers (lower-case names), as the browser got them: its validators and
     Date describe the rendered page like a plain fetch's do, so the next crawl can ask whether it changed."""
+    subresources: list[Subresource] | None = None
+    """The scripts, and the data they fetched, that the page loaded, with their validators (see
+    harvest.crawl.revalidate): None when one of them cannot be asked about again."""
 
 
 def use_node_compile_cache() -> None:
@@ -395,7 +402,7 @@ class BrowserRenderer:
                 reusable = True
                 return RenderResult(
                     url=page.url, status=status, html=html, content_type=content_type, truncated=truncated,
-                    headers=headers,
+                    headers=headers, subresources=network.subresources(),
                 )
             finally:
                 self._prefetched.pop(page, None)
@@ -474,23 +481,49 @@ class BrowserRenderer:
 
 
 class _NetworkWatch:
-    """Requests of one page in flight, and when the last one started or ended (from the page's events)."""
+    """Requests of one page in flight, and when the last one started or ended (from the page's events); and
+    what its scripts loaded, for the next crawl to ask about (`subresources`)."""
 
     def __init__(self, page: Any) -> None:
         self.in_flight: set[Any] = set()
         self.last_change = time.monotonic()
+        # Each script or script-fetched request → what it answered (None until answered, or when it cannot be
+        # asked about again: not a GET, not a success, no validators).
+        self.loaded: dict[Any, Subresource | None] = {}
         page.on("request", self._started)
+        page.on("response", self._answered)
         page.on("requestfinished", self._ended)
         page.on("requestfailed", self._ended)
 
     def reset(self) -> None:
         """A new navigation of the same tab: requests of the previous document no longer count."""
         self.in_flight.clear()
+        self.loaded.clear()
         self.last_change = time.monotonic()
+
+    def subresources(self) -> list[Subresource] | None:
+        """What the page's scripts loaded so far, once per URL; None if anything of it cannot be revalidated
+        (or is still unanswered), or there is more than MAX_SUBRESOURCES of it."""
+        found: dict[str, Subresource] = {}
+        for loaded in self.loaded.values():
+            if loaded is None:
+                return None
+            found[loaded.url] = loaded
+        return list(found.values()) if len(found) <= MAX_SUBRESOURCES else None
 
     def _started(self, request: Any) -> None:
         self.in_flight.add(request)
         self.last_change = time.monotonic()
+        if request.resource_type in REVALIDATED_RESOURCE_TYPES and not request.url.startswith(("data:", "blob:")):
+            self.loaded[request] = None
+
+    def _answered(self, response: Any) -> None:
+        request = response.request
+        if request not in self.loaded:
+            return
+        validators = Validators.from_headers(response.headers)
+        answered = request.method == "GET" and (200 <= response.status < 300 or response.status == 304)
+        self.loaded[request] = Subresource(request.url, validators) if answered and validators else None
 
     def _ended(self, request: Any) -> None:
         self.in_flight.discard(request)

@@ -475,6 +475,8 @@ class _Engine:
                 original_url = remembered.original_url
                 remembered = await self._as_original(remembered)
             result = None
+            if remembered is not None and not remembered.duplicate and not await self._loaded_unchanged(remembered):
+                remembered = None  # drawn from something that changed: fetched (and rendered) in full
             if remembered is not None:
                 if unchanged_since(parse_lastmod(self.lastmods.get(url)), remembered.fetched_at):
                     await self._confirm(url, original_url)
@@ -566,8 +568,34 @@ class _Engine:
             pagination=remembered.pagination,
             reused=remembered,
             reuse_reason=reason,
+            subresources=remembered.subresources,
         )
         return _Fetched(page, PageLinks(links=list(remembered.links), pagination=list(remembered.pagination)))
+
+    async def _loaded_unchanged(self, remembered: Remembered) -> bool:
+        """For a rendered page: whether everything its scripts loaded last time is unchanged (a conditional GET
+        of each answered 304), so that its document's 304 may stand for the page. False when that is unknown
+        (the page is then rendered again); always True for a plain page.
+
+        Asked with the fetcher, so the SSRF guard and pinned addresses apply, through each host's gate. Not
+        robots.txt: a browser rendering the page loads these without asking it either."""
+        if not remembered.rendered:
+            return True
+        assert self.fetcher is not None
+        for loaded in remembered.subresources if remembered.subresources is not None else [None]:
+            changed = loaded is None
+            if loaded is not None:
+                try:
+                    async with self.gates.get(urlsplit(loaded.url).netloc).slot():
+                        answer = await self.fetcher.fetch(loaded.url, headers=loaded.validators.request_headers())
+                    changed = answer.status != 304
+                except (DisallowedURLError, FetchFailed):
+                    changed = True
+            if changed:
+                with self.stats_lock:
+                    self.stats.pages_scripts_changed += 1
+                return False
+        return True
 
     async def _remember_render_duplicate(self, step: _Render) -> None:
         """A page that would need the browser but duplicates one already emitted: remember its validators, so
@@ -688,6 +716,7 @@ class _Engine:
             # The document the browser navigated to, like a plain fetch's: a re-crawl revalidates it over HTTP.
             validators=Validators.from_headers(rendered.headers),
             fetched_at=response_time(rendered.headers),
+            subresources=rendered.subresources,
         )
         return await self._finish(page)
 

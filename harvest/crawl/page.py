@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from harvest.errors import CrawlError
 
 if TYPE_CHECKING:
-    from harvest.crawl.revalidate import Remembered
+    from harvest.crawl.revalidate import Remembered, Subresource
     from harvest.net.conditional import Validators
 
 
@@ -38,6 +38,9 @@ class Page:
     """Set when the page was not downloaded again: a 304 (`reuse_reason` "not_modified") or a sitemap
     `<lastmod>` not newer than the last fetch ("lastmod"). `html` is then empty: use what the entry kept."""
     reuse_reason: str | None = None
+    subresources: list[Subresource] | None = None
+    """For a rendered page: the scripts and script-fetched data it loaded, with their validators; None when
+    one of them cannot be revalidated (see harvest.crawl.revalidate)."""
 
 
 @dataclass
@@ -67,6 +70,9 @@ class CrawlStats:
     """Pages a conditional request found unchanged (304): reused, not downloaded (part of pages_fetched)."""
     pages_lastmod_unchanged: int = 0
     """Pages the sitemap's `<lastmod>` showed unchanged since the last fetch: reused without a request."""
+    pages_scripts_changed: int = 0
+    """Remembered rendered pages fetched in full because something their scripts loaded last time changed (or
+    cannot be asked about): a document's 304 does not cover its scripts' data."""
     unfollowed: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Links a limit left unfollowed: reason (max_pages, max_depth, max_extractions, max_crawl_seconds) ->
     {count, examples}."""

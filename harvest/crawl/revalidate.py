@@ -6,6 +6,12 @@ means "as before"; a sitemap's `<lastmod>` not newer than the last fetch means t
 for at all. Either way the crawl reuses what the page gave before (its activities and its outgoing links,
 so the crawl keeps its reach) without parsing or rendering it again.
 
+A page drawn by scripts is more than its document: the scripts, and the data they fetch, can change while the
+HTML shell stays byte for byte the same (a single-page app's shell never changes). So a rendered page also
+keeps the validators of what it loaded to draw itself (`Subresource`), and it is reused only when the document
+and every one of those answer "as before"; a page whose scripts loaded something that cannot be asked about
+(no validators, not a GET, a failed request) is rendered again on every crawl.
+
 The crawler only reads and writes through `PageMemory`; where the memory lives (the metadata database's
 `page_cache` table, `harvest.db.page_cache`) is not its concern.
 """
@@ -21,6 +27,19 @@ from harvest.net.conditional import Validators
 
 if TYPE_CHECKING:
     from harvest.crawl.page import Page
+
+
+@dataclass(frozen=True)
+class Subresource:
+    """A script, or data a script fetched, that a rendered page loaded: asked about again before the page is
+    reused (its document's 304 does not cover it)."""
+
+    url: str
+    validators: Validators
+
+
+MAX_SUBRESOURCES = 32
+"""More than this and a page is rendered again rather than revalidated piece by piece."""
 
 
 @dataclass
@@ -46,6 +65,16 @@ class Remembered:
     duplicate once that page is emitted; before, as that page (`original_url`'s entry), else fetched in full."""
     original_url: str | None = None
     """For a duplicate: the requested URL whose entry holds the page's activities."""
+    subresources: list[Subresource] | None = None
+    """For a rendered page: what its scripts loaded, each with its validators ([] when they loaded nothing);
+    None when that is unknown or cannot be asked about, and the page is then rendered again."""
+
+    @property
+    def revalidatable(self) -> bool:
+        """True when a 304 (or an older sitemap `<lastmod>`) of the document stands for the page, once its
+        subresources, if any, are unchanged too: always for a plain page; for a rendered one, only when what
+        its scripts loaded is known."""
+        return not self.rendered or self.subresources is not None
 
 
 class PageMemory(Protocol):
@@ -126,4 +155,5 @@ def entry_for(page: Page, activities: list[dict[str, Any]]) -> Remembered | None
         url=page.requested_url, page_url=page.url, final_url=page.final_url or page.url,
         validators=page.validators, fetched_at=page.fetched_at, links=list(page.links),
         pagination=list(page.pagination), rendered=page.rendered, activities=activities,
+        subresources=list(page.subresources) if page.subresources is not None else None,
     )

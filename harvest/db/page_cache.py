@@ -18,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from harvest.crawl.revalidate import Remembered
+from harvest.crawl.revalidate import Remembered, Subresource
 from harvest.db.caches import _upsert
 from harvest.db.engine import database_error, transaction, utcnow
 from harvest.db.schema import one_of, page_cache
@@ -86,6 +86,7 @@ class PageCache:
             "fetched_at": entry.fetched_at.astimezone(UTC), "rendered": entry.rendered,
             "links": entry.links, "pagination": entry.pagination, "activities": entry.activities,
             "duplicate": entry.duplicate, "original_url": entry.original_url,
+            "subresources": _subresource_rows(entry.subresources),
             "extractor": self.extractor, "updated_at": utcnow(),
         }
         with self._lock:
@@ -130,4 +131,18 @@ def _entry(row: Any) -> Remembered:
         url=row.url, page_url=row.page_url, final_url=row.final_url, validators=validators,
         fetched_at=fetched_at, links=list(row.links), pagination=list(row.pagination), rendered=row.rendered,
         activities=list(row.activities), duplicate=row.duplicate, original_url=row.original_url,
+        subresources=_subresources(row.subresources),
     )
+
+
+def _subresource_rows(subresources: list[Subresource] | None) -> list[dict[str, str | None]] | None:
+    if subresources is None:
+        return None
+    return [{"url": loaded.url, "etag": loaded.validators.etag, "last_modified": loaded.validators.last_modified}
+            for loaded in subresources]
+
+
+def _subresources(rows: list[dict[str, Any]] | None) -> list[Subresource] | None:
+    if rows is None:
+        return None
+    return [Subresource(row["url"], Validators(row.get("etag"), row.get("last_modified"))) for row in rows]

@@ -216,6 +216,9 @@ page_cache = sa.Table(
     sa.Column("duplicate", sa.Boolean, nullable=False, server_default=sa.false(),
               comment="A duplicate of page_url then: its activities are that page's."),
     sa.Column("original_url", sa.Text, comment="For a duplicate: the URL whose row holds the page's activities."),
+    sa.Column("subresources", Json,
+              comment="A rendered page's scripts and their data, [{url, etag, last_modified}], revalidated before "
+              "it is reused; NULL when unknown (the page is rendered again)."),
     sa.Column("extractor", sa.Text, nullable=False,
               comment="Version of the extraction that found them: another version ignores the row."),
     sa.Column("updated_at", Timestamp, nullable=False,

@@ -125,7 +125,7 @@ def collect_raw_activities(
         pages_fetched=stats.pages_fetched, pages_rendered=stats.pages_rendered, pages_http=stats.pages_http,
         llm_pages=llm_pages, llm_cached_answers=llm.cache_hits if llm is not None else 0,
         pages_not_modified=stats.pages_not_modified, pages_lastmod_unchanged=stats.pages_lastmod_unchanged,
-        reused_activities=reused_activities,
+        pages_scripts_changed=stats.pages_scripts_changed, reused_activities=reused_activities,
         **{f"skipped_{reason}": count for reason, count in stats.skipped.items()},
     )
     result.failed_urls.extend(

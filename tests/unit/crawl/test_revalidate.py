@@ -3,6 +3,7 @@ page memory in a real database (SQLite here, as the embedded default; Postgres i
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -461,6 +462,98 @@ def test_pages_auto_mode_renders_without_a_plain_fetch_are_revalidated_too(site,
     reused = {page.requested_url for page in again if page.reuse_reason == "not_modified"}
     assert reused == {site.url(path) for path in pages}
     assert all(page.rendered for page in again if page.reused is not None)
+
+
+SPA_SHELL = """<html><head><title>Spa</title><script src="/app.js"></script></head>
+<body><div id="root"></div></body></html>"""
+SPA_APP = """fetch('/api/events.json').then(function (r) { return r.json(); }).then(function (events) {
+  document.getElementById('root').innerHTML = events.map(function (e) {
+    return '<article><h1>' + e.name + '</h1><p>' + e.when + ' at the library, for the whole family</p></article>';
+  }).join('');
+});"""
+
+
+def _versioned(site, path: str, content_type: str, version: dict[str, str]) -> None:  # noqa: ANN001 - conftest Site
+    """A route serving `version["body"]`, answering If-None-Match against `version["etag"]` like a static host
+    (no "etag" key: the resource carries no validators at all). Change the dict to publish a new version."""
+
+    def handler(request):  # noqa: ANN001, ANN202
+        etag = version.get("etag")
+        if etag and request.headers.get("if-none-match") == etag:
+            return 304, {"ETag": etag}, b""
+        return 200, {"Content-Type": content_type, **({"ETag": etag} if etag else {})}, version["body"].encode()
+
+    site.route(path, handler)
+
+
+def _spa(site, events: dict[str, str]) -> None:  # noqa: ANN001 - conftest Site
+    """A home page linking to /spa: an HTML shell whose script draws the activities from /api/events.json."""
+    site.html("/", links=["/spa"])
+    _versioned(site, "/spa", "text/html; charset=utf-8", {"body": SPA_SHELL, "etag": '"shell-1"'})
+    _versioned(site, "/app.js", "text/javascript", {"body": SPA_APP, "etag": '"app-1"'})
+    _versioned(site, "/api/events.json", "application/json", events)
+
+
+def _events(*names: str) -> str:
+    return json.dumps([{"name": name, "when": "Saturday 10am"} for name in names])
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(BROWSER is None, reason="needs Debian Chromium (scripts/ensure-system.sh)")
+def test_a_rendered_page_whose_scripts_data_changed_is_rendered_again(site, tmp_path: Path) -> None:
+    """A single-page app's shell never changes, so its 304 says nothing about the activities its script fetches:
+    the data is asked about too, and a new event is found, not silently missed by reusing the old page."""
+    events = {"body": _events("Toddler Music Morning"), "etag": '"events-1"'}
+    _spa(site, events)
+    memory = _memory(tmp_path)
+    config = RunConfig(render="auto", max_pages=50, max_depth=1)
+    options = _options(browser_path=BROWSER)
+
+    first, first_stats = _crawl(site.url("/"), memory, config, options)
+    spa = next(page for page in first if page.requested_url == site.url("/spa"))
+    assert spa.rendered and "Toddler Music Morning" in spa.html and first_stats.pages_rendered == 1
+    entry = memory.recall(site.url("/spa"))
+    assert entry is not None and entry.subresources is not None
+    assert {(loaded.url, loaded.validators.etag) for loaded in entry.subresources} == {
+        (site.url("/app.js"), '"app-1"'), (site.url("/api/events.json"), '"events-1"')}
+
+    # Unchanged: the shell, its script and its data each answer 304; nothing is rendered.
+    site.hits.clear()
+    again, stats = _crawl(site.url("/"), memory, config, options)
+    assert stats.pages_rendered == 0 and stats.browser_launches == 0 and stats.pages_scripts_changed == 0
+    assert next(page for page in again if page.requested_url == site.url("/spa")).reuse_reason == "not_modified"
+    assert [hit.headers.get("if-none-match") for hit in site.requested("/api/events.json")] == ['"events-1"']
+
+    # A new event in the data, the shell byte for byte the same: the page is rendered again and the event found.
+    events.update(body=_events("Toddler Music Morning", "Teen Coding Club"), etag='"events-2"')
+    third, stats = _crawl(site.url("/"), memory, config, options)
+    spa = next(page for page in third if page.requested_url == site.url("/spa"))
+    assert spa.reused is None and spa.rendered and "Teen Coding Club" in spa.html
+    assert stats.pages_scripts_changed == 1 and stats.pages_rendered == 1
+
+    # ... and the new version is what the next crawl asks about: unchanged again, nothing rendered.
+    fourth, stats = _crawl(site.url("/"), memory, config, options)
+    assert stats.pages_rendered == 0 and stats.pages_scripts_changed == 0
+    assert next(page for page in fourth if page.requested_url == site.url("/spa")).reused is not None
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(BROWSER is None, reason="needs Debian Chromium (scripts/ensure-system.sh)")
+def test_a_rendered_page_whose_data_cannot_be_revalidated_is_rendered_on_every_crawl(site, tmp_path: Path) -> None:
+    """Data served without ETag or Last-Modified cannot be asked about: the page is rendered each time (a
+    download more, never a stale page)."""
+    _spa(site, {"body": _events("Toddler Music Morning")})
+    memory = _memory(tmp_path)
+    config = RunConfig(render="auto", max_pages=50, max_depth=1)
+    options = _options(browser_path=BROWSER)
+    _crawl(site.url("/"), memory, config, options)
+    entry = memory.recall(site.url("/spa"))
+    assert entry is not None and entry.rendered and entry.subresources is None
+
+    again, stats = _crawl(site.url("/"), memory, config, options)
+    spa = next(page for page in again if page.requested_url == site.url("/spa"))
+    assert spa.reused is None and spa.rendered and "Toddler Music Morning" in spa.html
+    assert stats.pages_scripts_changed == 1 and stats.pages_rendered == 1
 
 
 def test_a_stored_entry_round_trips_through_the_table(tmp_path: Path) -> None:
