@@ -16,6 +16,10 @@ from harvest.errors import StorageError
 from harvest.storage.base import ObjectInfo
 
 PART_BYTES = 8 << 20  # S3 parts (at least 5 MiB but the last); boto3's own upload_file uses 8 MiB too
+# The parts' checksum, declared when the upload is created, as boto3's upload_file does (s3transfer's default):
+# S3 verifies each part's CRC32 (botocore computes it) and keeps their composite. Undeclared, the object was
+# given a full-object CRC64NVME computed over every byte once more at completion.
+CHECKSUM_ALGORITHM = "CRC32"
 # Parts in memory at once in this process, across every FollowingUpload: the final writer uploads final.jsonl,
 # its policy index and the digest side by side, and at 50,000 activities all three pass the part size, so a
 # per-upload bound let the parts in memory grow with the site (three uploads of two 8 MiB parts, and their copies).
@@ -114,16 +118,19 @@ class S3Store:
     def _create_multipart(self, key: str, content_type: str) -> str:
         created = self._call(
             "upload", key, self.client.create_multipart_upload, Bucket=self.bucket,
-            Key=self._object_key(key), ContentType=content_type,
+            Key=self._object_key(key), ContentType=content_type, ChecksumAlgorithm=CHECKSUM_ALGORITHM,
         )
         return created["UploadId"]
 
-    def _upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
+    def _upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> dict[str, Any]:
+        """Send one part; returns it as CompleteMultipartUpload lists it (number, ETag and checksum)."""
         response = self._call(
-            "upload", key, self.client.upload_part, Bucket=self.bucket,
-            Key=self._object_key(key), UploadId=upload_id, PartNumber=number, Body=data,
+            "upload", key, self.client.upload_part, Bucket=self.bucket, Key=self._object_key(key),
+            UploadId=upload_id, PartNumber=number, Body=data, ChecksumAlgorithm=CHECKSUM_ALGORITHM,
         )
-        return response["ETag"]
+        checksum = f"Checksum{CHECKSUM_ALGORITHM}"
+        return {"PartNumber": number, "ETag": response["ETag"],
+                **({checksum: response[checksum]} if checksum in response else {})}
 
     def _complete_multipart(self, key: str, upload_id: str, parts: Sequence[dict[str, Any]]) -> None:
         self._call(
@@ -219,7 +226,7 @@ class FollowingUpload:
                 raise StorageError(
                     f"upload of {self.store.uri_for(self.key)}: part {number} short ({len(data)} of {size} bytes)"
                 )
-            return {"PartNumber": number, "ETag": self.store._upload_part(self.key, upload_id, number, data)}
+            return self.store._upload_part(self.key, upload_id, number, data)
 
     def _raise_failed(self) -> None:
         for future in self._parts:
