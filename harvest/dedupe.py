@@ -13,7 +13,8 @@ Why merge instead of keeping dates apart: the `activities` table dedupes on name
 so two rows for one show would collide at import and one date would be lost there.
 
 Copies are spilled to a temporary SQLite file and read back sorted by id, so memory does not grow with the
-run and the output order (sorted by id) is itself independent of crawl order.
+run and the output order (sorted by id) is itself independent of crawl order. Most activities have one copy:
+`json_lines` writes such a copy's stored JSON as it is, without parsing it into a model to serialize it again.
 """
 
 from __future__ import annotations
@@ -77,31 +78,58 @@ class Deduplicator:
     def __init__(self, directory: str | Path | None = None) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="harvest-dedupe-", dir=directory)
         self._db = sqlite3.connect(Path(self._dir.name) / "copies.sqlite")
-        self._db.execute("CREATE TABLE copies (id TEXT NOT NULL, body TEXT NOT NULL)")
+        # `settled`: the copy is already what merge_copies would make of it alone (no occurrences to order).
+        self._db.execute("CREATE TABLE copies (id TEXT NOT NULL, body TEXT NOT NULL, settled INTEGER NOT NULL)")
         self.copies = 0
         self.duplicates = 0
         self.distinct = 0
 
     def add(self, activity: Activity) -> None:
-        self._db.execute("INSERT INTO copies VALUES (?, ?)", (activity.id, activity.model_dump_json()))
+        self._db.execute(
+            "INSERT INTO copies VALUES (?, ?, ?)", (activity.id, activity.model_dump_json(), not activity.occurrences)
+        )
         self.copies += 1
 
     def activities(self) -> Iterator[Activity]:
         """Merged activities in id order (read once, streaming)."""
-        self._db.execute("CREATE INDEX copies_id ON copies (id)")
-        group: list[Activity] = []
-        for identifier, body in self._db.execute("SELECT id, body FROM copies ORDER BY id, body"):
-            if group and group[0].id != identifier:
-                yield self._emit(group)
-                group = []
-            group.append(Activity.model_validate_json(body))
-        if group:
-            yield self._emit(group)
+        for bodies, settled in self._groups():
+            yield self._merged(bodies, settled)
 
-    def _emit(self, group: list[Activity]) -> Activity:
+    def json_lines(self) -> Iterator[bytes]:
+        """The merged activities in id order as JSON lines (read once, streaming): what `activities` yields,
+        serialized; a lone copy as stored."""
+        for bodies, settled in self._groups():
+            if len(bodies) == 1 and settled:
+                yield bodies[0].encode() + b"\n"
+            else:
+                yield self._merged(bodies, settled).model_dump_json().encode() + b"\n"
+
+    def _groups(self) -> Iterator[tuple[list[str], bool]]:
+        """Each id's copies (their JSON, in the order that picks the merge's base copy) and whether a lone copy
+        is settled; counts them."""
+        self._db.execute("CREATE INDEX copies_id ON copies (id)")
+        bodies: list[str] = []
+        current, settled = None, True
+        for identifier, body, copy_settled in self._db.execute(
+            "SELECT id, body, settled FROM copies ORDER BY id, body"
+        ):
+            if bodies and identifier != current:
+                yield self._counted(bodies), settled
+                bodies = []
+            current, settled = identifier, bool(copy_settled)
+            bodies.append(body)
+        if bodies:
+            yield self._counted(bodies), settled
+
+    def _counted(self, bodies: list[str]) -> list[str]:
         self.distinct += 1
-        self.duplicates += len(group) - 1
-        return group[0] if len(group) == 1 and not group[0].occurrences else merge_copies(group)
+        self.duplicates += len(bodies) - 1
+        return bodies
+
+    @staticmethod
+    def _merged(bodies: list[str], settled: bool) -> Activity:
+        group = [Activity.model_validate_json(body) for body in bodies]
+        return group[0] if len(group) == 1 and settled else merge_copies(group)
 
     def close(self) -> None:
         self._db.close()

@@ -11,7 +11,7 @@ from harvest.models import FileRef, RawActivity, RunConfig
 from harvest.settings import DEFAULT_DATE_LANGUAGES
 from harvest.stages.common import StageResult, timed
 from harvest.standardize import Standardizer
-from harvest.storage import ObjectStore, iter_jsonl, write_jsonl
+from harvest.storage import ObjectStore, iter_jsonl, write_json_lines
 from harvest.storage.keys import run_key
 
 
@@ -47,7 +47,7 @@ def standardize_raw_activities(
         # All copies first, then one merged activity per id in id order: the file is the same whatever order
         # the crawl found the pages in (see harvest/dedupe.py for the policy).
         collect(dedupe)
-        ref = write_jsonl(store, run_key(run_id, "standardized", "jsonl"), "standardized", dedupe.activities())
+        ref = write_json_lines(store, run_key(run_id, "standardized", "jsonl"), "standardized", dedupe.json_lines())
     if dedupe.duplicates:
         standardizer.skipped["duplicate"] = dedupe.duplicates
     result.files.append(ref)

@@ -17,6 +17,7 @@ from harvest.storage.files import (
     staged_file,
     store_local_file,
     write_json,
+    write_json_lines,
     write_jsonl,
 )
 from harvest.storage.keys import run_prefix
@@ -43,5 +44,6 @@ __all__ = [
     "staged_file",
     "store_local_file",
     "write_json",
+    "write_json_lines",
     "write_jsonl",
 ]

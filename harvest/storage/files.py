@@ -99,6 +99,15 @@ def write_jsonl(store: ObjectStore, key: str, kind: str, records: Iterable[BaseM
     return out[0]
 
 
+def write_json_lines(store: ObjectStore, key: str, kind: str, lines: Iterable[bytes]) -> FileRef:
+    """`write_jsonl` for records already serialized: each item is one JSON line, newline included."""
+    with staged_file(store, key, kind, "application/x-ndjson") as (writer, out):
+        for line in lines:
+            writer.write(line)
+            writer.records += 1
+    return out[0]
+
+
 def store_local_file(
     store: ObjectStore, key: str, kind: str, path: Path, *, records: int, content_type: str
 ) -> FileRef:

@@ -77,6 +77,26 @@ def test_fixture_counts_and_duplicates(fixture_items: list[dict]) -> None:
     assert [a.id for a in merged] == sorted({a.id for a in results})
 
 
+def test_json_lines_are_the_merged_activities_serialized(fixture_items: list[dict]) -> None:
+    """The standardize stage writes `json_lines`, which passes a lone copy's stored JSON through: it must be
+    exactly what serializing `activities` gives, merged groups (and their occurrences) included."""
+    import orjson
+
+    _, results = run(fixture_items)
+    results += [results[0].model_copy(update={"start_date": datetime(2031, 5, 1, 10, tzinfo=UTC)})]  # 2 dates
+
+    def deduplicated(method: str) -> list:
+        with Deduplicator() as dedupe:
+            for activity in results:
+                dedupe.add(activity)
+            return [*getattr(dedupe, method)()], dedupe.distinct, dedupe.duplicates
+
+    merged, distinct, duplicates = deduplicated("activities")
+    lines, *counts = deduplicated("json_lines")
+    assert counts == [distinct, duplicates] and any(activity.occurrences for activity in merged)
+    assert lines == [orjson.dumps(activity.model_dump(mode="json")) + b"\n" for activity in merged]
+
+
 def test_fixture_ids_are_stable_and_match_an_independent_hash(fixture_items: list[dict]) -> None:
     _, first = run(fixture_items)
     _, second = run(fixture_items)
