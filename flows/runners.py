@@ -27,14 +27,16 @@ def make_task_runner(settings: HarvestSettings) -> TaskRunner[Any]:
 
         if settings.dask_address:
             return DaskTaskRunner(address=settings.dask_address)
-        if settings.dask_processes:
-            import dask
+        import dask
 
-            # Dask's worker profiler samples every thread's stack with sys._current_frames(), which on CPython
-            # 3.11 deadlocks the process when a garbage collection starts inside it (python/cpython#106883,
-            # fixed in 3.12 only): a worker process hung for good in 3 of 3 runs at 1,000 activities, 2 of 2
-            # completed once it was off. The nanny hands this config to the worker processes it starts.
-            dask.config.set({"distributed.worker.profile.enabled": False})
+        # Dask's worker profiler samples every thread's stack with sys._current_frames(), which on CPython 3.11
+        # deadlocks the process when a garbage collection starts inside it (python/cpython#106883, fixed in 3.12
+        # only): a worker process hung for good in 3 of 3 runs at 1,000 activities, 2 of 2 completed once it
+        # was off; the in-process worker below hung `harvest scrape` in CI the same way (every thread waiting
+        # for the GIL, held by the profiler's thread inside gc_collect_main). Off for both local clusters; the
+        # nanny hands this config to the worker processes it starts.
+        dask.config.set({"distributed.worker.profile.enabled": False})
+        if settings.dask_processes:
             # Dask holds a task until the futures it waits for are done (it does not occupy a thread meanwhile),
             # so the threads are shared out between the processes. Each worker process inherits this process's
             # environment, and every task builds its settings, store and engine from it (flows.resources).

@@ -278,6 +278,21 @@ def test_the_shared_geocoder_rate_limit_spaces_calls_across_processes(harvest_en
                 client.delete_global_concurrency_limit_by_name(name)
 
 
+def test_local_dask_clusters_run_without_the_worker_profiler() -> None:
+    """Dask's worker profiler samples stacks with sys._current_frames(), which deadlocks a CPython 3.11 process
+    when a garbage collection starts inside it (python/cpython#106883; a CI run of `harvest scrape` on the
+    in-process cluster hung so). Both local clusters run without it."""
+    import dask
+
+    from flows.runners import make_task_runner
+    from harvest.settings import HarvestSettings
+
+    for processes in (0, 2):
+        with dask.config.set({"distributed.worker.profile.enabled": True}):  # restored on exit
+            make_task_runner(HarvestSettings(task_runner="dask", dask_processes=processes))
+            assert dask.config.get("distributed.worker.profile.enabled") is False, processes
+
+
 def test_the_dask_task_runner_runs_the_whole_flow(harvest_env, demo_site, tmp_path) -> None:
     """HARVEST_TASK_RUNNER=dask chosen the way a worker chooses it: from the environment of a fresh process
     (the flow's runner is fixed when flows.scrape is imported), through the installed CLI."""
