@@ -50,18 +50,18 @@ class PageCache:
         URL (one whose canonical `url` is: which spelling a crawl meets first depends on the order its fetches
         end), that row as a duplicate of it, so `url` is revalidated with its validators, not fetched anew."""
         table = page_cache.c
-        row = self._first(sa.select(page_cache).where(table.url == url, table.extractor == self.extractor))
-        if row is not None:
-            return _entry(row)
-        row = self._first(
+        row = self._first(  # one lookup for both (an index each, OR'ed): a first crawl asks for every URL
             sa.select(page_cache)
-            .where(table.page_url == url, table.extractor == self.extractor)
-            .order_by(table.duplicate, table.url)  # the row holding the page's activities, if there is one
+            .where(sa.or_(table.url == url, table.page_url == url), table.extractor == self.extractor)
+            # `url`'s own row first; else the row holding the page's activities, if there is one.
+            .order_by(table.url != url, table.duplicate, table.url)
             .limit(1)
         )
         if row is None:
             return None
         found = _entry(row)
+        if found.url == url:
+            return found
         return Remembered(
             url=url, page_url=found.page_url, final_url=url, validators=found.validators, fetched_at=found.fetched_at,
             rendered=found.rendered, duplicate=True,
