@@ -24,9 +24,9 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
-from prefect.runtime import deployment as runtime_deployment
 from prefect.runtime import flow_run as runtime_flow_run
 
+from flows.run_context import deployment_of_run
 from harvest.cost.report import cost_lines
 from harvest.db import runs as run_rows
 from harvest.db.ledger import run_cost
@@ -55,9 +55,8 @@ def artifact_key(kind: str) -> str:
 
 @lru_cache(maxsize=64)
 def _flow_and_deployment(flow_run_id: str) -> tuple[str, str]:
-    """The run's flow and deployment names, looked up once per flow run: outside a deployment Prefect answers
-    `runtime.deployment.name` by fetching the flow run from the API each time (five fetches per summary)."""
-    return runtime_flow_run.flow_name or "scrape-website", runtime_deployment.name or "local"
+    """The run's flow and deployment names, looked up once per flow run (the deployment's name is an API read)."""
+    return runtime_flow_run.flow_name or "scrape-website", deployment_of_run()[1] or "local"
 
 
 @dataclass

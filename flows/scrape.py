@@ -8,7 +8,6 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture, as_completed
-from prefect.runtime import deployment as runtime_deployment
 from prefect.runtime import flow_run as runtime_flow_run
 from pydantic import BaseModel, Field
 
@@ -19,6 +18,7 @@ from flows.hooks import on_cancellation, on_completion, on_crashed, on_failure
 from flows.polling import poll_schedule
 from flows.reconcile import reconcile_if_dead
 from flows.resources import Resources, resources
+from flows.run_context import deployment_of_run, work_pool_of_run
 from flows.run_logs import harvest_logs_to_run
 from flows.runners import make_task_runner
 from flows.tasks import Steps
@@ -244,10 +244,11 @@ def _finish(
 
 def _start_run(res: Resources, run_id: str, url: str, config: RunConfig) -> None:
     """Create (or resume) the run row. If the URL's running run is in fact dead, reconcile it and go on."""
+    deployment_id, deployment_name = deployment_of_run()
     create = partial(
         run_rows.create_run, res.engine, run_id, url, config.model_dump(mode="json"),
-        flow_run_name=runtime_flow_run.name, deployment_id=runtime_deployment.id,
-        deployment_name=runtime_deployment.name, work_pool=_work_pool_name(),
+        flow_run_name=runtime_flow_run.name, deployment_id=deployment_id,
+        deployment_name=deployment_name, work_pool=work_pool_of_run(),
     )
     try:
         is_new = create()
@@ -257,10 +258,3 @@ def _start_run(res: Resources, run_id: str, url: str, config: RunConfig) -> None
         is_new = create()
     start_heartbeat(res.engine, run_id, heartbeat_interval(res.settings.orphan_grace_hours))
     get_run_logger().info("run %s %s for %s", run_id, "started" if is_new else "resumed", url)
-
-
-def _work_pool_name() -> str | None:
-    from prefect.context import FlowRunContext
-
-    context = FlowRunContext.get()
-    return getattr(context.flow_run, "work_pool_name", None) if context and context.flow_run else None
