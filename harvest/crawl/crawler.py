@@ -582,20 +582,20 @@ class _Engine:
         if not remembered.rendered:
             return True
         assert self.fetcher is not None
-        for loaded in remembered.subresources if remembered.subresources is not None else [None]:
-            changed = loaded is None
-            if loaded is not None:
-                try:
-                    async with self.gates.get(urlsplit(loaded.url).netloc).slot():
-                        answer = await self.fetcher.fetch(loaded.url, headers=loaded.validators.request_headers())
-                    changed = answer.status != 304
-                except (DisallowedURLError, FetchFailed):
-                    changed = True
-            if changed:
-                with self.stats_lock:
-                    self.stats.pages_scripts_changed += 1
-                return False
-        return True
+        unchanged = remembered.revalidatable  # for a rendered page: what its scripts loaded is known
+        for loaded in remembered.subresources or []:
+            try:
+                async with self.gates.get(urlsplit(loaded.url).netloc).slot():
+                    answer = await self.fetcher.fetch(loaded.url, headers=loaded.validators.request_headers())
+                unchanged = answer.status == 304
+            except (DisallowedURLError, FetchFailed):
+                unchanged = False
+            if not unchanged:
+                break
+        if not unchanged:
+            with self.stats_lock:
+                self.stats.pages_scripts_changed += 1
+        return unchanged
 
     async def _remember_render_duplicate(self, step: _Render) -> None:
         """A page that would need the browser but duplicates one already emitted: remember its validators, so
