@@ -282,13 +282,16 @@ def test_local_dask_clusters_run_without_the_worker_profiler() -> None:
     """Dask's worker profiler samples stacks with sys._current_frames(), which deadlocks a CPython 3.11 process
     when a garbage collection starts inside it (python/cpython#106883; a CI run of `harvest scrape` on the
     in-process cluster hung so). Both local clusters run without it."""
+    # distributed imported first, so its defaults are loaded: the context below then restores one key on exit,
+    # where it would drop the whole `distributed` section it saw created (every later Dask test: KeyError).
     import dask
+    import distributed  # noqa: F401
 
     from flows.runners import make_task_runner
     from harvest.settings import HarvestSettings
 
     for processes in (0, 2):
-        with dask.config.set({"distributed.worker.profile.enabled": True}):  # restored on exit
+        with dask.config.set({"distributed.worker.profile.enabled": True}):
             make_task_runner(HarvestSettings(task_runner="dask", dask_processes=processes))
             assert dask.config.get("distributed.worker.profile.enabled") is False, processes
 
