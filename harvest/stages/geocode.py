@@ -58,8 +58,8 @@ class _OncePerAddress:
         self._spellings_lock = threading.Lock()
         self._spellings_of: tuple[str, str] | None = None  # (uri, sha256) of the file the spellings come from
 
-    def first_spellings(self, store: ObjectStore, standardized: FileRef, keys: Iterable[str]) -> dict[str, str]:
-        """Normalized address → its first spelling in the whole of `standardized`, for each of `keys`.
+    def know_spellings(self, store: ObjectStore, standardized: FileRef) -> None:
+        """Keep each normalized address's first spelling in the whole of `standardized` (see `spelling`).
 
         The file is read once per book (per run and process), by the first chunk that asks, and the spellings
         kept in the book's SQLite file: each chunk reading every line before its own made the stage quadratic
@@ -74,14 +74,14 @@ class _OncePerAddress:
                         addresses_to_geocode(iter_jsonl(store, standardized.uri, parse=_location_only)),
                     )
                 self._spellings_of = (standardized.uri, standardized.sha256)
-        wanted = sorted(set(keys))
-        found: dict[str, str] = {}
+
+    def spelling(self, key: str) -> str | None:
+        """The first spelling of normalized address `key` in the file `know_spellings` read, or None. Asked
+        once per geocoder call, not held for the whole chunk: a dict of every spelling of a chunk grew with the
+        site (chunks get bigger past HARVEST_ENRICH_MAX_CHUNKS), ~4 MB per chunk at 50,000 activities."""
         with self._db_lock:
-            for start in range(0, len(wanted), PRELOAD_SLICE):
-                batch = wanted[start: start + PRELOAD_SLICE]
-                marks = ",".join("?" * len(batch))
-                found.update(self._db.execute(f"SELECT key, address FROM spellings WHERE key IN ({marks})", batch))
-        return found
+            found = self._db.execute("SELECT address FROM spellings WHERE key = ?", (key,)).fetchone()
+        return found[0] if found else None
 
     def get(self, key: str) -> dict[str, Any] | None:
         """The map fields answered for `key` (with their `source`), or None."""
@@ -190,17 +190,20 @@ def _location_only(line: bytes) -> dict[str, Any]:
     return {"location": record.get("location")}
 
 
-def _first_spellings(
+def _addresses_and_spellings(
     book: _OncePerAddress, store: ObjectStore, standardized: FileRef, records: Iterable[dict[str, Any]]
-) -> dict[str, str]:
-    """Normalized address → the spelling the geocoder is asked with: its first in the whole file.
+) -> set[str]:
+    """The normalized addresses of `records` to geocode; their spellings to ask with become known to `book`.
 
-    Spellings of one address ('2 Main Rd' / '2 Main Road') get answers that differ in the echoed text. Asking
-    with whichever spelling came first in time made the output depend on which chunk's thread, or which
-    process, asked first; the first in file order is the same for any chunking, runner and timing.
+    The geocoder is asked with an address's first spelling in the whole file. Spellings of one address
+    ('2 Main Rd' / '2 Main Road') get answers that differ in the echoed text: asking with whichever spelling
+    came first in time made the output depend on which chunk's thread, or which process, asked first; the
+    first in file order is the same for any chunking, runner and timing.
     """
     keys = {key for key, _ in addresses_to_geocode(records)}
-    return book.first_spellings(store, standardized, keys) if keys else {}
+    if keys:
+        book.know_spellings(store, standardized)
+    return keys
 
 
 def geocode_addresses(
@@ -222,9 +225,10 @@ def geocode_addresses(
 
     # Activities with page coordinates are never geocoded, so their addresses are not even looked up.
     cached = _book_for(run_id, cache[1] if cache else type(geocoder).__name__)
-    spelling = _first_spellings(cached, store, standardized, records())
-    keys = set(spelling)
+    keys = _addresses_and_spellings(cached, store, standardized, records())
+    distinct = len(keys)
     reused = _preload(cached, keys, *cache) if cache else 0
+    del keys  # every address of the chunk: not held while its records are geocoded
     asked: set[str] = set()  # the addresses this chunk sent to the geocoder
 
     def known(record: dict[str, Any]) -> dict[str, object] | None:
@@ -242,7 +246,8 @@ def geocode_addresses(
         return {"id": record["id"], **answer} if answer is not None else None
 
     def one(record: dict[str, Any]) -> dict[str, object]:
-        address = spelling[normalize_address(record["location"]["formattedAddress"])]
+        written = record["location"]["formattedAddress"]
+        address = cached.spelling(normalize_address(written)) or written
         return {"id": record["id"], **cached.ask(geocoder, address, asked)}
 
     window_answers: dict[str, dict[str, Any]] = {}
@@ -288,5 +293,5 @@ def geocode_addresses(
             store_geocodes(cache[0], cache[1], fresh)
     result.stats.details["geocoder_calls"] = len(asked)
     result.stats.details["geocode_cache_hits"] = reused
-    result.stats.details["distinct_addresses"] = len(keys)
+    result.stats.details["distinct_addresses"] = distinct
     return result
