@@ -278,11 +278,15 @@ def test_two_workers_share_runs_and_one_resumes_what_a_killed_one_left(
 
     # A run whose worker dies under it: the batch never finishes, so the run is certainly mid-way when killed.
     openai_server.configure(polls_until_complete=1_000_000)
+    polls_before = openai_server.stats().get("batches.retrieve", 0)
     kill_id = deployment_run(stack, f"{demo_site.base_url}/?site=killed")
 
     def polling() -> bool:
+        # The batch polled, not only its submission recorded: the poll starts once the submit task's result is
+        # stored, so the resumed run loads it (killed between the two, the run submits again: see the note).
         row = run_row(db_url, kill_id)
-        return bool(row and row["status"] == "running" and "embeddings_submit" in (row["steps"] or {}))
+        submitted = bool(row and row["status"] == "running" and "embeddings_submit" in (row["steps"] or {}))
+        return submitted and openai_server.stats().get("batches.retrieve", 0) > polls_before
 
     wait_for(polling, 120, "the run to poll its embeddings batch")
     (victim,) = ran_by(stack, two_workers, kill_id)
