@@ -69,3 +69,39 @@ def test_release_free_memory_gives_freed_pages_back() -> None:
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60)
     assert float(done.stdout) > 100  # MB given back of the ~143 MB freed
+
+
+# One 8 MiB block is mapped and freed (as an upload part is), then forty 2 MiB blocks are made and all but
+# the last freed; prints the MB that freeing gave back.
+LARGE_BLOCKS = textwrap.dedent("""
+    {prelude}
+    def rss():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096 / 2**20
+    part = b"p" * (8 << 20)
+    del part
+    blocks = [b"x" * (2 << 20) for _ in range(40)]
+    keep = blocks[-1:]
+    before = rss()
+    del blocks
+    print(before - rss())
+""")
+
+
+def _given_back_mb(prelude: str, **env: str) -> float:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    done = subprocess.run([sys.executable, "-c", LARGE_BLOCKS.format(prelude=prelude)], env={**clean, **env},
+                          capture_output=True, text=True, check=True, timeout=60)
+    return float(done.stdout)
+
+
+def test_large_blocks_freed_after_a_larger_one_go_back_to_the_system() -> None:
+    # The control: glibc raised its mmap threshold to 8 MiB when the part was freed, so the 2 MiB blocks came
+    # from the heap and stay resident below the one still in use.
+    assert _given_back_mb("") < 10
+    assert _given_back_mb("import harvest") > 70  # of the 78 MB freed
+
+
+def test_an_mmap_threshold_from_the_environment_is_left_as_set() -> None:
+    assert _given_back_mb("import harvest; from harvest.memory import fix_mmap_threshold; "
+                          "assert fix_mmap_threshold() is False", MALLOC_MMAP_THRESHOLD_="16777216") < 10
