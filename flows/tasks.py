@@ -37,7 +37,7 @@ from harvest.stages.collect import collect_raw_activities, copy_raw_activities, 
 from harvest.stages.common import Chunk, StageResult
 from harvest.stages.diff import diff_with_previous_run as diff_stage
 from harvest.stages.embed import SubmittedBatch, collect_embeddings, submit_embeddings
-from harvest.stages.finish import collected_embeddings, combine_parts, drop_prefill
+from harvest.stages.finish import collected_embeddings, combine_parts, drop_prefill, submitted_batch
 from harvest.stages.geocode import geocode_addresses
 from harvest.stages.images import process_images
 from harvest.stages.load import import_final_records
@@ -180,6 +180,11 @@ def submit_embeddings_batch(run_id: str, standardized: FileRef, model: str) -> S
         get_run_logger().warning(message)
         run_rows.add_warnings(res.engine, run_id, [f"embeddings: {message}"])
         return None
+    earlier = submitted_batch(res.engine, run_id, model)
+    if earlier is not None:  # an earlier attempt's batch is running (or done): collect it, do not pay twice
+        get_run_logger().info("embeddings: collecting batch %s, submitted by an earlier attempt of this run",
+                              earlier.batch_id)
+        return earlier
     with openai_slot():
         result, batch, collected = submit_embeddings(
             res.store, run_id, standardized, _openai_client(res), model, dimensions=res.settings.embedding_dimensions,

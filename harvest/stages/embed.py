@@ -177,8 +177,9 @@ def submit_embeddings(
     result.stats.details.update({"reused": reused, "embedded_now": synced, "batched": pending if handle else 0})
     if over_budget:
         result.stats.details["over_budget"] = over_budget
-    if handle:
-        result.stats.details["batch_id"] = handle.batch_id
+    if handle:  # all a resumed attempt needs to collect this batch instead of paying for another (finish.py)
+        result.stats.details.update({"batch_id": handle.batch_id, "input_file_id": handle.input_file_id,
+                                     "model": model, "reserved_usd": held.usd if held else 0.0})
     if count == 0:
         result.warn("no activities to embed")
         return result, None, None

@@ -1,4 +1,5 @@
-"""Finishing steps of the enrichment fan-out: join a map's chunk parts, drop the embeddings prefill.
+"""Finishing steps of the enrichment fan-out: join a map's chunk parts, drop the embeddings prefill; and the
+embeddings batch an earlier attempt submitted, so a resumed run collects it instead of submitting another.
 
 Both run after the useful work is stored and recorded, and both may run again: Prefect retries a failed
 task, and `harvest runs resume` reruns a step whose result was not saved. Design choice: each is idempotent
@@ -20,6 +21,7 @@ from harvest.db import runs as run_rows
 from harvest.errors import StorageError
 from harvest.models import FileRef
 from harvest.stages.common import StageStats, merge_stats
+from harvest.stages.embed import SubmittedBatch
 from harvest.storage import ObjectStore, concat_files
 from harvest.storage.keys import part_kind, run_key
 
@@ -83,6 +85,29 @@ def collected_embeddings(engine: Engine, run_id: str) -> list[FileRef] | None:
     if prefill is not None and _recorded_after(prefill, done[0]):
         return None
     return [run_rows.file_ref(done[0]), run_rows.file_ref(done[1])]
+
+
+def submitted_batch(engine: Engine, run_id: str, model: str) -> SubmittedBatch | None:
+    """The batch an earlier attempt of this run submitted and recorded, with its prefill still stored, or None.
+
+    A worker killed after the submission was recorded but before Prefect stored the task's result left the
+    batch running at OpenAI (paid for, its hold kept by reconciliation: harvest/cost/stages.py); submitting
+    again would pay for every line twice. A batch already collected comes back complete (its files), and one
+    for another model (the setting changed in between) is not reused."""
+    steps = (run_rows.get_run(engine, run_id) or {}).get("steps") or {}
+    submit = steps.get("embeddings_submit") or {}
+    details = submit.get("details") or {}
+    if not details.get("batch_id") or not details.get("input_file_id") or details.get("model") != model:
+        return None
+    prefill = _live_files(engine, run_id).get("embeddings_prefill")
+    collected = collected_embeddings(engine, run_id) if prefill is None else None
+    if prefill is None and collected is None:
+        return None
+    return SubmittedBatch(
+        batch_id=str(details["batch_id"]), input_file_id=str(details["input_file_id"]),
+        records=int(submit.get("items_in") or 0), model=model, prefill_uri=prefill["uri"] if prefill else None,
+        files=collected or [], reserved_usd=float(details.get("reserved_usd") or 0.0),
+    )
 
 
 def drop_prefill(engine: Engine, store: ObjectStore, run_id: str) -> list[str]:

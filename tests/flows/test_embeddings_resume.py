@@ -1,0 +1,83 @@
+"""An embeddings batch is paid for once per run: a submit task that runs again (its worker killed after the
+submission was recorded in the run row, before Prefect stored the task's result) collects the batch the
+earlier attempt submitted instead of submitting another (harvest.stages.finish.submitted_batch).
+
+The tasks' own functions run inside a flow, twice, as the retry of a resumed run would run them: against
+Postgres, the S3 stand-in and the OpenAI stand-in (Files + Batches over HTTP)."""
+
+from __future__ import annotations
+
+import uuid
+
+from prefect import flow
+
+from harvest.db import runs as run_rows
+from harvest.models import Activity, FileRef, Location
+from harvest.storage import write_jsonl
+from harvest.storage.keys import run_key
+
+MODEL = "text-embedding-3-small"
+
+
+def _standardized(run_id: str, count: int) -> FileRef:
+    from flows.resources import resources
+
+    activities = [
+        Activity(id=f"act{n:04d}", name=f"Playground {n}", description=f"Swings and slides number {n}.",
+                 location=Location(name=f"Reserve {n}", formattedAddress=f"{n} Main Rd, Eltham VIC 3095, Australia"),
+                 content_hash=f"h{n}")
+        for n in range(count)
+    ]
+    return write_jsonl(resources().store, run_key(run_id, "standardized", "jsonl"), "standardized", activities)
+
+
+@flow
+def _submit_twice_then_collect(run_id: str, standardized: FileRef) -> tuple:
+    from flows.tasks import poll_embeddings_batch, submit_embeddings_batch
+
+    first = submit_embeddings_batch.fn(run_id, standardized, MODEL)
+    again = submit_embeddings_batch.fn(run_id, standardized, MODEL)  # the attempt after the worker died
+    files = poll_embeddings_batch.fn(run_id, standardized, again)
+    after_collect = submit_embeddings_batch.fn(run_id, standardized, MODEL)
+    return first, again, files, after_collect
+
+
+def test_a_recorded_submission_is_collected_again_not_paid_for_twice(harvest_env, openai_server) -> None:
+    from flows.resources import resources
+
+    openai_server.configure(polls_until_complete=1)
+    engine = resources().engine
+    run_id = str(uuid.uuid4())
+    run_rows.create_run(engine, run_id, "https://example.org/", {})
+    standardized = _standardized(run_id, 12)
+
+    first, again, files, after_collect = _submit_twice_then_collect(run_id, standardized)
+
+    assert openai_server.stats()["batches.create"] == 1, "the second attempt submitted another batch"
+    assert again == first and first.batch_id and first.prefill_uri
+    assert {ref.kind for ref in files} == {"embeddings", "embeddings_index"}
+    # Once collected (the prefill dropped), the same batch comes back complete: its files, nothing to poll.
+    assert after_collect.batch_id == first.batch_id and after_collect.complete
+    assert {ref.uri for ref in after_collect.files} == {ref.uri for ref in files}
+    assert openai_server.stats()["batches.create"] == 1
+
+
+def test_a_submission_for_another_model_is_not_reused(harvest_env, openai_server) -> None:
+    from flows.resources import resources
+    from harvest.stages.finish import submitted_batch
+
+    engine = resources().engine
+    run_id = str(uuid.uuid4())
+    run_rows.create_run(engine, run_id, "https://example.org/", {})
+    standardized = _standardized(run_id, 3)
+
+    @flow
+    def submit_once() -> object:
+        from flows.tasks import submit_embeddings_batch
+
+        return submit_embeddings_batch.fn(run_id, standardized, MODEL)
+
+    batch = submit_once()
+    assert submitted_batch(engine, run_id, MODEL) == batch
+    assert submitted_batch(engine, run_id, "text-embedding-3-large") is None
+    assert submitted_batch(engine, str(uuid.uuid4()), MODEL) is None  # a run that submitted nothing
