@@ -16,7 +16,7 @@ import psycopg
 import sqlalchemy as sa
 
 from bench.inputs import write_input
-from bench.rss import RssSampler, peak_rss_mb
+from bench.rss import RssSampler, peak_rss_mb, retained_report
 
 
 def psycopg_connection(connection: sa.Connection) -> psycopg.Connection[Any]:
@@ -116,6 +116,8 @@ def main() -> int:
             )
             wall = time.perf_counter() - started
         peak_rss = peak_rss_mb()  # the flow's; the floor below is not counted
+    if os.environ.get("BENCH_RSS_TIMELINE"):
+        retained_report(os.environ["BENCH_RSS_TIMELINE"])
     summary = state.result()
     from blocks.storage import resolve_store
     from harvest.db.runs import get_run

@@ -1,6 +1,11 @@
 """Where memory goes: a sampler thread that reads this process's RSS every few milliseconds and, for each
 sample, names the harvest stage running at that moment (the innermost `harvest/stages/` frame of any
-thread). The bench reports the peak per stage, so a stage whose memory grows with N shows up by name."""
+thread). The bench reports the peak per stage, so a stage whose memory grows with N shows up by name.
+
+With BENCH_RSS_TIMELINE=FILE, each case also appends to FILE, once a second, its RSS, the live Python blocks
+(`sys.getallocatedblocks`) and every stage running, and after the flow what it kept (`retained_report`): RSS
+growing while the blocks do not is the allocator holding freed memory, not data kept. How the mmap threshold
+and the transfer concurrency were found (harvest/memory.py, harvest/storage/s3.py)."""
 
 from __future__ import annotations
 
@@ -50,19 +55,52 @@ def _thread_frames() -> dict[int, Any]:
             gc.enable()
 
 
-def _running_stage() -> str | None:
-    for thread_id, frame in _thread_frames().items():
-        if thread_id == threading.get_ident():
-            continue
-        stage = None
-        while frame is not None:
-            if _STAGES in frame.f_code.co_filename:
-                stage = f"{Path(frame.f_code.co_filename).stem}.{frame.f_code.co_name}"
-                break  # outermost-first is not available; the first stage frame from the top is the innermost
-            frame = frame.f_back
-        if stage:
-            return stage
+def _stage_of(frame: Any) -> str | None:
+    while frame is not None:
+        if _STAGES in frame.f_code.co_filename:
+            return f"{Path(frame.f_code.co_filename).stem}.{frame.f_code.co_name}"
+        frame = frame.f_back  # the first stage frame from the top is the innermost
     return None
+
+
+def _running_stages() -> list[str]:
+    """Every stage running in another thread, innermost frame each."""
+    me = threading.get_ident()
+    return sorted(stage for thread_id, frame in _thread_frames().items()
+                  if thread_id != me and (stage := _stage_of(frame)))
+
+
+def retained_report(path: str) -> None:
+    """After a run: collect garbage, give free pages back, then append to `path` what stays: RSS, live blocks,
+    the most common object types, and pymalloc's arenas."""
+    import collections
+
+    from harvest.memory import release_free_memory
+
+    gc.collect()
+    release_free_memory()
+    counts = collections.Counter(type(o).__name__ for o in gc.get_objects())
+    read, write = os.pipe()  # _debugmallocstats writes to the C stderr only
+    saved = os.dup(2)
+    try:
+        os.dup2(write, 2)
+        sys._debugmallocstats()  # noqa: SLF001 - a profiler's job
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        stats = pipe.read().decode(errors="replace")
+    with open(path, "a") as out:
+        out.write(f"after the run: rss={rss_mb():.1f} MB blocks={sys.getallocatedblocks()} "
+                  f"objects={sum(counts.values())}\n{counts.most_common(25)}\n")
+        out.write("".join(line + "\n" for line in stats.splitlines() if "arenas" in line))
+
+
+def _running_stage() -> str | None:
+    me = threading.get_ident()
+    return next((stage for thread_id, frame in _thread_frames().items()
+                 if thread_id != me and (stage := _stage_of(frame))), None)
 
 
 class RssSampler:
@@ -78,8 +116,15 @@ class RssSampler:
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
 
     def _run(self) -> None:
+        timeline = os.environ.get("BENCH_RSS_TIMELINE")
+        started = last_line = time.monotonic()
         while not self._stop.wait(self.interval_s):
             rss = rss_mb()
+            if timeline and time.monotonic() - last_line >= 1.0:
+                last_line = time.monotonic()
+                with open(timeline, "a") as out:
+                    out.write(f"{last_line - started:7.1f} s rss={rss:6.1f} MB blocks={sys.getallocatedblocks()} "
+                              f"threads={threading.active_count()} {' '.join(_running_stages())}\n")
             stage = _running_stage() or "(other)"
             if rss > self.by_stage.get(stage, 0.0):
                 self.by_stage[stage] = rss

@@ -14,6 +14,7 @@ BENCH_RERUN=0 skips the re-runs, BENCH_WHOLE_LISTS=0 the alternative, BENCH_CRAW
 (BENCH_CRAWL_REPEATS rounds of them, default 3: medians are reported); the alternative runs only up to
 BENCH_WHOLE_LISTS_MAX (10000: at 50,000 it would hold ~15 GB of lists). BENCH_DASK=0 skips the Dask entry;
 BENCH_DASK_N (10000) and BENCH_DASK_PROCESSES (2) size it.
+BENCH_RSS_TIMELINE=FILE: each flow case appends its memory second by second, and what it kept (bench/rss.py).
 """
 
 from __future__ import annotations
