@@ -46,6 +46,7 @@ from harvest.stages.standardize import standardize_raw_activities
 from harvest.storage.keys import chunk_result_step, combined_result_step, result_key_template
 
 LOGGED_WARNINGS = 20
+CLOCK_MARGIN_SECONDS = 300  # between this machine and OpenAI's batch timestamps
 
 
 PERSISTED: dict[str, Any] = {"persist_result": True, "result_serializer": "json"}
@@ -189,12 +190,20 @@ def submit_embeddings_batch(run_id: str, standardized: FileRef, model: str) -> S
         result, batch, collected = submit_embeddings(
             res.store, run_id, standardized, _openai_client(res), model, dimensions=res.settings.embedding_dimensions,
             reuse=res.engine, sync_below=res.settings.embeddings_sync_below,
-            meter=meter_for(res.engine, res.settings, run_id, "embeddings"),
+            meter=meter_for(res.engine, res.settings, run_id, "embeddings"), run_started=_started(res, run_id),
         )
     record_stage(res, run_id, "embeddings_submit", result)
     if collected is not None:  # no batch: the vectors are final already (batch.files), nothing to poll
         record_stage(res, run_id, "embeddings", collected)
     return batch
+
+
+def _started(res: Resources, run_id: str) -> float | None:
+    """When the run began (epoch seconds), less a margin for OpenAI's clock and its whole-second timestamps:
+    where to stop looking for a batch an earlier attempt submitted."""
+    row = run_rows.get_run(res.engine, run_id)
+    started = row.get("started_at") if row else None
+    return started.timestamp() - CLOCK_MARGIN_SECONDS if started is not None else None
 
 
 def _only_while_running(task: Any, task_run: Any, state: Any) -> bool:

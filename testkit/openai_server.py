@@ -8,6 +8,7 @@ Endpoints (shapes as in the OpenAI API reference):
 
 * ``POST /v1/files`` (multipart ``purpose``, ``file``), ``GET /v1/files``, ``GET /v1/files/{id}``,
   ``GET /v1/files/{id}/content`` (raw bytes), ``DELETE /v1/files/{id}``.
+* ``GET /v1/batches`` newest first, paged by ``limit`` and ``after``.
 * ``POST /v1/batches`` → status ``validating``; each ``GET /v1/batches/{id}`` advances it: ``in_progress``,
   then ``finalizing`` (``cancelling`` when the outcome is ``cancelled``) for the last ``finalizing_polls``
   polls, and on the ``polls_until_complete``-th poll the configured outcome: ``completed`` with a real
@@ -88,7 +89,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
@@ -633,9 +634,24 @@ class OpenAITestServer(LoopbackServer):
         return batch
 
     def _batches_list(self, req: _Handler, body: bytes) -> tuple[int, Any]:
+        """Newest first, a page of `limit` (1-100, default 20) after the cursor `after` (a batch id), as the API."""
+        query = parse_qs(urlsplit(req.path).query)
+        try:
+            limit = int(query.get("limit", ["20"])[0])
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= 100:
+            raise _ApiError(400, "limit must be between 1 and 100", param="limit")
         with self._lock:
-            data = [b.to_json() for b in self._batches.values()]
-        return 200, {"object": "list", "data": data, "has_more": False,
+            newest_first = list(reversed(self._batches.values()))  # created in insertion order
+        after = query.get("after", [None])[0]
+        if after is not None:
+            ids = [batch.id for batch in newest_first]
+            if after not in ids:
+                raise _ApiError(404, f"No batch found with id '{after}'.", param="after")
+            newest_first = newest_first[ids.index(after) + 1:]
+        data = [batch.to_json() for batch in newest_first[:limit]]
+        return 200, {"object": "list", "data": data, "has_more": len(newest_first) > limit,
                      "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None}
 
     def _batches_retrieve(self, req: _Handler, body: bytes, id: str) -> tuple[int, Any]:  # noqa: A002

@@ -25,6 +25,7 @@ from harvest.embeddings import (
     check_batch,
     embed_texts,
     embedding_text,
+    find_run_batch,
     iter_batch_results,
     submit_batch,
     write_batch_input,
@@ -75,7 +76,7 @@ def _rows(store: ObjectStore, standardized: FileRef) -> tuple[dict[str, int], di
 
 def submit_embeddings(
     store: ObjectStore, run_id: str, standardized: FileRef, client: Any, model: str, *, dimensions: int,
-    reuse: Engine | None = None, sync_below: int = 0, meter: Meter | None = None,
+    reuse: Engine | None = None, sync_below: int = 0, meter: Meter | None = None, run_started: float | None = None,
 ) -> tuple[StageResult, SubmittedBatch | None, StageResult | None]:
     """Fill what is already known, embed the rest now or in a batch.
 
@@ -89,6 +90,8 @@ def submit_embeddings(
     uploaded, downloaded and uploaded again for an unchanged re-run.
     With a `meter`, the texts' estimated cost is held against the run's budget first; when it does not fit,
     nothing is sent and those activities have no embedding (a warning says so).
+    With `run_started` (epoch seconds), a batch of this run created since then by an attempt that died before
+    recording it is taken instead of submitting another (`find_run_batch`).
     """
     result = StageResult()
     collected: StageResult | None = None
@@ -162,7 +165,12 @@ def submit_embeddings(
             )
             result.files.append(ref)
             try:
-                handle = submit_batch(client, batch_path, metadata={"harvest_run_id": run_id})
+                if run_started is not None and (handle := find_run_batch(client, run_id, since=run_started)):
+                    result.stats.details["batch_found"] = 1
+                    result.warn(f"batch {handle.batch_id} was submitted by an earlier attempt that stopped before "
+                                "recording it: collecting it instead of submitting another")
+                else:
+                    handle = submit_batch(client, batch_path, metadata={"harvest_run_id": run_id})
             except BaseException:
                 if meter is not None:
                     meter.release(held)

@@ -21,6 +21,7 @@ from harvest.embeddings import (
     check_batch,
     embed_texts,
     embedding_text,
+    find_run_batch,
     iter_batch_results,
     make_openai_client,
     missing_rows,
@@ -241,6 +242,32 @@ def test_submit_and_check_turn_api_failures_into_embedding_errors(
         submit_batch(impatient, batch_file(tmp_path, [activity(1)]), metadata={})
     # The uploaded input file was cleaned up after the batch could not be created.
     assert oai.stats()["files.delete"] == 1 and list(client.files.list()) == []
+
+
+def test_find_run_batch_pages_back_to_the_runs_live_batch_and_stops_at_the_run_start(
+    tmp_path: Path, client: openai.OpenAI, oai: OpenAITestServer
+) -> None:
+    """A batch of the run that a killed attempt never recorded is found by its metadata, through more than one
+    page of newer batches (the API lists 100 at most a page); one that ended badly is not taken."""
+    path = batch_file(tmp_path, [activity(1)])
+    started = time.time() - 1
+    live = submit_batch(client, path, metadata={"harvest_run_id": "run-a"})
+    oai.configure(batch_outcome="failed", polls_until_complete=1)
+    failed = submit_batch(client, path, metadata={"harvest_run_id": "run-a"})  # newer, but ended badly
+    with pytest.raises(EmbeddingError):
+        check_batch(client, failed.batch_id)
+    oai.configure(batch_outcome="completed")
+    for n in range(105):
+        submit_batch(client, path, metadata={"harvest_run_id": f"other-{n}"})
+    listed = oai.stats().get("batches.list", 0)
+
+    assert find_run_batch(client, "run-a", since=started - 60) == live
+    assert oai.stats()["batches.list"] - listed == 2  # two pages: 100, then the rest
+    assert find_run_batch(client, "run-b", since=started - 60) is None
+    assert find_run_batch(client, "run-a", since=time.time() + 60) is None  # all older than the run: first page only
+    oai.fail_next("/v1/batches", 10, status=500, retry_after=0.01)
+    impatient = make_openai_client("sk-test", oai.base_url, max_retries=1, timeout_s=5)
+    assert find_run_batch(impatient, "run-a", since=started) is None  # a failed lookup: the caller submits
 
 
 def test_a_refused_key_is_an_embedding_error() -> None:
