@@ -71,16 +71,16 @@ def test_release_free_memory_gives_freed_pages_back() -> None:
     assert float(done.stdout) > 100  # MB given back of the ~143 MB freed
 
 
-# One 8 MiB block is mapped and freed (as an upload part is), then forty 2 MiB blocks are made and all but
-# the last freed; prints the MB that freeing gave back.
+# One 16 MiB block is mapped and freed, then sixteen 5 MiB blocks (the size of S3 parts) are made and all
+# but the last freed; prints the MB that freeing gave back.
 LARGE_BLOCKS = textwrap.dedent("""
     {prelude}
     def rss():
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * 4096 / 2**20
-    part = b"p" * (8 << 20)
+    part = b"p" * (16 << 20)
     del part
-    blocks = [b"x" * (2 << 20) for _ in range(40)]
+    blocks = [b"x" * (5 << 20) for _ in range(16)]
     keep = blocks[-1:]
     before = rss()
     del blocks
@@ -96,10 +96,10 @@ def _given_back_mb(prelude: str, **env: str) -> float:
 
 
 def test_large_blocks_freed_after_a_larger_one_go_back_to_the_system() -> None:
-    # The control: glibc raised its mmap threshold to 8 MiB when the part was freed, so the 2 MiB blocks came
+    # The control: glibc raised its mmap threshold to 16 MiB when the block was freed, so the 5 MiB blocks came
     # from the heap and stay resident below the one still in use.
     assert _given_back_mb("") < 10
-    assert _given_back_mb("import harvest") > 70  # of the 78 MB freed
+    assert _given_back_mb("import harvest") > 70  # of the 75 MB freed
 
 
 def test_an_mmap_threshold_from_the_environment_is_left_as_set() -> None:
