@@ -54,7 +54,8 @@ Failure injection and counters, in-process (:meth:`OpenAITestServer.configure`, 
 same JSON keys, ``GET /_testkit/stats``, ``POST /_testkit/reset``). Config keys:
 
 * ``fail``: ``[{"path": "/v1/embeddings", "count": 2, "status": 429, "retry_after": 0.1}]`` — the next
-  ``count`` requests under ``path`` answer ``status`` (429 always carries Retry-After, default 1 s);
+  ``count`` requests under ``path`` (of ``method`` only, when a rule has one) answer ``status`` (429 always
+  carries Retry-After, default 1 s);
 * ``batch_outcome``: ``completed`` | ``failed`` | ``expired`` | ``cancelled``;
 * ``error_ids``: custom_ids whose batch output line is an error (in the error file);
 * ``wrong_dimension_ids``: custom_ids whose vector has half the requested dimensions;
@@ -211,12 +212,14 @@ def _parse_multipart(content_type: str, body: bytes) -> dict[str, tuple[str | No
 
 @dataclass
 class FailureRule:
-    """Answer the next `count` requests under `path` with `status` (429 carries Retry-After)."""
+    """Answer the next `count` requests under `path` (and of `method`, when given) with `status` (429 carries
+    Retry-After)."""
 
     path: str = "/v1/"
     count: int = 1
     status: int = 500
     retry_after: float | None = None
+    method: str | None = None
 
     def __post_init__(self) -> None:
         if not 400 <= self.status <= 599:
@@ -439,10 +442,10 @@ class OpenAITestServer(LoopbackServer):
         with self._lock:
             self._stats[key] += n
 
-    def _take_failure(self, path: str) -> FailureRule | None:
+    def _take_failure(self, method: str, path: str) -> FailureRule | None:
         with self._lock:
             for rule in self._config.failures:
-                if rule.count > 0 and path.startswith(rule.path):
+                if rule.count > 0 and path.startswith(rule.path) and rule.method in (None, method):
                     rule.count -= 1
                     self._stats[f"injected.{rule.status}"] += 1
                     return rule
@@ -503,7 +506,7 @@ class OpenAITestServer(LoopbackServer):
                                              "requests", code="rate_limit_exceeded"),
                           {**limits, "Retry-After": f"{wait_s:.3f}", "retry-after-ms": str(int(wait_s * 1000))})
             return
-        rule = self._take_failure(path)
+        rule = self._take_failure(method, path)
         if rule is not None:
             headers: dict[str, str] = dict(limits)
             if rule.status == 429:

@@ -19,21 +19,24 @@ from tests.failures.support import SMALL, activity_rows, file_rows, jsonl, run_r
 def test_429_and_500_on_every_batch_call_are_retried_and_the_run_completes_with_every_vector(
     harvest_env, s3, demo_site, openai_server
 ) -> None:
-    # One injected failure on each call the batch path makes: upload (429), create (429), two polls (500, 429),
-    # the output download (500). Rules are matched by path prefix, in order.
+    # One injected failure on each call the batch path makes: the look for a batch this run submitted before
+    # (429), upload (429), create (429), two polls (500, 429), the output download (500). Rules are matched by
+    # path prefix, in order.
     openai_server.configure(fail=[
         {"path": "/v1/files/", "count": 1, "status": 500, "retry_after": 0.05},    # GET …/content
         {"path": "/v1/files", "count": 1, "status": 429, "retry_after": 0.05},     # POST /v1/files
         {"path": "/v1/batches/", "count": 1, "status": 500, "retry_after": 0.05},  # GET /v1/batches/{id}
         {"path": "/v1/batches/", "count": 1, "status": 429, "retry_after": 0.05},
-        {"path": "/v1/batches", "count": 1, "status": 429, "retry_after": 0.05},   # POST /v1/batches
+        {"path": "/v1/batches", "count": 1, "status": 429, "retry_after": 0.05, "method": "GET"},  # the look
+        {"path": "/v1/batches", "count": 1, "status": 429, "retry_after": 0.05, "method": "POST"},  # create
     ])
     state = scrape(demo_site.base_url + "/", **SMALL)
     assert state.is_completed(), state.message
     summary = state.result()
 
     stats = openai_server.stats()
-    assert stats["injected.429"] == 3 and stats["injected.500"] == 2, stats
+    assert stats["injected.429"] == 4 and stats["injected.500"] == 2, stats
+    assert stats["batches.list"] == 2, "the refused look for an earlier batch was sent again"
     assert stats["files.create"] == 2 and stats["batches.create"] == 2, "each refused call was sent again"
     assert stats["files.content"] == 2
     assert stats["batches.lines"] == summary.activities_processed, "one batch, not a second paid one"

@@ -1,6 +1,7 @@
-"""An embeddings batch is paid for once per run: a submit task that runs again (its worker killed after the
-submission was recorded in the run row, before Prefect stored the task's result) collects the batch the
-earlier attempt submitted instead of submitting another (harvest.stages.finish.submitted_batch).
+"""An embeddings batch is paid for once per run. A submit task that runs again collects the batch an earlier
+attempt submitted instead of submitting another: recorded in the run row (the worker killed before Prefect
+stored the task's result: harvest.stages.finish.submitted_batch), or only created at OpenAI (killed before the
+row recorded it: found by the run's id in its metadata, harvest.embeddings.find_run_batch).
 
 The tasks' own functions run inside a flow, twice, as the retry of a resumed run would run them: against
 Postgres, the S3 stand-in and the OpenAI stand-in (Files + Batches over HTTP)."""
