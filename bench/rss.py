@@ -80,17 +80,18 @@ def retained_report(path: str) -> None:
     gc.collect()
     release_free_memory()
     counts = collections.Counter(type(o).__name__ for o in gc.get_objects())
-    read, write = os.pipe()  # _debugmallocstats writes to the C stderr only
-    saved = os.dup(2)
-    try:
-        os.dup2(write, 2)
-        sys._debugmallocstats()  # noqa: SLF001 - a profiler's job
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(write)
-    with os.fdopen(read, "rb") as pipe:
-        stats = pipe.read().decode(errors="replace")
+    import tempfile
+
+    with tempfile.TemporaryFile() as capture:  # _debugmallocstats writes to the C stderr only (a file: no pipe to fill)
+        saved = os.dup(2)
+        try:
+            os.dup2(capture.fileno(), 2)
+            sys._debugmallocstats()  # noqa: SLF001 - a profiler's job
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        capture.seek(0)
+        stats = capture.read().decode(errors="replace")
     with open(path, "a") as out:
         out.write(f"after the run: rss={rss_mb():.1f} MB blocks={sys.getallocatedblocks()} "
                   f"objects={sum(counts.values())}\n{counts.most_common(25)}\n")
