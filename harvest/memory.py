@@ -45,18 +45,23 @@ def _glibc() -> ctypes.CDLL | None:
     return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
 
 
+def _mallopt(option: int, name: str, value: int, otherwise: str) -> bool:
+    """Set one glibc malloc parameter; False (and why, when glibc refused) where it was not set."""
+    libc = _glibc()
+    if libc is None:
+        return False
+    if libc.mallopt(option, value) != 1:
+        logger.warning("mallopt(%s, %d) was refused; %s", name, value, otherwise)
+        return False
+    return True
+
+
 def limit_malloc_arenas(arenas: int = DEFAULT_ARENAS) -> bool:
     """Bound glibc's arenas for this process (threads started afterwards share them). A MALLOC_ARENA_MAX set in
     the environment wins: glibc applied it at start. Returns whether the bound was set here."""
     if os.environ.get("MALLOC_ARENA_MAX"):
         return False
-    libc = _glibc()
-    if libc is None:
-        return False
-    if libc.mallopt(M_ARENA_MAX, arenas) != 1:
-        logger.warning("mallopt(M_ARENA_MAX, %d) was refused; memory may grow with the number of threads", arenas)
-        return False
-    return True
+    return _mallopt(M_ARENA_MAX, "M_ARENA_MAX", arenas, "memory may grow with the number of threads")
 
 
 def fix_mmap_threshold(size: int = MMAP_THRESHOLD_BYTES) -> bool:
@@ -65,13 +70,7 @@ def fix_mmap_threshold(size: int = MMAP_THRESHOLD_BYTES) -> bool:
     Returns whether the threshold was set here."""
     if os.environ.get("MALLOC_MMAP_THRESHOLD_") or "mmap_threshold" in os.environ.get("GLIBC_TUNABLES", ""):
         return False
-    libc = _glibc()
-    if libc is None:
-        return False
-    if libc.mallopt(M_MMAP_THRESHOLD, size) != 1:
-        logger.warning("mallopt(M_MMAP_THRESHOLD, %d) was refused; large buffers may stay resident", size)
-        return False
-    return True
+    return _mallopt(M_MMAP_THRESHOLD, "M_MMAP_THRESHOLD", size, "large buffers may stay resident")
 
 
 def release_free_memory() -> None:
