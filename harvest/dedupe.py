@@ -49,7 +49,8 @@ def merge_copies(copies: list[Activity]) -> Activity:
     occurrences: dict[tuple[float, str, str], Occurrence] = {}
     for copy in ordered:
         for occurrence in copy.occurrences or (
-            [Occurrence(start_date=copy.start_date, end_date=copy.end_date)] if copy.start_date else []
+            [Occurrence(start_date=copy.start_date, end_date=copy.end_date, all_day=copy.all_day)]
+            if copy.start_date else []
         ):
             occurrences.setdefault(_occurrence_key(occurrence), occurrence)
         for field in _FILLED:
@@ -64,6 +65,8 @@ def merge_copies(copies: list[Activity]) -> Activity:
     timeline = [occurrences[key] for key in sorted(occurrences)]
     if timeline:
         merged.start_date, merged.end_date = timeline[0].start_date, timeline[0].end_date
+        merged.all_day = timeline[0].all_day
+        merged.timezone = merged.timezone or next((copy.timezone for copy in ordered if copy.timezone), None)
     merged.occurrences = timeline if len(timeline) > 1 else []
     merged.content_hash = content_hash(merged)
     return merged

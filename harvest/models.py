@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -49,6 +50,27 @@ class RunConfig(BaseModel):
         default="auto",
         description="auto: plain HTTP first, the browser only for pages that need scripts; browser: always render.",
     )
+    timezone: str | None = Field(
+        default=None,
+        description="The site's IANA time zone (e.g. Europe/Berlin), for items whose venue has no coordinates and "
+        "whose source names no zone. Unset: such times keep the offset the page wrote, or none.",
+    )
+    calendar_horizon_days: int = Field(
+        default=180, ge=1, le=3660,
+        description="iCalendar feeds: occurrences of their series are kept from the run's start to this many days "
+        "ahead.",
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        try:
+            ZoneInfo(value.strip())
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"timezone {value!r} is not an IANA time zone (e.g. Europe/Berlin)") from None
+        return value.strip()
 
 
 class StartRequest(BaseModel):
@@ -91,7 +113,15 @@ class RawActivity(BaseModel):
     tags: list[str] = Field(default_factory=list)
     imageURL: str | None = None
     sourceUrl: str | None = None
-    extractedBy: str | None = Field(default=None, description="jsonld | microdata | rdfa | llm | fixture")
+    extractedBy: str | None = Field(
+        default=None, description="jsonld | microdata | rdfa | microformats | ical | llm | fixture"
+    )
+    # What the page says around the item (issue 26), for standardization to weigh; all optional.
+    itemUrl: str | None = Field(default=None, description="The item's own URL, as its markup gives it.")
+    language: str | None = Field(default=None, description="The page's language (<html lang>), e.g. 'de'.")
+    timezone: str | None = Field(default=None, description="IANA zone the source states (an iCalendar TZID).")
+    shownStartTime: str | None = Field(default=None, description="HH:MM the page shows beside the item.")
+    shownEndTime: str | None = Field(default=None, description="HH:MM of the end the page shows beside it.")
 
 
 class Occurrence(BaseModel):
@@ -99,6 +129,7 @@ class Occurrence(BaseModel):
 
     start_date: datetime
     end_date: datetime | None = None
+    all_day: bool = Field(default=False, description="A date the page gave without a time: start_date is its midnight.")
 
 
 class Activity(BaseModel):
@@ -112,6 +143,10 @@ class Activity(BaseModel):
     location: Location
     start_date: datetime | None = None
     end_date: datetime | None = None
+    timezone: str | None = Field(
+        default=None, description="IANA zone of the venue (from its coordinates, the source, or the run config)."
+    )
+    all_day: bool = Field(default=False, description="The start is a date without a time (start_date: its midnight).")
     occurrences: list[Occurrence] = Field(
         default_factory=list,
         description="Every (start, end) of an activity found on several dates, earliest first; empty for one date.",

@@ -12,6 +12,7 @@ import json
 import logging
 import re
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,6 +27,7 @@ from harvest.countries import country_code
 from harvest.extract.text import absolute_http_url, clean_text, format_address, normalize_key
 from harvest.models import Activity, Location, RawActivity, RunConfig
 from harvest.settings import DEFAULT_DATE_LANGUAGES
+from harvest.times import Placed, is_date_only, known_zone, normalize_iso, place_in_time, zone_at
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +92,7 @@ def read_date(value: str | None, languages: Sequence[str] = DEFAULT_DATE_LANGUAG
     text = clean_text(value, max_chars=100)
     if not text:
         return None
+    text = normalize_iso(text) or text  # 2019-9-18T10-10-00-00, 2012-05-13-11:00:00 (harvest/times.py)
     parsed: datetime | None = None
     if _ISO_LIKE_RE.match(text):
         candidate = text.upper() if "t" in text or "z" in text else text
@@ -248,7 +251,8 @@ def normalize_tags(tags: list[str]) -> list[str]:
 
 
 def standardize_location(location: Location | None, activity_name: str) -> Location:
-    """Clean location parts; name defaults to the activity's, formattedAddress is composed if missing."""
+    """Clean location parts; formattedAddress is composed if missing. The name is only ever the place's own:
+    an item whose page gives no place keeps an empty one (never the activity's name, issue 26)."""
     location = location or Location()
     street = clean_text(location.street_address, max_chars=MAX_FIELD_CHARS)
     city = clean_text(location.city, max_chars=MAX_FIELD_CHARS)
@@ -258,7 +262,7 @@ def standardize_location(location: Location | None, activity_name: str) -> Locat
     formatted = clean_text(location.formattedAddress, max_chars=MAX_FIELD_CHARS)
     has_coordinates = location.latitude is not None and location.longitude is not None
     return Location(
-        name=clean_text(location.name, max_chars=MAX_NAME_CHARS) or activity_name,
+        name=clean_text(location.name, max_chars=MAX_NAME_CHARS),
         formattedAddress=formatted or format_address(street, city, state, postal, country_code(country) or country),
         street_address=street,
         city=city,
@@ -305,6 +309,8 @@ class Standardizer:
         self.skipped: dict[str, int] = {}
         self.warnings: list[str] = []
         self.warnings_dropped = 0
+        self.quality: Counter[str] = Counter()  # what dates, zones and places came to (the run's quality report)
+        self.dates_refused: Counter[str] = Counter()  # by reason
 
     def warn(self, message: str) -> None:
         log.warning(message)
@@ -317,14 +323,42 @@ class Standardizer:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
         log.info("skipped activity %r from %s: %s", (raw.name or "")[:80], raw.sourceUrl, reason)
 
-    def _date(self, value: str | None, field: str, name: str) -> datetime | None:
+    def _date(self, value: str | None, field: str, name: str, languages: Sequence[str] = ()) -> datetime | None:
         if value is None or not value.strip():
             return None
         try:
-            return read_date(value, self.date_languages)
+            return read_date(value, tuple(dict.fromkeys([*languages, *self.date_languages])))
         except DateRefused as exc:
             self.warn(f"{name!r}: dropped {field} {value[:60]!r}: {exc}")
+            self.dates_refused[str(exc).split(":")[0].split(" (")[0]] += 1
             return None
+
+    def _languages(self, language: str | None) -> tuple[str, ...]:
+        """The page's own language first, when dateparser knows it (its month names are then read first)."""
+        if not language or language == "en":
+            return ()
+        try:
+            check_date_languages((language,))
+        except ValueError:
+            return ()
+        return (language,)
+
+    def _zone(self, location: Location, raw: RawActivity) -> str | None:
+        """The venue's IANA zone: its coordinates, else what the source says, else the run's config."""
+        if location.latitude is not None and location.longitude is not None:
+            zone = zone_at(location.latitude, location.longitude)
+            if zone:
+                return zone
+        return known_zone(raw.timezone) or self.config.timezone
+
+    def _placed(self, value: str | None, parsed: datetime | None, zone: str | None, shown: str | None) -> Placed | None:
+        if parsed is None or value is None:
+            return None
+        placed = place_in_time(parsed, date_only=is_date_only(clean_text(value) or ""), zone_name=zone, shown=shown)
+        self.quality["times_from_page_text"] += placed.from_page_text
+        self.quality["times_corrected"] += placed.corrected
+        self.quality["offsets_disagreeing_with_zone"] += placed.disagreed
+        return placed
 
     def standardize(self, raw: RawActivity) -> Activity | None:
         """The clean Activity for `raw`, or None when it has no name."""
@@ -335,8 +369,20 @@ class Standardizer:
         location = standardize_location(raw.location, name)
         identifier = activity_id(name, place_key(location))
 
-        start = self._date(raw.startDate, "startDate", name)
-        end = self._date(raw.endDate, "endDate", name)
+        zone = self._zone(location, raw)
+        languages = self._languages(raw.language)
+        placed_start = self._placed(
+            raw.startDate, self._date(raw.startDate, "startDate", name, languages), zone, raw.shownStartTime
+        )
+        placed_end = self._placed(raw.endDate, self._date(raw.endDate, "endDate", name, languages), zone,
+                                  raw.shownEndTime)
+        start = placed_start.value if placed_start else None
+        end = placed_end.value if placed_end else None
+        all_day = bool(placed_start and placed_start.all_day)
+        if not all_day and _spans_whole_day(start, end):
+            all_day, end = True, None  # 00:00 to 23:59 of one day: an all-day item written as two times
+        if all_day and start is not None and end is not None and end.date() == start.date():
+            end = None  # a one-day item's end date says nothing more
         if start and end:
             try:
                 backwards = end < start
@@ -362,6 +408,8 @@ class Standardizer:
             location=location,
             start_date=start,
             end_date=end,
+            timezone=zone if start is not None and (start.tzinfo is not None) else None,
+            all_day=all_day,
             tags=tags,
             image_url=image_url,
             source_url=clean_text(raw.sourceUrl, max_chars=4_000),
@@ -369,6 +417,9 @@ class Standardizer:
         )
         activity.content_hash = content_hash(activity)
         self.accepted += 1
+        self.quality["all_day"] += all_day
+        self.quality["without_zone"] += start is not None and start.tzinfo is None
+        self.quality["without_place"] += not (location.name or location.formattedAddress or location.latitude)
         return activity
 
     def report(self) -> dict[str, object]:
@@ -378,4 +429,13 @@ class Standardizer:
             "skipped": dict(self.skipped),
             "warnings": list(self.warnings),
             "warnings_dropped": self.warnings_dropped,
+            "quality": {key: value for key, value in self.quality.items() if value},
+            "dates_refused": dict(self.dates_refused),
         }
+
+
+def _spans_whole_day(start: datetime | None, end: datetime | None) -> bool:
+    if start is None or end is None:
+        return False
+    return (start.date() == end.date() and (start.hour, start.minute) == (0, 0)
+            and (end.hour, end.minute) >= (23, 59))

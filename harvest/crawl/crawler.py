@@ -499,7 +499,7 @@ class _Engine:
                     result = await self.fetcher.fetch(url)
             if result.status >= 400:
                 return FailedURL(url, f"HTTP {result.status}", result.status)
-            if not result.is_page:
+            if not (result.is_page or result.is_calendar):
                 return _Skipped("not_html", f"{url} is {result.content_type or 'of unknown type'}, not an HTML page")
             html = result.text()
             page = Page(
@@ -509,7 +509,7 @@ class _Engine:
                 html=html,
                 depth=item.depth,
                 rendered=False,
-                content_type=result.content_type,
+                content_type="text/calendar" if result.is_calendar else result.content_type,
                 final_url=result.url,
                 truncated=result.truncated,
                 validators=Validators.from_headers(result.headers),
@@ -517,7 +517,7 @@ class _Engine:
             )
             if self.mode == "auto":
                 self.http_checked[host] += 1
-            if self.mode == "auto" and await self._page_needs_browser(page):
+            if self.mode == "auto" and not result.is_calendar and await self._page_needs_browser(page):
                 if self.renderer is None:
                     return FailedURL(url, f"page needs a browser to render its content but {MISSING_BROWSER}", None)
                 self.browser_needed[host] += 1

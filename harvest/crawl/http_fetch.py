@@ -36,6 +36,8 @@ DEFAULT_MAX_BYTES = 5 * 1024 * 1024
 # 1 KiB/s: a 100 KB page at this rate takes 100 s, past any budget; only a drip is this slow.
 DEFAULT_MIN_BODY_RATE = 1024.0
 PAGE_TYPES = ("text/html", "application/xhtml+xml")
+# iCalendar feeds are read too (issue 26): a site's "Export .ics" / webcal: link says what its pages only show.
+CALENDAR_TYPES = ("text/calendar", "text/x-vcalendar", "application/ics")
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # 501 (not implemented) will not get better by asking again; the other 5xx and 429 often do.
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504, 507, 509, 520, 521, 522, 523, 524})
@@ -81,6 +83,15 @@ class FetchResult:
     def is_page(self) -> bool:
         """Only HTML documents are pages; PDFs, images, feeds and downloads are not crawled."""
         return self.content_type in PAGE_TYPES
+
+    @property
+    def is_calendar(self) -> bool:
+        """An iCalendar feed, by its type or (served as text/plain or octet-stream) by its first line."""
+        if self.content_type in CALENDAR_TYPES:
+            return True
+        return self.content_type in ("text/plain", "application/octet-stream", "") and self.body[:64].lstrip(
+            b"\xef\xbb\xbf \t\r\n"
+        ).upper().startswith(b"BEGIN:VCALENDAR")
 
     def text(self) -> str:
         """The body decoded like a browser would: BOM, Content-Type charset, <meta charset>, then a sniff."""
@@ -319,7 +330,7 @@ class HttpFetcher:
             )
             if response.status_code in REDIRECT_STATUSES or response.status_code >= 400:
                 return result
-            if pages_only and ctype and ctype not in PAGE_TYPES:
+            if pages_only and ctype and ctype not in PAGE_TYPES and ctype not in CALENDAR_TYPES:
                 return result  # not a page: do not spend bandwidth on a PDF or a video
             chunks: list[bytes] = []
             size = 0

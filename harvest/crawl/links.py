@@ -151,9 +151,12 @@ def extract_links(html: str, page_url: str) -> PageLinks:
         if "nofollow" in rel:
             result.nofollow_links += 1
             continue
-        if element.tag == "link" and not {"next", "prev", "previous"} & set(rel):
-            continue  # stylesheets, icons, alternates: not pages of this listing
+        calendar_feed = "alternate" in rel and (element.get("type") or "").strip().lower() == "text/calendar"
+        if element.tag == "link" and not ({"next", "prev", "previous"} & set(rel) or calendar_feed):
+            continue  # stylesheets, icons, other alternates: not pages of this listing
         href = (element.get("href") or "").strip()
+        if href[:7].lower() == "webcal:":  # a calendar subscription is its feed over HTTP(S) (issue 26)
+            href = "https:" + href[7:]
         if href and not href.startswith("#"):
             # A malformed href is kept as written: the frontier refuses it and counts it (non_http).
             link = _join(base, href) or href

@@ -128,6 +128,20 @@ def page_text(html: str | bytes, max_chars: int = DEFAULT_TEXT_CHARS, *, image_r
     return text[:max_chars]
 
 
+_LANG_RE = re.compile(r"^[A-Za-z]{2,3}")
+
+
+def page_language(tree: lxml.html.HtmlElement) -> str | None:
+    """The page's language as a bare code ('de' from 'de-DE'), from <html lang> or a Content-Language meta."""
+    values = [tree.get("lang"), tree.get("{http://www.w3.org/XML/1998/namespace}lang"), tree.get("xml:lang")]
+    values += tree.xpath("//meta[translate(@http-equiv, 'CONTELAGU', 'contelagu')='content-language']/@content")
+    for value in values:
+        match = _LANG_RE.match((value or "").strip())
+        if match:
+            return match.group(0).lower()
+    return None
+
+
 def looks_script_rendered(html: str | bytes | lxml.html.HtmlElement) -> bool:
     """True when the page ships scripts but its content is not in the HTML (an SPA shell).
 

@@ -1,9 +1,12 @@
-"""Activities from schema.org structured data (JSON-LD, microdata, RDFa) embedded in a page.
+"""Activities from the structured data embedded in a page: schema.org (JSON-LD, microdata, RDFa) and
+microformats (h-event, hCalendar).
 
 Structured data is the cheap, exact path: when a page has it, no LLM call is needed. Pages are
 untrusted, so every syntax and every JSON-LD block is parsed in isolation (one broken block does
-not hide the others), all walks are bounded in depth and size, and nothing here raises for bad
-input: a page without usable data yields an empty list.
+not hide the others; a block strict JSON refuses is repaired first, see harvest/extract/jsonld.py),
+all walks are bounded in depth and size, and nothing here raises for bad input: a page without
+usable data yields an empty list. `extract_page` also says what it met (blocks repaired or
+unreadable, items per syntax) for the run's quality report.
 """
 
 from __future__ import annotations
@@ -11,19 +14,25 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import extruct
 import lxml.html
-from extruct.jsonld import JsonLdExtractor
 
 from harvest.countries import country_code
-from harvest.extract.page import looks_script_rendered, page_text, parse_html, prepare_html
+from harvest.extract.jsonld import parse_jsonld
+from harvest.extract.microformats import microformat_nodes
+from harvest.extract.page import looks_script_rendered, page_language, page_text, parse_html, prepare_html
 from harvest.extract.text import absolute_http_url, clean_text, format_address, normalize_key
+from harvest.extract.visible_time import VisibleTimes
 from harvest.models import Location, RawActivity
 
 __all__ = [
+    "PageExtraction",
+    "extract_page",
     "extract_structured",
     "has_structured_activity",
     "looks_script_rendered",
@@ -32,7 +41,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-EXTRACTED_BY = {"json-ld": "jsonld", "microdata": "microdata", "rdfa": "rdfa"}
+EXTRACTED_BY = {"json-ld": "jsonld", "microdata": "microdata", "rdfa": "rdfa", "microformats": "microformats"}
+MAX_SHOWN_TIME_LOOKUPS = 300  # items per page whose visible time is looked up
 
 MAX_DEPTH = 8  # nesting followed inside one item (Event > location > address > ... )
 MAX_NODES = 20_000  # dict/list/scalar values visited per syntax on one page
@@ -337,6 +347,7 @@ class _Mapper:
             tags=self._tags(node.get("keywords")),
             imageURL=self._image(node.get("image")) or self._image(node.get("thumbnailUrl")),
             sourceUrl=self.url,
+            itemUrl=absolute_http_url(_text(_first(node.get("url")), 4_000), self.url),
             extractedBy=self.extracted_by,
         )
 
@@ -444,25 +455,35 @@ class _Mapper:
 # --- per-syntax readers: each returns compacted nodes and never raises ----------------------------
 
 
-def _jsonld_nodes(tree: lxml.html.HtmlElement, url: str, budget: _Budget) -> list[Any]:
+def _jsonld_nodes(tree: lxml.html.HtmlElement, url: str, budget: _Budget, report: PageReport) -> list[Any]:
     nodes: list[Any] = []
-    extractor = JsonLdExtractor()
     scripts = tree.xpath(
         "//script[contains(translate(@type, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz'), 'ld+json')]"
     )
     for number, script in enumerate(scripts, start=1):
-        size = len(script.text or "")
-        if size > MAX_JSONLD_BLOCK_CHARS:
-            log.warning("skipped JSON-LD block %d on %s: %d characters is too large", number, url, size)
+        text = script.text or ""
+        if len(text) > MAX_JSONLD_BLOCK_CHARS:
+            log.warning("skipped JSON-LD block %d on %s: %d characters is too large", number, url, len(text))
+            report.unreadable.append(f"block {number}: {len(text)} characters is too large")
             continue
-        script.set("type", "application/ld+json")  # extruct matches the exact attribute value
+        outcome = parse_jsonld(text)
+        if outcome.status == "unrepairable":
+            log.info("skipped unreadable JSON-LD block %d on %s: %s", number, url, (outcome.error or "")[:200])
+            report.unreadable.append(f"block {number}: {(outcome.error or '')[:200]}")
+            continue
+        if outcome.status == "repaired":
+            report.blocks_repaired += 1
+            report.repairs.update(outcome.repairs)
+            log.info("repaired JSON-LD block %d on %s (%s)", number, url, ", ".join(outcome.repairs))
         try:
-            items = extractor.extract_items(script, base_url=url)
-        except (ValueError, RecursionError, TypeError) as exc:
-            log.info("skipped invalid JSON-LD block %d on %s: %s", number, url, str(exc)[:200])
-            continue
-        nodes.extend(_compact(items, budget) or [])
+            nodes.extend(_compact(_as_list(outcome.data), budget) or [])
+        except RecursionError:
+            report.unreadable.append(f"block {number}: nested too deeply")
     return nodes
+
+
+def _as_list(data: Any) -> list[Any]:
+    return data if isinstance(data, list) else [data]
 
 
 def _microdata_nodes(tree: lxml.html.HtmlElement, url: str, budget: _Budget) -> list[Any]:
@@ -507,35 +528,62 @@ def _combine(primary: Location | None, fallback: Location | None) -> Location | 
     return merged
 
 
+_YMD_RE = re.compile(r"^\s*(\d{4})-(\d{1,2})-(\d{1,2})")
+
+
 def _dedupe_key(activity: RawActivity) -> tuple[str, str] | None:
     if not activity.name:
         return None
-    return normalize_key(activity.name), (activity.startDate or "")[:10]
+    ymd = _YMD_RE.match(activity.startDate or "")  # "2018-7-19T00-00-00-00" and "2018-7-19" are one day
+    day = "-".join(f"{int(part):02d}" for part in ymd.groups()) if ymd else (activity.startDate or "")[:10]
+    return normalize_key(activity.name), day
 
 
 def _merge(kept: RawActivity, duplicate: RawActivity) -> None:
     """Fill what the first copy of an item lacks from a later copy (another syntax may say more)."""
-    for field in ("description", "location", "startDate", "endDate", "imageURL"):
-        if getattr(kept, field) is None and getattr(duplicate, field) is not None:
-            setattr(kept, field, getattr(duplicate, field))
+    for name in ("description", "location", "startDate", "endDate", "imageURL", "itemUrl"):
+        if getattr(kept, name) is None and getattr(duplicate, name) is not None:
+            setattr(kept, name, getattr(duplicate, name))
     if not kept.tags:
         kept.tags = list(duplicate.tags)
 
 
-def extract_structured(html: str | bytes, url: str) -> list[RawActivity]:
-    """Every schema.org activity (events, places, courses) in the page's JSON-LD, microdata and RDFa.
+@dataclass
+class PageReport:
+    """What reading one page's structured data met, for the run's quality report."""
+
+    blocks_repaired: int = 0
+    repairs: Counter[str] = field(default_factory=Counter)
+    unreadable: list[str] = field(default_factory=list)  # JSON-LD blocks given up, with why
+    items_by_source: Counter[str] = field(default_factory=Counter)
+    shown_times: int = 0  # items whose visible start time was found beside them
+
+
+@dataclass
+class PageExtraction:
+    activities: list[RawActivity]
+    report: PageReport
+
+
+def extract_page(html: str | bytes, url: str) -> PageExtraction:
+    """Every activity (events, places, courses) in the page's JSON-LD, microdata, RDFa and microformats, with
+    what was met on the way.
 
     The same item marked up in two syntaxes (or twice in one) is returned once, preferring JSON-LD,
-    then microdata, then RDFa, with gaps filled from the other copies. Never raises on bad markup.
+    then microdata, then RDFa, then microformats, with gaps filled from the other copies. Each item carries the
+    page's language and the wall time shown beside it, when there is one, for standardization to weigh.
+    Never raises on bad markup.
     """
+    report = PageReport()
     text = prepare_html(html)
     tree = parse_html(text)
     if tree is None:
-        return []
+        return PageExtraction([], report)
     readers: list[tuple[str, Callable[[_Budget], list[Any]]]] = [
-        ("json-ld", lambda budget: _jsonld_nodes(tree, url, budget)),
+        ("json-ld", lambda budget: _jsonld_nodes(tree, url, budget, report)),
         ("microdata", lambda budget: _microdata_nodes(tree, url, budget)),
         ("rdfa", lambda budget: _rdfa_nodes(text, url, budget)),
+        ("microformats", lambda budget: _compact(microformat_nodes(text, tree, url), budget) or []),
     ]
     found: list[RawActivity] = []
     for syntax, read in readers:
@@ -549,7 +597,35 @@ def extract_structured(html: str | bytes, url: str) -> list[RawActivity]:
             continue
         if budget.exhausted or mapper.budget.exhausted:
             log.warning("%s data of %s is larger than %d values; the rest was ignored", syntax, url, MAX_NODES)
-    return _unique(found)[:MAX_ACTIVITIES_PER_PAGE]
+    activities = _unique(found)[:MAX_ACTIVITIES_PER_PAGE]
+    language = page_language(tree)
+    _add_shown_times(tree, url, activities, report)
+    for activity in activities:
+        activity.language = activity.language or language
+        report.items_by_source[activity.extractedBy or "unknown"] += 1
+    return PageExtraction(activities, report)
+
+
+_DAY_RE = re.compile(r"^\d{4}-\d{1,2}-(\d{1,2})")
+
+
+def _add_shown_times(tree: lxml.html.HtmlElement, url: str, activities: list[RawActivity], report: PageReport) -> None:
+    """The start (and end) time the page shows beside each dated item (see harvest/extract/visible_time.py)."""
+    dated = [activity for activity in activities if activity.startDate][:MAX_SHOWN_TIME_LOOKUPS]
+    if not dated:
+        return
+    times = VisibleTimes(tree, url, {a.itemUrl for a in activities if a.itemUrl})
+    for activity in dated:
+        day = _DAY_RE.match(activity.startDate or "")
+        start, end = times.around(url=activity.itemUrl, name=activity.name, day=int(day.group(1)) if day else None)
+        if start:
+            activity.shownStartTime, activity.shownEndTime = start, end
+            report.shown_times += 1
+
+
+def extract_structured(html: str | bytes, url: str) -> list[RawActivity]:
+    """The activities of `extract_page`, without its report."""
+    return extract_page(html, url).activities
 
 
 def _same_place(a: RawActivity, b: RawActivity) -> bool:

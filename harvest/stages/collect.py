@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from harvest.crawl import Crawl, CrawlOptions, CrawlStats, Page, crawl
 from harvest.crawl.revalidate import PageMemory, Remembered, entry_for
 from harvest.errors import ExtractionError, OverBudgetError, StorageError
+from harvest.extract.calendar import calendar_activities
 from harvest.extract.llm import LLMExtractor
-from harvest.extract.structured import extract_structured, page_text
+from harvest.extract.structured import extract_page, page_text
 from harvest.models import RawActivity, RunConfig
+from harvest.quality import CrawlQuality
 from harvest.settings import HarvestSettings
 from harvest.stages.common import StageResult, timed
 from harvest.storage import ObjectStore, iter_jsonl, write_jsonl
@@ -23,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 # What the page memory's stored activities were extracted by: bump it when extraction changes what it finds,
 # so a re-crawl extracts unchanged pages again instead of reusing the older answers.
-EXTRACTOR_VERSION = "1"
+EXTRACTOR_VERSION = "2"  # 2: JSON-LD repaired, microformats, iCalendar feeds, shown times (issue 26)
 
 
 def extraction_version(llm: LLMExtractor | None) -> str:
@@ -42,6 +46,7 @@ def collect_raw_activities(
     llm: LLMExtractor | None = None,
     on_progress: Callable[[CrawlStats, int], None] | None = None,
     memory: PageMemory | None = None,
+    as_of: datetime | None = None,
 ) -> StageResult:
     """Crawl from `url`, extract activities from each page as it arrives, and store them as JSONL.
 
@@ -51,8 +56,13 @@ def collect_raw_activities(
     With `memory` (`harvest.db.page_cache.PageCache`), each page's validators, links and activities are kept,
     and a page the server says is unchanged (304, or an older sitemap `<lastmod>`) gives the activities it
     gave last time: no download, no extraction, no LLM call.
+    An iCalendar feed the crawl meets is read as one: its series expanded from `as_of` (default: now) for
+    `config.calendar_horizon_days`. What extraction met (repairs, items per source, feeds, listings that gave
+    nothing) goes to `result.quality`.
     """
     result = StageResult()
+    quality = CrawlQuality()
+    as_of = as_of or datetime.now(UTC)
     llm_pages = 0
     llm_skipped_pages = 0
     over_budget: list[str] = []  # pages the budget left without LLM extraction
@@ -67,14 +77,23 @@ def collect_raw_activities(
             reused_activities += len(reused)
             return reused, page.reuse_reason == "not_modified"  # a 304 confirms the content: keep its date
         complete = True
-        items = _extract_page(page, result)
+        if page.content_type == "text/calendar":
+            feed = calendar_activities(page.html, page.url, as_of=as_of, horizon_days=config.calendar_horizon_days)
+            quality.add_feed(page.url, feed)
+            if feed.error:
+                result.warn(f"calendar feed {page.url} not read: {feed.error}")
+            return feed.activities, feed.error is None
+        items = _extract_page(page, result, quality)
         if items is None:
             items, complete = [], False
+        if not items and _looks_like_listing(page):
+            quality.add_empty_listing(page.url)
         if not items:
             if llm is not None:
                 llm_pages += 1
                 try:
                     items = llm.extract(page_text(page.html), page.url)
+                    quality.items_by_source["llm"] += len(items)
                 except OverBudgetError:
                     over_budget.append(page.url)  # not final: a run with budget left extracts it
                     items, complete = [], False
@@ -165,6 +184,9 @@ def collect_raw_activities(
         )
     if ref.records == 0:
         result.warn(f"no activities found on {url} ({stats.pages_fetched} page(s) crawled)")
+    result.quality = quality.as_dict()
+    for page_url, detail in quality.unreadable_blocks[:20]:
+        result.warn(f"JSON-LD block on {page_url} could not be read even after repair: {detail}")
     return result
 
 
@@ -175,13 +197,23 @@ def _report(on_progress: Callable[[CrawlStats, int], None], stats: CrawlStats, f
         logger.exception("progress callback failed (ignored)")
 
 
-def _extract_page(page: Page, result: StageResult) -> list[RawActivity] | None:
+def _extract_page(page: Page, result: StageResult, quality: CrawlQuality) -> list[RawActivity] | None:
     """Structured activities of the page; None when extraction failed (warned)."""
     try:
-        return extract_structured(page.html, page.url)
+        extraction = extract_page(page.html, page.url)
     except ExtractionError as exc:
         result.warn(f"structured extraction failed for {page.url}: {exc}")
         return None
+    quality.add_page(page.url, extraction.report)
+    return extraction.activities
+
+
+_LISTING_PATH_RE = re.compile(r"(event|calendar|agenda|termine|veranstaltung|kalender|evenement|programm)", re.I)
+
+
+def _looks_like_listing(page: Page) -> bool:
+    """A page that paginates, or whose path names events or a calendar: it was expected to list something."""
+    return bool(page.pagination) or bool(_LISTING_PATH_RE.search(urlsplit(page.url).path))
 
 
 class _CheckedMemory:

@@ -38,6 +38,9 @@ class StageResult(BaseModel):
     unfollowed: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Crawl only: links a limit left unfollowed, reason -> {count, examples}."
     )
+    quality: dict[str, Any] = Field(
+        default_factory=dict, description="Crawl and standardize: the content quality counters (harvest/quality.py)."
+    )
 
     def file(self, kind: str) -> FileRef:
         for ref in self.files:

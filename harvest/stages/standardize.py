@@ -56,4 +56,6 @@ def standardize_raw_activities(
     result.stats.details.update({f"skipped_{reason}": n for reason, n in standardizer.skipped.items()})
     for warning in standardizer.warnings:
         result.warn(warning)
+    report = standardizer.report()
+    result.quality = {"quality": report["quality"], "dates_refused": report["dates_refused"]}
     return result

@@ -10,6 +10,7 @@ import pytest
 from harvest.extract.page import MAX_HTML_CHARS, looks_script_rendered, page_text
 from harvest.extract.structured import (
     MAX_LIST_ITEMS,
+    extract_page,
     extract_structured,
     has_structured_activity,
 )
@@ -306,7 +307,7 @@ def test_location_shapes() -> None:
 # --- hostile input -------------------------------------------------------------------------------------
 
 
-def test_invalid_jsonld_block_is_skipped_and_the_others_still_count() -> None:
+def test_a_cut_off_jsonld_block_is_repaired_and_blocks_without_data_are_skipped() -> None:
     html = jsonld(
         {"@context": "https://schema.org", "@type": "Event", "name": "Before"},
         '{"@context": "https://schema.org", "@type": "Event", "name": "Broken",',
@@ -314,7 +315,10 @@ def test_invalid_jsonld_block_is_skipped_and_the_others_still_count() -> None:
         "",
         {"@context": "https://schema.org", "@type": "Event", "name": "After"},
     )
-    assert [a.name for a in extract_structured(html, URL)] == ["Before", "After"]
+    page = extract_page(html, URL)
+    assert [a.name for a in page.activities] == ["Before", "Broken", "After"]  # issue 26: repaired, not dropped
+    assert page.report.blocks_repaired == 1
+    assert len(page.report.unreadable) == 2  # the comment and the empty block: nothing to repair
 
 
 def test_wrong_types_never_crash_and_are_coerced_sensibly() -> None:

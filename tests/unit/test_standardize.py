@@ -150,13 +150,14 @@ def test_fixture_tags_locations_and_defaults(fixture_items: list[dict]) -> None:
         assert activity.tags == expected_tags
         assert activity.urgency == "low" and activity.is_public is True
         location = item.get("location") or {}
-        assert activity.location.name == (location.get("name") or activity.name)
+        assert activity.location.name == (location.get("name") or None)  # never the activity's own name
         assert activity.location.formattedAddress == (independent_address(location) or None)
         assert activity.description == (item.get("description") or None)
         assert activity.image_url == item.get("imageURL")
     no_location = [a for i, a in zip(fixture_items, results, strict=True) if a and not i.get("location")]
     assert len(no_location) == 13
-    assert all(a.location.name == a.name and a.location.formattedAddress is None for a in no_location)
+    # No place on the page: an empty location, not the activity's name as a made-up place (issue 26).
+    assert all(a.location.name is None and a.location.formattedAddress is None for a in no_location)
 
 
 # --- single records -------------------------------------------------------------------------------------
@@ -179,7 +180,7 @@ def test_strings_are_trimmed_collapsed_and_markup_free() -> None:
     assert activity is not None
     assert activity.name == "Lego Club !"
     assert activity.description == "Build things. Robert'); DROP TABLE activities;--"
-    assert activity.location.name == "Lego Club !"
+    assert activity.location.name is None  # a blank place name stays blank, never the activity's
     assert activity.location.city == "Eltham"
     assert activity.location.country_code == "AU"
     assert activity.location.formattedAddress == "Eltham, VIC 3095, AU"
