@@ -31,6 +31,7 @@ from harvest.cost.report import cost_lines
 from harvest.db import runs as run_rows
 from harvest.db.ledger import run_cost
 from harvest.models import RunConfig
+from harvest.quality import report_lines, run_quality
 from harvest.storage import ObjectStore
 
 logger = logging.getLogger("harvest.artifacts")
@@ -220,6 +221,9 @@ def summary_markdown(row: dict[str, Any], files: list[dict[str, Any]], links: di
         lines.append(", ".join(f"{k}: {v}" for k, v in diff.items()) + f" — against {against}")
     else:
         lines.append("not computed")
+    quality = report_lines(run_quality(row))
+    lines += ["", "## Content quality", ""]
+    lines += [f"- {_text(line.strip())}" for line in quality] or ["not recorded"]
     unfollowed = (row.get("steps") or {}).get("unfollowed") or {}
     lines += ["", "## Unfollowed links", ""]
     for reason, entry in sorted(unfollowed.items()):

@@ -27,6 +27,7 @@ from harvest.db import runs as run_rows
 from harvest.db.ledger import run_cost
 from harvest.errors import DatabaseError, RunAlreadyRunningError, StorageError
 from harvest.models import FileRef, ImportSummary, RunConfig, StartRequest
+from harvest.quality import run_quality
 from harvest.retention import policy_from
 from harvest.settings import get_settings
 from harvest.stages.embed import SubmittedBatch
@@ -56,6 +57,11 @@ class RunSummary(BaseModel):
     task_runs: int = 0
     cost: dict[str, Any] = Field(
         default_factory=dict, description="The run ledger: {cost_usd, reserved_usd, usage, stages} (harvest.db.ledger)."
+    )
+    quality: dict[str, Any] = Field(
+        default_factory=dict,
+        description="What the content came to: items per source, JSON-LD repairs, feeds, refused dates, all-day "
+        "items, corrected times, items without a zone or a place, listings that gave nothing (harvest.quality).",
     )
 
 
@@ -239,6 +245,7 @@ def _finish(
         warnings=list(row.get("warnings") or []), failed_urls=list(row.get("failed_urls") or []),
         unfollowed_links=dict((row.get("steps") or {}).get("unfollowed") or {}),
         bytes_between_tasks=traffic.bytes, task_runs=traffic.calls, cost=run_cost(res.engine, run_id),
+        quality=run_quality(row),
     )
 
 

@@ -100,6 +100,7 @@ def crawl_and_extract(run_id: str, url: str, config: RunConfig, progress_id: str
     record_stage(res, run_id, "crawl", result)
     if result.unfollowed:  # what a limit cut off, for the summary, the CLI and the UI
         run_rows.record_step(res.engine, run_id, "unfollowed", result.unfollowed)
+    run_rows.record_step(res.engine, run_id, "quality_crawl", result.quality)  # content quality (harvest/quality.py)
     return result.file("raw_activities")
 
 
@@ -118,6 +119,7 @@ def standardize(run_id: str, raw: FileRef, config: RunConfig) -> FileRef:
     res = resources()
     result = standardize_raw_activities(res.store, run_id, raw, config, date_languages=res.settings.date_languages)
     record_stage(res, run_id, "standardize", result)
+    run_rows.record_step(res.engine, run_id, "quality_standardize", result.quality)
     return result.file("standardized")
 
 

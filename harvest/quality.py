@@ -96,6 +96,14 @@ def combine(crawl: dict[str, Any] | None, standardize: dict[str, Any] | None) ->
     return report
 
 
+def run_quality(row: dict[str, Any]) -> dict[str, Any]:
+    """The report of a run from its row's `steps` (empty for a run from before the report existed)."""
+    steps = row.get("steps") or {}
+    if "quality_crawl" not in steps and "quality_standardize" not in steps:
+        return {}
+    return combine(steps.get("quality_crawl"), steps.get("quality_standardize"))
+
+
 def report_lines(report: dict[str, Any]) -> list[str]:
     """The report in words, one fact a line (the CLI, `harvest runs show` and the summary artifact)."""
     if not report:

@@ -188,6 +188,17 @@ def _print_summary(summary: dict[str, Any]) -> None:
         typer.echo(f"  unfollowed links ({reason}): {entry['count']}, e.g.")
         for example in entry.get("examples", []):
             typer.echo(f"    {example}")
+    _echo_quality(summary.get("quality") or {}, indent="  ")
+
+
+def _echo_quality(report: dict[str, Any], indent: str) -> None:
+    from harvest.quality import report_lines
+
+    lines = report_lines(report)
+    if lines:
+        typer.echo(f"{indent}content quality:")
+    for line in lines:
+        typer.echo(f"{indent}  {line}")
 
 
 @runs_app.command("list")
@@ -232,6 +243,8 @@ def runs_show(run_id: str, as_json: bool = typer.Option(False, "--json")) -> Non
         typer.echo(f"{key:22} {row[key]}")
     typer.echo("steps:")
     for step, stats in (row["steps"] or {}).items():
+        if step.startswith("quality_"):
+            continue  # shown below as the content quality report
         if "items_in" in stats:
             typer.echo(
                 f"  {step:20} {stats.get('seconds', 0):>8.2f}s  in {stats['items_in']:>7}"
@@ -256,6 +269,9 @@ def runs_show(run_id: str, as_json: bool = typer.Option(False, "--json")) -> Non
     typer.echo(f"failed_urls            {len(row['failed_urls'] or [])}")
     for failed in row["failed_urls"] or []:
         typer.echo(f"  {failed}")
+    from harvest.quality import run_quality
+
+    _echo_quality(run_quality(row), indent="")
 
 
 def _duration_seconds(text: str, option: str) -> float:

@@ -210,7 +210,9 @@ def record_to_row(
         "place_id": location.get("place_id"),
         "start_date": _parse_time(record.get("start_date")),
         "end_date": _parse_time(record.get("end_date")),
-        "occurrences": [list(pair) for pair in record.get("occurrences") or []],
+        "timezone": record.get("timezone"),
+        "all_day": bool(record.get("all_day", False)),
+        "occurrences": [_occurrence(value) for value in record.get("occurrences") or []],
         "tags": list(record.get("tags") or []),
         "embedding": record.get("embedding"),
         "embedding_hash": embedding_hash(record.get("embedding")),
@@ -224,6 +226,15 @@ def record_to_row(
         "created_at": now,
         "updated_at": now,
     }
+
+
+def _occurrence(value: Any) -> list[Any]:
+    """[start, end] of one occurrence (and true when all-day): final records write each as an object, older
+    ones as a pair."""
+    if isinstance(value, dict):
+        pair = [value.get("start_date"), value.get("end_date")]
+        return [*pair, True] if value.get("all_day") else pair
+    return list(value)
 
 
 def _on_conflict(statement: Any) -> Any:

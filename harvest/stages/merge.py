@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from itertools import repeat
 from typing import Any
 
@@ -82,6 +83,22 @@ def merge_enrichments(
     return result
 
 
+def _local(value: str | None, all_day: bool) -> str | None:
+    """The wall time as written in the venue's zone, without the offset ("2024-02-01T18:30:00"; a date if all-day)."""
+    if not value:
+        return None
+    moment = datetime.fromisoformat(value)
+    return moment.date().isoformat() if all_day else moment.replace(tzinfo=None).isoformat()
+
+
+def _utc(value: str | None) -> str | None:
+    """The UTC instant ("…Z"); None for a time whose zone nobody knows (never guessed as UTC)."""
+    if not value:
+        return None
+    moment = datetime.fromisoformat(value)
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z") if moment.tzinfo else None
+
+
 def final_record(merged: dict[str, Any], vector: list[float] | np.ndarray | orjson.Fragment | None) -> dict[str, Any]:
     """One line of `final.jsonl`: the `activities` schema (`write_jsonl` serializes an array `vector` as a list,
     and a Fragment, the vector's JSON already written, as is)."""
@@ -120,6 +137,14 @@ def final_record(merged: dict[str, Any], vector: list[float] | np.ndarray | orjs
         },
         "start_date": activity.get("start_date"),
         "end_date": activity.get("end_date"),
+        # The venue's IANA zone, the local wall time and the UTC instant (issue 26): start_date carries the zone's
+        # offset; a date without a time is all_day (start_local is then just the date).
+        "timezone": activity.get("timezone"),
+        "all_day": bool(activity.get("all_day", False)),
+        "start_local": _local(activity.get("start_date"), activity.get("all_day", False)),
+        "start_utc": _utc(activity.get("start_date")),
+        "end_local": _local(activity.get("end_date"), False),
+        "end_utc": _utc(activity.get("end_date")),
         # Every date of an activity found on several (start_date/end_date are the earliest); empty for one date.
         "occurrences": activity.get("occurrences") or [],
         "tags": activity.get("tags") or [],
