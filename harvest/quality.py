@@ -66,7 +66,7 @@ class CrawlQuality:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "items_by_source": dict(self.items_by_source),
+            "items_by_source": {source: count for source, count in self.items_by_source.items() if count},
             "jsonld_blocks_repaired": self.blocks_repaired,
             "jsonld_repairs": dict(self.repairs),
             "jsonld_blocks_unreadable": self.unreadable_count,

@@ -351,10 +351,15 @@ class Standardizer:
                 return zone
         return known_zone(raw.timezone) or self.config.timezone
 
-    def _placed(self, value: str | None, parsed: datetime | None, zone: str | None, shown: str | None) -> Placed | None:
+    def _placed(
+        self, value: str | None, parsed: datetime | None, zone: str | None, shown: str | None, *, start: bool
+    ) -> Placed | None:
+        """The value in the venue's time; what was done is counted once per item (for its start)."""
         if parsed is None or value is None:
             return None
         placed = place_in_time(parsed, date_only=is_date_only(clean_text(value) or ""), zone_name=zone, shown=shown)
+        if not start:
+            return placed
         self.quality["times_from_page_text"] += placed.from_page_text
         self.quality["times_corrected"] += placed.corrected
         self.quality["offsets_disagreeing_with_zone"] += placed.disagreed
@@ -372,10 +377,12 @@ class Standardizer:
         zone = self._zone(location, raw)
         languages = self._languages(raw.language)
         placed_start = self._placed(
-            raw.startDate, self._date(raw.startDate, "startDate", name, languages), zone, raw.shownStartTime
+            raw.startDate, self._date(raw.startDate, "startDate", name, languages), zone, raw.shownStartTime,
+            start=True,
         )
-        placed_end = self._placed(raw.endDate, self._date(raw.endDate, "endDate", name, languages), zone,
-                                  raw.shownEndTime)
+        placed_end = self._placed(
+            raw.endDate, self._date(raw.endDate, "endDate", name, languages), zone, raw.shownEndTime, start=False
+        )
         start = placed_start.value if placed_start else None
         end = placed_end.value if placed_end else None
         all_day = bool(placed_start and placed_start.all_day)

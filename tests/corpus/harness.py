@@ -86,6 +86,34 @@ def serve(site: Site) -> Iterator[str]:
         server.server_close()
 
 
+@contextlib.contextmanager
+def serve_pages(routes: dict[str, tuple[bytes, str]]) -> Iterator[str]:
+    """Several pages on one loopback host (path -> body, content type); yields the base URL."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server naming
+            payload, ctype = routes.get(self.path, (b"not here", "text/plain"))
+            self.send_response(200 if self.path in routes else 404)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 # --- running harvest ---------------------------------------------------------------------------------------
 
 
