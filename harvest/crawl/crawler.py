@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
+import re
 import threading
 import time
 from collections import Counter, deque
@@ -360,10 +361,13 @@ class _Engine:
             self._skip("nofollow", outcome.links.nofollow_links)
         before = Counter(self.frontier.skipped)
         pagination = set(outcome.links.pagination)
+        # Another page of the same listing is no deeper than this one: pagination must not use up max_depth, or a
+        # listing split over many pages loses every item past the first few. But only while the listing keeps
+        # giving something new: a "next month" calendar that shows no events and links nothing new would
+        # otherwise be followed until max_pages (issue 26); its next page then costs depth like any link.
+        inherit = bool(pagination) and _gives_something_new(page, outcome.links.links, pagination, self.frontier)
         for link in outcome.links.links:
-            # Another page of the same listing is no deeper than this one: pagination must not use up
-            # max_depth, or a listing split over many pages loses every item past the first few.
-            self.frontier.add(link, depth if link in pagination else depth + 1)
+            self.frontier.add(link, depth if link in pagination and inherit else depth + 1)
         self._sync_frontier_skips(before)
         with self.stats_lock:
             self.stats.pages_queued = len(self.frontier)
@@ -729,6 +733,21 @@ class _Engine:
             if canonical and site_of(canonical) == site_of(page.final_url):
                 page.url = canonical
         return _Fetched(page, links)
+
+
+_EVENT_MARKUP_RE = re.compile(
+    r"""["']@type["']\s*:\s*\[?\s*["'](?:https?://schema\.org/)?\w*Event["']"""
+    r"""|itemtype\s*=\s*["'][^"']*schema\.org/\w*Event|class\s*=\s*["'][^"']*\b(?:h-event|vevent)\b""",
+    re.IGNORECASE,
+)
+
+
+def _gives_something_new(page: Page, links: list[str], pagination: set[str], frontier: Frontier) -> bool:
+    """Does this page of a listing add anything: a link (other than to the listing's own pages) the crawl has not
+    seen, or items marked up as events?"""
+    if any(link not in pagination and frontier.is_new(link) for link in links):
+        return True
+    return bool(page.html) and bool(_EVENT_MARKUP_RE.search(page.html))
 
 
 class Crawl:

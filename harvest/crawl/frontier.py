@@ -148,6 +148,11 @@ class Frontier:
         normalized = normalize_url(url)
         return normalized is not None and normalized in self._seen
 
+    def is_new(self, url: str) -> bool:
+        """True when `url` is a crawlable URL the frontier has not seen yet (no rule is applied here)."""
+        normalized = normalize_url(url)
+        return normalized is not None and normalized not in self._seen
+
     def add(self, url: str, depth: int, *, base: str | None = None) -> bool:
         """Queue `url` found at `depth`; return False (and count why) when a rule refuses it."""
         normalized = normalize_url(url, base)

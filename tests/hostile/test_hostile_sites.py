@@ -224,7 +224,7 @@ def test_non_utf8_pages_yield_correctly_decoded_activity_names(site, run_crawl, 
         assert name.startswith("Zo") and name.endswith("day")
 
 
-def test_hostile_json_ld_blocks_are_skipped_and_the_good_block_kept(site, run_crawl, caplog) -> None:
+def test_hostile_json_ld_blocks_are_repaired_or_skipped_and_the_good_block_kept(site, run_crawl, caplog) -> None:
     good = json.dumps({"@context": "https://schema.org", "@type": "Event", "name": "The good block",
                        "startDate": "2025-03-01"})
     nested = '{"@type": "Event", "subEvent": ' * 5000 + '{"name": "too deep"}' + "}" * 5000
@@ -253,7 +253,8 @@ def test_hostile_json_ld_blocks_are_skipped_and_the_good_block_kept(site, run_cr
     for activity in activities:  # whatever else was salvaged is well-formed
         assert activity.imageURL is None or activity.imageURL.startswith("http")
     messages = " ".join(r.getMessage() for r in caplog.records)
-    assert "skipped invalid JSON-LD block 1" in messages
+    assert "repaired JSON-LD block 1" in messages  # cut off mid-string: repaired (issue 26), not dropped
+    assert "skipped unreadable JSON-LD block 2" in messages  # "NaN Infinity [[[[": nothing to repair
     assert "characters is too large" in messages
 
 

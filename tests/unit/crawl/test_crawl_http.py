@@ -9,6 +9,7 @@ import pytest
 
 from harvest.crawl import CrawlOptions, CrawlStats, crawl
 from harvest.errors import CrawlError
+from harvest.models import RunConfig
 
 
 def _options(ua: str, browser_path: str | None = None) -> CrawlOptions:
@@ -588,3 +589,43 @@ def test_works_when_called_from_a_thread_that_runs_an_event_loop(site, cfg) -> N
 
     assert asyncio.run(caller()) == [site.url("/"), site.url("/a")]
     assert all(hit.headers["user-agent"] == settings.user_agent for hit in site.hits)
+
+
+def test_a_next_month_calendar_that_gives_nothing_new_costs_at_most_8_pages(site, run_crawl, cfg) -> None:
+    """Issue 26: next-page links keep the listing's depth only while its pages give something new; an empty
+    "next month" chain is cut by max_depth with the default config, long before max_pages or the trap guard."""
+
+    def calendar(request) -> tuple[int, dict[str, str], bytes]:
+        month = int(request.path.rsplit("=", 1)[1])
+        body = (
+            f"<html><body><h1>Events</h1><p>{'No events this month. ' * 20}</p><a href='/about'>About</a>"
+            f'<a href="/events?month={month + 1}" rel="next">Next month</a> '
+            f'<a href="/events?month={month - 1}" rel="prev">Previous month</a></body></html>'
+        )
+        return 200, {"Content-Type": "text/html"}, body.encode()
+
+    site.route("/events", calendar)
+    site.html("/about")
+    site.html("/", links=["/events?month=0", "/about"])
+
+    run_crawl(site.url("/"), cfg(max_pages=60, max_depth=RunConfig().max_depth))  # the defaults; 100 per trap pattern
+
+    calendar_hits = [path for path in site.paths() if path.startswith("/events")]
+    assert 2 <= len(calendar_hits) <= 8
+
+
+def test_a_listing_that_keeps_giving_new_items_is_followed_past_max_depth(site, run_crawl, cfg) -> None:
+    for page in range(1, 13):
+        items = [f"/item/{page}-{n}" for n in range(4)]
+        more = [f"/list?page={page + 1}"] if page < 12 else []
+        anchors = "".join(f'<a href="{link}">{link}</a> ' for link in items)
+        nxt = "".join(f'<a href="{link}" rel="next">Older »</a>' for link in more)
+        site.page(f"/list?page={page}", f"<html><body><p>{'Listing. ' * 30}</p>{anchors}{nxt}</body></html>")
+        for link in items:
+            site.html(link)
+    site.html("/", links=["/list?page=1"])
+
+    run_crawl(site.url("/"), cfg(max_depth=2, max_pages=200))
+
+    assert {f"/list?page={n}" for n in range(1, 13)} <= set(site.paths())
+    assert {f"/item/12-{n}" for n in range(4)} <= set(site.paths())
