@@ -239,7 +239,7 @@ class Score:
     def row(self) -> str:
         return (f"| {self.site} | {self.language} | {self.found}/{self.expected} | {self.dates}/{self.starts} "
                 f"| {self.times}/{self.times_shown} | {self.recurring_kept}/{self.recurring} "
-                f"| {self.invented_places} | {self.coordinates_replaced} |")
+                f"| {self.invented_places} | {self.coordinates_replaced}/{self.coordinates_given} |")
 
 
 def _records_for(item: dict[str, Any], records: list[dict[str, Any]], site: Site) -> list[dict[str, Any]]:
@@ -300,6 +300,13 @@ def score(site: Site, records: list[dict[str, Any]]) -> Score:
         if len(item["starts"]) > 1:
             result.recurring += 1
             result.recurring_kept += kept_all and bool(found)
+        if item.get("coordinates") and found:
+            result.coordinates_given += 1
+            kept = [((r.get("location") or {}).get("latitude"), (r.get("location") or {}).get("longitude"))
+                    for r in found]
+            if tuple(item["coordinates"]) not in kept:
+                result.coordinates_replaced += 1
+                result.misses.append(f"coordinates of {item['name']}: {kept}")
         if item.get("address_contains") and found and not any(
             item["address_contains"] in _place_text(record) for record in found
         ):
