@@ -415,7 +415,7 @@ class Standardizer:
             location=location,
             start_date=start,
             end_date=end,
-            timezone=zone if start is not None and (start.tzinfo is not None) else None,
+            timezone=zone if start is not None and start.tzinfo is not None else None,
             all_day=all_day,
             tags=tags,
             image_url=image_url,
@@ -426,7 +426,7 @@ class Standardizer:
         self.accepted += 1
         self.quality["all_day"] += all_day
         self.quality["without_zone"] += start is not None and start.tzinfo is None
-        self.quality["without_place"] += not (location.name or location.formattedAddress or location.latitude)
+        self.quality["without_place"] += not (location.name or location.formattedAddress) and location.latitude is None
         return activity
 
     def report(self) -> dict[str, object]:

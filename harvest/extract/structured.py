@@ -614,7 +614,9 @@ def _add_shown_times(tree: lxml.html.HtmlElement, url: str, activities: list[Raw
     dated = [activity for activity in activities if activity.startDate][:MAX_SHOWN_TIME_LOOKUPS]
     if not dated:
         return
-    times = VisibleTimes(tree, url, {a.itemUrl for a in activities if a.itemUrl})
+    times = VisibleTimes(
+        tree, url, {a.itemUrl for a in activities if a.itemUrl}, {a.name for a in dated if a.name and not a.itemUrl}
+    )
     for activity in dated:
         day = _DAY_RE.match(activity.startDate or "")
         start, end = times.around(url=activity.itemUrl, name=activity.name, day=int(day.group(1)) if day else None)

@@ -62,21 +62,29 @@ def start_and_end(text: str) -> tuple[str | None, str | None]:
 class VisibleTimes:
     """An index of one page's links and short texts, built once, asked once per item."""
 
-    def __init__(self, tree: lxml.html.HtmlElement, base_url: str, item_urls: set[str] | None = None) -> None:
+    def __init__(
+        self,
+        tree: lxml.html.HtmlElement,
+        base_url: str,
+        item_urls: set[str] | None = None,
+        item_names: set[str] | None = None,
+    ) -> None:
+        """Index the page's links, and the short texts equal to one of `item_names` (items without a URL are
+        looked up by name), in one pass each."""
         self.base_url = base_url
         self.item_urls = {_url_key(url) for url in item_urls or ()}
         self.by_href: dict[str, list[lxml.html.HtmlElement]] = defaultdict(list)
         self.by_text: dict[str, list[lxml.html.HtmlElement]] = defaultdict(list)
-        for element in tree.iter():
-            if not isinstance(element.tag, str) or element.tag in ("script", "style", "head", "title", "meta"):
-                continue
-            href = element.get("href") if element.tag == "a" else None
+        for element in tree.iter("a"):
+            href = element.get("href")
             if href:
                 self.by_href[_url_key(urljoin(base_url, href.strip()))].append(element)
-            text = element.text_content() if len(element) < 4 else ""
-            if text and len(text) <= 300:
-                key = _text_key(text)
-                if key:
+        wanted = {_text_key(name) for name in item_names or () if name}
+        if wanted:
+            for element in tree.iter(*_TITLE_TAGS):
+                text = _short_text(element, 300)
+                key = _text_key(text) if text else ""
+                if key in wanted:
                     self.by_text[key].append(element)
 
     def around(
@@ -113,8 +121,8 @@ class VisibleTimes:
         for _ in range(MAX_LEVELS):
             if element is None:
                 return None
-            text = collapse_whitespace(element.text_content())
-            if len(text) > MAX_CONTAINER_CHARS or self._items_inside(element) > 1:
+            text = _short_text(element, MAX_CONTAINER_CHARS)
+            if text is None or self._items_inside(element) > 1:
                 return None
             times = start_and_end(text)
             if times[0]:
@@ -127,6 +135,23 @@ class VisibleTimes:
             return 0
         hrefs = {_url_key(urljoin(self.base_url, (a.get("href") or "").strip())) for a in element.iter("a")}
         return len(hrefs & self.item_urls)
+
+
+_TITLE_TAGS = frozenset({"a", "h1", "h2", "h3", "h4", "h5", "h6", "span", "strong", "b", "em", "dt", "dd", "td", "li"})
+
+
+def _short_text(element: lxml.html.HtmlElement, limit: int) -> str | None:
+    """The element's text, whitespace collapsed; None as soon as it passes `limit` characters (reading a whole
+    page's text to learn it is too long would make every lookup cost the page)."""
+    pieces: list[str] = []
+    size = 0
+    for piece in element.itertext():
+        size += len(piece)
+        if size > limit * 4:
+            return None
+        pieces.append(piece)
+    text = collapse_whitespace("".join(pieces))
+    return text if len(text) <= limit else None
 
 
 def _url_key(url: str) -> str:
