@@ -122,7 +122,8 @@ def report_lines(report: dict[str, Any]) -> list[str]:
             f"calendar feeds read: {report.get('feeds_read', 0)} ({report.get('feed_events', 0)} events, "
             f"{report.get('feed_events_outside_horizon', 0)} with no date in the horizon, "
             f"{report.get('feeds_repaired', 0)} read without their broken VTIMEZONE); "
-            f"unreadable: {len(report.get('feeds_unreadable') or [])}"
+            f"unreadable: {len(report.get('feeds_unreadable') or [])}; pages not fetched because a feed gave them: "
+            f"{report.get('pages_covered_by_feeds', 0)}"
         )
     refused = report.get("dates_refused") or {}
     lines.append("dates refused: " + (", ".join(f"{k} {v}" for k, v in sorted(refused.items())) or "none"))

@@ -272,7 +272,10 @@ class _Engine:
                     and self.pages_emitted + len(in_flight) + len(rendering) + len(backlog) + len(waiting)
                     < self.config.max_pages
                 ):
+                    covered_before = self.frontier.skipped["covered_by_feed"]
                     item = self.frontier.pop()
+                    if self.frontier.skipped["covered_by_feed"] > covered_before:
+                        self._skip("covered_by_feed", self.frontier.skipped["covered_by_feed"] - covered_before)
                     if item is None:
                         break
                     in_flight[asyncio.create_task(self._process(item))] = (sequence, item)
@@ -878,6 +881,11 @@ class Crawl:
             end = self._ended_at if self._ended_at is not None else time.monotonic()
             snapshot.seconds = round(end - self._started_at, 3)
         return snapshot
+
+    def cover(self, urls: list[str]) -> None:
+        """Pages of this site not to fetch any more: a calendar feed already gave what they would (counted as
+        skipped `covered_by_feed`)."""
+        self._engine.frontier.cover(urls)
 
     def close(self, reason: str | None = None) -> None:
         """Stop the crawl now (pages not yet consumed are dropped); shuts the browser and loop down.

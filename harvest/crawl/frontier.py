@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections import Counter, deque
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -127,6 +128,9 @@ class Frontier:
         self._seen: set[str] = set()
         self._patterns: Counter[str] = Counter()
         self._trapped: set[str] = set()
+        # Pages a calendar feed already gave (issue 26): set from the consumer's thread, read by the crawl's.
+        self._covered: set[str] = set()
+        self._covered_lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -186,8 +190,21 @@ class Frontier:
         self._queue.append(FrontierItem(normalized, depth))
         return True
 
+    def cover(self, urls: list[str]) -> None:
+        """Do not fetch these pages: what they would give is already in hand (a calendar feed listed them)."""
+        normalized = {url for url in (normalize_url(u) for u in urls) if url and self.is_same_site(url)}
+        with self._covered_lock:
+            self._covered |= normalized
+
     def pop(self) -> FrontierItem | None:
-        return self._queue.popleft() if self._queue else None
+        while self._queue:
+            item = self._queue.popleft()
+            with self._covered_lock:
+                covered = item.url in self._covered
+            if not covered:
+                return item
+            self.skipped["covered_by_feed"] += 1
+        return None
 
     def queued(self, limit: int = UNFOLLOWED_EXAMPLES) -> list[str]:
         """The first `limit` URLs still queued (examples of what a stopped crawl left unfollowed)."""

@@ -111,6 +111,8 @@ def collect_raw_activities(
             if on_progress is not None:
                 _report(on_progress, session.stats, found)
             items, complete = extract(page)
+            if page.content_type == "text/calendar":  # a feed: its events' own pages need no fetch (issue 26)
+                session.cover([item.itemUrl for item in items if item.itemUrl])
             if memory is not None and complete:
                 _remember(memory, page, items, result)
             for item in items:
@@ -184,7 +186,7 @@ def collect_raw_activities(
         )
     if ref.records == 0:
         result.warn(f"no activities found on {url} ({stats.pages_fetched} page(s) crawled)")
-    result.quality = quality.as_dict()
+    result.quality = {**quality.as_dict(), "pages_covered_by_feeds": stats.skipped.get("covered_by_feed", 0)}
     for page_url, detail in quality.unreadable_blocks[:20]:
         result.warn(f"JSON-LD block on {page_url} could not be read even after repair: {detail}")
     return result

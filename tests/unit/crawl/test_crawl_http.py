@@ -629,3 +629,20 @@ def test_a_listing_that_keeps_giving_new_items_is_followed_past_max_depth(site, 
 
     assert {f"/list?page={n}" for n in range(1, 13)} <= set(site.paths())
     assert {f"/item/12-{n}" for n in range(4)} <= set(site.paths())
+
+
+def test_pages_a_calendar_feed_already_gave_are_not_fetched(site, run_crawl, cfg) -> None:
+    """Issue 26: a consumer that read a feed covers its events' pages; the crawl skips them (counted)."""
+    site.html("/", links=[f"/event/{n}" for n in range(5)])
+    for n in range(5):
+        site.html(f"/event/{n}")
+    options = CrawlOptions(browser_path=None, user_agent="harvest-test", allow_private_networks=True,
+                           per_host_concurrency=1, timeout_s=5.0, max_concurrency=1, queue_size=1)
+    with crawl(site.url("/"), cfg(max_depth=2), options) as session:
+        pages = iter(session)
+        next(pages)  # the start page: its links are queued, not yet fetched
+        session.cover([site.url(f"/event/{n}") for n in range(2, 5)])
+        fetched = [page.url for page in pages]
+        stats = session.stats
+    assert not any(url.endswith(("/event/2", "/event/3", "/event/4")) for url in fetched)
+    assert stats.skipped.get("covered_by_feed", 0) >= 1
