@@ -9,6 +9,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from harvest.models import RunConfig
+from harvest.quality import report_lines
 from tests.corpus.harness import CORPUS, serve_pages
 
 HTML = "text/html; charset=utf-8"
@@ -39,7 +40,7 @@ def test_a_run_over_real_pages_reports_its_repairs_and_corrections(harvest_env) 
     assert state.is_completed(), state.message
     summary = state.result()
     quality = summary.quality
-    print("\n".join(__import__("harvest.quality", fromlist=["report_lines"]).report_lines(quality)))
+    print("\n".join(report_lines(quality)))  # shown with pytest -s
     assert quality["items_by_source"]["jsonld"] == 6 + 5
     assert quality["items_by_source"]["microdata"] >= 1 and quality["items_by_source"]["microformats"] == 1
     assert quality["jsonld_blocks_repaired"] == 6 and quality["jsonld_repairs"]["invalid escapes"] == 1
