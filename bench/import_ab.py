@@ -79,8 +79,8 @@ _ARRAY_ELEMENT = np.dtype([("length", ">i4"), ("value", ">f4")])
 def _old_encoders(session_zone: ZoneInfo) -> dict[str, Callable[[Any], bytes]]:
     from sqlalchemy.dialects import postgresql
 
-    from harvest.db.activities import _vector
     from harvest.db.schema import Timestamp, activities
+    from harvest.import_.activities import _vector
 
     def text(value: Any) -> bytes:
         if not isinstance(value, str):
@@ -144,7 +144,7 @@ def _old_encoders(session_zone: ZoneInfo) -> dict[str, Callable[[Any], bytes]]:
 
 
 def _old_encode_row(row: dict[str, Any], encoders: dict[str, Callable[[Any], bytes]]) -> bytes:
-    from harvest.db.activities import COLUMNS
+    from harvest.import_.activities import COLUMNS
 
     parts = [struct.pack("!h", len(COLUMNS))]
     for name in COLUMNS:
@@ -159,8 +159,9 @@ def _old_encode_row(row: dict[str, Any], encoders: dict[str, Callable[[Any], byt
 
 
 def old_import_copy(engine: sa.Engine, records: Iterable[dict[str, Any]], *, run_id: str, batch_size: int = 500) -> Any:
-    """The COPY import as it was (its loop, with the unchanged policy helpers of harvest.db.activities)."""
-    from harvest.db.activities import (
+    """The COPY import as it was (its loop, with the unchanged policy helpers of harvest.import_.activities)."""
+    from harvest.db.engine import transaction, utcnow
+    from harvest.import_.activities import (
         _STAGE,
         _UPSERT_SQL,
         COLUMNS,
@@ -170,7 +171,6 @@ def old_import_copy(engine: sa.Engine, records: Iterable[dict[str, Any]], *, run
         record_to_row,
         run_started_at,
     )
-    from harvest.db.engine import transaction, utcnow
     from harvest.models import ImportSummary
 
     summary = ImportSummary()
@@ -228,7 +228,7 @@ def old_import_copy(engine: sa.Engine, records: Iterable[dict[str, Any]], *, run
 # --- the A/B --------------------------------------------------------------------------------------------
 
 def _read(path: Path) -> Iterator[dict[str, Any]]:
-    from harvest.db.activities import parse_final_line
+    from harvest.import_.activities import parse_final_line
 
     with open(path, "rb") as lines:
         for line in lines:
@@ -237,7 +237,7 @@ def _read(path: Path) -> Iterator[dict[str, Any]]:
 
 def fingerprint(engine: sa.Engine) -> str:
     """sha256 over every stored row as Postgres prints it, without the write timestamps and run time."""
-    from harvest.db.activities import COLUMNS
+    from harvest.import_.activities import COLUMNS
 
     compared = [c for c in COLUMNS if c not in ("created_at", "updated_at", "run_started_at")]
     digest = hashlib.sha256()
@@ -270,8 +270,8 @@ def _backend_cpu(engine: sa.Engine) -> float:
 def main() -> int:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
     out = Path(sys.argv[2]) if len(sys.argv) > 2 else None
-    from harvest.db.activities import import_activities
     from harvest.db.engine import dispose_all, get_engine, upgrade
+    from harvest.import_.activities import import_activities
 
     name = f"harvest_import_ab_{uuid.uuid4().hex[:8]}"
     admin = sa.create_engine(BASE_URL, isolation_level="AUTOCOMMIT")

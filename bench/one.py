@@ -38,8 +38,8 @@ def copy_floor(engine: sa.Engine, final_path: Path, workdir: Path) -> dict[str, 
     least). `copy_only_rows_per_s` times the COPY statement alone, streaming from a local file the binary
     rows Postgres itself wrote (`COPY ... TO STDOUT`) from that first load. Both stream: memory stays flat.
     """
-    from harvest.db.activities import COLUMNS, Float4ArrayBinaryDumper, _converters, _copy_row, record_to_row
     from harvest.db.engine import utcnow
+    from harvest.import_.activities import COLUMNS, Float4ArrayBinaryDumper, _converters, _copy_row, record_to_row
 
     now = utcnow()
     with engine.begin() as connection:

@@ -25,12 +25,12 @@ from flows.tasks import Steps
 from flows.traffic import CountedTask, Traffic
 from harvest.db import runs as run_rows
 from harvest.db.ledger import run_cost
+from harvest.enrich.embeddings.stage import SubmittedBatch
+from harvest.enrich.fan_out import NetworkWork, enrichment_chunks, network_work
 from harvest.errors import DatabaseError, RunAlreadyRunningError, StorageError
 from harvest.models import FileRef, ImportSummary, RunConfig, StartRequest
-from harvest.retention import policy_from
+from harvest.retention.policy import policy_from
 from harvest.settings import get_settings
-from harvest.stages.embed import SubmittedBatch
-from harvest.stages.fan_out import NetworkWork, enrichment_chunks, network_work
 from harvest.urls import check_fetch_allowed
 
 
@@ -180,7 +180,7 @@ def _enrich(
 
 
 def _network_work(res: Resources, standardized: FileRef) -> NetworkWork:
-    """What of the enrichment will cost requests (harvest.stages.fan_out), which sizes its fan-out. Only a
+    """What of the enrichment will cost requests (harvest.enrich.fan_out), which sizes its fan-out. Only a
     sizing: if the count cannot be made (the cache unreachable), every record counts, as if nothing were cached."""
     provider = res.settings.geocoder if res.settings.geocoder != "none" else None
     try:

@@ -22,27 +22,27 @@ from flows.limits import geocoder_gate, openai_slot
 from flows.resources import Resources, resources
 from flows.run_logs import harvest_logs_to_task
 from flows.traffic import CountedTask, Traffic
-from harvest.cost.geocoding import MeteredGeocoder
 from harvest.crawl import CrawlStats
+from harvest.crawl.page_cache import PageCache
+from harvest.crawl.stage import collect_raw_activities, copy_raw_activities, extraction_version
 from harvest.db import runs as run_rows
-from harvest.db.caches import LLMAnswerCache
-from harvest.db.page_cache import PageCache
-from harvest.embeddings import make_openai_client
+from harvest.diff.stage import diff_with_previous_run as diff_stage
+from harvest.enrich.embeddings.batch import make_openai_client
+from harvest.enrich.embeddings.stage import SubmittedBatch, collect_embeddings, submit_embeddings
+from harvest.enrich.geocode.client import Geocoder, make_geocoder
+from harvest.enrich.geocode.cost import MeteredGeocoder
+from harvest.enrich.geocode.stage import geocode_addresses
+from harvest.enrich.images.stage import process_images
+from harvest.enrich.join import collected_embeddings, combine_parts, drop_prefill, submitted_batch
 from harvest.errors import BatchNotReadyError
+from harvest.extract.answers import LLMAnswerCache
 from harvest.extract.llm import LLMExtractor
-from harvest.geocode import Geocoder, make_geocoder
+from harvest.import_.stage import import_final_records
 from harvest.memory import release_free_memory
+from harvest.merge.stage import merge_enrichments, write_final_records
 from harvest.models import FileRef, ImportSummary, RunConfig
-from harvest.stages.collect import collect_raw_activities, copy_raw_activities, extraction_version
-from harvest.stages.common import Chunk, StageResult
-from harvest.stages.diff import diff_with_previous_run as diff_stage
-from harvest.stages.embed import SubmittedBatch, collect_embeddings, submit_embeddings
-from harvest.stages.finish import collected_embeddings, combine_parts, drop_prefill, submitted_batch
-from harvest.stages.geocode import geocode_addresses
-from harvest.stages.images import process_images
-from harvest.stages.load import import_final_records
-from harvest.stages.merge import merge_enrichments, write_final_records
-from harvest.stages.standardize import standardize_raw_activities
+from harvest.pipeline import Chunk, StageResult
+from harvest.standardize.stage import standardize_raw_activities
 from harvest.storage.keys import chunk_result_step, combined_result_step, result_key_template
 
 LOGGED_WARNINGS = 20
@@ -158,7 +158,7 @@ def geocode_chunk(run_id: str, standardized: FileRef, index: int, start: int, st
 @task(name="combine-map", result_storage_key=result_key_template(combined_result_step()), **PERSISTED)
 @harvest_logs_to_task
 def combine_map(run_id: str, kind: str, step: str, chunks: int, chunk_size: int, max_chunks: int) -> FileRef:
-    """Join a map's chunk parts in order and drop them; idempotent (harvest.stages.finish). `chunk_size` and
+    """Join a map's chunk parts in order and drop them; idempotent (harvest.enrich.join). `chunk_size` and
     `max_chunks` are the layout the parts were cut with: part of the result's key, not of the work."""
     res = resources()
     ref, warnings = combine_parts(res.engine, res.store, run_id, kind, step, chunks)

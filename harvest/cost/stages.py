@@ -19,7 +19,7 @@ def ledger_stage(step: str) -> str:
 def holds_a_resume_settles(steps: Mapping[str, Any]) -> set[str]:
     """Ledger stages whose open holds outlive the run's process, from its `steps` map: an embeddings batch that
     was submitted (its id is recorded) but not yet collected. OpenAI runs it whatever became of the process,
-    and a resumed run collects it and charges what it used against that hold (harvest.stages.embed), so the
+    and a resumed run collects it and charges what it used against that hold (harvest.enrich.embeddings.stage), so the
     hold is still for money on its way: reconciling the run keeps it."""
     submitted = (steps.get("embeddings_submit") or {}).get("details") or {}
     return {"embeddings"} if submitted.get("batch_id") and "embeddings" not in steps else set()

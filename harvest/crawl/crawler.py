@@ -31,12 +31,11 @@ from harvest.crawl.heuristics import needs_browser as default_needs_browser
 from harvest.crawl.http_fetch import PAGE_TYPES, FetchFailed, HttpFetcher
 from harvest.crawl.links import PageLinks, extract_links
 from harvest.crawl.options import CrawlOptions
-from harvest.crawl.page import CrawlStats, FailedURL, Page
+from harvest.crawl.page import CrawlStats, FailedURL, Page, entry_for
 from harvest.crawl.politeness import HostGates
 from harvest.crawl.revalidate import (
     PageMemory,
     Remembered,
-    entry_for,
     parse_lastmod,
     response_time,
     unchanged_since,

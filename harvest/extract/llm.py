@@ -111,7 +111,7 @@ def _string(value: Any, max_chars: int = MAX_FIELD_CHARS) -> str | None:
 
 
 class AnswerCache(Protocol):
-    """Where answers to identical prompts are kept (harvest.db.caches.LLMAnswerCache)."""
+    """Where answers to identical prompts are kept (harvest.extract.answers.LLMAnswerCache)."""
 
     def get(self, key: str) -> str | None: ...
     def put(self, key: str, model: str, answer: str) -> None: ...

@@ -175,7 +175,7 @@ def test_harvest_log_lines_from_dask_worker_processes_reach_their_task_run_once(
 ) -> None:
     """A `harvest` logger line logged in a Dask worker process reaches the task run it was logged in, once.
 
-    The line: `harvest.embeddings` at INFO when the embeddings batch is submitted (harvest_env takes the batch
+    The line: `harvest.enrich.embeddings.batch` at INFO when the embeddings batch is submitted (harvest_env takes the batch
     path), inside the submit-embeddings-batch task, which runs in one of the 2 worker processes."""
     env = {**harvest_env, "HARVEST_TASK_RUNNER": "dask", "HARVEST_DASK_PROCESSES": "2", "PREFECT_LOGGING_LEVEL": "INFO"}
     done = harvest(stack, env, "scrape", f"{demo_site.base_url}/?site=logs", "--max-pages", "20",
@@ -191,7 +191,7 @@ def test_harvest_log_lines_from_dask_worker_processes_reach_their_task_run_once(
 
     def submitted() -> list[dict[str, Any]]:
         return [log for log in flow_run_logs(stack, run_id)
-                if log["name"] == "harvest.embeddings" and "submitted for file" in log["message"]]
+                if log["name"] == "harvest.enrich.embeddings.batch" and "submitted for file" in log["message"]]
 
     # The worker processes send their lines in batches (and the last at exit): wait for them, then for any copy.
     wait_for(submitted, 30, "the embeddings line in the run's logs")

@@ -1,7 +1,7 @@
 """An embeddings batch is paid for once per run. A submit task that runs again collects the batch an earlier
 attempt submitted instead of submitting another: recorded in the run row (the worker killed before Prefect
-stored the task's result: harvest.stages.finish.submitted_batch), or only created at OpenAI (killed before the
-row recorded it: found by the run's id in its metadata, harvest.embeddings.find_run_batch).
+stored the task's result: harvest.enrich.join.submitted_batch), or only created at OpenAI (killed before the
+row recorded it: found by the run's id in its metadata, harvest.enrich.embeddings.batch.find_run_batch).
 
 The tasks' own functions run inside a flow, twice, as the retry of a resumed run would run them: against
 Postgres, the S3 stand-in and the OpenAI stand-in (Files + Batches over HTTP)."""
@@ -70,7 +70,7 @@ def test_a_batch_created_but_never_recorded_is_found_by_its_run_and_collected(
     harvest_env, openai_server, tmp_path
 ) -> None:
     from flows.resources import resources
-    from harvest.embeddings import make_openai_client, submit_batch, write_batch_input
+    from harvest.enrich.embeddings.batch import make_openai_client, submit_batch, write_batch_input
 
     openai_server.configure(polls_until_complete=1)
     engine = resources().engine
@@ -104,7 +104,7 @@ def test_a_batch_created_but_never_recorded_is_found_by_its_run_and_collected(
 
 def test_a_submission_for_another_model_is_not_reused(harvest_env, openai_server) -> None:
     from flows.resources import resources
-    from harvest.stages.finish import submitted_batch
+    from harvest.enrich.join import submitted_batch
 
     engine = resources().engine
     run_id = str(uuid.uuid4())

@@ -165,7 +165,7 @@ def test_a_failed_cleanup_is_cleanup_failed_and_the_next_sweep_finishes_it(
 ) -> None:
     from blocks.storage import resolve_store
     from flows.resume import resume_flow_run
-    from harvest.retention import RetentionPolicy, sweep
+    from harvest.retention.policy import RetentionPolicy, sweep
     from harvest.settings import get_settings
 
     root = _local_storage(monkeypatch, tmp_path / "store")

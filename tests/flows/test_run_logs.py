@@ -19,7 +19,7 @@ def submitted_lines(client: Any, flow_run_id: UUID) -> list[Any]:
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
     logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
-    return [log for log in logs if log.name == "harvest.embeddings" and "submitted for file" in log.message]
+    return [log for log in logs if log.name == "harvest.enrich.embeddings.batch" and "submitted for file" in log.message]
 
 
 @pytest.mark.parametrize("runner", ["threads", "dask"])

@@ -1,4 +1,4 @@
-"""Hostile images through the real image stage (harvest/stages/images.py → harvest/images.py): each bad image
+"""Hostile images through the real image stage (harvest/enrich/images/stage.py → harvest/enrich/images/client.py): each bad image
 becomes that activity's recorded error and a stage warning; the good images of the same run are stored.
 
 The single-function versions of most cases are in tests/unit/test_images.py; here they run together in one
@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from harvest.enrich.images.client import to_webp
+from harvest.enrich.images.stage import process_images
 from harvest.errors import ImageError
-from harvest.images import to_webp
 from harvest.models import Activity, Location
 from harvest.settings import HarvestSettings
-from harvest.stages.images import process_images
 from harvest.storage import LocalStore, iter_jsonl, write_jsonl
 from testkit.hostile_site import drip
 

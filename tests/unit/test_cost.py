@@ -11,12 +11,12 @@ import openai
 import pytest
 
 from harvest.cost import Counter, Meter, Prices
-from harvest.cost.geocoding import OVER_BUDGET, MeteredGeocoder
 from harvest.cost.stages import free_counters, ledger_stage
-from harvest.embeddings import embed_texts, parse_batch_line
+from harvest.enrich.embeddings.batch import embed_texts, parse_batch_line
+from harvest.enrich.geocode.client import GoogleGeocoder, NominatimGeocoder
+from harvest.enrich.geocode.cost import OVER_BUDGET, MeteredGeocoder
 from harvest.errors import OverBudgetError
 from harvest.extract.llm import LLMExtractor
-from harvest.geocode import GoogleGeocoder, NominatimGeocoder
 from harvest.models import FileRef
 from testkit.geocoder_server import GeocoderTestServer
 from testkit.openai_server import OpenAITestServer, count_tokens

@@ -7,9 +7,9 @@ from __future__ import annotations
 from sqlalchemy.engine import Engine
 
 from harvest.cost import Counter
-from harvest.cost.estimate import DEFAULT_OUTPUT_RATIO, RunEstimate, estimate_run
 from harvest.db import runs as run_rows
 from harvest.db.ledger import RunBook
+from harvest.estimate import DEFAULT_OUTPUT_RATIO, RunEstimate, estimate_run
 from harvest.models import RunConfig
 from harvest.settings import HarvestSettings
 

@@ -8,12 +8,12 @@ import pytest
 import sqlalchemy as sa
 
 from harvest.db import runs
-from harvest.db.activities import import_activities
 from harvest.db.engine import get_engine, transaction, upgrade
-from harvest.db.retention import mark_run_files_deleted
 from harvest.db.schema import activities
 from harvest.errors import DatabaseError
+from harvest.import_.activities import import_activities
 from harvest.models import FileRef
+from harvest.retention.queries import mark_run_files_deleted
 
 DATABASES = ["postgres", "sqlite"]  # every test taking `engine` runs on both (tests/conftest.py)
 
@@ -114,7 +114,7 @@ def test_migrations_build_exactly_the_declared_schema(engine) -> None:  # noqa: 
 def test_stored_embeddings_are_reused_only_for_the_same_content_and_model(engine) -> None:  # noqa: ANN001
     import numpy as np
 
-    from harvest.db.caches import reusable_embeddings
+    from harvest.enrich.embeddings.reuse import reusable_embeddings
 
     vector = list(np.linspace(-0.5, 0.5, 8, dtype=np.float32).astype(float))
     runs.create_run(engine, "run-a", "https://a.example/", {"embedding_model": "m-1"})
@@ -130,7 +130,7 @@ def test_stored_embeddings_read_in_several_chunks_are_all_found(engine, monkeypa
     once, with its own id, and a changed or unknown activity is still left out."""
     import numpy as np
 
-    from harvest.db import caches
+    from harvest.enrich.embeddings import reuse as caches
 
     monkeypatch.setattr(caches, "LOOKUP_CHUNK", 2)
     vectors = {n: list(np.full(8, n / 10, dtype=np.float32).astype(float)) for n in range(1, 8)}

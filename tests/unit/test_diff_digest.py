@@ -1,4 +1,4 @@
-"""The diff of two digests (harvest.diff): what it reports, and the previous digest held compactly."""
+"""The diff of two digests (harvest.diff.compare): what it reports, and the previous digest held compactly."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from harvest.diff import DIFF_FIELDS, DiffCounts, diff_lines, digest_line, load_digest
+from harvest.diff.compare import DIFF_FIELDS, DiffCounts, diff_lines, digest_line, load_digest
 
 
 def _record(activity_id: str, **changes: Any) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""harvest.embeddings driven through the real openai SDK against the local OpenAI wire-protocol server:
+"""harvest.enrich.embeddings.batch driven through the real openai SDK against the local OpenAI wire-protocol server:
 batch input, submit, poll, stream results, the sync endpoint, and the float32 .npy matrix."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import openai
 import pytest
 from numpy.lib.format import open_memmap
 
-from harvest.embeddings import (
+from harvest.enrich.embeddings.batch import (
     BatchResult,
     EmbeddingMatrix,
     EmbeddingStream,

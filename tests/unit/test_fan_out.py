@@ -1,4 +1,4 @@
-"""The enrichment's fan-out follows the records that cost a request (harvest.stages.fan_out): a first run is cut
+"""The enrichment's fan-out follows the records that cost a request (harvest.enrich.fan_out): a first run is cut
 as it always was, a re-run whose addresses are all cached geocodes in one chunk."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from harvest.db.caches import store_geocodes
-from harvest.geocode import normalize_address
-from harvest.stages.common import chunk_ranges
-from harvest.stages.fan_out import NetworkWork, enrichment_chunks, network_work
+from harvest.enrich.fan_out import NetworkWork, enrichment_chunks, network_work
+from harvest.enrich.geocode.cache import store_geocodes
+from harvest.enrich.geocode.client import normalize_address
+from harvest.pipeline import chunk_ranges
 from harvest.storage import write_jsonl
 
 DATABASES = ["postgres", "sqlite"]

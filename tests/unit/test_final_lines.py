@@ -6,7 +6,7 @@ import numpy as np
 import orjson
 import pytest
 
-from harvest.db.activities import UnparsedVector, embedding_array, parse_final_line
+from harvest.import_.activities import UnparsedVector, embedding_array, parse_final_line
 
 
 def _line(record: dict[str, object]) -> bytes:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from harvest.diff import _short_hash, digest_line
-from harvest.embeddings import EmbeddingMatrix
-from harvest.stages.merge import write_final_records
+from harvest.diff.compare import _short_hash, digest_line
+from harvest.enrich.embeddings.batch import EmbeddingMatrix
+from harvest.merge.stage import write_final_records
 from harvest.storage import LocalStore, iter_jsonl, store_local_file, write_jsonl
 
 

@@ -11,8 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from harvest.errors import ConfigError
-from harvest.geocode import (
+from harvest.enrich.geocode.client import (
     Geocoder,
     GoogleGeocoder,
     NominatimGeocoder,
@@ -21,6 +20,7 @@ from harvest.geocode import (
     make_geocoder,
     normalize_address,
 )
+from harvest.errors import ConfigError
 from testkit.geocoder_server import GeocoderTestServer
 
 UA = "harvest-tests/1.0 (geocode unit tests)"

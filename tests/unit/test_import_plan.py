@@ -13,9 +13,9 @@ import sqlalchemy as sa
 
 from harvest.db import runs
 from harvest.db.schema import activities
-from harvest.embeddings import EmbeddingMatrix
-from harvest.stages.load import import_final_records
-from harvest.stages.merge import write_final_records
+from harvest.enrich.embeddings.batch import EmbeddingMatrix
+from harvest.import_.stage import import_final_records
+from harvest.merge.stage import write_final_records
 from harvest.storage import iter_jsonl, store_local_file, write_jsonl
 
 DATABASES = ["postgres", "sqlite"]
@@ -127,7 +127,7 @@ def _forget_index(engine: Any, run_id: str) -> None:
 
 def test_the_index_says_what_the_final_lines_say(engine, store, tmp_path: Path) -> None:  # noqa: ANN001
     """Each index line is its final line without the vector, and its hash is the one the import stores."""
-    from harvest.db.activities import embedding_hash, parse_final_line, parse_index_line
+    from harvest.import_.activities import embedding_hash, parse_final_line, parse_index_line
 
     final = write_run(engine, store, tmp_path, "run-1", [_activity(n) for n in range(5)])
     index = runs.files_view(engine, "run-1")["final_index"]
@@ -174,7 +174,7 @@ def test_a_final_jsonl_edited_after_the_run_is_imported_as_edited(engine, store,
         assert "Broken" not in names
 
 
-LOOKUP = "SELECT activities.dedupe_key"  # the policy's key lookup (harvest.db.activities._stored_rows)
+LOOKUP = "SELECT activities.dedupe_key"  # the policy's key lookup (harvest.import_.activities._stored_rows)
 
 
 def test_a_first_import_builds_and_looks_up_each_row_once(engine, store, tmp_path: Path) -> None:  # noqa: ANN001
@@ -208,8 +208,8 @@ def test_a_key_another_run_stores_after_the_lookup_is_decided_at_write_time(
     """Between one batch's key lookup and its write, another run (another URL listing the same activity) stores
     one of the keys judged new. The row must then be written by the upsert policy, not by the stale verdict:
     a newer run's row stays (Postgres counts ours unchanged), an older run's row is overwritten (updated)."""
-    from harvest.db.activities import import_activities
-    from harvest.stages.merge import final_record
+    from harvest.import_.activities import import_activities
+    from harvest.merge.stage import final_record
 
     items = [_activity(n) for n in range(30)]
     if other_run == "older":

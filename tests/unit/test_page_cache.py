@@ -16,12 +16,12 @@ from urllib.parse import urlsplit
 import pytest
 import sqlalchemy as sa
 
+from harvest.crawl.page_cache import BATCH, PageCache
 from harvest.crawl.revalidate import Remembered, Validators
+from harvest.crawl.stage import collect_raw_activities, extraction_version
 from harvest.db.engine import get_engine
-from harvest.db.page_cache import BATCH, PageCache
 from harvest.models import RunConfig
 from harvest.settings import HarvestSettings
-from harvest.stages.collect import collect_raw_activities, extraction_version
 from harvest.storage import LocalStore, iter_jsonl
 from testkit.demo_site import SiteServer, build_demo_site, refresh_sitemap, serve_site
 

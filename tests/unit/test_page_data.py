@@ -13,14 +13,14 @@ import pytest
 from pydantic import ValidationError
 
 from harvest.countries import country_code
-from harvest.geocode import NominatimGeocoder
+from harvest.enrich.geocode.client import NominatimGeocoder
+from harvest.enrich.geocode.stage import geocode_addresses
+from harvest.merge.stage import final_record
 from harvest.models import Location, RawActivity, RunConfig
+from harvest.pipeline import Chunk
 from harvest.settings import HarvestSettings
-from harvest.stages.common import Chunk
-from harvest.stages.geocode import geocode_addresses
-from harvest.stages.merge import final_record
-from harvest.stages.standardize import standardize_raw_activities
-from harvest.standardize import DateRefused, Standardizer, read_date
+from harvest.standardize.stage import standardize_raw_activities
+from harvest.standardize.standardizer import DateRefused, Standardizer, read_date
 from harvest.storage import iter_jsonl, write_jsonl
 from harvest.storage.local import LocalStore
 from testkit.geocoder_server import GeocoderTestServer

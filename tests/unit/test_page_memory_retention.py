@@ -15,15 +15,15 @@ import pytest
 import sqlalchemy as sa
 from pydantic import ValidationError
 
-from harvest import retention
+from harvest.crawl.page_cache import BATCH, PageCache
 from harvest.crawl.revalidate import Remembered, Validators
+from harvest.crawl.stage import collect_raw_activities, extraction_version
 from harvest.db.engine import utcnow
-from harvest.db.page_cache import BATCH, PageCache
 from harvest.db.schema import page_cache
 from harvest.models import RunConfig
-from harvest.retention import RetentionPolicy, policy_from, sweep
+from harvest.retention import policy as retention
+from harvest.retention.policy import RetentionPolicy, policy_from, sweep
 from harvest.settings import HarvestSettings
-from harvest.stages.collect import collect_raw_activities, extraction_version
 from harvest.storage import LocalStore, iter_jsonl
 from testkit.demo_site import build_demo_site, refresh_sitemap, serve_site
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from harvest.errors import StorageError
+from harvest.merge.stage import merge_enrichments
 from harvest.models import FileRef
-from harvest.stages.merge import merge_enrichments
 from harvest.storage import LocalStore, iter_jsonl, write_jsonl
 
 RUN = "run-merge"

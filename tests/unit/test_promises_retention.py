@@ -14,7 +14,7 @@ from datetime import timedelta
 import sqlalchemy as sa
 
 from harvest.db.schema import scrape_runs
-from harvest.retention import sweep
+from harvest.retention.policy import sweep
 from tests.unit.test_retention import NOW, POLICY, keys, make_run, never_heard_of, row
 
 

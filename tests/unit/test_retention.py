@@ -15,11 +15,10 @@ import sqlalchemy as sa
 
 from harvest.db import runs as run_rows
 from harvest.db.engine import utcnow
-from harvest.db.retention import set_pinned
 from harvest.db.schema import scrape_runs
-from harvest.diff import digest_key
+from harvest.diff.compare import digest_key
 from harvest.errors import ConfigError, RunAlreadyRunningError
-from harvest.retention import (
+from harvest.retention.policy import (
     RetentionPolicy,
     cleanup_older_than,
     cleanup_run,
@@ -27,6 +26,7 @@ from harvest.retention import (
     parse_duration,
     sweep,
 )
+from harvest.retention.queries import set_pinned
 from harvest.storage import write_json, write_jsonl
 
 POLICY = RetentionPolicy(kept_days=14, failed_days=30, grace=timedelta(hours=24))

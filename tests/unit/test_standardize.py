@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from harvest.dedupe import Deduplicator
 from harvest.models import Location, RawActivity, RunConfig
-from harvest.standardize import Standardizer, activity_id, content_hash, parse_date
+from harvest.standardize.dedupe import Deduplicator
+from harvest.standardize.standardizer import Standardizer, activity_id, content_hash, parse_date
 
 FIXTURE = Path(__file__).resolve().parents[2] / "testkit" / "data" / "melbourne-activities.json"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from harvest.images import Validators, fetch_image_if_changed
+from harvest.enrich.images.client import Validators, fetch_image_if_changed
 from harvest.net.sdk_transport import deadline_http_client
 from harvest.net.transport import sync_transport
 from tests.helpers import self_signed_certificate

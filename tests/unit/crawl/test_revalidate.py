@@ -16,15 +16,15 @@ import httpx
 import pytest
 
 from harvest.crawl import CrawlOptions, CrawlStats, Page, crawl
+from harvest.crawl.page import entry_for
+from harvest.crawl.page_cache import PageCache
 from harvest.crawl.revalidate import (
     Remembered,
-    entry_for,
     parse_lastmod,
     response_time,
     unchanged_since,
 )
 from harvest.db.engine import get_engine, upgrade
-from harvest.db.page_cache import PageCache
 from harvest.models import RunConfig
 from harvest.net.conditional import Validators
 from harvest.settings import BROWSER_CANDIDATES

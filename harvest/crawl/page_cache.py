@@ -5,7 +5,7 @@ indexed lookup, no listing), and 50,000 pages are 50,000 rows, not 50,000 object
 Writes are buffered and upserted in batches, so remembering costs one statement per `BATCH` pages.
 
 `updated_at` is when a crawl last wrote or confirmed the row (our clock, unlike `fetched_at`, the server's):
-the sweep deletes rows older than HARVEST_PAGE_MEMORY_DAYS (`harvest.retention`), so URLs a site stopped
+the sweep deletes rows older than HARVEST_PAGE_MEMORY_DAYS (`harvest.retention.policy`), so URLs a site stopped
 linking to do not pile up, while a page every crawl finds unchanged keeps its row.
 """
 
@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from harvest.crawl.revalidate import Remembered, Subresource
-from harvest.db.caches import _upsert
+from harvest.db.caches import upsert_rows
 from harvest.db.engine import database_error, transaction, utcnow
 from harvest.db.schema import one_of, page_cache
 from harvest.net.conditional import Validators
@@ -94,7 +94,7 @@ class PageCache:
             if len(self._pending) < BATCH:
                 return
             rows, self._pending = list(self._pending.values()), {}
-        _upsert(self.engine, page_cache, rows, ["url"])
+        upsert_rows(self.engine, page_cache, rows, ["url"])
 
     def confirm(self, url: str) -> None:
         with self._lock:
@@ -108,7 +108,7 @@ class PageCache:
         with self._lock:
             rows, self._pending = list(self._pending.values()), {}
             urls, self._confirmed = self._confirmed, set()
-        _upsert(self.engine, page_cache, rows, ["url"])
+        upsert_rows(self.engine, page_cache, rows, ["url"])
         self._stamp(urls)
 
     def _stamp(self, urls: set[str]) -> None:

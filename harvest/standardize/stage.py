@@ -6,11 +6,11 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
-from harvest.dedupe import Deduplicator
 from harvest.models import FileRef, RawActivity, RunConfig
-from harvest.settings import DEFAULT_DATE_LANGUAGES
-from harvest.stages.common import StageResult, timed
-from harvest.standardize import Standardizer
+from harvest.pipeline import StageResult, timed
+from harvest.standardize.dedupe import Deduplicator
+from harvest.standardize.languages import DEFAULT_DATE_LANGUAGES
+from harvest.standardize.standardizer import Standardizer
 from harvest.storage import ObjectStore, iter_jsonl, write_json_lines
 from harvest.storage.keys import run_key
 
@@ -45,7 +45,7 @@ def standardize_raw_activities(
 
     with timed(result.stats), Deduplicator() as dedupe:
         # All copies first, then one merged activity per id in id order: the file is the same whatever order
-        # the crawl found the pages in (see harvest/dedupe.py for the policy).
+        # the crawl found the pages in (see harvest/standardize/dedupe.py for the policy).
         collect(dedupe)
         ref = write_json_lines(store, run_key(run_id, "standardized", "jsonl"), "standardized", dedupe.json_lines())
     if dedupe.duplicates:

@@ -32,15 +32,15 @@ from typing import Any
 
 from harvest.cost.report import usd
 from harvest.cost.stages import holds_a_resume_settles
-from harvest.db import retention as rows
 from harvest.db.engine import Connection, Engine, transaction, utcnow
 from harvest.db.ledger import release_open_holds
-from harvest.db.retention import FILES_KEPT
 from harvest.errors import ConfigError, StorageError
+from harvest.retention import queries as rows
+from harvest.retention.queries import FILES_KEPT
 from harvest.settings import HarvestSettings
 from harvest.storage import ObjectStore, delete_prefix, iter_jsonl, keys
 
-logger = logging.getLogger("harvest.retention")
+logger = logging.getLogger("harvest.retention.policy")
 
 # Prefect state type → run status, for runs whose process died before the hooks could say.
 RECONCILED_STATUS = {"FAILED": "failed", "CRASHED": "crashed", "CANCELLED": "cancelled", "COMPLETED": "failed"}

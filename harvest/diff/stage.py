@@ -7,9 +7,9 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from harvest.db.runs import comparable_file, previous_comparable_run
-from harvest.diff import digest_lines, write_diff
+from harvest.diff.compare import digest_lines, write_diff
 from harvest.models import FileRef
-from harvest.stages.common import StageResult, timed
+from harvest.pipeline import StageResult, timed
 from harvest.storage import ObjectStore
 from harvest.storage.keys import run_key
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from harvest.cost.meter import Meter, Reservation
-from harvest.geocode import GatedGeocoder, RequestRefused
+from harvest.enrich.geocode.client import GatedGeocoder, RequestRefused
 from harvest.models import Geocode
 
 OVER_BUDGET = "skipped: the request would pass the run's budget (max_cost_usd)"

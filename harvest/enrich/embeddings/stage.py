@@ -19,8 +19,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy.engine import Engine
 
 from harvest.cost import Counter, Meter, Reservation, tokens_from_chars
-from harvest.db.caches import reusable_embeddings
-from harvest.embeddings import (
+from harvest.enrich.embeddings.batch import (
     EmbeddingMatrix,
     check_batch,
     embed_texts,
@@ -30,9 +29,10 @@ from harvest.embeddings import (
     submit_batch,
     write_batch_input,
 )
+from harvest.enrich.embeddings.reuse import reusable_embeddings
 from harvest.errors import BatchNotReadyError, DatabaseError, EmbeddingError
 from harvest.models import Activity, FileRef
-from harvest.stages.common import StageResult, timed
+from harvest.pipeline import StageResult, timed
 from harvest.storage import ObjectStore, iter_jsonl, store_local_file, write_jsonl
 from harvest.storage.keys import run_key
 

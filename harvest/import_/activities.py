@@ -138,7 +138,7 @@ class HashedVector(DeferredVector):
 
 
 def parse_index_line(line: bytes) -> dict[str, Any]:
-    """One line of `final_index.jsonl` (harvest.stages.merge.policy_line) as a final record whose embedding
+    """One line of `final_index.jsonl` (harvest.merge.stage.policy_line) as a final record whose embedding
     is a HashedVector."""
     record = orjson.loads(line)
     digest = record.pop("embedding_sha256", None) if isinstance(record, dict) else None

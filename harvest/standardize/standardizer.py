@@ -13,19 +13,17 @@ import logging
 import re
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
 from dateparser.date import DateDataParser
-from dateparser.languages.loader import default_loader as dateparser_locales
 from dateutil import parser as dateutil_parser
 
 from harvest.countries import country_code
 from harvest.extract.text import absolute_http_url, clean_text, format_address, normalize_key
 from harvest.models import Activity, Location, RawActivity, RunConfig
-from harvest.settings import DEFAULT_DATE_LANGUAGES
+from harvest.standardize.languages import DEFAULT_DATE_LANGUAGES, WORD_RE, check_date_languages, month_names
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +54,6 @@ _DAY_RE = re.compile(
     rf"|\b{_ENGLISH_MONTH}\.?\s+(\d{{1,2}})(?:st|nd|rd|th)?\b",
     re.IGNORECASE,
 )
-_WORD_RE = re.compile(r"[^\W\d_]+")  # month names in the languages of Europe's Latin script are single words
 _DAY_NUMBER_RE = re.compile(r"(?<!\d)\d{1,2}(?!\d)")
 # Two spellings dateparser does not read, rewritten to ones it does: "1º de maio" (it knows "1er", not "1º")
 # and "10 Uhr" (it knows "10:00 Uhr" and "10.30 Uhr").
@@ -64,10 +61,6 @@ _ORDINAL_SIGN_RE = re.compile(r"(?<=\d)[ºª°]")
 _BARE_HOUR_RE = re.compile(r"(?<![\d:.])(\d{1,2})\s*Uhr\b", re.IGNORECASE)
 _NEEDS_ALL_PARTS = "not a recognisable date (it needs a day, a month name and a year)"
 
-_MONTH_KEYS = (
-    "january", "february", "march", "april", "may", "june",
-    "july", "august", "september", "october", "november", "december",
-)
 # Only what a page wrote down: day, month and year must all be in the text, and nothing relative to today.
 _DATEPARSER_SETTINGS = {"REQUIRE_PARTS": ["day", "month", "year"], "PARSERS": ["absolute-time"]}
 
@@ -127,8 +120,8 @@ def _human_date(text: str, languages: tuple[str, ...]) -> datetime:
     if not (_YEAR_RE.search(text) and _DAY_NUMBER_RE.search(text)):
         raise DateRefused(_NEEDS_ALL_PARTS)
     english = bool(_MONTH_RE.search(text) and _DAY_RE.search(text))
-    months = _month_names(languages)
-    named = {word.casefold() for word in _WORD_RE.findall(text)} & months.every
+    months = month_names(languages)
+    named = {word.casefold() for word in WORD_RE.findall(text)} & months.every
     if english and not named - months.english:
         return _english_date(text)
     written_in = tuple(language for language in languages if named & months.by_language[language])
@@ -148,36 +141,6 @@ def _english_date(text: str) -> datetime:
             return dateutil_parser.parse(text, fuzzy=True, dayfirst=True)
     except (dateutil_parser.ParserError, ValueError, OverflowError) as exc:
         raise DateRefused(f"not a recognisable date ({exc})") from None
-
-
-@dataclass(frozen=True)
-class _MonthNames:
-    """Month names (and their abbreviations) of some languages, from dateparser's own locale data."""
-
-    every: frozenset[str]
-    by_language: dict[str, frozenset[str]]
-    english: frozenset[str]
-
-
-@lru_cache(maxsize=16)
-def _month_names(languages: tuple[str, ...]) -> _MonthNames:
-    by_language: dict[str, frozenset[str]] = {}
-    for language in ("en", *languages):
-        try:
-            info = dateparser_locales.get_locale(language).info
-        except (KeyError, ValueError):
-            raise ValueError(f"date language {language!r} is not a language dateparser knows") from None
-        names = frozenset(name.casefold() for key in _MONTH_KEYS for name in info[key] if _WORD_RE.fullmatch(name))
-        if not names:  # "tháng 5": not found word by word, so never read; say so now rather than refuse every date
-            raise ValueError(f"date language {language!r}: its month names are not single words, so cannot be read")
-        by_language[language] = names
-    english = by_language["en"] | {"sept"}  # dateutil's own table also has "Sept"
-    return _MonthNames(frozenset().union(*by_language.values()), by_language, english)
-
-
-def check_date_languages(languages: Sequence[str]) -> None:
-    """ValueError naming the first of `languages` dateparser has no month names for."""
-    _month_names(tuple(languages))
 
 
 @lru_cache(maxsize=16)
@@ -283,7 +246,7 @@ def place_key(location: Location) -> str | None:
 
 class Standardizer:
     """Standardizes the raw activities of one run, one record at a time (copies of one activity are merged
-    afterwards, in any order, by harvest.dedupe.Deduplicator).
+    afterwards, in any order, by harvest.standardize.dedupe.Deduplicator).
 
     Keeps counters for the run report: `accepted`, `skipped` (reason -> count) and `warnings`
     (first MAX_WARNINGS messages, `warnings_dropped` counts the rest).

@@ -19,7 +19,7 @@ import numpy as np
 
 from harvest.models import FileRef
 from harvest.storage import ObjectStore, iter_jsonl, write_jsonl
-from harvest.storage.keys import digest_key as digest_key  # re-exported: callers ask harvest.diff
+from harvest.storage.keys import digest_key as digest_key  # re-exported: callers ask harvest.diff.compare
 
 # Fields of a final record that a reviewer cares about; `location` is split so an address edit and a
 # geocode edit are told apart.

@@ -19,11 +19,11 @@ from typing import Any
 import orjson
 from sqlalchemy.engine import Engine
 
-from harvest.db.caches import cached_geocodes, store_geocodes
-from harvest.geocode import Geocoder, is_settled, normalize_address
+from harvest.enrich.concurrency import ordered_map
+from harvest.enrich.geocode.cache import cached_geocodes, store_geocodes
+from harvest.enrich.geocode.client import Geocoder, is_settled, normalize_address
 from harvest.models import FileRef, Geocode
-from harvest.stages.common import Chunk, StageResult, timed
-from harvest.stages.concurrency import ordered_map
+from harvest.pipeline import Chunk, StageResult, timed
 from harvest.storage import ObjectStore, iter_jsonl, write_jsonl
 from harvest.storage.keys import run_key
 

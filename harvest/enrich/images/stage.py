@@ -11,12 +11,12 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from harvest.db.caches import cached_images, store_images
-from harvest.images import HostSlots, process_activity_image
+from harvest.enrich.concurrency import ordered_map
+from harvest.enrich.images.cache import cached_images, store_images
+from harvest.enrich.images.client import HostSlots, process_activity_image
 from harvest.models import FileRef, ImageInfo
+from harvest.pipeline import Chunk, StageResult, timed
 from harvest.settings import HarvestSettings
-from harvest.stages.common import Chunk, StageResult, timed
-from harvest.stages.concurrency import ordered_map
 from harvest.storage import ObjectStore, write_jsonl
 from harvest.storage.keys import run_key
 

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from harvest.models import Activity, Occurrence
-from harvest.standardize import content_hash
+from harvest.standardize.standardizer import content_hash
 
 _FILLED = ("description", "image_url", "source_url")
 _LOCATION_FILLED = ("street_address", "city", "state_province", "postal_code", "country_code")

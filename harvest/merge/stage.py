@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 import orjson
 
-from harvest.diff import digest_line
-from harvest.embeddings import EmbeddingStream
+from harvest.diff.compare import digest_line
+from harvest.enrich.embeddings.batch import EmbeddingStream
 from harvest.errors import StorageError
 from harvest.models import FileRef
-from harvest.stages.common import StageResult, timed
+from harvest.pipeline import StageResult, timed
 from harvest.storage import ObjectStore, iter_jsonl, staged_file, write_jsonl
 from harvest.storage.keys import digest_key, run_key
 
@@ -138,9 +138,9 @@ def _rounded(row: np.ndarray) -> np.ndarray:
 
 def write_final_records(store: ObjectStore, run_id: str, merged: FileRef, embeddings: FileRef | None) -> StageResult:
     """Stream the merge and the vectors (read forward as they download, see EmbeddingStream) into `final.jsonl`,
-    with, in the same pass, the run's digest (`digests/<run_id>.jsonl`, see harvest/diff.py) and the import's
+    with, in the same pass, the run's digest (`digests/<run_id>.jsonl`, see harvest/diff/compare.py) and the import's
     policy index (`final_index.jsonl`: each final line without its vector, plus the vector's sha256; see
-    harvest/stages/load.py), so an import decides which rows it writes without reading 6 kB of floats a line."""
+    harvest/import_/stage.py), so an import decides which rows it writes without reading 6 kB of floats a line."""
     result = StageResult()
 
     def records(matrix: EmbeddingStream | None, digest: Any, index: Any) -> Iterator[dict[str, Any]]:

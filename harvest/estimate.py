@@ -19,15 +19,17 @@ from sqlalchemy.engine import Engine
 
 from harvest.cost.meter import Meter, Reservation, tokens_from_chars
 from harvest.cost.prices import Counter, Prices
-from harvest.db.caches import LLMAnswerCache, cached_geocodes, reusable_embeddings
+from harvest.crawl.stage import collect_raw_activities
 from harvest.db.ledger import chat_output_ratio
-from harvest.embeddings import embedding_text
+from harvest.enrich.embeddings.batch import embedding_text
+from harvest.enrich.embeddings.reuse import reusable_embeddings
+from harvest.enrich.geocode.cache import cached_geocodes
+from harvest.enrich.geocode.client import normalize_address
+from harvest.extract.answers import LLMAnswerCache
 from harvest.extract.llm import AnswerCache, LLMExtractor, Prompt
-from harvest.geocode import normalize_address
 from harvest.models import Activity, RunConfig
 from harvest.settings import HarvestSettings
-from harvest.stages.collect import collect_raw_activities
-from harvest.stages.standardize import standardize_raw_activities
+from harvest.standardize.stage import standardize_raw_activities
 from harvest.storage import iter_jsonl
 from harvest.storage.local import LocalStore
 

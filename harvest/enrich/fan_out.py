@@ -12,10 +12,11 @@ from typing import Any
 import orjson
 from sqlalchemy.engine import Engine
 
-from harvest.db.caches import LOOKUP_CHUNK, answered_address_keys
+from harvest.db.caches import LOOKUP_CHUNK
+from harvest.enrich.geocode.cache import answered_address_keys
+from harvest.enrich.geocode.stage import addresses_to_geocode
 from harvest.models import FileRef
-from harvest.stages.common import chunk_ranges
-from harvest.stages.geocode import addresses_to_geocode
+from harvest.pipeline import chunk_ranges
 from harvest.storage import ObjectStore, iter_jsonl
 
 

@@ -1,6 +1,6 @@
 """Every statement retention and the sweep run on `scrape_runs`, `run_files`, `activities` and `page_cache`.
 
-`harvest.retention` decides (what is expired, grace periods, the order of operations, storage deletes);
+`harvest.retention.policy` decides (what is expired, grace periods, the order of operations, storage deletes);
 this module only reads and writes the rows. Functions taking a `Connection` run inside the caller's
 transaction, so row locks (`FOR UPDATE [SKIP LOCKED]`) are held while the caller deletes the objects;
 functions taking an `Engine` open their own transaction.

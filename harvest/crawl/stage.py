@@ -9,13 +9,14 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from harvest.crawl import Crawl, CrawlOptions, CrawlStats, Page, crawl
-from harvest.crawl.revalidate import PageMemory, Remembered, entry_for
+from harvest.crawl.page import entry_for
+from harvest.crawl.revalidate import PageMemory, Remembered
 from harvest.errors import ExtractionError, OverBudgetError, StorageError
 from harvest.extract.llm import LLMExtractor
 from harvest.extract.structured import extract_structured, page_text
 from harvest.models import RawActivity, RunConfig
+from harvest.pipeline import StageResult, timed
 from harvest.settings import HarvestSettings
-from harvest.stages.common import StageResult, timed
 from harvest.storage import ObjectStore, iter_jsonl, write_jsonl
 from harvest.storage.keys import run_key
 
@@ -48,7 +49,7 @@ def collect_raw_activities(
     Structured data (JSON-LD, microdata, RDFa) comes first; the LLM only sees pages without any.
     The crawl stops early once `max_extractions` activities are found. `on_progress(stats, activities found)`
     runs after each page (on this thread), so callers can show the crawl moving; it must be cheap.
-    With `memory` (`harvest.db.page_cache.PageCache`), each page's validators, links and activities are kept,
+    With `memory` (`harvest.crawl.page_cache.PageCache`), each page's validators, links and activities are kept,
     and a page the server says is unchanged (304, or an older sitemap `<lastmod>`) gives the activities it
     gave last time: no download, no extraction, no LLM call.
     """

@@ -18,10 +18,10 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from harvest.db import runs as run_rows
+from harvest.enrich.embeddings.stage import SubmittedBatch
 from harvest.errors import StorageError
 from harvest.models import FileRef
-from harvest.stages.common import StageStats, merge_stats
-from harvest.stages.embed import SubmittedBatch
+from harvest.pipeline import StageStats, merge_stats
 from harvest.storage import ObjectStore, concat_files
 from harvest.storage.keys import part_kind, run_key
 

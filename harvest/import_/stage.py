@@ -7,11 +7,11 @@ import logging
 from sqlalchemy.engine import Engine
 
 from harvest.db import runs as run_rows
-from harvest.db.activities import import_activities, import_indexed, parse_final_line, parse_index_line
 from harvest.errors import DatabaseError, ImportInterrupted, StorageError
+from harvest.import_.activities import import_activities, import_indexed, parse_final_line, parse_index_line
 from harvest.models import FileRef, ImportSummary
-from harvest.retention import import_lease
-from harvest.stages.common import StageResult, timed
+from harvest.pipeline import StageResult, timed
+from harvest.retention.policy import import_lease
 from harvest.storage import JsonlPicker, ObjectStore, iter_jsonl
 
 logger = logging.getLogger("harvest.load")
@@ -81,7 +81,7 @@ def _policy_index(store: ObjectStore, engine: Engine, run_id: str, final: FileRe
 
 def import_kept_run(store: ObjectStore, run_id: str, engine: Engine) -> tuple[StageResult, ImportSummary]:
     """Import a finished run's final JSONL after review, its files held against the sweep meanwhile
-    (harvest.retention.import_lease); the summary is written onto the run."""
+    (harvest.retention.policy.import_lease); the summary is written onto the run."""
     with import_lease(engine, run_id) as row:
         final = run_rows.files_view(engine, run_id).get("final_jsonl")
         if final is None:
