@@ -105,15 +105,10 @@ def geocode(activities: list[dict[str, Any]]) -> list[dict[str, Any]]:
 @task(**PERSIST)
 def embed(activities: list[dict[str, Any]], model: str) -> list[list[float] | None]:
     """Submit one OpenAI batch, poll it with the same doubling interval as harvest, return every vector."""
-    from harvest.enrich.embeddings.batch import (
-        check_batch,
-        iter_batch_results,
-        make_openai_client,
-        submit_batch,
-        write_batch_input,
-    )
+    from harvest.enrich.embeddings.batch import check_batch, iter_batch_results, submit_batch, write_batch_input
     from harvest.errors import BatchNotReadyError
     from harvest.models import Activity
+    from harvest.net.openai_client import make_openai_client
 
     settings = _resources().settings
     client = make_openai_client(settings.openai_api_key.get_secret_value(), settings.openai_base_url)

@@ -27,7 +27,6 @@ from harvest.crawl.page_cache import PageCache
 from harvest.crawl.stage import collect_raw_activities, copy_raw_activities, extraction_version
 from harvest.db import runs as run_rows
 from harvest.diff.stage import diff_with_previous_run as diff_stage
-from harvest.enrich.embeddings.batch import make_openai_client
 from harvest.enrich.embeddings.stage import SubmittedBatch, collect_embeddings, submit_embeddings
 from harvest.enrich.geocode.client import Geocoder, make_geocoder
 from harvest.enrich.geocode.cost import MeteredGeocoder
@@ -41,6 +40,7 @@ from harvest.import_.stage import import_final_records
 from harvest.memory import release_free_memory
 from harvest.merge.stage import merge_enrichments, write_final_records
 from harvest.models import FileRef, ImportSummary, RunConfig
+from harvest.net.openai_client import make_openai_client
 from harvest.pipeline import Chunk, StageResult
 from harvest.standardize.stage import standardize_raw_activities
 from harvest.storage.keys import chunk_result_step, combined_result_step, result_key_template

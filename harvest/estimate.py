@@ -21,7 +21,7 @@ from harvest.cost.meter import Meter, Reservation, tokens_from_chars
 from harvest.cost.prices import Counter, Prices
 from harvest.crawl.stage import collect_raw_activities
 from harvest.db.ledger import chat_output_ratio
-from harvest.enrich.embeddings.batch import embedding_text
+from harvest.enrich.embeddings.api import embedding_text
 from harvest.enrich.embeddings.reuse import reusable_embeddings
 from harvest.enrich.geocode.cache import cached_geocodes
 from harvest.enrich.geocode.client import normalize_address

@@ -16,7 +16,7 @@ import numpy as np
 import orjson
 
 from harvest.diff.compare import digest_line
-from harvest.enrich.embeddings.batch import EmbeddingStream
+from harvest.enrich.embeddings.matrix import EmbeddingStream
 from harvest.errors import StorageError
 from harvest.models import FileRef
 from harvest.pipeline import StageResult, timed

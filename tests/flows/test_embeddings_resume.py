@@ -70,7 +70,8 @@ def test_a_batch_created_but_never_recorded_is_found_by_its_run_and_collected(
     harvest_env, openai_server, tmp_path
 ) -> None:
     from flows.resources import resources
-    from harvest.enrich.embeddings.batch import make_openai_client, submit_batch, write_batch_input
+    from harvest.enrich.embeddings.batch import submit_batch, write_batch_input
+    from harvest.net.openai_client import make_openai_client
 
     openai_server.configure(polls_until_complete=1)
     engine = resources().engine

@@ -12,7 +12,8 @@ import pytest
 
 from harvest.cost import Counter, Meter, Prices
 from harvest.cost.stages import free_counters, ledger_stage
-from harvest.enrich.embeddings.batch import embed_texts, parse_batch_line
+from harvest.enrich.embeddings.batch import parse_batch_line
+from harvest.enrich.embeddings.sync import embed_texts
 from harvest.enrich.geocode.client import GoogleGeocoder, NominatimGeocoder
 from harvest.enrich.geocode.cost import OVER_BUDGET, MeteredGeocoder
 from harvest.errors import OverBudgetError

@@ -14,23 +14,20 @@ import openai
 import pytest
 from numpy.lib.format import open_memmap
 
+from harvest.enrich.embeddings.api import embedding_text
 from harvest.enrich.embeddings.batch import (
     BatchResult,
-    EmbeddingMatrix,
-    EmbeddingStream,
     check_batch,
-    embed_texts,
-    embedding_text,
     find_run_batch,
     iter_batch_results,
-    make_openai_client,
-    missing_rows,
-    split_batch_input,
     submit_batch,
     write_batch_input,
 )
+from harvest.enrich.embeddings.matrix import EmbeddingMatrix, EmbeddingStream
+from harvest.enrich.embeddings.sync import embed_texts
 from harvest.errors import BatchNotReadyError, ConfigError, EmbeddingError
 from harvest.models import Activity, Location
+from harvest.net.openai_client import make_openai_client
 from testkit.openai_server import OpenAITestServer, embedding_vector
 
 DIMS = 32
@@ -46,6 +43,11 @@ def oai() -> Iterator[OpenAITestServer]:
 @pytest.fixture
 def client(oai: OpenAITestServer) -> openai.OpenAI:
     return make_openai_client("sk-test", oai.base_url, max_retries=3, timeout_s=10)
+
+
+def missing_rows(matrix: np.ndarray) -> np.ndarray:
+    """Rows with no vector: NaN rows, as EmbeddingMatrix writes them."""
+    return np.isnan(matrix[:, 0]) if matrix.shape[0] else np.zeros(0, dtype=bool)
 
 
 def read_embeddings(path: Path) -> np.ndarray:
@@ -111,19 +113,6 @@ def test_write_batch_input_max_lines_continues_from_the_same_iterator() -> None:
             break
         sizes.append(written)
     assert sizes == [2, 2, 1]
-
-
-def test_split_batch_input_respects_line_and_byte_limits(tmp_path: Path) -> None:
-    acts = [activity(n) for n in range(7)]
-    by_lines = split_batch_input(acts, MODEL, tmp_path / "lines", max_lines=3)
-    assert [p.lines for p in by_lines] == [3, 3, 1]
-    first_line = by_lines[0].path.read_bytes().splitlines()[0]
-    line_size = len(first_line) + 1  # every line here has the same length (single-digit n)
-    by_bytes = split_batch_input(acts, MODEL, tmp_path / "bytes", max_bytes=line_size * 2 + 5)
-    assert [p.lines for p in by_bytes] == [2, 2, 2, 1]
-    assert all(p.bytes == p.path.stat().st_size <= line_size * 2 + 5 for p in by_bytes)
-    ids = [json.loads(line)["custom_id"] for p in by_bytes for line in p.path.read_bytes().splitlines()]
-    assert ids == [a.id for a in acts]
 
 
 # -- batch life cycle ------------------------------------------------------------------------------------

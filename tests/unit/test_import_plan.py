@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from harvest.db import runs
 from harvest.db.schema import activities
-from harvest.enrich.embeddings.batch import EmbeddingMatrix
+from harvest.enrich.embeddings.matrix import EmbeddingMatrix
 from harvest.import_.stage import import_final_records
 from harvest.merge.stage import write_final_records
 from harvest.storage import iter_jsonl, store_local_file, write_jsonl

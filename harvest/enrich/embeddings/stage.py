@@ -19,17 +19,17 @@ from pydantic import BaseModel, Field
 from sqlalchemy.engine import Engine
 
 from harvest.cost import Counter, Meter, Reservation, tokens_from_chars
+from harvest.enrich.embeddings.api import embedding_text
 from harvest.enrich.embeddings.batch import (
-    EmbeddingMatrix,
     check_batch,
-    embed_texts,
-    embedding_text,
     find_run_batch,
     iter_batch_results,
     submit_batch,
     write_batch_input,
 )
+from harvest.enrich.embeddings.matrix import EmbeddingMatrix
 from harvest.enrich.embeddings.reuse import reusable_embeddings
+from harvest.enrich.embeddings.sync import embed_texts
 from harvest.errors import BatchNotReadyError, DatabaseError, EmbeddingError
 from harvest.models import Activity, FileRef
 from harvest.pipeline import StageResult, timed
