@@ -30,8 +30,8 @@ from harvest.models import FileRef
 
 
 def write_run_files(store: Any, run_id: str, n: int) -> tuple[FileRef, FileRef]:
-    """final.jsonl and final_index.jsonl of one run, as harvest.merge.stage.write_final_records writes them."""
-    from harvest.merge.stage import policy_line
+    """final.jsonl and final_index.jsonl of one run, as harvest.merge.final.write_final_records writes them."""
+    from harvest.merge.final import policy_line
     from harvest.storage import write_jsonl
     from harvest.storage.keys import run_key
 

@@ -81,8 +81,8 @@ def process_images(activities: list[dict[str, Any]]) -> list[dict[str, Any]]:
 @task(**PERSIST)
 def geocode(activities: list[dict[str, Any]]) -> list[dict[str, Any]]:
     from harvest.enrich.concurrency import ordered_map
+    from harvest.enrich.geocode.book import AddressBook
     from harvest.enrich.geocode.client import make_geocoder
-    from harvest.enrich.geocode.stage import _OncePerAddress
     from harvest.models import Activity
 
     settings = _resources().settings
@@ -90,7 +90,7 @@ def geocode(activities: list[dict[str, Any]]) -> list[dict[str, Any]]:
         settings.geocoder, base_url=settings.geocoder_url, google_api_key=None, user_agent=settings.user_agent,
         rate_per_second=settings.geocoder_rate_per_second, timeout_s=settings.request_timeout_seconds,
     )
-    cached, asked = _OncePerAddress(), set[str]()
+    cached, asked = AddressBook(), set[str]()
 
     def one(record: dict[str, Any]) -> dict[str, Any]:
         activity = Activity.model_validate(record)
@@ -136,7 +136,7 @@ def embed(activities: list[dict[str, Any]], model: str) -> list[list[float] | No
 @task(**PERSIST)
 def merge(activities: list[dict[str, Any]], images: list[dict[str, Any]], geocodes: list[dict[str, Any]],
           vectors: list[list[float] | None]) -> list[dict[str, Any]]:
-    from harvest.merge.stage import final_record
+    from harvest.merge.final import final_record
 
     out = []
     for activity, image, geocoded, vector in zip(activities, images, geocodes, vectors, strict=True):

@@ -17,7 +17,7 @@ from harvest.models import ImportSummary
 from harvest.retention.policy import cleanup_run
 
 
-@task(name="import-kept-run")
+@task(name="manual_import")
 @harvest_logs_to_task
 def import_kept_run(run_id: str) -> ImportSummary:
     """Import under a lease the sweep respects (an expiry cannot delete the file being read)."""

@@ -21,13 +21,10 @@ from harvest.cost.meter import Meter, Reservation, tokens_from_chars
 from harvest.cost.prices import Counter, Prices
 from harvest.crawl.stage import collect_raw_activities
 from harvest.db.ledger import chat_output_ratio
-from harvest.enrich.embeddings.api import embedding_text
-from harvest.enrich.embeddings.reuse import reusable_embeddings
-from harvest.enrich.geocode.cache import cached_geocodes
-from harvest.enrich.geocode.client import normalize_address
+from harvest.enrich.registry import batched, chunked
 from harvest.extract.answers import LLMAnswerCache
 from harvest.extract.llm import AnswerCache, LLMExtractor, Prompt
-from harvest.models import Activity, RunConfig
+from harvest.models import RunConfig
 from harvest.settings import HarvestSettings
 from harvest.standardize.stage import standardize_raw_activities
 from harvest.storage import iter_jsonl
@@ -111,8 +108,10 @@ def estimate_run(url: str, config: RunConfig, settings: HarvestSettings, engine:
         **chat.usage, Counter.pages_http: int(details.get("pages_http", 0)),
         Counter.pages_browser: int(details.get("pages_rendered", 0)), Counter.chat_cache_hits: llm.cache_hits,
     })
-    _add(estimate, prices, "embeddings", _embeddings_usage(records, config.embedding_model, settings, engine))
-    _add(estimate, prices, "geocode", _geocode_usage(records, settings, engine))
+    for enrichment in (*batched(), *chunked()):  # in the order a run starts them
+        usage = enrichment.estimate(records, config, settings, engine)
+        if usage is not None:
+            _add(estimate, prices, enrichment.name, usage)
     estimate.cost_usd = round(sum(stage["cost_usd"] for stage in estimate.stages.values()), 8)
     if estimate.llm_pages:
         estimate.notes.append(
@@ -127,35 +126,3 @@ def estimate_run(url: str, config: RunConfig, settings: HarvestSettings, engine:
 def _add(estimate: RunEstimate, prices: Prices, stage: str, usage: dict[str, int]) -> None:
     usage = {name: count for name, count in usage.items() if count}
     estimate.stages[stage] = {"usage": usage, "cost_usd": round(prices.cost(usage), 8)}
-
-
-def _embeddings_usage(
-    records: list[dict[str, Any]], model: str, settings: HarvestSettings, engine: Engine | None
-) -> dict[str, int]:
-    """Texts not reusable from the activities table: their tokens at the endpoint a run would use."""
-    hashes = {record["id"]: record.get("content_hash") or "" for record in records}
-    reused = {activity_id for activity_id, _ in reusable_embeddings(engine, model, hashes)} if engine else set()
-    texts = {record["id"]: embedding_text(Activity.model_validate(record)) for record in records
-             if record["id"] not in reused}
-    texts = {key: text for key, text in texts.items() if text}
-    tokens = tokens_from_chars(sum(len(text) for text in texts.values()))
-    usage: dict[str, int] = {Counter.embedding_cache_hits: len(reused)}
-    if not texts:
-        return usage
-    if len(texts) >= settings.embeddings_sync_below:
-        return {**usage, Counter.batch_lines: len(texts), Counter.batch_tokens: tokens}
-    return {**usage, Counter.embedding_requests: 1, Counter.embedding_tokens: tokens}
-
-
-def _geocode_usage(records: list[dict[str, Any]], settings: HarvestSettings, engine: Engine | None) -> dict[str, int]:
-    """Distinct addresses without page coordinates that no earlier run geocoded with this provider."""
-    if settings.geocoder == "none":
-        return {}
-    keys = set()
-    for record in records:
-        location = record.get("location") or {}
-        if location.get("latitude") is None or location.get("longitude") is None:
-            if address := location.get("formattedAddress"):
-                keys.add(normalize_address(address))
-    cached = set(cached_geocodes(engine, settings.geocoder, keys)) if engine and keys else set()
-    return {f"geocode_requests_{settings.geocoder}": len(keys - cached), Counter.geocode_cache_hits: len(cached)}

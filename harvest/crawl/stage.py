@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from harvest.cost.prices import Counter
 from harvest.crawl import Crawl, CrawlOptions, CrawlStats, Page, crawl
 from harvest.crawl.page import entry_for
 from harvest.crawl.revalidate import PageMemory, Remembered
 from harvest.errors import ExtractionError, OverBudgetError, StorageError
 from harvest.extract.llm import LLMExtractor
 from harvest.extract.structured import extract_structured, page_text
-from harvest.models import RawActivity, RunConfig
+from harvest.models import FileRef, RawActivity, RunConfig
 from harvest.pipeline import StageResult, timed
 from harvest.settings import HarvestSettings
 from harvest.storage import ObjectStore, iter_jsonl, write_jsonl
@@ -54,84 +56,120 @@ def collect_raw_activities(
     gave last time: no download, no extraction, no LLM call.
     """
     result = StageResult()
-    llm_pages = 0
-    llm_skipped_pages = 0
-    over_budget: list[str] = []  # pages the budget left without LLM extraction
-    stopped_early = False
-    reused_activities = 0
-
-    def extract(page: Page) -> tuple[list[RawActivity], bool]:
-        """The page's activities, and whether they are the page's final answer (worth remembering)."""
-        nonlocal llm_pages, llm_skipped_pages, reused_activities
-        if page.reused is not None:  # validated when recalled (_CheckedMemory)
-            reused = [RawActivity.model_validate(item) for item in page.reused.activities]
-            reused_activities += len(reused)
-            return reused, page.reuse_reason == "not_modified"  # a 304 confirms the content: keep its date
-        complete = True
-        items = _extract_page(page, result)
-        if items is None:
-            items, complete = [], False
-        if not items:
-            if llm is not None:
-                llm_pages += 1
-                try:
-                    items = llm.extract(page_text(page.html), page.url)
-                except OverBudgetError:
-                    over_budget.append(page.url)  # not final: a run with budget left extracts it
-                    items, complete = [], False
-                except ExtractionError as exc:
-                    result.warn(f"LLM extraction failed for {page.url}: {exc}")
-                    items, complete = [], False
-            else:
-                llm_skipped_pages += 1  # final for this extraction_version (a run with a key uses another)
-        return items, complete
-
-    def activities(session: Crawl) -> Iterator[RawActivity]:
-        nonlocal stopped_early
-        found = 0
-        for page in session:
-            if on_progress is not None:
-                _report(on_progress, session.stats, found)
-            items, complete = extract(page)
-            if memory is not None and complete:
-                _remember(memory, page, items, result)
-            for item in items:
-                yield item
-                found += 1
-                if found >= config.max_extractions:
-                    stopped_early = True
-                    session.close(reason="max_extractions")
-                    return
-
-    if memory is not None:
-        memory = _CheckedMemory(memory, result)
+    extraction = _Extraction(llm, result)
+    checked = _CheckedMemory(memory, result) if memory is not None else None
     with timed(result.stats):
-        session = crawl(url, config, CrawlOptions.from_settings(settings), memory=memory)
+        session = crawl(url, config, CrawlOptions.from_settings(settings), memory=checked)
+        collected = _Collected(session, extraction, checked, config.max_extractions, on_progress)
         try:
             with session:
                 ref = write_jsonl(
-                    store, run_key(run_id, "raw_activities", "jsonl"), "raw_activities", activities(session)
+                    store, run_key(run_id, "raw_activities", "jsonl"), "raw_activities", collected.activities()
                 )
         finally:
-            if memory is not None:
-                _flush(memory, result)
+            if checked is not None:
+                _flush(checked, result)
         stats = session.stats
     if on_progress is not None:
         _report(on_progress, stats, ref.records)
     result.files.append(ref)
+    _record_counts(result, ref, stats, extraction)
+    _warn_what_was_left(result, stats, config, collected.stopped_early)
+    _warn_about_extraction(result, extraction)
+    if ref.records == 0:
+        result.warn(f"no activities found on {url} ({stats.pages_fetched} page(s) crawled)")
+    return result
+
+
+class _Extraction:
+    """Activities of each page as it arrives, counting how they were had: reused from the page memory, found
+    in structured data, or asked of the LLM (or not, for want of a key or of budget)."""
+
+    def __init__(self, llm: LLMExtractor | None, result: StageResult) -> None:
+        self.llm = llm
+        self.result = result
+        self.llm_pages = 0
+        self.llm_skipped_pages = 0
+        self.over_budget: list[str] = []  # pages the budget left without LLM extraction
+        self.reused_activities = 0
+
+    def __call__(self, page: Page) -> tuple[list[RawActivity], bool]:
+        """The page's activities, and whether they are the page's final answer (worth remembering)."""
+        if page.reused is not None:  # validated when recalled (_CheckedMemory)
+            reused = [RawActivity.model_validate(item) for item in page.reused.activities]
+            self.reused_activities += len(reused)
+            return reused, page.reuse_reason == "not_modified"  # a 304 confirms the content: keep its date
+        items = _extract_page(page, self.result)
+        if items:
+            return items, True
+        found, complete = self._with_llm(page)
+        return found, complete and items is not None  # structured extraction failed: not the page's answer
+
+    def _with_llm(self, page: Page) -> tuple[list[RawActivity], bool]:
+        """A page without structured data: the LLM's answer, when there is a key and budget for it."""
+        if self.llm is None:
+            self.llm_skipped_pages += 1  # final for this extraction_version (a run with a key uses another)
+            return [], True
+        self.llm_pages += 1
+        try:
+            return self.llm.extract(page_text(page.html), page.url), True
+        except OverBudgetError:
+            self.over_budget.append(page.url)  # not final: a run with budget left extracts it
+        except ExtractionError as exc:
+            self.result.warn(f"LLM extraction failed for {page.url}: {exc}")
+        return [], False
+
+
+class _Collected:
+    """The crawl's activities as one stream, page by page: each page extracted, remembered when its answer is
+    final, and the crawl stopped once `max_extractions` activities are found (`stopped_early`)."""
+
+    def __init__(self, session: Crawl, extraction: _Extraction, memory: PageMemory | None, max_extractions: int,
+                 on_progress: Callable[[CrawlStats, int], None] | None) -> None:
+        self.session = session
+        self.extraction = extraction
+        self.memory = memory
+        self.max_extractions = max_extractions
+        self.on_progress = on_progress
+        self.stopped_early = False
+
+    def activities(self) -> Iterator[RawActivity]:
+        found = 0
+        for page in self.session:
+            if self.on_progress is not None:
+                _report(self.on_progress, self.session.stats, found)
+            items, complete = self.extraction(page)
+            if self.memory is not None and complete:
+                _remember(self.memory, page, items, self.extraction.result)
+            for item in items:
+                yield item
+                found += 1
+                if found >= self.max_extractions:
+                    self.stopped_early = True
+                    self.session.close(reason="max_extractions")
+                    return
+
+
+def _record_counts(result: StageResult, ref: FileRef, stats: CrawlStats, extraction: _Extraction) -> None:
+    """The step's counters: pages in, activities out, failed URLs skipped, and the details of both."""
     result.stats.items_in = stats.pages_fetched
     result.stats.items_out = ref.records
     result.stats.skipped = len(stats.failed_urls)
+    llm = extraction.llm
     result.stats.details.update(
         pages_fetched=stats.pages_fetched, pages_rendered=stats.pages_rendered, pages_http=stats.pages_http,
-        llm_pages=llm_pages, llm_cached_answers=llm.cache_hits if llm is not None else 0,
+        llm_pages=extraction.llm_pages, llm_cached_answers=llm.cache_hits if llm is not None else 0,
         pages_not_modified=stats.pages_not_modified, pages_lastmod_unchanged=stats.pages_lastmod_unchanged,
-        pages_scripts_changed=stats.pages_scripts_changed, reused_activities=reused_activities,
+        pages_scripts_changed=stats.pages_scripts_changed, reused_activities=extraction.reused_activities,
         **{f"skipped_{reason}": count for reason, count in stats.skipped.items()},
     )
     result.failed_urls.extend(
         {"url": failed.url, "reason": failed.reason, "status": failed.status} for failed in stats.failed_urls
     )
+
+
+def _warn_what_was_left(result: StageResult, stats: CrawlStats, config: RunConfig, stopped_early: bool) -> None:
+    """What each limit left unfollowed, with examples and the setting to raise (the deadline said apart)."""
     limits = {"max_pages": config.max_pages, "max_depth": config.max_depth, "max_extractions": config.max_extractions,
               "max_crawl_seconds": config.max_crawl_seconds}
     for reason, entry in stats.unfollowed.items():
@@ -153,10 +191,16 @@ def collect_raw_activities(
     result.unfollowed = stats.unfollowed
     if stopped_early and "max_extractions" not in stats.unfollowed:
         result.warn(f"stopped at max_extractions={config.max_extractions}")
-    if llm_skipped_pages:
+
+
+def _warn_about_extraction(result: StageResult, extraction: _Extraction) -> None:
+    """Pages left without LLM extraction: no key, or the run's budget would have been passed."""
+    if extraction.llm_skipped_pages:
         result.warn(
-            f"OPENAI_API_KEY not set: LLM extraction skipped for {llm_skipped_pages} page(s) without structured data"
+            f"OPENAI_API_KEY not set: LLM extraction skipped for {extraction.llm_skipped_pages} page(s) without "
+            "structured data"
         )
+    over_budget = extraction.over_budget
     if over_budget:
         result.stats.details["llm_over_budget_pages"] = len(over_budget)
         result.warn(
@@ -164,9 +208,20 @@ def collect_raw_activities(
             "max_cost_usd would have been passed: " + ", ".join(over_budget[:50])
             + (f" and {len(over_budget) - 50} more" if len(over_budget) > 50 else "")
         )
-    if ref.records == 0:
-        result.warn(f"no activities found on {url} ({stats.pages_fetched} page(s) crawled)")
-    return result
+
+
+def crawl_counters(details: Mapping[str, Any]) -> dict[str, int]:
+    """The ledger's free counters of a finished crawl: pages fetched over HTTP and in the browser, answers of the
+    LLM reused, pages the page memory saved a download or a request for."""
+    counters = {Counter.pages_http: "pages_http", Counter.pages_browser: "pages_rendered",
+                Counter.chat_cache_hits: "llm_cached_answers", Counter.pages_not_modified: "pages_not_modified",
+                Counter.pages_lastmod_unchanged: "pages_lastmod_unchanged"}
+    return {counter: _detail(details, key) for counter, key in counters.items()}
+
+
+def _detail(details: Mapping[str, Any], key: str) -> int:
+    value = details.get(key, 0)
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
 
 
 def _report(on_progress: Callable[[CrawlStats, int], None], stats: CrawlStats, found: int) -> None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import sqlalchemy as sa
@@ -50,6 +51,12 @@ WorkCount = Callable[[list[dict[str, Any]]], int]
 """Of a slice of standardized records (only the enrichment's `work_fields` kept), how many will cost a request."""
 
 
+def counted(details: Mapping[str, Any], key: str) -> int:
+    """A count a stage wrote into its step's details (0 when absent or not a count)."""
+    value = details.get(key, 0)
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
+
+
 @dataclass(frozen=True)
 class GlobalLimit:
     """A limit every worker honours: a Prefect global concurrency limit `harvest blocks register` creates.
@@ -67,15 +74,19 @@ class GlobalLimit:
 @dataclass(frozen=True)
 class EnrichContext:
     """What an enrichment's stage gets: the run's store, database and settings, a meter charging the run's
-    ledger under the enrichment's name, and, when its limit is a shared rate, the gate to pass before each
-    request (None: only this process's own limiter applies)."""
+    ledger under the enrichment's name (made on first use: `meter_for`), and, when its limit is a shared rate,
+    the gate to pass before each request (None: only this process's own limiter applies)."""
 
     store: ObjectStore
     engine: Engine
     settings: HarvestSettings
     run_id: str
-    meter: Meter
+    meter_for: Callable[[], Meter]
     gate: Callable[[], None] | None = None
+
+    @cached_property
+    def meter(self) -> Meter:
+        return self.meter_for()
 
 
 class Enrichment:
@@ -92,6 +103,10 @@ class Enrichment:
     """Columns of the group the policy does not compare (one compared through another: a vector through its
     hash), and the import does not read back to judge a row."""
     limit: ClassVar[GlobalLimit | None] = None
+    vectors_kind: ClassVar[str | None] = None
+    """The kind of a float32 `.npy` file of one vector per activity it stores (rows in standardized.jsonl's
+    order, its merged value the row): the final writer streams it into each record's `embedding`. At most one
+    registered enrichment has one (embeddings)."""
 
     def merged(self, line: dict[str, Any] | None) -> Any:
         """What `merged.jsonl` keeps of this activity's map line (None when the map is missing or the line has

@@ -1,4 +1,4 @@
-"""Stage 6: import the final JSONL into the `activities` table (after the run, or later from a kept run)."""
+"""The import step: the final JSONL into the `activities` table (after the run, or later from a kept run)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import logging
 from sqlalchemy.engine import Engine
 
 from harvest.db import runs as run_rows
+from harvest.enrich.embeddings.vectors import parse_final_line, parse_index_line
 from harvest.errors import DatabaseError, ImportInterrupted, StorageError
-from harvest.import_.activities import import_activities, import_indexed, parse_final_line, parse_index_line
+from harvest.import_.activities import import_activities, import_indexed
 from harvest.models import FileRef, ImportSummary
 from harvest.pipeline import StageResult, timed
 from harvest.retention.policy import import_lease

@@ -31,13 +31,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from harvest.cost.report import usd
-from harvest.cost.stages import holds_a_resume_settles
 from harvest.db.engine import Connection, Engine, transaction, utcnow
 from harvest.db.ledger import release_open_holds
 from harvest.errors import ConfigError, StorageError
 from harvest.retention import queries as rows
 from harvest.retention.queries import FILES_KEPT
 from harvest.settings import HarvestSettings
+from harvest.steps import holds_a_resume_settles
 from harvest.storage import ObjectStore, delete_prefix, iter_jsonl, keys
 
 logger = logging.getLogger("harvest.retention.policy")

@@ -176,7 +176,7 @@ def test_harvest_log_lines_from_dask_worker_processes_reach_their_task_run_once(
     """A `harvest` logger line logged in a Dask worker process reaches the task run it was logged in, once.
 
     The line: `harvest.enrich.embeddings.batch` at INFO when the embeddings batch is submitted (harvest_env takes the batch
-    path), inside the submit-embeddings-batch task, which runs in one of the 2 worker processes."""
+    path), inside the embeddings_submit task, which runs in one of the 2 worker processes."""
     env = {**harvest_env, "HARVEST_TASK_RUNNER": "dask", "HARVEST_DASK_PROCESSES": "2", "PREFECT_LOGGING_LEVEL": "INFO"}
     done = harvest(stack, env, "scrape", f"{demo_site.base_url}/?site=logs", "--max-pages", "20",
                    "--max-extractions", "5", "--json")
@@ -187,7 +187,7 @@ def test_harvest_log_lines_from_dask_worker_processes_reach_their_task_run_once(
     assert row["steps"]["embeddings_submit"]["processes"] != [f"{row['host']}:{row['pid']}"]  # in a worker process
 
     task_runs = stack.api("POST", "/task_runs/filter", json={"flow_runs": {"id": {"any_": [run_id]}}, "limit": 200})
-    (submit,) = [run for run in task_runs if run["name"].startswith("submit-embeddings-batch")]
+    (submit,) = [run for run in task_runs if run["name"].startswith("embeddings_submit")]
 
     def submitted() -> list[dict[str, Any]]:
         return [log for log in flow_run_logs(stack, run_id)

@@ -181,7 +181,7 @@ def test_5_combine_survives_a_failed_part_delete_and_a_resume_after_it(engine, s
 
 
 def test_5_collected_embeddings_survive_a_failed_prefill_delete(engine, store) -> None:  # noqa: ANN001
-    from harvest.enrich.join import collected_embeddings, drop_prefill
+    from harvest.enrich.embeddings.resume import collected_embeddings, drop_prefill
 
     run_id = start_run(engine, store)
     prefill = write_jsonl(store, f"runs/{run_id}/embeddings_prefill.jsonl", "embeddings_prefill", [{"id": "a"}])

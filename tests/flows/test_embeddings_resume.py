@@ -37,8 +37,10 @@ def _standardized(run_id: str, count: int) -> FileRef:
 
 @flow
 def _submit_twice_then_collect(run_id: str, standardized: FileRef) -> tuple:
-    from flows.tasks import poll_embeddings_batch, submit_embeddings_batch
+    from flows.tasks import collect_task, submit_task
+    from harvest.enrich.embeddings.enrichment import EMBEDDINGS
 
+    submit_embeddings_batch, poll_embeddings_batch = submit_task(EMBEDDINGS), collect_task(EMBEDDINGS)
     first = submit_embeddings_batch.fn(run_id, standardized, MODEL)
     again = submit_embeddings_batch.fn(run_id, standardized, MODEL)  # the attempt after the worker died
     files = poll_embeddings_batch.fn(run_id, standardized, again)
@@ -89,8 +91,10 @@ def test_a_batch_created_but_never_recorded_is_found_by_its_run_and_collected(
 
     @flow
     def submit_and_collect() -> tuple:
-        from flows.tasks import poll_embeddings_batch, submit_embeddings_batch
+        from flows.tasks import collect_task, submit_task
+        from harvest.enrich.embeddings.enrichment import EMBEDDINGS
 
+        submit_embeddings_batch, poll_embeddings_batch = submit_task(EMBEDDINGS), collect_task(EMBEDDINGS)
         batch = submit_embeddings_batch.fn(run_id, standardized, MODEL)
         return batch, poll_embeddings_batch.fn(run_id, standardized, batch)
 
@@ -105,7 +109,7 @@ def test_a_batch_created_but_never_recorded_is_found_by_its_run_and_collected(
 
 def test_a_submission_for_another_model_is_not_reused(harvest_env, openai_server) -> None:
     from flows.resources import resources
-    from harvest.enrich.join import submitted_batch
+    from harvest.enrich.embeddings.resume import submitted_batch
 
     engine = resources().engine
     run_id = str(uuid.uuid4())
@@ -114,8 +118,10 @@ def test_a_submission_for_another_model_is_not_reused(harvest_env, openai_server
 
     @flow
     def submit_once() -> object:
-        from flows.tasks import submit_embeddings_batch
+        from flows.tasks import submit_task
+        from harvest.enrich.embeddings.enrichment import EMBEDDINGS
 
+        submit_embeddings_batch = submit_task(EMBEDDINGS)
         return submit_embeddings_batch.fn(run_id, standardized, MODEL)
 
     batch = submit_once()

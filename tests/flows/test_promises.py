@@ -246,7 +246,8 @@ def test_the_flow_takes_the_global_geocoder_rate_and_openai_slot(
     from prefect.concurrency.sync import concurrency
 
     from blocks.register import register_limits
-    from flows.limits import GEOCODER_LIMIT, OPENAI_LIMIT
+    from harvest.enrich.embeddings.enrichment import OPENAI_LIMIT
+    from harvest.enrich.geocode.enrichment import GEOCODER_LIMIT
     from harvest.settings import HarvestSettings
 
     rate = 4.0

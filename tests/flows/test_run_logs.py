@@ -40,7 +40,7 @@ def test_a_tasks_harvest_line_reaches_its_task_run_once_in_the_flows_process(har
     flow_run_id = UUID(state.result().run_id)
     with get_client(sync_client=True) as client:
         task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-        (submit,) = [run for run in task_runs if run.name.startswith("submit-embeddings-batch")]
+        (submit,) = [run for run in task_runs if run.name.startswith("embeddings_submit")]
         deadline = time.monotonic() + 10
         while not submitted_lines(client, flow_run_id) and time.monotonic() < deadline:
             time.sleep(0.2)

@@ -15,7 +15,7 @@ from harvest.db.engine import get_engine
 from harvest.db.schema import activities, scrape_runs
 from harvest.extract.structured import extract_structured
 from harvest.import_.activities import import_activities
-from harvest.merge.stage import final_record
+from harvest.merge.final import final_record
 from harvest.models import RunConfig
 from harvest.standardize.stage import standardize_raw_activities
 from harvest.storage import LocalStore, iter_jsonl, write_jsonl

@@ -11,7 +11,6 @@ import openai
 import pytest
 
 from harvest.cost import Counter, Meter, Prices
-from harvest.cost.stages import free_counters, ledger_stage
 from harvest.enrich.embeddings.batch import parse_batch_line
 from harvest.enrich.embeddings.sync import embed_texts
 from harvest.enrich.geocode.client import GoogleGeocoder, NominatimGeocoder
@@ -19,6 +18,7 @@ from harvest.enrich.geocode.cost import OVER_BUDGET, MeteredGeocoder
 from harvest.errors import OverBudgetError
 from harvest.extract.llm import LLMExtractor
 from harvest.models import FileRef
+from harvest.steps import free_counters, ledger_stage
 from testkit.geocoder_server import GeocoderTestServer
 from testkit.openai_server import OpenAITestServer, count_tokens
 

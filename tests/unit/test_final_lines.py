@@ -6,7 +6,8 @@ import numpy as np
 import orjson
 import pytest
 
-from harvest.import_.activities import UnparsedVector, embedding_array, parse_final_line
+from harvest.enrich.embeddings.vectors import UnparsedVector, parse_final_line
+from harvest.import_.copy import embedding_array
 
 
 def _line(record: dict[str, object]) -> bytes:

@@ -12,7 +12,7 @@ import numpy as np
 
 from harvest.diff.compare import _short_hash, digest_line
 from harvest.enrich.embeddings.matrix import EmbeddingMatrix
-from harvest.merge.stage import write_final_records
+from harvest.merge.final import write_final_records
 from harvest.storage import LocalStore, iter_jsonl, store_local_file, write_jsonl
 
 

@@ -8,7 +8,8 @@ import sqlalchemy as sa
 from harvest.db.engine import get_engine
 from harvest.db.schema import activities
 from harvest.errors import DatabaseError
-from harvest.import_.activities import COLUMNS, import_activities
+from harvest.import_.activities import import_activities
+from harvest.import_.copy import COLUMNS
 
 
 def record(n: int, **changes: object) -> dict:
@@ -186,7 +187,7 @@ def test_a_key_another_import_stores_during_the_copy_goes_through_the_policy(cle
     import time
     from datetime import UTC, datetime
 
-    from harvest.import_.activities import record_to_row
+    from harvest.import_.rows import record_to_row
 
     engine = get_engine(clean_db)
     early = datetime(2020, 1, 1, tzinfo=UTC)

@@ -15,7 +15,7 @@ from harvest.db import runs
 from harvest.db.schema import activities
 from harvest.enrich.embeddings.matrix import EmbeddingMatrix
 from harvest.import_.stage import import_final_records
-from harvest.merge.stage import write_final_records
+from harvest.merge.final import write_final_records
 from harvest.storage import iter_jsonl, store_local_file, write_jsonl
 
 DATABASES = ["postgres", "sqlite"]
@@ -127,7 +127,7 @@ def _forget_index(engine: Any, run_id: str) -> None:
 
 def test_the_index_says_what_the_final_lines_say(engine, store, tmp_path: Path) -> None:  # noqa: ANN001
     """Each index line is its final line without the vector, and its hash is the one the import stores."""
-    from harvest.import_.activities import embedding_hash, parse_final_line, parse_index_line
+    from harvest.enrich.embeddings.vectors import embedding_hash, parse_final_line, parse_index_line
 
     final = write_run(engine, store, tmp_path, "run-1", [_activity(n) for n in range(5)])
     index = runs.files_view(engine, "run-1")["final_index"]
@@ -209,7 +209,7 @@ def test_a_key_another_run_stores_after_the_lookup_is_decided_at_write_time(
     one of the keys judged new. The row must then be written by the upsert policy, not by the stale verdict:
     a newer run's row stays (Postgres counts ours unchanged), an older run's row is overwritten (updated)."""
     from harvest.import_.activities import import_activities
-    from harvest.merge.stage import final_record
+    from harvest.merge.final import final_record
 
     items = [_activity(n) for n in range(30)]
     if other_run == "older":

@@ -11,7 +11,8 @@ import sqlalchemy as sa
 from harvest.db import runs
 from harvest.db.engine import get_engine, utcnow
 from harvest.db.schema import activities, scrape_runs
-from harvest.import_.activities import import_activities, parse_final_line
+from harvest.enrich.embeddings.vectors import parse_final_line
+from harvest.import_.activities import import_activities
 from tests.helpers import database_url
 
 T0 = utcnow() - timedelta(days=3)

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from harvest.countries import country_code
 from harvest.enrich.geocode.client import NominatimGeocoder
 from harvest.enrich.geocode.stage import geocode_addresses
-from harvest.merge.stage import final_record
+from harvest.merge.final import final_record
 from harvest.models import Location, RawActivity, RunConfig
 from harvest.pipeline import Chunk
 from harvest.settings import HarvestSettings

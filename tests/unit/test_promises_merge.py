@@ -40,7 +40,7 @@ def _images(store: LocalStore, ids: list[str]) -> FileRef:
 
 def test_aligned_maps_are_joined_activity_by_activity(store: LocalStore) -> None:
     standardized = _standardized(store)
-    result = merge_enrichments(store, RUN, standardized, _images(store, IDS), _geocodes(store, IDS), None)
+    result = merge_enrichments(store, RUN, standardized, {"images": _images(store, IDS), "geocode": _geocodes(store, IDS)})
     merged = list(iter_jsonl(store, result.file("merged").uri))
     assert [m["activity"]["id"] for m in merged] == IDS
     assert [m["geocode"]["id"] for m in merged] == IDS and [m["image"]["id"] for m in merged] == IDS
@@ -59,4 +59,4 @@ def test_aligned_maps_are_joined_activity_by_activity(store: LocalStore) -> None
 def test_a_map_out_of_step_stops_the_merge_and_names_it(store: LocalStore, ids: list[str], message: str) -> None:
     standardized = _standardized(store)
     with pytest.raises(StorageError, match=message):
-        merge_enrichments(store, RUN, standardized, _images(store, IDS), _geocodes(store, ids), None)
+        merge_enrichments(store, RUN, standardized, {"images": _images(store, IDS), "geocode": _geocodes(store, ids)})

@@ -21,6 +21,7 @@ from sqlalchemy.engine import Engine
 from harvest.cost import Counter, Meter, Reservation, tokens_from_chars
 from harvest.enrich.embeddings.api import embedding_text
 from harvest.enrich.embeddings.batch import (
+    BatchHandle,
     check_batch,
     find_run_batch,
     iter_batch_results,
@@ -95,86 +96,27 @@ def submit_embeddings(
     """
     result = StageResult()
     collected: StageResult | None = None
+    handle: BatchHandle | None = None
+    prefill: FileRef | None = None
     with timed(result.stats), tempfile.TemporaryDirectory(prefix="harvest-") as tmp:
         rows, hashes, count = _rows(store, standardized)
         prefill_path = Path(tmp) / "embeddings_prefill.npy"
         batch_path = Path(tmp) / "embeddings_batch_input.jsonl"
         with EmbeddingMatrix(prefill_path, count, dimensions) as matrix:
-            reused = 0
-            try:
-                stored = reusable_embeddings(reuse, model, hashes) if reuse is not None else iter(())
-                while batch := list(islice(stored, WRITE_BATCH)):  # validated and written a batch at a time
-                    refused = matrix.write_many([(rows[activity_id], vector) for activity_id, vector in batch])
-                    reused += len(batch) - len(refused)
-                    for index, problem in refused.items():  # e.g. a stored vector of another length: embedded again
-                        result.warn(f"stored embedding of {batch[index][0]} not reused: {problem}")
-            except DatabaseError as exc:  # reuse saves money; without it, everything is embedded
-                result.warn(f"stored embeddings not reused: {exc}")
-            present = ~matrix.missing
-
-            def remaining() -> Iterator[Activity]:
-                for record in iter_jsonl(store, standardized.uri):
-                    if not present[rows[record["id"]]]:
-                        yield Activity.model_validate(record)
-
-            sent_chars = 0
-
-            def counted() -> Iterator[Activity]:
-                nonlocal sent_chars
-                for activity in remaining():
-                    sent_chars += len(embedding_text(activity))
-                    yield activity
-
+            reused = _reuse_stored(matrix, reuse, model, hashes, rows, result)
+            texts = _Remaining(store, standardized, rows, ~matrix.missing)
             with open(batch_path, "wb") as out:
-                pending = write_batch_input(counted(), model, out) if not present.all() else 0
+                pending = write_batch_input(texts.counted(), model, out) if not texts.present.all() else 0
+            held, over_budget = _hold(meter, pending, texts.sent_chars, sync_below, result)
+            if over_budget:
+                pending = 0
             synced = 0
-            held: Reservation | None = None
-            over_budget = 0
-            if pending and meter is not None:
-                held = meter.reserve(_estimate(pending, sent_chars, batched=pending >= sync_below), "embeddings")
-                if held is None:
-                    over_budget, pending = pending, 0
-                    result.warn(f"budget: {over_budget} activities left without embeddings: their estimated cost "
-                                "would pass the run's max_cost_usd")
             if 0 < pending < sync_below:
-                todo = [(a.id, text) for a in remaining() if (text := embedding_text(a))]
-                todo = list(dict(todo).items())  # a repeated id is embedded once
-                tokens: list[int] = []
-                try:
-                    vectors = embed_texts(client, [text for _, text in todo], model=model, dimensions=dimensions,
-                                          on_usage=tokens.append)
-                finally:
-                    if meter is not None:
-                        meter.charge({Counter.embedding_requests: len(tokens),
-                                      Counter.embedding_tokens: sum(tokens)}, held)
-                for (activity_id, _), vector in zip(todo, vectors):
-                    matrix.write(rows[activity_id], vector)
-                synced = len(todo)
+                synced = _embed_now(client, texts, model, dimensions, matrix, rows, meter, held)
             missing = matrix.missing
-        handle = None
-        prefill: FileRef | None = None
         if pending and not synced:
-            prefill = store_local_file(
-                store, run_key(run_id, "embeddings_prefill", "npy"), "embeddings_prefill", prefill_path,
-                records=count, content_type="application/x-npy",
-            )
-            result.files.append(prefill)
-            ref = store_local_file(
-                store, run_key(run_id, "embeddings_batch_input", "jsonl"), "embeddings_batch_input", batch_path,
-                records=pending, content_type="application/x-ndjson",
-            )
-            result.files.append(ref)
-            try:
-                if run_started is not None and (handle := find_run_batch(client, run_id, since=run_started)):
-                    result.stats.details["batch_found"] = 1
-                    result.warn(f"batch {handle.batch_id} was submitted by an earlier attempt that stopped before "
-                                "recording it: collecting it instead of submitting another")
-                else:
-                    handle = submit_batch(client, batch_path, metadata={"harvest_run_id": run_id})
-            except BaseException:
-                if meter is not None:
-                    meter.release(held)
-                raise
+            prefill = _store_for_batch(store, run_id, prefill_path, batch_path, count, pending, result)
+            handle = _submit_or_find(client, run_id, batch_path, run_started, meter, held, result)
         elif count:
             collected = StageResult()
             reason = "over the run's budget (max_cost_usd)" if over_budget else "no text to embed"
@@ -185,7 +127,7 @@ def submit_embeddings(
     result.stats.details.update({"reused": reused, "embedded_now": synced, "batched": pending if handle else 0})
     if over_budget:
         result.stats.details["over_budget"] = over_budget
-    if handle:  # all a resumed attempt needs to collect this batch instead of paying for another (finish.py)
+    if handle:  # all a resumed attempt needs to collect this batch instead of paying for another (resume.py)
         result.stats.details.update({"batch_id": handle.batch_id, "input_file_id": handle.input_file_id,
                                      "model": model, "reserved_usd": held.usd if held else 0.0})
     if count == 0:
@@ -196,6 +138,111 @@ def submit_embeddings(
         records=count, model=model, prefill_uri=prefill.uri if prefill else None,
         files=collected.files if collected else [], reserved_usd=held.usd if handle and held else 0.0,
     ), collected
+
+
+def _reuse_stored(matrix: EmbeddingMatrix, engine: Engine | None, model: str, hashes: dict[str, str],
+                  rows: dict[str, int], result: StageResult) -> int:
+    """Copy the vectors of activities already imported with the same content hash and model into the matrix,
+    validated and written a batch at a time; returns how many. A database error only costs the saving."""
+    reused = 0
+    try:
+        stored = reusable_embeddings(engine, model, hashes) if engine is not None else iter(())
+        while batch := list(islice(stored, WRITE_BATCH)):
+            refused = matrix.write_many([(rows[activity_id], vector) for activity_id, vector in batch])
+            reused += len(batch) - len(refused)
+            for index, problem in refused.items():  # e.g. a stored vector of another length: embedded again
+                result.warn(f"stored embedding of {batch[index][0]} not reused: {problem}")
+    except DatabaseError as exc:  # reuse saves money; without it, everything is embedded
+        result.warn(f"stored embeddings not reused: {exc}")
+    return reused
+
+
+class _Remaining:
+    """The activities without a vector yet (`present` says which rows have one), read again from
+    standardized.jsonl each time they are needed; `counted()` adds up the characters of their texts as the
+    batch input is written (what the budget's hold is estimated from)."""
+
+    def __init__(self, store: ObjectStore, standardized: FileRef, rows: dict[str, int], present: np.ndarray) -> None:
+        self.store = store
+        self.standardized = standardized
+        self.rows = rows
+        self.present = present
+        self.sent_chars = 0
+
+    def __iter__(self) -> Iterator[Activity]:
+        for record in iter_jsonl(self.store, self.standardized.uri):
+            if not self.present[self.rows[record["id"]]]:
+                yield Activity.model_validate(record)
+
+    def counted(self) -> Iterator[Activity]:
+        for activity in self:
+            self.sent_chars += len(embedding_text(activity))
+            yield activity
+
+
+def _hold(meter: Meter | None, pending: int, chars: int, sync_below: int,
+          result: StageResult) -> tuple[Reservation | None, int]:
+    """Hold the texts' estimated cost against the run's budget: (the hold, 0), or (None, `pending`) when it
+    does not fit (nothing is sent then, and a warning says so)."""
+    if not pending or meter is None:
+        return None, 0
+    held = meter.reserve(_estimate(pending, chars, batched=pending >= sync_below), "embeddings")
+    if held is not None:
+        return held, 0
+    result.warn(f"budget: {pending} activities left without embeddings: their estimated cost would pass the "
+                "run's max_cost_usd")
+    return None, pending
+
+
+def _embed_now(client: Any, texts: _Remaining, model: str, dimensions: int, matrix: EmbeddingMatrix,
+               rows: dict[str, int], meter: Meter | None, held: Reservation | None) -> int:
+    """Embed the remaining texts on the synchronous endpoint into the matrix, charging the tokens the answers
+    report; returns how many (a repeated id is embedded once)."""
+    todo = [(a.id, text) for a in texts if (text := embedding_text(a))]
+    todo = list(dict(todo).items())  # a repeated id is embedded once
+    tokens: list[int] = []
+    try:
+        vectors = embed_texts(client, [text for _, text in todo], model=model, dimensions=dimensions,
+                              on_usage=tokens.append)
+    finally:
+        if meter is not None:
+            meter.charge({Counter.embedding_requests: len(tokens), Counter.embedding_tokens: sum(tokens)}, held)
+    for (activity_id, _), vector in zip(todo, vectors):
+        matrix.write(rows[activity_id], vector)
+    return len(todo)
+
+
+def _store_for_batch(store: ObjectStore, run_id: str, prefill_path: Path, batch_path: Path, count: int,
+                     pending: int, result: StageResult) -> FileRef:
+    """Keep the prefilled matrix (completed by `collect_embeddings`) and the batch input with the run's files;
+    returns the prefill."""
+    prefill = store_local_file(
+        store, run_key(run_id, "embeddings_prefill", "npy"), "embeddings_prefill", prefill_path,
+        records=count, content_type="application/x-npy",
+    )
+    result.files.append(prefill)
+    result.files.append(store_local_file(
+        store, run_key(run_id, "embeddings_batch_input", "jsonl"), "embeddings_batch_input", batch_path,
+        records=pending, content_type="application/x-ndjson",
+    ))
+    return prefill
+
+
+def _submit_or_find(client: Any, run_id: str, batch_path: Path, run_started: float | None, meter: Meter | None,
+                    held: Reservation | None, result: StageResult) -> BatchHandle:
+    """Submit the batch, unless an earlier attempt of this run created one it never recorded (then that one is
+    collected); the hold is released if neither happens."""
+    try:
+        if run_started is not None and (handle := find_run_batch(client, run_id, since=run_started)):
+            result.stats.details["batch_found"] = 1
+            result.warn(f"batch {handle.batch_id} was submitted by an earlier attempt that stopped before "
+                        "recording it: collecting it instead of submitting another")
+            return handle
+        return submit_batch(client, batch_path, metadata={"harvest_run_id": run_id})
+    except BaseException:
+        if meter is not None:
+            meter.release(held)
+        raise
 
 
 def _estimate(texts: int, chars: int, *, batched: bool) -> dict[str, int]:
