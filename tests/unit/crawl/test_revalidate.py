@@ -1,5 +1,5 @@
 """Polite incremental re-crawls (issue 15): validators, 304s and sitemap <lastmod> against real servers, with the
-page memory in a real database (SQLite here, as the embedded default; Postgres in tests/unit/test_page_cache.py)."""
+page memory in a real database (SQLite here, as the embedded default; Postgres in tests/unit/crawl/test_page_cache.py)."""
 
 from __future__ import annotations
 

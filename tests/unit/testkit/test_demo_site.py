@@ -29,7 +29,7 @@ from testkit.demo_site import (
     serve_site,
 )
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SOURCE = json.loads(DATA_PATH.read_text("utf-8"))
 JSONLD_RE = re.compile(r'<script type="application/ld\+json">(.*?)</script>', re.S)
 

@@ -1,4 +1,4 @@
-"""Two sweeps at once, made to overlap for certain (tests/unit/test_retention.py's two-thread race passes
+"""Two sweeps at once, made to overlap for certain (tests/unit/retention/test_retention.py's two-thread race passes
 as well when the threads happen to run one after the other).
 
 A sweep that is still working holds its runs' rows locked; here a transaction holds exactly that lock on
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from harvest.db.schema import scrape_runs
 from harvest.retention.policy import sweep
-from tests.unit.test_retention import NOW, POLICY, keys, make_run, never_heard_of, row
+from tests.unit.retention.test_retention import NOW, POLICY, keys, make_run, never_heard_of, row
 
 
 def test_a_sweep_skips_the_runs_another_sweep_holds_and_the_next_one_takes_them(engine, store) -> None:

@@ -19,7 +19,7 @@ from harvest.models import Location, RawActivity, RunConfig
 from harvest.standardize.dedupe import Deduplicator
 from harvest.standardize.standardizer import Standardizer, activity_id, content_hash, parse_date
 
-FIXTURE = Path(__file__).resolve().parents[2] / "testkit" / "data" / "melbourne-activities.json"
+FIXTURE = Path(__file__).resolve().parents[3] / "testkit" / "data" / "melbourne-activities.json"
 
 
 @pytest.fixture(scope="module")
