@@ -159,14 +159,6 @@ def _other_language_date(text: str, languages: tuple[str, ...]) -> datetime | No
     return date
 
 
-def parse_date(value: str | None, languages: Sequence[str] = DEFAULT_DATE_LANGUAGES) -> datetime | None:
-    """`read_date`, with None for anything it refuses (see there for what is accepted)."""
-    try:
-        return read_date(value, languages)
-    except DateRefused:
-        return None
-
-
 def activity_id(name: str, formatted_address: str | None) -> str:
     """sha256 over normalized name + "|" + normalized address, first 32 hex chars.
 

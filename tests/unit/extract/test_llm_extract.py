@@ -297,19 +297,6 @@ def test_answer_items_are_validated_like_page_content(server: ChatServer) -> Non
     assert extractor.rejected == 3
 
 
-def test_extract_page_sends_visible_text_with_image_references(server: ChatServer) -> None:
-    html = """<html><head><title>June</title><script>var token = "secret";</script></head><body>
-    <p>EVENT: Lego Club | Eltham | 2024-06-05 | | lego</p>
-    <img src="/img/lego club.jpg" alt="bricks"><img src="data:image/gif;base64,R0lGOD">
-    </body></html>"""
-    [lego] = LLMExtractor(server.client(), MODEL).extract_page(html, PAGE_URL)
-    assert lego.name == "Lego Club"
-    sent = _page_text_from(server.requests[0])
-    assert "[image: /img/lego%20club.jpg]" in sent
-    assert "secret" not in sent and "data:image" not in sent
-    assert sent.strip().startswith("June")
-
-
 def test_empty_page_makes_no_call(server: ChatServer) -> None:
     assert LLMExtractor(server.client(), MODEL).extract("  \n ", PAGE_URL) == []
     assert server.requests == []

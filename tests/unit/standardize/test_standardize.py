@@ -17,7 +17,16 @@ import pytest
 
 from harvest.models import Location, RawActivity, RunConfig
 from harvest.standardize.dedupe import Deduplicator
-from harvest.standardize.standardizer import Standardizer, activity_id, content_hash, parse_date
+from harvest.standardize.standardizer import DateRefused, Standardizer, activity_id, content_hash, read_date
+
+
+def parse_date(text: str | None) -> datetime | None:
+    """The date the standardizer reads from `text`, None where it refuses one."""
+    try:
+        return read_date(text)
+    except DateRefused:
+        return None
+
 
 FIXTURE = Path(__file__).resolve().parents[3] / "testkit" / "data" / "melbourne-activities.json"
 
