@@ -26,9 +26,8 @@ from flows.tasks import Steps
 from flows.traffic import Traffic
 from harvest.db import runs as run_rows
 from harvest.db.ledger import run_cost
-from harvest.enrich.base import BatchEnrichment, ChunkedEnrichment
+from harvest.enrich.base import BatchEnrichment, ChunkedEnrichment, Enrichment
 from harvest.enrich.fan_out import enrichment_chunks, network_work
-from harvest.enrich.registry import batched, chunked, enrichments, vectors
 from harvest.errors import DatabaseError, RunAlreadyRunningError, StorageError
 from harvest.models import FileRef, ImportSummary, RunConfig, StartRequest
 from harvest.retention.policy import policy_from
@@ -123,8 +122,8 @@ def _scrape(url: str, config: RunConfig, from_raw: str | None) -> RunSummary:
     progress.advance("enrich")
 
     # 4-5. Merge, then the final JSONL (both critical); the diff against the previous run is optional.
-    merged = steps.merge(run_id, standardized, [enriched.map(e.name) for e in enrichments()])
-    final = steps.final(run_id, merged, enriched.vectors())
+    merged = steps.merge(run_id, standardized, [enriched.map(e) for e in steps.enrichments])
+    final = steps.final(run_id, merged, enriched.vectors(steps.enrichments))
     progress.advance("final")
 
     # 6. Import when asked, while the diff runs: neither reads what the other writes.
@@ -150,13 +149,12 @@ class Enriched:
 
     files: dict[str, list[FileRef] | None]
 
-    def map(self, name: str) -> FileRef | None:
-        kind = next(e.map_kind for e in enrichments() if e.name == name)
-        return next((ref for ref in self.files.get(name) or [] if ref.kind == kind), None)
+    def map(self, enrichment: Enrichment) -> FileRef | None:
+        return next((ref for ref in self.files.get(enrichment.name) or [] if ref.kind == enrichment.map_kind), None)
 
-    def vectors(self) -> FileRef | None:
+    def vectors(self, enrichments: tuple[Enrichment, ...]) -> FileRef | None:
         """The records' vectors (the matrix of the enrichment that stores them), if any."""
-        source = vectors()
+        source = next((e for e in enrichments if e.vectors_kind), None)
         if source is None:
             return None
         return next((ref for ref in self.files.get(source.name) or [] if ref.kind == source.vectors_kind), None)
@@ -170,16 +168,17 @@ def _enrich(
     wait), so their polls start as soon as they are submitted, alongside the chunks. Progress moves as each chunk
     and each job finishes, not only when the whole stage does.
     """
-    submitted = {e.name: steps.submits[e.name].submit(run_id, standardized, e.job_option(config)) for e in batched()}
+    submitted = {e.name: steps.submits[e.name].submit(run_id, standardized, e.job_option(config))
+                 for e in steps.batched}
     size, most = res.settings.enrich_chunk_size, res.settings.enrich_max_chunks
-    work = _network_work(res, standardized)
+    work = _network_work(res, standardized, steps.chunked)
     fanned = {
         e.name: _fan_out(steps, e, run_id, standardized,
                          enrichment_chunks(standardized.records, work[e.name], size, most), (size, most))
-        for e in chunked()
+        for e in steps.chunked
     }
-    jobs = {e.name: e.job_from(_optional(submitted[e.name], e.name, run_id)) for e in batched()}
-    polls = {e.name: _collect(steps, res, e, run_id, standardized, jobs[e.name]) for e in batched()}
+    jobs = {e.name: e.job_from(_optional(submitted[e.name], e.name, run_id)) for e in steps.batched}
+    polls = {e.name: _collect(steps, res, e, run_id, standardized, jobs[e.name]) for e in steps.batched}
     pending = [part for parts, _ in fanned.values() for part in parts]
     pending += [poll for poll in polls.values() if poll is not None]
     total = len(pending) + len(submitted)  # + the jobs' submissions, done above
@@ -187,21 +186,21 @@ def _enrich(
     for done, _ in enumerate(as_completed(pending), start=len(submitted) + 1):  # failures: reported by _optional
         progress.enrich(done, total)
     files: dict[str, list[FileRef] | None] = {}
-    for job in batched():
+    for job in steps.batched:
         poll = polls[job.name]
         files[job.name] = _optional(poll, job.name, run_id) if poll is not None else job.files_of(jobs[job.name])
-    for fan in chunked():
+    for fan in steps.chunked:
         joined = _optional(fanned[fan.name][1], fan.name, run_id)
         files[fan.name] = [joined] if joined is not None else None
     return Enriched(files)
 
 
-def _network_work(res: Resources, standardized: FileRef) -> dict[str, int]:
+def _network_work(res: Resources, standardized: FileRef, chunked: tuple[ChunkedEnrichment, ...]) -> dict[str, int]:
     """What of each chunked enrichment will cost requests (harvest.enrich.fan_out), which sizes its fan-out. Only
     a sizing: if the count cannot be made (a cache unreachable), every record counts, as if nothing were cached."""
-    counters = {e.name: e.work(res.engine, res.settings) for e in chunked()}
+    counters = {e.name: e.work(res.engine, res.settings) for e in chunked}
     try:
-        return network_work(res.store, standardized, counters, [f for e in chunked() for f in e.work_fields])
+        return network_work(res.store, standardized, counters, [f for e in chunked for f in e.work_fields])
     except (DatabaseError, StorageError) as exc:
         get_run_logger().warning("enrichment fans out in full: its cached share could not be counted (%s)", exc)
         return dict.fromkeys(counters, standardized.records)

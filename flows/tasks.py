@@ -35,7 +35,7 @@ from harvest.db import runs as run_rows
 from harvest.diff.stage import diff_with_previous_run as diff_stage
 from harvest.enrich.base import BatchEnrichment, ChunkedEnrichment, EnrichContext, Enrichment
 from harvest.enrich.join import combine_parts
-from harvest.enrich.registry import batched, chunked, enrichments
+from harvest.enrich.registry import enrichments
 from harvest.errors import BatchNotReadyError
 from harvest.extract.answers import LLMAnswerCache
 from harvest.extract.llm import LLMExtractor
@@ -257,8 +257,9 @@ def diff(run_id: str, url: str, final: FileRef) -> dict[str, Any]:
 class Steps:
     """One run's tasks, their results persisted in the run's storage (result storage is a setting, known only
     at run time) and every call's parameters and result counted in `traffic`. The enrichments' tasks are keyed
-    by the enrichment's name, for every enrichment registered when the run starts."""
+    by the enrichment's name, for every enrichment registered when the run starts (`enrichments`, in order)."""
 
+    enrichments: tuple[Enrichment, ...]
     crawl: CountedTask
     crawl_from_raw: CountedTask
     standardize: CountedTask
@@ -272,19 +273,31 @@ class Steps:
     diff: CountedTask
     traffic: Traffic
 
+    @property
+    def chunked(self) -> tuple[ChunkedEnrichment, ...]:
+        return tuple(e for e in self.enrichments if isinstance(e, ChunkedEnrichment))
+
+    @property
+    def batched(self) -> tuple[BatchEnrichment, ...]:
+        return tuple(e for e in self.enrichments if isinstance(e, BatchEnrichment))
+
     @classmethod
     def for_run(cls, result_storage: Any) -> Steps:
         traffic = Traffic()
+        registered = enrichments()
+        chunked = tuple(e for e in registered if isinstance(e, ChunkedEnrichment))
+        batched = tuple(e for e in registered if isinstance(e, BatchEnrichment))
 
         def bind(step: Any, **options: Any) -> CountedTask:
             return CountedTask(step.with_options(result_storage=result_storage, **options), traffic)
 
         return cls(
-            crawl=bind(crawl), crawl_from_raw=bind(crawl_from_raw), standardize=bind(standardize),
-            chunks={e.name: bind(chunk_task(e)) for e in chunked()},
-            joins={e.name: bind(join, name=e.name) for e in chunked()},
-            submits={e.name: bind(submit_task(e)) for e in batched()},
-            collects={e.name: bind(collect_task(e)) for e in batched()},
+            enrichments=registered, crawl=bind(crawl), crawl_from_raw=bind(crawl_from_raw),
+            standardize=bind(standardize),
+            chunks={e.name: bind(chunk_task(e)) for e in chunked},
+            joins={e.name: bind(join, name=e.name) for e in chunked},
+            submits={e.name: bind(submit_task(e)) for e in batched},
+            collects={e.name: bind(collect_task(e)) for e in batched},
             merge=bind(merge), final=bind(final), import_=bind(import_), diff=bind(diff), traffic=traffic,
         )
 

@@ -1,4 +1,4 @@
-"""Stage 1: crawl the site and extract raw activities into `raw_activities.jsonl`, streaming page by page."""
+"""The crawl step: crawl the site and extract raw activities into `raw_activities.jsonl`, streaming page by page."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stage 5b: what changed since the previous run of the same URL, from the two runs' digests."""
+"""The diff step: what changed since the previous run of the same URL, from the two runs' digests."""
 
 from __future__ import annotations
 

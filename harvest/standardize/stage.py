@@ -1,4 +1,4 @@
-"""Stage 2: raw activities → standardized, deduplicated activities (`standardized.jsonl`, sorted by id)."""
+"""The standardize step: raw activities → standardized, deduplicated activities (`standardized.jsonl`, sorted by id)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stage 3c/3d: reuse known vectors, embed a few now or submit an OpenAI batch for the rest, then collect.
+"""The embeddings stage: reuse known vectors, embed a few now or submit an OpenAI batch for the rest, then collect.
 
 The batch id is the only thing that travels from submit to collect, and it is persisted, so a resumed
 run polls the batch it already paid for instead of submitting a second one. Vectors are stored as a

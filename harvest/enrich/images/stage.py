@@ -1,4 +1,4 @@
-"""Stage 3a: download, verify, resize and store each activity's primary image (`images_map.jsonl`).
+"""The images stage: download, verify, resize and store each activity's primary image (`images_map.jsonl`).
 
 Images are stored content-addressed outside the run's folder (`images/<sha256>.webp`), because final
 records and imported activities point at them: cleaning up a run must never delete them.
