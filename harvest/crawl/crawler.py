@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from harvest.crawl.browser import (
     MISSING_BROWSER,
+    BrowserLaunchFailed,
     BrowserRenderer,
     PrefetchedDocument,
     RenderFailed,
@@ -83,6 +84,8 @@ class _Render:
     fetched_at: datetime | None = None
     # Of the URL's budget, what its plain fetch used: the render gets the rest.
     budget_spent_s: float = 0.0
+    # Sent straight to the browser by the host's learned rule (render="auto"), not judged by a plain fetch.
+    learned: bool = False
 
 
 _Outcome = _Fetched | _Skipped | FailedURL
@@ -466,6 +469,7 @@ class _Engine:
             render_directly = self.mode == "browser" or (
                 self.mode == "auto"
                 and self.renderer is not None
+                and not self.renderer.launch_failures  # while the browser fails to start, each page is judged
                 and self._host_needs_browser(host)
             )
             remembered = await self._recall(url)
@@ -488,12 +492,13 @@ class _Engine:
                         await self._confirm(url, original_url)
                         return self._reuse(remembered, item, "not_modified", response_time(result.headers))
             if render_directly:
+                learned = self.mode == "auto"
                 if result is not None and result.url == url and result.status == 200 and not result.truncated:
                     return _Render(item, document=PrefetchedDocument.from_response(
                         result.url, result.status, result.headers, result.body
                     ), validators=Validators.from_headers(result.headers), fetched_at=response_time(result.headers),
-                        budget_spent_s=result.elapsed_s)
-                return _Render(item, budget_spent_s=result.elapsed_s if result is not None else 0.0)
+                        budget_spent_s=result.elapsed_s, learned=learned)
+                return _Render(item, budget_spent_s=result.elapsed_s if result is not None else 0.0, learned=learned)
             if result is None:
                 async with gate.slot():
                     result = await self.fetcher.fetch(url)
@@ -519,7 +524,7 @@ class _Engine:
                 self.http_checked[host] += 1
             if self.mode == "auto" and await self._page_needs_browser(page):
                 if self.renderer is None:
-                    return FailedURL(url, f"page needs a browser to render its content but {MISSING_BROWSER}", None)
+                    return self._unrendered(url, self._no_browser())
                 self.browser_needed[host] += 1
                 if self._host_needs_browser(host) and self.browser_needed[host] == self.options.learn_after:
                     log.info(
@@ -537,6 +542,8 @@ class _Engine:
             return await self._finish(page)
         except DisallowedURLError as exc:
             return FailedURL(url, str(exc), None)
+        except BrowserLaunchFailed as exc:
+            return self._unrendered(url, exc.cause)
         except (FetchFailed, RenderFailed) as exc:
             return FailedURL(url, exc.reason, exc.status)
 
@@ -670,6 +677,17 @@ class _Engine:
                 self.stats.problems.append(f"needs_browser failed for {page.url}: {type(exc).__name__}: {exc}")
             return False
 
+    def _no_browser(self) -> str:
+        return f"{MISSING_BROWSER} (not an executable: {self.options.browser_path!r})"
+
+    def _unrendered(self, url: str, cause: str) -> FailedURL:
+        """A page that needs the browser while the browser cannot start: counted apart from other failures, so
+        the run can say once why its script-built pages are missing (CrawlStats.pages_unrendered)."""
+        with self.stats_lock:
+            self.stats.pages_unrendered += 1
+            self.stats.browser_error = cause
+        return FailedURL(url, f"needs a browser to render its content, and the browser could not start: {cause}", None)
+
     async def _render_step(self, step: _Render) -> _Outcome:
         """Render one URL; never raises for per-URL problems.
 
@@ -689,6 +707,11 @@ class _Engine:
             return outcome
         except DisallowedURLError as exc:
             return FailedURL(url, str(exc), None)
+        except BrowserLaunchFailed as exc:
+            if step.learned:  # never shown to need scripts: fetched plainly instead (no direct renders now)
+                judged = await self._process(step.item)
+                return self._unrendered(url, exc.cause) if isinstance(judged, _Render) else judged
+            return self._unrendered(url, exc.cause)
         except (FetchFailed, RenderFailed) as exc:
             return FailedURL(url, exc.reason, exc.status)
 
@@ -697,7 +720,7 @@ class _Engine:
         spent_s: float = 0.0,
     ) -> _Outcome:
         if self.renderer is None:
-            return FailedURL(item.url, MISSING_BROWSER, None)
+            return self._unrendered(requested_url or item.url, self._no_browser())
         rendered = await self.renderer.render(item.url, document=document, spent_s=spent_s)
         if rendered.status >= 400:
             return FailedURL(requested_url or item.url, f"HTTP {rendered.status}", rendered.status)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from harvest.crawl import Crawl, CrawlOptions, CrawlStats, Page, crawl
 from harvest.crawl.revalidate import PageMemory, Remembered, entry_for
-from harvest.errors import ExtractionError, OverBudgetError, StorageError
+from harvest.errors import BrowserUnavailableError, ExtractionError, OverBudgetError, StorageError
 from harvest.extract.llm import LLMExtractor
 from harvest.extract.structured import extract_structured, page_text
 from harvest.models import RawActivity, RunConfig
@@ -163,9 +164,35 @@ def collect_raw_activities(
             "max_cost_usd would have been passed: " + ", ".join(over_budget[:50])
             + (f" and {len(over_budget) - 50} more" if len(over_budget) > 50 else "")
         )
+    if stats.pages_unrendered:
+        result.stats.details.update(pages_unrendered=stats.pages_unrendered, browser_error=stats.browser_error or "")
+        result.warn(unrendered_warning(stats))
     if ref.records == 0:
         result.warn(f"no activities found on {url} ({stats.pages_fetched} page(s) crawled)")
     return result
+
+
+def unrendered_warning(stats: CrawlStats) -> str:
+    """The run's one warning for script-built pages the browser could not render, with the cause."""
+    return (
+        f"the browser could not start, so {stats.pages_unrendered} page(s) built by scripts were not rendered and "
+        f"their activities are missing: {stats.browser_error}. Check it where the run runs: "
+        "`python -m harvest.crawl.selfcheck` (HARVEST_BROWSER_PATH, the system libraries Chromium and Playwright need)"
+    )
+
+
+def unrendered_error(steps: Mapping[str, Any]) -> BrowserUnavailableError | None:
+    """The error that fails a run whose crawl left script-built pages unrendered (`steps`: the run row's map of
+    step records); None when every page that needed the browser got it. The run finishes first, so nothing
+    it did collect is lost, then fails so that nobody mistakes it for a complete one."""
+    for record in steps.values():
+        details = record.get("details") if isinstance(record, Mapping) else None
+        if isinstance(details, Mapping) and details.get("pages_unrendered"):
+            return BrowserUnavailableError(
+                f"{details['pages_unrendered']} page(s) built by scripts could not be rendered: the browser could not "
+                f"start: {details.get('browser_error') or 'no cause recorded'}"
+            )
+    return None
 
 
 def _report(on_progress: Callable[[CrawlStats, int], None], stats: CrawlStats, found: int) -> None:
