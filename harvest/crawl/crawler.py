@@ -678,7 +678,8 @@ class _Engine:
             return False
 
     def _no_browser(self) -> str:
-        return f"{MISSING_BROWSER} (not an executable: {self.options.browser_path!r})"
+        path = self.options.browser_path
+        return f"{MISSING_BROWSER} (not an executable: {path!r})" if path else MISSING_BROWSER
 
     def _unrendered(self, url: str, cause: str) -> FailedURL:
         """A page that needs the browser while the browser cannot start: counted apart from other failures, so

@@ -84,11 +84,14 @@ def image(docker_engine: None, tmp_path_factory: pytest.TempPathFactory) -> str:
         assert base.returncode == 0, f"the stand-in {BASE_IMAGE} was not built:\n{base.stderr[-4000:]}"
         print(f"stand-in {BASE_IMAGE} built in {time.monotonic() - started:.0f}s")
     started = time.monotonic()
+    before = docker("image", "inspect", "--format", "{{.Id}}", IMAGE).stdout.strip()
     with open(logs / "build.log", "w") as log:
         built = subprocess.run(["docker", "build", "--network", "host", "-t", IMAGE, str(ROOT)], stdout=log,
                                stderr=subprocess.STDOUT, timeout=1800)
     output = (logs / "build.log").read_text()
     assert built.returncode == 0, f"docker build failed:\n{output[-6000:]}"  # its last step is the smoke check
+    if before and before != docker("image", "inspect", "--format", "{{.Id}}", IMAGE).stdout.strip():
+        docker("image", "rm", before)  # the previous build's own layers: a rebuild per source change would pile up
     print(f"docker build {IMAGE}: {time.monotonic() - started:.0f}s")
     return IMAGE
 

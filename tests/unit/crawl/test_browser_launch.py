@@ -113,6 +113,10 @@ def test_no_browser_at_all_is_counted_the_same_way(site, run_crawl, cfg) -> None
     assert result.stats.pages_unrendered == 1
     assert result.stats.browser_error == "no Chromium found: set HARVEST_BROWSER_PATH (not an executable: '/nonexistent/chromium')"
 
+    unset = run_crawl(site.url("/"), cfg(render="auto"), browser_path=None)
+    assert unset.stats.pages_unrendered == 1
+    assert unset.stats.browser_error == "no Chromium found: set HARVEST_BROWSER_PATH"
+
 
 def selfcheck(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "harvest.crawl.selfcheck", *args], capture_output=True, text=True,
