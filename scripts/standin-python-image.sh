@@ -2,7 +2,7 @@
 # Build a stand-in for the Dockerfile's base image (python:3.11-slim) from Debian packages, for machines that
 # reach Debian and PyPI but no image registry (the docker deployment's end-to-end test runs on one).
 #
-#   scripts/standin-python-image.sh            # no-op when the tag already exists (cached by tag)
+#   scripts/standin-python-image.sh     # no-op when the tag exists (cached by tag) or a registry gives the real one
 #
 # What it makes: Debian bookworm (debootstrap --variant=minbase) with python3, a venv at /usr/local (so
 # /usr/local/bin/python and pip come first on PATH, as in the official image) holding pip 24.0 (what the
@@ -17,6 +17,11 @@ SUITE=bookworm
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
 
 if docker image inspect "$TAG" >/dev/null 2>&1; then
+  exit 0
+fi
+# Where a registry answers, the real image is the one to use.
+if timeout 300 docker pull -q "$TAG" >/dev/null 2>&1; then
+  echo ">> pulled $TAG: no stand-in needed" >&2
   exit 0
 fi
 command -v debootstrap >/dev/null 2>&1 || { echo "debootstrap missing: apt-get install -y debootstrap" >&2; exit 1; }
