@@ -24,6 +24,7 @@ from flows.run_logs import harvest_logs_to_run
 from flows.runners import make_task_runner
 from flows.tasks import Steps
 from flows.traffic import Traffic
+from harvest.crawl.stage import unrendered_error
 from harvest.db import runs as run_rows
 from harvest.db.ledger import run_cost
 from harvest.enrich.base import BatchEnrichment, ChunkedEnrichment, Enrichment
@@ -237,16 +238,20 @@ def _finish(
     res: Resources, run_id: str, url: str, config: RunConfig, final: FileRef, imported: ImportSummary | None,
     traffic: Traffic, progress: artifacts.Progress,
 ) -> RunSummary:
-    """Mark the run completed, record what travelled between tasks, publish the summary artifact."""
+    """Mark the run completed, record what travelled between tasks, publish the summary artifact. A run whose
+    script-built pages could not be rendered is marked failed instead and raises once the summary is out."""
+    unrendered = unrendered_error((run_rows.get_run(res.engine, run_id) or {}).get("steps") or {})
     run_rows.finish_run(
-        res.engine, run_id, "completed", activities_processed=final.records,
-        import_summary=imported.model_dump() if imported else None,
+        res.engine, run_id, "failed" if unrendered else "completed", activities_processed=final.records,
+        import_summary=imported.model_dump() if imported else None, error=str(unrendered) if unrendered else None,
     )
     row = run_rows.get_run(res.engine, run_id) or {}
     traffic.settle()
     moved = {"bytes_between_tasks": traffic.bytes, "task_runs": traffic.calls}
     run_rows.record_step(res.engine, run_id, "traffic", moved)
     artifacts.publish_summary(res.engine, res.store, run_id, config)
+    if unrendered:
+        raise unrendered  # after the summary: the run fails visibly, its files are kept (on_failure)
     progress.advance("done")
     get_run_logger().info(
         "run %s completed: %d activities, %d bytes passed between %d tasks, estimated cost $%.6f", run_id,

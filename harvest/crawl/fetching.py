@@ -11,7 +11,13 @@ from collections import Counter
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from harvest.crawl.browser import MISSING_BROWSER, BrowserRenderer, PrefetchedDocument, RenderFailed
+from harvest.crawl.browser import (
+    MISSING_BROWSER,
+    BrowserLaunchFailed,
+    BrowserRenderer,
+    PrefetchedDocument,
+    RenderFailed,
+)
 from harvest.crawl.frontier import FrontierItem, normalize_url, site_of
 from harvest.crawl.http_fetch import PAGE_TYPES, FetchFailed, FetchResult, HttpFetcher
 from harvest.crawl.links import extract_links
@@ -72,19 +78,24 @@ class Fetching:
                 return allowed
             gate, host = allowed, urlsplit(url).netloc
             render_directly = self.mode == "browser" or (
-                self.mode == "auto" and self.renderer is not None and self._host_needs_browser(host)
+                self.mode == "auto"
+                and self.renderer is not None
+                and not self.renderer.launch_failures  # while the browser fails to start, each page is judged
+                and self._host_needs_browser(host)
             )
             reused, result = await self.reuse.attempt(url, item, gate)
             if reused is not None:
                 return reused
             if render_directly:
-                return self._render_directly(item, result)
+                return self._render_directly(item, result, learned=self.mode == "auto")
             if result is None:
                 async with gate.slot():
                     result = await self.fetcher.fetch(url)
             return await self._from_response(item, result, host)
         except DisallowedURLError as exc:
             return FailedURL(url, str(exc), None)
+        except BrowserLaunchFailed as exc:
+            return self.tally.unrendered(url, exc.cause)
         except (FetchFailed, RenderFailed) as exc:
             return FailedURL(url, exc.reason, exc.status)
 
@@ -104,15 +115,15 @@ class Fetching:
         return gate
 
     @staticmethod
-    def _render_directly(item: FrontierItem, result: FetchResult | None) -> Render:
+    def _render_directly(item: FrontierItem, result: FetchResult | None, *, learned: bool) -> Render:
         """A URL of a host rendered directly: the conditional response fetched just now (a 200) is served to the
-        browser instead of a second request."""
+        browser instead of a second request. `learned`: sent by the host's learned rule, not by `render=browser`."""
         if result is not None and result.url == item.url and result.status == 200 and not result.truncated:
             return Render(item, document=PrefetchedDocument.from_response(
                 result.url, result.status, result.headers, result.body
             ), validators=Validators.from_headers(result.headers), fetched_at=response_time(result.headers),
-                budget_spent_s=result.elapsed_s)
-        return Render(item, budget_spent_s=result.elapsed_s if result is not None else 0.0)
+                budget_spent_s=result.elapsed_s, learned=learned)
+        return Render(item, budget_spent_s=result.elapsed_s if result is not None else 0.0, learned=learned)
 
     async def _from_response(self, item: FrontierItem, result: FetchResult, host: str) -> Step:
         """A plain response as the page, or as a render when (auto mode) its content needs the browser."""
@@ -139,7 +150,7 @@ class Fetching:
         if self.mode != "auto" or not await self._page_needs_browser(page):
             return await self._finish(page)
         if self.renderer is None:
-            return FailedURL(url, f"page needs a browser to render its content but {MISSING_BROWSER}", None)
+            return self.tally.unrendered(url, self._no_browser())
         self.browser_needed[host] += 1
         if self._host_needs_browser(host) and self.browser_needed[host] == self.options.learn_after:
             log.info("%d pages on %s needed the browser: rendering its pages directly from now on",
@@ -167,6 +178,10 @@ class Fetching:
             self.tally.problems([f"needs_browser failed for {page.url}: {type(exc).__name__}: {exc}"])
             return False
 
+    def _no_browser(self) -> str:
+        path = self.options.browser_path
+        return f"{MISSING_BROWSER} (not an executable: {path!r})" if path else MISSING_BROWSER
+
     async def render_step(self, step: Render) -> Outcome:
         """Render one URL; never raises for per-URL problems.
 
@@ -186,6 +201,11 @@ class Fetching:
             return outcome
         except DisallowedURLError as exc:
             return FailedURL(url, str(exc), None)
+        except BrowserLaunchFailed as exc:
+            if step.learned:  # never shown to need scripts: fetched plainly instead (no direct renders now)
+                judged = await self.process(step.item)
+                return self.tally.unrendered(url, exc.cause) if isinstance(judged, Render) else judged
+            return self.tally.unrendered(url, exc.cause)
         except (FetchFailed, RenderFailed) as exc:
             return FailedURL(url, exc.reason, exc.status)
 
@@ -194,7 +214,7 @@ class Fetching:
         spent_s: float = 0.0,
     ) -> Outcome:
         if self.renderer is None:
-            return FailedURL(item.url, MISSING_BROWSER, None)
+            return self.tally.unrendered(requested_url or item.url, self._no_browser())
         rendered = await self.renderer.render(item.url, document=document, spent_s=spent_s)
         if rendered.status >= 400:
             return FailedURL(requested_url or item.url, f"HTTP {rendered.status}", rendered.status)

@@ -40,6 +40,8 @@ class Render:
     fetched_at: datetime | None = None
     # Of the URL's budget, what its plain fetch used: the render gets the rest.
     budget_spent_s: float = 0.0
+    # Sent straight to the browser by the host's learned rule (render="auto"), not judged by a plain fetch.
+    learned: bool = False
 
 
 Outcome = Fetched | Skipped | FailedURL

@@ -78,6 +78,10 @@ class CrawlStats:
     {count, examples}."""
     deadline_cut_in_flight: int = 0
     """URLs being fetched or rendered when `max_crawl_seconds` stopped the crawl (counted in `unfollowed`)."""
+    pages_unrendered: int = 0
+    """Pages that needed the browser while it could not start (in `failed_urls` too): their content is missing."""
+    browser_error: str | None = None
+    """Why the browser could not start (not installed, its launch failed, Playwright's driver did not start)."""
 
     def snapshot(self) -> CrawlStats:
         return copy.deepcopy(self)

@@ -13,7 +13,7 @@ from harvest.cost.prices import Counter
 from harvest.crawl import Crawl, CrawlOptions, CrawlStats, Page, crawl
 from harvest.crawl.page import entry_for
 from harvest.crawl.revalidate import PageMemory, Remembered
-from harvest.errors import ExtractionError, OverBudgetError, StorageError
+from harvest.errors import BrowserUnavailableError, ExtractionError, OverBudgetError, StorageError
 from harvest.extract.llm import LLMExtractor
 from harvest.extract.structured import extract_structured, page_text
 from harvest.models import FileRef, RawActivity, RunConfig
@@ -76,6 +76,9 @@ def collect_raw_activities(
     _record_counts(result, ref, stats, extraction)
     _warn_what_was_left(result, stats, config, collected.stopped_early)
     _warn_about_extraction(result, extraction)
+    if stats.pages_unrendered:
+        result.stats.details.update(pages_unrendered=stats.pages_unrendered, browser_error=stats.browser_error or "")
+        result.warn(unrendered_warning(stats))
     if ref.records == 0:
         result.warn(f"no activities found on {url} ({stats.pages_fetched} page(s) crawled)")
     return result
@@ -222,6 +225,29 @@ def crawl_counters(details: Mapping[str, Any]) -> dict[str, int]:
 def _detail(details: Mapping[str, Any], key: str) -> int:
     value = details.get(key, 0)
     return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
+
+
+def unrendered_warning(stats: CrawlStats) -> str:
+    """The run's one warning for script-built pages the browser could not render, with the cause."""
+    return (
+        f"the browser could not start, so {stats.pages_unrendered} page(s) built by scripts were not rendered and "
+        f"their activities are missing: {stats.browser_error}. Check it where the run runs: "
+        "`python -m harvest.crawl.selfcheck` (HARVEST_BROWSER_PATH, the system libraries Chromium and Playwright need)"
+    )
+
+
+def unrendered_error(steps: Mapping[str, Any]) -> BrowserUnavailableError | None:
+    """The error that fails a run whose crawl left script-built pages unrendered (`steps`: the run row's map of
+    step records); None when every page that needed the browser got it. The run finishes first, so nothing
+    it did collect is lost, then fails so that nobody mistakes it for a complete one."""
+    for record in steps.values():
+        details = record.get("details") if isinstance(record, Mapping) else None
+        if isinstance(details, Mapping) and details.get("pages_unrendered"):
+            return BrowserUnavailableError(
+                f"{details['pages_unrendered']} page(s) built by scripts could not be rendered: the browser could not "
+                f"start: {details.get('browser_error') or 'no cause recorded'}"
+            )
+    return None
 
 
 def _report(on_progress: Callable[[CrawlStats, int], None], stats: CrawlStats, found: int) -> None:

@@ -37,6 +37,14 @@ class Tally:
             entry["count"] += count
             entry["examples"] = (entry["examples"] + examples)[:UNFOLLOWED_EXAMPLES]
 
+    def unrendered(self, url: str, cause: str) -> FailedURL:
+        """A page that needs the browser while the browser cannot start: counted apart from other failures, so
+        the run can say once why its script-built pages are missing (CrawlStats.pages_unrendered)."""
+        with self.lock:
+            self.stats.pages_unrendered += 1
+            self.stats.browser_error = cause
+        return FailedURL(url, f"needs a browser to render its content, and the browser could not start: {cause}", None)
+
     def failed(self, outcome: FailedURL) -> None:
         with self.lock:
             self.stats.failed_urls.append(outcome)

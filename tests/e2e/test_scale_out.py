@@ -241,8 +241,9 @@ def ran_by(stack: Stack, workers: dict[str, Any], flow_run_id: str) -> list[str]
     submitting it; the server lets one move it to Pending, and the other logs "Aborted submission" (Prefect's
     workers/base.py): that one did not run it."""
     def ran(log: str) -> bool:
-        return (f"submitting flow run '{flow_run_id}'" in log
-                and f"Aborted submission of flow run '{flow_run_id}'" not in log)
+        # Counted, not just found: a worker that lost the race for a run may later run its retry.
+        return (log.count(f"submitting flow run '{flow_run_id}'")
+                > log.count(f"Aborted submission of flow run '{flow_run_id}'"))
 
     return [name for name in workers if ran(stack.log_tail(name, chars=10_000_000))]
 
