@@ -120,11 +120,11 @@ def serve_pages(routes: dict[str, tuple[bytes, str]]) -> Iterator[str]:
 def run_site(site: Site, workdir: Path) -> list[dict[str, Any]]:
     """The standardized records harvest makes of the served page: the real crawler (plain HTTP, the page only),
     the real extraction, the real standardize + dedupe stage, over a local store."""
+    from harvest.crawl.stage import collect_raw_activities
     from harvest.errors import CrawlError
     from harvest.models import RunConfig
     from harvest.settings import HarvestSettings
-    from harvest.stages.collect import collect_raw_activities
-    from harvest.stages.standardize import standardize_raw_activities
+    from harvest.standardize.stage import standardize_raw_activities
     from harvest.storage import iter_jsonl
     from harvest.storage.local import LocalStore
 

@@ -231,6 +231,15 @@ def test_extract_links_tolerates_empty_and_broken_html() -> None:
     assert extract_links("<a href='/x'>unclosed", "https://e.org/").links == ["https://e.org/x"]
 
 
+def test_webcal_and_calendar_alternate_links_are_followed_as_feeds() -> None:
+    html = (
+        '<html><head><link rel="alternate" type="text/calendar" href="/events/?ical=1"></head><body>'
+        '<a href="webcal://example.org/cal.ics">Subscribe</a></body></html>'
+    )
+    links = extract_links(html, "https://example.org/events/").links
+    assert "https://example.org/events/?ical=1" in links and "https://example.org/cal.ics" in links
+
+
 def test_parse_sitemap_urlset_index_and_gzip() -> None:
     urlset = (
         b'<urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">'
