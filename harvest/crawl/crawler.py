@@ -253,7 +253,10 @@ class _Engine:
         # listing split over many pages loses every item past the first few. But only while the listing keeps
         # giving something new: a "next month" calendar that shows no events and links nothing new would
         # otherwise be followed until max_pages (issue 26); its next page then costs depth like any link.
-        inherit = bool(pagination) and _gives_something_new(page, outcome.links.links, pagination, self.frontier)
+        page.led_somewhere_new = any(
+            link not in pagination and self.frontier.is_new(link) for link in outcome.links.links
+        )
+        inherit = bool(pagination) and (page.led_somewhere_new or _has_event_markup(page))
         with self.tally.frontier_skips(self.frontier):
             for link in outcome.links.links:
                 self.frontier.add(link, depth if link in pagination and inherit else depth + 1)
@@ -316,11 +319,9 @@ _EVENT_MARKUP_RE = re.compile(
 )
 
 
-def _gives_something_new(page: Page, links: list[str], pagination: set[str], frontier: Frontier) -> bool:
-    """Does this page of a listing add anything: a link (other than to the listing's own pages) the crawl has not
-    seen, or items marked up as events?"""
-    if any(link not in pagination and frontier.is_new(link) for link in links):
-        return True
+def _has_event_markup(page: Page) -> bool:
+    """Items marked up as events on the page: a listing page that shows them gives something new even when every
+    link it has was seen already."""
     return bool(page.html) and bool(_EVENT_MARKUP_RE.search(page.html))
 
 

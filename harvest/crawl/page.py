@@ -34,6 +34,9 @@ class Page:
     links: list[str] = field(default_factory=list)
     """Outgoing links as extracted (kept with the page, so a reused page's links are followed again)."""
     pagination: list[str] = field(default_factory=list)
+    led_somewhere_new: bool = True
+    """Whether the page linked to a page the crawl had not seen yet, other than its own listing's next pages (set
+    by the crawl when it accepts the page): a listing without items of its own that leads nowhere new gave nothing."""
     reused: Remembered | None = None
     """Set when the page was not downloaded again: a 304 (`reuse_reason` "not_modified") or a sitemap
     `<lastmod>` not newer than the last fetch ("lastmod"). `html` is then empty: use what the entry kept."""

@@ -123,7 +123,7 @@ class _Extraction:
         items = _extract_page(page, self.result, self.quality)
         if items:
             return items, True
-        if _looks_like_listing(page):
+        if _looks_like_listing(page) and not page.led_somewhere_new:
             self.quality.add_empty_listing(page.url)
         found, complete = self._with_llm(page)
         return found, complete and items is not None  # structured extraction failed: not the page's answer
@@ -305,7 +305,8 @@ _LISTING_PATH_RE = re.compile(r"(event|calendar|agenda|termine|veranstaltung|kal
 
 
 def _looks_like_listing(page: Page) -> bool:
-    """A page that paginates, or whose path names events or a calendar: it was expected to list something."""
+    """A page that paginates, or whose path names events or a calendar: it was expected to list something (its
+    items, or links to them: one that leads to unseen pages is counted by its caller as having given those)."""
     return bool(page.pagination) or bool(_LISTING_PATH_RE.search(urlsplit(page.url).path))
 
 
