@@ -82,8 +82,15 @@ def on_failure(flow: Any, flow_run: Any, state: Any) -> None:
     _mark_ended("failed", flow_run, state)
 
 
+# What Prefect's engine says of a flow run a KeyboardInterrupt (Ctrl-C) stopped (prefect.states.
+# exception_to_crashed_state); the state's data is the exception itself only in the process that raised it.
+INTERRUPTED_MESSAGE = "Execution was aborted by an interrupt signal."
+
+
 def on_crashed(flow: Any, flow_run: Any, state: Any) -> None:
-    _mark_ended("crashed", flow_run, state)
+    """Crashed, unless its user stopped it with Ctrl-C: that run is cancelled (issue 28), files kept as for any."""
+    interrupted = isinstance(getattr(state, "data", None), KeyboardInterrupt) or state.message == INTERRUPTED_MESSAGE
+    _mark_ended("cancelled" if interrupted else "crashed", flow_run, state)
 
 
 def on_cancellation(flow: Any, flow_run: Any, state: Any) -> None:

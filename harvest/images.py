@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import signal
 import tempfile
 import threading
 import time
@@ -220,10 +221,17 @@ def _pool() -> ProcessPoolExecutor | None:
     with _POOL_GUARD:
         if _POOL is None and get_settings().image_processes and not current_process().daemon:
             try:
-                _POOL = ProcessPoolExecutor(max_workers=os.cpu_count() or 1, mp_context=get_context("forkserver"))
+                _POOL = ProcessPoolExecutor(max_workers=os.cpu_count() or 1, mp_context=get_context("forkserver"),
+                                            initializer=_ignore_interrupts)
             except (OSError, ValueError):
                 return None
         return _POOL
+
+
+def _ignore_interrupts() -> None:
+    """A worker is stopped by its parent, never by Ctrl-C: a terminal sends SIGINT to the whole process group, and
+    each worker printed a KeyboardInterrupt traceback over the command's own line (issue 28)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def convert_in_pool(data: bytes, *, max_pixels: int) -> ProcessedImage:

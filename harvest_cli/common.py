@@ -43,6 +43,7 @@ def checked_store() -> Any:
     settings = checked_settings()
     store = checked(preflight.storage, settings)
     if store is None:
+        use_prefect()  # a Prefect block: loaded through the API
         from blocks.storage import resolve_store
 
         store = resolve_store(settings)
@@ -58,16 +59,61 @@ def route_logs_to_stderr() -> None:
                 handler.setStream(sys.stderr)
 
 
+_API: Any = None  # harvest_cli.server.Api, once use_prefect() has run
+
+
+def use_prefect() -> None:
+    """Point this process at a Prefect API (harvest_cli.server: a local server, started in the background if need
+    be) before anything imports Prefect; call it before importing `flows`. Its start overlaps the imports."""
+    global _API
+    if _API is not None:
+        return
+    from harvest_cli import interrupt, server
+
+    _API = checked(server.begin)
+    if _API.server is not None and _API.server.mode == "temporary":
+        interrupt.before_exit(_API.server.stop)  # a forced exit skips atexit
+
+
+def _api_ready() -> bool:
+    """Wait for the server this command uses; False when it did not come up (the command falls back)."""
+    from harvest_cli import server
+
+    use_prefect()
+    if _API.server is None:
+        return True
+    if _API.ready(server.startup_seconds()):
+        if _API.started and _API.server.mode == "background":
+            _API.started = False  # said once
+            sys.stderr.write(f"harvest: started a local Prefect server for this and later commands; its UI is at "
+                             f"{_API.server.ui_url} (`harvest server stop` ends it)\n")
+        return True
+    sys.stderr.write(f"harvest: the local Prefect server did not start (its log: {_API.server.log}); using a "
+                     "temporary one for this command\n")
+    server.fall_back(_API)
+    _API.server = None
+    return False
+
+
+def _call(call: Any, *args: Any, **kwargs: Any) -> Any:
+    if _api_ready():
+        return call(*args, **kwargs)
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):  # Prefect may have read the address already
+        return call(*args, **kwargs)
+
+
 def run_flow(call: Any, *args: Any, **kwargs: Any) -> Any:
-    """Run a flow (or anything that starts Prefect's API) in this process, under harvest's Ctrl-C handling:
-    the first Ctrl-C settles the run as cancelled and exits 130, a second forces (harvest_cli.interrupt). A
-    temporary API server that never came up is exit 3 with what to do."""
+    """Run a flow (or anything that calls Prefect's API) in this process, under harvest's Ctrl-C handling: the
+    first Ctrl-C settles the run as cancelled and exits 130, a second forces (harvest_cli.interrupt). An API
+    that never came up is exit 3 with what to do."""
     from harvest_cli.interrupt import guard
     from harvest_cli.prefect_defaults import STARTUP_HINT, is_startup_timeout
 
     with guard(checked_settings().database_url) as interrupts:
         try:
-            result = call(*args, **kwargs)
+            result = _call(call, *args, **kwargs)
         except KeyboardInterrupt:
             interrupts.finish()
             raise typer.Exit(int(ExitCode.INTERRUPTED)) from None

@@ -12,6 +12,7 @@ for). Either way it exits 130 with one line naming the run and the command that 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -19,7 +20,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 from typing import Any
@@ -29,6 +30,12 @@ from harvest_cli.errors import ExitCode
 GRACE_SECONDS = 10.0  # from the first Ctrl-C to a forced exit, if the run has not stopped by then
 SETTLE_WAIT_SECONDS = 15.0  # how long a forced exit waits for the database write that settles the run
 WHY = "stopped by an interrupt (Ctrl-C)"
+_BEFORE_EXIT: list[Callable[[], None]] = []
+
+
+def before_exit(callback: Callable[[], None]) -> None:
+    """Run `callback` before a forced exit too (os._exit skips atexit): stopping a temporary server."""
+    _BEFORE_EXIT.append(callback)
 
 
 class Interrupts:
@@ -61,6 +68,9 @@ class Interrupts:
         """Leave now: wait (bounded) for the settle, say what became of the run, exit 130."""
         self._settle_done.wait(SETTLE_WAIT_SECONDS)
         self.say()
+        for callback in _BEFORE_EXIT:
+            with contextlib.suppress(Exception):
+                callback()
         os._exit(int(ExitCode.INTERRUPTED))
 
     def finish(self) -> None:

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 import typer
 
-from harvest_cli import output
+from harvest_cli import output, server
 from harvest_cli.common import (
     JSON_HELP,
     checked,
@@ -26,6 +26,7 @@ from harvest_cli.common import (
     print_summary,
     route_logs_to_stderr,
     run_flow,
+    use_prefect,
 )
 from harvest_cli.errors import CliError, ExitCode, debugging, fail, say_error, validation_message
 from harvest_cli.runs import runs_app
@@ -39,6 +40,8 @@ blocks_app = typer.Typer(help="Prefect blocks built from the environment.", no_a
 app.add_typer(runs_app, name="runs")
 app.add_typer(db_app, name="db")
 app.add_typer(blocks_app, name="blocks")
+server_app = typer.Typer(help="The local Prefect server harvest keeps running for its commands.", no_args_is_help=True)
+app.add_typer(server_app, name="server")
 
 Render = Literal["auto", "browser", "http"]
 # The log level Prefect gets for each verbosity, unless PREFECT_LOGGING_LEVEL is set and no flag was given.
@@ -139,6 +142,7 @@ def scrape(
     if estimate:
         _estimate(request.url, request.config, as_json)
         return
+    use_prefect()  # before Prefect is imported; a server it starts comes up while flows are imported
     from harvest_cli.live import live_progress, wanted
 
     with live_progress(wanted(as_json)):  # a live line on stderr only for a person at a terminal
@@ -237,6 +241,7 @@ def sweep(
     checked_store()
     if as_json:
         route_logs_to_stderr()
+    use_prefect()
     from flows.sweep import sweep_expired
 
     report = flow_result(run_flow(sweep_expired, dry_run=dry_run, return_state=True), "sweep")
@@ -281,9 +286,10 @@ def blocks_register(
     from pydantic import ValidationError
 
     checked_settings()
-    if not local and not _prefect_api_url():
+    if not local and not (os.environ.get("PREFECT_API_URL") or server.profile_api_url()):
         fail("blocks register needs the Prefect server your workers use: set PREFECT_API_URL (e.g. "
              "http://127.0.0.1:4200/api); --local registers into this machine's own Prefect database instead")
+    use_prefect()
     from blocks.register import register_blocks
 
     try:
@@ -297,15 +303,70 @@ def blocks_register(
         output.line(item.line())
 
 
-def _prefect_api_url() -> str | None:
-    """The Prefect API this process would use: PREFECT_API_URL from the environment or the active profile."""
+# ---- the local Prefect server ---------------------------------------------------------------------------------
+
+
+def _server_document(local: Any, running: bool) -> dict[str, Any]:
+    document: dict[str, Any] = {"running": running, "mode": server.mode(), "record": str(server.record_path())}
     if os.environ.get("PREFECT_API_URL"):
-        return os.environ["PREFECT_API_URL"]
-    from prefect.settings import get_current_settings
+        document["prefect_api_url"] = os.environ["PREFECT_API_URL"]  # what commands use instead
+    if local is not None:
+        document.update({"pid": local.pid, "api_url": local.api_url, "ui_url": local.ui_url,
+                         "prefect_home": local.prefect_home, "prefect_version": local.prefect_version,
+                         "log": local.log, "started_at": local.started_at})
+    return document
 
-    return get_current_settings().api.url or None
+
+def _say_server(document: dict[str, Any]) -> None:
+    if document["running"]:
+        output.line(f"running: pid {document['pid']}, UI {document['ui_url']}, API {document['api_url']}")
+        output.fields([("PREFECT_HOME", document["prefect_home"]), ("log", document["log"])])
+    else:
+        output.line("not running: the next command that needs Prefect starts it"
+                    if document["mode"] == "background" else f"not running (HARVEST_PREFECT_SERVER={document['mode']})")
+    if document.get("prefect_api_url"):
+        output.line(f"note: PREFECT_API_URL is set, so harvest's commands use {document['prefect_api_url']}")
 
 
+@server_app.command("status")
+def server_status(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
+    """Whether harvest's local Prefect server runs, and where (its UI, API, database and log)."""
+    local = server.recorded()
+    running = local is not None and server.reusable(local) and local.healthy()
+    document = _server_document(local if running else None, running)
+    if as_json:
+        output.emit_json(document)
+    else:
+        _say_server(document)
+
+
+@server_app.command("start")
+def server_start(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
+    """Start the local Prefect server now (commands otherwise start it when they first need it)."""
+    if os.environ.get("PREFECT_API_URL"):
+        fail(f"PREFECT_API_URL is set ({os.environ['PREFECT_API_URL']}): harvest's commands use that server, "
+             "not a local one; unset it first")
+    os.environ[server.MODE_VARIABLE] = "background"
+    api = checked(server.begin)
+    if api.server is None or not api.server.wait_healthy(server.startup_seconds()):
+        log = api.server.log if api.server is not None else server.log_path()
+        fail(f"the local Prefect server did not start; its log: {log}", ExitCode.UNAVAILABLE)
+    document = _server_document(api.server, True)
+    if as_json:
+        output.emit_json(document)
+    else:
+        _say_server(document)
+
+
+@server_app.command("stop")
+def server_stop(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
+    """Stop the local Prefect server (the next command that needs one starts it again)."""
+    stopped = server.stop_background()
+    if as_json:
+        output.emit_json({"stopped": stopped is not None, "pid": stopped.pid if stopped else None})
+        return
+    output.line(f"stopped the local Prefect server (pid {stopped.pid})" if stopped else "no local Prefect server was "
+                "running")
 
 
 # ---- the console script ---------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from harvest_cli.common import (
     print_summary,
     route_logs_to_stderr,
     run_flow,
+    use_prefect,
 )
 from harvest_cli.errors import fail
 
@@ -345,6 +346,7 @@ def runs_import(
         fail(f"run {run_id}: its final JSONL {final.uri} is gone from the storage")
     if as_json:
         route_logs_to_stderr()
+    use_prefect()
     from flows.import_run import import_run
 
     summary = flow_result(run_flow(import_run, run_id=run_id, cleanup=cleanup, return_state=True),
