@@ -133,7 +133,7 @@ def scrape(
     settings = checked_settings()
     if not from_raw:
         checked(preflight.start_url, request.url, settings)
-    checked_engine()
+    engine = checked_engine()
     store = checked(preflight.storage, settings)
     if from_raw:
         checked(preflight.raw_source, from_raw, store)
@@ -142,19 +142,46 @@ def scrape(
     if estimate:
         _estimate(request.url, request.config, as_json)
         return
+    early = not from_raw and _crawl_early(request.url, request.config, settings, engine)
     use_prefect()  # before Prefect is imported; a server it starts comes up while flows are imported
     from harvest_cli.live import live_progress, wanted
 
-    with live_progress(wanted(as_json)):  # a live line on stderr only for a person at a terminal
-        from flows.scrape import scrape_website
+    try:
+        with live_progress(wanted(as_json)):  # a live line on stderr only for a person at a terminal
+            from flows.scrape import scrape_website
 
-        state = run_flow(scrape_website, url=request.url, config=request.config, from_raw=from_raw, return_state=True)
+            state = run_flow(scrape_website, url=request.url, config=request.config, from_raw=from_raw,
+                             return_state=True)
+    finally:
+        if early:
+            from harvest.stages.collect import drop_early_crawls
+
+            drop_early_crawls()  # the flow ended before its crawl (another run of the URL was running, …)
     run_id = str(state.state_details.flow_run_id)
     summary = flow_result(state, f"run {run_id}", as_json=as_json, run_id=run_id).model_dump(mode="json")
     if as_json:
         output.emit_json(summary)
     else:
         print_summary(summary)
+
+
+def _crawl_early(url: str, config: Any, settings: Any, engine: Any) -> bool:
+    """Start the run's crawl now, while Prefect starts and the flow is set up (1-10 s); the crawl stage adopts it
+    (harvest.stages.collect.start_crawl_early). Not when another run of the URL is running (the flow will say
+    so and crawl nothing), nor when the OpenAI key comes from a Prefect block (whether there is one decides the
+    page memory's version, and only Prefect can say)."""
+    from harvest.db.page_cache import PageCache
+    from harvest.db.runs import running_run_for
+    from harvest.stages.collect import extraction_version_for, start_crawl_early
+
+    if not settings.has_openai and settings.openai_api_key_block:
+        return False
+    if running_run_for(engine, url) is not None:
+        return False
+    version = extraction_version_for(settings.extraction_model if settings.has_openai else None)
+    memory = PageCache(engine, version) if settings.crawl_revalidate else None
+    start_crawl_early(url, config, settings, memory)
+    return True
 
 
 def _start_request(url: str, config_json: str | None, flags: dict[str, Any]) -> Any:
