@@ -89,6 +89,12 @@ def options(
         os.environ["PREFECT_LOGGING_LEVEL"] = level  # a flag wins over the environment
     elif "PREFECT_LOGGING_LEVEL" not in os.environ and sys.stderr.isatty():
         os.environ["PREFECT_LOGGING_LEVEL"] = QUIET_LEVEL  # a person at a terminal: the live line and the summary
+    if os.environ.get("PREFECT_LOGGING_LEVEL") == QUIET_LEVEL:
+        import logging
+
+        # harvest's own warnings are in the summary: without a handler of its own Python's last-resort handler
+        # printed them on stderr before Prefect was up. A run's log in Prefect still gets them (its own handler).
+        logging.getLogger("harvest").addHandler(logging.NullHandler())
 
 
 # ---- scrape ---------------------------------------------------------------------------------------------------

@@ -50,7 +50,11 @@ def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], *, empty: str, 
         grid.add_column(column, justify="right" if column in right else "left", no_wrap=column in right)
     for row in rows:
         grid.add_row(*(cell(value) for value in row))
-    console().print(grid)
+    show = console()
+    with show.capture() as captured:
+        show.print(grid)
+    for text in captured.get().splitlines():  # rich pads every cell to its column: no trailing blanks
+        line(text.rstrip())
 
 
 def cell(value: Any) -> str:

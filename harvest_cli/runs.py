@@ -90,7 +90,16 @@ def runs_show(run_id: str, as_json: bool = typer.Option(False, "--json", help=JS
         empty="steps: none recorded", title="steps", right=("seconds", "in", "out", "skipped"),
     )
     for step, stats in steps.items():
-        if not (isinstance(stats, dict) and "items_in" in stats):
+        if isinstance(stats, dict) and "items_in" in stats:
+            continue
+        if step == "unfollowed" and isinstance(stats, dict):
+            for reason, entry in stats.items():
+                output.line(f"unfollowed links ({reason}): {entry.get('count', 0):,}, e.g. "
+                            + ", ".join(entry.get("examples") or []))
+        elif step == "traffic" and isinstance(stats, dict):
+            output.line(f"between tasks: {stats.get('bytes_between_tasks', 0):,} bytes in "
+                        f"{stats.get('task_runs', 0):,} task runs")
+        else:
             output.line(f"{step}: {json.dumps(stats, default=str)}")
     output.table(["file", "records", "bytes", "state", "where"],
                  [(item["kind"], item["records"], item["bytes"], item["state"], item["uri"]) for item in row["files"]],
