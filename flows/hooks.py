@@ -69,8 +69,11 @@ def _mark_ended(status: str, flow_run: Any, state: Any) -> None:
         if isinstance(outcome, BaseException):
             error = f"{outcome.__class__.__name__}: {outcome}"
         res = resources()
-        if run_rows.get_run(res.engine, run_id) is None:
+        row = run_rows.get_run(res.engine, run_id)
+        if row is None:
             return
+        if row["status"] == "cancelled" and status != "cancelled":
+            return  # stopped by its user (Ctrl-C, settled by `harvest`): what the engine made of it after that
         expires = policy_from(res.settings).expires_at(status, utcnow())
         run_rows.finish_run(res.engine, run_id, status, retention="kept", error=error, expires_at=expires)
         logger.warning("run %s %s: %s (files kept for debugging)", run_id, status, error)

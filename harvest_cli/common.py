@@ -6,13 +6,10 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-import typer
-
 from harvest_cli import output
-from harvest_cli.errors import CliError, ExitCode, fail
+from harvest_cli.errors import CliError, ExitCode, Interrupted, fail
 
 JSON_HELP = "Print one JSON document on stdout (logs go to stderr)."
-
 
 
 def checked(call: Any, *args: Any, **kwargs: Any) -> Any:
@@ -115,18 +112,15 @@ def run_flow(call: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             result = _call(call, *args, **kwargs)
         except KeyboardInterrupt:
-            interrupts.finish()
-            raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+            raise Interrupted(interrupts.finish()) from None
         except RuntimeError as exc:
             if interrupts.triggered:
-                interrupts.finish()
-                raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+                raise Interrupted(interrupts.finish()) from None
             if is_startup_timeout(exc):
                 fail(f"{exc}. {STARTUP_HINT}", ExitCode.UNAVAILABLE)
             raise
         if interrupts.triggered:  # the engine swallowed the interrupt and returned a state
-            interrupts.finish()
-            raise typer.Exit(int(ExitCode.INTERRUPTED))
+            raise Interrupted(interrupts.finish())
     return result
 
 

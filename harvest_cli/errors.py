@@ -36,6 +36,13 @@ class CliError(Exception):
         self.code = code
 
 
+class Interrupted(CliError):
+    """Ctrl-C stopped the command: `message` says what became of the run (printed as is, not as an error)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, ExitCode.INTERRUPTED)
+
+
 def debugging() -> bool:
     """Whether tracebacks are wanted (`--debug` or `-vv`, which set HARVEST_CLI_DEBUG for this process)."""
     return os.environ.get("HARVEST_CLI_DEBUG") == "1"

@@ -27,7 +27,7 @@ from typing import Any
 
 from harvest_cli.errors import ExitCode
 
-GRACE_SECONDS = 10.0  # from the first Ctrl-C to a forced exit, if the run has not stopped by then
+GRACE_SECONDS = 20.0  # from the first Ctrl-C to a forced exit, if the run has not stopped by then
 SETTLE_WAIT_SECONDS = 15.0  # how long a forced exit waits for the database write that settles the run
 WHY = "stopped by an interrupt (Ctrl-C)"
 _BEFORE_EXIT: list[Callable[[], None]] = []
@@ -68,28 +68,32 @@ class Interrupts:
         """Leave now: wait (bounded) for the settle, say what became of the run, exit 130."""
         self._settle_done.wait(SETTLE_WAIT_SECONDS)
         self.say()
-        for callback in _BEFORE_EXIT:
+        for callback in [*_BEFORE_EXIT, _stop_prefect_temporary_servers]:
             with contextlib.suppress(Exception):
                 callback()
         os._exit(int(ExitCode.INTERRUPTED))
 
-    def finish(self) -> None:
-        """The main thread unwound: wait for the settle and say what became of the run (exit is the caller's)."""
+    def finish(self) -> str:
+        """The main thread unwound: wait for the settle; what became of the run (the caller says it once the
+        live display is gone, and exits 130)."""
         self._settle_done.wait(SETTLE_WAIT_SECONDS)
-        self.say()
+        with self._said:
+            self._done_saying = True
+        return self.outcome()
 
     def say(self) -> None:
         with self._said:
             if self._done_saying:
                 return
             self._done_saying = True
-        if self.settled:
-            for run_id in self.settled:
-                sys.stderr.write(f"harvest: run {run_id} cancelled; its files are kept. "
-                                 f"Resume it with: harvest runs resume {run_id}\n")
-        else:
-            sys.stderr.write("harvest: interrupted before a run was recorded; nothing to resume\n")
+        sys.stderr.write(self.outcome() + "\n")
         sys.stderr.flush()
+
+    def outcome(self) -> str:
+        if not self.settled:
+            return "harvest: interrupted before a run was recorded; nothing to resume"
+        return "\n".join(f"harvest: run {run_id} {status}; its files are kept. Resume it with: harvest runs resume "
+                         f"{run_id}" for run_id, status in _statuses(self.database_url, self.settled).items())
 
     def _watchdog(self) -> None:
         time.sleep(GRACE_SECONDS)
@@ -108,7 +112,8 @@ def settle_running_runs(database_url: str, attempts: int = 20) -> list[str]:
     """Mark every run this process is running as `cancelled` (files kept, holds released); their ids.
 
     A row another thread of the run holds locked right now is skipped by reconcile_run (SKIP LOCKED), so it is
-    tried again shortly, a few times."""
+    tried again shortly, a few times; a row that ended meanwhile (its flow's hook got there first) is left as
+    it is, and still named."""
     from harvest.db.engine import get_engine, utcnow
     from harvest.db.runs import get_run, list_runs
     from harvest.retention import policy_from, reconcile_run
@@ -119,19 +124,35 @@ def settle_running_runs(database_url: str, attempts: int = 20) -> list[str]:
     host, pid = socket.gethostname(), os.getpid()
     mine = [row["id"] for row in list_runs(engine, limit=1000, status="running")
             if row.get("host") == host and row.get("pid") == pid]
-    settled = []
     for run_id in mine:
         for _ in range(attempts):
             if reconcile_run(engine, policy, run_id, "cancelled", WHY, utcnow()):
-                settled.append(run_id)
                 break
             row = get_run(engine, run_id)
             if row is None or row["status"] != "running":
-                if row is not None and row["status"] == "cancelled":
-                    settled.append(run_id)
                 break
             time.sleep(0.1)
-    return settled
+    return mine
+
+
+def _statuses(database_url: str, run_ids: list[str]) -> dict[str, str]:
+    """Each run's status now (after the engine's own handling of the interrupt)."""
+    try:
+        from harvest.db.engine import get_engine
+        from harvest.db.runs import get_run
+
+        engine = get_engine(database_url)
+        return {run_id: str((get_run(engine, run_id) or {}).get("status", "unknown")) for run_id in run_ids}
+    except Exception:  # noqa: BLE001 - the line is said anyway
+        return {run_id: "cancelled" for run_id in run_ids}
+
+
+def _stop_prefect_temporary_servers() -> None:
+    """Prefect's own temporary API server (HARVEST_PREFECT_SERVER=prefect) is stopped by an atexit hook, which a
+    forced exit skips: stop it here, or it outlives the command when the Ctrl-C reached harvest alone."""
+    module = sys.modules.get("prefect.server.api.server")
+    for server in list(getattr(getattr(module, "SubprocessASGIServer", None), "_instances", {}).values()):
+        server.stop()
 
 
 def _silence() -> None:

@@ -28,7 +28,7 @@ from harvest_cli.common import (
     run_flow,
     use_prefect,
 )
-from harvest_cli.errors import CliError, ExitCode, debugging, fail, say_error, validation_message
+from harvest_cli.errors import CliError, ExitCode, Interrupted, debugging, fail, say_error, validation_message
 from harvest_cli.runs import runs_app
 
 app = typer.Typer(
@@ -426,6 +426,9 @@ def main(argv: list[str] | None = None) -> int:
     except (typer.Abort, KeyboardInterrupt):
         say_error("interrupted")
         return int(ExitCode.INTERRUPTED)
+    except Interrupted as exc:  # a run stopped by Ctrl-C: what became of it, once the live line is gone
+        sys.stderr.write(exc.message + "\n")
+        return int(exc.code)
     except CliError as exc:
         say_error(exc.message)
         return int(exc.code)

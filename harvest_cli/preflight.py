@@ -23,8 +23,6 @@ if TYPE_CHECKING:
 
 SUPPORTED_DATABASES = "PostgreSQL (postgresql+psycopg://user:password@host/db) or SQLite (sqlite:////abs/path.db)"
 STORAGE_FORMS = "s3://bucket/prefix, file:///abs/path or s3-bucket/<block name>"
-# A database that does not answer within this is reported, not waited for (the flow itself waits longer).
-CONNECT_TIMEOUT_SECONDS = 5
 
 
 def settings() -> HarvestSettings:
