@@ -47,6 +47,7 @@ demo: venv system
 
 ## make test: the whole suite against real Postgres, a real S3 endpoint (moto server), Chromium and local API servers
 test: venv system postgres
+	scripts/ensure-docker.sh
 	HARVEST_TEST_DATABASE_URL=$(PG_URL) $(BIN)/pytest -q $(PYTEST_ARGS)
 
 ## make lint: ruff (style, pyflakes, bugbear, import order), mypy, and import-linter's layer contracts (pyproject.toml)

@@ -116,7 +116,7 @@ def settle_running_runs(database_url: str, attempts: int = 20) -> list[str]:
     it is, and still named."""
     from harvest.db.engine import get_engine, utcnow
     from harvest.db.runs import get_run, list_runs
-    from harvest.retention import policy_from, reconcile_run
+    from harvest.retention.policy import policy_from, reconcile_run
     from harvest.settings import get_settings
 
     engine = get_engine(database_url)

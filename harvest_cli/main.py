@@ -160,7 +160,7 @@ def scrape(
                              return_state=True)
     finally:
         if early:
-            from harvest.stages.collect import drop_early_crawls
+            from harvest.crawl.stage import drop_early_crawls
 
             drop_early_crawls()  # the flow ended before its crawl (another run of the URL was running, …)
     run_id = str(state.state_details.flow_run_id)
@@ -173,12 +173,12 @@ def scrape(
 
 def _crawl_early(url: str, config: Any, settings: Any, engine: Any) -> bool:
     """Start the run's crawl now, while Prefect starts and the flow is set up (1-10 s); the crawl stage adopts it
-    (harvest.stages.collect.start_crawl_early). Not when another run of the URL is running (the flow will say
+    (harvest.crawl.stage.start_crawl_early). Not when another run of the URL is running (the flow will say
     so and crawl nothing), nor when the OpenAI key comes from a Prefect block (whether there is one decides the
     page memory's version, and only Prefect can say)."""
-    from harvest.db.page_cache import PageCache
+    from harvest.crawl.page_cache import PageCache
     from harvest.db.runs import running_run_for
-    from harvest.stages.collect import extraction_version_for, start_crawl_early
+    from harvest.crawl.stage import extraction_version_for, start_crawl_early
 
     if not settings.has_openai and settings.openai_api_key_block:
         return False
@@ -224,7 +224,7 @@ def _counted(usage: dict[str, int]) -> str:
 
 def _estimate(url: str, config: Any, as_json: bool) -> None:
     """The dry run: crawl without paid calls and print what a full run would spend."""
-    from harvest.cost.estimate import estimate_run
+    from harvest.estimate import estimate_run
     from harvest.cost.report import usd
     from harvest.errors import HarvestError
 

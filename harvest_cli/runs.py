@@ -66,7 +66,7 @@ def runs_show(run_id: str, as_json: bool = typer.Option(False, "--json", help=JS
     from harvest.cost.report import cost_lines
     from harvest.db.ledger import run_cost
     from harvest.db.runs import list_files
-    from harvest.retention import file_state
+    from harvest.retention.policy import file_state
 
     engine = checked_engine()
     row = _row(engine, run_id)
@@ -117,7 +117,7 @@ def runs_show(run_id: str, as_json: bool = typer.Option(False, "--json", help=JS
 
 def _duration_seconds(text: str, option: str) -> float:
     from harvest.errors import HarvestError
-    from harvest.retention import parse_duration
+    from harvest.retention.policy import parse_duration
 
     try:
         return parse_duration(text).total_seconds()
@@ -214,7 +214,7 @@ def runs_files(
 ) -> None:
     """List a run's files: kind, records, size, state and a download link (presigned for S3, a path locally)."""
     from harvest.db.runs import list_files
-    from harvest.retention import file_state
+    from harvest.retention.policy import file_state
 
     seconds = int(_duration_seconds(expires, "--expires"))
     engine = checked_engine()
@@ -247,7 +247,7 @@ def runs_cleanup(
     """Delete finished runs' stored files (never the shared images, nor the digest the next run diffs against)."""
     from datetime import timedelta
 
-    from harvest.retention import cleanup_older_than, cleanup_run
+    from harvest.retention.policy import cleanup_older_than, cleanup_run
 
     if run_id is None and older_than is None:
         fail("say which runs: a run id, or --older-than 30d for every finished, unpinned run older than that")
@@ -309,7 +309,7 @@ def _cleanup_refusal(row: dict[str, Any]) -> str | None:
 
 
 def _pin(run_id: str, pinned: bool, as_json: bool) -> None:
-    from harvest.db.retention import set_pinned
+    from harvest.retention.queries import set_pinned
 
     if not set_pinned(checked_engine(), run_id, pinned):
         fail(f"no run {run_id}: `harvest runs list` shows the runs this database knows")
@@ -374,7 +374,7 @@ def runs_resume(run_id: str, as_json: bool = typer.Option(False, "--json", help=
 
     A run still marked running whose process is gone (killed terminal, OOM, SIGKILL: same host and its pid is
     dead, or Prefect says its flow run is over) is reconciled first, so it can be resumed at once."""
-    from harvest.retention import process_gone
+    from harvest.retention.policy import process_gone
 
     engine = checked_engine()
     row = _row(engine, run_id)
@@ -389,7 +389,7 @@ def runs_resume(run_id: str, as_json: bool = typer.Option(False, "--json", help=
     if row["status"] == "running":
         from flows.reconcile import reconcile_if_dead
         from harvest.db.runs import get_run
-        from harvest.retention import policy_from
+        from harvest.retention.policy import policy_from
 
         if run_flow(reconcile_if_dead, engine, policy_from(checked_settings()), run_id):
             row = get_run(engine, run_id) or row
@@ -434,7 +434,7 @@ def runs_diff(
 ) -> None:
     """What changed between two runs: added, removed and changed activities (with the changed fields)."""
     from harvest.db.runs import comparable_file
-    from harvest.diff import DiffCounts, diff_lines, digest_lines, load_digest
+    from harvest.diff.compare import DiffCounts, diff_lines, digest_lines, load_digest
 
     engine = checked_engine()
     sources = []

@@ -1,5 +1,5 @@
 """Issue 28: `harvest scrape` starts crawling at once, while Prefect's API and the flow are still coming up (the
-crawl stage adopts the early crawl: harvest.stages.collect.start_crawl_early), and later commands reuse the local
+crawl stage adopts the early crawl: harvest.crawl.stage.start_crawl_early), and later commands reuse the local
 Prefect server the first one started."""
 
 from __future__ import annotations

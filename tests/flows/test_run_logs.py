@@ -19,7 +19,7 @@ def submitted_lines(client: Any, flow_run_id: UUID) -> list[Any]:
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
     logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
-    return [log for log in logs if log.name == "harvest.embeddings" and "submitted for file" in log.message]
+    return [log for log in logs if log.name == "harvest.enrich.embeddings.batch" and "submitted for file" in log.message]
 
 
 @pytest.mark.parametrize("runner", ["threads", "dask"])
@@ -40,7 +40,7 @@ def test_a_tasks_harvest_line_reaches_its_task_run_once_in_the_flows_process(har
     flow_run_id = UUID(state.result().run_id)
     with get_client(sync_client=True) as client:
         task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-        (submit,) = [run for run in task_runs if run.name.startswith("submit-embeddings-batch")]
+        (submit,) = [run for run in task_runs if run.name.startswith("embeddings_submit")]
         deadline = time.monotonic() + 10
         while not submitted_lines(client, flow_run_id) and time.monotonic() < deadline:
             time.sleep(0.2)
