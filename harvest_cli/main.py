@@ -177,8 +177,8 @@ def _crawl_early(url: str, config: Any, settings: Any, engine: Any) -> bool:
     so and crawl nothing), nor when the OpenAI key comes from a Prefect block (whether there is one decides the
     page memory's version, and only Prefect can say)."""
     from harvest.crawl.page_cache import PageCache
-    from harvest.db.runs import running_run_for
     from harvest.crawl.stage import extraction_version_for, start_crawl_early
+    from harvest.db.runs import running_run_for
 
     if not settings.has_openai and settings.openai_api_key_block:
         return False
@@ -224,9 +224,9 @@ def _counted(usage: dict[str, int]) -> str:
 
 def _estimate(url: str, config: Any, as_json: bool) -> None:
     """The dry run: crawl without paid calls and print what a full run would spend."""
-    from harvest.estimate import estimate_run
     from harvest.cost.report import usd
     from harvest.errors import HarvestError
+    from harvest.estimate import estimate_run
 
     settings = checked_settings()
     try:
