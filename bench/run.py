@@ -7,13 +7,15 @@ Every measured case runs in a fresh subprocess, so its peak RSS is its own:
 - `bench.one N --rerun`: the same input again over what the first run stored (wall ratio, API calls);
 - `bench.whole_lists N`: the whole-lists alternative a typical Prefect user would write;
 - `bench.crawl URL MODE`, once per render mode, over the demo site served from this process;
-- `bench.dask_processes N`, twice (thread runner, then a local Dask cluster of worker processes): the `dask` entry.
+- `bench.dask_processes N`, twice (thread runner, then a local Dask cluster of worker processes): the `dask` entry;
+- `bench.cli_start`: the `harvest` command's first request, on a new home and on the same home again (`cli_start`).
 
 Sizes: BENCH_SIZES (default "100,1000,10000,50000": issue 15's memory target compares 50,000 with 1,000).
 BENCH_RERUN=0 skips the re-runs, BENCH_WHOLE_LISTS=0 the alternative, BENCH_CRAWL=0 the crawls
 (BENCH_CRAWL_REPEATS rounds of them, default 3: medians are reported); the alternative runs only up to
 BENCH_WHOLE_LISTS_MAX (10000: at 50,000 it would hold ~15 GB of lists). BENCH_DASK=0 skips the Dask entry;
-BENCH_DASK_N (10000) and BENCH_DASK_PROCESSES (2) size it.
+BENCH_DASK_N (10000) and BENCH_DASK_PROCESSES (2) size it. BENCH_CLI_START=0 skips `cli_start`;
+BENCH_CLI_START_ROUNDS (3) rounds of it, the medians reported.
 BENCH_RSS_TIMELINE=FILE: each flow case appends its memory second by second, and what it kept (bench/rss.py).
 """
 
@@ -200,10 +202,14 @@ def run_dask(env: dict[str, str], workdir: Path) -> dict[str, Any]:
     }
 
 
-def targets(results: list[dict[str, Any]], crawl: dict[str, Any]) -> dict[str, Any]:
+def targets(results: list[dict[str, Any]], crawl: dict[str, Any], start: dict[str, Any] | None = None,
+            ) -> dict[str, Any]:
     """The issue's target ratios, computed from this run (None when a needed case was not run)."""
     by_n = {r["n"]: r for r in results}
     ratios: dict[str, Any] = {}
+    if start:
+        ratios["cli_first_request_s_warm"] = start["first_request_s_warm"]
+        ratios["cli_first_request_s_new_home"] = start["first_request_s_new_home"]
     if 1000 in by_n and 10000 in by_n:
         ratios["peak_rss_10k_over_1k"] = round(by_n[10000]["peak_rss_mb"] / by_n[1000]["peak_rss_mb"], 2)
     largest = by_n[max(by_n)] if by_n else None
@@ -271,6 +277,15 @@ def markdown(document: dict[str, Any]) -> str:
                   "|---|---|---|---|",
                   f"| {dask['threads_wall_s']} | {dask['dask_processes_wall_s']} | {dask['dask_over_threads']} | "
                   f"{dask['output_identical']} |"]
+    start = document.get("cli_start") or {}
+    if start:
+        lines += ["", "### `harvest scrape` to its first request (cli_start, median of the rounds)", "",
+                  "| home | first request s | CPU s by then | whole command s | target s | every round (s, load) |",
+                  "|---|---|---|---|---|---|"]
+        for home, target in (("warm", 2.0), ("new_home", 5.0)):
+            rounds = ", ".join(f"{case['first_request_s']} ({case['load_average_before']})" for case in start[home])
+            lines.append(f"| {home} | {start[f'first_request_s_{home}']} | {start[f'first_request_cpu_s_{home}']} | "
+                         f"{start[f'wall_s_{home}']} | {target} | {rounds} |")
     crawl = document.get("crawl") or {}
     if crawl:
         lines += ["", "### Crawl of the demo site (median of the rounds)", "",
@@ -311,6 +326,11 @@ NOTES = [
     "rerun_crawl_bytes_ratio / rerun_crawl_wall_ratio: an adaptive crawl keeping a page memory (page_cache, "
     "SQLite), then the same crawl of the unchanged site: bytes the demo site sent (status lines, headers, "
     "bodies) and the crawl's seconds, re-crawl over first crawl (details under crawl.recrawl).",
+    "cli_start: `harvest scrape URL --max-pages 5` as a new user runs it (the installed console script, a new HOME, "
+    "no PREFECT_* variable, the embedded defaults), seconds from spawning it to its first request at a local site "
+    "(robots.txt), on a new home and then on the same home again (warm: its local Prefect server running); CPU s "
+    "is what the command had used by then (on a shared machine the wall time is mostly the others' load, given "
+    "per round as the 1-minute load average). Targets (issue 28): warm <= 2 s, new home <= 5 s.",
     "The machine has 2 cores and other test runs may have been sharing them during this bench.",
 ]
 
@@ -326,7 +346,13 @@ def main() -> int:
         "PREFECT_HOME": str(workdir / "prefect"), "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
         "HARVEST_ALLOW_PRIVATE_NETWORKS": "true",
     }
-    # The crawls first: they need no Prefect, and a server that has just started keeps a core busy for a
+    # The command's start first: it brings its own Prefect server up and down, in a home of its own.
+    start: dict[str, Any] = {}
+    if _flag("BENCH_CLI_START"):
+        print("bench: cli_start ...", file=sys.stderr, flush=True)
+        start = child("bench.cli_start", ["--rounds", os.environ.get("BENCH_CLI_START_ROUNDS", "3")], {},
+                      workdir / "cli-start.json")
+    # The crawls next: they need no Prefect, and a server that has just started keeps a core busy for a
     # while (its services), which would be measured as the crawler's.
     crawl: dict[str, Any] = {}
     if _flag("BENCH_CRAWL"):
@@ -366,8 +392,9 @@ def main() -> int:
         "results": results,
         "crawl": crawl,
         "dask": dask,
+        "cli_start": start,
     }
-    document["targets"] = targets(results, crawl)
+    document["targets"] = targets(results, crawl, start)
     (RESULTS / "latest.json").write_text(json.dumps(document, indent=2) + "\n")
     (RESULTS / "latest.md").write_text(markdown(document))
     print(markdown(document))

@@ -69,8 +69,11 @@ def _mark_ended(status: str, flow_run: Any, state: Any) -> None:
         if isinstance(outcome, BaseException):
             error = f"{outcome.__class__.__name__}: {outcome}"
         res = resources()
-        if run_rows.get_run(res.engine, run_id) is None:
+        row = run_rows.get_run(res.engine, run_id)
+        if row is None:
             return
+        if row["status"] == "cancelled" and status != "cancelled":
+            return  # stopped by its user (Ctrl-C, settled by `harvest`): what the engine made of it after that
         expires = policy_from(res.settings).expires_at(status, utcnow())
         run_rows.finish_run(res.engine, run_id, status, retention="kept", error=error, expires_at=expires)
         logger.warning("run %s %s: %s (files kept for debugging)", run_id, status, error)
@@ -82,8 +85,15 @@ def on_failure(flow: Any, flow_run: Any, state: Any) -> None:
     _mark_ended("failed", flow_run, state)
 
 
+# What Prefect's engine says of a flow run a KeyboardInterrupt (Ctrl-C) stopped (prefect.states.
+# exception_to_crashed_state); the state's data is the exception itself only in the process that raised it.
+INTERRUPTED_MESSAGE = "Execution was aborted by an interrupt signal."
+
+
 def on_crashed(flow: Any, flow_run: Any, state: Any) -> None:
-    _mark_ended("crashed", flow_run, state)
+    """Crashed, unless its user stopped it with Ctrl-C: that run is cancelled (issue 28), files kept as for any."""
+    interrupted = isinstance(getattr(state, "data", None), KeyboardInterrupt) or state.message == INTERRUPTED_MESSAGE
+    _mark_ended("cancelled" if interrupted else "crashed", flow_run, state)
 
 
 def on_cancellation(flow: Any, flow_run: Any, state: Any) -> None:

@@ -6,6 +6,6 @@ from harvest_cli.prefect_defaults import apply_prefect_defaults
 # Before anything imports Prefect, which reads its settings at import (see prefect_defaults for why).
 apply_prefect_defaults()
 
-from harvest_cli.main import app, main  # noqa: E402 - must follow the defaults above
+from harvest_cli.main import app, console_script, main  # noqa: E402 - must follow the defaults above
 
-__all__ = ["app", "main"]
+__all__ = ["app", "console_script", "main"]

@@ -1,80 +1,107 @@
 """`harvest`: run scrapes in-process and operate on their records from a terminal.
 
-With `--json`, stdout carries exactly one JSON document and logs go to stderr, so scripts can pipe it.
-Flows are imported inside the commands that run them: `harvest runs list` should not pay for importing
-Prefect's flow machinery.
+Every command checks what it can before Prefect starts (harvest_cli.preflight): a bad URL, setting, database,
+storage or run id is one `error:` line and an exit code (harvest_cli.errors), in about a second. Flows are imported
+inside the commands that run them, so `harvest runs list` never pays for Prefect's flow machinery. With `--json`,
+stdout carries exactly one JSON document and logs go to stderr, so scripts can pipe it.
 """
 
 from __future__ import annotations
 
-import json
+import os
 import sys
-from typing import Any, NoReturn
+import traceback
+from typing import Annotated, Any, Literal
 
 import typer
 
-from harvest.errors import HarvestError
+from harvest_cli import output, server
+from harvest_cli.common import (
+    JSON_HELP,
+    checked,
+    checked_engine,
+    checked_settings,
+    checked_store,
+    flow_result,
+    print_summary,
+    route_logs_to_stderr,
+    run_flow,
+    use_prefect,
+)
+from harvest_cli.errors import CliError, ExitCode, Interrupted, debugging, fail, say_error, validation_message
+from harvest_cli.runs import runs_app
 
-app = typer.Typer(help="Turn a family-activities website into clean, enriched activity records.", no_args_is_help=True)
-runs_app = typer.Typer(help="Inspect and operate on past runs.", no_args_is_help=True)
+app = typer.Typer(
+    help="Turn a family-activities website into clean, enriched activity records.",
+    no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
+)
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
+blocks_app = typer.Typer(help="Prefect blocks built from the environment.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
 app.add_typer(db_app, name="db")
-blocks_app = typer.Typer(help="Prefect blocks built from the environment.", no_args_is_help=True)
 app.add_typer(blocks_app, name="blocks")
+server_app = typer.Typer(help="The local Prefect server harvest keeps running for its commands.", no_args_is_help=True)
+app.add_typer(server_app, name="server")
+
+Render = Literal["auto", "browser", "http"]
+# The log level Prefect gets for each verbosity, unless PREFECT_LOGGING_LEVEL is set and no flag was given.
+QUIET_LEVEL = "CRITICAL"  # at a terminal, or -q: the live line, the summary and harvest's own error line
 
 
-def _fail(message: str, code: int = 1) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        def of(package: str) -> str:
+            try:
+                return version(package)
+            except PackageNotFoundError:
+                return "not installed"
+
+        python = ".".join(str(part) for part in sys.version_info[:3])
+        output.line(f"harvest {of('harvest')} (prefect {of('prefect')}, python {python})")
+        raise typer.Exit()
 
 
-def _emit(document: Any) -> None:
-    sys.stdout.write(json.dumps(document, default=str, indent=2) + "\n")
-    sys.stdout.flush()
+@app.callback()
+def options(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print harvest's version (and Prefect's and Python's) and exit."),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True,
+                                help="Show Prefect's log lines (-v: info; -vv: debug, and tracebacks for errors)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the result and errors, even when piped."),
+    debug: bool = typer.Option(False, "--debug", help="Tracebacks for errors, and Prefect's debug log lines."),
+) -> None:
+    """Turn a family-activities website into clean, enriched activity records.
+
+    Exit codes: 0 done; 1 the run failed; 2 bad input or a refused request; 3 a service harvest needs (database,
+    storage, Prefect's API) is unavailable; 130 interrupted (Ctrl-C)."""
+    if debug or verbose >= 2:
+        os.environ["HARVEST_CLI_DEBUG"] = "1"
+    level = None
+    if debug or verbose >= 2:
+        level = "DEBUG"
+    elif verbose == 1:
+        level = "INFO"
+    elif quiet:
+        level = QUIET_LEVEL
+    if level is not None:
+        os.environ["PREFECT_LOGGING_LEVEL"] = level  # a flag wins over the environment
+    elif "PREFECT_LOGGING_LEVEL" not in os.environ and sys.stderr.isatty():
+        os.environ["PREFECT_LOGGING_LEVEL"] = QUIET_LEVEL  # a person at a terminal: the live line and the summary
+    if os.environ.get("PREFECT_LOGGING_LEVEL") == QUIET_LEVEL:
+        import logging
+
+        # harvest's own warnings are in the summary: without a handler of its own Python's last-resort handler
+        # printed them on stderr before Prefect was up. A run's log in Prefect still gets them (its own handler).
+        logging.getLogger("harvest").addHandler(logging.NullHandler())
 
 
-def _flow_result(state: Any, what: str, *, as_json: bool = False, run_id: str | None = None) -> Any:
-    """The return value of a flow run that completed; otherwise say why on stderr (and, with --json and a
-    run id, print a status document on stdout) and exit 1. `what` names the run in the message."""
-    if state.is_completed():
-        return state.result()
-    outcome = state.result(raise_on_failure=False)
-    reason = f"{outcome.__class__.__name__}: {outcome}" if isinstance(outcome, BaseException) else state.message
-    status = state.type.value.lower()
-    if as_json and run_id is not None:
-        _emit({"run_id": run_id, "status": status, "error": reason})
-    _fail(f"{what} {status}: {reason}")
+# ---- scrape ---------------------------------------------------------------------------------------------------
 
-
-def _prefect(call: Any, *args: Any, **kwargs: Any) -> Any:
-    """Run a flow (or anything that starts Prefect's API); a temporary server that never came up is a clear
-    error with what to do, not a traceback."""
-    from harvest_cli.prefect_defaults import STARTUP_HINT, is_startup_timeout
-
-    try:
-        return call(*args, **kwargs)
-    except RuntimeError as exc:
-        if is_startup_timeout(exc):
-            _fail(f"{exc}\n{STARTUP_HINT}")
-        raise
-
-
-def _show_summary(summary: Any, as_json: bool) -> None:
-    document = summary.model_dump(mode="json")
-    if as_json:
-        _emit(document)
-    else:
-        _print_summary(document)
-
-
-def _engine() -> Any:
-    from harvest.db.engine import get_engine, upgrade
-    from harvest.settings import get_settings
-
-    settings = get_settings()
-    upgrade(settings.database_url)
-    return get_engine(settings.database_url)
+_FLAGS = {"max_pages": "--max-pages", "max_depth": "--max-depth", "max_extractions": "--max-extractions",
+          "max_crawl_seconds": "--max-crawl-seconds", "max_cost_usd": "--max-cost-usd", "render": "--render",
+          "auto_import": "--auto-import"}
 
 
 @app.command()
@@ -87,7 +114,9 @@ def scrape(
         None, help="Stop crawling after this many seconds and go on with the pages found (default 1800)."
     ),
     auto_import: bool = typer.Option(False, "--auto-import", help="Import into activities and delete the run's files."),
-    render: str | None = typer.Option(None, help="auto | browser | http."),
+    render: Annotated[
+        Render | None, typer.Option(help="auto (HTTP first, Chromium when needed), browser or http.")
+    ] = None,
     config_json: str | None = typer.Option(None, "--config", help="Full run config as JSON (flags override it)."),
     from_raw: str | None = typer.Option(
         None, "--from-raw", help="Start from stored raw activities (a run's raw_activities URI or a JSONL path)."
@@ -98,504 +127,328 @@ def scrape(
     estimate: bool = typer.Option(
         False, "--estimate", help="Crawl without any paid call and print what a full run would spend."
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout (logs on stderr)."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Run the scrape-website flow in this process and print its summary (or, with --estimate, its price)."""
-    from pydantic import ValidationError
+    from harvest_cli import preflight
 
-    from harvest.models import RunConfig, StartRequest
-
-    try:
-        base = json.loads(config_json) if config_json else {}
-        overrides = {
-            "max_pages": max_pages, "max_depth": max_depth, "max_extractions": max_extractions, "render": render,
-            "max_crawl_seconds": max_crawl_seconds, "max_cost_usd": max_cost_usd,
-        }
-        base.update({k: v for k, v in overrides.items() if v is not None})
-        if auto_import:
-            base["auto_import"] = True
-        request = StartRequest(url=url, config=RunConfig.model_validate(base))
-    except (ValidationError, ValueError) as exc:
-        _fail(f"invalid run request: {exc}", 2)
-
+    overrides = {"max_pages": max_pages, "max_depth": max_depth, "max_extractions": max_extractions,
+                 "render": render, "max_crawl_seconds": max_crawl_seconds, "max_cost_usd": max_cost_usd,
+                 "auto_import": True if auto_import else None}
+    request = _start_request(url, config_json, {key: value for key, value in overrides.items() if value is not None})
+    settings = checked_settings()
+    if not from_raw:
+        checked(preflight.start_url, request.url, settings)
+    engine = checked_engine()
+    store = checked(preflight.storage, settings)
+    if from_raw:
+        checked(preflight.raw_source, from_raw, store)
     if as_json:
-        _route_logs_to_stderr()
+        route_logs_to_stderr()
     if estimate:
         _estimate(request.url, request.config, as_json)
         return
-    from flows.scrape import scrape_website
+    early = not from_raw and _crawl_early(request.url, request.config, settings, engine)
+    use_prefect()  # before Prefect is imported; a server it starts comes up while flows are imported
     from harvest_cli.live import live_progress, wanted
 
-    with live_progress(wanted(as_json)):  # a live line on stderr only for a person at a terminal
-        state = _prefect(scrape_website, url=request.url, config=request.config, from_raw=from_raw, return_state=True)
+    try:
+        with live_progress(wanted(as_json)):  # a live line on stderr only for a person at a terminal
+            from flows.scrape import scrape_website
+
+            state = run_flow(scrape_website, url=request.url, config=request.config, from_raw=from_raw,
+                             return_state=True)
+    finally:
+        if early:
+            from harvest.crawl.stage import drop_early_crawls
+
+            drop_early_crawls()  # the flow ended before its crawl (another run of the URL was running, …)
     run_id = str(state.state_details.flow_run_id)
-    _show_summary(_flow_result(state, f"run {run_id}", as_json=as_json, run_id=run_id), as_json)
+    summary = flow_result(state, f"run {run_id}", as_json=as_json, run_id=run_id).model_dump(mode="json")
+    if as_json:
+        output.emit_json(summary)
+    else:
+        print_summary(summary)
+
+
+def _crawl_early(url: str, config: Any, settings: Any, engine: Any) -> bool:
+    """Start the run's crawl now, while Prefect starts and the flow is set up (1-10 s); the crawl stage adopts it
+    (harvest.crawl.stage.start_crawl_early). Not when another run of the URL is running (the flow will say
+    so and crawl nothing), nor when the OpenAI key comes from a Prefect block (whether there is one decides the
+    page memory's version, and only Prefect can say)."""
+    from harvest.crawl.page_cache import PageCache
+    from harvest.crawl.stage import extraction_version_for, start_crawl_early
+    from harvest.db.runs import running_run_for
+
+    if not settings.has_openai and settings.openai_api_key_block:
+        return False
+    if running_run_for(engine, url) is not None:
+        return False
+    version = extraction_version_for(settings.extraction_model if settings.has_openai else None)
+    memory = PageCache(engine, version) if settings.crawl_revalidate else None
+    start_crawl_early(url, config, settings, memory)
+    return True
+
+
+def _start_request(url: str, config_json: str | None, flags: dict[str, Any]) -> Any:
+    """The validated URL and run config; each problem named as the user wrote it (exit 2)."""
+    import json
+
+    from pydantic import ValidationError
+
+    from harvest.errors import ConfigError
+    from harvest.models import RunConfig, StartRequest
+    from harvest.urls import validate_start_url
+
+    try:
+        validate_start_url(url)
+    except ConfigError as exc:
+        fail(str(exc))
+    try:
+        base = json.loads(config_json) if config_json else {}
+    except json.JSONDecodeError as exc:
+        fail(f"--config is not JSON: {exc}")
+    if not isinstance(base, dict):
+        fail("--config must be a JSON object of run config fields (see docs/configuration.md)")
+    names = {field: f"{field} ({flag})" for field, flag in _FLAGS.items() if field in flags}
+    names.update({field: f"{field} (--config)" for field in base if field not in flags})
+    try:
+        return StartRequest(url=url, config=RunConfig.model_validate({**base, **flags}))
+    except ValidationError as exc:
+        fail(f"invalid run config: {validation_message(exc, names)}")
+
+
+def _counted(usage: dict[str, int]) -> str:
+    return ", ".join(f"{name} {count:,}" for name, count in sorted(usage.items()))
 
 
 def _estimate(url: str, config: Any, as_json: bool) -> None:
     """The dry run: crawl without paid calls and print what a full run would spend."""
     from harvest.cost.report import usd
+    from harvest.errors import HarvestError
     from harvest.estimate import estimate_run
-    from harvest.settings import get_settings
-    from harvest.urls import check_fetch_allowed
 
-    settings = get_settings()
+    settings = checked_settings()
     try:
-        check_fetch_allowed(url, allow_private_networks=settings.allow_private_networks)
-        result = estimate_run(url, config, settings, _engine())
+        result = estimate_run(url, config, settings, checked_engine())
     except HarvestError as exc:
-        _fail(f"estimate of {url} failed: {exc}")
+        fail(f"estimate of {url} failed: {exc}", ExitCode.FAILED)
     if as_json:
-        _emit(result.model_dump(mode="json"))
+        output.emit_json(result.model_dump(mode="json"))
         return
-    typer.echo(f"estimate for {url}: {usd(result.cost_usd)} ({result.pages_fetched} pages, "
-               f"{result.activities} activities from structured data, {result.llm_pages} page(s) for the LLM)")
-    for stage, entry in result.stages.items():
-        counters = ", ".join(f"{name} {count:,}" for name, count in sorted(entry["usage"].items()))
-        typer.echo(f"  {stage:12} {usd(entry['cost_usd']):>12}  {counters}")
+    output.line(f"estimate for {url}: {usd(result.cost_usd)} ({result.pages_fetched} pages, "
+                f"{result.activities} activities from structured data, {result.llm_pages} page(s) for the LLM)")
+    output.table(
+        ["stage", "cost", "counted"],
+        [(stage, usd(entry["cost_usd"]), _counted(entry["usage"]))
+         for stage, entry in result.stages.items()],
+        empty="no stage would cost anything", right=("cost",),
+    )
     for note in result.notes:
-        typer.echo(f"  note: {note}")
+        output.line(f"note: {note}")
 
 
-def _route_logs_to_stderr() -> None:
-    import logging
+# ---- sweep, db, blocks ----------------------------------------------------------------------------------------
 
-    for name in ("prefect", "harvest", ""):
-        for handler in logging.getLogger(name).handlers:
-            if isinstance(handler, logging.StreamHandler) and getattr(handler, "stream", None) is sys.stdout:
-                handler.setStream(sys.stderr)
-
-
-def _print_summary(summary: dict[str, Any]) -> None:
-    if summary["status"] == "already_running":
-        typer.echo(f"{summary['url']} already has a running run: {summary['run_id']} (one run per URL at a time)")
-        return
-    typer.echo(f"run {summary['run_id']}: {summary['status']}, {summary['activities_processed']} activities")
-    for kind, ref in summary["files"].items():
-        typer.echo(f"  {kind:24} {ref['records']:>7} records {ref['bytes']:>12,} bytes  {ref['uri']}")
-    if summary.get("import_summary"):
-        typer.echo(f"  import: {summary['import_summary']}")
-    if summary.get("cost"):
-        from harvest.cost.report import cost_lines
-
-        for line in cost_lines(summary["cost"]):
-            typer.echo(f"  {line}")
-    for warning in summary.get("warnings", [])[:20]:
-        typer.echo(f"  warning: {warning}")
-    if summary.get("failed_urls"):
-        typer.echo(f"  failed URLs: {len(summary['failed_urls'])}")
-    for reason, entry in (summary.get("unfollowed_links") or {}).items():
-        typer.echo(f"  unfollowed links ({reason}): {entry['count']}, e.g.")
-        for example in entry.get("examples", []):
-            typer.echo(f"    {example}")
-    _echo_quality(summary.get("quality") or {}, indent="  ")
-
-
-def _echo_quality(report: dict[str, Any], indent: str) -> None:
-    from harvest.quality import report_lines
-
-    lines = report_lines(report)
-    if lines:
-        typer.echo(f"{indent}content quality:")
-    for line in lines:
-        typer.echo(f"{indent}  {line}")
-
-
-@runs_app.command("list")
-def runs_list(
-    limit: int = typer.Option(20, help="How many runs, newest first."),
-    url: str | None = typer.Option(None, help="Only runs of this URL."),
-    as_json: bool = typer.Option(False, "--json"),
-) -> None:
-    """List recent runs."""
-    from harvest.db.runs import list_runs
-
-    rows = list_runs(_engine(), limit=limit, url=url)
-    if as_json:
-        _emit(rows)
-        return
-    for row in rows:
-        typer.echo(
-            f"{row['id']}  {row['status']:9} {row['retention']:14} {row['activities_processed'] or 0:>6}  "
-            f"{row['started_at']:%Y-%m-%d %H:%M}  {row['url']}"
-        )
-
-
-@runs_app.command("show")
-def runs_show(run_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
-    """The whole story of one run: status, timings per step, files and their state, import, diff, warnings."""
-    from harvest.cost.report import cost_lines
-    from harvest.db.ledger import run_cost
-    from harvest.db.runs import get_run, list_files
-    from harvest.retention.policy import file_state
-
-    engine = _engine()
-    row = get_run(engine, run_id)
-    if row is None:
-        _fail(f"no run {run_id}")
-    row["files"] = [{**item, "state": file_state(item, row)} for item in list_files(engine, run_id)]
-    row["cost"] = run_cost(engine, run_id)
-    if as_json:
-        _emit(row)
-        return
-    for key in ("id", "url", "status", "retention", "pinned", "expires_at", "started_at", "finished_at",
-                "deployment_name", "work_pool", "activities_processed", "error"):
-        typer.echo(f"{key:22} {row[key]}")
-    typer.echo("steps:")
-    for step, stats in (row["steps"] or {}).items():
-        if step.startswith("quality_"):
-            continue  # shown below as the content quality report
-        if "items_in" in stats:
-            typer.echo(
-                f"  {step:20} {stats.get('seconds', 0):>8.2f}s  in {stats['items_in']:>7}"
-                f"  out {stats.get('items_out', 0):>7}"
-                f"  skipped {stats.get('skipped', 0):>5}"
-            )
-        else:
-            typer.echo(f"  {step:20} {json.dumps(stats, default=str)}")
-    typer.echo("files:")
-    for item in row["files"]:
-        typer.echo(f"  {item['kind']:24} {item['records']:>7} {item['bytes']:>12,}  {item['state']:8} {item['uri']}")
-    typer.echo("cost:")
-    for line in cost_lines(row["cost"]):
-        typer.echo(f"  {line}")
-    typer.echo(f"import_summary         {row['import_summary']}")
-    diff = row.get("diff")
-    against = f" (against {row.get('previous_run_id')})" if diff else ""
-    typer.echo(f"diff                   {diff or 'none'}{against}")
-    typer.echo(f"warnings               {len(row['warnings'] or [])}")
-    for warning in row["warnings"] or []:
-        typer.echo(f"  {warning}")
-    typer.echo(f"failed_urls            {len(row['failed_urls'] or [])}")
-    for failed in row["failed_urls"] or []:
-        typer.echo(f"  {failed}")
-    from harvest.quality import run_quality
-
-    _echo_quality(run_quality(row), indent="")
-
-
-def _duration_seconds(text: str, option: str) -> float:
-    from harvest.retention.policy import parse_duration
-
-    try:
-        return parse_duration(text).total_seconds()
-    except HarvestError as exc:
-        _fail(f"{option}: {exc}", 2)
-
-
-@runs_app.command("cost")
-def runs_cost(
-    run_id: str | None = typer.Argument(None, help="One run: its cost per stage, open holds and released holds."),
-    since: str | None = typer.Option(None, help="Only runs started within this long: 30d, 12h, 3600."),
-    url: str | None = typer.Option(None, help="Only runs of this URL."),
-    as_json: bool = typer.Option(False, "--json"),
-) -> None:
-    """What runs cost, from their ledgers: one line per run and the sum; or one run's ledger."""
-    from datetime import timedelta
-
-    from harvest.cost import add_usage
-    from harvest.cost.report import cost_lines, usd
-    from harvest.db.engine import utcnow
-    from harvest.db.ledger import costs_since, run_cost
-    from harvest.db.runs import get_run
-
-    if run_id is not None:
-        if since is not None or url is not None:
-            _fail("give a run id or --since/--url, not both", 2)
-        engine = _engine()
-        row = get_run(engine, run_id)
-        if row is None:
-            _fail(f"no run {run_id}")
-        cost = run_cost(engine, run_id)
-        if as_json:
-            _emit({"run_id": run_id, "status": row["status"], **cost})
-            return
-        typer.echo(f"run {run_id}: {row['status']}")
-        for line in cost_lines(cost):
-            typer.echo(f"  {line}")
-        return
-    start = utcnow() - timedelta(seconds=_duration_seconds(since, "--since")) if since else None
-    runs = costs_since(_engine(), since=start, url=url)
-    usage: dict[str, int] = {}
-    for run in runs:
-        add_usage(usage, run["usage"])
-    total = round(sum(run["cost_usd"] for run in runs), 8)
-    activities = sum(run["activities_processed"] or 0 for run in runs)
-    if as_json:
-        _emit({"since": start, "url": url, "runs": runs, "cost_usd": total, "usage": usage, "activities": activities})
-        return
-    for run in runs:
-        holds = "".join(f"  {what} {usd(run[key])}" for what, key in (("held", "reserved_usd"),
-                                                                      ("released", "released_usd")) if run[key])
-        typer.echo(f"{run['id']}  {run['status']:9} {run['started_at']:%Y-%m-%d %H:%M}  "
-                   f"{run['activities_processed'] or 0:>6}  {usd(run['cost_usd']):>12}  {run['url']}{holds}")
-    typer.echo(f"{len(runs)} run(s), {activities} activities: {usd(total)}")
-
-
-@runs_app.command("release-reservations")
-def runs_release_reservations(run_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
-    """Release a finished run's open budget holds (calls that never reported back), recorded as released.
-
-    Refused for a running run: its holds are for calls in flight. A run whose process died is reconciled (and
-    its holds released) by `harvest sweep` or `harvest runs resume`."""
-    from harvest.cost.report import usd
-    from harvest.db.ledger import release_reservations
-
-    try:
-        released = release_reservations(_engine(), run_id)
-    except HarvestError as exc:
-        _fail(str(exc))
-    if as_json:
-        _emit({"run_id": run_id, "released_usd": round(sum(released.values()), 8),
-               "stages": {stage: round(value, 8) for stage, value in released.items()}})
-        return
-    if not released:
-        typer.echo(f"run {run_id}: no open holds")
-        return
-    typer.echo(f"run {run_id}: released {usd(sum(released.values()))} held for calls that never reported back")
-    for stage, value in released.items():
-        typer.echo(f"  {stage:12} {usd(value):>12}")
-
-
-@runs_app.command("files")
-def runs_files(
-    run_id: str,
-    expires: str = typer.Option(
-        "1h", help="Link lifetime for S3 presigned URLs: 3600, 15m, 1h, 7d (S3 allows up to 7d)."
-    ),
-    as_json: bool = typer.Option(False, "--json"),
-) -> None:
-    """List a run's files: kind, records, size, state and a download link (presigned for S3, a path locally)."""
-    from blocks.storage import resolve_store
-    from harvest.db.runs import get_run, list_files
-    from harvest.retention.policy import file_state
-    from harvest.settings import get_settings
-
-    seconds = int(_duration_seconds(expires, "--expires"))
-    engine = _engine()
-    run = get_run(engine, run_id)
-    if run is None:
-        _fail(f"no run {run_id}")
-    store = resolve_store(get_settings())
-    rows = []
-    for item in list_files(engine, run_id):
-        state = file_state(item, run)
-        link = store.presign(store.key_for(item["uri"]), seconds) if state == "present" else None
-        rows.append({**item, "state": state, "link": link, "link_expires_seconds": seconds if link else None})
-    if as_json:
-        _emit(rows)
-        return
-    if not rows:
-        _fail(f"run {run_id} has no files")
-    for item in rows:
-        where = item["link"] or f"({item['state']})"
-        typer.echo(f"{item['kind']:24} {item['records']:>7} {item['bytes']:>12,}  {where}")
-
-
-@runs_app.command("cleanup")
-def runs_cleanup(
-    run_id: str | None = typer.Argument(None, help="One run; or select many with --older-than."),
-    older_than: str | None = typer.Option(None, help="Every finished, unpinned run older than this (e.g. 30d)."),
-    status: str | None = typer.Option(None, help="With --older-than: only runs with this status (completed, failed…)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="List the runs, delete nothing."),
-) -> None:
-    """Delete finished runs' stored files (never the shared images) and mark them deleted."""
-    from blocks.storage import resolve_store
-    from harvest.db.runs import get_run
-    from harvest.retention.policy import cleanup_older_than, cleanup_run
-    from harvest.settings import get_settings
-
-    if (run_id is None) == (older_than is None):
-        _fail("give a run id or --older-than, not both", 2)
-    engine = _engine()
-    store = resolve_store(get_settings())
-    if older_than is not None:
-        age = _duration_seconds(older_than, "--older-than")
-        from datetime import timedelta
-
-        done = cleanup_older_than(engine, store, timedelta(seconds=age), status=status, dry_run=dry_run)
-        verb = "would clean" if dry_run else "cleaned"
-        for item in done:
-            typer.echo(f"{verb} {item}")
-        typer.echo(f"{verb} {len(done)} runs")
-        return
-    assert run_id is not None  # exactly one of the two was given (checked above)
-    row = get_run(engine, run_id)
-    if row is None:
-        _fail(f"no run {run_id}")
-    if row["status"] == "running":
-        _fail(f"run {run_id} is still running; refusing to delete its files")
-    if dry_run:
-        typer.echo(f"would clean {run_id}")
-        return
-    deleted = cleanup_run(engine, store, run_id)
-    if deleted is None:
-        typer.echo(f"run {run_id}: files already {row['retention']}")
-        return
-    typer.echo(f"run {run_id}: deleted {deleted} objects")
-
-
-def _pin(run_id: str, pinned: bool) -> None:
-    from harvest.retention.queries import set_pinned
-
-    if not set_pinned(_engine(), run_id, pinned):
-        _fail(f"no run {run_id}")
-    typer.echo(f"run {run_id} {'pinned: the sweep leaves it alone' if pinned else 'unpinned'}")
-
-
-@runs_app.command("pin")
-def runs_pin(run_id: str) -> None:
-    """Exempt a run's files from the retention sweep."""
-    _pin(run_id, True)
-
-
-@runs_app.command("unpin")
-def runs_unpin(run_id: str) -> None:
-    """Let the retention sweep delete a run's files again once they expire."""
-    _pin(run_id, False)
-
-
-@runs_app.command("import")
-def runs_import(
-    run_id: str,
-    cleanup: bool = typer.Option(False, "--cleanup", help="Delete the run's files after an import without failures."),
-    as_json: bool = typer.Option(False, "--json"),
-) -> None:
-    """Import a kept run's final JSONL into activities (same dedupe as auto-import; twice is harmless)."""
-    if as_json:
-        _route_logs_to_stderr()
-    from flows.import_run import import_run
-
-    state = _prefect(import_run, run_id=run_id, cleanup=cleanup, return_state=True)
-    summary = _flow_result(state, f"import of run {run_id}")
-    if as_json:
-        _emit(summary.model_dump(mode="json"))
-        return
-    typer.echo(f"run {run_id} imported: {summary.model_dump(exclude={'errors'})}")
-    for error in summary.errors[:20]:
-        typer.echo(f"  error: {error}")
-
-
-@runs_app.command("resume")
-def runs_resume(run_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
-    """Run a failed, crashed or cancelled run again as the same flow run: finished steps are not repeated.
-
-    A run still marked running whose process is gone (killed terminal, OOM, SIGKILL: same host and its pid is
-    dead, or Prefect says its flow run is over) is reconciled first, so it can be resumed at once."""
-    from harvest.db.runs import get_run
-
-    engine = _engine()
-    row = get_run(engine, run_id)
-    if row is None:
-        _fail(f"no run {run_id}")
-    if row["status"] == "running":
-        from flows.reconcile import reconcile_if_dead
-        from harvest.retention.policy import policy_from
-        from harvest.settings import get_settings
-
-        if _prefect(reconcile_if_dead, engine, policy_from(get_settings()), run_id):
-            row = get_run(engine, run_id) or row
-            typer.echo(f"run {run_id} was left running by a process that is gone: marked {row['status']}", err=True)
-    if row["status"] in ("running", "completed"):
-        _fail(f"run {run_id} is {row['status']}; only failed, crashed or cancelled runs can be resumed")
-    if row["retention"] not in ("pending", "kept"):
-        _fail(f"run {run_id} cannot be resumed: its files are {row['retention']}")
-    if as_json:
-        _route_logs_to_stderr()
-    from flows.resume import resume_flow_run
-
-    _show_summary(_flow_result(_prefect(resume_flow_run, run_id), f"resumed run {run_id}"), as_json)
-
-
-@runs_app.command("diff")
-def runs_diff(
-    old: str = typer.Argument(..., help="The earlier run."),
-    new: str = typer.Argument(..., help="The later run."),
-    limit: int = typer.Option(50, help="Changes to print (counts are always complete)."),
-    as_json: bool = typer.Option(False, "--json"),
-) -> None:
-    """What changed between two runs: added, removed and changed activities (with the changed fields)."""
-    from blocks.storage import resolve_store
-    from harvest.db.runs import comparable_file, get_run
-    from harvest.diff.compare import DiffCounts, diff_lines, digest_lines, load_digest
-    from harvest.settings import get_settings
-
-    engine = _engine()
-    store = resolve_store(get_settings())
-    sources = []
-    for run_id in (old, new):
-        if get_run(engine, run_id) is None:
-            _fail(f"no run {run_id}")
-        source = comparable_file(engine, run_id)
-        if source is None:
-            _fail(f"run {run_id} has neither a digest nor a final JSONL left to compare")
-        sources.append(source)
-    counts = DiffCounts()
-    changes: list[dict[str, Any]] = []
-    for change in diff_lines(load_digest(digest_lines(store, sources[0])), digest_lines(store, sources[1]), counts):
-        if len(changes) < limit:
-            changes.append(change)
-    if as_json:
-        _emit({"old": old, "new": new, "counts": counts.as_dict(), "changes": changes})
-        return
-    typer.echo(f"{old} → {new}: " + ", ".join(f"{k} {v}" for k, v in counts.as_dict().items()))
-    for change in changes:
-        fields = f"  ({', '.join(change['fields'])})" if change.get("fields") else ""
-        typer.echo(f"  {change['change']:8} {change['id']}  {change.get('name')}{fields}")
+SWEEP_ROWS = [  # (report key, what it counts, the verb for a dry run)
+    ("reconciled", "runs reconciled (their process died)", "would reconcile"),
+    ("settled", "runs settled (their completion hook never ran)", "would settle"),
+    ("expired", "runs expired (files deleted)", "would expire"),
+    ("cleaned", "failed cleanups finished", "would finish"),
+    ("digests", "superseded digests deleted", "would delete"),
+    ("orphans", "orphan objects deleted", "would delete"),
+    ("images", "unreferenced images deleted", "would delete"),
+    ("missing", "files flagged missing", "would flag"),
+    ("errors", "errors", "errors"),
+]
 
 
 @app.command()
 def sweep(
-    dry_run: bool = typer.Option(
-        False, "--dry-run", help="Report what would be deleted or reconciled; change nothing."
-    ),
-    as_json: bool = typer.Option(False, "--json"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Report what would change; change nothing."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Delete expired runs' files, orphans, unreferenced images and stale page memory; reconcile runs whose
     process died."""
+    checked_engine()
+    checked_store()
     if as_json:
-        _route_logs_to_stderr()
+        route_logs_to_stderr()
+    use_prefect()
     from flows.sweep import sweep_expired
 
-    report = _flow_result(_prefect(sweep_expired, dry_run=dry_run, return_state=True), "sweep")
+    report = flow_result(run_flow(sweep_expired, dry_run=dry_run, return_state=True), "sweep")
     if as_json:
-        _emit(report)
+        output.emit_json(report)
         return
-    head = "would " if dry_run else ""
-    for name in ("reconciled", "expired", "cleaned", "digests", "orphans", "images", "missing", "errors"):
-        items = report[name]
-        typer.echo(f"{head}{name:11} {len(items)}")
-        for item in items[:20]:
-            typer.echo(f"  {item}")
-    typer.echo(f"objects deleted: {report['deleted_objects']}")
-    typer.echo(f"page memory rows {'to prune' if dry_run else 'pruned'}: {report['page_memory_pruned']}")
+    output.line("sweep (dry run: nothing changed)" if dry_run else "sweep")
+    output.table(["what", "count"], [(what, len(report.get(key) or [])) for key, what, _ in SWEEP_ROWS],
+                 empty="", right=("count",))
+    for key, what, verb in SWEEP_ROWS:
+        for item in (report.get(key) or [])[:20]:
+            shown = item if isinstance(item, str) else ", ".join(f"{k} {v}" for k, v in item.items())
+            output.line(f"  {verb if dry_run else what.split(' (')[0]}: {shown}")
+    output.line(f"objects deleted: {report['deleted_objects']}")
+    output.line(f"page memory rows {'to prune' if dry_run else 'pruned'}: {report['page_memory_pruned']}")
 
 
 @db_app.command("upgrade")
-def db_upgrade() -> None:
+def db_upgrade(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
     """Apply database migrations (Alembic) to HARVEST_DATABASE_URL."""
-    from harvest.db.engine import upgrade
-    from harvest.settings import get_settings
+    from sqlalchemy.engine import make_url
 
-    try:
-        upgrade(get_settings().database_url)
-    except HarvestError as exc:
-        _fail(str(exc))
-    typer.echo("database is at the latest revision")
+    engine = checked_engine()  # checks the URL and the server, then migrates
+    with engine.connect() as connection:
+        revision = connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+    where = make_url(checked_settings().database_url).render_as_string(hide_password=True)
+    if as_json:
+        output.emit_json({"database": where, "revision": revision})
+        return
+    output.line(f"database {where} is at the latest revision ({revision})")
 
 
 @blocks_app.command("register")
-def blocks_register() -> None:
+def blocks_register(
+    local: bool = typer.Option(
+        False, "--local", help="Without PREFECT_API_URL: register into the Prefect API harvest's own commands use on "
+        "this machine (PREFECT_HOME's database), which no worker elsewhere sees."
+    ),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
     """Create or update harvest's AWS credentials, S3 bucket and API-key Secret blocks from the environment."""
     from pydantic import ValidationError
 
-    from blocks.register import main as register_main
+    checked_settings()
+    if not local and not (os.environ.get("PREFECT_API_URL") or server.profile_api_url()):
+        fail("blocks register needs the Prefect server your workers use: set PREFECT_API_URL (e.g. "
+             "http://127.0.0.1:4200/api); --local registers into this machine's own Prefect database instead")
+    use_prefect()
+    from blocks.register import register_blocks
 
     try:
-        register_main(echo=typer.echo)
+        registered = run_flow(register_blocks)
     except ValidationError as exc:
-        _fail(f"invalid settings: {exc}", 2)
+        fail(f"invalid settings: {validation_message(exc)}")
+    if as_json:
+        output.emit_json([{"block": item.slug, "action": item.action, "note": item.note} for item in registered])
+        return
+    for item in registered:
+        output.line(item.line())
 
 
-def main() -> None:  # pragma: no cover - console entry point
-    app()
+# ---- the local Prefect server ---------------------------------------------------------------------------------
+
+
+def _server_document(local: Any, running: bool) -> dict[str, Any]:
+    document: dict[str, Any] = {"running": running, "mode": server.mode(), "record": str(server.record_path())}
+    if os.environ.get("PREFECT_API_URL"):
+        document["prefect_api_url"] = os.environ["PREFECT_API_URL"]  # what commands use instead
+    if local is not None:
+        document.update({"pid": local.pid, "api_url": local.api_url, "ui_url": local.ui_url,
+                         "prefect_home": local.prefect_home, "prefect_version": local.prefect_version,
+                         "log": local.log, "started_at": local.started_at})
+    return document
+
+
+def _say_server(document: dict[str, Any]) -> None:
+    if document["running"]:
+        output.line(f"running: pid {document['pid']}, UI {document['ui_url']}, API {document['api_url']}")
+        output.fields([("PREFECT_HOME", document["prefect_home"]), ("log", document["log"])])
+    else:
+        output.line("not running: the next command that needs Prefect starts it"
+                    if document["mode"] == "background" else f"not running (HARVEST_PREFECT_SERVER={document['mode']})")
+    if document.get("prefect_api_url"):
+        output.line(f"note: PREFECT_API_URL is set, so harvest's commands use {document['prefect_api_url']}")
+
+
+@server_app.command("status")
+def server_status(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
+    """Whether harvest's local Prefect server runs, and where (its UI, API, database and log)."""
+    local = server.recorded()
+    running = local is not None and server.reusable(local) and local.healthy()
+    document = _server_document(local if running else None, running)
+    if as_json:
+        output.emit_json(document)
+    else:
+        _say_server(document)
+
+
+@server_app.command("start")
+def server_start(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
+    """Start the local Prefect server now (commands otherwise start it when they first need it)."""
+    if os.environ.get("PREFECT_API_URL"):
+        fail(f"PREFECT_API_URL is set ({os.environ['PREFECT_API_URL']}): harvest's commands use that server, "
+             "not a local one; unset it first")
+    os.environ[server.MODE_VARIABLE] = "background"
+    api = checked(server.begin)
+    if api.server is None or not api.server.wait_healthy(server.startup_seconds()):
+        log = api.server.log if api.server is not None else server.log_path()
+        fail(f"the local Prefect server did not start; its log: {log}", ExitCode.UNAVAILABLE)
+    document = _server_document(api.server, True)
+    if as_json:
+        output.emit_json(document)
+    else:
+        _say_server(document)
+
+
+@server_app.command("stop")
+def server_stop(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
+    """Stop the local Prefect server (the next command that needs one starts it again)."""
+    stopped = server.stop_background()
+    if as_json:
+        output.emit_json({"stopped": stopped is not None, "pid": stopped.pid if stopped else None})
+        return
+    output.line(f"stopped the local Prefect server (pid {stopped.pid})" if stopped else "no local Prefect server was "
+                "running")
+
+
+# ---- the console script ---------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The `harvest` console script: every expected error is one line and an exit code (harvest_cli.errors); a
+    traceback only with --debug or -vv."""
+    # Typer vendors click (typer._click); its usage errors are only reachable there.
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError
+
+    try:
+        result = app(args=argv, standalone_mode=False)
+        return int(result) if isinstance(result, int) else 0
+    except NoArgsIsHelpError as exc:
+        output.line(exc.ctx.get_help() if exc.ctx else "")
+        return int(ExitCode.OK)
+    except UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx else "harvest"
+        say_error(f"{_usage_message(exc)} (see `{command} --help`)")
+        return int(ExitCode.BAD_INPUT)
+    except typer.Exit as exc:
+        return int(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        say_error("interrupted")
+        return int(ExitCode.INTERRUPTED)
+    except Interrupted as exc:  # a run stopped by Ctrl-C: what became of it, once the live line is gone
+        sys.stderr.write(exc.message + "\n")
+        return int(exc.code)
+    except CliError as exc:
+        say_error(exc.message)
+        return int(exc.code)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, the traceback on request
+        from harvest.errors import DatabaseError, HarvestError, StorageError
+
+        if debugging():
+            traceback.print_exc()
+        code = ExitCode.UNAVAILABLE if isinstance(exc, (DatabaseError, StorageError)) else ExitCode.FAILED
+        kind = "" if isinstance(exc, HarvestError) else f"unexpected {exc.__class__.__name__}: "
+        hint = "" if debugging() else " (run with --debug for the traceback)"
+        say_error(f"{kind}{exc}{hint}")
+        return int(code)
+
+
+def _usage_message(exc: Any) -> str:
+    """click's message, without pydantic's 'Value error, ' and with a lower-case start."""
+    message = exc.format_message().replace("Value error, ", "").replace(": Input should", ": input should")
+    return (message[:1].lower() + message[1:]).rstrip(".")
+
+
+def console_script() -> None:  # pragma: no cover - the `harvest` entry point
+    sys.exit(main())

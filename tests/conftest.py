@@ -25,6 +25,9 @@ os.environ.update(
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_LOGGING_LEVEL": "WARNING",
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+        # `harvest` subprocesses use Prefect's own temporary server, as before issue 28: a background server per
+        # test's PREFECT_HOME would outlive the test. The CLI tests of the other modes set it themselves.
+        "HARVEST_PREFECT_SERVER": "prefect",
         "HARVEST_HOME": str(_SESSION_HOME / "harvest"),
         "AWS_ACCESS_KEY_ID": "testing-access-key",
         "AWS_SECRET_ACCESS_KEY": "testing-secret-key-do-not-leak",

@@ -54,7 +54,7 @@ def no_leftover_global_limits() -> Iterator[None]:
 
 
 def register() -> str:
-    result = CliRunner().invoke(app, ["blocks", "register"])
+    result = CliRunner().invoke(app, ["blocks", "register", "--local"])
     assert result.exit_code == 0, result.output
     return result.output
 

@@ -70,7 +70,7 @@ def test_scrape_json_then_runs_commands(harvest_env, demo_site, tmp_path) -> Non
 
 def test_unknown_run_is_a_clear_error(harvest_env, tmp_path) -> None:
     done = harvest(["runs", "show", "no-such-run"], harvest_env, tmp_path)
-    assert done.returncode == 1 and "no run no-such-run" in done.stderr
+    assert done.returncode == 2 and "no run no-such-run" in done.stderr
 
 
 @pytest.mark.parametrize("args", [["db", "upgrade"]])

@@ -36,11 +36,15 @@ def test_first_scrape_on_a_fresh_machine_with_no_prefect_settings(harvest_env, d
     }
     assert not [name for name in env if name.startswith("PREFECT_")]
     started = time.monotonic()
-    done = subprocess.run(
-        [HARVEST, "scrape", demo_site.base_url + "/", "--max-pages", "25", "--max-extractions", "8", "--json"],
-        env=env, capture_output=True, text=True, timeout=900,
-    )
-    seconds = time.monotonic() - started
+    try:
+        done = subprocess.run(
+            [HARVEST, "scrape", demo_site.base_url + "/", "--max-pages", "25", "--max-extractions", "8", "--json"],
+            env=env, capture_output=True, text=True, timeout=900,
+        )
+        seconds = time.monotonic() - started
+        status = subprocess.run([HARVEST, "server", "status", "--json"], env=env, capture_output=True, text=True)
+    finally:  # the first run left a local Prefect server running for later commands
+        stopped = subprocess.run([HARVEST, "server", "stop"], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-4000:]
     assert "Timed out while attempting to connect" not in done.stderr
     summary = json.loads(done.stdout)
@@ -52,5 +56,8 @@ def test_first_scrape_on_a_fresh_machine_with_no_prefect_settings(harvest_env, d
     with get_engine(harvest_env["HARVEST_DATABASE_URL"]).begin() as connection:
         row = connection.execute(sa.select(scrape_runs).where(scrape_runs.c.id == summary["run_id"])).mappings().one()
     assert row["status"] == "completed"
-    assert (home / ".prefect").is_dir()  # Prefect's home was created by this run, from nothing
+    assert (home / ".prefect" / "prefect.db").is_file()  # Prefect's database was created by this run, from nothing
+    assert json.loads(status.stdout)["running"] is True, status.stdout + status.stderr
+    assert "its UI is at http://127.0.0.1:" in done.stderr, "the UI's address is said once"
+    assert "stopped the local Prefect server" in stopped.stdout, stopped.stdout + stopped.stderr
     print(f"first run on a fresh home: {seconds:.1f}s")  # the measured cold start, shown with -s

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from harvest.cost.prices import Counter
@@ -16,15 +17,15 @@ from harvest.crawl import Crawl, CrawlOptions, CrawlStats, Page, crawl
 from harvest.crawl.page import entry_for
 from harvest.crawl.revalidate import PageMemory, Remembered
 from harvest.errors import BrowserUnavailableError, ExtractionError, OverBudgetError, StorageError
-from harvest.extract.calendar import calendar_activities
-from harvest.extract.llm import LLMExtractor
-from harvest.extract.structured import extract_page, page_text
 from harvest.models import FileRef, RawActivity, RunConfig
 from harvest.pipeline import StageResult, timed
 from harvest.quality import CrawlQuality
 from harvest.settings import HarvestSettings
 from harvest.storage import ObjectStore, iter_jsonl, write_jsonl
 from harvest.storage.keys import run_key
+
+if TYPE_CHECKING:  # the extractors are imported when a page is extracted: an early crawl needs neither
+    from harvest.extract.llm import LLMExtractor
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +37,65 @@ EXTRACTOR_VERSION = "2"  # 2: JSON-LD repaired, microformats, iCalendar feeds, s
 def extraction_version(llm: LLMExtractor | None) -> str:
     """The page memory's key for how pages are extracted: with or without the LLM (and which model). A page
     without structured data gives nothing when there is no key, so a run with a key must not reuse that."""
-    return EXTRACTOR_VERSION if llm is None else f"{EXTRACTOR_VERSION}+llm:{llm.model}"
+    return extraction_version_for(llm.model if llm is not None else None)
+
+
+def extraction_version_for(llm_model: str | None) -> str:
+    """`extraction_version` for a run whose LLM extraction uses `llm_model` (None: no LLM)."""
+    return EXTRACTOR_VERSION if llm_model is None else f"{EXTRACTOR_VERSION}+llm:{llm_model}"
+
+
+# Crawls started before their run's flow existed (the `harvest` command starts one while Prefect comes up), waiting
+# for the crawl step to adopt them: (start URL, run config, the page memory's extraction version) -> the crawl and
+# its memory. The crawl fetches until its queue is full (HARVEST_CRAWL_QUEUE_SIZE pages), then waits.
+_EARLY: dict[tuple[str, str, str | None], tuple[Crawl, _CheckedMemory | None]] = {}
+_EARLY_GUARD = threading.Lock()
+
+
+def start_crawl_early(url: str, config: RunConfig, settings: HarvestSettings, memory: PageMemory | None) -> None:
+    """Start the crawl of a run that is about to begin, so its first request does not wait for the orchestrator
+    (issue 28: Prefect took seconds before anything was fetched). `collect_raw_activities` for the same URL,
+    config and page memory version adopts it; `drop_early_crawls` closes one nobody adopted."""
+    checked = _CheckedMemory(memory, StageResult()) if memory is not None else None
+    session = crawl(url, config, CrawlOptions.from_settings(settings), memory=checked)
+    iter(session)  # starts the crawl's thread
+    with _EARLY_GUARD:
+        previous = _EARLY.pop(_early_key(url, config, memory), None)
+        _EARLY[_early_key(url, config, memory)] = (session, checked)
+    if previous is not None:
+        previous[0].close()
+
+
+def drop_early_crawls() -> int:
+    """Close the early crawls no run adopted (its flow ended before crawling: another run of the URL was running,
+    it failed first); how many."""
+    with _EARLY_GUARD:
+        left = list(_EARLY.values())
+        _EARLY.clear()
+    for session, memory in left:
+        session.close()
+        if memory is not None:
+            _flush(memory, memory.result)
+    return len(left)
+
+
+def _early_key(url: str, config: RunConfig, memory: PageMemory | None) -> tuple[str, str, str | None]:
+    return url, config.model_dump_json(), getattr(memory, "extractor", None)
+
+
+def _adopt_early(url: str, config: RunConfig, memory: PageMemory | None,
+                 result: StageResult) -> tuple[Crawl, _CheckedMemory | None] | None:
+    """The early crawl of this run, its memory's warnings so far moved into `result` (and later ones sent there)."""
+    with _EARLY_GUARD:
+        early = _EARLY.pop(_early_key(url, config, memory), None)
+    if early is None:
+        return None
+    session, checked = early
+    if checked is not None:
+        for warning in checked.result.warnings:
+            result.warn(warning)
+        checked.result = result
+    return session, checked
 
 
 def collect_raw_activities(
@@ -65,9 +124,14 @@ def collect_raw_activities(
     """
     result = StageResult()
     extraction = _Extraction(llm, result, as_of or datetime.now(UTC), config.calendar_horizon_days)
-    checked = _CheckedMemory(memory, result) if memory is not None else None
+    early = _adopt_early(url, config, memory, result)
+    if early is not None:
+        session, checked = early
+    else:
+        checked = _CheckedMemory(memory, result) if memory is not None else None
     with timed(result.stats):
-        session = crawl(url, config, CrawlOptions.from_settings(settings), memory=checked)
+        if early is None:
+            session = crawl(url, config, CrawlOptions.from_settings(settings), memory=checked)
         collected = _Collected(session, extraction, checked, config.max_extractions, on_progress)
         try:
             with session:
@@ -130,6 +194,8 @@ class _Extraction:
 
     def _feed(self, page: Page) -> tuple[list[RawActivity], bool]:
         """An iCalendar feed's events (series expanded); not the page's final answer when it could not be read."""
+        from harvest.extract.calendar import calendar_activities  # on first use: an early crawl needs no parser
+
         feed = calendar_activities(page.html, page.url, as_of=self.as_of, horizon_days=self.horizon_days)
         self.quality.add_feed(page.url, feed)
         if feed.error:
@@ -142,6 +208,8 @@ class _Extraction:
             self.llm_skipped_pages += 1  # final for this extraction_version (a run with a key uses another)
             return [], True
         self.llm_pages += 1
+        from harvest.extract.structured import page_text
+
         try:
             items = self.llm.extract(page_text(page.html), page.url)
         except OverBudgetError:
@@ -292,6 +360,8 @@ def _report(on_progress: Callable[[CrawlStats, int], None], stats: CrawlStats, f
 
 def _extract_page(page: Page, result: StageResult, quality: CrawlQuality) -> list[RawActivity] | None:
     """Structured activities of the page; None when extraction failed (warned)."""
+    from harvest.extract.structured import extract_page
+
     try:
         extraction = extract_page(page.html, page.url)
     except ExtractionError as exc:

@@ -143,7 +143,7 @@ def test_the_release_command_refuses_a_running_run_and_the_cost_command_shows_wh
     assert book.reserve("crawl", 0.003, None)
 
     refused = _harvest(["runs", "release-reservations", run_id], engine, tmp_path)
-    assert refused.returncode == 1 and f"error: run {run_id} is running" in refused.stderr, refused.stderr[-3000:]
+    assert refused.returncode == 2 and f"error: run {run_id} is running" in refused.stderr, refused.stderr[-3000:]
     held = _harvest(["runs", "cost", run_id], engine, tmp_path)
     assert held.returncode == 0, held.stderr[-3000:]
     assert "estimated cost $0.002000 (+$0.003000 held for unsettled calls)" in held.stdout

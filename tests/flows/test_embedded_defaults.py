@@ -43,6 +43,7 @@ def test_a_whole_scrape_on_sqlite_and_a_local_folder_through_the_cli(
         "HARVEST_BATCH_POLL_SECONDS": "0.2",
         "HARVEST_BATCH_POLL_MAX_SECONDS": "0.5",
         "HARVEST_EMBEDDINGS_SYNC_BELOW": "0",  # the batch path, the one with polling and files
+        "HARVEST_PREFECT_SERVER": "temporary",  # Prefect's API for this command only: nothing outlives the test
     })
     for server in (openai_server, geocoder_server):
         server.reset()

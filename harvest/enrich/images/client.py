@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import signal
 import tempfile
 import threading
 import time
@@ -22,7 +23,8 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from multiprocessing import current_process, get_context
+from multiprocessing import current_process, get_context, parent_process
+from multiprocessing.connection import wait
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
@@ -220,10 +222,29 @@ def _pool() -> ProcessPoolExecutor | None:
     with _POOL_GUARD:
         if _POOL is None and get_settings().image_processes and not current_process().daemon:
             try:
-                _POOL = ProcessPoolExecutor(max_workers=os.cpu_count() or 1, mp_context=get_context("forkserver"))
+                _POOL = ProcessPoolExecutor(max_workers=os.cpu_count() or 1, mp_context=get_context("forkserver"),
+                                            initializer=_start_worker)
             except (OSError, ValueError):
                 return None
         return _POOL
+
+
+def _start_worker() -> None:
+    """A worker is stopped by its parent, never by Ctrl-C: a terminal sends SIGINT to the whole process group, and
+    each worker printed a KeyboardInterrupt traceback over the command's own line (issue 28).
+
+    And it leaves when its parent is gone, however that went: a parent that leaves with os._exit (a forced Ctrl-C)
+    or is killed never tells its pool to stop, and each worker, blocked on a queue it holds both ends of, stayed
+    forever, keeping the forkserver alive with it. The parent's sentinel (a pipe the parent alone writes) says so."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = parent_process()
+    if parent is not None:
+        threading.Thread(target=_leave_with, args=(parent.sentinel,), name="harvest-parent-watch", daemon=True).start()
+
+
+def _leave_with(sentinel: int) -> None:
+    wait([sentinel])
+    os._exit(0)
 
 
 def convert_in_pool(data: bytes, *, max_pixels: int) -> ProcessedImage:

@@ -432,3 +432,43 @@ def test_conversion_runs_in_a_worker_process_of_the_pool(monkeypatch: pytest.Mon
     # Decoding 6 megapixels of noise, resizing and encoding WebP is well over 30 ms of CPU (3 ticks at 100 Hz).
     assert worker_ticks >= 3, (worker_ticks, before, after)
     assert converted == to_webp(data, max_pixels=50_000_000)
+
+
+_LEAVE_ABRUPTLY = """
+import os
+import sys
+
+from harvest.enrich.images.client import _pool
+
+pool = _pool()
+pids = {pool.submit(os.getpid).result() for _ in range(8)}
+print(" ".join(map(str, sorted(pids))), flush=True)
+os._exit(0)  # as a forced Ctrl-C leaves (harvest_cli.interrupt): no pool shutdown, no atexit
+"""
+
+
+def test_pool_workers_leave_when_their_parent_leaves_without_stopping_them(tmp_path) -> None:  # noqa: ANN001
+    """A parent that leaves with os._exit (or is killed) never stops its pool: the workers, blocked on their call
+    queue, stayed forever and kept the forkserver alive with them (a stray job after a forced Ctrl-C). Each worker
+    watches its parent's sentinel and leaves with it."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.failures.support import wait_for
+
+    env = {name: value for name, value in os.environ.items() if name != "HARVEST_IMAGE_PROCESSES"}  # the default
+    out = tmp_path / "workers.txt"
+    with out.open("w") as stdout:  # a file, not a pipe: workers that stay would hold a pipe open
+        subprocess.run([sys.executable, "-c", _LEAVE_ABRUPTLY], env=env, stdout=stdout, timeout=120, check=True)
+    workers = [int(pid) for pid in out.read_text().split()]
+    assert workers
+
+    def gone(pid: int) -> bool:
+        try:
+            stat = open(f"/proc/{pid}/stat").read()  # noqa: SIM115 - one read
+        except FileNotFoundError:
+            return True
+        return stat.rsplit(")", 1)[1].split()[0] == "Z"  # exited, not yet reaped by the forkserver
+
+    wait_for(lambda: all(gone(pid) for pid in workers), 60, f"the pool's workers {workers} to leave")
