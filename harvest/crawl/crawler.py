@@ -306,8 +306,9 @@ class _Engine:
         finally:
             pending = set(in_flight) | set(rendering)
             if self.deadline_passed:
-                self.cut_mid_fetch = [item.url for task, (_, item) in (in_flight | rendering).items()
-                                      if not task.done()]
+                # Every task still here is one whose page was not accepted: in flight, or finished in the
+                # moment the deadline cancelled the loop (those were left out once, and lost from the counts).
+                self.cut_mid_fetch = [item.url for _, item in (in_flight | rendering).values()]
                 self.cut_mid_fetch += [step.item.url for _, step in [*backlog, *waiting]]
             for task in pending:
                 task.cancel()

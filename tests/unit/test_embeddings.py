@@ -302,7 +302,8 @@ def test_embed_texts_survives_429_then_500(client: openai.OpenAI, oai: OpenAITes
 def test_a_dripping_api_is_cut_at_the_per_request_deadline(oai: OpenAITestServer) -> None:
     # The whole answer, headers included, one byte every 0.05 s (a ~500-byte answer: ~25 s a request);
     # no single read waits near the 0.5 s timeout, so only the total deadline per request ends it.
-    # Bound: 2 requests (1 SDK retry) x 0.5 s, plus the SDK's backoff (under 1 s).
+    # Bound: 2 requests (1 SDK retry) x 0.5 s, plus the SDK's backoff (under 1 s); the cap is generous, since
+    # without the deadline each request would take the drip's ~25 s.
     oai.configure(drip_s=0.05, delay_path="/v1/embeddings")
     client = make_openai_client("sk-test", oai.base_url, max_retries=1, timeout_s=0.5)
     started = time.monotonic()
@@ -310,7 +311,7 @@ def test_a_dripping_api_is_cut_at_the_per_request_deadline(oai: OpenAITestServer
         embed_texts(client, ["hello"], model=MODEL, dimensions=DIMS)
     elapsed = time.monotonic() - started
     assert oai.stats()["dripped"] == 2
-    assert 1.0 <= elapsed < 1.0 + 1.0 + 1.5, elapsed  # 1.5 s for a loaded machine
+    assert 1.0 <= elapsed < 15, elapsed
 
 
 def test_embed_texts_refuses_wrong_dimensions_and_empty_text(client: openai.OpenAI) -> None:
