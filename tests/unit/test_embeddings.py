@@ -314,6 +314,24 @@ def test_a_dripping_api_is_cut_at_the_per_request_deadline(oai: OpenAITestServer
     assert 1.0 <= elapsed < 15, elapsed
 
 
+def test_a_batch_file_download_gets_its_own_30_minute_deadline(oai: OpenAITestServer) -> None:
+    """Batch output files (`/files/{id}/content`) can be hundreds of MB: their download is bounded by 30 minutes
+    (docs/reliability.md), not by the request deadline. Both the file's metadata and its content drip here, each
+    taking ~2 s against a 0.5 s request deadline: the metadata request is cut, the download completes."""
+    import inspect
+
+    client = make_openai_client("sk-test", oai.base_url, max_retries=0, timeout_s=0.5)
+    stored = client.files.create(file=("out.jsonl", b'{"n": 1}\n'), purpose="batch")
+    oai.configure(drip_s=0.01, delay_path="/v1/files/")  # headers and body, one byte every 10 ms
+
+    with pytest.raises(openai.APITimeoutError):
+        client.files.retrieve(stored.id)  # an ordinary request: the 0.5 s deadline
+    assert client.files.content(stored.id).text == '{"n": 1}\n'  # a download: its own, longer deadline
+    assert oai.stats()["dripped"] == 2
+    # The download's bound itself cannot be waited out in a test; its default is the documented one.
+    assert inspect.signature(make_openai_client).parameters["download_timeout_s"].default == 30 * 60
+
+
 def test_embed_texts_refuses_wrong_dimensions_and_empty_text(client: openai.OpenAI) -> None:
     # ada-002 takes no `dimensions` parameter, so the server answers its default size (32), not 64.
     with pytest.raises(EmbeddingError, match="wrong dimension 32 \\(expected 64\\)"):
