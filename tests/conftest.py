@@ -163,3 +163,22 @@ def harvest_env(
     reset_harvest_caches()
     yield env
     reset_harvest_caches()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """`--dist loadfile` (what `make test` runs), with every module of tests/e2e on one worker: they share one
+    Prefect server, work pools and `deploy --all` (tests/e2e/conftest.py), which take ~25 s to set up.
+
+    Each worker is a process of its own with its own session fixtures: its own database (pg_url), PREFECT_HOME
+    and HARVEST_HOME (the temporary folder above), moto S3 server, API stand-ins and ports (free ports)."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class E2EOnOneWorker(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            scope = super()._split_scope(nodeid)
+            return "tests/e2e" if scope.startswith("tests/e2e/") else scope
+
+    return E2EOnOneWorker(config, log)  # type: ignore[arg-type]

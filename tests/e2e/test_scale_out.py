@@ -25,7 +25,6 @@ import pytest
 import sqlalchemy as sa
 
 from harvest.db.engine import get_engine
-from tests.e2e import test_deployment as deployment
 from tests.e2e.test_deployment import (
     BIN,
     DEPLOYMENT,
@@ -44,10 +43,6 @@ from tests.e2e.test_deployment import (
     run_row,
     wait_for,
 )
-
-# The deployment test's server, pools and deployments, started once more for this module.
-prefect_database = deployment.prefect_database
-stack = deployment.stack
 
 pytestmark = pytest.mark.e2e
 
