@@ -11,6 +11,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -180,5 +181,13 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | 
         def _split_scope(self, nodeid: str) -> str:
             scope = super()._split_scope(nodeid)
             return "tests/e2e" if scope.startswith("tests/e2e/") else scope
+
+        def _reschedule(self, node: Any) -> None:
+            # The e2e modules are the longest chain (~5-10 min): their worker takes no other file until they are
+            # done (xdist would queue one behind them, and that file would wait there while others sit idle).
+            if any(scope == "tests/e2e" and not all(done.values())
+                   for scope, done in self.assigned_work.get(node, {}).items()):
+                return
+            super()._reschedule(node)
 
     return E2EOnOneWorker(config, log)  # type: ignore[arg-type]
