@@ -58,10 +58,11 @@ test: venv system postgres
 	HARVEST_TEST_DATABASE_URL=$(PG_URL) $(BIN)/pytest -q $(XDIST) -m "not pg_restart" $(PYTEST_ARGS)
 	$(if $(PG_RESTART),$(if $(PYTEST_ARGS),,HARVEST_TEST_DATABASE_URL=$(PG_URL) $(BIN)/pytest -q -m pg_restart tests/failures))
 
-## make test-fast: the inner loop: everything but tests/e2e, tests/failures and the cluster restart
+## make test-fast: the inner loop: the unit, hostile-input and top-level tests (no flow runs on Prefect, no e2e
+## stack, no failure scenarios)
 test-fast: venv system postgres
 	HARVEST_TEST_DATABASE_URL=$(PG_URL) $(BIN)/pytest -q $(XDIST) -m "not e2e and not pg_restart" --ignore=tests/e2e \
-		--ignore=tests/failures $(PYTEST_ARGS)
+		--ignore=tests/failures --ignore=tests/flows $(PYTEST_ARGS)
 
 ## make lint: ruff (style, pyflakes, bugbear, import order), mypy, and import-linter's layer contracts (pyproject.toml)
 lint: venv
