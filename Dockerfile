@@ -2,7 +2,7 @@
 # migrations beside it, a non-root user. No secrets: every setting comes from the environment at run time
 # (the docker work pool's job variables), e.g. HARVEST_DATABASE_URL, HARVEST_STORAGE_URL, OPENAI_API_KEY.
 #
-#   docker build -t harvest:latest .
+#   docker build -t harvest:latest .     (add --network host where the build must reach PyPI through the host)
 #   docker run --rm -e HARVEST_DATABASE_URL=... harvest:latest harvest db upgrade
 FROM python:3.11-slim
 
@@ -17,9 +17,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     MALLOC_ARENA_MAX=2
 
 # Playwright drives the distribution's Chromium headless shell (`playwright install` needs a CDN and brings its own).
+# libatomic1: Playwright's bundled driver (Node.js) needs libatomic.so.1, which python:3.11-slim lacks; without it
+# no page renders and only the container's stderr says why. Fonts: Liberation (metric-compatible with Arial, Times,
+# Courier) and DejaVu, so pages lay out as on a desktop.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends chromium-headless-shell fonts-liberation ca-certificates \
+    && apt-get install -y --no-install-recommends chromium-headless-shell libatomic1 fonts-liberation \
+        fonts-dejavu-core ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 
 RUN groupadd --system --gid 10001 harvest \
@@ -44,5 +48,9 @@ RUN pip install --no-cache-dir --no-deps . \
     && chown -R harvest:harvest /app
 
 USER 10001:10001
+
+# Smoke check, as the user runs do: Playwright's driver starts Debian's Chromium and it renders a page built by a
+# script (served on 127.0.0.1 inside the build). A browser that cannot start fails the build here, with the cause.
+RUN python -m harvest.crawl.selfcheck
 
 CMD ["prefect", "version"]

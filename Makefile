@@ -55,6 +55,7 @@ XDIST = $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile
 ## make test: the whole suite against real Postgres, a real S3 endpoint (moto server), Chromium and local API servers;
 ## the test that restarts the Postgres cluster (marker pg_restart) runs alone afterwards (with no PYTEST_ARGS)
 test: venv system postgres
+	scripts/ensure-docker.sh
 	HARVEST_TEST_DATABASE_URL=$(PG_URL) $(BIN)/pytest -q $(XDIST) -m "not pg_restart" $(PYTEST_ARGS)
 	$(if $(PG_RESTART),$(if $(PYTEST_ARGS),,HARVEST_TEST_DATABASE_URL=$(PG_URL) $(BIN)/pytest -q -m pg_restart tests/failures))
 

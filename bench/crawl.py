@@ -32,9 +32,9 @@ def main() -> int:
 
     from bench.rss import peak_rss_mb
     from harvest.crawl import CrawlOptions, crawl
-    from harvest.crawl.revalidate import entry_for
+    from harvest.crawl.page import entry_for
+    from harvest.crawl.page_cache import PageCache
     from harvest.db.engine import get_engine, upgrade
-    from harvest.db.page_cache import PageCache
     from harvest.models import RunConfig
     from harvest.settings import get_settings
 

@@ -79,8 +79,8 @@ _ARRAY_ELEMENT = np.dtype([("length", ">i4"), ("value", ">f4")])
 def _old_encoders(session_zone: ZoneInfo) -> dict[str, Callable[[Any], bytes]]:
     from sqlalchemy.dialects import postgresql
 
-    from harvest.db.activities import _vector
     from harvest.db.schema import Timestamp, activities
+    from harvest.enrich.embeddings.vectors import parse_vector as _vector
 
     def text(value: Any) -> bytes:
         if not isinstance(value, str):
@@ -144,7 +144,7 @@ def _old_encoders(session_zone: ZoneInfo) -> dict[str, Callable[[Any], bytes]]:
 
 
 def _old_encode_row(row: dict[str, Any], encoders: dict[str, Callable[[Any], bytes]]) -> bytes:
-    from harvest.db.activities import COLUMNS
+    from harvest.import_.copy import COLUMNS
 
     parts = [struct.pack("!h", len(COLUMNS))]
     for name in COLUMNS:
@@ -159,18 +159,18 @@ def _old_encode_row(row: dict[str, Any], encoders: dict[str, Callable[[Any], byt
 
 
 def old_import_copy(engine: sa.Engine, records: Iterable[dict[str, Any]], *, run_id: str, batch_size: int = 500) -> Any:
-    """The COPY import as it was (its loop, with the unchanged policy helpers of harvest.db.activities)."""
-    from harvest.db.activities import (
-        _STAGE,
-        _UPSERT_SQL,
-        COLUMNS,
-        _record_failure,
-        _stored_rows,
-        _writes,
-        record_to_row,
-        run_started_at,
-    )
+    """The COPY import as it was (its loop, with the unchanged policy helpers of harvest.import_)."""
     from harvest.db.engine import transaction, utcnow
+    from harvest.enrich.registry import enrichments
+    from harvest.import_.activities import _stored_rows, run_started_at
+    from harvest.import_.batch import record_failure as _record_failure
+    from harvest.import_.copy import COLUMNS
+    from harvest.import_.policy import STAGE as _STAGE
+    from harvest.import_.policy import import_table
+    from harvest.import_.rows import record_to_row
+
+    table = import_table(enrichments())
+    _UPSERT_SQL, _writes = table.staged_upsert_sql, table.writes
     from harvest.models import ImportSummary
 
     summary = ImportSummary()
@@ -193,7 +193,7 @@ def old_import_copy(engine: sa.Engine, records: Iterable[dict[str, Any]], *, run
             if row["dedupe_key"] in rows:
                 summary.skipped += 1
             rows[row["dedupe_key"]] = row
-        stored = _stored_rows(engine, list(rows))
+        stored = _stored_rows(engine, list(rows), table)
         unchanged = {key for key, row in rows.items() if not _writes(stored.get(key), row)}
         summary.skipped += len(unchanged)
         encoded: list[bytes] = []
@@ -228,7 +228,7 @@ def old_import_copy(engine: sa.Engine, records: Iterable[dict[str, Any]], *, run
 # --- the A/B --------------------------------------------------------------------------------------------
 
 def _read(path: Path) -> Iterator[dict[str, Any]]:
-    from harvest.db.activities import parse_final_line
+    from harvest.enrich.embeddings.vectors import parse_final_line
 
     with open(path, "rb") as lines:
         for line in lines:
@@ -237,7 +237,7 @@ def _read(path: Path) -> Iterator[dict[str, Any]]:
 
 def fingerprint(engine: sa.Engine) -> str:
     """sha256 over every stored row as Postgres prints it, without the write timestamps and run time."""
-    from harvest.db.activities import COLUMNS
+    from harvest.import_.copy import COLUMNS
 
     compared = [c for c in COLUMNS if c not in ("created_at", "updated_at", "run_started_at")]
     digest = hashlib.sha256()
@@ -270,8 +270,8 @@ def _backend_cpu(engine: sa.Engine) -> float:
 def main() -> int:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
     out = Path(sys.argv[2]) if len(sys.argv) > 2 else None
-    from harvest.db.activities import import_activities
     from harvest.db.engine import dispose_all, get_engine, upgrade
+    from harvest.import_.activities import import_activities
 
     name = f"harvest_import_ab_{uuid.uuid4().hex[:8]}"
     admin = sa.create_engine(BASE_URL, isolation_level="AUTOCOMMIT")

@@ -30,8 +30,8 @@ from harvest.models import FileRef
 
 
 def write_run_files(store: Any, run_id: str, n: int) -> tuple[FileRef, FileRef]:
-    """final.jsonl and final_index.jsonl of one run, as harvest.stages.merge.write_final_records writes them."""
-    from harvest.stages.merge import policy_line
+    """final.jsonl and final_index.jsonl of one run, as harvest.merge.final.write_final_records writes them."""
+    from harvest.merge.final import policy_line
     from harvest.storage import write_jsonl
     from harvest.storage.keys import run_key
 
@@ -62,7 +62,7 @@ def main() -> int:
     url = sys.argv[1]
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 10_000
     from harvest.db.engine import dispose_all, get_engine, upgrade
-    from harvest.stages.load import import_final_records
+    from harvest.import_.stage import import_final_records
     from harvest.storage import LocalStore
 
     upgrade(url)

@@ -38,13 +38,14 @@ def copy_floor(engine: sa.Engine, final_path: Path, workdir: Path) -> dict[str, 
     least). `copy_only_rows_per_s` times the COPY statement alone, streaming from a local file the binary
     rows Postgres itself wrote (`COPY ... TO STDOUT`) from that first load. Both stream: memory stays flat.
     """
-    from harvest.db.activities import COLUMNS, Float4ArrayBinaryDumper, _converters, _copy_row, record_to_row
     from harvest.db.engine import utcnow
+    from harvest.import_.copy import COLUMNS, Float4ArrayBinaryDumper, converters, copy_row
+    from harvest.import_.rows import record_to_row
 
     now = utcnow()
     with engine.begin() as connection:
         zone = ZoneInfo(str(connection.exec_driver_sql("SELECT current_setting('TimeZone')").scalar_one()))
-    converters = _converters(zone)
+    by_column = converters(zone)
     copy_in = f"COPY bench_copy_floor ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)"
     copy_out = f"COPY bench_copy_floor ({', '.join(COLUMNS)}) TO STDOUT (FORMAT BINARY)"
 
@@ -60,9 +61,9 @@ def copy_floor(engine: sa.Engine, final_path: Path, workdir: Path) -> dict[str, 
         with raw.cursor() as cursor, open(final_path, "rb") as lines:
             cursor.adapters.register_dumper(np.ndarray, Float4ArrayBinaryDumper)
             with cursor.copy(copy_in) as copy:
-                copy.set_types([kind for kind, _ in converters])
+                copy.set_types([kind for _, kind, _ in by_column])
                 for line in lines:
-                    copy.write_row(_copy_row(record_to_row(json.loads(line), "bench", now), converters))
+                    copy.write_row(copy_row(record_to_row(json.loads(line), "bench", now), by_column))
                     rows += 1
     load_seconds = time.perf_counter() - started  # after the commit
 

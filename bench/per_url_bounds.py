@@ -43,9 +43,10 @@ def _header_drip(req: Any) -> None:
 
 def main() -> int:
     from harvest.crawl.http_fetch import HttpFetcher
-    from harvest.embeddings import embed_texts, make_openai_client
-    from harvest.geocode import NominatimGeocoder
-    from harvest.images import Validators, fetch_image_if_changed
+    from harvest.enrich.embeddings.sync import embed_texts
+    from harvest.enrich.geocode.client import NominatimGeocoder
+    from harvest.enrich.images.client import Validators, fetch_image_if_changed
+    from harvest.net.openai_client import make_openai_client
     from testkit.geocoder_server import GeocoderTestServer
     from testkit.hostile_site import HostileSite, drip, stall
     from testkit.openai_server import OpenAITestServer

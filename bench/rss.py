@@ -1,6 +1,7 @@
 """Where memory goes: a sampler thread that reads this process's RSS every few milliseconds and, for each
-sample, names the harvest stage running at that moment (the innermost `harvest/stages/` frame of any
-thread). The bench reports the peak per stage, so a stage whose memory grows with N shows up by name.
+sample, names the harvest stage running at that moment (the innermost frame of any thread in a step's
+`harvest/<step>/stage.py`). The bench reports the peak per stage, so a stage whose memory grows with N shows up
+by name.
 
 With BENCH_RSS_TIMELINE=FILE, each case also appends to FILE, once a second, its RSS, the live Python blocks
 (`sys.getallocatedblocks`) and every stage running, and after the flow what it kept (`retained_report`): RSS
@@ -19,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
-_STAGES = f"{os.sep}harvest{os.sep}stages{os.sep}"
+_HARVEST = f"{os.sep}harvest{os.sep}"
+_STAGE_FILE = f"{os.sep}stage.py"  # each step's stage module: harvest/<step>/stage.py, harvest/enrich/<name>/stage.py
 
 
 def rss_mb() -> float:
@@ -57,8 +59,9 @@ def _thread_frames() -> dict[int, Any]:
 
 def _stage_of(frame: Any) -> str | None:
     while frame is not None:
-        if _STAGES in frame.f_code.co_filename:
-            return f"{Path(frame.f_code.co_filename).stem}.{frame.f_code.co_name}"
+        filename = frame.f_code.co_filename
+        if filename.endswith(_STAGE_FILE) and _HARVEST in filename:
+            return f"{Path(filename).parent.name}.{frame.f_code.co_name}"
         frame = frame.f_back  # the first stage frame from the top is the innermost
     return None
 

@@ -43,9 +43,9 @@ def load_raw(path: str) -> list[dict[str, Any]]:
 
 @task(**PERSIST)
 def standardize(raw: list[dict[str, Any]], config: dict[str, Any]) -> list[dict[str, Any]]:
-    from harvest.dedupe import Deduplicator
     from harvest.models import RawActivity, RunConfig
-    from harvest.standardize import Standardizer
+    from harvest.standardize.dedupe import Deduplicator
+    from harvest.standardize.standardizer import Standardizer
 
     standardizer = Standardizer(RunConfig.model_validate(config))
     with Deduplicator() as dedupe:
@@ -58,9 +58,9 @@ def standardize(raw: list[dict[str, Any]], config: dict[str, Any]) -> list[dict[
 
 @task(**PERSIST)
 def process_images(activities: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    from harvest.images import process_activity_image
+    from harvest.enrich.concurrency import ordered_map
+    from harvest.enrich.images.client import process_activity_image
     from harvest.models import Activity, ImageInfo
-    from harvest.stages.concurrency import ordered_map
 
     res = _resources()
     settings = res.settings
@@ -80,17 +80,17 @@ def process_images(activities: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 @task(**PERSIST)
 def geocode(activities: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    from harvest.geocode import make_geocoder
+    from harvest.enrich.concurrency import ordered_map
+    from harvest.enrich.geocode.book import AddressBook
+    from harvest.enrich.geocode.client import make_geocoder
     from harvest.models import Activity
-    from harvest.stages.concurrency import ordered_map
-    from harvest.stages.geocode import _OncePerAddress
 
     settings = _resources().settings
     geocoder = make_geocoder(
         settings.geocoder, base_url=settings.geocoder_url, google_api_key=None, user_agent=settings.user_agent,
         rate_per_second=settings.geocoder_rate_per_second, timeout_s=settings.request_timeout_seconds,
     )
-    cached, asked = _OncePerAddress(), set[str]()
+    cached, asked = AddressBook(), set[str]()
 
     def one(record: dict[str, Any]) -> dict[str, Any]:
         activity = Activity.model_validate(record)
@@ -105,9 +105,10 @@ def geocode(activities: list[dict[str, Any]]) -> list[dict[str, Any]]:
 @task(**PERSIST)
 def embed(activities: list[dict[str, Any]], model: str) -> list[list[float] | None]:
     """Submit one OpenAI batch, poll it with the same doubling interval as harvest, return every vector."""
-    from harvest.embeddings import check_batch, iter_batch_results, make_openai_client, submit_batch, write_batch_input
+    from harvest.enrich.embeddings.batch import check_batch, iter_batch_results, submit_batch, write_batch_input
     from harvest.errors import BatchNotReadyError
     from harvest.models import Activity
+    from harvest.net.openai_client import make_openai_client
 
     settings = _resources().settings
     client = make_openai_client(settings.openai_api_key.get_secret_value(), settings.openai_base_url)
@@ -135,7 +136,7 @@ def embed(activities: list[dict[str, Any]], model: str) -> list[list[float] | No
 @task(**PERSIST)
 def merge(activities: list[dict[str, Any]], images: list[dict[str, Any]], geocodes: list[dict[str, Any]],
           vectors: list[list[float] | None]) -> list[dict[str, Any]]:
-    from harvest.stages.merge import final_record
+    from harvest.merge.final import final_record
 
     out = []
     for activity, image, geocoded, vector in zip(activities, images, geocodes, vectors, strict=True):
@@ -150,7 +151,7 @@ def merge(activities: list[dict[str, Any]], images: list[dict[str, Any]], geocod
 
 @task(**PERSIST)
 def import_all(records: list[dict[str, Any]], run_id: str) -> dict[str, Any]:
-    from harvest.db.activities import import_activities
+    from harvest.import_.activities import import_activities
 
     return import_activities(_resources().engine, records, run_id=run_id).model_dump()
 

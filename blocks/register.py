@@ -12,7 +12,8 @@ Blocks (each saved with overwrite=True, so running this again only updates them)
 - `secret/harvest-openai-api-key` when OPENAI_API_KEY is set, `secret/harvest-google-maps-api-key` when
   GOOGLE_MAPS_API_KEY is set.
 
-And two global concurrency limits that every worker honours (not blocks, but set up the same way):
+And the global concurrency limits every worker honours (not blocks, but set up the same way), one per enrichment
+that declares one (`Enrichment.limit`, harvest/enrich/base.py):
 - `harvest-geocoder`: 1 slot decaying at HARVEST_GEOCODER_RATE_PER_SECOND, i.e. a shared rate limit;
 - `harvest-openai`: HARVEST_OPENAI_MAX_CONCURRENT slots held while calling OpenAI.
 
@@ -38,9 +39,6 @@ AWS_BLOCK = "harvest-aws"
 BUCKET_BLOCK = "harvest-storage"
 OPENAI_SECRET = "harvest-openai-api-key"
 GOOGLE_MAPS_SECRET = "harvest-google-maps-api-key"
-# The global concurrency limits' names: created here, taken by `flows/limits.py` around every call.
-GEOCODER_LIMIT = "harvest-geocoder"
-OPENAI_LIMIT = "harvest-openai"
 
 
 @dataclass(frozen=True)
@@ -114,13 +112,13 @@ def register_blocks(
 
 
 def register_limits(settings: HarvestSettings) -> list[Registered]:
-    """Create or update the global concurrency limits the flow's geocoder and OpenAI calls go through."""
+    """Create or update the global concurrency limits the enrichments' calls go through (`flows/limits.py`)."""
     from prefect import get_client
 
-    wanted = [
-        (GEOCODER_LIMIT, 1, settings.geocoder_rate_per_second, f"{settings.geocoder_rate_per_second}/s"),
-        (OPENAI_LIMIT, settings.openai_max_concurrent, None, f"{settings.openai_max_concurrent} at once"),
-    ]
+    from harvest.enrich.registry import enrichments
+
+    limits = [e.limit for e in enrichments() if e.limit is not None]
+    wanted = [(limit.name, limit.slots(settings), limit.per_second(settings), limit.note(settings)) for limit in limits]
     done = []
     with get_client(sync_client=True) as client:
         existing = {limit.name for limit in client.read_global_concurrency_limits(limit=200)}

@@ -39,6 +39,7 @@ logger = logging.getLogger("harvest.artifacts")
 MILESTONES = {"started": 0.0, "crawl": 35.0, "standardize": 50.0, "enrich": 80.0, "final": 95.0, "done": 100.0}
 LINK_SECONDS = 7 * 24 * 3600  # S3's longest presigned URL
 SHOWN_WARNINGS = 20
+SHOWN_FAILED_URLS = 10
 LINKED_KINDS = ("final_jsonl", "raw_activities", "diff")  # each also gets a link artifact of its own
 
 
@@ -196,6 +197,7 @@ def summary_markdown(row: dict[str, Any], files: list[dict[str, Any]], links: di
         "",
         f"- URL: {_text(row['url'])}",
         f"- Status: **{row['status']}**, {row.get('activities_processed') or 0} activities",
+        *([f"- Error: {_text(row['error'])}"] if row.get("error") else []),
         "",
         "## Files",
         "",
@@ -227,6 +229,12 @@ def summary_markdown(row: dict[str, Any], files: list[dict[str, Any]], links: di
         lines += [f"  - `{_code(url)}`" for url in entry.get("examples", [])]
     if not unfollowed:
         lines.append("none: no limit stopped the crawl")
+    failed = [item for item in row.get("failed_urls") or [] if isinstance(item, dict)]
+    lines += ["", f"## Failed URLs ({len(failed)})", ""]
+    lines += [f"- `{_code(item.get('url'))}`: {_text(item.get('reason'))}" for item in failed[:SHOWN_FAILED_URLS]]
+    lines += [] if failed else ["none"]
+    if len(failed) > SHOWN_FAILED_URLS:
+        lines.append(f"- … {len(failed) - SHOWN_FAILED_URLS} more: `harvest runs show {row['id']}`")
     warnings = list(row.get("warnings") or [])
     lines += ["", f"## Warnings ({len(warnings)})", ""]
     lines += [f"- {_text(w)}" for w in warnings[:SHOWN_WARNINGS]] or ["none"]

@@ -1,7 +1,7 @@
 """A running run's heartbeat: its row's `updated_at` is touched while the flow's process lives.
 
 The sweep declares a run on another host dead after a grace period without a sign of life
-(harvest.retention._reconcile); a run that waits hours on an embeddings batch writes nothing meanwhile, so
+(harvest.retention.policy._reconcile); a run that waits hours on an embeddings batch writes nothing meanwhile, so
 the heartbeat is that sign. It stops by itself once the row is no longer running in this process.
 """
 

@@ -21,7 +21,7 @@ from flows.resources import resources
 from harvest.db import runs as run_rows
 from harvest.db.engine import utcnow
 from harvest.models import RunConfig
-from harvest.retention import cleanup_run, policy_from
+from harvest.retention.policy import cleanup_run, policy_from
 
 logger = logging.getLogger("harvest.hooks")
 

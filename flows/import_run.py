@@ -12,12 +12,12 @@ from prefect.artifacts import create_markdown_artifact
 from flows.resources import resources
 from flows.run_logs import harvest_logs_to_task
 from flows.tasks import record_stage
+from harvest.import_.stage import import_kept_run as import_kept_files
 from harvest.models import ImportSummary
-from harvest.retention import cleanup_run
-from harvest.stages.load import import_kept_run as import_kept_files
+from harvest.retention.policy import cleanup_run
 
 
-@task(name="import-kept-run")
+@task(name="manual_import")
 @harvest_logs_to_task
 def import_kept_run(run_id: str) -> ImportSummary:
     """Import under a lease the sweep respects (an expiry cannot delete the file being read)."""

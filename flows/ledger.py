@@ -7,11 +7,11 @@ from __future__ import annotations
 from sqlalchemy.engine import Engine
 
 from harvest.cost import Meter
-from harvest.cost.stages import free_counters, ledger_stage
 from harvest.db import runs as run_rows
 from harvest.db.ledger import RunBook
+from harvest.pipeline import StageResult
 from harvest.settings import HarvestSettings
-from harvest.stages.common import StageResult
+from harvest.steps import free_counters, ledger_stage
 
 
 def run_budget(engine: Engine, run_id: str, settings: HarvestSettings) -> float | None:

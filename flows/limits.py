@@ -1,8 +1,8 @@
-"""Limits shared by every worker: Prefect global concurrency limits on the geocoder and OpenAI.
+"""Limits shared by every worker: Prefect global concurrency limits, one per enrichment that declares one
+(`Enrichment.limit`: the geocoder's request rate, OpenAI's calls at once).
 
-`harvest blocks register` creates them (`harvest-geocoder`: a rate limit of HARVEST_GEOCODER_RATE_PER_SECOND
-calls/s; `harvest-openai`: at most HARVEST_OPENAI_MAX_CONCURRENT calls at once). Where they do not exist
-(a laptop, the tests), only each process's own limiter applies and no API round trip is spent per call.
+`harvest blocks register` creates them (blocks/register.py). Where they do not exist (a laptop, the tests), only
+each process's own limiter applies and no API round trip is spent per call.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from prefect import get_client
 from prefect.concurrency.sync import concurrency, rate_limit
 from prefect.exceptions import ObjectNotFound
 
-from blocks.register import GEOCODER_LIMIT, OPENAI_LIMIT
+from harvest.enrich.base import GlobalLimit
 
-__all__ = ["GEOCODER_LIMIT", "OPENAI_LIMIT", "geocoder_gate", "limit_exists", "openai_slot"]
+__all__ = ["gate", "limit_exists", "slot"]
 
 
 def limit_exists(name: str) -> bool:
@@ -29,18 +29,19 @@ def limit_exists(name: str) -> bool:
     return bool(limit.active)
 
 
-def geocoder_gate() -> Callable[[], None] | None:
-    """A call that blocks until the shared geocoder rate limit grants a slot, or None when there is none."""
-    if not limit_exists(GEOCODER_LIMIT):
+def gate(limit: GlobalLimit | None) -> Callable[[], None] | None:
+    """For a shared rate: a call that blocks until the limit grants a slot (each request passes it), or None when
+    the limit is not a rate or does not exist."""
+    if limit is None or limit.kind != "rate" or not limit_exists(limit.name):
         return None
-    return partial(rate_limit, GEOCODER_LIMIT, occupy=1, strict=True)
+    return partial(rate_limit, limit.name, occupy=1, strict=True)
 
 
 @contextmanager
-def openai_slot() -> Iterator[None]:
-    """Hold one slot of the shared OpenAI limit (when it exists) around a block of OpenAI calls."""
-    if not limit_exists(OPENAI_LIMIT):
+def slot(limit: GlobalLimit | None) -> Iterator[None]:
+    """For a concurrency limit: hold one of its slots (when it exists) around a block of calls."""
+    if limit is None or limit.kind != "concurrency" or not limit_exists(limit.name):
         yield
         return
-    with concurrency(OPENAI_LIMIT, occupy=1, strict=True):
+    with concurrency(limit.name, occupy=1, strict=True):
         yield

@@ -11,7 +11,7 @@ from sqlalchemy.engine import Engine
 
 from harvest.db.engine import utcnow
 from harvest.db.runs import get_run
-from harvest.retention import RECONCILED_STATUS, RetentionPolicy, process_gone, reconcile_run
+from harvest.retention.policy import RECONCILED_STATUS, RetentionPolicy, process_gone, reconcile_run
 
 
 def flow_run_state(run_id: str) -> str | None:

@@ -6,15 +6,17 @@ from typing import Any
 
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
+from harvest.enrich.registry import batched, chunked
 from harvest.settings import HarvestSettings
 
 
 def enrichment_threads(settings: HarvestSettings) -> int:
-    """Enough threads for every enrichment task to run at once: each image and geocode chunk, their two
-    joins (a task submitted with `wait_for` holds its thread while it waits) and the embeddings batch. With
-    fewer, the tasks queue in submission order and the branches run one after another: the embeddings
-    batch, submitted last, only started once every geocode chunk was done."""
-    return 2 * settings.enrich_max_chunks + 3
+    """Enough threads for every enrichment task to run at once: each chunk of each chunked enrichment, their
+    joins (a task submitted with `wait_for` holds its thread while it waits) and each batch enrichment's job
+    (its submit, then its collect). With fewer, the tasks queue in submission order and the branches run one
+    after another: the embeddings batch, submitted last, only started once every geocode chunk was done.
+    The enrichments registered when the flow module is imported (harvest/enrich/registry.py)."""
+    return len(chunked()) * (settings.enrich_max_chunks + 1) + len(batched())
 
 
 def make_task_runner(settings: HarvestSettings) -> TaskRunner[Any]:

@@ -3,6 +3,7 @@ only small file references travel (persisted as JSON), never the activities them
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -22,15 +23,16 @@ from flows.run_context import deployment_of_run, work_pool_of_run
 from flows.run_logs import harvest_logs_to_run
 from flows.runners import make_task_runner
 from flows.tasks import Steps
-from flows.traffic import CountedTask, Traffic
+from flows.traffic import Traffic
+from harvest.crawl.stage import unrendered_error
 from harvest.db import runs as run_rows
 from harvest.db.ledger import run_cost
+from harvest.enrich.base import BatchEnrichment, ChunkedEnrichment, Enrichment
+from harvest.enrich.fan_out import enrichment_chunks, network_work
 from harvest.errors import DatabaseError, RunAlreadyRunningError, StorageError
 from harvest.models import FileRef, ImportSummary, RunConfig, StartRequest
-from harvest.retention import policy_from
+from harvest.retention.policy import policy_from
 from harvest.settings import get_settings
-from harvest.stages.embed import SubmittedBatch
-from harvest.stages.fan_out import NetworkWork, enrichment_chunks, network_work
 from harvest.urls import check_fetch_allowed
 
 
@@ -111,24 +113,23 @@ def _scrape(url: str, config: RunConfig, from_raw: str | None) -> RunSummary:
 
     # 1-2. Crawl + extract (or load stored raw activities), then standardize: both critical.
     progress_id = str(progress.artifact_id) if progress.artifact_id else None
-    raw = (steps.load_raw_activities(run_id, from_raw) if from_raw
-           else steps.crawl_and_extract(run_id, url, config, progress_id))
+    raw = steps.crawl_from_raw(run_id, from_raw) if from_raw else steps.crawl(run_id, url, config, progress_id)
     progress.advance("crawl")
     standardized = steps.standardize(run_id, raw, config)
     progress.advance("standardize")
 
-    # 3. Images, geocodes and embeddings side by side; each may fail without failing the run.
-    images_map, geocoded_map, embeddings = _enrich(steps, res, run_id, standardized, config, progress)
+    # 3. The enrichments side by side (harvest/enrich/registry.py); each may fail without failing the run.
+    enriched = _enrich(steps, res, run_id, standardized, config, progress)
     progress.advance("enrich")
 
     # 4-5. Merge, then the final JSONL (both critical); the diff against the previous run is optional.
-    merged = steps.merge(run_id, standardized, images_map, geocoded_map, embeddings.get("embeddings_index"))
-    final = steps.write_final(run_id, merged, embeddings.get("embeddings"))
+    merged = steps.merge(run_id, standardized, [enriched.map(e) for e in steps.enrichments])
+    final = steps.final(run_id, merged, enriched.vectors(steps.enrichments))
     progress.advance("final")
 
     # 6. Import when asked, while the diff runs: neither reads what the other writes.
-    diff = steps.diff_with_previous_run.submit(run_id, url, final)
-    imported = steps.import_activities(run_id, final) if config.auto_import else None
+    diff = steps.diff.submit(run_id, url, final)
+    imported = steps.import_(run_id, final) if config.auto_import else None
     _optional(diff, "diff", run_id)
 
     # 7. Done: the hooks decide what happens to the files.
@@ -143,91 +144,114 @@ def _checked_url(res: Resources, url: str, config: RunConfig, from_raw: str | No
     return request.url
 
 
+@dataclass
+class Enriched:
+    """Each enrichment's files by its name (None: its step failed or was skipped)."""
+
+    files: dict[str, list[FileRef] | None]
+
+    def map(self, enrichment: Enrichment) -> FileRef | None:
+        return next((ref for ref in self.files.get(enrichment.name) or [] if ref.kind == enrichment.map_kind), None)
+
+    def vectors(self, enrichments: tuple[Enrichment, ...]) -> FileRef | None:
+        """The records' vectors (the matrix of the enrichment that stores them), if any."""
+        source = next((e for e in enrichments if e.vectors_kind), None)
+        if source is None:
+            return None
+        return next((ref for ref in self.files.get(source.name) or [] if ref.kind == source.vectors_kind), None)
+
+
 def _enrich(
     steps: Steps, res: Resources, run_id: str, standardized: FileRef, config: RunConfig, progress: artifacts.Progress
-) -> tuple[FileRef | None, FileRef | None, dict[str, FileRef]]:
-    """The image map, the geocode map (each in chunks joined in order) and the embedding files by kind.
-
-    The embeddings batch is submitted first: on a first run it is the longest branch (the batch's wait), so
-    its poll starts as soon as it is submitted, alongside the chunks. Progress moves as each chunk and the
-    embeddings finish, not only when the whole stage does.
+) -> Enriched:
+    """Every registered enrichment at once: each chunked one in chunks joined in order, each batch one submitted
+    then collected. The batch jobs are submitted first: on a first run they are the longest branch (the batch's
+    wait), so their polls start as soon as they are submitted, alongside the chunks. Progress moves as each chunk
+    and each job finishes, not only when the whole stage does.
     """
-    batch_future = steps.submit_embeddings_batch.submit(run_id, standardized, config.embedding_model)
+    submitted = {e.name: steps.submits[e.name].submit(run_id, standardized, e.job_option(config))
+                 for e in steps.batched}
     size, most = res.settings.enrich_chunk_size, res.settings.enrich_max_chunks
-    work = _network_work(res, standardized)
-    image_parts, images_future = _fan_out(
-        steps, steps.images_chunk, "images_map", "images", run_id, standardized,
-        enrichment_chunks(standardized.records, work.images, size, most), (size, most),
-    )
-    geocode_parts, geocode_future = _fan_out(
-        steps, steps.geocode_chunk, "geocoded_map", "geocode", run_id, standardized,
-        enrichment_chunks(standardized.records, work.geocode, size, most), (size, most),
-    )
-    batch = _optional(batch_future, "embeddings", run_id)
-    poll_future = _poll_embeddings(steps, res, run_id, standardized, batch)
-    pending = image_parts + geocode_parts + ([poll_future] if poll_future is not None else [])
-    total = len(pending) + 1  # + the embeddings' submission, done above
-    progress.enrich(1, total)
-    for done, _ in enumerate(as_completed(pending), start=2):  # failures are reported by _optional below
+    work = _network_work(res, standardized, steps.chunked)
+    fanned = {
+        e.name: _fan_out(steps, e, run_id, standardized,
+                         enrichment_chunks(standardized.records, work[e.name], size, most), (size, most))
+        for e in steps.chunked
+    }
+    jobs = {e.name: e.job_from(_optional(submitted[e.name], e.name, run_id)) for e in steps.batched}
+    polls = {e.name: _collect(steps, res, e, run_id, standardized, jobs[e.name]) for e in steps.batched}
+    pending = [part for parts, _ in fanned.values() for part in parts]
+    pending += [poll for poll in polls.values() if poll is not None]
+    total = len(pending) + len(submitted)  # + the jobs' submissions, done above
+    progress.enrich(len(submitted), total)
+    for done, _ in enumerate(as_completed(pending), start=len(submitted) + 1):  # failures: reported by _optional
         progress.enrich(done, total)
-    if poll_future is not None:
-        embedding_files = _optional(poll_future, "embeddings", run_id)
-    else:  # every vector reused or embedded now, or no batch at all
-        embedding_files = batch.files if batch is not None else None
-    images_map = _optional(images_future, "images", run_id)
-    geocoded_map = _optional(geocode_future, "geocode", run_id)
-    return images_map, geocoded_map, {ref.kind: ref for ref in embedding_files or []}
+    files: dict[str, list[FileRef] | None] = {}
+    for job in steps.batched:
+        poll = polls[job.name]
+        files[job.name] = _optional(poll, job.name, run_id) if poll is not None else job.files_of(jobs[job.name])
+    for fan in steps.chunked:
+        joined = _optional(fanned[fan.name][1], fan.name, run_id)
+        files[fan.name] = [joined] if joined is not None else None
+    return Enriched(files)
 
 
-def _network_work(res: Resources, standardized: FileRef) -> NetworkWork:
-    """What of the enrichment will cost requests (harvest.stages.fan_out), which sizes its fan-out. Only a
-    sizing: if the count cannot be made (the cache unreachable), every record counts, as if nothing were cached."""
-    provider = res.settings.geocoder if res.settings.geocoder != "none" else None
+def _network_work(res: Resources, standardized: FileRef, chunked: tuple[ChunkedEnrichment, ...]) -> dict[str, int]:
+    """What of each chunked enrichment will cost requests (harvest.enrich.fan_out), which sizes its fan-out. Only
+    a sizing: if the count cannot be made (a cache unreachable), every record counts, as if nothing were cached."""
+    counters = {e.name: e.work(res.engine, res.settings) for e in chunked}
     try:
-        return network_work(res.store, standardized, res.engine, provider)
+        return network_work(res.store, standardized, counters, [f for e in chunked for f in e.work_fields])
     except (DatabaseError, StorageError) as exc:
         get_run_logger().warning("enrichment fans out in full: its cached share could not be counted (%s)", exc)
-        return NetworkWork(geocode=standardized.records, images=standardized.records)
+        return dict.fromkeys(counters, standardized.records)
 
 
-def _poll_embeddings(
-    steps: Steps, res: Resources, run_id: str, standardized: FileRef, batch: SubmittedBatch | None
+def _collect(
+    steps: Steps, res: Resources, enrichment: BatchEnrichment, run_id: str, standardized: FileRef, job: Any
 ) -> PrefectFuture[Any] | None:
-    """The poll of a submitted batch (its future: the embedding files); None when there is nothing to poll."""
-    if batch is None or batch.complete:
+    """The collection of a submitted job (its future: the enrichment's files); None when there is nothing to
+    collect (nothing submitted, or the submission finished everything)."""
+    if job is None or enrichment.files_of(job) is not None:
         return None
     retries, delays = poll_schedule(
         res.settings.batch_poll_seconds, res.settings.batch_poll_max_seconds, res.settings.batch_max_wait_seconds
     )
-    poll = steps.poll_embeddings_batch.with_options(retries=retries, retry_delay_seconds=delays)
-    return poll.submit(run_id, standardized, batch)
+    collect = steps.collects[enrichment.name].with_options(retries=retries, retry_delay_seconds=delays)
+    return collect.submit(run_id, standardized, job)
 
 
 def _fan_out(
-    steps: Steps, chunk_task: CountedTask, kind: str, step: str, run_id: str, standardized: FileRef,
-    chunks: list[tuple[int, int]], layout: tuple[int, int],
+    steps: Steps, enrichment: ChunkedEnrichment, run_id: str, standardized: FileRef, chunks: list[tuple[int, int]],
+    layout: tuple[int, int],
 ) -> tuple[list[PrefectFuture[Any]], PrefectFuture[Any]]:
     """One task per chunk of standardized.jsonl, then one that joins their parts in order: (the chunks' futures,
     the map's future). `layout` (chunk size, max chunks) goes into the join's result key: another layout is
     another result."""
-    parts = [chunk_task.submit(run_id, standardized, index, start, stop) for index, (start, stop) in enumerate(chunks)]
-    return parts, steps.combine_map.submit(run_id, kind, step, len(chunks), *layout, wait_for=parts)
+    parts = [steps.chunks[enrichment.name].submit(run_id, standardized, index, start, stop)
+             for index, (start, stop) in enumerate(chunks)]
+    join = steps.joins[enrichment.name]
+    return parts, join.submit(run_id, enrichment.map_kind, enrichment.name, len(chunks), *layout, wait_for=parts)
 
 
 def _finish(
     res: Resources, run_id: str, url: str, config: RunConfig, final: FileRef, imported: ImportSummary | None,
     traffic: Traffic, progress: artifacts.Progress,
 ) -> RunSummary:
-    """Mark the run completed, record what travelled between tasks, publish the summary artifact."""
+    """Mark the run completed, record what travelled between tasks, publish the summary artifact. A run whose
+    script-built pages could not be rendered is marked failed instead and raises once the summary is out."""
+    unrendered = unrendered_error((run_rows.get_run(res.engine, run_id) or {}).get("steps") or {})
     run_rows.finish_run(
-        res.engine, run_id, "completed", activities_processed=final.records,
-        import_summary=imported.model_dump() if imported else None,
+        res.engine, run_id, "failed" if unrendered else "completed", activities_processed=final.records,
+        import_summary=imported.model_dump() if imported else None, error=str(unrendered) if unrendered else None,
     )
     row = run_rows.get_run(res.engine, run_id) or {}
     traffic.settle()
     moved = {"bytes_between_tasks": traffic.bytes, "task_runs": traffic.calls}
     run_rows.record_step(res.engine, run_id, "traffic", moved)
     artifacts.publish_summary(res.engine, res.store, run_id, config)
+    if unrendered:
+        raise unrendered  # after the summary: the run fails visibly, its files are kept (on_failure)
     progress.advance("done")
     get_run_logger().info(
         "run %s completed: %d activities, %d bytes passed between %d tasks, estimated cost $%.6f", run_id,

@@ -1,4 +1,4 @@
-"""The `sweep-expired` flow: retention and reconciliation in one pass (see harvest/retention.py).
+"""The `sweep-expired` flow: retention and reconciliation in one pass (see harvest/retention/policy.py).
 
 Deployed as `sweep-expired/nightly` on a cron schedule; `harvest sweep [--dry-run]` runs it in-process.
 Safe to run twice at once: every run row it changes is locked with SKIP LOCKED.
@@ -13,7 +13,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.reconcile import crash_flow_run, flow_run_state
 from flows.resources import resources
-from harvest.retention import SweepReport, policy_from, sweep
+from harvest.retention.policy import SweepReport, policy_from, sweep
 
 SHOWN = 50
 

@@ -1,10 +1,15 @@
 """Tasks: each wraps one domain stage, records what it stored, and returns only small references.
 
-Results are persisted as JSON under `runs/<run_id>/results/<step>.json` in the run's own storage, so a
-flow run retried (or restarted with the same run id) loads finished steps instead of running them again,
-and deleting the run's prefix removes them with the run's files. The key is also Prefect's cache key,
-which is why every key carries the run id. Every task body runs under `harvest_logs_to_task`, so the domain's
-own log lines reach its task run's logs in whichever process runs it (a Dask worker process too).
+Each task is named after its step: the name in the UI is the step key in the run row (a chunk's task run is
+`<enrichment>.<index>`, its step key). Results are persisted as JSON under `runs/<run_id>/results/<step>.json`
+in the run's own storage, so a flow run retried (or restarted with the same run id) loads finished steps instead
+of running them again, and deleting the run's prefix removes them with the run's files. The key is also
+Prefect's cache key, which is why every key carries the run id. Every task body runs under
+`harvest_logs_to_task`, so the domain's own log lines reach its task run's logs in whichever process runs it (a
+Dask worker process too).
+
+The enrichments' tasks are made from the registry (harvest/enrich/registry.py), one set per enrichment, by its
+shape: a chunk task and the join for a chunked one, a submit and a collect task for a batch one.
 """
 
 from __future__ import annotations
@@ -12,41 +17,39 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from prefect import get_run_logger, task
 
 from flows import artifacts
 from flows.ledger import count_step, meter_for
-from flows.limits import geocoder_gate, openai_slot
+from flows.limits import gate, slot
 from flows.resources import Resources, resources
 from flows.run_logs import harvest_logs_to_task
 from flows.traffic import CountedTask, Traffic
-from harvest.cost.geocoding import MeteredGeocoder
 from harvest.crawl import CrawlStats
+from harvest.crawl.page_cache import PageCache
+from harvest.crawl.stage import collect_raw_activities, copy_raw_activities, extraction_version
 from harvest.db import runs as run_rows
-from harvest.db.caches import LLMAnswerCache
-from harvest.db.page_cache import PageCache
-from harvest.embeddings import make_openai_client
+from harvest.diff.stage import diff_with_previous_run as diff_stage
+from harvest.enrich.base import BatchEnrichment, ChunkedEnrichment, EnrichContext, Enrichment
+from harvest.enrich.join import combine_parts
+from harvest.enrich.registry import enrichments
 from harvest.errors import BatchNotReadyError
+from harvest.extract.answers import LLMAnswerCache
 from harvest.extract.llm import LLMExtractor
-from harvest.geocode import Geocoder, make_geocoder
+from harvest.import_.stage import import_final_records
 from harvest.memory import release_free_memory
+from harvest.merge.final import write_final_records
+from harvest.merge.stage import merge_enrichments
 from harvest.models import FileRef, ImportSummary, RunConfig
-from harvest.stages.collect import collect_raw_activities, copy_raw_activities, extraction_version
-from harvest.stages.common import Chunk, StageResult
-from harvest.stages.diff import diff_with_previous_run as diff_stage
-from harvest.stages.embed import SubmittedBatch, collect_embeddings, submit_embeddings
-from harvest.stages.finish import collected_embeddings, combine_parts, drop_prefill, submitted_batch
-from harvest.stages.geocode import geocode_addresses
-from harvest.stages.images import process_images
-from harvest.stages.load import import_final_records
-from harvest.stages.merge import merge_enrichments, write_final_records
-from harvest.stages.standardize import standardize_raw_activities
+from harvest.net.openai_client import make_openai_client
+from harvest.pipeline import Chunk, StageResult
+from harvest.standardize.stage import standardize_raw_activities
 from harvest.storage.keys import chunk_result_step, combined_result_step, result_key_template
 
 LOGGED_WARNINGS = 20
-CLOCK_MARGIN_SECONDS = 300  # between this machine and OpenAI's batch timestamps
 
 
 PERSISTED: dict[str, Any] = {"persist_result": True, "result_serializer": "json"}
@@ -73,20 +76,30 @@ def record_stage(res: Resources, run_id: str, step: str, result: StageResult) ->
     )
 
 
-def _openai_client(res: Resources) -> Any:
-    settings = res.settings
-    assert settings.openai_api_key is not None
-    return make_openai_client(settings.openai_api_key.get_secret_value(), settings.openai_base_url)
+def _context(res: Resources, run_id: str, enrichment: Enrichment) -> EnrichContext:
+    """What an enrichment's stage gets: the run's resources, a meter for its ledger stage, its rate gate."""
+    return EnrichContext(
+        store=res.store, engine=res.engine, settings=res.settings, run_id=run_id,
+        meter_for=lambda: meter_for(res.engine, res.settings, run_id, enrichment.name), gate=gate(enrichment.limit),
+    )
 
 
-@task(name="crawl-and-extract", result_storage_key=result_key_template("crawl"), **PERSISTED)
+def _warn(res: Resources, run_id: str, step: str, warnings: list[str]) -> None:
+    for warning in warnings:
+        get_run_logger().warning("%s: %s", step, warning)
+    run_rows.add_warnings(res.engine, run_id, [f"{step}: {w}" for w in warnings])
+
+
+@task(name="crawl", result_storage_key=result_key_template("crawl"), **PERSISTED)
 @harvest_logs_to_task
-def crawl_and_extract(run_id: str, url: str, config: RunConfig, progress_id: str | None = None) -> FileRef:
+def crawl(run_id: str, url: str, config: RunConfig, progress_id: str | None = None) -> FileRef:
     """Crawl and extract; the run's progress artifact (`progress_id`) moves as pages arrive (throttled)."""
     res = resources()
     llm = None
     if res.settings.has_openai:
-        llm = LLMExtractor(_openai_client(res), res.settings.extraction_model, cache=LLMAnswerCache(res.engine),
+        assert res.settings.openai_api_key is not None
+        client = make_openai_client(res.settings.openai_api_key.get_secret_value(), res.settings.openai_base_url)
+        llm = LLMExtractor(client, res.settings.extraction_model, cache=LLMAnswerCache(res.engine),
                            meter=meter_for(res.engine, res.settings, run_id, "crawl"))
     progress = artifacts.Progress.attach(run_id, progress_id)
 
@@ -103,9 +116,10 @@ def crawl_and_extract(run_id: str, url: str, config: RunConfig, progress_id: str
     return result.file("raw_activities")
 
 
-@task(name="load-raw-activities", result_storage_key=result_key_template("crawl"), **PERSISTED)
+@task(name="crawl-from-raw", result_storage_key=result_key_template("crawl"), **PERSISTED)
 @harvest_logs_to_task
-def load_raw_activities(run_id: str, source: str) -> FileRef:
+def crawl_from_raw(run_id: str, source: str) -> FileRef:
+    """The crawl step from stored raw activities (`--from-raw`) instead of the site."""
     res = resources()
     result = copy_raw_activities(res.store, run_id, source)
     record_stage(res, run_id, "crawl", result)
@@ -121,150 +135,114 @@ def standardize(run_id: str, raw: FileRef, config: RunConfig) -> FileRef:
     return result.file("standardized")
 
 
-@task(name="process-images-chunk", result_storage_key=result_key_template(chunk_result_step("images")), **PERSISTED)
+@cache
+def chunk_task(enrichment: ChunkedEnrichment) -> Any:
+    """The task of one chunk of `enrichment` (task `<name>-chunk`, task run and step `<name>.<index>`): lines
+    start..stop of standardized.jsonl into part `index` of its map."""
+
+    @task(name=f"{enrichment.name}-chunk", task_run_name=f"{enrichment.name}.{{index}}",
+          result_storage_key=result_key_template(chunk_result_step(enrichment.name)), **PERSISTED)
+    @harvest_logs_to_task
+    def enrich_chunk(run_id: str, standardized: FileRef, index: int, start: int, stop: int) -> FileRef:
+        res = resources()
+        with slot(enrichment.limit):
+            result = enrichment.enrich_chunk(_context(res, run_id, enrichment), standardized, Chunk(index, start, stop))
+        record_stage(res, run_id, f"{enrichment.name}.{index}", result)
+        return result.files[0]
+
+    return enrich_chunk
+
+
+@task(name="join", result_storage_key=result_key_template(combined_result_step()), **PERSISTED)
 @harvest_logs_to_task
-def images_chunk(run_id: str, standardized: FileRef, index: int, start: int, stop: int) -> FileRef:
-    """One chunk of the image map (lines start..stop of standardized.jsonl)."""
-    res = resources()
-    result = process_images(res.store, run_id, standardized, res.settings, engine=res.engine,
-                            chunk=Chunk(index, start, stop))
-    record_stage(res, run_id, f"images.{index}", result)
-    return result.files[0]
-
-
-@task(name="geocode-chunk", result_storage_key=result_key_template(chunk_result_step("geocode")), **PERSISTED)
-@harvest_logs_to_task
-def geocode_chunk(run_id: str, standardized: FileRef, index: int, start: int, stop: int) -> FileRef:
-    """One chunk of the geocode map; each distinct address is asked once per chunk, and never again once cached."""
-    res = resources()
-    settings = res.settings
-    made = make_geocoder(
-        settings.geocoder, base_url=settings.geocoder_url,
-        google_api_key=settings.google_maps_api_key.get_secret_value() if settings.google_maps_api_key else None,
-        user_agent=settings.user_agent, rate_per_second=settings.geocoder_rate_per_second,
-        timeout_s=settings.request_timeout_seconds, before_call=geocoder_gate(),
-    )
-    cache = (res.engine, settings.geocoder) if settings.geocoder != "none" else None
-    meter = meter_for(res.engine, settings, run_id, "geocode")
-    geocoder: Geocoder = MeteredGeocoder(made, settings.geocoder, meter) if settings.geocoder != "none" else made
-    result = geocode_addresses(res.store, run_id, standardized, geocoder, cache=cache, chunk=Chunk(index, start, stop))
-    if meter.refused:
-        result.warn(f"budget: {len(meter.refused)} address(es) not geocoded, the run's max_cost_usd would have "
-                    "been passed: " + ", ".join(meter.refused[:20]))
-    record_stage(res, run_id, f"geocode.{index}", result)
-    return result.files[0]
-
-
-@task(name="combine-map", result_storage_key=result_key_template(combined_result_step()), **PERSISTED)
-@harvest_logs_to_task
-def combine_map(run_id: str, kind: str, step: str, chunks: int, chunk_size: int, max_chunks: int) -> FileRef:
-    """Join a map's chunk parts in order and drop them; idempotent (harvest.stages.finish). `chunk_size` and
-    `max_chunks` are the layout the parts were cut with: part of the result's key, not of the work."""
+def join(run_id: str, kind: str, step: str, chunks: int, chunk_size: int, max_chunks: int) -> FileRef:
+    """Join a map's chunk parts in order and drop them; idempotent (harvest.enrich.join). `chunk_size` and
+    `max_chunks` are the layout the parts were cut with: part of the result's key, not of the work. Bound per
+    enrichment as task `<name>` (its step)."""
     res = resources()
     ref, warnings = combine_parts(res.engine, res.store, run_id, kind, step, chunks)
     _warn(res, run_id, step, warnings)
     return ref
 
 
-def _warn(res: Resources, run_id: str, step: str, warnings: list[str]) -> None:
-    for warning in warnings:
-        get_run_logger().warning("%s: %s", step, warning)
-    run_rows.add_warnings(res.engine, run_id, [f"{step}: {w}" for w in warnings])
+@cache
+def submit_task(enrichment: BatchEnrichment) -> Any:
+    """The submission of a batch enrichment's job (task and step `<name>_submit`); its result, the job's handle,
+    is persisted, so a resumed run collects the job it paid for."""
 
+    @task(name=f"{enrichment.name}_submit", result_storage_key=result_key_template(enrichment.submit_result),
+          **PERSISTED)
+    @harvest_logs_to_task
+    def submit(run_id: str, standardized: FileRef, option: str) -> Any:
+        res = resources()
+        with slot(enrichment.limit):
+            submission = enrichment.submit(_context(res, run_id, enrichment), standardized, option)
+        if submission.warning:
+            _warn(res, run_id, enrichment.name, [submission.warning])
+        for step, result in submission.steps.items():
+            record_stage(res, run_id, step, result)
+        return submission.job
 
-@task(name="submit-embeddings-batch", result_storage_key=result_key_template("embeddings_batch"), **PERSISTED)
-@harvest_logs_to_task
-def submit_embeddings_batch(run_id: str, standardized: FileRef, model: str) -> SubmittedBatch | None:
-    res = resources()
-    if not res.settings.has_openai:
-        message = "OPENAI_API_KEY not set: embeddings skipped"
-        get_run_logger().warning(message)
-        run_rows.add_warnings(res.engine, run_id, [f"embeddings: {message}"])
-        return None
-    earlier = submitted_batch(res.engine, run_id, model)
-    if earlier is not None:  # an earlier attempt's batch is running (or done): collect it, do not pay twice
-        get_run_logger().info("embeddings: collecting batch %s, submitted by an earlier attempt of this run",
-                              earlier.batch_id)
-        return earlier
-    with openai_slot():
-        result, batch, collected = submit_embeddings(
-            res.store, run_id, standardized, _openai_client(res), model, dimensions=res.settings.embedding_dimensions,
-            reuse=res.engine, sync_below=res.settings.embeddings_sync_below,
-            meter=meter_for(res.engine, res.settings, run_id, "embeddings"), run_started=_started(res, run_id),
-        )
-    record_stage(res, run_id, "embeddings_submit", result)
-    if collected is not None:  # no batch: the vectors are final already (batch.files), nothing to poll
-        record_stage(res, run_id, "embeddings", collected)
-    return batch
-
-
-def _started(res: Resources, run_id: str) -> float | None:
-    """When the run began (epoch seconds), less a margin for OpenAI's clock and its whole-second timestamps:
-    where to stop looking for a batch an earlier attempt submitted."""
-    row = run_rows.get_run(res.engine, run_id)
-    started = row.get("started_at") if row else None
-    return started.timestamp() - CLOCK_MARGIN_SECONDS if started is not None else None
+    return submit
 
 
 def _only_while_running(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry the poll only while the batch is still running; a batch that ended badly is final."""
+    """Retry the collect only while the job is still running; a job that ended badly is final."""
     return isinstance(state.result(raise_on_failure=False), BatchNotReadyError)
 
 
-@task(
-    name="poll-embeddings-batch", result_storage_key=result_key_template("embeddings"),
-    retry_condition_fn=_only_while_running, **PERSISTED,
-)
-@harvest_logs_to_task
-def poll_embeddings_batch(run_id: str, standardized: FileRef, batch: SubmittedBatch) -> list[FileRef]:
-    res = resources()
-    files = collected_embeddings(res.engine, run_id)  # collected before; stopped before its result was saved
-    if files is None:
-        with openai_slot():
-            result = collect_embeddings(
-                res.store, run_id, standardized, _openai_client(res), batch,
-                dimensions=res.settings.embedding_dimensions,
-                meter=meter_for(res.engine, res.settings, run_id, "embeddings"),
-            )
-        record_stage(res, run_id, "embeddings", result)
-        files = result.files
-    _warn(res, run_id, "embeddings", drop_prefill(res.engine, res.store, run_id))
-    return files
+@cache
+def collect_task(enrichment: BatchEnrichment) -> Any:
+    """The collection of a submitted job (task and step `<name>`), retried while it runs (the flow sets the
+    retries from HARVEST_BATCH_POLL_*)."""
+
+    @task(name=enrichment.name, result_storage_key=result_key_template(enrichment.name),
+          retry_condition_fn=_only_while_running, **PERSISTED)
+    @harvest_logs_to_task
+    def collect(run_id: str, standardized: FileRef, job: Any) -> list[FileRef]:
+        res = resources()
+        with slot(enrichment.limit):
+            collected = enrichment.collect(_context(res, run_id, enrichment), standardized, enrichment.job_from(job))
+        for step, result in collected.steps.items():
+            record_stage(res, run_id, step, result)
+        _warn(res, run_id, enrichment.name, collected.warnings)
+        return collected.files
+
+    return collect
 
 
 @task(name="merge", result_storage_key=result_key_template("merge"), **PERSISTED)
 @harvest_logs_to_task
-def merge(
-    run_id: str, standardized: FileRef, images_map: FileRef | None, geocoded_map: FileRef | None,
-    embeddings_index: FileRef | None,
-) -> FileRef:
+def merge(run_id: str, standardized: FileRef, maps: list[FileRef | None]) -> FileRef:
+    """`maps`: each registered enrichment's map in the registry's order (None: its step failed)."""
     res = resources()
-    result = merge_enrichments(res.store, run_id, standardized, images_map, geocoded_map, embeddings_index)
+    by_name = {e.name: ref for e, ref in zip(enrichments(), maps, strict=True)}
+    result = merge_enrichments(res.store, run_id, standardized, by_name)
     record_stage(res, run_id, "merge", result)
     return result.file("merged")
 
 
-@task(name="write-final-jsonl", result_storage_key=result_key_template("final"), **PERSISTED)
+@task(name="final", result_storage_key=result_key_template("final"), **PERSISTED)
 @harvest_logs_to_task
-def write_final(run_id: str, merged: FileRef, embeddings: FileRef | None) -> FileRef:
+def final(run_id: str, merged: FileRef, vectors: FileRef | None) -> FileRef:
     res = resources()
-    result = write_final_records(res.store, run_id, merged, embeddings)
+    result = write_final_records(res.store, run_id, merged, vectors)
     record_stage(res, run_id, "final", result)
     return result.file("final_jsonl")
 
 
-@task(name="import-activities", result_storage_key=result_key_template("import"), **PERSISTED)
+@task(name="import", result_storage_key=result_key_template("import"), **PERSISTED)
 @harvest_logs_to_task
-def import_activities(run_id: str, final: FileRef) -> ImportSummary:
+def import_(run_id: str, final: FileRef) -> ImportSummary:
     res = resources()
     result, summary = import_final_records(res.store, run_id, final, res.engine)
     record_stage(res, run_id, "import", result)
     return summary
 
 
-@task(name="diff-with-previous-run", result_storage_key=result_key_template("diff"), **PERSISTED)
+@task(name="diff", result_storage_key=result_key_template("diff"), **PERSISTED)
 @harvest_logs_to_task
-def diff_with_previous_run(run_id: str, url: str, final: FileRef) -> dict[str, Any]:
+def diff(run_id: str, url: str, final: FileRef) -> dict[str, Any]:
     """Digest + diff files, and the counts written onto the run row (and shown in the summary artifact)."""
     res = resources()
     result = diff_stage(res.store, res.engine, run_id, url, final)
@@ -278,34 +256,48 @@ def diff_with_previous_run(run_id: str, url: str, final: FileRef) -> dict[str, A
 @dataclass(frozen=True)
 class Steps:
     """One run's tasks, their results persisted in the run's storage (result storage is a setting, known only
-    at run time) and every call's parameters and result counted in `traffic`."""
+    at run time) and every call's parameters and result counted in `traffic`. The enrichments' tasks are keyed
+    by the enrichment's name, for every enrichment registered when the run starts (`enrichments`, in order)."""
 
-    crawl_and_extract: CountedTask
-    load_raw_activities: CountedTask
+    enrichments: tuple[Enrichment, ...]
+    crawl: CountedTask
+    crawl_from_raw: CountedTask
     standardize: CountedTask
-    images_chunk: CountedTask
-    geocode_chunk: CountedTask
-    combine_map: CountedTask
-    submit_embeddings_batch: CountedTask
-    poll_embeddings_batch: CountedTask
+    chunks: dict[str, CountedTask]
+    joins: dict[str, CountedTask]
+    submits: dict[str, CountedTask]
+    collects: dict[str, CountedTask]
     merge: CountedTask
-    write_final: CountedTask
-    diff_with_previous_run: CountedTask
-    import_activities: CountedTask
+    final: CountedTask
+    import_: CountedTask
+    diff: CountedTask
     traffic: Traffic
+
+    @property
+    def chunked(self) -> tuple[ChunkedEnrichment, ...]:
+        return tuple(e for e in self.enrichments if isinstance(e, ChunkedEnrichment))
+
+    @property
+    def batched(self) -> tuple[BatchEnrichment, ...]:
+        return tuple(e for e in self.enrichments if isinstance(e, BatchEnrichment))
 
     @classmethod
     def for_run(cls, result_storage: Any) -> Steps:
         traffic = Traffic()
+        registered = enrichments()
+        chunked = tuple(e for e in registered if isinstance(e, ChunkedEnrichment))
+        batched = tuple(e for e in registered if isinstance(e, BatchEnrichment))
 
-        def bind(step: Any) -> CountedTask:
-            return CountedTask(step.with_options(result_storage=result_storage), traffic)
+        def bind(step: Any, **options: Any) -> CountedTask:
+            return CountedTask(step.with_options(result_storage=result_storage, **options), traffic)
 
         return cls(
-            crawl_and_extract=bind(crawl_and_extract), load_raw_activities=bind(load_raw_activities),
-            standardize=bind(standardize), images_chunk=bind(images_chunk), geocode_chunk=bind(geocode_chunk),
-            combine_map=bind(combine_map), submit_embeddings_batch=bind(submit_embeddings_batch),
-            poll_embeddings_batch=bind(poll_embeddings_batch), merge=bind(merge), write_final=bind(write_final),
-            diff_with_previous_run=bind(diff_with_previous_run), import_activities=bind(import_activities),
-            traffic=traffic,
+            enrichments=registered, crawl=bind(crawl), crawl_from_raw=bind(crawl_from_raw),
+            standardize=bind(standardize),
+            chunks={e.name: bind(chunk_task(e)) for e in chunked},
+            joins={e.name: bind(join, name=e.name) for e in chunked},
+            submits={e.name: bind(submit_task(e)) for e in batched},
+            collects={e.name: bind(collect_task(e)) for e in batched},
+            merge=bind(merge), final=bind(final), import_=bind(import_), diff=bind(diff), traffic=traffic,
         )
+

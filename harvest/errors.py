@@ -11,6 +11,8 @@ A geocoder failure for one address is not raised: it travels as `Geocode.error` 
     ├── CrawlError                    the crawl cannot go on: its start URL failed, render="browser" has no
     │                                 Chromium, or its thread died (other pages that fail become FailedURL
     │                                 records, never raised)
+    │   └── BrowserUnavailableError   the browser could not start, so pages built by scripts were not
+    │                                 rendered: raised by the flow at the end of such a run (its files kept)
     ├── ExtractionError               a page's content could not be turned into activities
     │   └── OverBudgetError           the LLM call for a page would pass the run's budget: not made
     ├── ImageError                    one image was refused (type, size, bomb, broken); never fatal alone
@@ -60,6 +62,11 @@ class RunAlreadyRunningError(HarvestError):
 
 class CrawlError(HarvestError):
     """Raised when the crawl as a whole cannot go on (start URL failed, no Chromium for render="browser")."""
+
+
+class BrowserUnavailableError(CrawlError):
+    """Raised at the end of a run whose crawl could not render its script-built pages because the browser could
+    not start; the message gives the count and the cause. Everything the run did collect is kept."""
 
 
 class ExtractionError(HarvestError):

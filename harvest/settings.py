@@ -14,6 +14,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from harvest.cost.prices import Prices
+from harvest.standardize.languages import DEFAULT_DATE_LANGUAGES, check_date_languages
 
 HARVEST_HOME = Path(os.environ.get("HARVEST_HOME", str(Path.home() / ".harvest")))
 
@@ -43,7 +44,6 @@ def _default_browser_path() -> str | None:
 # Languages (dateparser codes) whose month names a page's dates may be written in; English month names are read
 # whatever the list. A page's `<html lang>` is not used: it is missing, or left at a theme's "en-US", on too many
 # sites to be trusted, and the month names themselves say which language a date is in.
-DEFAULT_DATE_LANGUAGES: tuple[str, ...] = ("en", "fr", "de", "es", "it", "nl", "pt")
 
 
 class HarvestSettings(BaseSettings):
@@ -243,8 +243,6 @@ class HarvestSettings(BaseSettings):
         if isinstance(value, str):
             value = tuple(part.strip().lower() for part in value.split(",") if part.strip())
         if isinstance(value, list | tuple):
-            from harvest.standardize import check_date_languages  # here: harvest.standardize imports this module
-
             check_date_languages([str(language) for language in value])
         return value
 

@@ -134,8 +134,8 @@ def scrape(
 
 def _estimate(url: str, config: Any, as_json: bool) -> None:
     """The dry run: crawl without paid calls and print what a full run would spend."""
-    from harvest.cost.estimate import estimate_run
     from harvest.cost.report import usd
+    from harvest.estimate import estimate_run
     from harvest.settings import get_settings
     from harvest.urls import check_fetch_allowed
 
@@ -216,7 +216,7 @@ def runs_show(run_id: str, as_json: bool = typer.Option(False, "--json")) -> Non
     from harvest.cost.report import cost_lines
     from harvest.db.ledger import run_cost
     from harvest.db.runs import get_run, list_files
-    from harvest.retention import file_state
+    from harvest.retention.policy import file_state
 
     engine = _engine()
     row = get_run(engine, run_id)
@@ -259,7 +259,7 @@ def runs_show(run_id: str, as_json: bool = typer.Option(False, "--json")) -> Non
 
 
 def _duration_seconds(text: str, option: str) -> float:
-    from harvest.retention import parse_duration
+    from harvest.retention.policy import parse_duration
 
     try:
         return parse_duration(text).total_seconds()
@@ -352,7 +352,7 @@ def runs_files(
     """List a run's files: kind, records, size, state and a download link (presigned for S3, a path locally)."""
     from blocks.storage import resolve_store
     from harvest.db.runs import get_run, list_files
-    from harvest.retention import file_state
+    from harvest.retention.policy import file_state
     from harvest.settings import get_settings
 
     seconds = int(_duration_seconds(expires, "--expires"))
@@ -386,7 +386,7 @@ def runs_cleanup(
     """Delete finished runs' stored files (never the shared images) and mark them deleted."""
     from blocks.storage import resolve_store
     from harvest.db.runs import get_run
-    from harvest.retention import cleanup_older_than, cleanup_run
+    from harvest.retention.policy import cleanup_older_than, cleanup_run
     from harvest.settings import get_settings
 
     if (run_id is None) == (older_than is None):
@@ -420,7 +420,7 @@ def runs_cleanup(
 
 
 def _pin(run_id: str, pinned: bool) -> None:
-    from harvest.db.retention import set_pinned
+    from harvest.retention.queries import set_pinned
 
     if not set_pinned(_engine(), run_id, pinned):
         _fail(f"no run {run_id}")
@@ -474,7 +474,7 @@ def runs_resume(run_id: str, as_json: bool = typer.Option(False, "--json")) -> N
         _fail(f"no run {run_id}")
     if row["status"] == "running":
         from flows.reconcile import reconcile_if_dead
-        from harvest.retention import policy_from
+        from harvest.retention.policy import policy_from
         from harvest.settings import get_settings
 
         if _prefect(reconcile_if_dead, engine, policy_from(get_settings()), run_id):
@@ -501,7 +501,7 @@ def runs_diff(
     """What changed between two runs: added, removed and changed activities (with the changed fields)."""
     from blocks.storage import resolve_store
     from harvest.db.runs import comparable_file, get_run
-    from harvest.diff import DiffCounts, diff_lines, digest_lines, load_digest
+    from harvest.diff.compare import DiffCounts, diff_lines, digest_lines, load_digest
     from harvest.settings import get_settings
 
     engine = _engine()

@@ -42,7 +42,8 @@ def no_leftover_global_limits() -> Iterator[None]:
     from prefect import get_client
     from prefect.exceptions import ObjectNotFound
 
-    from flows.limits import GEOCODER_LIMIT, OPENAI_LIMIT
+    from harvest.enrich.embeddings.enrichment import OPENAI_LIMIT
+    from harvest.enrich.geocode.enrichment import GEOCODER_LIMIT
 
     with get_client(sync_client=True) as client:
         for name in (GEOCODER_LIMIT, OPENAI_LIMIT):

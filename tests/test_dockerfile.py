@@ -1,5 +1,5 @@
-"""The container image definition: lint it with hadolint and check what it copies and sets (no Docker engine
-runs here, so the image itself is not built)."""
+"""The container image definition: lint it with hadolint and check what it copies and sets. The image itself is
+built and run by tests/e2e/test_docker.py."""
 
 from __future__ import annotations
 
@@ -76,6 +76,18 @@ def test_image_runs_as_non_root_with_chromium_and_migrations() -> None:
     assert env["HARVEST_MIGRATIONS_DIR"] == f"{workdir}/migrations"
     assert "alembic.ini" in destinations
     assert any(word == "RUN" and "pip install" in rest and " . " in f"{rest} " for word, rest in steps)
+
+
+def test_the_image_has_what_the_browser_needs_and_the_build_ends_with_the_browser_smoke_check() -> None:
+    """libatomic1 for Playwright's driver (python:3.11-slim lacks it: without it nothing renders), fonts, and the
+    self-check run as the image's user after everything is installed, so a broken browser fails the build."""
+    steps = instructions()
+    installs = " ".join(rest for word, rest in steps if word == "RUN" and "apt-get install" in rest).split()
+    assert {"libatomic1", "fonts-liberation", "chromium-headless-shell"} <= set(installs)
+    runs = [i for i, (word, _) in enumerate(steps) if word == "RUN"]
+    assert steps[runs[-1]] == ("RUN", "python -m harvest.crawl.selfcheck")
+    user = max(i for i, (word, _) in enumerate(steps) if word == "USER")
+    assert user < runs[-1], "the smoke check runs as the image's user"
 
 
 def test_dependencies_come_from_the_runtime_lock_with_hashes() -> None:

@@ -82,3 +82,59 @@ def test_the_check_refuses_broken_steps(steps: list[dict[str, Any]], problem: st
     """The check above can fail: a misspelled step, a wrong argument, a reference to no step, a missing argument."""
     with pytest.raises((AssertionError, TypeError, ImportError, AttributeError), match=problem):
         check_pull_steps("broken", steps)
+
+
+def test_the_file_is_what_prefect_deploy_reads() -> None:
+    """The whole file through the model `prefect deploy` validates it with (extra keys such as `definitions` are
+    ignored by it: that is where the anchors live)."""
+    from prefect.cli.deploy._models import PrefectYamlModel
+
+    model = PrefectYamlModel.model_validate(yaml.safe_load((ROOT / "prefect.yaml").read_text()))
+    assert [d.name for d in model.deployments] == [d["name"] for d in deployments()]
+
+
+def test_the_scrape_deployments_share_one_config_written_once() -> None:
+    from harvest.models import RunConfig
+
+    text = (ROOT / "prefect.yaml").read_text()
+    assert text.count("max_pages:") == 1, "the config is written once and referenced (*scrape_config)"
+    scrapes = [d for d in deployments() if d["entrypoint"] == "flows/scrape.py:scrape_website"]
+    assert [d["name"] for d in scrapes] == ["default", "docker", "git"]
+    configs = [d["parameters"]["config"] for d in scrapes]
+    assert configs[0] == configs[1] == configs[2]
+    assert RunConfig.model_validate(configs[0]).max_pages == 150
+
+
+def test_schedules_carry_valid_parameters_and_the_scrape_ones_are_paused() -> None:
+    """Each schedule is one Prefect accepts, its parameters are ones the flow takes; a scrape schedule ships paused
+    (it names a placeholder site) and differs from the deployment's defaults only where it says so."""
+    from prefect.cli.deploy._models import RawScheduleConfig
+
+    from harvest.models import RunConfig, StartRequest
+
+    for deployment in deployments():
+        for schedule in deployment.get("schedules") or []:
+            RawScheduleConfig.model_validate(schedule)
+            parameters = {**deployment["parameters"], **schedule.get("parameters", {})}
+            if deployment["entrypoint"] == "flows/scrape.py:scrape_website":
+                assert schedule["active"] is False, deployment["name"]
+                StartRequest(url=parameters["url"], config=RunConfig.model_validate(parameters["config"]))
+                assert parameters["config"] == {**deployment["parameters"]["config"], "auto_import": True}
+            else:
+                assert set(parameters) <= set(inspect.signature(import_object(
+                    deployment["entrypoint"].replace(".py:", ".").replace("/", ".")
+                )).parameters), deployment["name"]
+
+
+def test_concurrency_limits_use_a_strategy_prefect_knows() -> None:
+    from prefect.cli.deploy._models import ConcurrencyLimitSpec
+    from prefect.client.schemas.objects import ConcurrencyLimitStrategy
+
+    limits = {d["name"]: d.get("concurrency_limit") for d in deployments()}
+    for name, limit in limits.items():
+        if limit is not None:
+            spec = ConcurrencyLimitSpec.model_validate(limit)
+            assert spec.limit and spec.limit >= 1, name
+            ConcurrencyLimitStrategy(spec.collision_strategy)  # raises for an unknown strategy
+    assert limits["default"] == limits["docker"] == limits["git"] == {"limit": 4, "collision_strategy": "ENQUEUE"}
+    assert limits["nightly"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}

@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -67,6 +68,10 @@ BLOCKED_RESOURCE_TYPES = frozenset({"image", "font", "media", "stylesheet"})
 # What a page's scripts are and fetch: it can change under an unchanged document, so it is revalidated too.
 REVALIDATED_RESOURCE_TYPES = frozenset({"script", "xhr", "fetch"})
 MISSING_BROWSER = "no Chromium found: set HARVEST_BROWSER_PATH"
+# A launch that failed this many times in a row is not tried again in the same crawl: every page that needs the
+# browser then fails at once with the same cause (a broken browser would otherwise cost a launch, up to its
+# timeout, per page).
+MAX_LAUNCH_ATTEMPTS = 2
 QUIET_S = 0.1  # no request in flight and no DOM change for this long: the page is ready
 RESPOND_S = 5.0  # a page that does not answer for this long past its settle cap is busy in a script: given up
 READ_RESERVE_S = 0.25  # of a URL's budget, kept for reading the DOM: settling stops this long before it is spent
@@ -118,6 +123,16 @@ _READ_WHEN_QUIET = """([quietMs, maxMs]) => {
 
 class RenderFailed(PageFailed):
     """One page could not be rendered (navigation error, timeout, browser crash)."""
+
+
+class BrowserLaunchFailed(RenderFailed):
+    """Chromium could not be started for this crawl: not an executable, its launch failed, or Playwright's driver
+    did not start. Every page that needs the browser fails the same way, so the crawl reports `cause` once for the
+    run (CrawlStats.browser_error) rather than as many unrelated page failures."""
+
+    def __init__(self, cause: str) -> None:
+        super().__init__("(browser)", cause)
+        self.cause = cause
 
 
 class _RenderBudget:
@@ -238,6 +253,8 @@ class BrowserRenderer:
         self.quiet_s = quiet_s
         self.max_chars = max_chars
         self.launches = 0
+        self.launch_failures = 0  # in a row; reset by a launch that works
+        self.launch_error: str | None = None  # why the last launch failed, as the run's warning says it
         # Requests of pages refused in the route handler (by host)...
         self.refused: Counter[str] = Counter()
         # ...and connections refused by the proxy: redirect hops, but also Chromium's own background
@@ -262,15 +279,23 @@ class BrowserRenderer:
             if self._browser is not None and self._browser.is_connected():
                 return
             await self._shutdown()
+            if self.gave_up and self.launch_error is not None:
+                raise BrowserLaunchFailed(self.launch_error)
             if not browser_available(self.executable_path):
-                raise RenderFailed("(browser)", f"{MISSING_BROWSER} (not an executable: {self.executable_path!r})")
+                raise BrowserLaunchFailed(f"{MISSING_BROWSER} (not an executable: {self.executable_path!r})")
             from playwright.async_api import async_playwright
 
             use_node_compile_cache()
             self._proxy = GuardProxy(allow_private_networks=self.allow_private_networks, refused=self.proxy_refused,
                                      book=self._guard.book)
             proxy_url = await self._proxy.start()
-            self._playwright = await async_playwright().start()
+            try:
+                self._playwright = await async_playwright().start()
+            except Exception as exc:
+                await self._shutdown()
+                # The driver's own error goes to this process's stderr; the exception only says the pipe closed.
+                cause = await asyncio.to_thread(driver_problem) or _first_line(exc)
+                raise self._launch_failed(f"Playwright's driver did not start: {cause}") from exc
             try:
                 self._browser = await self._playwright.chromium.launch(
                     executable_path=self.executable_path,
@@ -289,11 +314,25 @@ class BrowserRenderer:
                 await self._context.add_init_script(_READ_WHEN_QUIET_INIT)
             except Exception as exc:
                 await self._shutdown()
-                raise RenderFailed(
-                    "(browser)", f"could not launch Chromium at {self.executable_path}: {_first_line(exc)}"
+                raise self._launch_failed(
+                    f"could not launch Chromium at {self.executable_path}: {launch_failure_cause(exc)}"
                 ) from exc
             self.launches += 1
+            self.launch_failures = 0
             log.info("launched Chromium %s for rendering", self.executable_path)
+
+    @property
+    def gave_up(self) -> bool:
+        """True once launches have failed MAX_LAUNCH_ATTEMPTS times in a row: renders now fail at once."""
+        return self.launch_failures >= MAX_LAUNCH_ATTEMPTS
+
+    def _launch_failed(self, cause: str) -> BrowserLaunchFailed:
+        """Count a failed launch and keep its cause; logged once per crawl, not once per page."""
+        self.launch_failures += 1
+        if cause != self.launch_error:
+            log.warning("the browser could not start: %s", cause)
+        self.launch_error = cause
+        return BrowserLaunchFailed(cause)
 
     async def _guard_verdict(self, url: str) -> str | None:
         """None if the SSRF guard allows `url`, else its refusal message (cached per scheme+host)."""
@@ -536,6 +575,39 @@ class _NetworkWatch:
     def quiet_for(self, now: float) -> float:
         """Seconds since the network went quiet (0 while a request is in flight)."""
         return 0.0 if self.in_flight else max(0.0, now - self.last_change)
+
+
+def launch_failure_cause(exc: BaseException) -> str:
+    """What a person needs from a failed launch: Playwright's first line plus what the browser printed on stderr
+    (e.g. "error while loading shared libraries: ..."), without the long command line and call log."""
+    text = str(exc)
+    first = _first_line(exc).removeprefix("BrowserType.launch: ")
+    said = [line.split("[err] ", 1)[1].strip() for line in text.splitlines() if "][err] " in line]
+    said = list(dict.fromkeys(line for line in said if line))[-3:]  # the browser log and the call log both hold them
+    return f"{first}; the browser printed: {' / '.join(said)}"[:600] if said else first
+
+
+def driver_problem() -> str | None:
+    """Why Playwright's driver (its bundled Node.js) cannot start here, from its own stderr; None if it starts.
+
+    Run on a failed start only: Playwright's exception says nothing but "Connection closed while reading from the
+    driver", while the cause (e.g. `libatomic.so.1: cannot open shared object file`) goes to stderr."""
+    try:
+        from playwright._impl._driver import compute_driver_executable, get_driver_env
+
+        node, cli = compute_driver_executable()
+        done = subprocess.run([node, cli, "--version"], capture_output=True, text=True, timeout=60,
+                              env=get_driver_env())
+    except subprocess.TimeoutExpired:
+        return "the driver did not answer `--version` within 60 s"
+    except Exception as exc:  # noqa: BLE001 - no driver at all, not executable, ...: that is the answer
+        return _first_line(exc)
+    if done.returncode == 0:
+        return None
+    lines = [line.strip() for line in (done.stderr or done.stdout).splitlines() if line.strip()]
+    loader = [line for line in lines if "error while loading shared libraries" in line]
+    detail = (loader or lines or [f"exit status {done.returncode}"])[-1]
+    return f"{node}: {detail}"[:600]
 
 
 def _first_line(exc: BaseException) -> str:

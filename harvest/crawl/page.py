@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from harvest.crawl.revalidate import Remembered, Subresource
 from harvest.errors import CrawlError
 
 if TYPE_CHECKING:
-    from harvest.crawl.revalidate import Remembered, Subresource
     from harvest.net.conditional import Validators
 
 
@@ -79,6 +79,10 @@ class CrawlStats:
     deadline_cut_in_flight: int = 0
     """URLs being fetched or rendered when `max_crawl_seconds` stopped the crawl, or fetched but not yet handed
     on (counted in `unfollowed`)."""
+    pages_unrendered: int = 0
+    """Pages that needed the browser while it could not start (in `failed_urls` too): their content is missing."""
+    browser_error: str | None = None
+    """Why the browser could not start (not installed, its launch failed, Playwright's driver did not start)."""
 
     def snapshot(self) -> CrawlStats:
         return copy.deepcopy(self)
@@ -92,3 +96,16 @@ class PageFailed(CrawlError):
         self.url = url
         self.reason = reason
         self.status = status
+
+
+def entry_for(page: Page, activities: list[dict[str, Any]]) -> Remembered | None:
+    """What to keep of a consumed page for the next crawl; None for a page that must not answer for itself
+    later (cut off by the size cap, or with no fetch time)."""
+    if page.truncated or page.fetched_at is None:
+        return None
+    return Remembered(
+        url=page.requested_url, page_url=page.url, final_url=page.final_url or page.url,
+        validators=page.validators, fetched_at=page.fetched_at, links=list(page.links),
+        pagination=list(page.pagination), rendered=page.rendered, activities=activities,
+        subresources=list(page.subresources) if page.subresources is not None else None,
+    )

@@ -13,7 +13,7 @@ and every one of those answer "as before"; a page whose scripts loaded something
 (no validators, not a GET, a failed request) is rendered again on every crawl.
 
 The crawler only reads and writes through `PageMemory`; where the memory lives (the metadata database's
-`page_cache` table, `harvest.db.page_cache`) is not its concern.
+`page_cache` table, `harvest.crawl.page_cache`) is not its concern.
 """
 
 from __future__ import annotations
@@ -21,12 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from harvest.net.conditional import Validators
-
-if TYPE_CHECKING:
-    from harvest.crawl.page import Page
 
 
 @dataclass(frozen=True)
@@ -144,16 +141,3 @@ def unchanged_since(lastmod: datetime | None, fetched_at: datetime) -> bool:
         return False
     fetched = fetched_at if fetched_at.tzinfo else fetched_at.replace(tzinfo=UTC)
     return lastmod < fetched
-
-
-def entry_for(page: Page, activities: list[dict[str, Any]]) -> Remembered | None:
-    """What to keep of a consumed page for the next crawl; None for a page that must not answer for itself
-    later (cut off by the size cap, or with no fetch time)."""
-    if page.truncated or page.fetched_at is None:
-        return None
-    return Remembered(
-        url=page.requested_url, page_url=page.url, final_url=page.final_url or page.url,
-        validators=page.validators, fetched_at=page.fetched_at, links=list(page.links),
-        pagination=list(page.pagination), rendered=page.rendered, activities=activities,
-        subresources=list(page.subresources) if page.subresources is not None else None,
-    )

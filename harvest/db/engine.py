@@ -2,7 +2,7 @@
 
 Every module of `harvest.db` opens its transactions here, so a restarting database and driver errors are
 handled the same way everywhere. `Engine` and `Connection` are importable from here for annotations by
-callers that hold a transaction open around storage work (`harvest.retention`).
+callers that hold a transaction open around storage work (`harvest.retention.policy`).
 """
 
 from __future__ import annotations

@@ -164,15 +164,6 @@ def cost_object(rows: Any) -> dict[str, Any]:
     }
 
 
-def spent_usd(engine: Engine, run_id: str) -> float:
-    """What the run has spent so far (settled cost only)."""
-    with transaction(engine) as connection:
-        total = connection.execute(
-            sa.select(sa.func.coalesce(sa.func.sum(run_ledger.c.cost_usd), 0.0)).where(run_ledger.c.run_id == run_id)
-        ).scalar()
-    return float(total or 0.0)
-
-
 def costs_since(engine: Engine, *, since: datetime | None = None, url: str | None = None) -> list[dict[str, Any]]:
     """Per run (newest first): id, url, status, started_at, activities, cost_usd, reserved_usd, released_usd and
     usage, for runs started at or after `since` and of `url` when given."""

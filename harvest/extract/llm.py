@@ -21,7 +21,6 @@ from pydantic import BaseModel
 
 from harvest.cost import Counter, Meter, Reservation, tokens_from_chars
 from harvest.errors import ExtractionError, OverBudgetError
-from harvest.extract.page import page_text as visible_text
 from harvest.extract.text import absolute_http_url, clean_text, format_address
 from harvest.models import Location, RawActivity
 
@@ -111,7 +110,7 @@ def _string(value: Any, max_chars: int = MAX_FIELD_CHARS) -> str | None:
 
 
 class AnswerCache(Protocol):
-    """Where answers to identical prompts are kept (harvest.db.caches.LLMAnswerCache)."""
+    """Where answers to identical prompts are kept (harvest.extract.answers.LLMAnswerCache)."""
 
     def get(self, key: str) -> str | None: ...
     def put(self, key: str, model: str, answer: str) -> None: ...
@@ -189,11 +188,6 @@ class LLMExtractor:
                      max(MIN_HELD_OUTPUT_TOKENS, HELD_OUTPUT_FACTOR * estimate[Counter.chat_output_tokens]))
         held_input = -(-prompt.sent_bytes // HELD_INPUT_BYTES_PER_TOKEN)
         return {Counter.chat_requests: 1, Counter.chat_input_tokens: held_input, Counter.chat_output_tokens: output}
-
-    def extract_page(self, html: str | bytes, url: str) -> list[RawActivity]:
-        """Activities in a fetched page: its visible text plus image references, bounded, then `extract`."""
-        # One character over the limit lets `messages` tell the model the text was cut.
-        return self.extract(visible_text(html, self.max_input_chars + 1, image_refs=True), url)
 
     def extract(self, page_text: str, url: str) -> list[RawActivity]:
         """Activities the model finds in `page_text` (from `url`); [] for an empty page without a call."""

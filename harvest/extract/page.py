@@ -114,8 +114,9 @@ def _strip_invisible(tree: lxml.html.HtmlElement) -> None:
 def page_text(html: str | bytes, max_chars: int = DEFAULT_TEXT_CHARS, *, image_refs: bool = False) -> str:
     """The page's visible text (title first), scripts/styles removed, at most `max_chars` characters.
 
-    This is what the LLM extractor reads (with `image_refs=True`, see LLMExtractor.extract_page),
-    so it is bounded here and again by the extractor.
+    This is what the LLM extractor reads (the crawl stage hands it to LLMExtractor.extract), so it is bounded
+    here and again by the extractor. With `image_refs`, images are named in the text too (no caller asks for
+    that yet: it would change every prompt, and so the answers cached by prompt).
     """
     tree = parse_html(html)
     if tree is None:

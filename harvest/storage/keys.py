@@ -63,7 +63,7 @@ def chunk_result_step(step: str) -> str:
 
 def combined_result_step() -> str:
     """The result step of a map joined from chunks: keyed by the chunk layout it was joined from (how many chunks
-    of the settings' size and most: the count follows the records that cost a request, harvest.stages.fan_out)."""
+    of the settings' size and most: the count follows the records that cost a request, harvest.enrich.fan_out)."""
     return ("{parameters[kind]}-{parameters[chunks]}of{parameters[chunk_size]}x{parameters[max_chunks]}"
             + f"-v{CHUNKED_RESULTS_VERSION}")
 

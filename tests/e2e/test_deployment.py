@@ -40,13 +40,13 @@ PREFECT = str(BIN / "prefect")
 POOL = "harvest-process"
 DOCKER_POOL = "harvest-docker"
 DEPLOYMENT = "scrape-website/default"
-# Every deployment in prefect.yaml: name → (work pool, cron schedules).
+# Every deployment in prefect.yaml: name → (work pool, cron schedules, concurrency limit and strategy).
 DEPLOYMENTS = {
-    "scrape-website/default": (POOL, []),
-    "scrape-website/docker": (DOCKER_POOL, []),
-    "scrape-website/git": (POOL, []),
-    "import-run/manual": (POOL, []),
-    "sweep-expired/nightly": (POOL, ["0 3 * * *"]),
+    "scrape-website/default": (POOL, ["0 1 * * *"], (4, "ENQUEUE")),
+    "scrape-website/docker": (DOCKER_POOL, ["0 1 * * *"], (4, "ENQUEUE")),
+    "scrape-website/git": (POOL, ["0 1 * * *"], (4, "ENQUEUE")),
+    "import-run/manual": (POOL, [], None),
+    "sweep-expired/nightly": (POOL, ["0 3 * * *"], (1, "CANCEL_NEW")),
 }
 ARTIFACTS_DIR = Path(__file__).resolve().parent / "artifacts"
 SCREENSHOT = ARTIFACTS_DIR / "flow-run-summary.png"
@@ -198,6 +198,15 @@ def run_row(db_url: str, run_id: str) -> dict[str, Any] | None:
         return dict(row) if row else None
 
 
+def settled_row(db_url: str, run_id: str, timeout: float = 30) -> dict[str, Any] | None:
+    """The run row once its hook has settled its retention: a flow run is Completed (what `--watch` waits for)
+    before its on_completion hook runs. None when the run has no row."""
+    if run_row(db_url, run_id) is None:
+        return None
+    return wait_for(lambda: (row := run_row(db_url, run_id)) and row["retention"] != "pending" and row, timeout,
+                    f"the completion hook to settle run {run_id}")
+
+
 def file_rows(db_url: str, run_id: str) -> dict[str, dict[str, Any]]:
     with get_engine(db_url).begin() as connection:
         rows = connection.execute(sa.select(run_files).where(run_files.c.run_id == run_id)).mappings()
@@ -207,14 +216,27 @@ def file_rows(db_url: str, run_id: str) -> dict[str, dict[str, Any]]:
 def test_deploy_all_creates_every_deployment(stack) -> None:  # noqa: ANN001
     """`prefect --no-prompt deploy --all` ran unattended (in the fixture) and created all five deployments."""
     print(f"deploy --all {stack.timings['deploy_s']:.1f}s")
-    for name, (pool, crons) in DEPLOYMENTS.items():
+    for name, (pool, crons, limit) in DEPLOYMENTS.items():
         deployment = stack.api("GET", f"/deployments/name/{name}")
         assert deployment["work_pool_name"] == pool, name
         assert deployment["description"], name  # shown in the UI
         assert sorted(s["schedule"].get("cron") for s in deployment["schedules"]) == crons, name
+        held = (deployment["global_concurrency_limit"] or {}).get("limit")
+        strategy = (deployment["concurrency_options"] or {}).get("collision_strategy")
+        assert (held, strategy) == (limit or (None, None)), name
+        if name.startswith("scrape-website/"):
+            # The nightly re-crawl: its own parameters, paused as shipped; the shared config (a YAML anchor).
+            (schedule,) = deployment["schedules"]
+            assert (schedule["active"], schedule["slug"]) == (False, "nightly-example-org"), name
+            assert schedule["parameters"]["url"] == "https://example.org/"
+            assert schedule["parameters"]["config"] == {**deployment["parameters"]["config"], "auto_import": True}
+            assert deployment["parameters"]["config"]["max_pages"] == 150
     nightly = stack.api("GET", "/deployments/name/sweep-expired/nightly")
     (schedule,) = nightly["schedules"]
     assert schedule["active"] and schedule["schedule"]["timezone"] == "UTC"
+    # A paused schedule makes no runs: the only scheduled runs are the sweep's.
+    scheduled = stack.api("POST", "/flow_runs/filter", json={"flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}})
+    assert {run["deployment_id"] for run in scheduled} <= {nightly["id"]}
     docker = stack.api("GET", "/deployments/name/scrape-website/docker")
     assert docker["job_variables"]["image"] == "harvest:latest"
     assert docker["pull_steps"] == [{"prefect.deployments.steps.set_working_directory": {"directory": "/app"}}]
@@ -242,7 +264,7 @@ def test_deployed_run_completes_and_records_its_deployment(stack, worker, harves
     assert deployment["name"] == "default" and deployment["work_pool_name"] == POOL
 
     db_url = harvest_env["HARVEST_DATABASE_URL"]
-    row = run_row(db_url, flow_run_id)
+    row = settled_row(db_url, flow_run_id)
     assert row is not None, "the flow run recorded no scrape_runs row"
     assert (row["status"], row["retention"]) == ("completed", "kept")  # auto_import is false: kept for review
     assert row["import_summary"] is None
@@ -492,7 +514,7 @@ def test_cancelled_and_sigkilled_deployed_runs_keep_their_files(
     assert retried.returncode == 0, retried.stdout + retried.stderr
     assert _final_state(stack, kill_id, 120, "the retried flow run to finish") == "COMPLETED", stack.log_tail("worker")
     print(f"prefect flow-run retry → Completed {time.monotonic() - started:.1f}s")
-    row = run_row(db_url, kill_id)
+    row = settled_row(db_url, kill_id)
     assert (row["status"], row["retention"], row["error"]) == ("completed", "kept", None)
     after = openai_server.stats()
     assert after.get("batches.create") == before.get("batches.create") == 2  # no second batch for the killed run

@@ -170,8 +170,8 @@ def test_harvest_log_lines_from_dask_worker_processes_reach_their_task_run_once(
 ) -> None:
     """A `harvest` logger line logged in a Dask worker process reaches the task run it was logged in, once.
 
-    The line: `harvest.embeddings` at INFO when the embeddings batch is submitted (harvest_env takes the batch
-    path), inside the submit-embeddings-batch task, which runs in one of the 2 worker processes."""
+    The line: `harvest.enrich.embeddings.batch` at INFO when the embeddings batch is submitted (harvest_env takes the batch
+    path), inside the embeddings_submit task, which runs in one of the 2 worker processes."""
     env = {**harvest_env, "HARVEST_TASK_RUNNER": "dask", "HARVEST_DASK_PROCESSES": "2", "PREFECT_LOGGING_LEVEL": "INFO"}
     done = harvest(stack, env, "scrape", f"{demo_site.base_url}/?site=logs", "--max-pages", "20",
                    "--max-extractions", "5", "--json")
@@ -182,11 +182,11 @@ def test_harvest_log_lines_from_dask_worker_processes_reach_their_task_run_once(
     assert row["steps"]["embeddings_submit"]["processes"] != [f"{row['host']}:{row['pid']}"]  # in a worker process
 
     task_runs = stack.api("POST", "/task_runs/filter", json={"flow_runs": {"id": {"any_": [run_id]}}, "limit": 200})
-    (submit,) = [run for run in task_runs if run["name"].startswith("submit-embeddings-batch")]
+    (submit,) = [run for run in task_runs if run["name"].startswith("embeddings_submit")]
 
     def submitted() -> list[dict[str, Any]]:
         return [log for log in flow_run_logs(stack, run_id)
-                if log["name"] == "harvest.embeddings" and "submitted for file" in log["message"]]
+                if log["name"] == "harvest.enrich.embeddings.batch" and "submitted for file" in log["message"]]
 
     # The worker process sends its lines in batches, the last at exit: once the process that logged the line has
     # exited and the line is in, any copy (sent with it, from the same process) is in too. No waiting for a copy.
@@ -249,8 +249,9 @@ def ran_by(stack: Stack, workers: dict[str, Any], flow_run_id: str) -> list[str]
     submitting it; the server lets one move it to Pending, and the other logs "Aborted submission" (Prefect's
     workers/base.py): that one did not run it."""
     def ran(log: str) -> bool:
-        return (f"submitting flow run '{flow_run_id}'" in log
-                and f"Aborted submission of flow run '{flow_run_id}'" not in log)
+        # Counted, not just found: a worker that lost the race for a run may later run its retry.
+        return (log.count(f"submitting flow run '{flow_run_id}'")
+                > log.count(f"Aborted submission of flow run '{flow_run_id}'"))
 
     return [name for name in workers if ran(stack.log_tail(name, chars=10_000_000))]
 

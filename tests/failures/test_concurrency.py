@@ -2,7 +2,7 @@
 URL, and no cross-talk between runs of different URLs in files, rows or cleanup.
 
 Cleanup racing a sweep (each file deleted once, nothing of a running run) is
-tests/unit/test_retention.py::test_manual_cleanup_racing_a_sweep_deletes_each_run_once_and_never_a_running_one
+tests/unit/retention/test_retention.py::test_manual_cleanup_racing_a_sweep_deletes_each_run_once_and_never_a_running_one
 (and ::test_two_sweeps_at_once_handle_each_run_exactly_once); the database rule itself is
 ::test_one_running_run_per_url_is_enforced_by_the_database.
 """

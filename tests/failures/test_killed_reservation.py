@@ -18,7 +18,7 @@ from harvest.cost import Counter, Meter
 from harvest.db import runs
 from harvest.db.engine import utcnow
 from harvest.db.ledger import RunBook, run_cost
-from harvest.retention import RetentionPolicy, reconcile_run, sweep
+from harvest.retention.policy import RetentionPolicy, reconcile_run, sweep
 from tests.helpers import CliOutcome, run_cli
 
 DATABASES = ["sqlite", "postgres"]  # every test taking `engine` runs on both (tests/conftest.py)

@@ -2,9 +2,9 @@
 the demo site and the local OpenAI wire-protocol server, driven by the real `openai` SDK).
 
 Already covered elsewhere, not repeated here: the SDK's backoff on 429/500 for `files.create`,
-`batches.create` and the synchronous `/v1/embeddings` (tests/unit/test_embeddings.py), a batch that ends
+`batches.create` and the synchronous `/v1/embeddings` (tests/unit/enrich/embeddings/test_embeddings.py), a batch that ends
 `failed` in a flow run (tests/flows/test_scrape_flow.py::test_failed_batch_completes_without_embeddings_and_says_so),
-and per-line parsing of error/expired/non-finite lines (tests/unit/test_embeddings.py).
+and per-line parsing of error/expired/non-finite lines (tests/unit/enrich/embeddings/test_embeddings.py).
 """
 
 from __future__ import annotations

@@ -24,13 +24,13 @@ import sqlalchemy as sa
 
 from harvest.db import runs as run_rows
 from harvest.db.engine import get_engine, utcnow
-from harvest.db.retention import FILES_KEPT
 from harvest.db.schema import activities, scrape_runs
-from harvest.diff import digest_key
+from harvest.diff.compare import digest_key
+from harvest.enrich.join import combine_parts
 from harvest.errors import RunAlreadyRunningError
-from harvest.retention import RetentionPolicy, cleanup_run, sweep
-from harvest.stages.finish import combine_parts
-from harvest.stages.load import import_final_records, import_kept_run
+from harvest.import_.stage import import_final_records, import_kept_run
+from harvest.retention.policy import RetentionPolicy, cleanup_run, sweep
+from harvest.retention.queries import FILES_KEPT
 from harvest.storage import LocalStore, iter_jsonl, write_json, write_jsonl
 from harvest.storage.keys import image_key
 

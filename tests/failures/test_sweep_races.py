@@ -18,11 +18,11 @@ import pytest
 import sqlalchemy as sa
 
 from harvest.db import runs as run_rows
-from harvest.db.activities import import_activities
-from harvest.db.caches import cached_images, store_images
 from harvest.db.engine import utcnow
-from harvest.diff import digest_key
-from harvest.retention import RetentionPolicy, cleanup_run, sweep
+from harvest.diff.compare import digest_key
+from harvest.enrich.images.cache import cached_images, store_images
+from harvest.import_.activities import import_activities
+from harvest.retention.policy import RetentionPolicy, cleanup_run, sweep
 from harvest.storage import LocalStore, write_json, write_jsonl
 from harvest.storage.base import ObjectInfo
 
@@ -162,7 +162,7 @@ def chunked_run(engine, store, chunks: int = 3) -> str:  # noqa: ANN001
 
 
 def test_5_combine_survives_a_failed_part_delete_and_a_resume_after_it(engine, store) -> None:  # noqa: ANN001
-    from harvest.stages.finish import combine_parts
+    from harvest.enrich.join import combine_parts
 
     run_id = chunked_run(engine, store)
     hooked = HookedStore(store)
@@ -181,7 +181,7 @@ def test_5_combine_survives_a_failed_part_delete_and_a_resume_after_it(engine, s
 
 
 def test_5_collected_embeddings_survive_a_failed_prefill_delete(engine, store) -> None:  # noqa: ANN001
-    from harvest.stages.finish import collected_embeddings, drop_prefill
+    from harvest.enrich.embeddings.resume import collected_embeddings, drop_prefill
 
     run_id = start_run(engine, store)
     prefill = write_jsonl(store, f"runs/{run_id}/embeddings_prefill.jsonl", "embeddings_prefill", [{"id": "a"}])
@@ -342,7 +342,7 @@ def test_9_the_heartbeat_thread_beats_while_running_and_stops_after(engine, stor
 
 
 def test_11_an_expiry_during_a_manual_import_waits_for_it(engine, store) -> None:  # noqa: ANN001
-    from harvest.stages.load import import_kept_run
+    from harvest.import_.stage import import_kept_run
 
     run_id = finished_run(engine, store, "https://import.example/", days=1 / 48)  # expires in 30 minutes
     final = write_jsonl(store, f"runs/{run_id}/final.jsonl", "final_jsonl",
@@ -370,7 +370,7 @@ def test_11_an_expiry_during_a_manual_import_waits_for_it(engine, store) -> None
 
 def test_11_a_database_error_part_way_still_records_what_was_imported(engine, store) -> None:  # noqa: ANN001
     from harvest.errors import DatabaseError
-    from harvest.stages.load import import_final_records
+    from harvest.import_.stage import import_final_records
 
     run_id = finished_run(engine, store, "https://partial.example/")
     records = [final_record(store, None, f"P{n:04d}") for n in range(1200)]  # three COPY batches of 500
@@ -395,7 +395,7 @@ def test_11_a_database_error_part_way_still_records_what_was_imported(engine, st
 
 
 def test_11_cleanup_never_deletes_a_pinned_runs_files(engine, store) -> None:  # noqa: ANN001
-    from harvest.db.retention import set_pinned
+    from harvest.retention.queries import set_pinned
 
     run_id = finished_run(engine, store, "https://pinned.example/")
     set_pinned(engine, run_id, True)

@@ -40,7 +40,7 @@ def cli(args: list[str], env: dict[str, str], tmp_path: Path) -> dict:
 def test_a_run_records_what_the_services_reported_and_an_unchanged_rerun_costs_nothing(
     harvest_env, demo_site, openai_server, geocoder_server, tmp_path
 ) -> None:
-    from harvest.cost.estimate import estimate_run
+    from harvest.estimate import estimate_run
 
     url = demo_site.base_url + "/"
     limits = {"max_pages": 200, "max_extractions": 1000}

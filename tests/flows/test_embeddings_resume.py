@@ -1,7 +1,7 @@
 """An embeddings batch is paid for once per run. A submit task that runs again collects the batch an earlier
 attempt submitted instead of submitting another: recorded in the run row (the worker killed before Prefect
-stored the task's result: harvest.stages.finish.submitted_batch), or only created at OpenAI (killed before the
-row recorded it: found by the run's id in its metadata, harvest.embeddings.find_run_batch).
+stored the task's result: harvest.enrich.join.submitted_batch), or only created at OpenAI (killed before the
+row recorded it: found by the run's id in its metadata, harvest.enrich.embeddings.batch.find_run_batch).
 
 The tasks' own functions run inside a flow, twice, as the retry of a resumed run would run them: against
 Postgres, the S3 stand-in and the OpenAI stand-in (Files + Batches over HTTP)."""
@@ -37,8 +37,10 @@ def _standardized(run_id: str, count: int) -> FileRef:
 
 @flow
 def _submit_twice_then_collect(run_id: str, standardized: FileRef) -> tuple:
-    from flows.tasks import poll_embeddings_batch, submit_embeddings_batch
+    from flows.tasks import collect_task, submit_task
+    from harvest.enrich.embeddings.enrichment import EMBEDDINGS
 
+    submit_embeddings_batch, poll_embeddings_batch = submit_task(EMBEDDINGS), collect_task(EMBEDDINGS)
     first = submit_embeddings_batch.fn(run_id, standardized, MODEL)
     again = submit_embeddings_batch.fn(run_id, standardized, MODEL)  # the attempt after the worker died
     files = poll_embeddings_batch.fn(run_id, standardized, again)
@@ -70,7 +72,8 @@ def test_a_batch_created_but_never_recorded_is_found_by_its_run_and_collected(
     harvest_env, openai_server, tmp_path
 ) -> None:
     from flows.resources import resources
-    from harvest.embeddings import make_openai_client, submit_batch, write_batch_input
+    from harvest.enrich.embeddings.batch import submit_batch, write_batch_input
+    from harvest.net.openai_client import make_openai_client
 
     openai_server.configure(polls_until_complete=1)
     engine = resources().engine
@@ -88,8 +91,10 @@ def test_a_batch_created_but_never_recorded_is_found_by_its_run_and_collected(
 
     @flow
     def submit_and_collect() -> tuple:
-        from flows.tasks import poll_embeddings_batch, submit_embeddings_batch
+        from flows.tasks import collect_task, submit_task
+        from harvest.enrich.embeddings.enrichment import EMBEDDINGS
 
+        submit_embeddings_batch, poll_embeddings_batch = submit_task(EMBEDDINGS), collect_task(EMBEDDINGS)
         batch = submit_embeddings_batch.fn(run_id, standardized, MODEL)
         return batch, poll_embeddings_batch.fn(run_id, standardized, batch)
 
@@ -104,7 +109,7 @@ def test_a_batch_created_but_never_recorded_is_found_by_its_run_and_collected(
 
 def test_a_submission_for_another_model_is_not_reused(harvest_env, openai_server) -> None:
     from flows.resources import resources
-    from harvest.stages.finish import submitted_batch
+    from harvest.enrich.embeddings.resume import submitted_batch
 
     engine = resources().engine
     run_id = str(uuid.uuid4())
@@ -113,8 +118,10 @@ def test_a_submission_for_another_model_is_not_reused(harvest_env, openai_server
 
     @flow
     def submit_once() -> object:
-        from flows.tasks import submit_embeddings_batch
+        from flows.tasks import submit_task
+        from harvest.enrich.embeddings.enrichment import EMBEDDINGS
 
+        submit_embeddings_batch = submit_task(EMBEDDINGS)
         return submit_embeddings_batch.fn(run_id, standardized, MODEL)
 
     batch = submit_once()

@@ -58,7 +58,7 @@ def test_an_unchanged_rerun_makes_no_api_call_and_downloads_no_image(
                                                       include_deleted=True)}
     assert {"embeddings", "embeddings_index"} <= kinds and "embeddings_prefill" not in kinds, kinds
     assert "batch_id" not in steps["embeddings_submit"]["details"]
-    assert "poll-embeddings-batch" not in task_names(second.run_id)
+    assert "embeddings" not in task_names(second.run_id)
     # The pages themselves: revalidated (304) or skipped by the sitemap's <lastmod>, never downloaded or
     # extracted again (issue 15); robots.txt and the sitemap are the only documents sent in full.
     crawl = steps["crawl"]["details"]

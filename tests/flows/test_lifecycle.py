@@ -199,8 +199,9 @@ def test_sweep_cli_reconciles_and_expires_and_dry_run_changes_nothing(harvest_en
 
 _GATE_CHILD = """
 import sys, time
-from flows.limits import geocoder_gate
-gate = geocoder_gate()
+from flows.limits import gate as gate_of
+from harvest.enrich.geocode.enrichment import GEOCODING
+gate = gate_of(GEOCODING.limit)
 assert gate is not None, "the child does not see the shared limit"
 print("ready", flush=True)
 sys.stdin.readline()
@@ -222,7 +223,10 @@ def test_the_shared_geocoder_rate_limit_spaces_calls_across_processes(harvest_en
     from prefect.server.api.server import SubprocessASGIServer
 
     from blocks.register import register_limits
-    from flows.limits import GEOCODER_LIMIT, OPENAI_LIMIT, geocoder_gate, openai_slot
+    from flows.limits import gate as gate_of
+    from flows.limits import slot
+    from harvest.enrich.embeddings.enrichment import EMBEDDINGS, OPENAI_LIMIT
+    from harvest.enrich.geocode.enrichment import GEOCODER_LIMIT, GEOCODING
     from harvest.settings import HarvestSettings
 
     with get_client(sync_client=True) as client:
@@ -231,7 +235,7 @@ def test_the_shared_geocoder_rate_limit_spaces_calls_across_processes(harvest_en
                 client.delete_global_concurrency_limit_by_name(name)
             except Exception:  # noqa: BLE001 - absent is what we want
                 pass
-    assert geocoder_gate() is None, "no limit configured: no API round trip per call"
+    assert gate_of(GEOCODING.limit) is None, "no limit configured: no API round trip per call"
 
     rate, calls = 5.0, 4
     done = register_limits(HarvestSettings(geocoder_rate_per_second=rate, openai_max_concurrent=2))
@@ -246,7 +250,7 @@ def test_the_shared_geocoder_rate_limit_spaces_calls_across_processes(harvest_en
     try:
         assert child.stdout is not None and child.stdin is not None
         assert child.stdout.readline().strip() == "ready", child.stderr.read() if child.stderr else ""
-        gate = geocoder_gate()
+        gate = gate_of(GEOCODING.limit)
         assert gate is not None
         mine: list[float] = []
 
@@ -266,7 +270,7 @@ def test_the_shared_geocoder_rate_limit_spaces_calls_across_processes(harvest_en
         # 2 × calls through one gate at `rate`/s span at least (2 × calls − 1)/rate s, less one slot of slack;
         # two separate limits would let both processes finish in (calls − 1)/rate s.
         assert stamps[-1] - stamps[0] >= (2 * calls - 2) / rate, [round(t - stamps[0], 3) for t in stamps]
-        with openai_slot():
+        with slot(EMBEDDINGS.limit):
             with get_client(sync_client=True) as client:
                 assert client.read_global_concurrency_limit_by_name(OPENAI_LIMIT).active_slots == 1
         again = register_limits(HarvestSettings(geocoder_rate_per_second=rate, openai_max_concurrent=2))

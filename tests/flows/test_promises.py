@@ -165,7 +165,7 @@ def test_a_failed_cleanup_is_cleanup_failed_and_the_next_sweep_finishes_it(
 ) -> None:
     from blocks.storage import resolve_store
     from flows.resume import resume_flow_run
-    from harvest.retention import RetentionPolicy, sweep
+    from harvest.retention.policy import RetentionPolicy, sweep
     from harvest.settings import get_settings
 
     root = _local_storage(monkeypatch, tmp_path / "store")
@@ -246,7 +246,8 @@ def test_the_flow_takes_the_global_geocoder_rate_and_openai_slot(
     from prefect.concurrency.sync import concurrency
 
     from blocks.register import register_limits
-    from flows.limits import GEOCODER_LIMIT, OPENAI_LIMIT
+    from harvest.enrich.embeddings.enrichment import OPENAI_LIMIT
+    from harvest.enrich.geocode.enrichment import GEOCODER_LIMIT
     from harvest.settings import HarvestSettings
 
     rate = 4.0

@@ -18,7 +18,7 @@ def submitted_lines(client: Any, flow_run_id: UUID) -> list[Any]:
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
     logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
-    return [log for log in logs if log.name == "harvest.embeddings" and "submitted for file" in log.message]
+    return [log for log in logs if log.name == "harvest.enrich.embeddings.batch" and "submitted for file" in log.message]
 
 
 @pytest.mark.parametrize("runner", ["threads", "dask"])
@@ -43,7 +43,7 @@ def test_a_tasks_harvest_line_reaches_its_task_run_once_in_the_flows_process(har
     APILogWorker.drain_all()
     with get_client(sync_client=True) as client:
         task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-        (submit,) = [run for run in task_runs if run.name.startswith("submit-embeddings-batch")]
+        (submit,) = [run for run in task_runs if run.name.startswith("embeddings_submit")]
         lines = submitted_lines(client, flow_run_id)
     assert len(lines) == 1, [(line.task_run_id, line.message) for line in lines]
     assert (lines[0].task_run_id, lines[0].level) == (submit.id, logging.INFO)

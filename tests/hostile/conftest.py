@@ -12,9 +12,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from harvest.crawl import CrawlOptions, crawl
-from harvest.models import RunConfig
 from testkit.hostile_site import HostileSite
+from tests.crawl_harness import crawl_runner
 from tests.hostile.support import UA, CrawlResult, make_config
 
 _real_connect = socket.socket.connect
@@ -85,16 +84,6 @@ def public_proxy(site: HostileSite, monkeypatch: pytest.MonkeyPatch) -> HostileS
 @pytest.fixture
 def run_crawl() -> Callable[..., CrawlResult]:
     """Crawl to the end (plain HTTP, loopback allowed unless told otherwise, short timeouts)."""
-
-    def run(start_url: str, config: RunConfig | None = None, **options: object) -> CrawlResult:
-        kwargs: dict[str, object] = {
-            "browser_path": None, "user_agent": UA, "allow_private_networks": True, "per_host_concurrency": 4,
-            "timeout_s": 2.0, "backoff_s": 0.02, "retries": 1,
-        }
-        kwargs.update(options)
-        callbacks = {name: kwargs.pop(name) for name in ("needs_browser", "on_progress") if name in kwargs}
-        with crawl(start_url, config or make_config(), CrawlOptions(**kwargs), **callbacks) as running:  # type: ignore[arg-type]
-            pages = list(running)
-            return CrawlResult(pages, running.stats)
-
-    return run
+    return crawl_runner({"browser_path": None, "user_agent": UA, "allow_private_networks": True,
+                         "per_host_concurrency": 4, "timeout_s": 2.0, "backoff_s": 0.02, "retries": 1},
+                        config_for=make_config)

@@ -16,9 +16,9 @@ from urllib.parse import urlsplit
 import pytest
 
 from harvest.crawl.page import CrawlStats, Page
+from harvest.crawl.stage import collect_raw_activities
 from harvest.models import RunConfig
 from harvest.settings import HarvestSettings
-from harvest.stages.collect import collect_raw_activities
 from harvest.storage.local import LocalStore
 from testkit.hostile_site import HostileSite, LoopbackHandler, drip, stall
 from tests.hostile.support import make_config

@@ -28,8 +28,8 @@ import pytest
 
 from harvest.crawl.guard_proxy import GuardProxy
 from harvest.crawl.http_fetch import FetchFailed, HttpFetcher
+from harvest.enrich.images.client import Validators, fetch_image_if_changed
 from harvest.errors import ImageError
-from harvest.images import Validators, fetch_image_if_changed
 from harvest.settings import HarvestSettings
 from testkit.hostile_site import HostileSite
 from tests.helpers import self_signed_certificate

@@ -1,7 +1,7 @@
-"""Hostile images through the real image stage (harvest/stages/images.py → harvest/images.py): each bad image
+"""Hostile images through the real image stage (harvest/enrich/images/stage.py → harvest/enrich/images/client.py): each bad image
 becomes that activity's recorded error and a stage warning; the good images of the same run are stored.
 
-The single-function versions of most cases are in tests/unit/test_images.py; here they run together in one
+The single-function versions of most cases are in tests/unit/enrich/images/test_images.py; here they run together in one
 stage, as a run meets them, plus the cases that one could not show: a 30,000 × 30,000 PNG header with no
 pixel data at all (caught by harvest's limit, and by Pillow's own guard when harvest's is set too high), SVG
 under a generic or lying content type, and a redirect to a URL the guard cannot parse.
@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from harvest.enrich.images.client import to_webp
+from harvest.enrich.images.stage import process_images
 from harvest.errors import ImageError
-from harvest.images import to_webp
 from harvest.models import Activity, Location
 from harvest.settings import HarvestSettings
-from harvest.stages.images import process_images
 from harvest.storage import LocalStore, iter_jsonl, write_jsonl
 from testkit.hostile_site import drip
 

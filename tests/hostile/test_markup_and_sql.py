@@ -11,13 +11,13 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from flows.artifacts import summary_markdown
-from harvest.db.activities import import_activities
 from harvest.db.engine import get_engine
 from harvest.db.schema import activities, scrape_runs
 from harvest.extract.structured import extract_structured
+from harvest.import_.activities import import_activities
+from harvest.merge.final import final_record
 from harvest.models import RunConfig
-from harvest.stages.merge import final_record
-from harvest.stages.standardize import standardize_raw_activities
+from harvest.standardize.stage import standardize_raw_activities
 from harvest.storage import LocalStore, iter_jsonl, write_jsonl
 from tests.hostile.support import make_config
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from harvest.enrich.images.client import process_activity_image
 from harvest.errors import DisallowedURLError
-from harvest.images import process_activity_image
 from harvest.storage import LocalStore
 from harvest.urls import check_fetch_allowed
 from tests.hostile.support import PUBLIC_HOST, UA, make_config, public_url

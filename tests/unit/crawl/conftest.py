@@ -11,8 +11,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from harvest.crawl import CrawlOptions, CrawlStats, FailedURL, Page, crawl
 from harvest.models import RunConfig
+from tests.crawl_harness import CrawlResult, crawl_runner, make_config
 
 UA = "harvest/0.1 (+https://github.com/harvest; test)"
 
@@ -147,32 +147,6 @@ def other_site() -> Iterator[Site]:
     thread.join(5)
 
 
-@dataclass
-class CrawlResult:
-    pages: list[Page]
-    stats: CrawlStats
-
-    @property
-    def urls(self) -> list[str]:
-        return [page.url for page in self.pages]
-
-    def paths(self) -> list[str]:
-        parts = [urlsplit(page.url) for page in self.pages]
-        return [part.path + (f"?{part.query}" if part.query else "") for part in parts]
-
-    def failed(self, path_suffix: str) -> FailedURL:
-        matches = [failure for failure in self.stats.failed_urls if failure.url.endswith(path_suffix)]
-        assert matches, f"no failed URL ending in {path_suffix}: {self.stats.failed_urls}"
-        return matches[0]
-
-
-def _make_config(**overrides: object) -> RunConfig:
-    """A RunConfig for tests: plain HTTP, generous limits unless the test says otherwise."""
-    base: dict[str, object] = {"max_pages": 50, "max_depth": 5, "render": "http"}
-    base.update(overrides)
-    return RunConfig(**base)  # type: ignore[arg-type]
-
-
 @pytest.fixture
 def ua() -> str:
     return UA
@@ -180,26 +154,11 @@ def ua() -> str:
 
 @pytest.fixture
 def cfg() -> Callable[..., RunConfig]:
-    return _make_config
+    return make_config
 
 
 @pytest.fixture
 def run_crawl() -> Callable[..., CrawlResult]:
     """Crawl to the end and collect everything (loopback allowed, no browser unless given)."""
-
-    def run(start_url: str, config: RunConfig | None = None, **kwargs: object) -> CrawlResult:
-        options: dict[str, object] = {
-            "browser_path": None,
-            "user_agent": UA,
-            "allow_private_networks": True,
-            "per_host_concurrency": 4,
-            "timeout_s": 5.0,
-            "backoff_s": 0.05,
-        }
-        options.update(kwargs)
-        callbacks = {name: options.pop(name) for name in ("needs_browser", "on_progress") if name in options}
-        with crawl(start_url, config or _make_config(), CrawlOptions(**options), **callbacks) as running:  # type: ignore[arg-type]
-            pages = list(running)
-            return CrawlResult(pages, running.stats)
-
-    return run
+    return crawl_runner({"browser_path": None, "user_agent": UA, "allow_private_networks": True,
+                         "per_host_concurrency": 4, "timeout_s": 5.0, "backoff_s": 0.05})

@@ -1,5 +1,5 @@
 """Polite incremental re-crawls (issue 15): validators, 304s and sitemap <lastmod> against real servers, with the
-page memory in a real database (SQLite here, as the embedded default; Postgres in tests/unit/test_page_cache.py)."""
+page memory in a real database (SQLite here, as the embedded default; Postgres in tests/unit/crawl/test_page_cache.py)."""
 
 from __future__ import annotations
 
@@ -16,15 +16,15 @@ import httpx
 import pytest
 
 from harvest.crawl import CrawlOptions, CrawlStats, Page, crawl
+from harvest.crawl.page import entry_for
+from harvest.crawl.page_cache import PageCache
 from harvest.crawl.revalidate import (
     Remembered,
-    entry_for,
     parse_lastmod,
     response_time,
     unchanged_since,
 )
 from harvest.db.engine import get_engine, upgrade
-from harvest.db.page_cache import PageCache
 from harvest.models import RunConfig
 from harvest.net.conditional import Validators
 from harvest.settings import BROWSER_CANDIDATES

@@ -1,0 +1,268 @@
+"""OpenAI's Batch API for a run's embeddings (half the price, no rate-limit juggling): the input file, the
+submission, the status, and the output read back line by line.
+
+Everything goes through the official ``openai`` SDK (its own retries handle 429/5xx), so any
+OpenAI-compatible endpoint, including ``testkit.openai_server``, works by base URL. No Prefect here: the
+flow decides when to submit and how long to keep polling; :func:`check_batch` only says "not yet"
+(:class:`~harvest.errors.BatchNotReadyError`) or "it ended badly" (:class:`~harvest.errors.EmbeddingError`).
+
+One activity whose vector is missing or malformed is a row with an error, never an exception: a batch of
+50,000 lines must not be thrown away for one bad line. The synchronous endpoint is in sync.py, the matrix the
+vectors are kept in in matrix.py.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Literal
+
+import numpy as np
+import openai
+
+from harvest.enrich.embeddings.api import (
+    EMBEDDINGS_ENDPOINT,
+    api_failure,
+    check_vector,
+    decode_vector,
+    embedding_text,
+    prompt_tokens,
+    supports_dimensions,
+)
+from harvest.errors import BatchNotReadyError, EmbeddingError
+from harvest.models import Activity
+
+logger = logging.getLogger(__name__)
+
+# OpenAI's Batch API limit per input file: 200 MB (and 50,000 requests).
+MAX_BATCH_BYTES = 200 * 1024 * 1024
+NOT_READY_STATUSES = {"validating", "in_progress", "finalizing", "cancelling"}
+FAILED_STATUSES = {"failed", "expired", "cancelled"}
+PARTIAL_STATUSES = {"expired", "cancelled"}  # may end with an output file of the lines done before the end
+
+
+def _request_line(activity: Activity, model: str, dimensions: int | None) -> bytes | None:
+    text = embedding_text(activity)
+    if not text:
+        return None
+    body: dict[str, Any] = {"model": model, "input": text}
+    if dimensions is not None and supports_dimensions(model):
+        body["dimensions"] = dimensions
+    line = {"custom_id": activity.id, "method": "POST", "url": EMBEDDINGS_ENDPOINT, "body": body}
+    return json.dumps(line, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+
+
+def _unique_request_lines(
+    activities: Iterable[Activity], model: str, dimensions: int | None
+) -> Iterator[tuple[str, bytes]]:
+    """(activity id, request line) per activity, lazily; a repeated id or an empty text is skipped with a
+    warning (the batch would reject a duplicate custom_id)."""
+    seen: set[str] = set()
+    for activity in activities:
+        if activity.id in seen:
+            logger.warning("embeddings: activity %s appears twice; embedding it once", activity.id)
+            continue
+        line = _request_line(activity, model, dimensions)
+        if line is None:
+            logger.warning("embeddings: activity %s has no text to embed; skipped", activity.id)
+            continue
+        seen.add(activity.id)
+        yield activity.id, line
+
+
+def write_batch_input(activities: Iterable[Activity], model: str, out: BinaryIO, *,
+                      dimensions: int | None = None, max_lines: int | None = None) -> int:
+    """Write one Batch-API request line per activity (custom_id = activity.id); returns the lines written.
+
+    Activities with nothing to embed or a repeated id are skipped with a warning (the batch would reject a
+    duplicate custom_id). With `max_lines`, at most that many activities are consumed from the iterable, so
+    calling again with the same iterator continues where the previous file stopped.
+    """
+    count = 0
+    if max_lines is not None and max_lines <= 0:
+        return count
+    for _, line in _unique_request_lines(activities, model, dimensions):
+        out.write(line)
+        count += 1
+        if max_lines is not None and count >= max_lines:
+            break
+    return count
+
+
+@dataclass(frozen=True)
+class BatchHandle:
+    """What to keep after submitting: the batch to poll and the input file to clean up."""
+
+    batch_id: str
+    input_file_id: str
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """A completed batch: where its output and error lines are."""
+
+    batch_id: str
+    status: str
+    output_file_id: str | None
+    error_file_id: str | None
+    request_counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EmbeddingRow:
+    """One line of a batch's output: a vector, or the reason there is none (custom_id None: unreadable line)."""
+
+    custom_id: str | None
+    vector: np.ndarray | None
+    error: str | None
+    tokens: int = 0  # the line's `response.body.usage.prompt_tokens`: what this line was billed for
+
+
+def submit_batch(client: openai.OpenAI, input_path: Path, *, metadata: dict[str, str],
+                 completion_window: Literal["24h"] = "24h") -> BatchHandle:
+    """Upload the input JSONL (purpose "batch") and create an embeddings batch for it."""
+    input_path = Path(input_path)
+    try:
+        size = input_path.stat().st_size
+    except OSError as exc:
+        raise EmbeddingError(f"batch input {input_path} cannot be read: {exc}") from exc
+    if size == 0:
+        raise EmbeddingError(f"batch input {input_path} is empty: nothing to embed")
+    if size > MAX_BATCH_BYTES:
+        raise EmbeddingError(f"batch input {input_path} is {size} bytes, over OpenAI's 200 MB")
+    try:
+        with input_path.open("rb") as fh:
+            uploaded = client.files.create(file=(input_path.name, fh), purpose="batch")
+    except openai.OpenAIError as exc:
+        raise api_failure(f"uploading batch input {input_path.name}", exc) from exc
+    try:
+        batch = client.batches.create(
+            input_file_id=uploaded.id, endpoint=EMBEDDINGS_ENDPOINT, completion_window=completion_window,
+            metadata=metadata,
+        )
+    except openai.OpenAIError as exc:
+        try:
+            client.files.delete(uploaded.id)
+        except openai.OpenAIError:
+            logger.warning("embeddings: could not delete orphaned input file %s", uploaded.id)
+        raise api_failure(f"creating the batch for file {uploaded.id}", exc) from exc
+    logger.info("embeddings: batch %s submitted for file %s (%d bytes)", batch.id, uploaded.id, size)
+    return BatchHandle(batch_id=batch.id, input_file_id=uploaded.id)
+
+
+def find_run_batch(client: openai.OpenAI, run_id: str, *, since: float) -> BatchHandle | None:
+    """The batch an earlier attempt of run `run_id` created (its `harvest_run_id` metadata) at or after `since`
+    (epoch seconds) and that has not ended badly, or None.
+
+    For a worker killed between OpenAI creating its batch and the run row recording it: the resumed attempt
+    finds the batch there instead of paying for the same lines again. Batches are listed newest first, so
+    the search stops at the first one older than the run. A failed lookup returns None (the caller submits:
+    a second batch costs money, a run without embeddings loses data) and logs why.
+    """
+    try:
+        for batch in client.batches.list(limit=100):  # the SDK follows the `after` cursor page by page
+            if batch.created_at < since:
+                return None
+            if (batch.metadata or {}).get("harvest_run_id") == run_id and batch.status not in FAILED_STATUSES:
+                return BatchHandle(batch_id=batch.id, input_file_id=batch.input_file_id)
+    except openai.OpenAIError as exc:
+        logger.warning("embeddings: could not look for a batch this run already submitted (%s); submitting one",
+                       api_failure("listing batches", exc))
+    return None
+
+
+def check_batch(client: openai.OpenAI, batch_id: str) -> BatchResult:
+    """The finished batch, or BatchNotReadyError while it runs, or EmbeddingError if it failed, or expired or was
+    cancelled before finishing any line. An expired/cancelled batch with an output file is returned (status
+    says so): its finished vectors are kept."""
+    try:
+        batch = client.batches.retrieve(batch_id)
+    except openai.OpenAIError as exc:
+        raise api_failure(f"retrieving batch {batch_id}", exc) from exc
+    counts = batch.request_counts
+    request_counts = {"total": counts.total, "completed": counts.completed, "failed": counts.failed} if counts else {}
+    progress = f"{request_counts.get('completed', 0)}/{request_counts.get('total', 0)} done" if counts else "no counts"
+    if batch.status in NOT_READY_STATUSES:
+        raise BatchNotReadyError(f"batch {batch_id} is {batch.status} ({progress})")
+    if batch.status in PARTIAL_STATUSES and batch.output_file_id:
+        # An expired or cancelled batch still delivers what it finished (the API's output file): paid for,
+        # so kept; the rest are lines of its error file and end up as rows without a vector.
+        logger.warning("embeddings: batch %s ended %s (%s); keeping the vectors it finished", batch_id,
+                       batch.status, progress)
+        return BatchResult(batch_id=batch.id, status=batch.status, output_file_id=batch.output_file_id,
+                           error_file_id=batch.error_file_id, request_counts=request_counts)
+    if batch.status in FAILED_STATUSES:
+        errors = [
+            (f"line {e.line}: " if e.line is not None else "") + f"{e.code or 'error'}: {e.message or ''}".strip()
+            for e in ((batch.errors.data or []) if batch.errors else [])
+        ]
+        detail = "; ".join(errors) if errors else "no error details given"
+        raise EmbeddingError(f"batch {batch_id} ended {batch.status} ({progress}): {detail}")
+    if batch.status != "completed":
+        raise EmbeddingError(f"batch {batch_id} has unknown status {batch.status!r}")
+    return BatchResult(batch_id=batch.id, status=batch.status, output_file_id=batch.output_file_id,
+                       error_file_id=batch.error_file_id, request_counts=request_counts)
+
+
+def parse_batch_line(raw: str, *, dimensions: int, line_number: int = 0) -> EmbeddingRow:
+    """One output/error file line → EmbeddingRow; never raises."""
+    try:
+        record = json.loads(raw)
+        if not isinstance(record, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as exc:
+        return EmbeddingRow(None, None, f"line {line_number}: unreadable batch output ({exc})")
+    custom_id = record.get("custom_id") if isinstance(record.get("custom_id"), str) else None
+    if custom_id is None:
+        return EmbeddingRow(None, None, f"line {line_number}: batch output line without a custom_id")
+    error = record.get("error")
+    if error:
+        if isinstance(error, dict):
+            reason = f"{error.get('code') or 'error'}: {error.get('message') or ''}".strip()
+            return EmbeddingRow(custom_id, None, reason)
+        return EmbeddingRow(custom_id, None, str(error))
+    response = record.get("response")
+    if not isinstance(response, dict):
+        response = {}
+    body = response.get("body")
+    if not isinstance(body, dict):
+        body = {}
+    status = response.get("status_code")
+    if status != 200:
+        api_error = body.get("error")
+        if not isinstance(api_error, dict):
+            api_error = {}
+        return EmbeddingRow(custom_id, None, f"HTTP {status}: {api_error.get('message') or 'request failed'}")
+    data = body.get("data")
+    if not isinstance(data, list) or not data or not isinstance(data[0], dict):
+        return EmbeddingRow(custom_id, None, "response has no embedding data")
+    try:
+        vector = decode_vector(data[0].get("embedding"))
+    except (ValueError, TypeError) as exc:
+        return EmbeddingRow(custom_id, None, f"unreadable embedding: {exc}")
+    problem = check_vector(vector, dimensions)
+    tokens = prompt_tokens(body.get("usage"))
+    return EmbeddingRow(custom_id, None, problem, tokens) if problem else EmbeddingRow(custom_id, vector, None, tokens)
+
+
+def iter_batch_results(client: openai.OpenAI, result: BatchResult, *, dimensions: int) -> Iterator[EmbeddingRow]:
+    """Stream the output file, then the error file, one row per line; a bad line is a row with an error.
+
+    Files are streamed line by line (``with_streaming_response``), so a 50,000-line output never sits in
+    memory as one string. Raises EmbeddingError only when a file cannot be downloaded at all.
+    """
+    for file_id in (result.output_file_id, result.error_file_id):
+        if not file_id:
+            continue
+        try:
+            with client.files.with_streaming_response.content(file_id) as response:
+                for number, raw in enumerate(response.iter_lines(), start=1):
+                    if raw.strip():
+                        yield parse_batch_line(raw, dimensions=dimensions, line_number=number)
+        except openai.OpenAIError as exc:
+            raise api_failure(f"downloading batch file {file_id}", exc) from exc
+
+

@@ -1,0 +1,1 @@
+"""Geocoding: each distinct address asked once, answers cached across runs (`geocoded_map.jsonl`)."""

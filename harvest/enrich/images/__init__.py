@@ -1,0 +1,1 @@
+"""Images: download, verify, resize and store each activity's primary image (`images_map.jsonl`)."""
