@@ -45,10 +45,25 @@ postgres:
 demo: venv system
 	$(BIN)/python -m testkit.demo
 
-## make test: the whole suite against real Postgres, a real S3 endpoint (moto server), Chromium and local API servers
+# make test's worker processes (pytest-xdist, one test file per worker at a time, tests/e2e on one worker): the
+# suite mostly waits on servers and subprocesses, so more workers than cores pay. `make test PYTEST_WORKERS=0`
+# runs in one process. PG_RESTART= (empty) skips the Postgres cluster-restart test while others share the server.
+PYTEST_WORKERS ?= 3
+PG_RESTART ?= 1
+XDIST = $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder)
+
+## make test: the whole suite against real Postgres, a real S3 endpoint (moto server), Chromium and local API servers;
+## the test that restarts the Postgres cluster (marker pg_restart) runs alone afterwards (with no PYTEST_ARGS)
 test: venv system postgres
 	scripts/ensure-docker.sh
-	HARVEST_TEST_DATABASE_URL=$(PG_URL) $(BIN)/pytest -q $(PYTEST_ARGS)
+	HARVEST_TEST_DATABASE_URL=$(PG_URL) $(BIN)/pytest -q $(XDIST) -m "not pg_restart" $(PYTEST_ARGS)
+	$(if $(PG_RESTART),$(if $(PYTEST_ARGS),,HARVEST_TEST_DATABASE_URL=$(PG_URL) $(BIN)/pytest -q -m pg_restart tests/failures))
+
+## make test-fast: the inner loop: the unit, hostile-input and top-level tests (no flow runs on Prefect, no e2e
+## stack, no failure scenarios)
+test-fast: venv system postgres
+	HARVEST_TEST_DATABASE_URL=$(PG_URL) $(BIN)/pytest -q $(XDIST) -m "not e2e and not pg_restart" --ignore=tests/e2e \
+		--ignore=tests/failures --ignore=tests/flows $(PYTEST_ARGS)
 
 ## make lint: ruff (style, pyflakes, bugbear, import order), mypy, and import-linter's layer contracts (pyproject.toml)
 lint: venv

@@ -178,7 +178,7 @@ def step_table(steps: dict[str, Any]) -> list[dict[str, Any]]:
 def _text(value: Any) -> str:
     """Page-controlled text (URLs, warnings quoting activity names) as inert markdown: no HTML, no links, one line."""
     text = html.escape(" ".join(str(value).split()), quote=False)
-    return re.sub(r"([\\`*_\[\]|])", r"\\\1", text)
+    return re.sub(r"([\\`*_~\[\]|])", r"\\\1", text)
 
 
 def _code(value: Any) -> str:

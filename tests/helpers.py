@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,44 @@ def reset_harvest_caches() -> None:
 
     get_settings.cache_clear()
     _cached_store.cache_clear()
+
+
+def session_prefect_api_url() -> str:
+    """The URL of this session's Prefect API: the temporary server its in-process flows use, started here if no
+    flow has started it yet. `harvest` subprocesses given it as PREFECT_API_URL talk to it, where each on a new
+    PREFECT_HOME first started and migrated a temporary server of its own (18-27 s a command on a loaded
+    machine). Tests whose point is a fresh machine (tests/test_first_run.py,
+    tests/flows/test_embedded_defaults.py) keep a home of their own."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()  # the one Prefect's ephemeral client uses in this process (no port given)
+    server.start()  # once per process
+    return server.api_url
+
+
+def run_cli(args: list[str], env: dict[str, str]) -> CliOutcome:
+    """`harvest ARGS` in this process (Typer's CliRunner) with `env` over the environment: the exit code, stdout
+    and stderr a terminal would get, without the seconds a new process spends importing Prefect. For commands
+    whose test is about what they print and return, not about the console script or a process of their own."""
+    from typer.testing import CliRunner
+
+    from harvest_cli import app
+
+    reset_harvest_caches()  # settings are read once per process: read them with `env`
+    try:
+        result = CliRunner().invoke(app, args, env=env, catch_exceptions=False)
+    finally:
+        reset_harvest_caches()
+    return CliOutcome(result.exit_code, result.stdout, result.stderr)
+
+
+@dataclass(frozen=True)
+class CliOutcome:
+    """What `run_cli` saw, named as subprocess.CompletedProcess names it, so a test reads the same either way."""
+
+    returncode: int
+    stdout: str
+    stderr: str
 
 
 def database_url(request: pytest.FixtureRequest, tmp_path: Path, kind: str) -> str:

@@ -80,7 +80,8 @@ class CrawlStats:
     """Links a limit left unfollowed: reason (max_pages, max_depth, max_extractions, max_crawl_seconds) ->
     {count, examples}."""
     deadline_cut_in_flight: int = 0
-    """URLs being fetched or rendered when `max_crawl_seconds` stopped the crawl (counted in `unfollowed`)."""
+    """URLs being fetched or rendered when `max_crawl_seconds` stopped the crawl, or fetched but not yet handed
+    on (counted in `unfollowed`)."""
     pages_unrendered: int = 0
     """Pages that needed the browser while it could not start (in `failed_urls` too): their content is missing."""
     browser_error: str | None = None

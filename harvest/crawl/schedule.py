@@ -97,8 +97,9 @@ class Dispatch:
         self.backlog.append((seq, step))
 
     def unfinished(self) -> list[str]:
-        """URLs still being fetched or rendered, or waiting to be rendered."""
-        running = [item.url for task, (_, item) in (self.in_flight | self.rendering).items() if not task.done()]
+        """URLs whose page was not accepted: still being fetched or rendered, finished but not yet taken (the
+        deadline can fall between the two: left out, they were counted nowhere), or waiting to be rendered."""
+        running = [item.url for _, item in (self.in_flight | self.rendering).values()]
         return running + [step.item.url for _, step in [*self.backlog, *self.waiting]]
 
     async def cancel(self) -> None:

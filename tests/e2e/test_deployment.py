@@ -14,11 +14,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,11 +28,9 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 
 from harvest.db.engine import get_engine
 from harvest.db.schema import run_files, scrape_runs
-from testkit.net import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -162,67 +158,6 @@ def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.3) -
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-@pytest.fixture(scope="module")
-def prefect_database(pg_url: str) -> Iterator[str]:
-    """A fresh Postgres database for the Prefect server (dropped afterwards), so runs start clean."""
-    import psycopg
-
-    url = make_url(pg_url)
-    name = f"harvest_prefect_e2e_{uuid.uuid4().hex[:10]}"
-    conninfo = dict(host=url.host, port=url.port or 5432, user=url.username, password=url.password, dbname=url.database)
-    with psycopg.connect(**conninfo, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
-    yield url.set(drivername="postgresql+asyncpg", database=name).render_as_string(hide_password=False)
-    with psycopg.connect(**conninfo, autocommit=True) as connection:
-        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@pytest.fixture(scope="module")
-def stack(prefect_database: str) -> Iterator[Stack]:
-    home = Path(tempfile.mkdtemp(prefix="harvest-e2e-"))
-    port = free_port()
-    marker = uuid.uuid4().hex
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "HARVEST_"))},
-        "PREFECT_HOME": str(home / "prefect"),
-        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-        "PREFECT_API_DATABASE_CONNECTION_URL": prefect_database,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "true",  # the UI test opens the flow run's page (first start copies its static files)
-        "DO_NOT_TRACK": "1",
-        "PREFECT_LOGGING_LEVEL": "INFO",
-        "HARVEST_E2E_MARKER": marker,
-    }
-    stack = Stack(api_url=env["PREFECT_API_URL"], ui_url=f"http://127.0.0.1:{port}", env=env, logs=home, marker=marker)
-    try:
-        server = stack.start("server", [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env)
-
-        def healthy() -> bool:
-            assert server.poll() is None, f"server exited:\n{stack.log_tail('server')}"
-            try:
-                return httpx.get(f"{stack.api_url}/health", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(healthy, 180, "the Prefect server to be healthy")
-        # Both pools, as the operator steps in prefect.yaml say. The docker pool needs no prefect-docker: the
-        # server knows the `docker` worker type (and its base job template) from its bundled collection registry.
-        pools = [stack.cli_async("work-pool", "create", name, "--type", kind)
-                 for name, kind in ((POOL, "process"), (DOCKER_POOL, "docker"))]
-        for pool in pools:
-            out, err = pool.communicate(timeout=120)
-            assert pool.returncode == 0, out + err
-        started = time.monotonic()
-        deployed = stack.cli("--no-prompt", "deploy", "--all")
-        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-        stack.timings["deploy_s"] = time.monotonic() - started
-        stack.timings["deployed_at"] = time.monotonic()
-        yield stack
-    finally:
-        stack.stop_all()
-        shutil.rmtree(home, ignore_errors=True)  # failures carry the log tails in their messages
 
 
 @pytest.fixture

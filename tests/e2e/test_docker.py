@@ -27,7 +27,6 @@ from typing import Any
 
 import pytest
 
-from tests.e2e import test_deployment as deployment
 from tests.e2e.test_deployment import (
     DOCKER_POOL,
     PREFECT,
@@ -35,14 +34,11 @@ from tests.e2e.test_deployment import (
     UUID_RE,
     Stack,
     _signal_group,
+    assert_files_kept,
     file_rows,
     settled_row,
     wait_for,
 )
-
-# The deployment test's server, pools and deployments, started once more for this module.
-prefect_database = deployment.prefect_database
-stack = deployment.stack
 
 pytestmark = pytest.mark.e2e
 
@@ -182,7 +178,7 @@ def test_the_docker_deployment_runs_the_flow_in_the_image(  # noqa: ANN001
     assert row["failed_urls"] == [], row["failed_urls"]
     files = file_rows(db_url, flow_run_id)
     assert {"raw_activities", "standardized", "merged", "final_jsonl"} <= set(files)
-    deployment.assert_files_kept(s3, harvest_env["HARVEST_BUCKET"], files)
+    assert_files_kept(s3, harvest_env["HARVEST_BUCKET"], files)
     print(f"in the container: {row['activities_processed']} activities, {crawl['pages_fetched']} pages fetched, "
           f"{crawl['pages_rendered']} rendered, {len(files)} files")
 

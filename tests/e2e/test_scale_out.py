@@ -25,7 +25,6 @@ import pytest
 import sqlalchemy as sa
 
 from harvest.db.engine import get_engine
-from tests.e2e import test_deployment as deployment
 from tests.e2e.test_deployment import (
     BIN,
     DEPLOYMENT,
@@ -44,10 +43,6 @@ from tests.e2e.test_deployment import (
     run_row,
     wait_for,
 )
-
-# The deployment test's server, pools and deployments, started once more for this module.
-prefect_database = deployment.prefect_database
-stack = deployment.stack
 
 pytestmark = pytest.mark.e2e
 
@@ -193,12 +188,25 @@ def test_harvest_log_lines_from_dask_worker_processes_reach_their_task_run_once(
         return [log for log in flow_run_logs(stack, run_id)
                 if log["name"] == "harvest.enrich.embeddings.batch" and "submitted for file" in log["message"]]
 
-    # The worker processes send their lines in batches (and the last at exit): wait for them, then for any copy.
+    # The worker process sends its lines in batches, the last at exit: once the process that logged the line has
+    # exited and the line is in, any copy (sent with it, from the same process) is in too. No waiting for a copy.
+    sender = row["steps"]["embeddings_submit"]["processes"]
+    pids = [int(process.rsplit(":", 1)[1]) for process in sender if process.rsplit(":", 1)[0] == row["host"]]
+    assert pids, sender
+    wait_for(lambda: not any(_alive(pid) for pid in pids), 60, f"the worker process {sender} to exit")
     wait_for(submitted, 30, "the embeddings line in the run's logs")
-    time.sleep(3)
     lines = submitted()
     assert len(lines) == 1, lines
     assert (lines[0]["task_run_id"], lines[0]["level"]) == (submit["id"], logging.INFO), lines
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie (a child its parent has not reaped yet is gone for our purposes)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def start_worker(stack: Stack, harvest_env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
@@ -299,7 +307,8 @@ def test_two_workers_share_runs_and_one_resumes_what_a_killed_one_left(
         _signal(pid, signal.SIGKILL)
     two_workers[victim].wait(10)
     wait_for(lambda: not _flow_run_pids(stack.marker, kill_id), 30, "the killed flow run's processes to be gone")
-    time.sleep(3)  # nothing is left to report the crash: Prefect still says RUNNING
+    # Every process that could report the crash is gone: Prefect still says RUNNING, and only the sweep below
+    # moves it (no waiting here for something that has nothing left to make it happen).
     assert stack.flow_run(kill_id)["state"]["type"] == "RUNNING"
     assert run_row(db_url, kill_id)["status"] == "running"  # type: ignore[index]
 

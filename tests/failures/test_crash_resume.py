@@ -1,9 +1,9 @@
 """SIGKILL of the process running a flow, as a user meets it: `harvest scrape` killed during enrichment,
-then `harvest sweep` and `harvest runs resume` from a terminal (subprocesses with their own PREFECT_HOME,
-so the local Prefect API, like the user's, can never learn that the run died).
+then `harvest sweep` and `harvest runs resume` from a terminal (subprocesses on the session's Prefect API, which,
+like a user's local API with no worker, can never learn that the run died: nothing is left to report it).
 
 The deployed variant (a worker's flow-run process killed, the worker's on_crashed hook records it) is
-tests/e2e/test_deployment.py::test_sigkilled_flow_run_process_marks_the_run_crashed_and_keeps_its_files.
+tests/e2e/test_deployment.py::test_cancelled_and_sigkilled_deployed_runs_keep_their_files.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from tests.failures.support import activity_rows, all_runs, file_rows, run_row, wait_for
+from tests.helpers import session_prefect_api_url
 
 HARVEST = str(Path(sys.executable).parent / "harvest")
 
@@ -26,7 +27,7 @@ def test_sigkill_during_enrichment_is_reconciled_then_resumed_without_recrawl_or
 ) -> None:
     db_url, bucket = harvest_env["HARVEST_DATABASE_URL"], harvest_env["HARVEST_BUCKET"]
     # A long batch deadline: the run must still be polling when it is killed, however slow this machine is.
-    env = {**os.environ, **harvest_env, "PREFECT_HOME": str(tmp_path / "prefect-cli"),
+    env = {**os.environ, **harvest_env, "PREFECT_API_URL": session_prefect_api_url(),
            "HARVEST_BATCH_MAX_WAIT_SECONDS": "900"}
 
     def harvest(*args: str) -> subprocess.CompletedProcess[str]:
@@ -65,7 +66,7 @@ def test_sigkill_during_enrichment_is_reconciled_then_resumed_without_recrawl_or
         scraping.send_signal(signal.SIGKILL)
         scraping.wait(10)
     finally:
-        try:  # the process group's leftovers (the CLI's local Prefect API server): no process outlives the test
+        try:  # the process group's leftovers: no process outlives the test
             os.killpg(scraping.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass

@@ -6,7 +6,6 @@ and on Postgres."""
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -20,6 +19,7 @@ from harvest.db import runs
 from harvest.db.engine import utcnow
 from harvest.db.ledger import RunBook, run_cost
 from harvest.retention.policy import RetentionPolicy, reconcile_run, sweep
+from tests.helpers import CliOutcome, run_cli
 
 DATABASES = ["sqlite", "postgres"]  # every test taking `engine` runs on both (tests/conftest.py)
 
@@ -126,9 +126,9 @@ def test_a_submitted_batch_keeps_its_hold_until_the_resumed_run_collects_it(engi
     assert cost["released_usd"] == pytest.approx(0.001)
 
 
-def _harvest(args: list[str], engine, tmp_path: Path) -> subprocess.CompletedProcess[str]:  # noqa: ANN001
-    env = {**os.environ, "HARVEST_DATABASE_URL": _url(engine), "PREFECT_HOME": str(tmp_path / "prefect-cli")}
-    return subprocess.run([HARVEST, *args], env=env, capture_output=True, text=True, timeout=120)
+def _harvest(args: list[str], engine, tmp_path: Path) -> CliOutcome:  # noqa: ANN001
+    """`harvest ARGS` in this process: what these commands print and return is the point, not a process."""
+    return run_cli(args, {"HARVEST_DATABASE_URL": _url(engine), "HARVEST_HOME": str(tmp_path / "home")})
 
 
 def test_the_release_command_refuses_a_running_run_and_the_cost_command_shows_what_was_released(

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from tests.failures.support import activity_rows, all_runs, run_row, wait_for
+from tests.helpers import session_prefect_api_url
 
 HARVEST = str(Path(sys.executable).parent / "harvest")
 
@@ -19,7 +20,7 @@ def test_resume_reconciles_a_run_whose_process_was_killed_then_finishes_it(
     harvest_env, s3, demo_site, openai_server, geocoder_server, tmp_path
 ) -> None:
     db_url, bucket = harvest_env["HARVEST_DATABASE_URL"], harvest_env["HARVEST_BUCKET"]
-    env = {**os.environ, **harvest_env, "PREFECT_HOME": str(tmp_path / "prefect-cli"),
+    env = {**os.environ, **harvest_env, "PREFECT_API_URL": session_prefect_api_url(),
            "HARVEST_BATCH_MAX_WAIT_SECONDS": "900"}
     openai_server.configure(polls_until_complete=1_000_000)  # the run sits in its embeddings poll until killed
     scraping = subprocess.Popen(

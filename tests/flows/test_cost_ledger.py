@@ -17,6 +17,7 @@ from harvest.db import runs as run_rows
 from harvest.db.engine import get_engine
 from harvest.models import RunConfig
 from harvest.settings import get_settings
+from tests.helpers import session_prefect_api_url
 
 HARVEST = str(Path(sys.executable).parent / "harvest")
 
@@ -30,7 +31,7 @@ def scrape(url: str, **config: object):  # noqa: ANN201 - the RunSummary
 
 
 def cli(args: list[str], env: dict[str, str], tmp_path: Path) -> dict:
-    full_env = {**os.environ, **env, "PREFECT_HOME": str(tmp_path / "prefect-cli")}
+    full_env = {**os.environ, **env, "PREFECT_API_URL": session_prefect_api_url()}
     done = subprocess.run([HARVEST, *args], env=full_env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout)
@@ -155,7 +156,7 @@ def test_the_estimate_command_prices_a_site_without_a_paid_call(
         import sqlalchemy as sa
 
         assert connection.execute(sa.text("SELECT count(*) FROM scrape_runs")).scalar() == 0, "a dry run records none"
-    full_env = {**os.environ, **harvest_env, "PREFECT_HOME": str(tmp_path / "prefect-cli")}
+    full_env = {**os.environ, **harvest_env, "PREFECT_API_URL": session_prefect_api_url()}
     refused = subprocess.run([HARVEST, "scrape", url, "--max-cost-usd", "-1"], env=full_env, capture_output=True,
                              text=True, timeout=120)
     assert refused.returncode == 2 and "max_cost_usd" in refused.stderr

@@ -18,6 +18,7 @@ from harvest.db.schema import activities, page_cache
 from harvest.models import RunConfig
 from harvest.storage import iter_jsonl
 from testkit.demo_site import DATA_PATH, build_demo_site, serve_site
+from tests.helpers import session_prefect_api_url
 
 SOURCE = [a for a in json.loads(DATA_PATH.read_text("utf-8")) if a.get("name")]
 
@@ -307,7 +308,7 @@ def test_the_dask_task_runner_runs_the_whole_flow(harvest_env, demo_site, tmp_pa
     import subprocess
     import sys
 
-    env = {**os.environ, **harvest_env, "HARVEST_TASK_RUNNER": "dask", "PREFECT_HOME": str(tmp_path / "prefect"),
+    env = {**os.environ, **harvest_env, "HARVEST_TASK_RUNNER": "dask", "PREFECT_API_URL": session_prefect_api_url(),
            "PREFECT_LOGGING_LEVEL": "INFO"}
     done = subprocess.run(
         [str(Path(sys.executable).parent / "harvest"), "scrape", demo_site.base_url + "/", "--max-pages", "20",

@@ -80,6 +80,34 @@ def test_markup_and_sql_text_is_stored_verbatim_through_standardize_and_import(s
     assert (again.imported, again.skipped) == (0, len(HOSTILE))
 
 
+def test_the_run_summary_renders_page_text_without_links_emphasis_or_code() -> None:
+    """What the docs promise for the run-summary artifact (docs/reliability.md): markdown links, emphasis and
+    code spans written in page text stay text. Rendered by a CommonMark renderer (markdown-it-py, the one rich
+    uses), so the check is what a reader sees, not which characters were escaped."""
+    from markdown_it import MarkdownIt
+
+    tricks = {
+        "link": "[win a prize](http://evil.example/steal)", "image": "![x](http://evil.example/pixel.gif)",
+        "autolink": "<http://evil.example/auto>", "strong": "**BIG SALE**", "emphasis": "*urgent*",
+        "underscore": "_click_", "strike": "~~old~~", "code": "`rm -rf /`", "heading": "# Not a heading",
+    }
+    warnings = [f"'{name} {trick}': dropped startDate 'x': not a recognisable date" for name, trick in tricks.items()]
+    row = {"id": "r1", "url": "https://example.org/", "status": "completed", "activities_processed": 1,
+           "import_summary": None, "warnings": warnings}
+
+    text = summary_markdown(row, [])
+    rendered = MarkdownIt("commonmark").enable("table").enable("strikethrough").render(text)
+
+    lines = [line for line in rendered.splitlines() if "dropped startDate" in line]
+    assert len(lines) == len(tricks), rendered  # each warning one line of its own
+    for (name, _), line in zip(tricks.items(), lines):
+        assert line.startswith(f"<li>'{name} "), line  # a list item, not a heading or a new block
+        for tag in ("<a ", "<img", "<strong>", "<em>", "<s>", "<del>", "<code>"):
+            assert tag not in line, (tag, line)
+    for trick in ("win a prize", "BIG SALE", "urgent", "click", "old", "rm -rf /", "Not a heading"):
+        assert trick in rendered, trick  # neutralised, not dropped
+
+
 def test_the_run_summary_escapes_what_pages_control() -> None:
     warnings = [
         "'<img src=x onerror=alert(1)> Puppet show': dropped startDate 'x': not a recognisable date",

@@ -407,6 +407,49 @@ def test_503_with_a_fractional_retry_after_waits_that_long(site, run_crawl, cfg)
     assert second.at - first.at >= 0.55
 
 
+def test_an_absurd_retry_after_is_waited_30_seconds_by_default(site, caplog) -> None:
+    """The documented default cap on a server's Retry-After (30 s, docs/reliability.md): `Retry-After: 86400`
+    becomes a 30 s wait, taken because it fits the URL's budget. The planned wait is read from the retry's log
+    line (written before the sleep starts) and the fetch is cancelled there, so nothing waits 30 s."""
+    import asyncio
+    import logging
+
+    from harvest.crawl.http_fetch import HttpFetcher
+
+    site.page("/busy", "busy", status=429, headers={"Retry-After": "86400"})
+    caplog.set_level(logging.INFO, logger="harvest.crawl.http_fetch")
+    announced: list[str] = []
+
+    async def fetch_until_the_retry_is_planned() -> None:
+        planned = asyncio.Event()
+
+        class Announcement(logging.Handler):  # called in the fetcher's own loop, just before its sleep
+            def emit(self, record: logging.LogRecord) -> None:
+                if "; retry 1/" in record.getMessage():
+                    announced.append(record.getMessage())
+                    planned.set()
+
+        handler = Announcement()
+        logging.getLogger("harvest.crawl.http_fetch").addHandler(handler)
+        try:
+            async with HttpFetcher(user_agent="harvest-test", allow_private_networks=True, url_budget_s=120) as fetcher:
+                fetch = asyncio.create_task(fetcher.fetch(site.url("/busy")))
+                waiter = asyncio.create_task(planned.wait())
+                await asyncio.wait({fetch, waiter}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+                for task in (fetch, waiter):
+                    task.cancel()
+                await asyncio.gather(fetch, waiter, return_exceptions=True)
+        finally:
+            logging.getLogger("harvest.crawl.http_fetch").removeHandler(handler)
+
+    asyncio.run(fetch_until_the_retry_is_planned())
+
+    # A larger cap (or none) would not fit the 120 s budget: no retry planned, the 429 returned at once.
+    assert len(announced) == 1, announced
+    assert announced[0].endswith("retry 1/3 in 30.00s"), announced
+    assert len(site.requested("/busy")) == 1
+
+
 def test_persistent_errors_and_404_are_recorded_and_crawl_continues(site, run_crawl, cfg) -> None:
     site.html("/", links=["/missing", "/down", "/fine"])
     site.page("/down", "down", status=503)

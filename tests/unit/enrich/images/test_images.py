@@ -289,8 +289,11 @@ def test_a_body_under_the_minimum_rate_is_cut_at_half_the_deadline(server: Image
     started = time.perf_counter()
     info = process(url, store, timeout_s=2.0)
     elapsed = time.perf_counter() - started
+    # Cut by the rate rule, not the 2 s deadline (that one says "timed out"), and not before half the deadline
+    # (a lower bound: load only makes it later). The cap is generous: only a missing cut (20 s of drip) breaks it.
     assert info.error and "too slow" in info.error and "under the minimum 1024 bytes/s" in info.error
-    assert 0.9 <= elapsed < 1.9  # cut once half the 2 s deadline has passed, before the deadline itself
+    assert "timed out" not in info.error
+    assert 0.9 <= elapsed < 15, elapsed
 
 
 def test_404_reports_the_status(server: ImageServer, store: LocalStore) -> None:
