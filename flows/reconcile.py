@@ -11,7 +11,7 @@ from sqlalchemy.engine import Engine
 
 from harvest.db.engine import utcnow
 from harvest.db.runs import get_run
-from harvest.retention.policy import RECONCILED_STATUS, RetentionPolicy, process_gone, reconcile_run
+from harvest.retention.policy import RetentionPolicy, dead_run_status, reconcile_run
 
 
 def flow_run_state(run_id: str) -> str | None:
@@ -31,19 +31,21 @@ def flow_run_state(run_id: str) -> str | None:
 def reconcile_if_dead(engine: Engine, policy: RetentionPolicy, run_id: str) -> bool:
     """Reconcile one `running` row now if its run is in fact over; True when it was.
 
-    Over means: Prefect says its flow run ended, or the process the row names ran on this host and is gone (a
-    killed `harvest scrape`, whose own temporary Prefect API died with it and so can never say so).
+    Over means what the sweep means (harvest.retention.policy.dead_run_status): its process, where it can be
+    judged from here, is gone (a killed `harvest scrape`, whose own temporary Prefect API died with it and so can
+    never say so); elsewhere, Prefect says its flow run ended, or its heartbeat stopped a grace period ago.
     """
-    state = flow_run_state(run_id)
-    if state in RECONCILED_STATUS:
-        why = f"its Prefect flow run is {state}"
-        return reconcile_run(engine, policy, run_id, RECONCILED_STATUS[state], why, utcnow())
     row = get_run(engine, run_id)
-    if row is None or row["status"] != "running" or not process_gone(row.get("host"), row.get("pid")):
+    if row is None or row["status"] != "running":
         return False
-    why = f"its process {row['pid']} on {row['host']} is gone"
-    done = reconcile_run(engine, policy, run_id, "crashed", why, utcnow())
-    if done:
+    now = utcnow()
+    decided = dead_run_status(row.get("process"), row["updated_at"], row.get("host"), policy, now,
+                              lambda: flow_run_state(run_id))
+    if decided is None:
+        return False
+    status, why = decided
+    done = reconcile_run(engine, policy, run_id, status, why, now)
+    if done and status == "crashed":
         crash_flow_run(run_id, why)
     return done
 
