@@ -22,6 +22,9 @@ app.add_typer(runs_app, name="runs")
 app.add_typer(db_app, name="db")
 blocks_app = typer.Typer(help="Prefect blocks built from the environment.", no_args_is_help=True)
 app.add_typer(blocks_app, name="blocks")
+automations_app = typer.Typer(help="Prefect automations: zombie runs, crashed runs, notifications.",
+                              no_args_is_help=True)
+app.add_typer(automations_app, name="automations")
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
@@ -577,6 +580,24 @@ def blocks_register() -> None:
 
     try:
         register_main(echo=typer.echo)
+    except ValidationError as exc:
+        _fail(f"invalid settings: {exc}", 2)
+
+
+@automations_app.command("register")
+def automations_register(
+    zombie_after: float | None = typer.Option(
+        None, "--zombie-after", help="Seconds without an event after a heartbeat before a run is marked Crashed "
+        "(default: 3 × PREFECT_FLOWS_HEARTBEAT_FREQUENCY, at least 90)."
+    ),
+) -> None:
+    """Create or update the automations that crash zombie runs, settle crashed runs and notify on failures."""
+    from pydantic import ValidationError
+
+    from blocks.automations import main as register_main
+
+    try:
+        register_main(echo=typer.echo, zombie_after=zombie_after)
     except ValidationError as exc:
         _fail(f"invalid settings: {exc}", 2)
 
