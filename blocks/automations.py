@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
 
 from blocks.register import Registered
+from harvest.errors import ConfigError
 from harvest.settings import HarvestSettings
 
 if TYPE_CHECKING:
@@ -186,12 +187,15 @@ def register_automations(
 
     settings = settings or HarvestSettings()
     zombie_after = zombie_after or zombie_after_default()
+    frequency = get_current_settings().flows.heartbeat_frequency
+    if frequency and zombie_after < 2 * frequency:
+        raise ConfigError(f"--zombie-after {zombie_after:.0f} s is less than two heartbeats ({frequency} s each, "
+                          "PREFECT_FLOWS_HEARTBEAT_FREQUENCY): one late heartbeat would crash a live run")
     done: list[Registered] = []
     block, saved, why_not = _notification_block(settings)
     if saved is not None:
         done.append(saved)
     with get_client(sync_client=True) as client:
-        frequency = get_current_settings().flows.heartbeat_frequency
         beats = f"every {frequency} s" if frequency else "never (PREFECT_FLOWS_HEARTBEAT_FREQUENCY is off here)"
         done.append(_replace(client, zombie_automation(zombie_after),
                              f"Crashed after {zombie_after:.0f} s without an event; this machine's runs beat {beats}"))

@@ -600,6 +600,8 @@ def automations_register(
         register_main(echo=typer.echo, zombie_after=zombie_after)
     except ValidationError as exc:
         _fail(f"invalid settings: {exc}", 2)
+    except HarvestError as exc:
+        _fail(str(exc), 2)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -47,12 +47,14 @@ def test_register_creates_then_replaces_the_automations(monkeypatch, no_automati
 
     monkeypatch.delenv("HARVEST_NOTIFY_WEBHOOK_URL", raising=False)
     monkeypatch.delenv("HARVEST_NOTIFY_BLOCK", raising=False)
-    first = register("--zombie-after", "120")
+    too_soon = CliRunner().invoke(app, ["automations", "register", "--zombie-after", "200"])
+    assert too_soon.exit_code == 2 and "less than two heartbeats (180 s each" in too_soon.output
+    first = register("--zombie-after", "600")
     assert "created  automation/harvest: crash zombie runs" in first
     assert "skipped  automation/harvest: settle crashed runs" in first and "no deployment settle-run/crashed" in first
     assert "skipped  automation/harvest: notify on failed or crashed runs" in first
     (zombie,) = automations()["harvest: crash zombie runs"]
-    assert zombie.trigger.within.total_seconds() == 120  # type: ignore[attr-defined]
+    assert zombie.trigger.within.total_seconds() == 600  # type: ignore[attr-defined]
 
     monkeypatch.setenv("HARVEST_NOTIFY_WEBHOOK_URL", WEBHOOK)
     again = register()
