@@ -74,19 +74,35 @@ def result_storage_block(settings: HarvestSettings) -> WritableFileSystem:
     return run_scoped(own_results_block(settings))
 
 
-def own_results_block(settings: HarvestSettings, credentials: AwsCredentials | None = None) -> WritableFileSystem:
-    """harvest's own result-storage block (`<type>/harvest-results`, its type following HARVEST_STORAGE_URL), saved
-    when missing or rooted elsewhere; `credentials` (`harvest blocks register`) are saved with it."""
-    wanted = _block_for(settings, credentials)
+def own_results_block(settings: HarvestSettings) -> WritableFileSystem:
+    """harvest's own result-storage block (`<type>/harvest-results`, its type following HARVEST_STORAGE_URL): loaded,
+    and saved only when missing or rooted elsewhere (with the environment's credentials: `harvest blocks register`
+    saves it with the registered ones)."""
+    wanted = _block_for(settings, None)
     existing = _load(f"{_slug_type(wanted)}/{RESULTS_BLOCK}")
-    if existing is not None and _rooted_at(existing, settings) and credentials is None:
+    if existing is not None and _rooted_at(existing, settings):
         return existing
-    existed = existing is not None
     wanted.save(RESULTS_BLOCK, overwrite=True)
-    if existed and credentials is None:
+    if existing is not None:
         logger.warning("result storage block %s/%s pointed at %s; now at %s", _slug_type(wanted), RESULTS_BLOCK,
                        _root_of(existing), settings.storage_url)
     return wanted
+
+
+def save_results_block(settings: HarvestSettings, credentials: AwsCredentials) -> tuple[str, str, str]:
+    """Save the result-storage block runs will use (`harvest blocks register`): (its slug, created | updated |
+    skipped, a note). HARVEST_RESULT_STORAGE_BLOCK's name if set, else harvest-results; its type follows
+    HARVEST_STORAGE_URL."""
+    if settings.storage_url.startswith(BLOCK_SLUG_PREFIX):
+        return settings.storage_url, "skipped", "results go to HARVEST_STORAGE_URL's own block"
+    wanted = _block_for(settings, credentials)
+    kind = _slug_type(wanted)
+    slug = settings.result_storage_block or f"{kind}/{RESULTS_BLOCK}"
+    if not slug.startswith(f"{kind}/"):
+        return slug, "skipped", f"HARVEST_STORAGE_URL needs a {kind} block"
+    existed = _load(slug) is not None
+    wanted.save(slug.split("/", 1)[1], overwrite=True)
+    return slug, "updated" if existed else "created", ""
 
 
 def _block_for(settings: HarvestSettings, credentials: AwsCredentials | None) -> WritableFileSystem:
@@ -206,5 +222,5 @@ def run_scoped(block: WritableFileSystem) -> WritableFileSystem:
     return scoped
 
 
-__all__ = ["resolve_store", "result_storage_block", "own_results_block", "run_scoped", "LocalStore", "S3Store",
-           "make_s3_client"]
+__all__ = ["resolve_store", "result_storage_block", "own_results_block", "save_results_block", "run_scoped",
+           "LocalStore", "S3Store", "make_s3_client"]
