@@ -34,9 +34,9 @@ def flow_run_state(run_id: str) -> str | None:
 def reconcile_if_dead(engine: Engine, policy: RetentionPolicy, run_id: str) -> bool:
     """Reconcile one `running` row now if its run is in fact over; True when it was.
 
-    Over means what the sweep means (harvest.retention.policy.dead_run_status): its process, where it can be
-    judged from here, is gone (a killed `harvest scrape`, whose own temporary Prefect API died with it and so can
-    never say so); elsewhere, Prefect says its flow run ended, or its heartbeat stopped a grace period ago.
+    Over means what the sweep means (harvest.retention.policy.dead_run_status): Prefect says its flow run ended;
+    or its process, where it can be judged from here, is gone (a killed `harvest scrape`, whose own temporary
+    Prefect API died with it and so can never say so); or, elsewhere, its heartbeat stopped a grace period ago.
     """
     row = get_run(engine, run_id)
     if row is None or row["status"] != "running":
@@ -73,9 +73,9 @@ def settle_crashed_run(flow_run_id: str) -> str:
     running (its process reported nothing: the zombie automation, or a worker lost with it, marked it); what was
     done, in words.
 
-    Nothing is done for a flow run that is no longer Crashed (retried meanwhile), a row that is settled already (its
-    worker ran the hook), or a process that can be judged from here and is alive (a false alarm: a live run is never
-    settled as crashed; harvest.liveness).
+    Nothing is done for a flow run that is no longer Crashed (retried meanwhile), a row that is settled already
+    (its worker ran the hook), or a process this one can judge and sees alive (a false alarm: heartbeats that did
+    not reach the server while the run went on; the run records its own end, or the sweep settles it later).
     """
     from flows.hooks import on_crashed
     from flows.resources import resources

@@ -232,21 +232,22 @@ def dead_run_status(
     """(status, why) for a run left `running` that is in fact over, or None while it may be alive.
 
     Design choice: a run is declared dead on evidence, never on a guess, in this order:
-    1. its process can be judged from here (same kernel, same pid namespace: harvest/liveness.py): alive means it
-       is left alone, whatever else is said (a run may wait hours on a batch; declaring it dead would free its URL
-       for a second process writing the same run); gone means it is over;
-    2. otherwise (another machine, a container, a kernel booted since), Prefect saying its flow run is over (its
-       worker reported it, or the zombie automation marked it Crashed after its heartbeats stopped);
-    3. otherwise no heartbeat of the run's own (flows/heartbeat.py touches `updated_at` every grace/6) for a whole
-       grace period, whatever Prefect still says: an ephemeral API dies with its process and never learns it.
-    Prefect is asked in 1 too when the process is gone, for the status it ended with (failed, cancelled).
+    1. Prefect saying its flow run is over (its worker reported it, the zombie automation marked it Crashed after
+       its heartbeats stopped, someone set its state): the flow run is the run, and a process may outlive its flow
+       run (a hook that could not write the row; a process that runs flows one after another);
+    2. its process, where it can be judged from here (same kernel, same pid namespace: harvest/liveness.py): alive
+       means it is left alone, whatever the clock says (a run may wait hours on a batch; declaring it dead would
+       free its URL for a second process writing the same run); gone means it is over;
+    3. otherwise (another machine, a container, a kernel booted since) no heartbeat of the run's own
+       (flows/heartbeat.py touches `updated_at` every grace/6) for a whole grace period, whatever Prefect still
+       says: an ephemeral API dies with its process and never learns it.
     """
-    verdict, why = judge(process, host)
-    if verdict is Verdict.ALIVE:
-        return None
     state = prefect_state()
     if state in RECONCILED_STATUS:
         return RECONCILED_STATUS[state], f"its Prefect flow run is {state}"
+    verdict, why = judge(process, host)
+    if verdict is Verdict.ALIVE:
+        return None
     if verdict is Verdict.DEAD:
         return "crashed", why
     if updated_at < now - policy.grace:
