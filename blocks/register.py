@@ -9,6 +9,9 @@ Blocks (each saved with overwrite=True, so running this again only updates them)
   client's endpoint URL.
 - `s3-bucket/harvest-storage`, when HARVEST_STORAGE_URL is s3://bucket/prefix: that bucket and folder with the
   credentials above. Workers can then use HARVEST_STORAGE_URL=s3-bucket/harvest-storage.
+- the result-storage block (`s3-bucket/harvest-results` or `local-file-system/harvest-results`, or the name
+  HARVEST_RESULT_STORAGE_BLOCK gives), rooted at HARVEST_STORAGE_URL with the credentials above: every task result
+  of a run goes under its `runs/<id>/results/` (blocks/storage.py).
 - `secret/harvest-openai-api-key` when OPENAI_API_KEY is set, `secret/harvest-google-maps-api-key` when
   GOOGLE_MAPS_API_KEY is set.
 
@@ -74,6 +77,8 @@ def register_blocks(
     from prefect.blocks.system import Secret
     from prefect_aws import AwsClientParameters, AwsCredentials, S3Bucket
 
+    from blocks.storage import save_results_block
+
     settings = settings or HarvestSettings()
     env = os.environ if environ is None else environ
     done: list[Registered] = []
@@ -97,6 +102,8 @@ def register_blocks(
         done.append(Registered(f"s3-bucket/{BUCKET_BLOCK}", _save(bucket, BUCKET_BLOCK)))
     else:
         done.append(Registered(f"s3-bucket/{BUCKET_BLOCK}", "skipped", "HARVEST_STORAGE_URL is not s3://"))
+    results, action, note = save_results_block(settings, credentials)
+    done.append(Registered(results, action, note or "task results, under each run's prefix"))
 
     secrets: list[tuple[str, SecretStr | None, str]] = [
         (OPENAI_SECRET, settings.openai_api_key, "OPENAI_API_KEY"),

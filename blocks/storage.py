@@ -1,11 +1,13 @@
 """Turn HARVEST_STORAGE_URL into an object store and a Prefect result-storage block that point at the same place.
 
-Run files and Prefect's persisted task results share one root, so deleting `runs/<id>/` removes both.
+Run files and Prefect's persisted task results share one root, so deleting `runs/<id>/` removes both: every
+result of a run, its failed tasks' included, is under `runs/<id>/results/`.
 """
 
 from __future__ import annotations
 
-import hashlib
+import logging
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, cast
@@ -14,8 +16,12 @@ from urllib.parse import unquote, urlsplit
 from prefect.filesystems import LocalFileSystem, WritableFileSystem
 from prefect_aws import AwsClientParameters, AwsCredentials, S3Bucket
 
+from harvest.errors import ConfigError
 from harvest.settings import HarvestSettings
 from harvest.storage import LocalStore, ObjectStore, S3Store, make_s3_client, open_store
+from harvest.storage.keys import failed_result_key
+
+logger = logging.getLogger("harvest.blocks")
 
 BLOCK_SLUG_PREFIX = "s3-bucket/"
 S3_CLIENT_CONFIG = {"retries": {"max_attempts": 3, "mode": "standard"}, "connect_timeout": 5, "read_timeout": 60}
@@ -40,52 +46,181 @@ def resolve_store(settings: HarvestSettings) -> ObjectStore:
     return _cached_store(settings.storage_url, settings.s3_endpoint_url)
 
 
-def _block_name(prefix: str, storage_url: str) -> str:
-    digest = hashlib.sha256(storage_url.encode()).hexdigest()[:10]
-    return f"{prefix}-{digest}"
+RESULTS_BLOCK = "harvest-results"  # harvest's own result-storage block, unless HARVEST_RESULT_STORAGE_BLOCK names one
 
 
 def result_storage_block(settings: HarvestSettings) -> WritableFileSystem:
-    """A *saved* block for Prefect result storage rooted where run files go.
+    """The one saved block harvest's tasks persist their results in, rooted where run files go, as the tasks of
+    one run write through it (`run_scoped`: Prefect's records of failed tasks go under the run's prefix too).
 
-    Prefect refuses an unsaved block as task result storage (TypeError at decoration), so the block is
-    saved under a name derived from the storage URL; saving again is idempotent.
+    Prefect refuses an unsaved block as task result storage (TypeError at decoration), so it is a saved one: the
+    block HARVEST_RESULT_STORAGE_BLOCK names (never saved over: a ConfigError when it is rooted elsewhere), else
+    harvest's own `harvest-results` (saved only when missing or rooted elsewhere), else, with
+    HARVEST_STORAGE_URL=s3-bucket/<name>, that block. Loaded once per run: a later change to the block does not
+    move the results of a run under way.
     """
-    url = settings.storage_url
-    if url.startswith(BLOCK_SLUG_PREFIX):
-        return _load_bucket_block(url)
-    parts = urlsplit(url)
-    name = _block_name("harvest-results", url + (settings.s3_endpoint_url or ""))
+    if settings.result_storage_block:
+        block = _load(settings.result_storage_block)
+        if block is None:
+            raise ConfigError(f"HARVEST_RESULT_STORAGE_BLOCK names {settings.result_storage_block}, which does not "
+                              "exist: `harvest blocks register` saves it from HARVEST_STORAGE_URL")
+        if not _rooted_at(block, settings):
+            raise ConfigError(f"result storage block {settings.result_storage_block} is rooted at {_root_of(block)}, "
+                              f"not at HARVEST_STORAGE_URL {settings.storage_url}: results there would outlive "
+                              "their runs (the sweep deletes under the storage URL only)")
+        return run_scoped(block)
+    if settings.storage_url.startswith(BLOCK_SLUG_PREFIX):
+        return run_scoped(_load_bucket_block(settings.storage_url))
+    return run_scoped(own_results_block(settings))
+
+
+def own_results_block(settings: HarvestSettings) -> WritableFileSystem:
+    """harvest's own result-storage block (`<type>/harvest-results`, its type following HARVEST_STORAGE_URL): loaded,
+    and saved only when missing or rooted elsewhere (with the environment's credentials: `harvest blocks register`
+    saves it with the registered ones)."""
+    wanted = _block_for(settings, None)
+    existing = _load(f"{_slug_type(wanted)}/{RESULTS_BLOCK}")
+    if existing is not None and _rooted_at(existing, settings):
+        return existing
+    wanted.save(RESULTS_BLOCK, overwrite=True)
+    if existing is not None:
+        logger.warning("result storage block %s/%s pointed at %s; now at %s", _slug_type(wanted), RESULTS_BLOCK,
+                       _root_of(existing), settings.storage_url)
+    return wanted
+
+
+def save_results_block(settings: HarvestSettings, credentials: AwsCredentials) -> tuple[str, str, str]:
+    """Save the result-storage block runs will use (`harvest blocks register`): (its slug, created | updated |
+    skipped, a note). HARVEST_RESULT_STORAGE_BLOCK's name if set, else harvest-results; its type follows
+    HARVEST_STORAGE_URL."""
+    if settings.storage_url.startswith(BLOCK_SLUG_PREFIX):
+        return settings.storage_url, "skipped", "results go to HARVEST_STORAGE_URL's own block"
+    wanted = _block_for(settings, credentials)
+    kind = _slug_type(wanted)
+    slug = settings.result_storage_block or f"{kind}/{RESULTS_BLOCK}"
+    if not slug.startswith(f"{kind}/"):
+        return slug, "skipped", f"HARVEST_STORAGE_URL needs a {kind} block"
+    existed = _load(slug) is not None
+    wanted.save(slug.split("/", 1)[1], overwrite=True)
+    return slug, "updated" if existed else "created", ""
+
+
+def _block_for(settings: HarvestSettings, credentials: AwsCredentials | None) -> WritableFileSystem:
+    parts = urlsplit(settings.storage_url)
     if parts.scheme == "file":
         root = Path(unquote(parts.path))
         root.mkdir(parents=True, exist_ok=True)
-        block: WritableFileSystem = LocalFileSystem(basepath=str(root))
-    else:
+        return LocalFileSystem(basepath=str(root))
+    if credentials is None:
         # Bounded retries and timeouts: a dead endpoint should fail a step in seconds, not minutes.
         client_parameters = AwsClientParameters(endpoint_url=settings.s3_endpoint_url, config=S3_CLIENT_CONFIG)
         credentials = AwsCredentials(aws_client_parameters=client_parameters)
-        block = S3Bucket(bucket_name=parts.netloc, bucket_folder=parts.path.strip("/"), credentials=credentials)
-    return _saved(block, name)
+    return S3Bucket(bucket_name=parts.netloc, bucket_folder=parts.path.strip("/"), credentials=credentials)
 
 
-def _saved(block: WritableFileSystem, name: str) -> WritableFileSystem:
-    """`block`, saved as `name`: the saved one is loaded and reused when it holds the same settings, since
-    saving recomputes Prefect's block schemas and checksums (~1 s per flow run); saved over otherwise."""
+def _slug_type(block: WritableFileSystem) -> str:
+    return str(block.get_block_type_slug())
+
+
+def _load(slug: str) -> WritableFileSystem | None:
+    """A saved block by `<type>/<name>`, None when there is none."""
+    from prefect.blocks.core import Block
+    from prefect.exceptions import ObjectNotFound
+
     try:
-        existing = cast(WritableFileSystem, type(block).load(name))  # sync call (see _load_bucket_block)
-    except ValueError:  # no block of that name yet
-        existing = None
-    if existing is not None and _settings_of(existing.model_dump()) == _settings_of(block.model_dump()):
-        return existing
-    block.save(name, overwrite=True)
-    return block
+        return cast(WritableFileSystem, Block.load(slug))  # sync call (see _load_bucket_block)
+    except (ValueError, ObjectNotFound):
+        return None
 
 
-def _settings_of(dumped: Any) -> Any:
-    """A block's dump without Prefect's bookkeeping (`_block_document_id`, `_is_anonymous`, ...)."""
-    if isinstance(dumped, dict):
-        return {key: _settings_of(value) for key, value in dumped.items() if not str(key).startswith("_")}
-    return dumped
+def _root_of(block: WritableFileSystem | None) -> str:
+    if isinstance(block, S3Bucket):
+        endpoint = block.credentials.aws_client_parameters.endpoint_url
+        where = f"s3://{block.bucket_name}/{(block.bucket_folder or '').strip('/')}"
+        return where + (f" at {endpoint}" if endpoint else "")
+    if isinstance(block, LocalFileSystem):
+        return Path(block.basepath or ".").expanduser().resolve().as_uri()
+    return repr(block)
 
 
-__all__ = ["resolve_store", "result_storage_block", "LocalStore", "S3Store", "make_s3_client"]
+def _rooted_at(block: WritableFileSystem, settings: HarvestSettings) -> bool:
+    """Whether `block` stores at HARVEST_STORAGE_URL's root (bucket, folder and endpoint, or folder)."""
+    parts = urlsplit(settings.storage_url)
+    if isinstance(block, S3Bucket) and parts.scheme == "s3":
+        endpoint = block.credentials.aws_client_parameters.endpoint_url
+        return (block.bucket_name, (block.bucket_folder or "").strip("/"), endpoint or None) == (
+            parts.netloc, parts.path.strip("/"), settings.s3_endpoint_url or None)
+    if isinstance(block, LocalFileSystem) and parts.scheme == "file":
+        return Path(block.basepath or ".").expanduser().resolve() == Path(unquote(parts.path)).resolve()
+    return False
+
+
+# --- results of failed tasks under their run's prefix -------------------------------------------------------
+
+_PREFECT_RANDOM_KEY = re.compile(r"[0-9a-f]{32}")
+
+
+def _run_of_context() -> str | None:
+    """The harvest run a task or flow under way in this thread belongs to: its `run_id` parameter (a task's, or the
+    flow's, as in import-run), else its flow run's id (scrape-website's run id)."""
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    task_context = TaskRunContext.get()
+    if task_context is not None:
+        run_id = (task_context.parameters or {}).get("run_id")
+        return str(run_id or task_context.task_run.flow_run_id or "") or None
+    flow_context = FlowRunContext.get()
+    if flow_context is not None and flow_context.flow_run is not None:
+        return str((flow_context.flow_run.parameters or {}).get("run_id") or flow_context.flow_run.id)
+    return None
+
+
+def scoped_key(path: str) -> str:
+    """The key a result is stored under. harvest's own keys (`runs/<id>/results/<step>.json`) stay as they are.
+    A bare random key is Prefect's record of a failed task (prefect.states.exception_to_failed_state names it with
+    uuid4().hex, ignoring the task's result_storage_key): it goes under the run's prefix, so it is swept with the
+    run instead of piling up at the storage root. Outside any run it stays where Prefect put it."""
+    if not _PREFECT_RANDOM_KEY.fullmatch(path):
+        return path
+    run_id = _run_of_context()
+    return failed_result_key(run_id, path) if run_id else path
+
+
+class _RunScoped:
+    """Mixed into a result-storage block class: every path is resolved through `scoped_key` first."""
+
+    def _resolve_path(self, path: Any, *args: Any, **kwargs: Any) -> Any:
+        return super()._resolve_path(scoped_key(path) if isinstance(path, str) else path,  # type: ignore[misc]
+                                     *args, **kwargs)
+
+
+class RunScopedS3Bucket(_RunScoped, S3Bucket):
+    """The saved S3Bucket as harvest's tasks write through it (not a block type of its own: never saved)."""
+
+    _block_type_slug = "harvest-run-scoped-s3-bucket"
+
+
+class RunScopedLocalFileSystem(_RunScoped, LocalFileSystem):
+    """The saved LocalFileSystem as harvest's tasks write through it (never saved)."""
+
+    _block_type_slug = "harvest-run-scoped-local-file-system"
+
+
+def run_scoped(block: WritableFileSystem) -> WritableFileSystem:
+    """`block` (a saved S3Bucket or LocalFileSystem) as a run-scoped copy that keeps its saved document's id, so
+    Prefect accepts it as task result storage and records results against that document; other types as they are."""
+    scoped_type: type[WritableFileSystem] | None = (
+        RunScopedS3Bucket if isinstance(block, S3Bucket) else
+        RunScopedLocalFileSystem if isinstance(block, LocalFileSystem) else None
+    )
+    if scoped_type is None or isinstance(block, _RunScoped):
+        return block
+    scoped = scoped_type.model_validate(dict(block))
+    scoped._block_document_id = block._block_document_id  # noqa: SLF001 - the saved document it stands for
+    scoped._block_document_name = block._block_document_name  # noqa: SLF001
+    scoped._is_anonymous = block._is_anonymous  # noqa: SLF001
+    return scoped
+
+
+__all__ = ["resolve_store", "result_storage_block", "own_results_block", "save_results_block", "run_scoped",
+           "LocalStore", "S3Store", "make_s3_client"]

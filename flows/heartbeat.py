@@ -1,8 +1,11 @@
-"""A running run's heartbeat: its row's `updated_at` is touched while the flow's process lives.
+"""A running run's own heartbeat: its row's `updated_at` is touched while the flow's process lives.
 
-The sweep declares a run on another host dead after a grace period without a sign of life
-(harvest.retention.policy._reconcile); a run that waits hours on an embeddings batch writes nothing meanwhile, so
-the heartbeat is that sign. It stops by itself once the row is no longer running in this process.
+Where a run's process cannot be judged (another machine, another container: harvest/liveness.py) and Prefect
+cannot say either (its flow run was on a temporary API that died with it, or no zombie automation is registered),
+the sweep declares it dead after a grace period without a sign of life (harvest.retention.policy.dead_run_status);
+a run that waits hours on an embeddings batch writes nothing meanwhile, so this is that sign. Prefect's own
+flow-run heartbeats (PREFECT_FLOWS_HEARTBEAT_FREQUENCY) feed the zombie automation on a server
+(blocks/automations.py). It stops by itself once the row is no longer running in this process.
 """
 
 from __future__ import annotations

@@ -8,22 +8,46 @@
 - Failed / crashed / cancelled → record the status and error, keep every file for debugging until
   `expires_at` (HARVEST_FAILED_RETENTION_DAYS).
 
-Hooks run outside the run context (no run logger) and must never raise into Prefect: a failed cleanup
-is a warning that leaves the rows for a later sweep, never a failed run.
+Hooks run outside the run context, where `get_run_logger()` raises; their lines still belong to the run: they log
+through Prefect's `flow_run_logger` for the flow run they are given, and harvest's own lines meanwhile (the
+cleanup's) are sent to that flow run too (flows/run_logs.py), so the UI shows them in the run's logs. Hooks must
+never raise into Prefect: a failed cleanup is a warning that leaves the rows for a later sweep, never a failed run.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar, cast
+
+from prefect.logging.loggers import flow_run_logger
 
 from flows.resources import resources
+from flows.run_logs import harvest_logs_to_run
 from harvest.db import runs as run_rows
 from harvest.db.engine import utcnow
 from harvest.models import RunConfig
 from harvest.retention.policy import cleanup_run, policy_from
 
-logger = logging.getLogger("harvest.hooks")
+Hook = TypeVar("Hook", bound=Callable[..., None])
+
+
+def _attached(hook: Hook) -> Hook:
+    """`hook` with harvest's log lines sent to the flow run it is called for, whatever process runs it (the flow's,
+    the worker's after a crash, the settle-run flow's)."""
+
+    @wraps(hook)
+    def run(flow: Any, flow_run: Any, state: Any) -> None:
+        with harvest_logs_to_run(getattr(flow_run, "id", None)):
+            hook(flow, flow_run, state)
+
+    return cast(Hook, run)
+
+
+def _log(flow: Any, flow_run: Any) -> logging.LoggerAdapter[logging.Logger]:
+    """A logger whose lines are attached to `flow_run` (its id, name, flow and deployment) in Prefect's API."""
+    return flow_run_logger(flow_run=flow_run, flow=flow)
 
 
 def _config(flow_run: Any) -> RunConfig:
@@ -31,8 +55,9 @@ def _config(flow_run: Any) -> RunConfig:
     return raw if isinstance(raw, RunConfig) else RunConfig.model_validate(raw)
 
 
+@_attached
 def on_completion(flow: Any, flow_run: Any, state: Any) -> None:
-    run_id = str(flow_run.id)
+    run_id, logger = str(flow_run.id), _log(flow, flow_run)
     try:
         res = resources()
         row = run_rows.get_run(res.engine, run_id)
@@ -61,8 +86,8 @@ def on_completion(flow: Any, flow_run: Any, state: Any) -> None:
         logger.exception("run %s: completion hook failed", run_id)
 
 
-def _mark_ended(status: str, flow_run: Any, state: Any) -> None:
-    run_id = str(flow_run.id)
+def _mark_ended(status: str, flow: Any, flow_run: Any, state: Any) -> None:
+    run_id, logger = str(flow_run.id), _log(flow, flow_run)
     try:
         error = state.message or status
         outcome = state.result(raise_on_failure=False) if status == "failed" else None
@@ -81,8 +106,9 @@ def _mark_ended(status: str, flow_run: Any, state: Any) -> None:
         logger.exception("run %s: could not record status %s", run_id, status)
 
 
+@_attached
 def on_failure(flow: Any, flow_run: Any, state: Any) -> None:
-    _mark_ended("failed", flow_run, state)
+    _mark_ended("failed", flow, flow_run, state)
 
 
 # What Prefect's engine says of a flow run a KeyboardInterrupt (Ctrl-C) stopped (prefect.states.
@@ -90,11 +116,13 @@ def on_failure(flow: Any, flow_run: Any, state: Any) -> None:
 INTERRUPTED_MESSAGE = "Execution was aborted by an interrupt signal."
 
 
+@_attached
 def on_crashed(flow: Any, flow_run: Any, state: Any) -> None:
     """Crashed, unless its user stopped it with Ctrl-C: that run is cancelled (issue 28), files kept as for any."""
     interrupted = isinstance(getattr(state, "data", None), KeyboardInterrupt) or state.message == INTERRUPTED_MESSAGE
-    _mark_ended("cancelled" if interrupted else "crashed", flow_run, state)
+    _mark_ended("cancelled" if interrupted else "crashed", flow, flow_run, state)
 
 
+@_attached
 def on_cancellation(flow: Any, flow_run: Any, state: Any) -> None:
-    _mark_ended("cancelled", flow_run, state)
+    _mark_ended("cancelled", flow, flow_run, state)

@@ -16,7 +16,6 @@ from blocks.storage import result_storage_block
 from flows import artifacts
 from flows.heartbeat import heartbeat_interval, start_heartbeat
 from flows.hooks import on_cancellation, on_completion, on_crashed, on_failure
-from flows.polling import poll_schedule
 from flows.reconcile import reconcile_if_dead
 from flows.resources import Resources, resources
 from flows.run_context import deployment_of_run, work_pool_of_run
@@ -107,6 +106,7 @@ def _scrape(url: str, config: RunConfig, from_raw: str | None) -> RunSummary:
     """The flow's steps (see scrape_website)."""
     res = resources()
     url = _checked_url(res, url, config, from_raw)
+    result_storage = result_storage_block(res.settings)  # before the row: a misconfigured block refuses the run
     run_id = str(runtime_flow_run.id)
     try:  # 0. The run row: one run per URL at a time.
         _start_run(res, run_id, url, config)
@@ -114,7 +114,7 @@ def _scrape(url: str, config: RunConfig, from_raw: str | None) -> RunSummary:
         get_run_logger().warning("%s; not starting a second one (one run per URL at a time)", exc)
         return RunSummary(run_id=exc.running_run_id, url=url, status="already_running", activities_processed=0,
                           files={}, bytes_between_tasks=0)
-    steps = Steps.for_run(result_storage_block(res.settings))
+    steps = Steps.for_run(result_storage)
     progress = artifacts.Progress(run_id)
 
     # 1-2. Crawl + extract (or load stored raw activities), then standardize: both critical.
@@ -185,7 +185,7 @@ def _enrich(
         for e in steps.chunked
     }
     jobs = {e.name: e.job_from(_optional(submitted[e.name], e.name, run_id)) for e in steps.batched}
-    polls = {e.name: _collect(steps, res, e, run_id, standardized, jobs[e.name]) for e in steps.batched}
+    polls = {e.name: _collect(steps, e, run_id, standardized, jobs[e.name]) for e in steps.batched}
     pending = [part for parts, _ in fanned.values() for part in parts]
     pending += [poll for poll in polls.values() if poll is not None]
     total = len(pending) + len(submitted)  # + the jobs' submissions, done above
@@ -214,17 +214,13 @@ def _network_work(res: Resources, standardized: FileRef, chunked: tuple[ChunkedE
 
 
 def _collect(
-    steps: Steps, res: Resources, enrichment: BatchEnrichment, run_id: str, standardized: FileRef, job: Any
+    steps: Steps, enrichment: BatchEnrichment, run_id: str, standardized: FileRef, job: Any
 ) -> PrefectFuture[Any] | None:
     """The collection of a submitted job (its future: the enrichment's files); None when there is nothing to
     collect (nothing submitted, or the submission finished everything)."""
     if job is None or enrichment.files_of(job) is not None:
         return None
-    retries, delays = poll_schedule(
-        res.settings.batch_poll_seconds, res.settings.batch_poll_max_seconds, res.settings.batch_max_wait_seconds
-    )
-    collect = steps.collects[enrichment.name].with_options(retries=retries, retry_delay_seconds=delays)
-    return collect.submit(run_id, standardized, job)
+    return steps.collects[enrichment.name].submit(run_id, standardized, job)
 
 
 def _fan_out(

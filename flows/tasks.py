@@ -25,6 +25,7 @@ from prefect import get_run_logger, task
 from flows import artifacts
 from flows.ledger import count_step, meter_for
 from flows.limits import gate, slot
+from flows.polling import WaitProgress, wait_for_job
 from flows.resources import Resources, resources
 from flows.run_logs import harvest_logs_to_task
 from flows.traffic import CountedTask, Traffic
@@ -33,10 +34,9 @@ from harvest.crawl.page_cache import PageCache
 from harvest.crawl.stage import collect_raw_activities, copy_raw_activities, extraction_version
 from harvest.db import runs as run_rows
 from harvest.diff.stage import diff_with_previous_run as diff_stage
-from harvest.enrich.base import BatchEnrichment, ChunkedEnrichment, EnrichContext, Enrichment
+from harvest.enrich.base import BatchEnrichment, ChunkedEnrichment, Collected, EnrichContext, Enrichment
 from harvest.enrich.join import combine_parts
 from harvest.enrich.registry import enrichments
-from harvest.errors import BatchNotReadyError
 from harvest.extract.answers import LLMAnswerCache
 from harvest.extract.llm import LLMExtractor
 from harvest.import_.stage import import_final_records
@@ -188,23 +188,27 @@ def submit_task(enrichment: BatchEnrichment) -> Any:
     return submit
 
 
-def _only_while_running(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry the collect only while the job is still running; a job that ended badly is final."""
-    return isinstance(state.result(raise_on_failure=False), BatchNotReadyError)
-
-
 @cache
 def collect_task(enrichment: BatchEnrichment) -> Any:
-    """The collection of a submitted job (task and step `<name>`), retried while it runs (the flow sets the
-    retries from HARVEST_BATCH_POLL_*)."""
+    """The collection of a submitted job (task and step `<name>`): one Running task that polls the job until it
+    ends (flows/polling.py: a growing interval from HARVEST_BATCH_POLL_SECONDS, a progress artifact, at most
+    HARVEST_BATCH_MAX_WAIT_SECONDS), never a failed attempt per poll."""
 
-    @task(name=enrichment.name, result_storage_key=result_key_template(enrichment.name),
-          retry_condition_fn=_only_while_running, **PERSISTED)
+    @task(name=enrichment.name, result_storage_key=result_key_template(enrichment.name), **PERSISTED)
     @harvest_logs_to_task
     def collect(run_id: str, standardized: FileRef, job: Any) -> list[FileRef]:
         res = resources()
-        with slot(enrichment.limit):
-            collected = enrichment.collect(_context(res, run_id, enrichment), standardized, enrichment.job_from(job))
+        context, submitted = _context(res, run_id, enrichment), enrichment.job_from(job)
+
+        def check() -> Collected:
+            with slot(enrichment.limit):  # held per poll, never while waiting between polls
+                return enrichment.collect(context, standardized, submitted)
+
+        settings = res.settings
+        collected = wait_for_job(
+            check, first_s=settings.batch_poll_seconds, cap_s=settings.batch_poll_max_seconds,
+            total_s=settings.batch_max_wait_seconds, on_wait=WaitProgress(f"{enrichment.name} of run {run_id}"),
+        )
         for step, result in collected.steps.items():
             record_stage(res, run_id, step, result)
         _warn(res, run_id, enrichment.name, collected.warnings)

@@ -17,7 +17,7 @@ A geocoder failure for one address is not raised: it travels as `Geocode.error` 
     │   └── OverBudgetError           the LLM call for a page would pass the run's budget: not made
     ├── ImageError                    one image was refused (type, size, bomb, broken); never fatal alone
     └── EmbeddingError                the embeddings service failed
-        └── BatchNotReadyError        an embeddings batch is still running (the poll task retries on it)
+        └── BatchNotReadyError        an embeddings batch is still running (the collect task polls again)
 """
 
 from __future__ import annotations
@@ -86,4 +86,9 @@ class EmbeddingError(HarvestError):
 
 
 class BatchNotReadyError(EmbeddingError):
-    """Raised while an embeddings batch is still validating or in progress: poll again later."""
+    """Raised while an embeddings batch is still validating or in progress: poll again later. `done` and `total`
+    are its lines finished so far and in all, when the service says."""
+
+    def __init__(self, message: str, *, done: int | None = None, total: int | None = None) -> None:
+        super().__init__(message)
+        self.done, self.total = done, total

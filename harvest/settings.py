@@ -59,6 +59,14 @@ class HarvestSettings(BaseSettings):
         default_factory=_default_storage_url,
         description="Where run files go: s3://bucket/prefix, file:///abs/path, or a block slug s3-bucket/<name>.",
     )
+    result_storage_block: str | None = Field(
+        default=None,
+        description="The one Prefect block harvest's tasks persist their results in, as <block type>/<name> (e.g. "
+        "s3-bucket/harvest-results); it must be rooted where HARVEST_STORAGE_URL is (a run refuses one rooted "
+        "elsewhere, whose results the sweep would never delete) and runs never save over it. Unset: harvest keeps "
+        "its own block, harvest-results, pointed at HARVEST_STORAGE_URL (saved when missing or pointed elsewhere; "
+        "`harvest blocks register` saves it too); with HARVEST_STORAGE_URL=s3-bucket/<name>, that block.",
+    )
     s3_endpoint_url: str | None = Field(
         default=None, description="S3-compatible endpoint (MinIO, moto, R2); unset for AWS itself."
     )
@@ -218,6 +226,17 @@ class HarvestSettings(BaseSettings):
         description="Unaccounted objects younger than this are left alone (a run may be writing them); also how "
         "long a run on another host may go without a heartbeat, and a finished run without its hook. At least 1: "
         "shorter would delete what a live run is still writing.",
+    )
+    notify_webhook_url: SecretStr | None = Field(
+        default=None,
+        description="A URL that gets a JSON POST ({subject, body, text}) when a harvest flow run fails or crashes: "
+        "`harvest automations register` saves it in the Custom Webhook block harvest-notify (as a secret value) and "
+        "points the notification automation at it.",
+    )
+    notify_block: str | None = Field(
+        default=None,
+        description="Any Prefect notification block to notify through instead, as <block type>/<name> (e.g. "
+        "slack-webhook/team-alerts, made in the UI).",
     )
     db_reconnect_seconds: float = Field(
         default=20, description="How long connecting to a restarting database is retried before a step fails."

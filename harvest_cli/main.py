@@ -42,6 +42,9 @@ app.add_typer(db_app, name="db")
 app.add_typer(blocks_app, name="blocks")
 server_app = typer.Typer(help="The local Prefect server harvest keeps running for its commands.", no_args_is_help=True)
 app.add_typer(server_app, name="server")
+automations_app = typer.Typer(help="Prefect automations: zombie runs, crashed runs, notifications.",
+                              no_args_is_help=True)
+app.add_typer(automations_app, name="automations")
 
 Render = Literal["auto", "browser", "http"]
 # The log level Prefect gets for each verbosity, unless PREFECT_LOGGING_LEVEL is set and no flag was given.
@@ -335,6 +338,43 @@ def blocks_register(
     for item in registered:
         output.line(item.line())
 
+
+
+@automations_app.command("register")
+def automations_register(
+    zombie_after: float | None = typer.Option(
+        None, "--zombie-after", help="Seconds without an event after a heartbeat before a run is marked Crashed "
+        "(default: 3 × PREFECT_FLOWS_HEARTBEAT_FREQUENCY, at least 90)."
+    ),
+    local: bool = typer.Option(
+        False, "--local", help="Without PREFECT_API_URL: register into the Prefect API harvest's own commands use on "
+        "this machine (PREFECT_HOME's database), which no worker elsewhere sees."
+    ),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Create or update the automations that crash zombie runs, settle crashed runs and notify on failures."""
+    from pydantic import ValidationError
+
+    from harvest.errors import HarvestError
+
+    checked_settings()
+    if not local and not (os.environ.get("PREFECT_API_URL") or server.profile_api_url()):
+        fail("automations register needs the Prefect server your workers use: set PREFECT_API_URL (e.g. "
+             "http://127.0.0.1:4200/api); --local registers into this machine's own Prefect database instead")
+    use_prefect()
+    from blocks.automations import register_automations
+
+    try:
+        registered = run_flow(register_automations, zombie_after=zombie_after)
+    except ValidationError as exc:
+        fail(f"invalid settings: {validation_message(exc)}")
+    except HarvestError as exc:
+        fail(str(exc))
+    if as_json:
+        output.emit_json([{"automation": item.slug, "action": item.action, "note": item.note} for item in registered])
+        return
+    for item in registered:
+        output.line(item.line())
 
 # ---- the local Prefect server ---------------------------------------------------------------------------------
 

@@ -378,10 +378,8 @@ def runs_import(
 def runs_resume(run_id: str, as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
     """Run a failed, crashed or cancelled run again as the same flow run: finished steps are not repeated.
 
-    A run still marked running whose process is gone (killed terminal, OOM, SIGKILL: same host and its pid is
-    dead, or Prefect says its flow run is over) is reconciled first, so it can be resumed at once."""
-    from harvest.retention.policy import process_gone
-
+    A run still marked running whose process is gone (killed terminal, OOM, SIGKILL: its process, judged from
+    here, is gone, or Prefect says its flow run is over) is reconciled first, so it can be resumed at once."""
     engine = checked_engine()
     row = _row(engine, run_id)
     if row["retention"] not in ("pending", "kept"):
@@ -397,10 +395,11 @@ def runs_resume(run_id: str, as_json: bool = typer.Option(False, "--json", help=
         from harvest.db.runs import get_run
         from harvest.retention.policy import policy_from
 
-        if run_flow(reconcile_if_dead, engine, policy_from(checked_settings()), run_id):
-            row = get_run(engine, run_id) or row
+        reconciled = run_flow(reconcile_if_dead, engine, policy_from(checked_settings()), run_id)
+        row = get_run(engine, run_id) or row
+        if reconciled:
             typer.echo(f"run {run_id} was left running by a process that is gone: marked {row['status']}", err=True)
-        elif not process_gone(row.get("host"), row.get("pid")):
+        elif row["status"] == "running":
             fail(f"run {run_id} is running on {row.get('host')} (Prefect says so too); only failed, crashed or "
                  "cancelled runs can be resumed")
     if as_json:
@@ -416,19 +415,11 @@ def runs_resume(run_id: str, as_json: bool = typer.Option(False, "--json", help=
 
 
 def _alive_here(row: dict[str, Any]) -> bool:
-    """The row's process runs on this machine and exists."""
-    import os
-    import socket
+    """The row's process is alive, as far as it can be judged from here (harvest.liveness: the same kernel and pid
+    namespace, and the very process, not a later one with its pid)."""
+    from harvest.liveness import Verdict, judge
 
-    if row.get("host") != socket.gethostname() or not row.get("pid"):
-        return False
-    try:
-        os.kill(int(row["pid"]), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return judge(row.get("process"), row.get("host"))[0] is Verdict.ALIVE
 
 
 @runs_app.command("diff")

@@ -10,6 +10,14 @@ import pytest
 TEST_OPENAI_KEY = "sk-test-openai-secret-123456"
 
 
+def process_elsewhere(pid: int = 4242) -> str:
+    """A run row's process identity (harvest/liveness.py) of a process on another machine (another kernel's boot
+    id): its liveness cannot be judged from here, so Prefect's state or the run's heartbeat decides."""
+    import uuid
+
+    return f"{uuid.uuid4()}/4026531836/{pid}/1000"
+
+
 def reset_harvest_caches() -> None:
     """Forget settings and stores built from the previous test's environment."""
     from blocks.storage import _cached_store

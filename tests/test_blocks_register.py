@@ -88,6 +88,16 @@ def test_register_creates_usable_blocks_and_a_second_run_only_updates(block_env,
     assert s3.keys(block_env["BUCKET"]) == ["harvest/prod/probe.txt"]
     assert bucket.read_path("probe.txt") == b"hello"
 
+    # The one result-storage block, at the same root with the same credentials; runs use it as it is.
+    from blocks.storage import result_storage_block
+    from harvest.settings import HarvestSettings
+
+    results = S3Bucket.load("harvest-results")
+    assert (results.bucket_name, results.bucket_folder) == (block_env["BUCKET"], "harvest/prod")
+    assert results.credentials.aws_secret_access_key.get_secret_value() == AWS_SECRET
+    assert result_storage_block(HarvestSettings())._block_document_id == results._block_document_id  # noqa: SLF001
+    assert S3Bucket.load("harvest-results").credentials.aws_secret_access_key is not None  # not saved over
+
     # Again, with one value changed: the same blocks are updated in place, nothing is duplicated.
     ids = {name: AwsCredentials.load(name)._block_document_id for name in ("harvest-aws",)}
     os.environ["OPENAI_API_KEY"] = "sk-rotated-key-000"
@@ -130,6 +140,7 @@ def test_without_keys_or_s3_storage_nothing_optional_is_saved(monkeypatch, tmp_p
     done = {item.slug: item for item in register_blocks()}
     assert done["aws-credentials/harvest-aws"].action in ("created", "updated")
     assert done["s3-bucket/harvest-storage"].action == "skipped"
+    assert done["local-file-system/harvest-results"].action in ("created", "updated")
     assert done["secret/harvest-openai-api-key"].action == "skipped"
     assert done["secret/harvest-google-maps-api-key"].action == "skipped"
     from prefect_aws import AwsCredentials

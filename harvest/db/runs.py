@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +12,7 @@ from sqlalchemy.engine import Engine
 from harvest.db.engine import transaction, utcnow
 from harvest.db.schema import run_files, scrape_runs
 from harvest.errors import DatabaseError, RunAlreadyRunningError
+from harvest.liveness import this_host, this_process
 from harvest.models import FileRef
 
 MAX_WARNINGS = 500  # a hostile site must not grow a run row without bound
@@ -29,13 +29,16 @@ def create_run(
     deployment_name: str | None = None,
     work_pool: str | None = None,
 ) -> bool:
-    """Insert the run row with status `running`; a retried flow run (same id) is set running again.
+    """Insert the run row with status `running`; a retried flow run (same id) is set running again. Either way
+    the row names this process (host, pid, and its identity: harvest/liveness.py).
 
     Returns True when the row is new, False when an existing run was resumed. Raises
     RunAlreadyRunningError when another run of the same URL is running: the partial unique index
     `uq_scrape_runs_running_url` decides, so two concurrent starts cannot both win.
     """
     now = utcnow()
+    identity = this_process()
+    process = {"host": this_host(), "pid": os.getpid(), "process": identity.key() if identity else None}
     try:
         with transaction(engine) as connection:
             existing = connection.execute(
@@ -47,14 +50,14 @@ def create_run(
                         id=run_id, url=url, status="running", retention="pending", config=config,
                         started_at=now, updated_at=now, flow_run_name=flow_run_name, deployment_id=deployment_id,
                         deployment_name=deployment_name, work_pool=work_pool, warnings=[], failed_urls=[], steps={},
-                        host=socket.gethostname(), pid=os.getpid(),
+                        **process,
                     )
                 )
                 return True
             connection.execute(
                 scrape_runs.update().where(scrape_runs.c.id == run_id).values(
                     status="running", error=None, finished_at=None, updated_at=now, retention="pending",
-                    expires_at=None, host=socket.gethostname(), pid=os.getpid(),
+                    expires_at=None, **process,
                 )
             )
             return False
@@ -84,15 +87,20 @@ def update_run(engine: Engine, run_id: str, **values: Any) -> None:
         )
 
 
-def heartbeat(engine: Engine, run_id: str, *, host: str | None = None, pid: int | None = None) -> bool:
-    """Touch `updated_at` of the run while it is running in this process (or `host`/`pid`); False once it is
-    not (finished, reconciled, or taken over by a resume elsewhere): the caller stops beating."""
+def heartbeat(engine: Engine, run_id: str, *, process: str | None = None) -> bool:
+    """Touch `updated_at` of the run while it is running in this process (or the one `process` names, a key of
+    harvest.liveness); False once it is not (finished, reconciled, or taken over by a resume elsewhere): the caller
+    stops beating. Where a process has no identity (no /proc), host and pid stand for it."""
     now = utcnow()
+    if process is None:
+        identity = this_process()
+        process = identity.key() if identity else None
+    owner = (scrape_runs.c.process == process if process is not None else
+             sa.and_(scrape_runs.c.host == this_host(), scrape_runs.c.pid == os.getpid()))
     with transaction(engine) as connection:
         return bool(connection.execute(
             scrape_runs.update().where(
-                scrape_runs.c.id == run_id, scrape_runs.c.status == "running",
-                scrape_runs.c.host == (host or socket.gethostname()), scrape_runs.c.pid == (pid or os.getpid()),
+                scrape_runs.c.id == run_id, scrape_runs.c.status == "running", owner,
             ).values(updated_at=now)
         ).rowcount)
 

@@ -80,6 +80,8 @@ scrape_runs = sa.Table(
     sa.Column("diff", Json, comment="{added, removed, changed, unchanged} against previous_run_id."),
     sa.Column("host", sa.Text, comment="Hostname of the process running the flow (with pid: a liveness check)."),
     sa.Column("pid", sa.Integer),
+    sa.Column("process", sa.Text, comment="The flow process's identity: <boot id>/<pid namespace>/<pid>/<start ticks>; "
+              "its liveness can be judged only under the same kernel and pid namespace (harvest/liveness.py)."),
     sa.Column("lease_until", Timestamp, comment="An import in progress: the sweep leaves the files alone until then."),
     sa.Index("ix_scrape_runs_url_started_at", "url", "started_at"),
     sa.Index("ix_scrape_runs_status", "status"),

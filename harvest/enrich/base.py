@@ -15,8 +15,8 @@ Two shapes run it, and the flow knows only the shapes:
 - `ChunkedEnrichment` (images, geocoding): standardized.jsonl cut in chunks, one task per chunk writing a part
   of the map, then a join of the parts in order (harvest/enrich/join.py). The chunk count follows `work`: the
   records that will cost a request (harvest/enrich/fan_out.py).
-- `BatchEnrichment` (embeddings): one job submitted to a service and collected later, with retries while it
-  runs; the job's handle is persisted, so a resumed run collects the job it paid for.
+- `BatchEnrichment` (embeddings): one job submitted to a service and collected later, polled while it runs; the
+  job's handle is persisted, so a resumed run collects the job it paid for.
 
 Its one name (`name`) is the step key in the run row (`<name>.<chunk>` per chunk), the ledger's stage, the
 warning prefix, the stem of the Prefect task names and of its result keys. Its file kinds are stored names:
@@ -165,8 +165,8 @@ class BatchEnrichment(Enrichment):
     """An enrichment done by one job a service runs (submitted, then polled until it ends; module docstring).
 
     The flow calls `submit` once (its result persisted under `submit_result`), then, unless the submission
-    finished everything, `collect` with retries while `collect` raises BatchNotReadyError. Both record their
-    own steps: `<name>_submit` and `<name>`."""
+    finished everything, `collect` again and again (a growing interval) while it raises BatchNotReadyError. Both
+    record their own steps: `<name>_submit` and `<name>`."""
 
     submit_result: ClassVar[str]
     """The result key's step of the submission (its handle), e.g. `embeddings_batch`."""

@@ -21,19 +21,19 @@ sweep and a manual cleanup) never handle the same run twice.
 from __future__ import annotations
 
 import logging
-import os
 import re
-import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from harvest.cost.report import usd
 from harvest.db.engine import Connection, Engine, transaction, utcnow
 from harvest.db.ledger import release_open_holds
 from harvest.errors import ConfigError, StorageError
+from harvest.liveness import Verdict, judge
 from harvest.retention import queries as rows
 from harvest.retention.queries import FILES_KEPT
 from harvest.settings import HarvestSettings
@@ -211,47 +211,49 @@ def sweep(
 def _reconcile(
     engine: Engine, policy: RetentionPolicy, state_of: Callable[[str], str | None], report: SweepReport, now: datetime
 ) -> None:
-    running = rows.running_runs(engine)
-    for run_id, updated_at, host, pid in running:
+    for run_id, updated_at, host, process in rows.running_runs(engine):
         try:
-            state = state_of(run_id)
+            decided = dead_run_status(process, updated_at, host, policy, now, partial(state_of, run_id))
         except Exception as exc:  # noqa: BLE001 - an unreachable API must not stop the rest of the sweep
             report.errors.append(f"run {run_id}: flow run state unavailable: {exc}")
             continue
-        # Design choice: a run is declared dead on evidence, in this order. Prefect saying its flow run is
-        # over; on this host, its process being gone, and never anything else while it is alive (a run may
-        # wait hours on a batch: marking it crashed would free its URL for a second process writing the same
-        # run); on another host, whose processes cannot be checked, no heartbeat (flows/heartbeat.py touches
-        # `updated_at` every grace/6 while the run lives) for a whole grace period, whatever Prefect still says
-        # (a dead host's flow run stays RUNNING in Prefect until something notices).
-        if state in RECONCILED_STATUS:
-            status, why = RECONCILED_STATUS[state], f"its Prefect flow run is {state}"
-        elif host and host == socket.gethostname():
-            if not process_gone(host, pid):
-                continue
-            status, why = "crashed", f"its process {pid} on {host} is gone"
-        elif updated_at < now - policy.grace:
-            said = f"Prefect still says {state}" if state else "no Prefect flow run"
-            status, why = "crashed", f"no heartbeat from {host or 'its host'} for over {policy.grace} ({said})"
-        else:
+        if decided is None:
             continue
+        status, why = decided
         report.reconciled.append({"run_id": run_id, "status": status, "reason": why})
         if not report.dry_run:
             reconcile_run(engine, policy, run_id, status, why, now)
 
 
-def process_gone(host: str | None, pid: int | None) -> bool:
-    """True when the run's process ran on this machine and no longer exists (a killed `harvest scrape`,
-    whose local Prefect API can never learn that it crashed). Other hosts' processes cannot be checked."""
-    if not host or not pid or host != socket.gethostname():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False  # it exists, under another user
-    return False
+def dead_run_status(
+    process: str | None, updated_at: datetime, host: str | None, policy: RetentionPolicy, now: datetime,
+    prefect_state: Callable[[], str | None],
+) -> tuple[str, str] | None:
+    """(status, why) for a run left `running` that is in fact over, or None while it may be alive.
+
+    Design choice: a run is declared dead on evidence, never on a guess, in this order:
+    1. Prefect saying its flow run is over (its worker reported it, the zombie automation marked it Crashed after
+       its heartbeats stopped, someone set its state): the flow run is the run, and a process may outlive its flow
+       run (a hook that could not write the row; a process that runs flows one after another);
+    2. its process, where it can be judged from here (same kernel, same pid namespace: harvest/liveness.py): alive
+       means it is left alone, whatever the clock says (a run may wait hours on a batch; declaring it dead would
+       free its URL for a second process writing the same run); gone means it is over;
+    3. otherwise (another machine, a container, a kernel booted since) no heartbeat of the run's own
+       (flows/heartbeat.py touches `updated_at` every grace/6) for a whole grace period, whatever Prefect still
+       says: an ephemeral API dies with its process and never learns it.
+    """
+    state = prefect_state()
+    if state in RECONCILED_STATUS:
+        return RECONCILED_STATUS[state], f"its Prefect flow run is {state}"
+    verdict, why = judge(process, host)
+    if verdict is Verdict.ALIVE:
+        return None
+    if verdict is Verdict.DEAD:
+        return "crashed", why
+    if updated_at < now - policy.grace:
+        said = f"Prefect still says {state}" if state else "no Prefect flow run"
+        return "crashed", f"no heartbeat from {host or 'its host'} for over {policy.grace} ({said}; {why})"
+    return None
 
 
 def reconcile_run(engine: Engine, policy: RetentionPolicy, run_id: str, status: str, why: str, now: datetime) -> bool:

@@ -94,11 +94,11 @@ def runs_started_before(engine: Engine, cutoff: datetime, *, status: str | None 
 # --- reconciliation ---------------------------------------------------------------------------------
 
 
-def running_runs(engine: Engine) -> list[tuple[str, datetime, str | None, int | None]]:
-    """(id, updated_at, host, pid) of every run whose row says `running`."""
+def running_runs(engine: Engine) -> list[tuple[str, datetime, str | None, str | None]]:
+    """(id, updated_at, host, process identity) of every run whose row says `running`."""
     with transaction(engine) as connection:
         rows = connection.execute(
-            sa.select(scrape_runs.c.id, scrape_runs.c.updated_at, scrape_runs.c.host, scrape_runs.c.pid)
+            sa.select(scrape_runs.c.id, scrape_runs.c.updated_at, scrape_runs.c.host, scrape_runs.c.process)
             .where(scrape_runs.c.status == "running")
         ).all()
     return [tuple(row) for row in rows]

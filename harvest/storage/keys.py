@@ -6,8 +6,10 @@ Every key is relative to the store's root (a folder, or a bucket and prefix):
     ├── <kind>.<ext>                        a stage's file, e.g. raw_activities.jsonl, embeddings.npy
     ├── <kind>.part-NNNN.jsonl              one chunk's part of a map (images_map, geocode map), until combined
     └── results/<step>.json                 Prefect's persisted step results (flows/tasks.py); a chunked
-                                            step's name carries what its result depends on (range, layout,
-                                            CHUNKED_RESULTS_VERSION)
+        │                                   step's name carries what its result depends on (range, layout,
+        │                                   CHUNKED_RESULTS_VERSION)
+        └── results/failed/<hex>            Prefect's record of a failed task (the exception, under a random
+                                            name Prefect picks: blocks/storage.py puts it in its run's prefix)
     digests/<run_id>.jsonl                  a run's digest, kept past its run for the next run to diff against
     images/<sha256>.webp                    content-addressed images, shared by every run that points at them
 
@@ -46,6 +48,12 @@ def result_key_template(step: str) -> str:
     it carries the run id, so it doubles as the cache key and the results go with the run's prefix.
     """
     return run_prefix("{parameters[run_id]}") + RESULTS + "/" + step + ".json"
+
+
+def failed_result_key(run_id: str, name: str) -> str:
+    """`runs/<run_id>/results/failed/<name>`: where Prefect's record of a failed task of the run goes (`name` is the
+    random one Prefect gave it), so it is swept with the run."""
+    return f"{run_prefix(run_id)}{RESULTS}/failed/{name}"
 
 
 # The version of what a chunked step's result holds (chunk parts and the maps joined from them). Bump it when

@@ -47,6 +47,7 @@ DEPLOYMENTS = {
     "scrape-website/git": (POOL, ["0 1 * * *"], (4, "ENQUEUE")),
     "import-run/manual": (POOL, [], None),
     "sweep-expired/nightly": (POOL, ["0 3 * * *"], (1, "CANCEL_NEW")),
+    "settle-run/crashed": (POOL, [], None),
 }
 ARTIFACTS_DIR = Path(__file__).resolve().parent / "artifacts"
 SCREENSHOT = ARTIFACTS_DIR / "flow-run-summary.png"
@@ -214,7 +215,7 @@ def file_rows(db_url: str, run_id: str) -> dict[str, dict[str, Any]]:
 
 
 def test_deploy_all_creates_every_deployment(stack) -> None:  # noqa: ANN001
-    """`prefect --no-prompt deploy --all` ran unattended (in the fixture) and created all five deployments."""
+    """`prefect --no-prompt deploy --all` ran unattended (in the fixture) and created all six deployments."""
     print(f"deploy --all {stack.timings['deploy_s']:.1f}s")
     for name, (pool, crons, limit) in DEPLOYMENTS.items():
         deployment = stack.api("GET", f"/deployments/name/{name}")

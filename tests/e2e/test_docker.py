@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -27,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from harvest.liveness import ProcessIdentity, Verdict, judge, this_process
 from tests.e2e.test_deployment import (
     DOCKER_POOL,
     PREFECT,
@@ -179,6 +181,14 @@ def test_the_docker_deployment_runs_the_flow_in_the_image(  # noqa: ANN001
     files = file_rows(db_url, flow_run_id)
     assert {"raw_activities", "standardized", "merged", "final_jsonl"} <= set(files)
     assert_files_kept(s3, harvest_env["HARVEST_BUCKET"], files)
+    # The run's process identity names the container's pid namespace under the host's kernel (host networking: the
+    # host's hostname too): judged from the host, its pid means nothing, so a pid that happens to be free or taken
+    # on the host never decides (harvest/liveness.py); the heartbeat does.
+    identity, mine = ProcessIdentity.parse(row["process"]), this_process()
+    assert identity is not None and mine is not None, row["process"]
+    assert (identity.boot_id, row["host"]) == (mine.boot_id, socket.gethostname())
+    assert identity.pid_namespace != mine.pid_namespace
+    assert judge(row["process"])[0] is Verdict.UNKNOWN
     print(f"in the container: {row['activities_processed']} activities, {crawl['pages_fetched']} pages fetched, "
           f"{crawl['pages_rendered']} rendered, {len(files)} files")
 

@@ -33,6 +33,7 @@ from harvest.retention.policy import RetentionPolicy, cleanup_run, sweep
 from harvest.retention.queries import FILES_KEPT
 from harvest.storage import LocalStore, iter_jsonl, write_json, write_jsonl
 from harvest.storage.keys import image_key
+from tests.helpers import process_elsewhere
 
 POLICY = RetentionPolicy(kept_days=14, failed_days=30, grace=timedelta(hours=24))
 URLS = ["https://one.example/", "https://two.example/"]
@@ -75,7 +76,7 @@ class Model:
         if ending < 0.2:  # the process is killed: the row says running, on a host that is gone
             with self.engine.begin() as connection:
                 connection.execute(scrape_runs.update().where(scrape_runs.c.id == run_id).values(
-                    host="dead-host.example", pid=1))
+                    host="dead-host.example", pid=1, process=process_elsewhere(1)))
             self.log.append(f"run {run_id[:8]} killed")
             return
         if ending < 0.35:  # the flow failed after the image chunks: the failure hook keeps the files

@@ -25,6 +25,7 @@ from harvest.import_.activities import import_activities
 from harvest.retention.policy import RetentionPolicy, cleanup_run, sweep
 from harvest.storage import LocalStore, write_json, write_jsonl
 from harvest.storage.base import ObjectInfo
+from tests.helpers import process_elsewhere
 
 POLICY = RetentionPolicy(kept_days=14, failed_days=30, grace=timedelta(hours=24))
 NOW = utcnow()
@@ -312,14 +313,14 @@ def test_9_a_live_local_run_is_never_reconciled_by_staleness(engine, store) -> N
 
 def test_9_a_dead_hosts_run_is_reconciled_though_prefect_says_running(engine, store) -> None:  # noqa: ANN001
     dead = start_run(engine, store)
-    stale(engine, dead, host="dead-host.example", pid=4242)
+    stale(engine, dead, host="dead-host.example", pid=4242, process=process_elsewhere(4242))
     report = sweep(engine, store, POLICY, flow_run_state=lambda _: "RUNNING", now=NOW)
     assert [(r["run_id"], r["status"]) for r in report.reconciled] == [(dead, "crashed")]
     assert "dead-host.example" in report.reconciled[0]["reason"]
     # A live run on another host beats: it is fresh, not reconciled.
     alive = start_run(engine, store)
-    stale(engine, alive, host="other-host.example", pid=4343)
-    assert run_rows.heartbeat(engine, alive, host="other-host.example", pid=4343)
+    stale(engine, alive, host="other-host.example", pid=4343, process=(elsewhere := process_elsewhere(4343)))
+    assert run_rows.heartbeat(engine, alive, process=elsewhere)
     assert sweep(engine, store, POLICY, flow_run_state=lambda _: "RUNNING", now=NOW).reconciled == []
 
 

@@ -18,7 +18,7 @@ from harvest.db.schema import activities, page_cache
 from harvest.models import RunConfig
 from harvest.storage import iter_jsonl
 from testkit.demo_site import DATA_PATH, build_demo_site, serve_site
-from tests.helpers import session_prefect_api_url
+from tests.helpers import process_elsewhere, session_prefect_api_url
 
 SOURCE = [a for a in json.loads(DATA_PATH.read_text("utf-8")) if a.get("name")]
 
@@ -133,6 +133,7 @@ def test_a_second_start_for_a_running_url_returns_the_running_run(harvest_env, d
     with get_client(sync_client=True) as client:  # a run of this URL, live on some other worker
         live = client.create_flow_run(scrape_website, parameters={"url": url}, state=Running())
     run_rows.create_run(engine, str(live.id), url, {})
+    run_rows.update_run(engine, str(live.id), host="worker-2.example", process=process_elsewhere())
     pages = demo_site.total_requests()
 
     summary = scrape(url, max_pages=5).result()
@@ -161,6 +162,7 @@ def test_sweep_cli_reconciles_and_expires_and_dry_run_changes_nothing(harvest_en
     with get_client(sync_client=True) as client:
         dead = client.create_flow_run(scrape_website, parameters={"url": "https://gone.example/"}, state=Crashed())
     run_rows.create_run(engine, str(dead.id), "https://gone.example/", {})
+    run_rows.update_run(engine, str(dead.id), host="worker-2.example", process=process_elsewhere())  # its worker's
     kept = scrape(demo_site.base_url + "/", max_pages=10, max_extractions=3).result()
     run_rows.update_run(engine, kept.run_id, expires_at=utcnow())
     with engine.begin() as connection:  # the scrape's page memory, and 3 rows of URLs no crawl reached for 31 days

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
-from flows.polling import poll_schedule
-from harvest.errors import ConfigError, DisallowedURLError
+from flows.polling import backoff, wait_for_job
+from harvest.errors import BatchNotReadyError, ConfigError, DisallowedURLError
 from harvest.models import RunConfig, StartRequest
 from harvest.settings import HarvestSettings
 from harvest.urls import check_fetch_allowed, validate_start_url
@@ -50,10 +52,35 @@ def test_run_config_rejects_unknown_and_out_of_range() -> None:
     assert StartRequest(url=" https://example.com/a ").url == "https://example.com/a"
 
 
-def test_poll_schedule_grows_to_the_cap_and_covers_the_total() -> None:
-    retries, delays = poll_schedule(30, 600, 24 * 3600)
-    assert delays[:5] == [30, 60, 120, 240, 480] and max(delays) == 600 and len(delays) <= 50
-    assert sum(delays) + (retries - len(delays)) * delays[-1] >= 24 * 3600
+def test_the_poll_interval_doubles_up_to_its_cap() -> None:
+    assert list(itertools.islice(backoff(30, 600), 7)) == [30, 60, 120, 240, 480, 600, 600]
+
+
+def test_a_job_is_polled_until_it_ends_and_each_wait_is_reported() -> None:
+    answers = iter([BatchNotReadyError("validating", done=0, total=4), BatchNotReadyError("in_progress", done=2,
+                                                                                           total=4), "the files"])
+    slept: list[float] = []
+    waits: list[tuple[str, int]] = []
+
+    def check() -> str:
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    result = wait_for_job(check, first_s=1, cap_s=10, total_s=100, sleep=slept.append,
+                          on_wait=lambda not_ready, polls, _: waits.append((str(not_ready), polls)))
+    assert result == "the files"
+    assert slept == [1, 2] and waits == [("validating", 1), ("in_progress", 2)]
+
+
+def test_a_job_past_the_longest_wait_fails_with_its_last_status() -> None:
+    def check() -> str:
+        raise BatchNotReadyError("batch b1 is in_progress (3/9 done)", done=3, total=9)
+
+    with pytest.raises(BatchNotReadyError, match=r"in_progress \(3/9 done\); gave up after 1 polls") as caught:
+        wait_for_job(check, first_s=5, cap_s=5, total_s=1, sleep=lambda _: None, on_wait=lambda *_: None)
+    assert (caught.value.done, caught.value.total) == (3, 9)
 
 
 def test_secrets_never_show_in_settings_repr(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -186,7 +186,8 @@ def check_batch(client: openai.OpenAI, batch_id: str) -> BatchResult:
     request_counts = {"total": counts.total, "completed": counts.completed, "failed": counts.failed} if counts else {}
     progress = f"{request_counts.get('completed', 0)}/{request_counts.get('total', 0)} done" if counts else "no counts"
     if batch.status in NOT_READY_STATUSES:
-        raise BatchNotReadyError(f"batch {batch_id} is {batch.status} ({progress})")
+        raise BatchNotReadyError(f"batch {batch_id} is {batch.status} ({progress})",
+                                 done=request_counts.get("completed"), total=request_counts.get("total"))
     if batch.status in PARTIAL_STATUSES and batch.output_file_id:
         # An expired or cancelled batch still delivers what it finished (the API's output file): paid for,
         # so kept; the rest are lines of its error file and end up as rows without a vector.

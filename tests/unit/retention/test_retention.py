@@ -28,6 +28,7 @@ from harvest.retention.policy import (
 )
 from harvest.retention.queries import set_pinned
 from harvest.storage import write_json, write_jsonl
+from tests.helpers import process_elsewhere
 
 POLICY = RetentionPolicy(kept_days=14, failed_days=30, grace=timedelta(hours=24))
 NOW = utcnow()
@@ -151,10 +152,11 @@ def test_runs_left_running_by_a_dead_process_are_reconciled(engine, store) -> No
     crashed, failed, alive, unknown_old, unknown_new = (str(uuid.uuid4()) for _ in range(5))
     for run_id in (crashed, failed, alive, unknown_old, unknown_new):
         run_rows.create_run(engine, run_id, f"https://site.example/{run_id}", {})
-    with engine.begin() as connection:  # on another host, its last sign of life was two days ago
+        # Each on a worker on another machine: its process cannot be checked from here.
+        run_rows.update_run(engine, run_id, host="elsewhere.example", process=process_elsewhere())
+    with engine.begin() as connection:  # its last sign of life was two days ago
         connection.execute(
-            scrape_runs.update().where(scrape_runs.c.id == unknown_old).values(
-                updated_at=NOW - timedelta(days=2), host="elsewhere.example")
+            scrape_runs.update().where(scrape_runs.c.id == unknown_old).values(updated_at=NOW - timedelta(days=2))
         )
     prefect_says = {crashed: "CRASHED", failed: "FAILED", alive: "RUNNING"}
 
@@ -301,13 +303,18 @@ def test_a_local_run_whose_process_is_gone_is_crashed_even_if_prefect_still_says
     import subprocess
     import sys
 
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
     gone, alive = str(uuid.uuid4()), str(uuid.uuid4())
     for run_id in (gone, alive):
         run_rows.create_run(engine, run_id, f"https://site.example/{run_id}", {})
-    run_rows.update_run(engine, gone, pid=dead.pid)  # its `harvest scrape` was SIGKILLed: no hook, no API update
+    # The row as another process on this machine recorded it: its `harvest scrape` was SIGKILLed since (no hook,
+    # no API update), and the row still names it.
+    recorded = subprocess.run(
+        [sys.executable, "-c", "from harvest.liveness import this_process; print(this_process().key())"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    pid = int(recorded.split("/")[2])
+    run_rows.update_run(engine, gone, pid=pid, process=recorded)
     report = sweep(engine, store, POLICY, flow_run_state=lambda _: "RUNNING", now=NOW)
     assert [(r["run_id"], r["status"]) for r in report.reconciled] == [(gone, "crashed")]
-    assert f"process {dead.pid}" in report.reconciled[0]["reason"]
+    assert f"process {pid}" in report.reconciled[0]["reason"]
     assert row(engine, alive)["status"] == "running", "this test's own process is alive"
