@@ -115,7 +115,8 @@ activities = sa.Table(
     metadata,
     sa.Column("id", sa.String(64), primary_key=True, comment="Stable activity id: hash of name + address."),
     sa.Column("dedupe_key", sa.Text, nullable=False, unique=True,
-              comment="Normalized name + formatted address: the original design's dedupe rule."),
+              comment="The activity's identity: normalized name + place (the address, else the page's coordinates); "
+              "the id is its hash."),
     sa.Column("name", sa.Text, nullable=False),
     sa.Column("description", sa.Text),
     sa.Column("urgency", sa.String(8), nullable=False),
