@@ -142,3 +142,72 @@ def test_runs_with_and_without_the_llm_keep_their_own_memory(engine: sa.Engine, 
         kinds = connection.execute(sa.select(page_cache.c.extractor, sa.func.count()).group_by(
             page_cache.c.extractor)).all()
     assert {extractor for extractor, _ in kinds} == {without, with_llm}
+
+
+@pytest.fixture(params=["postgres", "sqlite"])
+def fresh_url(request, tmp_path):  # noqa: ANN001, ANN201
+    """A database of its own, migrated by the test (Postgres: a new database beside the session's)."""
+    import uuid
+
+    from harvest.db.engine import dispose_all
+
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'old.db'}"
+        return
+    base = sa.engine.make_url(request.getfixturevalue("pg_url"))
+    name = f"harvest_mig_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    yield base.set(database=name).render_as_string(hide_password=False)
+    dispose_all()
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.dispose()
+
+
+def test_migration_0016_keys_rows_by_render_and_extractor_and_goes_both_ways(fresh_url: str) -> None:
+    """Rows of the old table (keyed by URL, no render mode, no run) are dropped: no crawl could recall them
+    under the new key, no cleanup could account for them. After it, one URL has a row per render mode and
+    extractor; the downgrade and a second upgrade work."""
+    from datetime import UTC, datetime
+
+    from harvest.crawl.revalidate import Remembered
+    from harvest.db.engine import upgrade
+
+    upgrade(fresh_url, "0015")
+    engine = get_engine(fresh_url)
+    with engine.begin() as connection:
+        connection.execute(sa.text(
+            "INSERT INTO page_cache (url, page_url, final_url, fetched_at, rendered, links, pagination, activities,"
+            " duplicate, extractor, updated_at) VALUES ('http://s/a', 'http://s/a', 'http://s/a', :t, false, '[]',"
+            " '[]', '[{\"name\": \"Park\"}]', false, '2', :t)"), {"t": datetime(2026, 12, 1, tzinfo=UTC)})
+    upgrade(fresh_url)
+    with engine.connect() as connection:
+        assert connection.execute(sa.text("SELECT count(*) FROM page_cache")).scalar_one() == 0
+
+    entry = Remembered(url="http://s/a", page_url="http://s/a", final_url="http://s/a", validators=None,
+                       fetched_at=datetime(2026, 12, 1, tzinfo=UTC), activities=[{"name": "Park"}])
+    for render, extractor in (("http", "2"), ("browser", "2"), ("http", "2+llm:m")):
+        memory = memory_for(engine, extractor, render, "run-1")
+        memory.remember(entry)
+        memory.flush()
+    with engine.connect() as connection:
+        assert connection.execute(sa.text("SELECT count(*) FROM page_cache")).scalar_one() == 3
+    assert memory_for(engine, "2", "auto", "run-2").recall("http://s/a") is None
+
+    from alembic import command
+    from alembic.config import Config
+
+    from harvest.db.engine import migrations_dir
+
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    config.set_main_option("sqlalchemy.url", fresh_url.replace("%", "%%"))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0015")
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+    assert memory_for(engine, "2", "http", "run-3").recall("http://s/a") is None
