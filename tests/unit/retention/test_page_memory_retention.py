@@ -257,3 +257,32 @@ def test_page_memory_lives_as_long_as_the_latest_run_that_crawled_it_keeps_its_f
                    now=start + days_(10))
     assert second.expired == ["run-2"]
     assert _page_rows(engine) == [], "the memory went with the files of the last run that crawled the site"
+
+
+def test_an_early_crawls_memory_belongs_to_the_run_that_adopts_it_and_to_none_otherwise(  # noqa: ANN001
+    engine, site_root: Path, tmp_path: Path,
+) -> None:
+    """The CLI starts a run's crawl before the run exists (harvest_cli/main.py::_crawl_early): what its memory
+    saw is written under the run that adopts the crawl, so that run's cleanup takes it; a crawl nobody adopts
+    keeps nothing."""
+    from harvest.crawl.stage import drop_early_crawls, start_crawl_early
+
+    store = LocalStore(tmp_path / "store")
+    settings = HarvestSettings(allow_private_networks=True, browser_path=None, crawl_queue_size=500)
+    config = RunConfig(render="http", max_pages=500, max_depth=20)
+    with serve_site(site_root) as site:
+        start_crawl_early(site.url("/"), config, settings, PageCache(
+            engine, extraction_version(None), render="http", wait_for_owner=True))
+        time.sleep(0.5)  # it fetches (and remembers) while the run is being set up
+        collect_raw_activities(store, "run-early", site.url("/"), config, settings,
+                               memory=_owned_memory(engine, "run-early"))
+        owners = {run for run, _ in _page_rows(engine)}
+        assert owners == {"run-early"}, owners
+
+        with engine.begin() as connection:
+            connection.execute(page_cache.delete())
+        start_crawl_early(site.url("/"), config, settings, PageCache(
+            engine, extraction_version(None), render="http", wait_for_owner=True))
+        time.sleep(0.5)
+        assert drop_early_crawls() == 1
+    assert _page_rows(engine) == [], "no run adopted the crawl: nothing it saw is kept"
