@@ -45,7 +45,7 @@ def main() -> int:
     memory = None
     if memory_url:
         upgrade(memory_url)
-        memory = PageCache(get_engine(memory_url), "bench")
+        memory = PageCache(get_engine(memory_url), "bench", render=mode)
     started = time.perf_counter()
     session = crawl(start_url, config, replace(CrawlOptions.from_settings(settings), allow_private_networks=True),
                     memory=memory)

@@ -106,7 +106,8 @@ def crawl(run_id: str, url: str, config: RunConfig, progress_id: str | None = No
     def on_progress(stats: CrawlStats, found: int) -> None:
         progress.crawl(stats.pages_fetched, stats.pages_queued, found, config.max_pages)
 
-    memory = PageCache(res.engine, extraction_version(llm)) if res.settings.crawl_revalidate else None
+    memory = (PageCache(res.engine, extraction_version(llm), render=config.render, run_id=run_id)
+              if res.settings.crawl_revalidate else None)
     result = collect_raw_activities(
         res.store, run_id, url, config, res.settings, llm=llm, on_progress=on_progress, memory=memory
     )

@@ -187,8 +187,8 @@ class HarvestSettings(BaseSettings):
     page_memory_days: float = Field(
         default=30, ge=1,
         description="Days a page_cache row lives without a crawl fetching or revalidating its URL before the sweep "
-        "deletes it (URLs a site stopped linking to: session ids, dated event pages). At least 1: a nightly "
-        "crawl must be able to confirm its pages before they go.",
+        "deletes it (URLs a site stopped linking to: session ids, dated event pages); sooner when the files of "
+        "the run that last reached it go. At least 1: a nightly crawl must be able to confirm its pages first.",
     )
     image_max_bytes: int = Field(default=15 * 1024 * 1024, description="Images larger than this are refused.")
     image_max_pixels: int = Field(default=50_000_000, description="Decompression-bomb guard for images.")

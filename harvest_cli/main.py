@@ -188,7 +188,9 @@ def _crawl_early(url: str, config: Any, settings: Any, engine: Any) -> bool:
     if running_run_for(engine, url) is not None:
         return False
     version = extraction_version_for(settings.extraction_model if settings.has_openai else None)
-    memory = PageCache(engine, version) if settings.crawl_revalidate else None
+    # Its run does not exist yet: the memory holds what it sees until the run adopts the crawl (and owns it).
+    memory = (PageCache(engine, version, render=config.render, wait_for_owner=True)
+              if settings.crawl_revalidate else None)
     start_crawl_early(url, config, settings, memory)
     return True
 

@@ -1,4 +1,9 @@
-"""The crawl's page memory in the metadata database (`page_cache`): one row per URL the last crawl fetched.
+"""The crawl's page memory in the metadata database (`page_cache`): one row per URL the last crawl fetched, per
+render mode and extractor (issue 27 item 2: keyed by the URL alone, a page a `render="http"` run remembered was
+reused unrendered by later `browser`/`auto` runs, and runs with and without the LLM overwrote each other's row).
+
+Each row belongs to the run that last wrote or confirmed it (`run_id`): its raw activities are that run's too, so
+the row goes when that run's files go (harvest/retention/policy.py, issue 27 item 7).
 
 Kept in the database rather than as objects in the store: a re-crawl reads one small row per URL (one
 indexed lookup, no listing), and 50,000 pages are 50,000 rows, not 50,000 objects to put and get.
@@ -30,13 +35,21 @@ BATCH = 200
 class PageCache:
     """`harvest.crawl.revalidate.PageMemory` over the `page_cache` table; thread-safe.
 
-    `extractor` names the extraction that found the stored activities: rows another version wrote are not
-    recalled (that page is fetched and extracted again), so a better extractor is never fed old answers.
+    The memory of one kind of crawl: `render` (the run's render mode: http, browser or auto) and `extractor` (the
+    extraction that found the stored activities, with its LLM if any) are part of every row's key, so a crawl
+    recalls only what a crawl of the same kind remembered: a plain page never stands in for a render, and a
+    better extractor is never fed old answers. `run_id`: the run whose crawl this is, which owns what it writes
+    and confirms. A memory made before its run exists (the CLI's early crawl) passes `wait_for_owner=True`: it
+    writes nothing until `own(run_id)`, and a flush before that drops what it holds (no run keeps those pages).
     """
 
-    def __init__(self, engine: Engine, extractor: str) -> None:
+    def __init__(self, engine: Engine, extractor: str, *, render: str, run_id: str | None = None,
+                 wait_for_owner: bool = False) -> None:
         self.engine = engine
         self.extractor = extractor
+        self.render = render
+        self.run_id = run_id
+        self._waiting = wait_for_owner and run_id is None
         self._pending: dict[str, dict[str, Any]] = {}
         self._confirmed: set[str] = set()
         self._lock = threading.Lock()
@@ -52,7 +65,8 @@ class PageCache:
         table = page_cache.c
         row = self._first(  # one lookup for both (an index each, OR'ed): a first crawl asks for every URL
             sa.select(page_cache)
-            .where(sa.or_(table.url == url, table.page_url == url), table.extractor == self.extractor)
+            .where(sa.or_(table.url == url, table.page_url == url), table.extractor == self.extractor,
+                   table.render == self.render)
             # `url`'s own row first; else the row holding the page's activities, if there is one.
             .order_by(table.url != url, table.duplicate, table.url)
             .limit(1)
@@ -87,40 +101,54 @@ class PageCache:
             "links": entry.links, "pagination": entry.pagination, "activities": entry.activities,
             "duplicate": entry.duplicate, "original_url": entry.original_url,
             "subresources": _subresource_rows(entry.subresources),
-            "extractor": self.extractor, "updated_at": utcnow(),
+            "extractor": self.extractor, "render": self.render, "updated_at": utcnow(),
         }
         with self._lock:
             self._pending[entry.url] = row  # one row per URL in a statement: ON CONFLICT refuses two
-            if len(self._pending) < BATCH:
+            if len(self._pending) < BATCH or self._waiting:
                 return
             rows, self._pending = list(self._pending.values()), {}
-        upsert_rows(self.engine, page_cache, rows, ["url"])
+        self._write(rows)
 
     def confirm(self, url: str) -> None:
         with self._lock:
             self._confirmed.add(url)
-            if len(self._confirmed) < BATCH:
+            if len(self._confirmed) < BATCH or self._waiting:
                 return
             urls, self._confirmed = self._confirmed, set()
         self._stamp(urls)
+
+    def own(self, run_id: str) -> None:
+        """The run whose crawl this is, known now (an early crawl adopted by its run): what was held is its."""
+        with self._lock:
+            self.run_id, self._waiting = run_id, False
 
     def flush(self) -> None:
         with self._lock:
             rows, self._pending = list(self._pending.values()), {}
             urls, self._confirmed = self._confirmed, set()
-        upsert_rows(self.engine, page_cache, rows, ["url"])
+            if self._waiting:
+                return  # no run adopted this crawl: nothing it saw is kept
+        self._write(rows)
         self._stamp(urls)
 
+    def _write(self, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            row["run_id"] = self.run_id
+        upsert_rows(self.engine, page_cache, rows, ["url", "render", "extractor"])
+
     def _stamp(self, urls: set[str]) -> None:
-        """Mark the rows of `urls` as seen now: one UPDATE per batch, nothing else in the row changes (a page
-        skipped by its `<lastmod>` keeps the fetch time the next crawl compares with)."""
+        """Mark the rows of `urls` as seen now by this run (whose raw activities now hold them): one UPDATE per
+        batch, nothing else in the row changes (a page skipped by its `<lastmod>` keeps the fetch time the next
+        crawl compares with)."""
         if not urls:
             return
         with transaction(self.engine) as connection:
             connection.execute(
                 page_cache.update()
-                .where(one_of(page_cache.c.url, sorted(urls), self.engine.dialect.name))
-                .values(updated_at=utcnow())
+                .where(one_of(page_cache.c.url, sorted(urls), self.engine.dialect.name),
+                       page_cache.c.render == self.render, page_cache.c.extractor == self.extractor)
+                .values(updated_at=utcnow(), run_id=self.run_id)
             )
 
 

@@ -123,12 +123,17 @@ def collect_raw_activities(
     nothing) goes to `result.quality`.
     """
     result = StageResult()
+    remembering = getattr(memory, "render", config.render)
+    if remembering != config.render:  # a plain page must never stand in for a render (issue 27 item 2)
+        raise ValueError(f"a page memory of render={remembering!r} crawls given to a render={config.render!r} run")
     extraction = _Extraction(llm, result, as_of or datetime.now(UTC), config.calendar_horizon_days)
     early = _adopt_early(url, config, memory, result)
     if early is not None:
         session, checked = early
     else:
         checked = _CheckedMemory(memory, result) if memory is not None else None
+    if checked is not None:
+        checked.own(run_id)
     with timed(result.stats):
         if early is None:
             session = crawl(url, config, CrawlOptions.from_settings(settings), memory=checked)
@@ -408,6 +413,12 @@ class _CheckedMemory:
 
     def flush(self) -> None:
         self.memory.flush()
+
+    def own(self, run_id: str) -> None:
+        """What the crawl remembers and confirms is `run_id`'s (a memory that records no owner ignores it)."""
+        own = getattr(self.memory, "own", None)
+        if own is not None:
+            own(run_id)
 
 
 def _remember(memory: PageMemory, page: Page, items: list[RawActivity], result: StageResult) -> None:

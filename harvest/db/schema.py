@@ -115,7 +115,8 @@ activities = sa.Table(
     metadata,
     sa.Column("id", sa.String(64), primary_key=True, comment="Stable activity id: hash of name + address."),
     sa.Column("dedupe_key", sa.Text, nullable=False, unique=True,
-              comment="Normalized name + formatted address: the original design's dedupe rule."),
+              comment="The activity's identity: normalized name + place (the address, else the page's coordinates); "
+              "the id is its hash."),
     sa.Column("name", sa.Text, nullable=False),
     sa.Column("description", sa.Text),
     sa.Column("urgency", sa.String(8), nullable=False),
@@ -209,6 +210,12 @@ page_cache = sa.Table(
     "page_cache",
     metadata,
     sa.Column("url", sa.Text, primary_key=True, comment="The URL as the crawl requested it (normalized)."),
+    sa.Column("render", sa.String(16), primary_key=True,
+              comment="The render mode of the crawls that use the row (http|browser|auto): a page remembered "
+              "by one mode never stands in for another's (a plain page for a render)."),
+    sa.Column("extractor", sa.Text, primary_key=True,
+              comment="Version of the extraction that found them (its LLM, if any): another version has its "
+              "own row."),
     sa.Column("page_url", sa.Text, nullable=False, comment="The page's identity then: canonical, else final URL."),
     sa.Column("final_url", sa.Text, nullable=False, comment="Where redirects ended."),
     sa.Column("etag", sa.Text, comment="Validators for a conditional GET: 304 means reuse, no download."),
@@ -225,13 +232,16 @@ page_cache = sa.Table(
     sa.Column("subresources", Json,
               comment="A rendered page's scripts and their data, [{url, etag, last_modified}], revalidated before "
               "it is reused; NULL when unknown (the page is rendered again)."),
-    sa.Column("extractor", sa.Text, nullable=False,
-              comment="Version of the extraction that found them: another version ignores the row."),
+    # No foreign key: the crawl stage is used (bench, tests) under run ids no `scrape_runs` row has.
+    sa.Column("run_id", sa.String(64),
+              comment="The run that last wrote or confirmed the row (its raw activities hold the page's): "
+              "the row goes with that run's files. NULL: remembered outside a run, pruned by age only."),
     sa.Column("updated_at", Timestamp, nullable=False,
               comment="When a crawl last fetched or revalidated the URL: the sweep prunes rows older than "
               "HARVEST_PAGE_MEMORY_DAYS."),
     sa.Index("ix_page_cache_updated_at", "updated_at"),
     sa.Index("ix_page_cache_page_url", "page_url"),
+    sa.Index("ix_page_cache_run_id", "run_id"),
 )
 
 

@@ -1,7 +1,10 @@
 """Import final activity records into the `activities` table: batched, deduped, re-runnable.
 
-Dedupe follows the original design: one row per normalized name + formatted address (the stable
-activity id is a hash of exactly that, and `dedupe_key` keeps the readable form, unique in the database).
+Dedupe follows the activity's identity: one row per normalized name + place (the address, else the page's
+coordinates: `harvest.standardize.standardizer.identity_key`); the stable activity id is a hash of exactly that,
+and `dedupe_key` keeps the readable form, unique in the database. Two activities standardize keeps apart (two
+coordinate-only places) are two rows (issue 27 item 1: the key was name + address, and the second place was
+skipped or overwrote the first).
 Importing the same run twice creates no duplicates: unchanged rows are counted as skipped. Which row wins a key
 is the upsert policy (harvest/import_/policy.py); how a record becomes a row, harvest/import_/rows.py.
 

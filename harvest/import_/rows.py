@@ -9,7 +9,7 @@ from typing import Any
 
 from harvest.enrich.base import Enrichment
 from harvest.enrich.registry import enrichments as registered
-from harvest.extract.text import normalize_key as dedupe_text
+from harvest.standardize.standardizer import coordinates_place, identity_key
 
 
 def record_to_row(
@@ -25,7 +25,7 @@ def record_to_row(
     address = location.get("formatted_address") or ""
     row = {
         "id": record["id"],
-        "dedupe_key": f"{dedupe_text(name)}|{dedupe_text(address)}",
+        "dedupe_key": identity_key(name, address or _page_coordinates(location)),
         "name": name,
         "description": record.get("description"),
         "urgency": record.get("urgency") or "medium",
@@ -53,6 +53,15 @@ def record_to_row(
     for enrichment in registered() if enrichments is None else enrichments:
         row.update(enrichment.row(record))
     return row
+
+
+def _page_coordinates(location: dict[str, Any]) -> str | None:
+    """The place of an activity without an address, as its id saw it: the page's coordinates. A geocoder's
+    coordinates never name a place (they come from an address, which then is the place)."""
+    latitude, longitude = location.get("latitude"), location.get("longitude")
+    if latitude is None or longitude is None or location.get("coordinates_source") not in (None, "page"):
+        return None
+    return coordinates_place(float(latitude), float(longitude))
 
 
 def _occurrence(value: Any) -> list[Any]:

@@ -14,8 +14,11 @@ digest stays), (3) deletes digests
 superseded by a newer completed run of the same URL (so the latest one, the next run's diff baseline, is
 never deleted), (4) deletes orphans older than a grace period,
 (5) flags rows whose object vanished, and (6) deletes the crawl's page memory (`page_cache`) for URLs no crawl
-fetched or revalidated for `page_memory_days`. Rows are locked with `FOR UPDATE SKIP LOCKED`, so two sweeps (or a
-sweep and a manual cleanup) never handle the same run twice.
+fetched or revalidated for `page_memory_days`, and rows whose run (the last to write or confirm them) no longer
+keeps its files. A run's cleanup (`cleanup_run`: auto-import, `harvest runs cleanup`; the sweep's expiry) deletes
+its page memory with its files: the rows hold its raw activities, so they are kept exactly as long.
+Rows are locked with `FOR UPDATE SKIP LOCKED`, so two sweeps (or a sweep and a manual cleanup) never handle the
+same run twice.
 """
 
 from __future__ import annotations
@@ -114,6 +117,8 @@ def delete_run_objects(store: ObjectStore, connection: Connection, run_id: str, 
             store.delete(store.key_for(uri))
             deleted += 1
     rows.mark_run_files_deleted(connection, run_id, keep_digest=keep_digest)
+    # The page memory holds the run's raw activities too (issue 27 item 7): it goes with them, in this transaction.
+    rows.delete_run_page_memory(connection, run_id)
     return deleted
 
 
@@ -425,7 +430,9 @@ def _flag_missing(engine: Engine, store: ObjectStore, existing: set[str], report
 
 def _prune_page_memory(engine: Engine, policy: RetentionPolicy, report: SweepReport, now: datetime) -> None:
     """Delete the page memory of URLs no crawl fetched or revalidated for `page_memory_days` (a site whose URLs
-    change, with session ids or dated event pages, would grow the table forever), a batch per transaction.
+    change, with session ids or dated event pages, would grow the table forever), and rows whose run no longer
+    keeps its files (a cleanup deletes them itself; this catches a row a crawl wrote for a run cleaned meanwhile),
+    a batch per transaction.
 
     A page a crawl reuses as unchanged has its row confirmed (`PageMemory.confirm`), so only URLs the crawls
     stopped reaching go; a URL that comes back is simply fetched in full once.

@@ -296,20 +296,37 @@ def mark_file_missing(connection: Connection, file_id: int, now: datetime) -> No
 # --- the crawl's page memory ---------------------------------------------------------------------------
 
 
+def _stale_page_memory(before: datetime) -> sa.ColumnElement[bool]:
+    """Rows past their promise: no crawl wrote or confirmed them since `before`, or the run that last did no
+    longer keeps its files (its raw activities hold the rows' activities: they go together)."""
+    files_gone = sa.exists().where(
+        scrape_runs.c.id == page_cache.c.run_id, scrape_runs.c.status != "running",
+        scrape_runs.c.retention.not_in(FILES_KEPT),
+    )
+    return sa.or_(page_cache.c.updated_at < before, files_gone)
+
+
 def count_stale_page_memory(engine: Engine, before: datetime) -> int:
-    """How many `page_cache` rows no crawl wrote or confirmed since `before` (what a sweep would delete)."""
+    """How many `page_cache` rows a sweep would delete (`_stale_page_memory`)."""
     with transaction(engine) as connection:
         return int(connection.execute(
-            sa.select(sa.func.count()).select_from(page_cache).where(page_cache.c.updated_at < before)
+            sa.select(sa.func.count()).select_from(page_cache).where(_stale_page_memory(before))
         ).scalar_one())
 
 
 def delete_stale_page_memory(connection: Connection, before: datetime, limit: int) -> int:
-    """Delete up to `limit` `page_cache` rows no crawl wrote or confirmed since `before`, oldest first; returns
+    """Delete up to `limit` `page_cache` rows past their promise (`_stale_page_memory`), oldest first; returns
     how many. Rows a crawl holds locked right now (it is writing them) are skipped (`FOR UPDATE SKIP LOCKED`;
     a row it confirmed meanwhile no longer qualifies once the lock is taken)."""
+    key = sa.tuple_(page_cache.c.url, page_cache.c.render, page_cache.c.extractor)
     stale = (
-        sa.select(page_cache.c.url).where(page_cache.c.updated_at < before)
+        sa.select(page_cache.c.url, page_cache.c.render, page_cache.c.extractor).where(_stale_page_memory(before))
         .order_by(page_cache.c.updated_at).limit(limit).with_for_update(skip_locked=True)
     )
-    return connection.execute(page_cache.delete().where(page_cache.c.url.in_(stale))).rowcount
+    return connection.execute(page_cache.delete().where(key.in_(stale))).rowcount
+
+
+def delete_run_page_memory(connection: Connection, run_id: str) -> int:
+    """Delete the page memory `run_id` last wrote or confirmed: its files (the raw activities) are being
+    deleted, and the rows hold the same activities. A crawl confirming a row later owns it anew."""
+    return connection.execute(page_cache.delete().where(page_cache.c.run_id == run_id)).rowcount

@@ -162,14 +162,19 @@ def _other_language_date(text: str, languages: tuple[str, ...]) -> datetime | No
     return date
 
 
-def activity_id(name: str, formatted_address: str | None) -> str:
-    """sha256 over normalized name + "|" + normalized address, first 32 hex chars.
+def identity_key(name: str, place: str | None) -> str:
+    """An activity's identity, readable: normalized name + "|" + normalized place (`place_key`). The id is its
+    hash and the import's `dedupe_key` is this text, so the two never disagree (issue 27 item 1).
 
     Normalization is casefold, collapsed whitespace and punctuation-insensitive, so the same place
     written "Coburg Lake Reserve, Coburg North" or "coburg lake reserve coburg north" gets one id.
     """
-    key = f"{normalize_key(name)}|{normalize_key(formatted_address)}"
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+    return f"{normalize_key(name)}|{normalize_key(place)}"
+
+
+def activity_id(name: str, place: str | None) -> str:
+    """sha256 of `identity_key(name, place)`, first 32 hex chars."""
+    return hashlib.sha256(identity_key(name, place).encode("utf-8")).hexdigest()[:32]
 
 
 def content_hash(activity: Activity) -> str:
@@ -236,8 +241,13 @@ def place_key(location: Location) -> str | None:
     if location.formattedAddress:
         return location.formattedAddress
     if location.latitude is not None and location.longitude is not None:
-        return f"{location.latitude:.5f},{location.longitude:.5f}"
+        return coordinates_place(location.latitude, location.longitude)
     return None
+
+
+def coordinates_place(latitude: float, longitude: float) -> str:
+    """The place of an activity the page locates only by coordinates (5 decimals, ~1 m)."""
+    return f"{latitude:.5f},{longitude:.5f}"
 
 
 class Standardizer:

@@ -4,7 +4,11 @@ invariants checked after every step:
 
 - every `activities.image_uri` exists in storage;
 - every run whose files are kept (or that is running) still has every file its live rows list, and every image
-  its images maps (whole or in parts) and its final JSONL point at.
+  its images maps (whole or in parts) and its final JSONL point at;
+- the page memory (`page_cache`) holds only pages of a run that is running or keeps its files: its rows hold
+  the raw activities of the run that last wrote or confirmed them, so they are kept no longer than that run's
+  files (issue 27 item 7). Runs of both URLs reach three shared pages (a site's pages reached from two start
+  URLs), so a row changes hands.
 
 A run's steps are done in the order the flow does them (chunk parts, join, final, digest, import, hook), and a
 crash leaves exactly what the flow leaves at that point. The clock of the sweeps only moves forward, by up to
@@ -22,13 +26,16 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from harvest.crawl.page_cache import PageCache
+from harvest.crawl.revalidate import Remembered
 from harvest.db import runs as run_rows
 from harvest.db.engine import get_engine, utcnow
-from harvest.db.schema import activities, scrape_runs
+from harvest.db.schema import activities, page_cache, scrape_runs
 from harvest.diff.compare import digest_key
 from harvest.enrich.join import combine_parts
 from harvest.errors import RunAlreadyRunningError
 from harvest.import_.stage import import_final_records, import_kept_run
+from harvest.net.conditional import Validators
 from harvest.retention.policy import RetentionPolicy, cleanup_run, sweep
 from harvest.retention.queries import FILES_KEPT
 from harvest.storage import LocalStore, iter_jsonl, write_json, write_jsonl
@@ -38,6 +45,7 @@ from tests.helpers import process_elsewhere
 POLICY = RetentionPolicy(kept_days=14, failed_days=30, grace=timedelta(hours=24))
 URLS = ["https://one.example/", "https://two.example/"]
 IMAGES = ["1", "2", "3", "4", "5"]
+PAGES = ["https://shared.example/a", "https://shared.example/b", "https://shared.example/c"]
 SEEDS = [11, 22, 33]
 STEPS = 30
 
@@ -65,6 +73,7 @@ class Model:
             return
         run_rows.record_file(self.engine, run_id, write_jsonl(
             self.store, f"runs/{run_id}/raw_activities.jsonl", "raw_activities", [{"name": "A"}]))
+        self._crawl_pages(run_id, url)
         names = [f"{URLS.index(url)}-{n}" for n in range(4)]
         for index, chunk in enumerate((names[:2], names[2:])):
             lines = [{"id": name, "uri": self._image()} for name in chunk]
@@ -85,6 +94,26 @@ class Model:
             self.log.append(f"run {run_id[:8]} failed")
             return
         self._finish(run_id, url)
+
+    def _crawl_pages(self, run_id: str, url: str) -> None:
+        """The crawl's page memory, as the crawl stage keeps it: each page fetched anew (remembered) or found
+        unchanged (confirmed), owned by this run."""
+        memory = PageCache(self.engine, "model", render="http", run_id=run_id)
+        for page in [f"{url}page", *PAGES]:
+            if self.rng.random() < 0.5 and memory.recall(page) is not None:
+                memory.confirm(page)
+            else:
+                memory.remember(Remembered(url=page, page_url=page, final_url=page, validators=Validators('"v"', None),
+                                           fetched_at=self.clock, activities=[{"name": "A"}]))
+        memory.flush()
+
+    def cleanup(self) -> None:
+        """`harvest runs cleanup` of a finished run whose files are kept."""
+        candidates = self._runs(status=("completed", "failed", "crashed"))
+        if candidates:
+            run_id = self.rng.choice(candidates)["id"]
+            cleanup_run(self.engine, self.store, run_id)
+            self.log.append(f"cleanup {run_id[:8]}")
 
     def _image(self) -> str | None:
         """An image the chunk stored or reused (content-addressed: an existing one is not rewritten), or a
@@ -165,6 +194,9 @@ class Model:
                 sa.select(activities.c.image_uri).where(activities.c.image_uri.is_not(None)))]
             alive = [r.id for r in connection.execute(sa.select(scrape_runs.c.id).where(sa.or_(
                 scrape_runs.c.retention.in_(FILES_KEPT), scrape_runs.c.status == "running")))]
+            owners = {r.run_id for r in connection.execute(sa.select(page_cache.c.run_id))}
+        kept_too_long = owners - set(alive)
+        assert not kept_too_long, f"page memory of runs whose files are gone: {sorted(kept_too_long)}"
         lost = [uri for uri in uris if not exists(uri)]
         assert not lost, f"activities point at missing images {lost}"
         for run_id in alive:
@@ -179,7 +211,7 @@ class Model:
 @pytest.mark.parametrize("seed", SEEDS)
 def test_no_interleaving_loses_a_referenced_or_kept_file(clean_db: str, tmp_path, seed: int) -> None:  # noqa: ANN001
     model = Model(get_engine(clean_db), LocalStore(tmp_path / "store"), random.Random(seed))
-    operations = [model.run, model.run, model.resume, model.manual_import, model.sweep, model.sweep]
+    operations = [model.run, model.run, model.resume, model.manual_import, model.cleanup, model.sweep, model.sweep]
     for _ in range(STEPS):
         operation = model.rng.choice(operations)
         operation()

@@ -165,11 +165,13 @@ def test_sweep_cli_reconciles_and_expires_and_dry_run_changes_nothing(harvest_en
     run_rows.update_run(engine, str(dead.id), host="worker-2.example", process=process_elsewhere())  # its worker's
     kept = scrape(demo_site.base_url + "/", max_pages=10, max_extractions=3).result()
     run_rows.update_run(engine, kept.run_id, expires_at=utcnow())
-    with engine.begin() as connection:  # the scrape's page memory, and 3 rows of URLs no crawl reached for 31 days
+    # The scrape's page memory, and 3 rows of URLs no crawl reached for 31 days (remembered outside any run).
+    with engine.begin() as connection:
         remembered = connection.execute(sa.select(sa.func.count()).select_from(page_cache)).scalar_one()
         row = dict(connection.execute(sa.select(page_cache).limit(1)).mappings().one())
         connection.execute(page_cache.insert(), [
-            {**row, "url": f"https://gone.example/event/{n}", "updated_at": utcnow() - timedelta(days=31)}
+            {**row, "url": f"https://gone.example/event/{n}", "run_id": None,
+             "updated_at": utcnow() - timedelta(days=31)}
             for n in range(3)
         ])
     assert remembered > 0
@@ -187,8 +189,8 @@ def test_sweep_cli_reconciles_and_expires_and_dry_run_changes_nothing(harvest_en
     report = json.loads(done.stdout)
     assert report["expired"] == [kept.run_id] and report["deleted_objects"] > 0
     assert report["page_memory_pruned"] == 3
-    with engine.connect() as connection:  # the stale rows went, the scrape's own stayed
-        assert connection.execute(sa.select(sa.func.count()).select_from(page_cache)).scalar_one() == remembered
+    with engine.connect() as connection:  # the stale rows went, and the scrape's own with its expired files
+        assert connection.execute(sa.select(sa.func.count()).select_from(page_cache)).scalar_one() == 0
     printed = CliRunner().invoke(app, ["sweep"])
     assert printed.exit_code == 0 and "page memory rows pruned: 0" in printed.stdout, printed.output
     assert run_rows.get_run(engine, str(dead.id))["status"] == "crashed"

@@ -43,7 +43,7 @@ def _entry(number: int, fetched: datetime) -> Remembered:
 
 
 def test_entries_are_written_in_batches_and_updated_in_place(engine: sa.Engine) -> None:
-    memory = PageCache(engine, "v1")
+    memory = PageCache(engine, "v1", render="http")
     fetched = datetime(2026, 11, 30, 10, tzinfo=UTC)
     for number in range(BATCH + 50):
         memory.remember(_entry(number, fetched))
@@ -104,7 +104,7 @@ class Collector:
 @pytest.fixture
 def collector(engine: sa.Engine, site_root: Path, tmp_path: Path) -> Iterator[Collector]:
     with serve_site(site_root) as site:
-        yield Collector(site, LocalStore(tmp_path / "store"), PageCache(engine, extraction_version(None)))
+        yield Collector(site, LocalStore(tmp_path / "store"), PageCache(engine, extraction_version(None), render="http"))
 
 
 def test_an_unchanged_recrawl_gives_the_same_activities_without_extracting(collector: Collector) -> None:

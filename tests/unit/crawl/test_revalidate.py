@@ -134,7 +134,7 @@ def test_demo_site_counts_the_bytes_it_sends(small_site) -> None:
 def _memory(tmp_path: Path) -> PageCache:
     url = f"sqlite:///{tmp_path / 'meta.db'}"
     upgrade(url)
-    return PageCache(get_engine(url), "test-1")
+    return PageCache(get_engine(url), "test-1", render="auto")
 
 
 def _options(**overrides: object) -> CrawlOptions:
@@ -328,7 +328,7 @@ def test_robots_rules_still_apply_to_remembered_pages(site, tmp_path: Path) -> N
 
 def test_a_memory_that_fails_costs_only_bandwidth(demo_copy: Path, tmp_path: Path) -> None:
     """A page memory whose database has no page_cache table: every lookup fails, every page is fetched in full."""
-    broken = PageCache(get_engine(f"sqlite:///{tmp_path / 'empty.db'}"), "test-1")
+    broken = PageCache(get_engine(f"sqlite:///{tmp_path / 'empty.db'}"), "test-1", render="auto")
     config = RunConfig(render="http", max_pages=1000, max_depth=20)
     with serve_site(demo_copy) as site:
         plain, _ = _crawl(site.url("/"), None, config, _options())
@@ -568,7 +568,7 @@ def test_a_stored_entry_round_trips_through_the_table(tmp_path: Path) -> None:
     assert memory.recall("http://s/a") is None  # buffered until flushed
     memory.flush()
     assert memory.recall("http://s/a") == entry
-    assert PageCache(memory.engine, "test-2").recall("http://s/a") is None  # another extractor's rows: not used
+    assert PageCache(memory.engine, "test-2", render=memory.render).recall("http://s/a") is None  # another extractor's rows: not used
 
 
 def _revalidating(site, path: str, body: str, etag: str) -> None:  # noqa: ANN001 - the conftest Site

@@ -19,7 +19,7 @@ from harvest.crawl.page_cache import BATCH, PageCache
 from harvest.crawl.revalidate import Remembered, Validators
 from harvest.crawl.stage import collect_raw_activities, extraction_version
 from harvest.db.engine import utcnow
-from harvest.db.schema import page_cache
+from harvest.db.schema import page_cache, scrape_runs
 from harvest.models import RunConfig
 from harvest.retention import policy as retention
 from harvest.retention.policy import RetentionPolicy, policy_from, sweep
@@ -37,7 +37,7 @@ def _entry(url: str) -> Remembered:
 
 
 def _remember(engine: sa.Engine, urls: list[str]) -> PageCache:
-    memory = PageCache(engine, "v1")
+    memory = PageCache(engine, "v1", render="http")
     for url in urls:
         memory.remember(_entry(url))
     memory.flush()
@@ -154,7 +154,7 @@ def test_a_recrawl_that_finds_every_page_unchanged_keeps_every_row(engine, site_
     (most skipped by <lastmod>, the rest 304s, duplicates dropped), so the sweep after it must prune nothing:
     otherwise the next crawl would download those pages again."""
     store = LocalStore(tmp_path / "store")
-    memory = PageCache(engine, extraction_version(None))
+    memory = PageCache(engine, extraction_version(None), render="http")
     with serve_site(site_root) as site:
         first, _ = _collect(store, "run-1", site.url("/"), memory)
         remembered = _urls(engine)
@@ -188,3 +188,101 @@ def test_a_row_a_crawl_is_writing_is_skipped_not_waited_for(engine, tmp_path: Pa
     assert not blocked, "the sweep waited for the crawl's row lock"
     assert reports[0].page_memory_pruned == 4
     assert _urls(engine) == [urls[0]] and memory.recall(urls[0]) == _entry(urls[0])
+
+
+# ---- the page memory follows the retention of the runs whose data it holds (issue 27 item 7) ------------
+
+
+def _owned_memory(engine: sa.Engine, run_id: str) -> PageCache:
+    """The page memory of one run, as flows/tasks.py::crawl makes it."""
+    return PageCache(engine, extraction_version(None), render="http", run_id=run_id)
+
+
+def _page_rows(engine: sa.Engine) -> list[tuple[str, int]]:
+    with engine.connect() as connection:
+        return [(row.run_id, len(row.activities)) for row in connection.execute(
+            sa.select(page_cache.c.run_id, page_cache.c.activities))]
+
+
+def _crawled_run(engine: sa.Engine, store: LocalStore, run_id: str, url: str) -> list[str]:
+    from harvest.db import runs
+
+    runs.create_run(engine, run_id, url, {})
+    lines, _ = _collect(store, run_id, url, _owned_memory(engine, run_id))
+    runs.finish_run(engine, run_id, "completed")
+    return lines
+
+
+def test_a_runs_cleanup_takes_its_page_memory_with_it(engine, site_root: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    """An auto-import's cleanup (and `harvest runs cleanup`: the same `cleanup_run`) deletes the run's raw
+    activities; the page memory holds the same activities, page by page, so it goes too (before: every row
+    stayed, with its activities, for HARVEST_PAGE_MEMORY_DAYS after the last crawl)."""
+    from harvest.retention.policy import cleanup_run
+
+    store = LocalStore(tmp_path / "store")
+    with serve_site(site_root) as site:
+        lines = _crawled_run(engine, store, "run-imported", site.url("/"))
+    remembered = _page_rows(engine)
+    assert lines and sum(found for _, found in remembered) >= len(lines)
+    assert {run for run, _ in remembered} == {"run-imported"}
+
+    assert cleanup_run(engine, store, "run-imported") is not None
+    assert _page_rows(engine) == [], f"page memory kept {len(_page_rows(engine))} rows after the run's cleanup"
+
+
+def test_page_memory_lives_as_long_as_the_latest_run_that_crawled_it_keeps_its_files(  # noqa: ANN001
+    engine, site_root: Path, tmp_path: Path,
+) -> None:
+    """A site crawled again: the rows the newer run reused (304, older <lastmod>) are its own now, so the older
+    run's expiry leaves them; the newer run's expiry takes them, well before HARVEST_PAGE_MEMORY_DAYS (before:
+    a site crawled every night kept its pages' activities forever, whatever happened to the runs)."""
+    from datetime import timedelta as days_
+
+    store = LocalStore(tmp_path / "store")
+    start = utcnow()
+    with serve_site(site_root) as site:
+        _crawled_run(engine, store, "run-1", site.url("/"))
+        _crawled_run(engine, store, "run-2", site.url("/"))
+    count = len(_page_rows(engine))
+    assert count and {run for run, _ in _page_rows(engine)} == {"run-2"}, "the re-crawl owns what it reused"
+    with engine.begin() as connection:
+        for run_id, expires in (("run-1", start + days_(2)), ("run-2", start + days_(9))):
+            connection.execute(scrape_runs.update().where(scrape_runs.c.id == run_id)
+                               .values(retention="kept", expires_at=expires))
+
+    first = sweep(engine, LocalStore(tmp_path / "store"), POLICY, flow_run_state=lambda _: None,
+                  now=start + days_(5))
+    assert first.expired == ["run-1"] and len(_page_rows(engine)) == count
+    second = sweep(engine, LocalStore(tmp_path / "store"), POLICY, flow_run_state=lambda _: None,
+                   now=start + days_(10))
+    assert second.expired == ["run-2"]
+    assert _page_rows(engine) == [], "the memory went with the files of the last run that crawled the site"
+
+
+def test_an_early_crawls_memory_belongs_to_the_run_that_adopts_it_and_to_none_otherwise(  # noqa: ANN001
+    engine, site_root: Path, tmp_path: Path,
+) -> None:
+    """The CLI starts a run's crawl before the run exists (harvest_cli/main.py::_crawl_early): what its memory
+    saw is written under the run that adopts the crawl, so that run's cleanup takes it; a crawl nobody adopts
+    keeps nothing."""
+    from harvest.crawl.stage import drop_early_crawls, start_crawl_early
+
+    store = LocalStore(tmp_path / "store")
+    settings = HarvestSettings(allow_private_networks=True, browser_path=None, crawl_queue_size=500)
+    config = RunConfig(render="http", max_pages=500, max_depth=20)
+    with serve_site(site_root) as site:
+        start_crawl_early(site.url("/"), config, settings, PageCache(
+            engine, extraction_version(None), render="http", wait_for_owner=True))
+        time.sleep(0.5)  # it fetches (and remembers) while the run is being set up
+        collect_raw_activities(store, "run-early", site.url("/"), config, settings,
+                               memory=_owned_memory(engine, "run-early"))
+        owners = {run for run, _ in _page_rows(engine)}
+        assert owners == {"run-early"}, owners
+
+        with engine.begin() as connection:
+            connection.execute(page_cache.delete())
+        start_crawl_early(site.url("/"), config, settings, PageCache(
+            engine, extraction_version(None), render="http", wait_for_owner=True))
+        time.sleep(0.5)
+        assert drop_early_crawls() == 1
+    assert _page_rows(engine) == [], "no run adopted the crawl: nothing it saw is kept"
