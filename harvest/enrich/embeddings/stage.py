@@ -9,7 +9,7 @@ float32 `.npy` matrix (rows in `standardized.jsonl` order, 4 bytes × dimensions
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -29,9 +29,9 @@ from harvest.enrich.embeddings.batch import (
     write_batch_input,
 )
 from harvest.enrich.embeddings.matrix import EmbeddingMatrix
-from harvest.enrich.embeddings.reuse import reusable_embeddings
+from harvest.enrich.embeddings.reuse import kept_run_embeddings, reusable_embeddings
 from harvest.enrich.embeddings.sync import embed_texts
-from harvest.errors import BatchNotReadyError, DatabaseError, EmbeddingError
+from harvest.errors import BatchNotReadyError, DatabaseError, EmbeddingError, StorageError
 from harvest.models import Activity, FileRef
 from harvest.pipeline import StageResult, timed
 from harvest.storage import ObjectStore, iter_jsonl, store_local_file, write_jsonl
@@ -104,6 +104,10 @@ def submit_embeddings(
         batch_path = Path(tmp) / "embeddings_batch_input.jsonl"
         with EmbeddingMatrix(prefill_path, count, dimensions) as matrix:
             reused = _reuse_stored(matrix, reuse, model, hashes, rows, result)
+            if reuse is not None and matrix.missing.any():
+                left = {key: value for key, value in hashes.items() if matrix.missing[rows[key]]}
+                reused += _reuse(matrix, lambda: kept_run_embeddings(reuse, store, run_id, model, left), rows,
+                                 result, "kept")
             texts = _Remaining(store, standardized, rows, ~matrix.missing)
             with open(batch_path, "wb") as out:
                 pending = write_batch_input(texts.counted(), model, out) if not texts.present.all() else 0
@@ -144,16 +148,25 @@ def _reuse_stored(matrix: EmbeddingMatrix, engine: Engine | None, model: str, ha
                   rows: dict[str, int], result: StageResult) -> int:
     """Copy the vectors of activities already imported with the same content hash and model into the matrix,
     validated and written a batch at a time; returns how many. A database error only costs the saving."""
+    if engine is None:
+        return 0
+    return _reuse(matrix, lambda: reusable_embeddings(engine, model, hashes), rows, result, "stored")
+
+
+def _reuse(matrix: EmbeddingMatrix, source: Callable[[], Iterator[tuple[str, Any]]], rows: dict[str, int],
+           result: StageResult, what: str) -> int:
+    """Write `source`'s (id, vector) pairs into the matrix a batch at a time, each validated; returns how many. A
+    database or storage error only costs the saving (those activities are embedded)."""
     reused = 0
     try:
-        stored = reusable_embeddings(engine, model, hashes) if engine is not None else iter(())
+        stored = source()
         while batch := list(islice(stored, WRITE_BATCH)):
             refused = matrix.write_many([(rows[activity_id], vector) for activity_id, vector in batch])
             reused += len(batch) - len(refused)
             for index, problem in refused.items():  # e.g. a stored vector of another length: embedded again
-                result.warn(f"stored embedding of {batch[index][0]} not reused: {problem}")
-    except DatabaseError as exc:  # reuse saves money; without it, everything is embedded
-        result.warn(f"stored embeddings not reused: {exc}")
+                result.warn(f"{what} embedding of {batch[index][0]} not reused: {problem}")
+    except (DatabaseError, StorageError) as exc:  # reuse saves money; without it, everything is embedded
+        result.warn(f"{what} embeddings not reused: {exc}")
     return reused
 
 
