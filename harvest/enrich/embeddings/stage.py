@@ -139,8 +139,6 @@ def submit_embeddings(
                 left = {key: value for key, value in hashes.items() if matrix.missing[rows[key]]}
                 reused += _reuse(matrix, lambda: kept_run_embeddings(reuse, store, run_id, model, left), rows,
                                  result, "kept")
-            earlier = run_batches(client, run_id, since=run_started) if run_started is not None and count else []
-            kept = _keep_finished(client, earlier, store, standardized, matrix, rows, model, dimensions, meter, result)
             texts = _Remaining(store, standardized, rows, ~matrix.missing)
             parts = (write_batch_parts(texts.counted(), model, Path(tmp), dimensions=dimensions,
                                        max_requests=max_requests, max_bytes=max_bytes)
@@ -149,9 +147,22 @@ def submit_embeddings(
             held, over_budget = _hold(meter, pending, texts.sent_chars, sync_below, result)
             if over_budget:
                 pending = 0
-            synced = 0
+            synced = kept = 0
+            earlier: list[Any] = []
             if 0 < pending < sync_below:
                 synced = _embed_now(client, texts, model, dimensions, matrix, rows, meter, held)
+            elif pending and run_started is not None:  # going to batches: what an earlier attempt left at OpenAI
+                earlier = run_batches(client, run_id, since=run_started)
+                kept = _keep_finished(client, earlier, store, standardized, matrix, rows, model, dimensions, meter,
+                                      result)
+                if kept:  # only the lines still missing are sent (the hold, made for more, is settled on collection)
+                    texts = _Remaining(store, standardized, rows, ~matrix.missing)
+                    parts = (write_batch_parts(texts, model, Path(tmp), dimensions=dimensions,
+                                               max_requests=max_requests, max_bytes=max_bytes)
+                             if not texts.present.all() else [])
+                    pending = sum(lines for _, lines in parts)
+                    if not pending and meter is not None:
+                        meter.release(held)
             missing = matrix.missing
         if pending and not synced:
             prefill = _store_for_batch(store, run_id, prefill_path, parts, count, pending, result)
