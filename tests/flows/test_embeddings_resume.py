@@ -1,7 +1,8 @@
 """An embeddings batch is paid for once per run. A submit task that runs again collects the batch an earlier
 attempt submitted instead of submitting another: recorded in the run row (the worker killed before Prefect
 stored the task's result: harvest.enrich.join.submitted_batch), or only created at OpenAI (killed before the
-row recorded it: found by the run's id in its metadata, harvest.enrich.embeddings.batch.find_run_batch).
+row recorded it: found by the run's id in its metadata, harvest.enrich.embeddings.batch.run_batches, and
+collected only when its input is this attempt's).
 
 The tasks' own functions run inside a flow, twice, as the retry of a resumed run would run them: against
 Postgres, the S3 stand-in and the OpenAI stand-in (Files + Batches over HTTP)."""

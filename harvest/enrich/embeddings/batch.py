@@ -204,27 +204,6 @@ def submit_batch(client: openai.OpenAI, input_path: Path, *, metadata: dict[str,
     return BatchHandle(batch_id=batch.id, input_file_id=uploaded.id)
 
 
-def find_run_batch(client: openai.OpenAI, run_id: str, *, since: float) -> BatchHandle | None:
-    """The batch an earlier attempt of run `run_id` created (its `harvest_run_id` metadata) at or after `since`
-    (epoch seconds) and that has not ended badly, or None.
-
-    For a worker killed between OpenAI creating its batch and the run row recording it: the resumed attempt
-    finds the batch there instead of paying for the same lines again. Batches are listed newest first, so
-    the search stops at the first one older than the run. A failed lookup returns None (the caller submits:
-    a second batch costs money, a run without embeddings loses data) and logs why.
-    """
-    try:
-        for batch in client.batches.list(limit=100):  # the SDK follows the `after` cursor page by page
-            if batch.created_at < since:
-                return None
-            if (batch.metadata or {}).get("harvest_run_id") == run_id and batch.status not in FAILED_STATUSES:
-                return BatchHandle(batch_id=batch.id, input_file_id=batch.input_file_id)
-    except openai.OpenAIError as exc:
-        logger.warning("embeddings: could not look for a batch this run already submitted (%s); submitting one",
-                       api_failure("listing batches", exc))
-    return None
-
-
 def run_batches(client: openai.OpenAI, run_id: str, *, since: float) -> list[Any]:
     """Every batch (the SDK's objects) of run `run_id` (its `harvest_run_id` metadata) created at or after `since`
     (epoch seconds), newest first, whatever its status; [] when the lookup fails (logged: the caller submits, a
