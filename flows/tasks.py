@@ -14,8 +14,10 @@ shape: a chunk task and the join for a chunked one, a submit and a collect task 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import sys
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -37,6 +39,7 @@ from harvest.diff.stage import diff_with_previous_run as diff_stage
 from harvest.enrich.base import BatchEnrichment, ChunkedEnrichment, Collected, EnrichContext, Enrichment
 from harvest.enrich.join import combine_parts
 from harvest.enrich.registry import enrichments
+from harvest.errors import DatabaseError
 from harvest.extract.answers import LLMAnswerCache
 from harvest.extract.llm import LLMExtractor
 from harvest.import_.stage import import_final_records
@@ -108,9 +111,16 @@ def crawl(run_id: str, url: str, config: RunConfig, progress_id: str | None = No
 
     memory = (PageCache(res.engine, extraction_version(llm), render=config.render, run_id=run_id)
               if res.settings.crawl_revalidate else None)
-    result = collect_raw_activities(
-        res.store, run_id, url, config, res.settings, llm=llm, on_progress=on_progress, memory=memory
-    )
+    try:
+        result = collect_raw_activities(
+            res.store, run_id, url, config, res.settings, llm=llm, on_progress=on_progress, memory=memory
+        )
+    finally:
+        # Answers and costs a database outage kept from the database (issue 27 item 4); a crawl that failed
+        # keeps its own error, and a retry still finds the answers in this process.
+        if llm is not None:
+            with contextlib.suppress(DatabaseError) if sys.exc_info()[0] is not None else contextlib.nullcontext():
+                llm.settle()
     record_stage(res, run_id, "crawl", result)
     if result.unfollowed:  # what a limit cut off, for the summary, the CLI and the UI
         run_rows.record_step(res.engine, run_id, "unfollowed", result.unfollowed)

@@ -146,6 +146,14 @@ class HarvestSettings(BaseSettings):
     batch_poll_seconds: float = Field(default=30.0, description="First interval between batch status polls.")
     batch_poll_max_seconds: float = Field(default=600.0, description="Cap on the growing poll interval.")
     batch_max_wait_seconds: float = Field(default=24 * 3600.0, description="Total time to wait for a batch.")
+    batch_max_requests: int = Field(
+        default=50_000, ge=1, le=50_000,
+        description="Lines per embeddings batch (OpenAI's limit: 50,000); more lines are split into several batches.",
+    )
+    batch_max_bytes: int = Field(
+        default=200_000_000, ge=1, le=200_000_000,
+        description="Bytes per batch input file (OpenAI's limit: 200 MB); larger inputs are split into batches.",
+    )
     user_agent: str = Field(default="harvest/0.1 (+https://github.com/harvest; family-activities crawler)")
     request_timeout_seconds: float = Field(default=20.0)
     per_host_concurrency: int = Field(default=4, description="Concurrent page/image requests per host.")

@@ -68,6 +68,12 @@ same JSON keys, ``GET /_testkit/stats``, ``POST /_testkit/reset``). Config keys:
 * ``completed_before_end``: lines an ``expired``/``cancelled`` batch finished (default: half, rounded down);
 * ``rate_limit_requests`` (and ``rate_limit_window_s``, default 60): after that many ``/v1`` requests in a
   window, answer 429 with ``Retry-After`` and ``x-ratelimit-remaining-requests: 0`` until the window ends;
+* ``max_batch_requests`` (default 50,000) and ``max_batch_file_bytes`` (default 200,000,000): the API's
+  per-batch limits. An input file over the byte limit is refused by ``POST /v1/files`` (400
+  ``invalid_request_error`` "File is too large.", as the API answers); a batch over the request limit is created
+  and then fails validation (``failed``, one ``errors.data`` entry ``too_many_requests``, no output), as the API
+  fails an input file it cannot run (the exact error code of the API for this case is not documented; this one
+  is the stand-in's). Counted as ``rejected.file_too_large`` / ``rejected.too_many_requests``;
 * ``chat_answers``: a queue of answer shapes for the next chat calls, each a :data:`VALID_CHAT_STYLES` or
   :data:`INVALID_CHAT_ANSWERS` name; when it is empty, calls rotate through the valid styles.
 
@@ -104,6 +110,11 @@ VALID_CHAT_STYLES = ("compact", "pretty", "reordered", "padded", "blank_strings"
 # Answers a real API can give that are not usable: each must become one clear ExtractionError.
 INVALID_CHAT_ANSWERS = ("invalid_json", "no_activities", "activities_not_list", "nameless_item", "truncated",
                         "refusal", "empty")
+# OpenAI's per-batch limits: at most 50,000 requests (for /v1/embeddings also 50,000 inputs) and an input file of
+# at most 200 MB (taken as 200,000,000 bytes, the stricter reading). Tests lower them (`max_batch_requests`,
+# `max_batch_file_bytes`) to see a split without writing 50,000 lines.
+MAX_BATCH_REQUESTS = 50_000
+MAX_BATCH_FILE_BYTES = 200_000_000
 FILE_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
 LABELS = ("activity", "where", "when", "about", "tags", "image")
 
@@ -269,6 +280,8 @@ class _Config:
     rate_limit_requests: int | None = None
     rate_limit_window_s: float = 60.0
     chat_answers: list[str] = field(default_factory=list)
+    max_batch_requests: int = MAX_BATCH_REQUESTS
+    max_batch_file_bytes: int = MAX_BATCH_FILE_BYTES
 
 
 @dataclass
@@ -357,7 +370,8 @@ class OpenAITestServer(LoopbackServer):
         settings = {**(config or {}), **kwargs}
         known = {"fail", "batch_outcome", "error_ids", "wrong_dimension_ids", "delay_s", "delay_path", "drip_s",
                  "polls_until_complete", "dimensions", "finalizing_polls", "shuffle_output", "completed_before_end",
-                 "rate_limit_requests", "rate_limit_window_s", "chat_answers"}
+                 "rate_limit_requests", "rate_limit_window_s", "chat_answers", "max_batch_requests",
+                 "max_batch_file_bytes"}
         unknown = set(settings) - known
         if unknown:
             raise ValueError(f"unknown config keys: {sorted(unknown)}")
@@ -402,6 +416,10 @@ class OpenAITestServer(LoopbackServer):
             if "rate_limit_window_s" in settings:
                 c.rate_limit_window_s = float(settings["rate_limit_window_s"])
             c.chat_answers.extend(answers)
+            if "max_batch_requests" in settings:
+                c.max_batch_requests = max(1, int(settings["max_batch_requests"]))
+            if "max_batch_file_bytes" in settings:
+                c.max_batch_file_bytes = max(1, int(settings["max_batch_file_bytes"]))
 
     def fail_next(self, path: str = "/v1/", count: int = 1, *, status: int = 500,
                   retry_after: float | None = None) -> None:
@@ -586,6 +604,9 @@ class OpenAITestServer(LoopbackServer):
         filename, data = form["file"]
         if purpose == "batch" and not (filename or "").endswith(".jsonl"):
             raise _ApiError(400, "Invalid file format for Batch API. Must be .jsonl", param="file")
+        if purpose == "batch" and len(data) > self._config.max_batch_file_bytes:
+            self._count("rejected.file_too_large")
+            raise _ApiError(400, "File is too large.")  # the API's answer: invalid_request_error, no code
         return 200, self._store_file(filename or "upload", purpose, data).to_json()
 
     def _files_list(self, req: _Handler, body: bytes) -> tuple[int, Any]:
@@ -706,6 +727,11 @@ class OpenAITestServer(LoopbackServer):
         batch.times.setdefault("in_progress_at", now)
         lines, problems = self._validate_input(self._files[batch.input_file_id].data, batch.endpoint)
         batch.counts = {"total": len(lines), "completed": 0, "failed": 0}
+        if not problems and len(lines) > self._config.max_batch_requests:
+            self._stats["rejected.too_many_requests"] += 1
+            problems = [{"code": "too_many_requests", "line": None, "param": None,
+                         "message": f"The batch input file has {len(lines)} requests, over the limit of "
+                                    f"{self._config.max_batch_requests} requests per batch."}]
         if problems:
             batch.status, batch.errors, batch.times["failed_at"] = "failed", problems, now
             batch.counts["total"] = 0

@@ -13,11 +13,15 @@ hold through reconciliation: the resumed run collects and charges it.
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from harvest.cost.prices import Prices, Usage, add_usage
+from harvest.errors import DatabaseError
+
+log = logging.getLogger(__name__)
 
 
 class Book(Protocol):
@@ -50,12 +54,19 @@ class Meter:
     refused: list[str] = field(default_factory=list)
     _held: float = 0.0
     _charged: float = 0.0
+    # Charges the book could not take when they were made (a database outage): (usage, cost, hold released).
+    unsettled: list[tuple[Usage, float, float]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def reserve(self, estimate: Usage, what: str) -> Reservation | None:
         """Hold the estimated cost of `estimate` for one call (about `what`), or None when the budget would
         be exceeded: then `what` is added to `refused` and the caller must not make the call."""
         usd = self.prices.cost(estimate)
+        if self.unsettled:
+            try:
+                self.settle()
+            except DatabaseError:
+                pass  # the reservation below meets the same outage and says so
         if usd > 0:
             allowed = (self.book.reserve(self.stage, usd, self.limit) if self.book is not None
                        else self._reserve_here(usd))
@@ -72,9 +83,13 @@ class Meter:
             self._held += usd
             return True
 
-    def charge(self, actual: Usage, reservation: Reservation | None = None) -> float:
+    def charge(self, actual: Usage, reservation: Reservation | None = None, *, later_on_error: bool = False) -> float:
         """Write down what a call used (from the service's own answer) and release its reservation; returns
-        the cost charged."""
+        the cost charged.
+
+        With `later_on_error`, a book that cannot take the charge (DatabaseError) does not fail the call that was
+        already paid for: the charge waits in `unsettled` and is retried by `settle` (and before the next
+        reservation); until then its hold stays in the book, where reconciling a dead run releases it."""
         usd = self.prices.cost(actual)
         released = reservation.usd if reservation else 0.0
         with self._lock:
@@ -82,8 +97,28 @@ class Meter:
             self._held = max(0.0, self._held - released)
             self._charged += usd
         if self.book is not None:
-            self.book.charge(self.stage, actual, usd, released)
+            try:
+                self.book.charge(self.stage, actual, usd, released)
+            except DatabaseError as exc:
+                if not later_on_error:
+                    raise
+                with self._lock:
+                    self.unsettled.append((dict(actual), usd, released))
+                log.warning("%s: a paid call's cost could not be recorded yet (%s); recording it later",
+                            self.stage, exc)
         return usd
+
+    def settle(self) -> None:
+        """Record the charges the book could not take when they were made; DatabaseError while it still cannot
+        (what is left stays in `unsettled`)."""
+        while self.book is not None:
+            with self._lock:
+                if not self.unsettled:
+                    return
+                usage, usd, released = self.unsettled[0]
+            self.book.charge(self.stage, usage, usd, released)
+            with self._lock:
+                self.unsettled.pop(0)
 
     def release(self, reservation: Reservation | None) -> None:
         """Give back a reservation whose call was not made or failed before using anything."""

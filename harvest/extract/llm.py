@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -20,7 +21,7 @@ from openai.types.shared_params import ResponseFormatJSONSchema
 from pydantic import BaseModel
 
 from harvest.cost import Counter, Meter, Reservation, tokens_from_chars
-from harvest.errors import ExtractionError, OverBudgetError
+from harvest.errors import DatabaseError, ExtractionError, OverBudgetError
 from harvest.extract.text import absolute_http_url, clean_text, format_address
 from harvest.models import Location, RawActivity
 
@@ -103,6 +104,13 @@ RESPONSE_FORMAT: ResponseFormatJSONSchema = {
     "type": "json_schema",
     "json_schema": {"name": "activities", "strict": True, "schema": ACTIVITIES_SCHEMA},
 }
+
+
+# Answers paid for that the cache could not take yet (a database outage), by prompt key: (model, answer). Kept per
+# process, so a retried page or task in this process takes the answer instead of buying it again; written to the
+# cache at the next chance (`LLMExtractor.settle`, or the next look-up of the same prompt).
+_UNSAVED: dict[str, tuple[str, str]] = {}
+_UNSAVED_LOCK = threading.Lock()
 
 
 def _string(value: Any, max_chars: int = MAX_FIELD_CHARS) -> str | None:
@@ -194,23 +202,10 @@ class LLMExtractor:
         if not page_text or not page_text.strip():
             return []
         prompt = self.prompt(page_text, url)
-        key = prompt.key
-        cached = self.cache.get(key) if self.cache is not None else None
+        cached = self._cached(prompt.key)
         content = cached if cached is not None else self._complete(prompt, url, *self._reserve(prompt, url))
         self.cache_hits += cached is not None
-        try:
-            answer = json.loads(content)
-        except ValueError as exc:
-            raise ExtractionError(
-                f"LLM extraction of {url} failed: model {self.model} returned invalid JSON ({exc}): {content[:200]!r}"
-            ) from exc
-        items = answer.get("activities") if isinstance(answer, dict) else None
-        if not isinstance(items, list):
-            raise ExtractionError(
-                f"LLM extraction of {url} failed: model {self.model} answered without an 'activities' list"
-            )
-        if self.cache is not None and cached is None:
-            self.cache.put(key, self.model, content)
+        items = self._items(content, url)
         activities: list[RawActivity] = []
         for position, item in enumerate(items):
             if len(activities) >= MAX_ACTIVITIES:
@@ -224,6 +219,60 @@ class LLMExtractor:
                 continue
             activities.append(activity)
         return activities
+
+    def _items(self, content: str, url: str) -> list[Any]:
+        """The answer's `activities` list; ExtractionError when the answer is not JSON or has none."""
+        try:
+            answer = json.loads(content)
+        except ValueError as exc:
+            raise ExtractionError(
+                f"LLM extraction of {url} failed: model {self.model} returned invalid JSON ({exc}): {content[:200]!r}"
+            ) from exc
+        items = answer.get("activities") if isinstance(answer, dict) else None
+        if not isinstance(items, list):
+            raise ExtractionError(
+                f"LLM extraction of {url} failed: model {self.model} answered without an 'activities' list"
+            )
+        return items
+
+    def _cached(self, key: str) -> str | None:
+        """The answer to this exact prompt already paid for: one this process could not store yet, or the cache's."""
+        with _UNSAVED_LOCK:
+            unsaved = _UNSAVED.get(key)
+        if unsaved is not None:
+            self._keep(key, unsaved[1])
+            return unsaved[1]
+        return self.cache.get(key) if self.cache is not None else None
+
+    def _keep(self, key: str, content: str) -> None:
+        """Keep a paid, usable answer before anything else can fail: in this process first, then in the cache. A
+        cache that cannot take it (DatabaseError) leaves it in the process for `settle` and later look-ups."""
+        if self.cache is None:
+            return
+        with _UNSAVED_LOCK:
+            _UNSAVED[key] = (self.model, content)
+        try:
+            self.cache.put(key, self.model, content)
+        except DatabaseError as exc:
+            log.warning("LLM answer %s… kept in this process only: the cache could not take it (%s)", key[:12], exc)
+            return
+        with _UNSAVED_LOCK:
+            _UNSAVED.pop(key, None)
+
+    def settle(self) -> None:
+        """Store what a database outage kept from the database: the paid answers the cache could not take and
+        the costs the run's book could not take. DatabaseError while it still cannot (nothing is lost: the
+        answers stay in this process, the charges in the meter, and the holds in the book until the run is
+        reconciled)."""
+        if self.cache is not None:
+            with _UNSAVED_LOCK:
+                waiting = list(_UNSAVED.items())
+            for key, (model, content) in waiting:
+                self.cache.put(key, model, content)
+                with _UNSAVED_LOCK:
+                    _UNSAVED.pop(key, None)
+        if self.meter is not None:
+            self.meter.settle()
 
     def _reserve(self, prompt: Prompt, url: str) -> tuple[Reservation | None, int]:
         """Hold the call's cost against the run's budget, and the output cap to send it with; OverBudgetError when
@@ -257,9 +306,20 @@ class LLMExtractor:
             if isinstance(exc, openai.APIConnectionError):
                 raise ExtractionError(f"{where} failed: could not reach the API ({exc})") from exc
             raise ExtractionError(f"{where} failed: {type(exc).__name__}: {exc}") from exc
-        if self.meter is not None:
-            self.meter.charge(_chat_usage(completion), reservation)
-        return self._content(completion, where, cap)
+        # Paid for: the answer is kept before its cost is recorded, and a failure to record the cost does not
+        # throw the answer away (the charge is retried: Meter.settle), so no retry ever buys it again.
+        try:
+            content = self._content(completion, where, cap)
+            try:
+                self._items(content, url)
+            except ExtractionError:
+                pass  # not an answer to keep; the caller says why
+            else:
+                self._keep(prompt.key, content)
+        finally:
+            if self.meter is not None:
+                self.meter.charge(_chat_usage(completion), reservation, later_on_error=True)
+        return content
 
     def _content(self, completion: Any, where: str, cap: int) -> str:
         """The answer's text; every unusable answer becomes an ExtractionError that names it."""

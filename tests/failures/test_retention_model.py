@@ -220,3 +220,110 @@ def test_no_interleaving_loses_a_referenced_or_kept_file(clean_db: str, tmp_path
         except AssertionError as exc:
             raise AssertionError(f"{exc}\nafter:\n  " + "\n  ".join(model.log)) from None
     assert any(line.startswith("sweep") for line in model.log) and any("imported" in line for line in model.log)
+
+
+# --- issue 27: the same kind of check over embeddings batches ----------------------------------------------
+
+
+class BatchModel(Model):
+    """Runs that embed through the real stage (submit, split into parts at a lowered request limit, collect) on the
+    OpenAI stand-in: a run is killed after submitting (its batch recorded, never collected), fails after
+    collecting, or completes with its files kept or cleaned up (auto-import)."""
+
+    def __init__(self, engine: Any, store: LocalStore, rng: random.Random, client: Any) -> None:
+        super().__init__(engine, store, rng)
+        self.client = client
+
+    def run(self) -> None:
+        from harvest.enrich.embeddings.stage import collect_embeddings, submit_embeddings
+        from harvest.models import Activity, Location
+
+        url = self.rng.choice(URLS)
+        run_id = str(uuid.uuid4())
+        try:
+            run_rows.create_run(self.engine, run_id, url, {"embedding_model": "text-embedding-3-small"})
+        except RunAlreadyRunningError:
+            self.log.append(f"run {url}: busy")
+            return
+        records = [Activity(id=f"{URLS.index(url)}-{n}", name=f"Park {n} {self.rng.random()}", content_hash=str(n),
+                            location=Location(name=f"Reserve {n}", formattedAddress=f"{n} Main Rd"))
+                   for n in range(5)]
+        standardized = write_jsonl(self.store, f"runs/{run_id}/standardized.jsonl", "standardized", records)
+        run_rows.record_file(self.engine, run_id, standardized)
+        submitted, job, _ = submit_embeddings(self.store, run_id, standardized, self.client, "text-embedding-3-small",
+                                              dimensions=8, max_requests=2)
+        for ref in submitted.files:
+            run_rows.record_file(self.engine, run_id, ref)
+        run_rows.record_step(self.engine, run_id, "embeddings_submit", submitted.stats.model_dump())
+        assert job is not None and len(job.parts) == 3, "5 lines at 2 a batch: three parts"
+        ending = self.rng.random()
+        if ending < 0.25:  # killed while the batches run: the row says running, on a host that is gone
+            with self.engine.begin() as connection:
+                connection.execute(scrape_runs.update().where(scrape_runs.c.id == run_id).values(
+                    host="dead-host.example", pid=1, process=process_elsewhere(1)))
+            self.log.append(f"run {run_id[:8]} killed with {len(job.parts)} batches out")
+            return
+        collected = collect_embeddings(self.store, run_id, standardized, self.client, job, dimensions=8)
+        for ref in collected.files:
+            run_rows.record_file(self.engine, run_id, ref)
+        if ending < 0.4:
+            run_rows.finish_run(self.engine, run_id, "failed", retention="kept",
+                                expires_at=self.clock + timedelta(days=POLICY.failed_days))
+            self.log.append(f"run {run_id[:8]} failed")
+            return
+        run_rows.finish_run(self.engine, run_id, "completed")
+        if self.rng.random() < 0.5:
+            cleanup_run(self.engine, self.store, run_id)
+            self.log.append(f"run {run_id[:8]} completed and cleaned up")
+        else:
+            run_rows.update_run(self.engine, run_id, retention="kept",
+                                expires_at=self.clock + timedelta(days=POLICY.kept_days))
+            self.log.append(f"run {run_id[:8]} completed, kept")
+
+    def check(self) -> None:
+        """Kept and running runs keep every batch file and the record of every batch they submitted (a killed
+        run's resume collects them); a run past its promise (expired, cleaned) has no object left."""
+        from harvest.enrich.embeddings.resume import submitted_batch
+
+        with self.engine.begin() as connection:
+            runs = [dict(r) for r in connection.execute(sa.select(
+                scrape_runs.c.id, scrape_runs.c.status, scrape_runs.c.retention)).mappings()]
+        for run in runs:
+            left = list(self.store.list(f"runs/{run['id']}/"))
+            if run["retention"] in FILES_KEPT or run["status"] == "running":
+                files = run_rows.files_view(self.engine, run["id"])
+                for kind, ref in files.items():
+                    assert self.store.head(self.store.key_for(ref.uri)), f"kept run {run['id']} lost its {kind}"
+                inputs = [kind for kind in files if kind.startswith("embeddings_batch_input")]
+                assert len(inputs) == 3, f"kept run {run['id']} has batch inputs {inputs}"
+                if "embeddings" not in files:  # submitted, never collected: what a resume needs is there
+                    batch = submitted_batch(self.engine, run["id"], "text-embedding-3-small")
+                    assert batch is not None and len(batch.parts) == 3, f"run {run['id']} lost its batch record"
+            else:
+                assert not left, f"run {run['id']} ({run['status']}, {run['retention']}) kept {len(left)} objects"
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_batches_are_kept_while_promised_and_gone_after(clean_db: str, tmp_path, seed: int) -> None:  # noqa: ANN001
+    import openai
+
+    from testkit.openai_server import OpenAITestServer
+
+    with OpenAITestServer(dimensions=8, polls_until_complete=1) as server:
+        server.configure(max_batch_requests=2, finalizing_polls=0)
+        client = openai.OpenAI(api_key="sk-test", base_url=server.base_url, max_retries=0)
+        model = BatchModel(get_engine(clean_db), LocalStore(tmp_path / "store"), random.Random(seed), client)
+        operations = [model.run, model.run, model.sweep, model.sweep]
+        for _ in range(STEPS // 2):
+            model.rng.choice(operations)()
+            try:
+                model.check()
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\nafter:\n  " + "\n  ".join(model.log)) from None
+        # Past every promise: two sweeps (reconcile, then expire) a long way ahead leave nothing of any run.
+        for _ in range(2):
+            model.clock += timedelta(days=POLICY.failed_days + 1)
+            assert sweep(model.engine, model.store, POLICY, flow_run_state=lambda _: None, now=model.clock).errors == []
+        model.check()
+        assert server.stats().get("rejected.too_many_requests", 0) == 0
+    assert list(model.store.list("runs/")) == [], "\n".join(model.log)

@@ -90,3 +90,23 @@ def test_few_texts_are_embedded_now_on_the_sync_endpoint_not_in_a_batch(
 
     final = list(iter_jsonl(resolve_store(get_settings()), summary.files["final_jsonl"].uri))
     assert all(len(record["embedding"]) == 1536 for record in final)
+
+
+def test_an_unchanged_rerun_without_auto_import_sends_no_embedding_line(
+    harvest_env, demo_site, openai_server
+) -> None:
+    """Issue 27 item 8: the first run imported nothing, so its vectors are only in its kept files; the second run
+    takes them from its final JSONL (same id, content hash and model) instead of paying for them again."""
+    url = demo_site.base_url + "/"
+    openai_server.reset()
+    first = scrape(url, max_pages=60, max_extractions=25)
+    assert openai_server.stats().get("batches.lines", 0) == first.activities_processed > 0, openai_server.stats()
+
+    openai_server.reset()
+    second = scrape(url, max_pages=60, max_extractions=25)
+    stats = openai_server.stats()
+    sent = stats.get("batches.lines", 0) + stats.get("embeddings.inputs", 0)
+    assert sent == 0, f"the unchanged re-run sent {sent} embedding lines again: {stats}"
+    steps = run_rows.get_run(get_engine(harvest_env["HARVEST_DATABASE_URL"]), second.run_id)["steps"]
+    assert steps["embeddings_submit"]["details"]["reused"] == second.activities_processed
+    assert steps["embeddings"]["items_out"] == second.activities_processed

@@ -13,6 +13,7 @@ vectors are kept in in matrix.py.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Iterable, Iterator
@@ -37,8 +38,11 @@ from harvest.models import Activity
 
 logger = logging.getLogger(__name__)
 
-# OpenAI's Batch API limit per input file: 200 MB (and 50,000 requests).
-MAX_BATCH_BYTES = 200 * 1024 * 1024
+# OpenAI's Batch API limits per batch: 50,000 requests (for /v1/embeddings also 50,000 inputs, one per line here)
+# and an input file of 200 MB, taken as 200,000,000 bytes (the stricter reading). The stage splits its lines into
+# parts under both (HARVEST_BATCH_MAX_REQUESTS, HARVEST_BATCH_MAX_BYTES).
+MAX_BATCH_REQUESTS = 50_000
+MAX_BATCH_BYTES = 200_000_000
 NOT_READY_STATUSES = {"validating", "in_progress", "finalizing", "cancelling"}
 FAILED_STATUSES = {"failed", "expired", "cancelled"}
 PARTIAL_STATUSES = {"expired", "cancelled"}  # may end with an output file of the lines done before the end
@@ -92,6 +96,53 @@ def write_batch_input(activities: Iterable[Activity], model: str, out: BinaryIO,
     return count
 
 
+def write_batch_parts(
+    activities: Iterable[Activity], model: str, directory: Path, *, dimensions: int | None,
+    max_requests: int = MAX_BATCH_REQUESTS, max_bytes: int = MAX_BATCH_BYTES,
+) -> list[tuple[Path, int]]:
+    """Write the request lines into as many input files as OpenAI's per-batch limits need (at most `max_requests`
+    lines and `max_bytes` bytes each), in order; returns (path, lines) per part.
+
+    A line is never split: one longer than `max_bytes` on its own would be refused, so it is skipped with a
+    warning (an embedding text is at most MAX_TEXT_CHARS, far below the real limit)."""
+    if max_requests < 1 or max_bytes < 1:
+        raise ValueError("max_requests and max_bytes must be positive")
+    parts: list[tuple[Path, int]] = []
+    out: BinaryIO | None = None
+    lines = size = 0
+    try:
+        for activity_id, line in _unique_request_lines(activities, model, dimensions):
+            if len(line) > max_bytes:
+                logger.warning("embeddings: the request line of %s is over the batch limit of %d bytes; skipped",
+                               activity_id, max_bytes)
+                continue
+            if out is None or lines >= max_requests or size + len(line) > max_bytes:
+                if out is not None:
+                    out.close()
+                    parts[-1] = (parts[-1][0], lines)
+                path = directory / f"embeddings_batch_input.part-{len(parts):04d}.jsonl"
+                out, lines, size = path.open("wb"), 0, 0
+                parts.append((path, 0))
+            out.write(line)
+            lines += 1
+            size += len(line)
+    finally:
+        if out is not None:
+            out.close()
+            parts[-1] = (parts[-1][0], lines)
+    return parts
+
+
+def input_digest(path: Path) -> str:
+    """sha256 of a batch input file: what says a batch found at OpenAI was made for exactly these lines (ids,
+    texts, model, dimensions)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 @dataclass(frozen=True)
 class BatchHandle:
     """What to keep after submitting: the batch to poll and the input file to clean up."""
@@ -122,7 +173,7 @@ class EmbeddingRow:
 
 
 def submit_batch(client: openai.OpenAI, input_path: Path, *, metadata: dict[str, str],
-                 completion_window: Literal["24h"] = "24h") -> BatchHandle:
+                 completion_window: Literal["24h"] = "24h", max_bytes: int = MAX_BATCH_BYTES) -> BatchHandle:
     """Upload the input JSONL (purpose "batch") and create an embeddings batch for it."""
     input_path = Path(input_path)
     try:
@@ -131,8 +182,8 @@ def submit_batch(client: openai.OpenAI, input_path: Path, *, metadata: dict[str,
         raise EmbeddingError(f"batch input {input_path} cannot be read: {exc}") from exc
     if size == 0:
         raise EmbeddingError(f"batch input {input_path} is empty: nothing to embed")
-    if size > MAX_BATCH_BYTES:
-        raise EmbeddingError(f"batch input {input_path} is {size} bytes, over OpenAI's 200 MB")
+    if size > max_bytes:
+        raise EmbeddingError(f"batch input {input_path} is {size} bytes, over the batch limit of {max_bytes}")
     try:
         with input_path.open("rb") as fh:
             uploaded = client.files.create(file=(input_path.name, fh), purpose="batch")
@@ -153,25 +204,46 @@ def submit_batch(client: openai.OpenAI, input_path: Path, *, metadata: dict[str,
     return BatchHandle(batch_id=batch.id, input_file_id=uploaded.id)
 
 
-def find_run_batch(client: openai.OpenAI, run_id: str, *, since: float) -> BatchHandle | None:
-    """The batch an earlier attempt of run `run_id` created (its `harvest_run_id` metadata) at or after `since`
-    (epoch seconds) and that has not ended badly, or None.
-
-    For a worker killed between OpenAI creating its batch and the run row recording it: the resumed attempt
-    finds the batch there instead of paying for the same lines again. Batches are listed newest first, so
-    the search stops at the first one older than the run. A failed lookup returns None (the caller submits:
-    a second batch costs money, a run without embeddings loses data) and logs why.
-    """
+def run_batches(client: openai.OpenAI, run_id: str, *, since: float) -> list[Any]:
+    """Every batch (the SDK's objects) of run `run_id` (its `harvest_run_id` metadata) created at or after `since`
+    (epoch seconds), newest first, whatever its status; [] when the lookup fails (logged: the caller submits, a
+    second batch costs money, a run without embeddings loses data)."""
+    found: list[Any] = []
     try:
         for batch in client.batches.list(limit=100):  # the SDK follows the `after` cursor page by page
             if batch.created_at < since:
-                return None
-            if (batch.metadata or {}).get("harvest_run_id") == run_id and batch.status not in FAILED_STATUSES:
-                return BatchHandle(batch_id=batch.id, input_file_id=batch.input_file_id)
+                break
+            if (batch.metadata or {}).get("harvest_run_id") == run_id:
+                found.append(batch)
     except openai.OpenAIError as exc:
-        logger.warning("embeddings: could not look for a batch this run already submitted (%s); submitting one",
+        logger.warning("embeddings: could not look for batches this run already submitted (%s); submitting",
                        api_failure("listing batches", exc))
-    return None
+        return []
+    return found
+
+
+def input_lines(client: openai.OpenAI, file_id: str) -> dict[str, bytes]:
+    """custom_id → request line (with its newline) of an uploaded batch input file: what an earlier attempt
+    asked for, compared line by line with what this attempt would ask for."""
+    try:
+        data = client.files.content(file_id).content
+    except openai.OpenAIError as exc:
+        raise api_failure(f"downloading batch input {file_id}", exc) from exc
+    found: dict[str, bytes] = {}
+    for line in data.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        custom_id = record.get("custom_id") if isinstance(record, dict) else None
+        if isinstance(custom_id, str):
+            found[custom_id] = line + b"\n"
+    return found
+
+
+def request_line(activity: Activity, model: str, dimensions: int | None) -> bytes | None:
+    """The request line this activity is sent as (None: nothing to embed)."""
+    return _request_line(activity, model, dimensions)
 
 
 def check_batch(client: openai.OpenAI, batch_id: str) -> BatchResult:

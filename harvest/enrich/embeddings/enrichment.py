@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from harvest.cost import Counter, tokens_from_chars
+from harvest.cost import Counter, Reservation, tokens_from_chars
 from harvest.db import runs as run_rows
 from harvest.db.schema import activities
 from harvest.enrich.base import BatchEnrichment, Collected, EnrichContext, GlobalLimit, Submission, counted
@@ -61,6 +61,15 @@ class Embeddings(BatchEnrichment):
         if not settings.has_openai:
             return Submission({}, None, warning="OPENAI_API_KEY not set: embeddings skipped")
         earlier = submitted_batch(context.engine, context.run_id, model)
+        stale = None
+        if earlier is not None and earlier.dimensions not in (None, settings.embedding_dimensions):
+            # Its vectors are of another length than this attempt asks for: collecting it would fail. Its hold is
+            # given back (it will never be collected) and the texts are sent again at the new length.
+            stale = (f"batch {earlier.batch_id} of an earlier attempt asked for {earlier.dimensions} dimensions, "
+                     f"HARVEST_EMBEDDING_DIMENSIONS is now {settings.embedding_dimensions}: not collected, sent again")
+            if context.meter is not None and not earlier.complete:
+                context.meter.release(Reservation(earlier.reserved_usd))
+            earlier = None
         if earlier is not None:  # an earlier attempt's batch is running (or done): collect it, do not pay twice
             logger.info("embeddings: collecting batch %s, submitted by an earlier attempt of this run",
                         earlier.batch_id)
@@ -68,8 +77,11 @@ class Embeddings(BatchEnrichment):
         result, batch, collected = submit_embeddings(
             context.store, context.run_id, standardized, openai_client(settings), model,
             dimensions=settings.embedding_dimensions, reuse=context.engine, sync_below=settings.embeddings_sync_below,
-            meter=context.meter, run_started=_started(context),
+            meter=context.meter, run_started=_started(context), max_requests=settings.batch_max_requests,
+            max_bytes=settings.batch_max_bytes,
         )
+        if stale:
+            result.warn(stale)
         steps = {SUBMIT_STEP: result}
         if collected is not None:  # no batch: the vectors are final already (batch.files), nothing to poll
             steps[self.name] = collected

@@ -4,10 +4,12 @@ finished matrix. Each reads the run's rows first, so it is idempotent (harvest/e
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy.engine import Engine
 
 from harvest.db import runs as run_rows
-from harvest.enrich.embeddings.stage import SubmittedBatch
+from harvest.enrich.embeddings.stage import BatchPart, SubmittedBatch
 from harvest.enrich.join import drop_files, live_files, recorded_after
 from harvest.models import FileRef
 from harvest.storage import ObjectStore
@@ -44,8 +46,20 @@ def submitted_batch(engine: Engine, run_id: str, model: str) -> SubmittedBatch |
     return SubmittedBatch(
         batch_id=str(details["batch_id"]), input_file_id=str(details["input_file_id"]),
         records=int(submit.get("items_in") or 0), model=model, prefill_uri=prefill["uri"] if prefill else None,
-        files=collected or [], reserved_usd=float(details.get("reserved_usd") or 0.0),
+        files=collected or [], reserved_usd=float(details.get("reserved_usd") or 0.0), parts=_parts(details),
+        dimensions=int(details["dimensions"]) if details.get("dimensions") else None,
     )
+
+
+def _parts(details: dict[str, Any]) -> list[BatchPart]:
+    """Every batch of a recorded submission (one: only `batch_id`)."""
+    if not details.get("batch_ids"):
+        return []
+    ids = str(details["batch_ids"]).split(",")
+    files = str(details.get("input_file_ids") or "").split(",")
+    lines = [int(n) for n in str(details.get("part_lines") or "").split(",") if n]
+    return [BatchPart(batch_id=batch_id, input_file_id=files[i] if i < len(files) else "",
+                      lines=lines[i] if i < len(lines) else 0) for i, batch_id in enumerate(ids)]
 
 
 def drop_prefill(engine: Engine, store: ObjectStore, run_id: str) -> list[str]:

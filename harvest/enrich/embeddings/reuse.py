@@ -1,5 +1,6 @@
 """Vectors an unchanged re-run reuses: read from the `activities` rows themselves (same id and content hash:
-same text; the writing run's config says which model made them)."""
+same text; the writing run's config says which model made them), and, for a run that never imported them,
+from the final JSONL the previous run of the same URL kept (`kept_run_embeddings`)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from sqlalchemy.engine import Engine
 
 from harvest.db.caches import LOOKUP_CHUNK
 from harvest.db.engine import database_error, transaction
-from harvest.db.schema import activities, one_of, scrape_runs
+from harvest.db.schema import activities, one_of, run_files, scrape_runs
+from harvest.enrich.embeddings.vectors import parse_final_line, parse_vector
+from harvest.storage import ObjectStore, iter_jsonl
 
 VECTOR_CONNECTIONS = 2  # connections reading stored vectors side by side (see reusable_embeddings)
 
@@ -108,3 +111,51 @@ def decode_real_array(data: bytes) -> np.ndarray:
         raise ValueError(f"expected a one-dimensional REAL[] without NULLs (ndim {ndim}, nulls {has_nulls})")
     elements = np.frombuffer(data, dtype=[("length", ">i4"), ("value", ">f4")], offset=20)
     return elements["value"].astype(np.float32)
+
+
+def kept_run_embeddings(
+    engine: Engine, store: ObjectStore, run_id: str, model: str, content_hashes: dict[str, str]
+) -> Iterator[tuple[str, list[float]]]:
+    """(activity id, vector) from the final JSONL of the latest earlier run of this run's URL that still keeps it
+    and embedded with `model`, for the activities whose id and content hash it holds unchanged.
+
+    An unchanged re-run costs nothing whether or not the run before it imported: without an import its vectors
+    are in no `activities` row, but in its kept files until its retention ends. Vectors are parsed only for the
+    activities asked for."""
+    if not content_hashes:
+        return
+    final = _kept_final(engine, run_id, model)
+    if final is None:
+        return
+    for record in iter_jsonl(store, final, parse=parse_final_line):
+        activity_id = record.get("id")
+        wanted = content_hashes.get(activity_id) if isinstance(activity_id, str) else None
+        if not wanted or record.get("content_hash") != wanted or record.get("embedding") is None:
+            continue
+        try:
+            vector = parse_vector(record["embedding"])
+        except ValueError:
+            continue  # unreadable: embedded again
+        if isinstance(vector, list) and isinstance(activity_id, str):
+            yield activity_id, vector
+
+
+def _kept_final(engine: Engine, run_id: str, model: str) -> str | None:
+    """The URI of the final JSONL of the latest earlier run of `run_id`'s URL made with `model`, still stored."""
+    with transaction(engine) as connection:
+        mine = connection.execute(
+            sa.select(scrape_runs.c.url, scrape_runs.c.started_at).where(scrape_runs.c.id == run_id)
+        ).first()
+        if mine is None:
+            return None
+        uri = connection.execute(
+            sa.select(run_files.c.uri)
+            .join(scrape_runs, scrape_runs.c.id == run_files.c.run_id)
+            .where(
+                scrape_runs.c.url == mine.url, scrape_runs.c.id != run_id, scrape_runs.c.started_at < mine.started_at,
+                scrape_runs.c.config["embedding_model"].as_string() == model,
+                run_files.c.kind == "final_jsonl", run_files.c.deleted_at.is_(None), run_files.c.missing_at.is_(None),
+            )
+            .order_by(scrape_runs.c.started_at.desc()).limit(1)
+        ).scalar()
+    return str(uri) if uri else None

@@ -8,43 +8,63 @@ float32 `.npy` matrix (rows in `standardized.jsonl` order, 4 bytes × dimensions
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from sqlalchemy.engine import Engine
 
 from harvest.cost import Counter, Meter, Reservation, tokens_from_chars
 from harvest.enrich.embeddings.api import embedding_text
 from harvest.enrich.embeddings.batch import (
+    MAX_BATCH_BYTES,
+    MAX_BATCH_REQUESTS,
+    PARTIAL_STATUSES,
     BatchHandle,
+    BatchResult,
     check_batch,
-    find_run_batch,
+    input_digest,
+    input_lines,
     iter_batch_results,
+    request_line,
+    run_batches,
     submit_batch,
-    write_batch_input,
+    write_batch_parts,
 )
 from harvest.enrich.embeddings.matrix import EmbeddingMatrix
-from harvest.enrich.embeddings.reuse import reusable_embeddings
+from harvest.enrich.embeddings.reuse import kept_run_embeddings, reusable_embeddings
 from harvest.enrich.embeddings.sync import embed_texts
-from harvest.errors import BatchNotReadyError, DatabaseError, EmbeddingError
+from harvest.errors import BatchNotReadyError, DatabaseError, EmbeddingError, StorageError
 from harvest.models import Activity, FileRef
 from harvest.pipeline import StageResult, timed
 from harvest.storage import ObjectStore, iter_jsonl, store_local_file, write_jsonl
-from harvest.storage.keys import run_key
+from harvest.storage.keys import part_kind, run_key
 
 WRITE_BATCH = 512  # stored vectors validated and written into the matrix at once
+logger = logging.getLogger(__name__)
+
+
+class BatchPart(BaseModel):
+    """One batch of a run's embeddings: OpenAI takes at most 50,000 requests and 200 MB per batch, so a large run
+    submits several, polled together."""
+
+    batch_id: str
+    input_file_id: str
+    lines: int = 0
 
 
 class SubmittedBatch(BaseModel):
-    """What `collect_embeddings` needs: the prefilled matrix and, when some texts went to a batch, the batch.
+    """What `collect_embeddings` needs: the prefilled matrix and, when some texts went to batches, the batches.
 
     When no text went to a batch (every vector reused or embedded now), there is nothing to collect: `files`
     then holds the finished `embeddings.npy` and `embeddings_index.jsonl`, and `prefill_uri` is None.
+    `batch_id`/`input_file_id` are the first part's (what a result stored before parts holds); `parts` all of them.
     """
 
     batch_id: str | None
@@ -58,6 +78,14 @@ class SubmittedBatch(BaseModel):
     reserved_usd: float = Field(
         default=0.0, description="The batch's estimated cost, held against the run's budget until it is collected."
     )
+    parts: list[BatchPart] = Field(default_factory=list, description="Every batch of the submission, in order.")
+    dimensions: int | None = Field(default=None, description="The vector length the batches were asked for.")
+
+    @model_validator(mode="after")
+    def _one_part_at_least(self) -> SubmittedBatch:
+        if not self.parts and self.batch_id and self.input_file_id:  # a result stored before parts
+            self.parts = [BatchPart(batch_id=self.batch_id, input_file_id=self.input_file_id)]
+        return self
 
     @property
     def complete(self) -> bool:
@@ -78,65 +106,98 @@ def _rows(store: ObjectStore, standardized: FileRef) -> tuple[dict[str, int], di
 def submit_embeddings(
     store: ObjectStore, run_id: str, standardized: FileRef, client: Any, model: str, *, dimensions: int,
     reuse: Engine | None = None, sync_below: int = 0, meter: Meter | None = None, run_started: float | None = None,
+    max_requests: int = MAX_BATCH_REQUESTS, max_bytes: int = MAX_BATCH_BYTES,
 ) -> tuple[StageResult, SubmittedBatch | None, StageResult | None]:
     """Fill what is already known, embed the rest now or in a batch.
 
     1. With `reuse`, vectors of activities already imported with the same content hash and model are copied
        from the `activities` table: an unchanged re-run sends OpenAI nothing.
     2. If fewer than `sync_below` texts are left, they are embedded now on the synchronous endpoint.
-    3. Otherwise the rest goes into the batch input JSONL (kept in the run's files), uploaded as a batch.
+    3. Otherwise the rest goes into batch input JSONL files of at most `max_requests` lines and `max_bytes` bytes
+       each (OpenAI's per-batch limits; kept in the run's files), each uploaded as a batch, all polled together.
     With a batch, the known vectors are stored as `embeddings_prefill.npy`; `collect_embeddings` completes it.
     Without one, the vectors are final here: they are stored as `embeddings.npy` + `embeddings_index.jsonl`
     and returned as the third element (what `collect_embeddings` would have returned), so nothing is
     uploaded, downloaded and uploaded again for an unchanged re-run.
     With a `meter`, the texts' estimated cost is held against the run's budget first; when it does not fit,
     nothing is sent and those activities have no embedding (a warning says so).
-    With `run_started` (epoch seconds), a batch of this run created since then by an attempt that died before
-    recording it is taken instead of submitting another (`find_run_batch`).
+    With `run_started` (epoch seconds), the batches of this run created since then by an attempt that died before
+    recording them are checked against this attempt's input (`_adopt`): one whose input file is exactly a part's
+    is collected instead of submitting that part again; the finished lines of an expired or cancelled one (its
+    output file) are kept when their request is this attempt's, and not sent again.
     """
     result = StageResult()
     collected: StageResult | None = None
-    handle: BatchHandle | None = None
+    handles: list[BatchPart] = []
     prefill: FileRef | None = None
     with timed(result.stats), tempfile.TemporaryDirectory(prefix="harvest-") as tmp:
         rows, hashes, count = _rows(store, standardized)
         prefill_path = Path(tmp) / "embeddings_prefill.npy"
-        batch_path = Path(tmp) / "embeddings_batch_input.jsonl"
         with EmbeddingMatrix(prefill_path, count, dimensions) as matrix:
             reused = _reuse_stored(matrix, reuse, model, hashes, rows, result)
+            if reuse is not None and matrix.missing.any():
+                left = {key: value for key, value in hashes.items() if matrix.missing[rows[key]]}
+                reused += _reuse(matrix, lambda: kept_run_embeddings(reuse, store, run_id, model, left), rows,
+                                 result, "kept")
             texts = _Remaining(store, standardized, rows, ~matrix.missing)
-            with open(batch_path, "wb") as out:
-                pending = write_batch_input(texts.counted(), model, out) if not texts.present.all() else 0
+            parts = (write_batch_parts(texts.counted(), model, Path(tmp), dimensions=dimensions,
+                                       max_requests=max_requests, max_bytes=max_bytes)
+                     if not texts.present.all() else [])
+            pending = sum(lines for _, lines in parts)
             held, over_budget = _hold(meter, pending, texts.sent_chars, sync_below, result)
             if over_budget:
                 pending = 0
-            synced = 0
+            synced = kept = 0
+            earlier: list[Any] = []
             if 0 < pending < sync_below:
                 synced = _embed_now(client, texts, model, dimensions, matrix, rows, meter, held)
+            elif pending and run_started is not None:  # going to batches: what an earlier attempt left at OpenAI
+                earlier = run_batches(client, run_id, since=run_started)
+                kept = _keep_finished(client, earlier, store, standardized, matrix, rows, model, dimensions, meter,
+                                      result)
+                if kept:  # only the lines still missing are sent (the hold, made for more, is settled on collection)
+                    texts = _Remaining(store, standardized, rows, ~matrix.missing)
+                    parts = (write_batch_parts(texts, model, Path(tmp), dimensions=dimensions,
+                                               max_requests=max_requests, max_bytes=max_bytes)
+                             if not texts.present.all() else [])
+                    pending = sum(lines for _, lines in parts)
+                    if not pending and meter is not None:
+                        meter.release(held)
             missing = matrix.missing
         if pending and not synced:
-            prefill = _store_for_batch(store, run_id, prefill_path, batch_path, count, pending, result)
-            handle = _submit_or_find(client, run_id, batch_path, run_started, meter, held, result)
+            prefill = _store_for_batch(store, run_id, prefill_path, parts, count, pending, result)
+            handles = _submit_or_adopt(client, run_id, parts, earlier, meter, held, result, max_bytes=max_bytes)
         elif count:
             collected = StageResult()
             reason = "over the run's budget (max_cost_usd)" if over_budget else "no text to embed"
             with timed(collected.stats):
                 _store_vectors(store, run_id, rows, prefill_path, missing, {}, collected, missing_reason=reason)
     result.stats.items_in = count
-    result.stats.items_out = reused + synced + (pending if handle else 0)
-    result.stats.details.update({"reused": reused, "embedded_now": synced, "batched": pending if handle else 0})
+    result.stats.items_out = reused + kept + synced + (pending if handles else 0)
+    result.stats.details.update({"reused": reused, "embedded_now": synced, "batched": pending if handles else 0})
+    if kept:
+        result.stats.details["kept_from_earlier_batches"] = kept
     if over_budget:
         result.stats.details["over_budget"] = over_budget
-    if handle:  # all a resumed attempt needs to collect this batch instead of paying for another (resume.py)
-        result.stats.details.update({"batch_id": handle.batch_id, "input_file_id": handle.input_file_id,
-                                     "model": model, "reserved_usd": held.usd if held else 0.0})
+    if handles:  # all a resumed attempt needs to collect these batches instead of paying again (resume.py)
+        result.stats.details.update({
+            "batch_id": handles[0].batch_id, "input_file_id": handles[0].input_file_id, "model": model,
+            "dimensions": dimensions, "reserved_usd": held.usd if held else 0.0,
+        })
+        if handles:  # every part, in order (details hold scalars): resume.py reads them back
+            result.stats.details.update({
+                "batch_ids": ",".join(part.batch_id for part in handles),
+                "input_file_ids": ",".join(part.input_file_id for part in handles),
+                "part_lines": ",".join(str(part.lines) for part in handles),
+            })
     if count == 0:
         result.warn("no activities to embed")
         return result, None, None
     return result, SubmittedBatch(
-        batch_id=handle.batch_id if handle else None, input_file_id=handle.input_file_id if handle else None,
+        batch_id=handles[0].batch_id if handles else None, input_file_id=handles[0].input_file_id if handles else None,
         records=count, model=model, prefill_uri=prefill.uri if prefill else None,
-        files=collected.files if collected else [], reserved_usd=held.usd if handle and held else 0.0,
+        files=collected.files if collected else [], reserved_usd=held.usd if handles and held else 0.0,
+        parts=handles, dimensions=dimensions,
     ), collected
 
 
@@ -144,16 +205,25 @@ def _reuse_stored(matrix: EmbeddingMatrix, engine: Engine | None, model: str, ha
                   rows: dict[str, int], result: StageResult) -> int:
     """Copy the vectors of activities already imported with the same content hash and model into the matrix,
     validated and written a batch at a time; returns how many. A database error only costs the saving."""
+    if engine is None:
+        return 0
+    return _reuse(matrix, lambda: reusable_embeddings(engine, model, hashes), rows, result, "stored")
+
+
+def _reuse(matrix: EmbeddingMatrix, source: Callable[[], Iterator[tuple[str, Any]]], rows: dict[str, int],
+           result: StageResult, what: str) -> int:
+    """Write `source`'s (id, vector) pairs into the matrix a batch at a time, each validated; returns how many. A
+    database or storage error only costs the saving (those activities are embedded)."""
     reused = 0
     try:
-        stored = reusable_embeddings(engine, model, hashes) if engine is not None else iter(())
+        stored = source()
         while batch := list(islice(stored, WRITE_BATCH)):
             refused = matrix.write_many([(rows[activity_id], vector) for activity_id, vector in batch])
             reused += len(batch) - len(refused)
             for index, problem in refused.items():  # e.g. a stored vector of another length: embedded again
-                result.warn(f"stored embedding of {batch[index][0]} not reused: {problem}")
-    except DatabaseError as exc:  # reuse saves money; without it, everything is embedded
-        result.warn(f"stored embeddings not reused: {exc}")
+                result.warn(f"{what} embedding of {batch[index][0]} not reused: {problem}")
+    except (DatabaseError, StorageError) as exc:  # reuse saves money; without it, everything is embedded
+        result.warn(f"{what} embeddings not reused: {exc}")
     return reused
 
 
@@ -212,37 +282,108 @@ def _embed_now(client: Any, texts: _Remaining, model: str, dimensions: int, matr
     return len(todo)
 
 
-def _store_for_batch(store: ObjectStore, run_id: str, prefill_path: Path, batch_path: Path, count: int,
+def _store_for_batch(store: ObjectStore, run_id: str, prefill_path: Path, parts: list[tuple[Path, int]], count: int,
                      pending: int, result: StageResult) -> FileRef:
-    """Keep the prefilled matrix (completed by `collect_embeddings`) and the batch input with the run's files;
-    returns the prefill."""
+    """Keep the prefilled matrix (completed by `collect_embeddings`) and the batch inputs with the run's files
+    (`embeddings_batch_input`, then `embeddings_batch_input.part-0001`…); returns the prefill."""
     prefill = store_local_file(
         store, run_key(run_id, "embeddings_prefill", "npy"), "embeddings_prefill", prefill_path,
         records=count, content_type="application/x-npy",
     )
     result.files.append(prefill)
-    result.files.append(store_local_file(
-        store, run_key(run_id, "embeddings_batch_input", "jsonl"), "embeddings_batch_input", batch_path,
-        records=pending, content_type="application/x-ndjson",
-    ))
+    for index, (path, lines) in enumerate(parts):
+        kind = "embeddings_batch_input" if index == 0 else part_kind("embeddings_batch_input", index)
+        result.files.append(store_local_file(
+            store, run_key(run_id, kind, "jsonl"), kind, path, records=lines, content_type="application/x-ndjson",
+        ))
     return prefill
 
 
-def _submit_or_find(client: Any, run_id: str, batch_path: Path, run_started: float | None, meter: Meter | None,
-                    held: Reservation | None, result: StageResult) -> BatchHandle:
-    """Submit the batch, unless an earlier attempt of this run created one it never recorded (then that one is
-    collected); the hold is released if neither happens."""
+def _keep_finished(client: Any, earlier: list[Any], store: ObjectStore, standardized: FileRef, matrix: EmbeddingMatrix,
+                   rows: dict[str, int], model: str, dimensions: int, meter: Meter | None, result: StageResult) -> int:
+    """Write into the matrix the lines an earlier attempt's expired or cancelled batch finished (its output file),
+    for the activities still without a vector whose request is exactly this attempt's (same text, model and
+    dimensions); they were paid for, so they are charged and not sent again. Returns how many."""
+    ended = [b for b in earlier if b.status in PARTIAL_STATUSES and b.output_file_id]
+    if not ended or not matrix.missing.any():
+        return 0
+    mine: dict[str, bytes] = {}
+    missing = matrix.missing
+    for record in iter_jsonl(store, standardized.uri):
+        if missing[rows[record["id"]]] and (ask := request_line(Activity.model_validate(record), model, dimensions)):
+            mine[record["id"]] = ask
+    kept = 0
+    for batch in ended:
+        try:
+            asked = input_lines(client, batch.input_file_id)
+            same = {key for key, ask in asked.items() if mine.get(key) == ask}
+            billed: dict[str, int] = {Counter.batch_lines: 0, Counter.batch_tokens: 0}
+            finished = BatchResult(batch_id=batch.id, status=batch.status, output_file_id=batch.output_file_id,
+                                   error_file_id=None)
+            for line in iter_batch_results(client, finished, dimensions=dimensions):
+                billed[Counter.batch_lines] += line.tokens > 0
+                billed[Counter.batch_tokens] += line.tokens
+                if line.custom_id in same and line.vector is not None and matrix.missing[rows[line.custom_id]]:
+                    matrix.write(rows[line.custom_id], line.vector)
+                    mine.pop(line.custom_id, None)
+                    kept += 1
+        except EmbeddingError as exc:  # what cannot be read is sent again: paid twice, never lost
+            result.warn(f"the lines batch {batch.id} finished before it ended {batch.status} were not read: {exc}")
+            continue
+        if meter is not None:  # paid when the batch ran; its hold went with the attempt that submitted it
+            meter.charge(billed)
+        result.warn(f"batch {batch.id} of an earlier attempt ended {batch.status}: kept the {len(same)} line(s) of "
+                    "this attempt's input it finished; only the rest are sent again")
+    return kept
+
+
+def _submit_or_adopt(client: Any, run_id: str, parts: list[tuple[Path, int]], earlier: list[Any], meter: Meter | None,
+                     held: Reservation | None, result: StageResult, *, max_bytes: int) -> list[BatchPart]:
+    """Submit each part, unless an earlier attempt of this run created a batch for exactly that input (the same
+    bytes: ids, texts, model and dimensions) that has not ended badly: that batch is collected instead. A batch
+    of this run found for any other input is not adopted (its lines would not be this attempt's). The hold is
+    released if a part can be neither submitted nor adopted."""
+    live = [b for b in earlier if b.status not in ("failed", "expired", "cancelled")]
+    digests: dict[str, str] = {}  # a found batch's input sha256, by batch id
+    handles: list[BatchPart] = []
     try:
-        if run_started is not None and (handle := find_run_batch(client, run_id, since=run_started)):
-            result.stats.details["batch_found"] = 1
-            result.warn(f"batch {handle.batch_id} was submitted by an earlier attempt that stopped before "
-                        "recording it: collecting it instead of submitting another")
-            return handle
-        return submit_batch(client, batch_path, metadata={"harvest_run_id": run_id})
+        for index, (path, lines) in enumerate(parts):
+            digest = input_digest(path)
+            found = next((b for b in live if _input_digest_of(client, b, digests) == digest), None)
+            if found is not None:
+                live.remove(found)
+                result.stats.details["batch_found"] = int(result.stats.details.get("batch_found", 0)) + 1
+                result.warn(f"batch {found.id} was submitted by an earlier attempt that stopped before recording "
+                            "it: collecting it instead of submitting another")
+                handles.append(BatchPart(batch_id=found.id, input_file_id=found.input_file_id, lines=lines))
+                continue
+            metadata = {"harvest_run_id": run_id, "harvest_part": str(index), "harvest_input_sha256": digest}
+            handle: BatchHandle = submit_batch(client, path, metadata=metadata, max_bytes=max_bytes)
+            handles.append(BatchPart(batch_id=handle.batch_id, input_file_id=handle.input_file_id, lines=lines))
     except BaseException:
         if meter is not None:
             meter.release(held)
         raise
+    for batch in live:
+        result.warn(f"batch {batch.id} of an earlier attempt was not collected: its input is not this attempt's "
+                    "(other lines, model or dimensions)")
+    return handles
+
+
+def _input_digest_of(client: Any, batch: Any, digests: dict[str, str]) -> str:
+    """The sha256 of a found batch's input: from its metadata when harvest wrote it, else from the file itself."""
+    if batch.id not in digests:
+        recorded = (batch.metadata or {}).get("harvest_input_sha256")
+        if recorded:
+            digests[batch.id] = str(recorded)
+        else:
+            try:
+                data = client.files.content(batch.input_file_id).content
+                digests[batch.id] = hashlib.sha256(data).hexdigest()
+            except Exception as exc:  # noqa: BLE001 - an input that cannot be read is not adopted
+                logger.warning("embeddings: input of batch %s not read (%s); not adopting it", batch.id, exc)
+                digests[batch.id] = ""
+    return digests[batch.id]
 
 
 def _estimate(texts: int, chars: int, *, batched: bool) -> dict[str, int]:
@@ -262,7 +403,7 @@ def collect_embeddings(
     if batch.prefill_uri is None:
         raise EmbeddingError("this submission went to no batch: its vectors were stored when it was submitted")
     try:
-        finished = check_batch(client, batch.batch_id) if batch.batch_id else None
+        ended, bad = _check_parts(client, batch.parts)
     except BatchNotReadyError:
         raise
     except EmbeddingError:  # final (failed, or unreadable): no output to read usage from, so the hold is released
@@ -282,20 +423,26 @@ def collect_embeddings(
             billed: dict[str, int] = {Counter.batch_lines: 0, Counter.batch_tokens: 0}
 
             def billed_lines() -> Iterator[Any]:
-                for line in iter_batch_results(client, finished, dimensions=dimensions) if finished else ():
-                    billed[Counter.batch_lines] += line.tokens > 0
-                    billed[Counter.batch_tokens] += line.tokens
-                    yield line
+                for finished in ended:
+                    for line in iter_batch_results(client, finished, dimensions=dimensions):
+                        billed[Counter.batch_lines] += line.tokens > 0
+                        billed[Counter.batch_tokens] += line.tokens
+                        yield line
 
-            failures = matrix.write_rows(billed_lines(), rows) if finished else {}
+            failures = matrix.write_rows(billed_lines(), rows) if ended else {}
             if meter is not None:
                 meter.charge(billed, Reservation(batch.reserved_usd))
             result.stats.details.update(billed)
+            if len(batch.parts) > 1:
+                result.stats.details["batches"] = len(batch.parts)
             missing = matrix.missing  # NaN rows: never written
-        if finished is not None and finished.status != "completed":
-            done = finished.request_counts.get("completed", 0)
-            result.warn(f"batch {finished.batch_id} ended {finished.status} after {done} of "
-                        f"{finished.request_counts.get('total', 0)} lines: kept those vectors, the rest have none")
+        for finished in ended:
+            if finished.status != "completed":
+                done = finished.request_counts.get("completed", 0)
+                result.warn(f"batch {finished.batch_id} ended {finished.status} after {done} of "
+                            f"{finished.request_counts.get('total', 0)} lines: kept those vectors, the rest have none")
+        for problem in bad:
+            result.warn(f"{problem}: its lines have no vector; the other batches' are kept")
         for key, error in failures.items():
             if key not in rows:
                 result.warn(f"batch output line {key!r} not used: {error}")
@@ -304,6 +451,33 @@ def collect_embeddings(
             store, run_id, rows, matrix_path, missing, status, result, missing_reason="missing from batch output"
         )
     return result
+
+
+def _check_parts(client: Any, parts: list[BatchPart]) -> tuple[list[BatchResult], list[str]]:
+    """The ended parts and why the others ended badly; BatchNotReadyError while any part runs (its progress the
+    sum over the parts), EmbeddingError when every part ended badly or a status cannot be read."""
+    ended: list[BatchResult] = []
+    bad: list[str] = []
+    waiting: list[BatchNotReadyError] = []
+    for part in parts:
+        try:
+            ended.append(check_batch(client, part.batch_id))
+        except BatchNotReadyError as exc:
+            waiting.append(exc)
+        except EmbeddingError as exc:
+            if not str(exc).startswith(f"batch {part.batch_id} "):  # the API could not be asked: not an outcome
+                raise
+            bad.append(str(exc))
+    if waiting:
+        if len(parts) == 1:
+            raise waiting[0]
+        done = sum(e.done or 0 for e in waiting) + sum(r.request_counts.get("completed", 0) for r in ended)
+        total = sum(e.total or 0 for e in waiting) + sum(r.request_counts.get("total", 0) for r in ended)
+        raise BatchNotReadyError(f"{len(waiting)} of {len(parts)} batches still running ({done}/{total} done); "
+                                 f"e.g. {waiting[0]}", done=done, total=total)
+    if parts and not ended:
+        raise EmbeddingError("; ".join(bad))
+    return ended, bad
 
 
 def _store_vectors(

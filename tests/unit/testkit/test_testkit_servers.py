@@ -112,6 +112,27 @@ def test_batch_advances_to_completed_with_real_output_lines(client: openai.OpenA
     assert oai.stats()["batches.lines"] == 2
 
 
+def test_batch_limits_are_enforced_as_the_api_does(client: openai.OpenAI, oai: OpenAITestServer) -> None:
+    """Issue 27 item 6: an input file over the byte limit is refused by the upload (400 "File is too large.");
+    a batch over the request limit is created, then fails validation with no output. At the limit both pass.
+    Defaults are OpenAI's (50,000 requests, 200 MB); lowered here to keep the test small."""
+    from testkit.openai_server import MAX_BATCH_FILE_BYTES, MAX_BATCH_REQUESTS
+
+    assert (MAX_BATCH_REQUESTS, MAX_BATCH_FILE_BYTES) == (50_000, 200_000_000)
+    three = _batch_lines([("a", "alpha"), ("b", "beta"), ("c", "gamma")])
+    oai.configure(max_batch_requests=2, max_batch_file_bytes=len(three) - 1)
+    with pytest.raises(openai.BadRequestError, match="File is too large") as refused:
+        client.files.create(file=("input.jsonl", three), purpose="batch")
+    assert refused.value.status_code == 400 and refused.value.type == "invalid_request_error"
+    failed = _run_batch(client, _batch_lines([("a", "x"), ("b", "y"), ("c", "z")]))  # shorter: under the bytes
+    assert failed.status == "failed" and failed.output_file_id is None
+    assert [e.code for e in failed.errors.data] == ["too_many_requests"]
+    assert "over the limit of 2 requests per batch" in failed.errors.data[0].message
+    at_limit = _run_batch(client, _batch_lines([("a", "alpha"), ("b", "beta")]))
+    assert at_limit.status == "completed"
+    assert oai.stats()["rejected.file_too_large"] == oai.stats()["rejected.too_many_requests"] == 1
+
+
 def test_batch_error_ids_and_wrong_dimensions(client: openai.OpenAI, oai: OpenAITestServer) -> None:
     oai.configure(error_ids=["bad"], wrong_dimension_ids=["short"])
     done = _run_batch(client, _batch_lines([("ok", "x"), ("bad", "y"), ("short", "z")]))

@@ -18,8 +18,8 @@ from harvest.enrich.embeddings.api import embedding_text
 from harvest.enrich.embeddings.batch import (
     BatchResult,
     check_batch,
-    find_run_batch,
     iter_batch_results,
+    run_batches,
     submit_batch,
     write_batch_input,
 )
@@ -233,16 +233,16 @@ def test_submit_and_check_turn_api_failures_into_embedding_errors(
     assert oai.stats()["files.delete"] == 1 and list(client.files.list()) == []
 
 
-def test_find_run_batch_pages_back_to_the_runs_live_batch_and_stops_at_the_run_start(
+def test_run_batches_pages_back_to_the_runs_batches_and_stops_at_the_run_start(
     tmp_path: Path, client: openai.OpenAI, oai: OpenAITestServer
 ) -> None:
-    """A batch of the run that a killed attempt never recorded is found by its metadata, through more than one
-    page of newer batches (the API lists 100 at most a page); one that ended badly is not taken."""
+    """The batches of the run that a killed attempt never recorded are found by their metadata, through more than
+    one page of newer batches (the API lists 100 at most a page), whatever their status (the stage decides)."""
     path = batch_file(tmp_path, [activity(1)])
     started = time.time() - 1
     live = submit_batch(client, path, metadata={"harvest_run_id": "run-a"})
     oai.configure(batch_outcome="failed", polls_until_complete=1)
-    failed = submit_batch(client, path, metadata={"harvest_run_id": "run-a"})  # newer, but ended badly
+    failed = submit_batch(client, path, metadata={"harvest_run_id": "run-a"})  # newer, ended badly
     with pytest.raises(EmbeddingError):
         check_batch(client, failed.batch_id)
     oai.configure(batch_outcome="completed")
@@ -252,13 +252,14 @@ def test_find_run_batch_pages_back_to_the_runs_live_batch_and_stops_at_the_run_s
                               metadata={"harvest_run_id": f"other-{n}"})
     listed = oai.stats().get("batches.list", 0)
 
-    assert find_run_batch(client, "run-a", since=started - 60) == live
+    found = run_batches(client, "run-a", since=started - 60)
+    assert [(b.id, b.status) for b in found] == [(failed.batch_id, "failed"), (live.batch_id, "validating")]
     assert oai.stats()["batches.list"] - listed == 2  # two pages: 100, then the rest
-    assert find_run_batch(client, "run-b", since=started - 60) is None
-    assert find_run_batch(client, "run-a", since=time.time() + 60) is None  # all older than the run: first page only
+    assert run_batches(client, "run-b", since=started - 60) == []
+    assert run_batches(client, "run-a", since=time.time() + 60) == []  # all older than the run: first page only
     oai.fail_next("/v1/batches", 10, status=500, retry_after=0.01)
     impatient = make_openai_client("sk-test", oai.base_url, max_retries=1, timeout_s=5)
-    assert find_run_batch(impatient, "run-a", since=started) is None  # a failed lookup: the caller submits
+    assert run_batches(impatient, "run-a", since=started) == []  # a failed lookup: the caller submits
 
 
 def test_a_refused_key_is_an_embedding_error() -> None:
