@@ -71,7 +71,7 @@ def prefect_schedule(cadence: Cadence, now: datetime | None = None) -> Any:
         except ValidationError as exc:
             reason = exc.errors()[0].get("msg", "invalid").removeprefix("Value error, ")
             raise ConfigError(f"--cron {cadence.cron!r} is not a valid cron expression: {reason}") from None
-    anchor = (now or datetime.now(UTC)) + FIRST_RUN_DELAY
+    anchor = ((now or datetime.now(UTC)) + FIRST_RUN_DELAY).replace(microsecond=0)  # a readable next run
     assert cadence.every is not None
     return IntervalSchedule(interval=cadence.every, anchor_date=anchor, timezone=cadence.timezone)
 
