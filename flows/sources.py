@@ -15,6 +15,7 @@ Neither ever fails a run: a problem is a logged warning.
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -94,8 +95,16 @@ def fleet_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         "activities": "-" if row["activities"] is None else row["activities"],
         "change": "-" if row["change"] is None else f"{row['change']:+d}",
         "cost/run": "-" if row["cost_per_run_usd"] is None else usd(row["cost_per_run_usd"]),
-        "next run": (row.get("next_run") or "-")[:16].replace("T", " "),
+        "next run": _when(row.get("next_run")),
     } for row in rows]
+
+
+def _when(next_run: str | None) -> str:
+    """'2026-12-08 03:00', and '(late)' for a planned run no worker has started (Prefect calls it Late)."""
+    if not next_run:
+        return "-"
+    late = datetime.fromisoformat(next_run) < datetime.now(UTC)
+    return next_run[:16].replace("T", " ") + (" (late)" if late else "")
 
 
 def publish_fleet(engine: Engine, settings: HarvestSettings) -> None:
