@@ -106,3 +106,28 @@ def test_a_healthy_run_after_a_drop_recovers_the_source(harvest_env, demo_site) 
     scrape(url)
     (row,) = fleet(engine)
     assert row["health"] == "ok" and row["health_reason"] is None
+
+
+def test_a_source_failing_n_times_in_a_row_is_degraded(harvest_env, monkeypatch) -> None:  # noqa: ANN001
+    """HARVEST_SOURCE_FAILURE_ALARM=2: the second failed run in a row (its start URL refuses connections) raises the
+    alarm from the flow's on_failure hook: a warning on the run row, the failures event, the source degraded."""
+    from flows.scrape import scrape_website
+    from harvest.db import runs as run_rows
+    from harvest.db import sources as source_rows
+    from testkit.net import free_port
+    from tests.helpers import reset_harvest_caches
+
+    monkeypatch.setenv("HARVEST_SOURCE_FAILURE_ALARM", "2")
+    reset_harvest_caches()
+    engine = get_engine(harvest_env["HARVEST_DATABASE_URL"])
+    url = f"http://127.0.0.1:{free_port()}/"  # nothing listens there
+    source = source_rows.add_source(engine, url, {}, "scrape-website/default")
+    states = [scrape_website(url=url, config=CONFIG, return_state=True) for _ in range(2)]
+    assert [state.is_failed() for state in states] == [True, True]
+    first, second = (str(state.state_details.flow_run_id) for state in states)
+    assert not any("alarm" in w for w in run_rows.get_run(engine, first)["warnings"])
+    (alarm,) = [w for w in run_rows.get_run(engine, second)["warnings"] if "alarm" in w]
+    assert "2 failed runs in a row (HARVEST_SOURCE_FAILURE_ALARM 2)" in alarm
+    assert source_rows.get_source(engine, source["id"])["health"] == "degraded"
+    (event,) = degraded_events(source["id"])
+    assert event.resource["harvest.alarm"] == "failures"
