@@ -215,8 +215,8 @@ def sources_cost(
     """What each source's runs cost since then (the run ledger), and the total."""
     from harvest.cost.report import usd
     from harvest.db.engine import utcnow
+    from harvest.durations import parse_duration
     from harvest.errors import ConfigError
-    from harvest.retention.policy import parse_duration
     from harvest.sources.health import costs
 
     try:

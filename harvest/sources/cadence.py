@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
+from harvest.durations import parse_duration
 from harvest.errors import ConfigError
-from harvest.retention.policy import parse_duration
 
 DEFAULT_EVERY = "1d"
 SHORTEST = timedelta(minutes=1)  # Prefect's scheduler plans runs ahead; a shorter interval would flood it
