@@ -22,6 +22,8 @@ sources_app = typer.Typer(help="Sites kept fresh on schedules: add, list, pause,
 
 def _prefect(call: Any, *args: Any, **kwargs: Any) -> Any:
     """A call to Prefect's API (harvest's Prefect server, or PREFECT_API_URL); harvest's refusals are one line."""
+    import httpx
+
     from harvest.errors import HarvestError
 
     use_prefect()
@@ -29,6 +31,11 @@ def _prefect(call: Any, *args: Any, **kwargs: Any) -> Any:
         return run_flow(call, *args, **kwargs)
     except HarvestError as exc:
         fail(str(exc))
+    except httpx.TransportError as exc:  # the schedules live in Prefect: without its API there is no answer
+        from prefect.settings import PREFECT_API_URL
+
+        fail(f"Prefect's API at {PREFECT_API_URL.value() or 'the local server'} is unavailable: "
+             f"{exc.__class__.__name__}: {exc}", ExitCode.UNAVAILABLE)
 
 
 def _source(engine: Any, source_id: str) -> dict[str, Any]:

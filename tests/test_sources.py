@@ -125,3 +125,22 @@ def test_bad_source_requests_are_one_line_and_exit_2(harvest_env, demo_site, dep
     # Nothing was left half-made: one source, one schedule.
     assert [row["url"] for row in cli_json(["sources", "list"], harvest_env)] == [url]
     assert len(prefect_schedules(deployment_id)) == 1
+
+
+def test_sources_without_prefects_api_is_exit_3(harvest_env) -> None:  # noqa: ANN001
+    """The schedules live in Prefect: with its API down, `sources list` says so in one line, exit 3."""
+    import os
+    import subprocess
+
+    from testkit.net import free_port
+    from tests.cli_support import HARVEST
+
+    from harvest.db.engine import get_engine
+    from harvest.db.sources import add_source
+
+    add_source(get_engine(harvest_env["HARVEST_DATABASE_URL"]), "https://venue.example.org/", {},
+               "scrape-website/default")
+    api = f"http://127.0.0.1:{free_port()}/api"  # nothing listens there
+    done = subprocess.run([HARVEST, "sources", "list"], env={**os.environ, **harvest_env, "PREFECT_API_URL": api},
+                          capture_output=True, text=True, timeout=300)
+    assert_one_error_line(done, 3, f"Prefect's API at {api} is unavailable: ConnectError")
