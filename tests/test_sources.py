@@ -132,11 +132,10 @@ def test_sources_without_prefects_api_is_exit_3(harvest_env) -> None:  # noqa: A
     import os
     import subprocess
 
-    from testkit.net import free_port
-    from tests.cli_support import HARVEST
-
     from harvest.db.engine import get_engine
     from harvest.db.sources import add_source
+    from testkit.net import free_port
+    from tests.cli_support import HARVEST
 
     add_source(get_engine(harvest_env["HARVEST_DATABASE_URL"]), "https://venue.example.org/", {},
                "scrape-website/default")
