@@ -116,13 +116,19 @@ def _find(client: SyncPrefectClient, deployment: str, slug: str) -> tuple[UUID, 
     return deployment_id, found
 
 
-def set_active(deployment: str, slug: str, active: bool) -> bool:
-    """Pause or resume the schedule; False when Prefect has no such schedule."""
+def set_active(deployment: str, slug: str, active: bool, parameters: dict[str, Any]) -> bool:
+    """Pause or resume the schedule; False when Prefect has no such schedule.
+
+    The parameters are sent along: Prefect 3.9's server writes a schedule update's `parameters` even when the
+    request leaves them out (its DeploymentScheduleUpdate defaults them to {}), so an update of `active` alone
+    wipes the source's url and config. The schedule's own parameters are kept when they still name the source's
+    URL (edited in the UI, say); otherwise the source's (`parameters`) are restored."""
     with _client() as client:
         deployment_id, found = _find(client, deployment, slug)
         if found is None:
             return False
-        client.update_deployment_schedule(deployment_id, found.id, active=active)
+        kept = dict(found.parameters) if found.parameters.get("url") == parameters.get("url") else parameters
+        client.update_deployment_schedule(deployment_id, found.id, active=active, parameters=kept)
         plan_runs(client, deployment_id)  # Prefect dropped every planned run of the deployment: plan them again
     return True
 

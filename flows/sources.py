@@ -45,6 +45,11 @@ def fleet_view(engine: Engine, settings: HarvestSettings) -> list[dict[str, Any]
                 by_deployment[row["deployment"]] = {}
         view = by_deployment[row["deployment"]].get(row["schedule_slug"])
         schedule = "missing" if view is None else ("active" if view.active else "paused")
+        # The schedule's parameters are what its runs get (edited in the UI, say). Prefect 3.9 wipes them when a
+        # schedule is updated without them (blocks.schedules.set_active): then the source's own are shown, flagged.
+        row["parameters_ok"] = view is None or view.parameters.get("url") == row["url"]
+        if view is not None and row["parameters_ok"]:
+            row["config"] = dict(view.parameters.get("config") or {})
         row.update(
             schedule=schedule, cadence=view.cadence if view else None, next_run=view.next_run if view else None,
             status="degraded" if row["health"] == "degraded" else ("no schedule" if view is None else schedule),

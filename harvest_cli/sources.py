@@ -119,6 +119,9 @@ def sources_list(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) 
     for row in rows:
         if row["status"] == "degraded":
             output.line(f"degraded {row['id']}: {row['health_reason']}")
+        if not row["parameters_ok"]:
+            output.line(f"note {row['id']}: its schedule in Prefect lost its parameters (an update that sent only "
+                        f"`active`); `harvest sources resume {row['id']}` restores them")
 
 
 @sources_app.command("show")
@@ -167,7 +170,8 @@ def _set_active(source_id: str, active: bool, as_json: bool) -> None:
 
     engine = checked_engine()
     source = _source(engine, source_id)
-    if not _prefect(set_active, source["deployment"], source["schedule_slug"], active):
+    parameters = {"url": source["url"], **({"config": source["config"]} if source["config"] else {})}
+    if not _prefect(set_active, source["deployment"], source["schedule_slug"], active, parameters):
         fail(f"source {source['id']} has no schedule {source['schedule_slug']} on {source['deployment']} (deleted in "
              f"Prefect?): `harvest sources remove {source['id']}` and add it again")
     state = "active" if active else "paused"

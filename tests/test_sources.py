@@ -69,14 +69,28 @@ def test_sources_crud_through_the_cli_and_through_prefect(harvest_env, demo_site
         client.update_deployment_schedule(deployment_id, schedule.id, active=False)
     (row,) = cli_json(["sources", "list"], harvest_env)
     assert (row["status"], row["schedule"], row["next_run"]) == ("paused", "paused", None)
+    # Prefect 3.9 wrote {} over the schedule's parameters (an update of `active` alone): flagged, and the source's
+    # own config shown; `resume` restores them.
+    assert prefect_schedules(deployment_id)[schedule.slug].parameters == {}
+    assert row["parameters_ok"] is False and row["config"] == {"max_pages": 7, "auto_import": True}
 
     # Resumed and paused from the CLI: Prefect's schedule follows.
+    parameters = {"url": url, "config": {"max_pages": 7, "auto_import": True}}
     assert cli_json(["sources", "resume", str(added["id"])], harvest_env)["schedule"] == "active"
-    assert prefect_schedules(deployment_id)[schedule.slug].active is True
+    resumed = prefect_schedules(deployment_id)[schedule.slug]
+    assert resumed.active is True and resumed.parameters == parameters
     assert cli_json(["sources", "pause", str(added["id"])], harvest_env)["schedule"] == "paused"
-    assert prefect_schedules(deployment_id)[schedule.slug].active is False
+    paused = prefect_schedules(deployment_id)[schedule.slug]
+    assert paused.active is False and paused.parameters == parameters  # the CLI's pause keeps them
+    (row,) = cli_json(["sources", "list"], harvest_env)
+    assert row["parameters_ok"] is True
     shown = cli_json(["sources", "show", str(added["id"])], harvest_env)
     assert shown["status"] == "paused" and shown["config"] == {"max_pages": 7, "auto_import": True}
+    # The schedule's parameters edited in Prefect: `show` says what the runs will get.
+    with get_client(sync_client=True) as client:
+        client.update_deployment_schedule(deployment_id, schedule.id,
+                                          parameters={"url": url, "config": {"max_pages": 9}})
+    assert cli_json(["sources", "show", str(added["id"])], harvest_env)["config"] == {"max_pages": 9}
 
     # A schedule deleted in Prefect: the source says so instead of pretending.
     with get_client(sync_client=True) as client:
