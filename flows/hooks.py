@@ -25,6 +25,7 @@ from prefect.logging.loggers import flow_run_logger
 
 from flows.resources import resources
 from flows.run_logs import harvest_logs_to_run
+from flows.sources import after_source_run
 from harvest.db import runs as run_rows
 from harvest.db.engine import utcnow
 from harvest.models import RunConfig
@@ -102,6 +103,7 @@ def _mark_ended(status: str, flow: Any, flow_run: Any, state: Any) -> None:
         expires = policy_from(res.settings).expires_at(status, utcnow())
         run_rows.finish_run(res.engine, run_id, status, retention="kept", error=error, expires_at=expires)
         logger.warning("run %s %s: %s (files kept for debugging)", run_id, status, error)
+        after_source_run(res.engine, res.settings, run_id)  # a source failing N times in a row: its alarm
     except Exception:  # noqa: BLE001 - a dead database must not hide the original failure
         logger.exception("run %s: could not record status %s", run_id, status)
 

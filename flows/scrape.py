@@ -21,6 +21,7 @@ from flows.resources import Resources, resources
 from flows.run_context import deployment_of_run, work_pool_of_run
 from flows.run_logs import harvest_logs_to_run
 from flows.runners import make_task_runner
+from flows.sources import after_source_run
 from flows.tasks import Steps
 from flows.traffic import Traffic
 from harvest.crawl.stage import unrendered_error
@@ -247,6 +248,8 @@ def _finish(
         res.engine, run_id, "failed" if unrendered else "completed", activities_processed=final.records,
         import_summary=imported.model_dump() if imported else None, error=str(unrendered) if unrendered else None,
     )
+    if not unrendered:  # a failed run is judged by the on_failure hook (the failure streak)
+        after_source_run(res.engine, res.settings, run_id)  # a source's drop alarm: a warning in the summary below
     row = run_rows.get_run(res.engine, run_id) or {}
     traffic.settle()
     moved = {"bytes_between_tasks": traffic.bytes, "task_runs": traffic.calls}

@@ -4,7 +4,8 @@ A geocoder failure for one address is not raised: it travels as `Geocode.error` 
 
     HarvestError                      root: catch this to catch anything harvest means to raise
     ├── ConfigError                   a setting or run config is invalid (bad URL, unknown geocoder…)
-    │   └── DisallowedURLError        a URL is well-formed but refused (scheme, private address: SSRF guard)
+    │   ├── DisallowedURLError        a URL is well-formed but refused (scheme, private address: SSRF guard)
+    │   └── SourceError               a source request is refused: its URL is a source already, no such id
     ├── StorageError                  the object store failed or a stored object is missing/corrupt
     ├── DatabaseError                 the metadata/activities database failed
     ├── RunAlreadyRunningError        the URL already has a running run (carries its id)
@@ -33,6 +34,10 @@ class ConfigError(HarvestError, ValueError):
 
 class DisallowedURLError(ConfigError):
     """Raised when a URL is refused: not http(s), or it points at a private/loopback/metadata address."""
+
+
+class SourceError(ConfigError):
+    """Raised when a source request is refused: a URL that is a source already, an id that is no source."""
 
 
 class StorageError(HarvestError):

@@ -235,6 +235,21 @@ class HarvestSettings(BaseSettings):
         "long a run on another host may go without a heartbeat, and a finished run without its hook. At least 1: "
         "shorter would delete what a live run is still writing.",
     )
+    source_drop_alarm: float = Field(
+        default=0.5, gt=0, le=1,
+        description="A source's run whose activities fall by more than this share of its previous completed run's "
+        "(or to 0) raises the drop alarm: a warning on the run, a harvest.source.degraded event, the source "
+        "degraded (its rows kept from the sweep) until a healthy run.",
+    )
+    source_failure_alarm: int = Field(
+        default=3, ge=1,
+        description="A source whose last this-many runs all failed (failed or crashed) raises the same alarm.",
+    )
+    sources_deployment: str = Field(
+        default="scrape-website/default",
+        description="The scrape deployment (flow/name) whose schedules carry the sources' cadences "
+        "(`harvest sources add`).",
+    )
     notify_webhook_url: SecretStr | None = Field(
         default=None,
         description="A URL that gets a JSON POST ({subject, body, text}) when a harvest flow run fails or crashes: "

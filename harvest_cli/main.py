@@ -30,6 +30,7 @@ from harvest_cli.common import (
 )
 from harvest_cli.errors import CliError, ExitCode, Interrupted, debugging, fail, say_error, validation_message
 from harvest_cli.runs import runs_app
+from harvest_cli.sources import sources_app
 
 app = typer.Typer(
     help="Turn a family-activities website into clean, enriched activity records.",
@@ -38,6 +39,7 @@ app = typer.Typer(
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 blocks_app = typer.Typer(help="Prefect blocks built from the environment.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
+app.add_typer(sources_app, name="sources")
 app.add_typer(db_app, name="db")
 app.add_typer(blocks_app, name="blocks")
 server_app = typer.Typer(help="The local Prefect server harvest keeps running for its commands.", no_args_is_help=True)

@@ -122,8 +122,8 @@ def runs_show(run_id: str, as_json: bool = typer.Option(False, "--json", help=JS
 
 
 def _duration_seconds(text: str, option: str) -> float:
+    from harvest.durations import parse_duration
     from harvest.errors import HarvestError
-    from harvest.retention.policy import parse_duration
 
     try:
         return parse_duration(text).total_seconds()

@@ -81,7 +81,7 @@ def clean_db(pg_url: str) -> str:
     from harvest.db.engine import get_engine
 
     with get_engine(pg_url).begin() as connection:
-        connection.execute(sa.text("TRUNCATE activities, run_files, scrape_runs, geocode_cache, image_cache, llm_answers, page_cache CASCADE"))
+        connection.execute(sa.text("TRUNCATE activities, run_files, scrape_runs, geocode_cache, image_cache, llm_answers, page_cache, sources CASCADE"))
     return pg_url
 
 

@@ -206,6 +206,25 @@ run_ledger = sa.Table(
 )
 
 
+sources = sa.Table(
+    "sources",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("url", sa.Text, nullable=False, unique=True,
+              comment="The start URL as the flow validates it: its runs carry it."),
+    sa.Column("config", Json, nullable=False, comment="The run config the source's schedule passes, never a secret."),
+    sa.Column("deployment", sa.Text, nullable=False, comment="The deployment whose schedule runs it: flow/name."),
+    sa.Column("schedule_slug", sa.Text, nullable=False, unique=True,
+              comment="The schedule's slug on that deployment: Prefect holds cadence and paused/active."),
+    sa.Column("health", sa.String(16), nullable=False, server_default="ok",
+              comment="ok|degraded: degraded after a drop or repeated failures, until a healthy run."),
+    sa.Column("health_reason", sa.Text, comment="Why the source is degraded (the alarm)."),
+    sa.Column("health_run_id", sa.String(64), comment="The run that set the health."),
+    sa.Column("health_changed_at", Timestamp),
+    sa.Column("created_at", Timestamp, nullable=False),
+)
+
+
 page_cache = sa.Table(
     "page_cache",
     metadata,

@@ -24,7 +24,6 @@ same run twice.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from typing import Any
 from harvest.cost.report import usd
 from harvest.db.engine import Connection, Engine, transaction, utcnow
 from harvest.db.ledger import release_open_holds
+from harvest.durations import parse_duration  # noqa: F401 - re-exported: where the sweep's callers found it
 from harvest.errors import ConfigError, StorageError
 from harvest.liveness import Verdict, judge
 from harvest.retention import queries as rows
@@ -51,18 +51,6 @@ BATCH = 50
 # page_cache rows deleted per transaction: each batch is one short statement (an index range and the rows),
 # so a crawl writing its page memory meanwhile waits milliseconds, never for the whole prune.
 PAGE_MEMORY_BATCH = 1000
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
-_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def parse_duration(text: str) -> timedelta:
-    """'90', '90s', '15m', '1h', '30d', '2w' → timedelta; anything else is a ConfigError that says so."""
-    match = _DURATION.match(text or "")
-    if not match:
-        raise ConfigError(f"invalid duration {text!r}: use a number with an optional unit s, m, h, d or w (e.g. 30d)")
-    return timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2)])
-
 
 @dataclass(frozen=True)
 class RetentionPolicy:

@@ -16,6 +16,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from harvest.db.engine import transaction, utcnow
 from harvest.db.schema import activities, image_cache, page_cache, run_files, scrape_runs
+from harvest.db.sources import degraded_urls
 
 # Retention states in which a run's files are supposed to exist.
 FILES_KEPT = ("pending", "kept", "cleanup_failed")
@@ -146,7 +147,10 @@ def _due_for_cleanup(now: datetime) -> sa.ColumnElement[bool]:
         scrape_runs.c.retention == "cleanup_failed",  # a completed import whose cleanup failed: finish it
     )
     leased = sa.and_(scrape_runs.c.lease_until.is_not(None), scrape_runs.c.lease_until > now)
-    return sa.and_(due, scrape_runs.c.status != "running", scrape_runs.c.pinned.is_(False), sa.not_(leased))
+    # A degraded source's runs are not aged out: its last good run's files stay while someone looks (issue 32).
+    degraded = scrape_runs.c.url.in_(degraded_urls())
+    return sa.and_(due, scrape_runs.c.status != "running", scrape_runs.c.pinned.is_(False), sa.not_(leased),
+                   sa.not_(degraded))
 
 
 def runs_due_for_cleanup(engine: Engine, now: datetime) -> list[tuple[str, str]]:
@@ -192,6 +196,7 @@ def lock_superseded_digests(connection: Connection) -> list[tuple[int, str, str]
         .where(
             run_files.c.kind == "digest", run_files.c.deleted_at.is_(None),
             scrape_runs.c.retention.in_(("cleaned", "expired")), scrape_runs.c.pinned.is_(False),
+            scrape_runs.c.url.not_in(degraded_urls()),  # nor its diff baselines
             sa.exists(
                 sa.select(1).select_from(newer.join(newer_files, newer_files.c.run_id == newer.c.id)).where(
                     newer.c.url == scrape_runs.c.url, newer.c.started_at > scrape_runs.c.started_at,
