@@ -34,6 +34,7 @@ from harvest.errors import DatabaseError, ImportInterrupted, StorageError
 from harvest.import_.batch import Verdicts, record_failure
 from harvest.import_.copy import COPY_BATCH_SIZE, copy_writer
 from harvest.import_.policy import ImportTable, import_table
+from harvest.import_.provenance import Rank, claim_row, claims_on, outranks, source_of, write_claims
 from harvest.import_.rows import record_to_row
 from harvest.models import ImportSummary
 
@@ -48,28 +49,45 @@ def _batches(records: Iterable[T], size: int) -> Iterator[list[T]]:
 
 def run_started_at(engine: Engine, run_id: str) -> datetime:
     """When the importing run started (its rows' recency), or now for records of no known run."""
+    return run_source(engine, run_id)[0]
+
+
+def run_source(engine: Engine, run_id: str) -> tuple[datetime, str | None]:
+    """When the importing run started (its rows' recency) and its source (its start URL as the run row records it,
+    harvest/import_/provenance.py); now and None for records of no known run (they record no claim)."""
     with transaction(engine) as connection:
-        started = connection.execute(sa.select(scrape_runs.c.started_at).where(scrape_runs.c.id == run_id)).scalar()
-    return started if started is not None else utcnow()
+        row = connection.execute(
+            sa.select(scrape_runs.c.started_at, scrape_runs.c.url).where(scrape_runs.c.id == run_id)
+        ).first()
+    return (row.started_at, source_of(row.url)) if row is not None else (utcnow(), None)
 
 
-def _stored_rows(engine: Engine, keys: list[str], table: ImportTable) -> dict[str, Any]:
-    """The policy columns of the stored rows with these dedupe keys."""
+def _stored_rows(
+    engine: Engine, keys: list[str], table: ImportTable, claims: bool
+) -> tuple[dict[str, Any], dict[str, list[Rank]]]:
+    """The policy columns of the stored rows with these dedupe keys, and (`claims`) the claims on them, in one
+    transaction."""
     if not keys:
-        return {}
+        return {}, {}
     columns = [table.table.c[name] for name in table.policy_columns]
     with transaction(engine) as connection:
         found = connection.execute(
             sa.select(*columns).where(one_of(table.table.c.dedupe_key, keys, engine.dialect.name))
         ).mappings().all()
-    return {row["dedupe_key"]: row for row in found}
+        ranks = claims_on(connection, [row["dedupe_key"] for row in found]) if claims else {}
+    return {row["dedupe_key"]: row for row in found}, ranks
 
 
-def _upsert(engine: Engine, rows: list[dict[str, Any]], table: ImportTable) -> None:
+def _upsert(engine: Engine, rows: list[dict[str, Any]], claims: list[dict[str, Any]], table: ImportTable) -> None:
+    """One transaction: the batch's claims first (the policy's precedence reads them), then its rows."""
+    if not rows and not claims:
+        return
     dialect = engine.dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     with transaction(engine) as connection:
-        connection.execute(table.on_conflict(insert(table.table)), rows)
+        write_claims(connection, claims)
+        if rows:
+            connection.execute(table.on_conflict(insert(table.table)), rows)
 
 
 def import_activities(
@@ -108,32 +126,50 @@ def _judged_batches(
     batch_size: int,
 ) -> Iterator[Verdicts]:
     """The records' rows a batch at a time, judged with one key lookup per batch. A malformed record is a
-    counted failure; of a key repeated within a batch the last copy is kept (the others are skipped)."""
+    counted failure; of a key repeated within a batch the last copy is kept (the others are skipped). With a
+    source (a run the database knows), each row's claim goes with the verdicts, and a stored row that another
+    source's claim outranks (or that a later run of this source wrote) is not written (counted skipped)."""
     now = utcnow()
-    started = run_started_at(engine, run_id)
+    started, source = run_source(engine, run_id)
     enrichments = registered()
     for batch in _batches(enumerate(records), batch_size):
         rows: dict[str, tuple[int, dict[str, Any]]] = {}  # dedupe_key -> (record number, row)
+        claims: dict[str, dict[str, Any]] = {}
         for number, record in batch:
             try:
-                row = record_to_row(record, run_id, now, started, enrichments)
+                row = record_to_row(record, run_id, now, started, enrichments, source=source)
+                claim = None if source is None else claim_row(row, record, source, started, now, table.columns)
             except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
                 record_failure(summary, record, exc)
                 continue
             if row["dedupe_key"] in rows:
                 summary.skipped += 1  # the same activity twice in one file
             rows[row["dedupe_key"]] = (number, row)
-        stored = _stored_rows(engine, list(rows), table)
-        verdicts = Verdicts()
+            if claim is not None:
+                claims[row["dedupe_key"]] = claim
+        stored, ranks = _stored_rows(engine, list(rows), table, source is not None)
+        verdicts = Verdicts(claims=list(claims.values()))
         for key, numbered in rows.items():
             if key not in stored:
                 verdicts.new.append(numbered)
+            elif key in claims and _outranked(claims[key], ranks.get(key, ())):
+                verdicts.unchanged += 1
             elif table.writes(stored[key], numbered[1]):
                 verdicts.changed.append(numbered)
             else:
                 verdicts.unchanged += 1
         summary.skipped += verdicts.unchanged
         yield verdicts
+
+
+def _outranked(claim: dict[str, Any], ranks: Iterable[Rank]) -> bool:
+    """Whether another source's stored claim takes precedence over this one, or a later run of this source
+    claimed the activity (the write's `not_outranked`, in Python)."""
+    mine = Rank(claim["first_party"], claim["last_seen_at"], claim["source_url"])
+    return any(
+        rank.last_seen_at > mine.last_seen_at if rank.source_url == mine.source_url else outranks(rank, mine)
+        for rank in ranks
+    )
 
 
 def _take_vectors(verdicts: Verdicts, finals: FinalRecords) -> None:
@@ -184,6 +220,7 @@ def _upsert_writer(table: ImportTable) -> Callable[[Engine, ImportSummary, Verdi
 
     def write(engine: Engine, summary: ImportSummary, verdicts: Verdicts) -> None:
         to_write = []
+        failed: set[str] = set()
         counts = {"imported": 0, "updated": 0}
         for counter, rows in (("imported", verdicts.new), ("updated", verdicts.changed)):
             for _, row in rows:
@@ -191,11 +228,11 @@ def _upsert_writer(table: ImportTable) -> Callable[[Engine, ImportSummary, Verdi
                     _parse_deferred(row)
                 except ValueError as exc:
                     record_failure(summary, row, exc)
+                    failed.add(row["dedupe_key"])
                     continue
                 counts[counter] += 1
                 to_write.append(row)
-        if to_write:
-            _upsert(engine, to_write, table)
+        _upsert(engine, to_write, verdicts.without_failed(failed), table)
         summary.imported += counts["imported"]
         summary.updated += counts["updated"]
 

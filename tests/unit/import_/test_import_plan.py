@@ -217,7 +217,11 @@ def test_a_key_another_run_stores_after_the_lookup_is_decided_at_write_time(
     final = write_run(engine, store, tmp_path, "run-1", items)
     if other_run == "newer":
         runs.create_run(engine, "other", "https://other.example/", {})
-    theirs = final_record({"activity": _activity(7, "Swings, as the other site says")}, None)
+    # The other site lists it as its own (its page on its own host): both sources first-party, so the newest wins
+    # (harvest/import_/provenance.py); tests/unit/import_/test_provenance.py has the aggregator's case.
+    theirs = final_record(
+        {"activity": {**_activity(7, "Swings, as the other site says"), "source_url": "https://other.example/7"}}, None
+    )
     state = {"looked_up": False, "stored": False}
 
     def store_theirs() -> None:
