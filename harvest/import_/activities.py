@@ -34,7 +34,16 @@ from harvest.errors import DatabaseError, ImportInterrupted, StorageError
 from harvest.import_.batch import Verdicts, record_failure
 from harvest.import_.copy import COPY_BATCH_SIZE, copy_writer
 from harvest.import_.policy import ImportTable, import_table
-from harvest.import_.provenance import Rank, claim_row, claims_on, outranks, source_of, write_claims
+from harvest.import_.provenance import (
+    Rank,
+    Touch,
+    claim_row,
+    claims_on,
+    is_first_party,
+    outranks,
+    source_of,
+    write_claims,
+)
 from harvest.import_.rows import record_to_row
 from harvest.models import ImportSummary
 
@@ -78,14 +87,16 @@ def _stored_rows(
     return {row["dedupe_key"]: row for row in found}, ranks
 
 
-def _upsert(engine: Engine, rows: list[dict[str, Any]], claims: list[dict[str, Any]], table: ImportTable) -> None:
+def _upsert(
+    engine: Engine, rows: list[dict[str, Any]], verdicts: Verdicts, failed: set[str], table: ImportTable
+) -> None:
     """One transaction: the batch's claims first (the policy's precedence reads them), then its rows."""
-    if not rows and not claims:
+    if not rows and not verdicts.claimed:
         return
     dialect = engine.dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     with transaction(engine) as connection:
-        write_claims(connection, claims)
+        write_claims(connection, verdicts.without_failed(failed), verdicts.touch)
         if rows:
             connection.execute(table.on_conflict(insert(table.table)), rows)
 
@@ -134,41 +145,56 @@ def _judged_batches(
     enrichments = registered()
     for batch in _batches(enumerate(records), batch_size):
         rows: dict[str, tuple[int, dict[str, Any]]] = {}  # dedupe_key -> (record number, row)
-        claims: dict[str, dict[str, Any]] = {}
+        first_party: dict[str, tuple[dict[str, Any], bool]] = {}  # dedupe_key -> (record, first party)
         for number, record in batch:
             try:
                 row = record_to_row(record, run_id, now, started, enrichments, source=source)
-                claim = None if source is None else claim_row(row, record, source, started, now, table.columns)
+                if source is not None:
+                    first_party[row["dedupe_key"]] = (record, is_first_party(source, record))
             except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
                 record_failure(summary, record, exc)
                 continue
             if row["dedupe_key"] in rows:
                 summary.skipped += 1  # the same activity twice in one file
             rows[row["dedupe_key"]] = (number, row)
-            if claim is not None:
-                claims[row["dedupe_key"]] = claim
         stored, ranks = _stored_rows(engine, list(rows), table, source is not None)
-        verdicts = Verdicts(claims=list(claims.values()))
+        verdicts = Verdicts()
+        touched: list[str] = []
         for key, numbered in rows.items():
+            mine = None if source is None else Rank(first_party[key][1], started, source)
             if key not in stored:
                 verdicts.new.append(numbered)
-            elif key in claims and _outranked(claims[key], ranks.get(key, ())):
+            elif mine is not None and _outranked(mine, ranks.get(key, ())):
                 verdicts.unchanged += 1
             elif table.writes(stored[key], numbered[1]):
                 verdicts.changed.append(numbered)
             else:
                 verdicts.unchanged += 1
+                if mine is not None and _confirms(mine, stored[key], ranks.get(key, ())):
+                    touched.append(key)
+                    continue
+            if source is not None:
+                verdicts.claims.append(claim_row(numbered[1], first_party[key][0], source, started, now, table.columns))
+        if source is not None and touched:
+            verdicts.touch = Touch(source, run_id, started, now, touched)
         summary.skipped += verdicts.unchanged
         yield verdicts
 
 
-def _outranked(claim: dict[str, Any], ranks: Iterable[Rank]) -> bool:
+def _outranked(mine: Rank, ranks: Iterable[Rank]) -> bool:
     """Whether another source's stored claim takes precedence over this one, or a later run of this source
     claimed the activity (the write's `not_outranked`, in Python)."""
-    mine = Rank(claim["first_party"], claim["last_seen_at"], claim["source_url"])
     return any(
         rank.last_seen_at > mine.last_seen_at if rank.source_url == mine.source_url else outranks(rank, mine)
         for rank in ranks
+    )
+
+
+def _confirms(mine: Rank, stored: Any, ranks: Iterable[Rank]) -> bool:
+    """An unchanged row that shows this source's values and whose stored claim judges the same (first party or
+    not): the claim holds what the new one would, so confirming it (last seen, run) is enough."""
+    return stored["source"] == mine.source_url and any(
+        rank.source_url == mine.source_url and rank.first_party == mine.first_party for rank in ranks
     )
 
 
@@ -232,7 +258,7 @@ def _upsert_writer(table: ImportTable) -> Callable[[Engine, ImportSummary, Verdi
                     continue
                 counts[counter] += 1
                 to_write.append(row)
-        _upsert(engine, to_write, verdicts.without_failed(failed), table)
+        _upsert(engine, to_write, verdicts, failed, table)
         summary.imported += counts["imported"]
         summary.updated += counts["updated"]
 

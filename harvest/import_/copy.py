@@ -222,18 +222,18 @@ def _copy_batch(
             try:
                 with transaction(engine) as connection:
                     _copy_into(connection, "activities", table.columns, types, pending)
-                    write_claims(connection, verdicts.without_failed(failed))
+                    write_claims(connection, verdicts.without_failed(failed), verdicts.touch)
                 inserted, claimed = len(copied), True
             except UniqueViolation:
                 staged = copied + list(pending) + staged  # the rows not yet converted are converted now
         if not staged:
-            if not claimed and verdicts.claims:
+            if not claimed and verdicts.claimed:
                 with transaction(engine) as connection:
-                    write_claims(connection, verdicts.without_failed(failed))
+                    write_claims(connection, verdicts.without_failed(failed), verdicts.touch)
             return inserted, 0, 0
         with transaction(engine) as connection:
             if not claimed:
-                write_claims(connection, verdicts.without_failed(failed))
+                write_claims(connection, verdicts.without_failed(failed), verdicts.touch)
             connection.exec_driver_sql(
                 f"CREATE TEMPORARY TABLE {STAGE} (LIKE activities INCLUDING DEFAULTS) ON COMMIT DROP"
             )

@@ -156,10 +156,32 @@ def _claims_upsert(dialect: str) -> Any:
     )
 
 
-def write_claims(connection: sa.Connection, claims: Sequence[dict[str, Any]]) -> None:
-    """A batch's claims in one statement (set-wise), in the transaction that writes its rows."""
+@dataclass
+class Touch:
+    """Claims a run confirms without new values: rows it judged unchanged that show its own claim (the claim
+    holds what the row holds). Only `last_seen_at` and `run_id` move: one UPDATE over the keys, no JSON (an
+    unchanged re-import, the common case of a scheduled source, writes no claim's fields)."""
+
+    source_url: str
+    run_id: str
+    last_seen_at: datetime
+    updated_at: datetime
+    keys: list[str]
+
+
+def write_claims(connection: sa.Connection, claims: Sequence[dict[str, Any]], touch: Touch | None = None) -> None:
+    """A batch's claims set-wise, in the transaction that writes its rows: new or changed claims in one upsert,
+    confirmed ones (`touch`) in one UPDATE."""
     if claims:
         connection.execute(_claims_upsert(connection.dialect.name), list(claims))
+    if touch is not None and touch.keys:
+        c = activity_sources.c
+        connection.execute(
+            activity_sources.update()
+            .where(c.source_url == touch.source_url, one_of(c.dedupe_key, touch.keys, connection.dialect.name),
+                   c.last_seen_at <= touch.last_seen_at)
+            .values(last_seen_at=touch.last_seen_at, run_id=touch.run_id, updated_at=touch.updated_at)
+        )
 
 
 def claims_on(connection: sa.Connection, keys: Sequence[str]) -> dict[str, list[Rank]]:
