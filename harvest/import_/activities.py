@@ -37,6 +37,7 @@ from harvest.import_.policy import ImportTable, import_table
 from harvest.import_.provenance import (
     Rank,
     Touch,
+    claim_fields,
     claim_row,
     claims_on,
     is_first_party,
@@ -146,6 +147,7 @@ def _judged_batches(
     for batch in _batches(enumerate(records), batch_size):
         rows: dict[str, tuple[int, dict[str, Any]]] = {}  # dedupe_key -> (record number, row)
         first_party: dict[str, tuple[dict[str, Any], bool]] = {}  # dedupe_key -> (record, first party)
+        fields = claim_fields(table.columns)
         for number, record in batch:
             try:
                 row = record_to_row(record, run_id, now, started, enrichments, source=source)
@@ -174,7 +176,7 @@ def _judged_batches(
                     touched.append(key)
                     continue
             if source is not None:
-                verdicts.claims.append(claim_row(numbered[1], first_party[key][0], source, started, now, table.columns))
+                verdicts.claims.append(claim_row(numbered[1], first_party[key][1], source, started, now, fields))
         if source is not None and touched:
             verdicts.touch = Touch(source, run_id, started, now, touched)
         summary.skipped += verdicts.unchanged

@@ -29,6 +29,7 @@ import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
+from functools import lru_cache
 from itertools import islice
 from typing import Any
 from urllib.parse import urlsplit
@@ -52,6 +53,7 @@ def source_of(url: str) -> str:
     return validate_start_url(url)
 
 
+@lru_cache(maxsize=4096)
 def host_of(url: str | None) -> str:
     """The host two URLs are compared by: lowercased, without a leading `www.`; "" when there is none."""
     try:
@@ -127,20 +129,24 @@ def _jsonable(value: Any) -> Any:
 
 
 def claim_row(
-    row: dict[str, Any], record: dict[str, Any], source: str, started: datetime, now: datetime,
-    columns: Iterable[str],
+    row: dict[str, Any], first_party: bool, source: str, started: datetime, now: datetime, fields: Sequence[str],
 ) -> dict[str, Any]:
-    """One source's claim on one row (its `fields`: the row's values but the vector and the bookkeeping)."""
+    """One source's claim on one row; `fields`: the columns it keeps (`claim_fields`)."""
     return {
         "dedupe_key": row["dedupe_key"],
         "source_url": source,
-        "first_party": is_first_party(source, record),
+        "first_party": first_party,
         "run_id": row["run_id"],
         "first_seen_at": started,
         "last_seen_at": started,
-        "fields": {name: _jsonable(row.get(name)) for name in columns if name not in NOT_FIELDS},
+        "fields": {name: _jsonable(row.get(name)) for name in fields},
         "updated_at": now,
     }
+
+
+def claim_fields(columns: Iterable[str]) -> list[str]:
+    """The columns a claim keeps of a row: all but the key, the vector and the bookkeeping (NOT_FIELDS)."""
+    return [name for name in columns if name not in NOT_FIELDS]
 
 
 def _claims_upsert(dialect: str) -> Any:
