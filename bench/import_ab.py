@@ -193,7 +193,7 @@ def old_import_copy(engine: sa.Engine, records: Iterable[dict[str, Any]], *, run
             if row["dedupe_key"] in rows:
                 summary.skipped += 1
             rows[row["dedupe_key"]] = row
-        stored, _ = _stored_rows(engine, list(rows), table, False)  # the old import knew no claims
+        stored, _ = _stored_rows(engine, list(rows), table, None)  # the old import knew no claims
         unchanged = {key for key, row in rows.items() if not _writes(stored.get(key), row)}
         summary.skipped += len(unchanged)
         encoded: list[bytes] = []

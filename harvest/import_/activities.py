@@ -27,7 +27,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from harvest.db.engine import transaction, utcnow
-from harvest.db.schema import one_of, scrape_runs
+from harvest.db.schema import activity_sources, one_of, scrape_runs
 from harvest.enrich.embeddings.vectors import DeferredVector, embedding_hash
 from harvest.enrich.registry import enrichments as registered
 from harvest.errors import DatabaseError, ImportInterrupted, StorageError
@@ -73,18 +73,32 @@ def run_source(engine: Engine, run_id: str) -> tuple[datetime, str | None]:
 
 
 def _stored_rows(
-    engine: Engine, keys: list[str], table: ImportTable, claims: bool
+    engine: Engine, keys: list[str], table: ImportTable, source: str | None
 ) -> tuple[dict[str, Any], dict[str, list[Rank]]]:
-    """The policy columns of the stored rows with these dedupe keys, and (`claims`) the claims on them, in one
-    transaction."""
+    """The policy columns of the stored rows with these dedupe keys, and (with a source) the claims on them, by key:
+    in the same query, this source's own claim and whether another source claims the row; the other claims are
+    read only for the rows that have some (one more query, usually none: most activities have one source)."""
     if not keys:
         return {}, {}
-    columns = [table.table.c[name] for name in table.policy_columns]
+    columns: list[Any] = [table.table.c[name] for name in table.policy_columns]
+    if source is not None:
+        claim, key = activity_sources.c, table.table.c.dedupe_key
+        mine = (claim.dedupe_key == key, claim.source_url == source)
+        columns += [
+            sa.select(claim.first_party).where(*mine).scalar_subquery().label("my_first_party"),
+            sa.select(claim.last_seen_at).where(*mine).scalar_subquery().label("my_last_seen"),
+            sa.exists().where(claim.dedupe_key == key, claim.source_url != source).label("contested"),
+        ]
     with transaction(engine) as connection:
         found = connection.execute(
             sa.select(*columns).where(one_of(table.table.c.dedupe_key, keys, engine.dialect.name))
         ).mappings().all()
-        ranks = claims_on(connection, [row["dedupe_key"] for row in found]) if claims else {}
+        contested = [row["dedupe_key"] for row in found if source is not None and row["contested"]]
+        ranks = claims_on(connection, contested) if contested else {}
+    if source is not None:
+        for row in found:
+            if not row["contested"] and row["my_last_seen"] is not None:
+                ranks[row["dedupe_key"]] = [Rank(bool(row["my_first_party"]), row["my_last_seen"], source)]
     return {row["dedupe_key"]: row for row in found}, ranks
 
 
@@ -159,7 +173,7 @@ def _judged_batches(
             if row["dedupe_key"] in rows:
                 summary.skipped += 1  # the same activity twice in one file
             rows[row["dedupe_key"]] = (number, row)
-        stored, ranks = _stored_rows(engine, list(rows), table, source is not None)
+        stored, ranks = _stored_rows(engine, list(rows), table, source)
         verdicts = Verdicts()
         touched: list[str] = []
         for key, numbered in rows.items():
