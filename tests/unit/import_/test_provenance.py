@@ -59,6 +59,17 @@ def listing(source: str, description: str, *, vector: list[float] | None = None,
     return parse_final_line(orjson.dumps(line))
 
 
+@pytest.mark.parametrize(("url", "host"), [
+    ("https://www.Venue.example/events/1", "venue.example"), ("http://user:pw@venue.example:8080/x?y#z", "venue.example"),
+    ("https://venue.example?x=1", "venue.example"), ("http://[::1]:8000/a", "::1"), ("http://127.0.0.5/", "127.0.0.5"),
+    ("venue.example/x", ""), (None, ""), ("", ""),
+])
+def test_hosts_are_compared_lowercased_without_www(url: str | None, host: str) -> None:
+    from harvest.import_.provenance import host_of
+
+    assert host_of(url) == host
+
+
 def load(engine, method, run_id, record) -> dict[str, int]:  # noqa: ANN001
     summary = import_activities(engine, [record], run_id=run_id, method=method)
     return summary.model_dump(exclude={"errors", "interrupted"})
