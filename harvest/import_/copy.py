@@ -222,7 +222,12 @@ def _copy_batch(
             try:
                 with transaction(engine) as connection:
                     _copy_into(connection, "activities", table.columns, types, pending)
-                    write_claims(connection, verdicts.without_failed(failed), verdicts.touch)
+                    # Claims on the keys just COPYed cannot exist yet (a claim needs its row): COPYed too.
+                    fresh = {row["dedupe_key"] for row in new}
+                    claims = verdicts.without_failed(failed)
+                    _copy_claims(connection, [claim for claim in claims if claim["dedupe_key"] in fresh])
+                    write_claims(connection, [claim for claim in claims if claim["dedupe_key"] not in fresh],
+                                 verdicts.touch)
                 inserted, claimed = len(copied), True
             except UniqueViolation:
                 staged = copied + list(pending) + staged  # the rows not yet converted are converted now
@@ -245,6 +250,26 @@ def _copy_batch(
         raise database_error(exc) from exc
     upserted = sum(1 for flag in flags if flag)
     return inserted + upserted, len(flags) - upserted, len(staged) - len(flags)
+
+
+_CLAIM_COLUMNS = ("dedupe_key", "source_url", "first_party", "run_id", "first_seen_at", "last_seen_at", "fields",
+                  "updated_at")
+_CLAIM_TYPES = ("text", "text", "bool", "text", "timestamptz", "timestamptz", "jsonb", "timestamptz")
+
+
+def _copy_claims(connection: sa.Connection, claims: list[dict[str, Any]]) -> None:
+    """New claims (harvest/import_/provenance.py) by binary COPY: no ON CONFLICT to evaluate, no per-row
+    parameters in Python."""
+    if not claims:
+        return
+    driver = cast(Any, connection.connection.driver_connection)
+    with driver.cursor() as cursor:
+        with cursor.copy(f"COPY activity_sources ({', '.join(_CLAIM_COLUMNS)}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(list(_CLAIM_TYPES))
+            for claim in claims:
+                copy.write_row(tuple(
+                    _jsonb(claim[name]) if name == "fields" else claim[name] for name in _CLAIM_COLUMNS
+                ))
 
 
 def _copy_into(
