@@ -160,13 +160,13 @@ def _judged_batches(
     enrichments = registered()
     for batch in _batches(enumerate(records), batch_size):
         rows: dict[str, tuple[int, dict[str, Any]]] = {}  # dedupe_key -> (record number, row)
-        first_party: dict[str, tuple[dict[str, Any], bool]] = {}  # dedupe_key -> (record, first party)
+        first_party: dict[str, bool] = {}  # dedupe_key -> whether its source is first-party for it
         fields = claim_fields(table.columns)
         for number, record in batch:
             try:
                 row = record_to_row(record, run_id, now, started, enrichments, source=source)
                 if source is not None:
-                    first_party[row["dedupe_key"]] = (record, is_first_party(source, record))
+                    first_party[row["dedupe_key"]] = is_first_party(source, record)
             except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
                 record_failure(summary, record, exc)
                 continue
@@ -177,7 +177,7 @@ def _judged_batches(
         verdicts = Verdicts()
         touched: list[str] = []
         for key, numbered in rows.items():
-            mine = None if source is None else Rank(first_party[key][1], started, source)
+            mine = None if source is None else Rank(first_party[key], started, source)
             if key not in stored:
                 verdicts.new.append(numbered)
             elif mine is not None and _outranked(mine, ranks.get(key, ())):
@@ -190,7 +190,7 @@ def _judged_batches(
                     touched.append(key)
                     continue
             if source is not None:
-                verdicts.claims.append(claim_row(numbered[1], first_party[key][1], source, started, now, fields))
+                verdicts.claims.append(claim_row(numbered[1], first_party[key], source, started, now, fields))
         if source is not None and touched:
             verdicts.touch = Touch(source, run_id, started, now, touched)
         summary.skipped += verdicts.unchanged
