@@ -154,6 +154,10 @@ class Activity(BaseModel):
     tags: list[str] = Field(default_factory=list)
     image_url: str | None = None
     source_url: str | None = None
+    item_url: str | None = Field(
+        default=None, description="The item's own URL as its markup gives it (e.g. schema.org url), absolute: the "
+        "import tells the venue's own site from an aggregator by it (harvest/import_/provenance.py).",
+    )
     content_hash: str = Field(description="sha256 of the fields that feed enrichment; unchanged input, same hash.")
 
 

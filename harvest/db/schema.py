@@ -153,6 +153,35 @@ activities = sa.Table(
               comment="Start of the run that last wrote this row: an older run never overwrites it."),
     sa.Column("created_at", Timestamp, nullable=False),
     sa.Column("updated_at", Timestamp, nullable=False),
+    sa.Column("source", sa.Text,
+              comment="The source (a run's start URL) whose claim the row's values were last written from; NULL for "
+              "rows of no known run. Its claim and every other are in activity_sources."),
+)
+
+# Where an activity came from (issue 32): one claim per (activity, source). Keyed on the stored row's dedupe_key as
+# a value, whatever formula computed it. harvest/import_/provenance.py writes and reads it.
+activity_sources = sa.Table(
+    "activity_sources",
+    metadata,
+    sa.Column("dedupe_key", sa.Text, sa.ForeignKey("activities.dedupe_key", ondelete="CASCADE", onupdate="CASCADE",
+                                                deferrable=True, initially="DEFERRED"),
+              primary_key=True, comment="The activity's stored key (checked at commit: a batch writes its claims "
+              "before the rows they claim)."),
+    sa.Column("source_url", sa.Text, primary_key=True,
+              comment="The source: the start URL of the runs that listed the activity, as the run row records it."),
+    sa.Column("first_party", sa.Boolean, nullable=False,
+              comment="The source's host is the host of the activity's own URL as this source gives it (its item "
+              "URL, else the page it was found on): the venue's own site, not an aggregator pointing at it."),
+    sa.Column("run_id", sa.String(64), nullable=False, comment="The latest run of this source that listed it."),
+    sa.Column("first_seen_at", Timestamp, nullable=False,
+              comment="Start of the first run of the source that listed it."),
+    sa.Column("last_seen_at", Timestamp, nullable=False,
+              comment="Start of the latest run of the source that listed it."),
+    sa.Column("fields", Json, nullable=False,
+              comment="This source's own values of the activity's columns (all but the key, the vector and the "
+              "bookkeeping): the row is re-derived from them when a source that outranked it is withdrawn."),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    sa.Index("ix_activity_sources_source_url", "source_url"),
 )
 
 geocode_cache = sa.Table(

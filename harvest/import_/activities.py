@@ -30,13 +30,24 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from harvest.db.engine import transaction, utcnow
-from harvest.db.schema import one_of, scrape_runs
+from harvest.db.schema import activity_sources, one_of, scrape_runs
 from harvest.enrich.embeddings.vectors import DeferredVector, embedding_hash
 from harvest.enrich.registry import enrichments as registered
 from harvest.errors import DatabaseError, ImportInterrupted, StorageError
 from harvest.import_.batch import Verdicts, record_failure
 from harvest.import_.copy import COPY_BATCH_SIZE, copy_writer
 from harvest.import_.policy import ImportTable, import_table
+from harvest.import_.provenance import (
+    Rank,
+    Touch,
+    claim_fields,
+    claim_row,
+    claims_on,
+    is_first_party,
+    outranks,
+    source_of,
+    write_claims,
+)
 from harvest.import_.rows import record_to_row
 from harvest.models import ImportSummary
 
@@ -51,28 +62,61 @@ def _batches(records: Iterable[T], size: int) -> Iterator[list[T]]:
 
 def run_started_at(engine: Engine, run_id: str) -> datetime:
     """When the importing run started (its rows' recency), or now for records of no known run."""
+    return run_source(engine, run_id)[0]
+
+
+def run_source(engine: Engine, run_id: str) -> tuple[datetime, str | None]:
+    """When the importing run started (its rows' recency) and its source (its start URL as the run row records it,
+    harvest/import_/provenance.py); now and None for records of no known run (they record no claim)."""
     with transaction(engine) as connection:
-        started = connection.execute(sa.select(scrape_runs.c.started_at).where(scrape_runs.c.id == run_id)).scalar()
-    return started if started is not None else utcnow()
+        row = connection.execute(
+            sa.select(scrape_runs.c.started_at, scrape_runs.c.url).where(scrape_runs.c.id == run_id)
+        ).first()
+    return (row.started_at, source_of(row.url)) if row is not None else (utcnow(), None)
 
 
-def _stored_rows(engine: Engine, keys: list[str], table: ImportTable) -> dict[str, Any]:
-    """The policy columns of the stored rows with these dedupe keys."""
+def _stored_rows(
+    engine: Engine, keys: list[str], table: ImportTable, source: str | None
+) -> tuple[dict[str, Any], dict[str, list[Rank]]]:
+    """The policy columns of the stored rows with these dedupe keys, and (with a source) the claims on them, by key:
+    in the same query, this source's own claim and whether another source claims the row; the other claims are
+    read only for the rows that have some (one more query, usually none: most activities have one source)."""
     if not keys:
-        return {}
-    columns = [table.table.c[name] for name in table.policy_columns]
+        return {}, {}
+    columns: list[Any] = [table.table.c[name] for name in table.policy_columns]
+    if source is not None:
+        claim, key = activity_sources.c, table.table.c.dedupe_key
+        mine = (claim.dedupe_key == key, claim.source_url == source)
+        columns += [
+            sa.select(claim.first_party).where(*mine).scalar_subquery().label("my_first_party"),
+            sa.select(claim.last_seen_at).where(*mine).scalar_subquery().label("my_last_seen"),
+            sa.exists().where(claim.dedupe_key == key, claim.source_url != source).label("contested"),
+        ]
     with transaction(engine) as connection:
         found = connection.execute(
             sa.select(*columns).where(one_of(table.table.c.dedupe_key, keys, engine.dialect.name))
         ).mappings().all()
-    return {row["dedupe_key"]: row for row in found}
+        contested = [row["dedupe_key"] for row in found if source is not None and row["contested"]]
+        ranks = claims_on(connection, contested) if contested else {}
+    if source is not None:
+        for row in found:
+            if not row["contested"] and row["my_last_seen"] is not None:
+                ranks[row["dedupe_key"]] = [Rank(bool(row["my_first_party"]), row["my_last_seen"], source)]
+    return {row["dedupe_key"]: row for row in found}, ranks
 
 
-def _upsert(engine: Engine, rows: list[dict[str, Any]], table: ImportTable) -> None:
+def _upsert(
+    engine: Engine, rows: list[dict[str, Any]], verdicts: Verdicts, failed: set[str], table: ImportTable
+) -> None:
+    """One transaction: the batch's claims first (the policy's precedence reads them), then its rows."""
+    if not rows and not verdicts.claimed:
+        return
     dialect = engine.dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     with transaction(engine) as connection:
-        connection.execute(table.on_conflict(insert(table.table)), rows)
+        write_claims(connection, verdicts.without_failed(failed), verdicts.touch)
+        if rows:
+            connection.execute(table.on_conflict(insert(table.table)), rows)
 
 
 def import_activities(
@@ -111,32 +155,66 @@ def _judged_batches(
     batch_size: int,
 ) -> Iterator[Verdicts]:
     """The records' rows a batch at a time, judged with one key lookup per batch. A malformed record is a
-    counted failure; of a key repeated within a batch the last copy is kept (the others are skipped)."""
+    counted failure; of a key repeated within a batch the last copy is kept (the others are skipped). With a
+    source (a run the database knows), each row's claim goes with the verdicts, and a stored row that another
+    source's claim outranks (or that a later run of this source wrote) is not written (counted skipped)."""
     now = utcnow()
-    started = run_started_at(engine, run_id)
+    started, source = run_source(engine, run_id)
     enrichments = registered()
     for batch in _batches(enumerate(records), batch_size):
         rows: dict[str, tuple[int, dict[str, Any]]] = {}  # dedupe_key -> (record number, row)
+        first_party: dict[str, bool] = {}  # dedupe_key -> whether its source is first-party for it
+        fields = claim_fields(table.columns)
         for number, record in batch:
             try:
-                row = record_to_row(record, run_id, now, started, enrichments)
+                row = record_to_row(record, run_id, now, started, enrichments, source=source)
+                if source is not None:
+                    first_party[row["dedupe_key"]] = is_first_party(source, record)
             except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
                 record_failure(summary, record, exc)
                 continue
             if row["dedupe_key"] in rows:
                 summary.skipped += 1  # the same activity twice in one file
             rows[row["dedupe_key"]] = (number, row)
-        stored = _stored_rows(engine, list(rows), table)
+        stored, ranks = _stored_rows(engine, list(rows), table, source)
         verdicts = Verdicts()
+        touched: list[str] = []
         for key, numbered in rows.items():
+            mine = None if source is None else Rank(first_party[key], started, source)
             if key not in stored:
                 verdicts.new.append(numbered)
+            elif mine is not None and _outranked(mine, ranks.get(key, ())):
+                verdicts.unchanged += 1
             elif table.writes(stored[key], numbered[1]):
                 verdicts.changed.append(numbered)
             else:
                 verdicts.unchanged += 1
+                if mine is not None and _confirms(mine, stored[key], ranks.get(key, ())):
+                    touched.append(key)
+                    continue
+            if source is not None:
+                verdicts.claims.append(claim_row(numbered[1], first_party[key], source, started, now, fields))
+        if source is not None and touched:
+            verdicts.touch = Touch(source, run_id, started, now, touched)
         summary.skipped += verdicts.unchanged
         yield verdicts
+
+
+def _outranked(mine: Rank, ranks: Iterable[Rank]) -> bool:
+    """Whether another source's stored claim takes precedence over this one, or a later run of this source
+    claimed the activity (the write's `not_outranked`, in Python)."""
+    return any(
+        rank.last_seen_at > mine.last_seen_at if rank.source_url == mine.source_url else outranks(rank, mine)
+        for rank in ranks
+    )
+
+
+def _confirms(mine: Rank, stored: Any, ranks: Iterable[Rank]) -> bool:
+    """An unchanged row that shows this source's values and whose stored claim judges the same (first party or
+    not): the claim holds what the new one would, so confirming it (last seen, run) is enough."""
+    return stored["source"] == mine.source_url and any(
+        rank.source_url == mine.source_url and rank.first_party == mine.first_party for rank in ranks
+    )
 
 
 def _take_vectors(verdicts: Verdicts, finals: FinalRecords) -> None:
@@ -187,6 +265,7 @@ def _upsert_writer(table: ImportTable) -> Callable[[Engine, ImportSummary, Verdi
 
     def write(engine: Engine, summary: ImportSummary, verdicts: Verdicts) -> None:
         to_write = []
+        failed: set[str] = set()
         counts = {"imported": 0, "updated": 0}
         for counter, rows in (("imported", verdicts.new), ("updated", verdicts.changed)):
             for _, row in rows:
@@ -194,11 +273,11 @@ def _upsert_writer(table: ImportTable) -> Callable[[Engine, ImportSummary, Verdi
                     _parse_deferred(row)
                 except ValueError as exc:
                     record_failure(summary, row, exc)
+                    failed.add(row["dedupe_key"])
                     continue
                 counts[counter] += 1
                 to_write.append(row)
-        if to_write:
-            _upsert(engine, to_write, table)
+        _upsert(engine, to_write, verdicts, failed, table)
         summary.imported += counts["imported"]
         summary.updated += counts["updated"]
 

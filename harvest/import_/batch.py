@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from harvest.import_.provenance import Touch
 from harvest.models import ImportSummary
 
 MAX_ERRORS = 50
@@ -21,11 +22,26 @@ class Verdicts:
     the write. `new` rows are COPYed into the table, which the unique index refuses if another import stored
     one of their keys since (they then go through the upsert); `changed` rows go through the upsert, whose
     ON CONFLICT ... WHERE applies the policy again to the row stored at write time. The portable path upserts
-    both with that clause and counts them by the verdict (SQLite's upsert does not say which rows it inserted)."""
+    both with that clause and counts them by the verdict (SQLite's upsert does not say which rows it inserted).
+
+    `claims`: the claim of every row judged (written or not; harvest/import_/provenance.py), written in the
+    transaction that writes the rows, less those of rows that could not be written (`without_failed`); `touch`:
+    the claims of unchanged rows showing this source, confirmed without new values."""
 
     new: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     changed: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     unchanged: int = 0
+    claims: list[dict[str, Any]] = field(default_factory=list)
+    touch: Touch | None = None
+
+    @property
+    def claimed(self) -> bool:
+        """Whether the batch has claims to record."""
+        return bool(self.claims or (self.touch and self.touch.keys))
+
+    def without_failed(self, failed: set[str]) -> list[dict[str, Any]]:
+        """The claims but those of rows (dedupe keys) that failed to be written."""
+        return [claim for claim in self.claims if claim["dedupe_key"] not in failed] if failed else self.claims
 
 
 def record_failure(summary: ImportSummary, record: Any, exc: Exception) -> None:

@@ -31,6 +31,7 @@ from harvest.db.schema import Timestamp, activities
 from harvest.enrich.embeddings.vectors import parse_vector
 from harvest.import_.batch import Verdicts, record_failure
 from harvest.import_.policy import STAGE, ImportTable
+from harvest.import_.provenance import write_claims
 from harvest.models import ImportSummary
 
 COPY_BATCH_SIZE = 500  # rows per COPY + upsert: a batch holds its rows, vectors as float32, in memory
@@ -167,7 +168,8 @@ def copy_writer(engine: Engine, table: ImportTable) -> Callable[[Engine, ImportS
 
     def write(engine: Engine, summary: ImportSummary, verdicts: Verdicts) -> None:
         inserted, updated, unchanged = _copy_batch(
-            engine, table, by_column, summary, [row for _, row in verdicts.new], [row for _, row in verdicts.changed]
+            engine, table, by_column, summary, [row for _, row in verdicts.new], [row for _, row in verdicts.changed],
+            verdicts,
         )
         summary.imported += inserted
         summary.updated += updated
@@ -178,16 +180,18 @@ def copy_writer(engine: Engine, table: ImportTable) -> Callable[[Engine, ImportS
 
 def _checked_rows(
     rows: Iterable[dict[str, Any]], converters: list[tuple[str, str, Converter]], summary: ImportSummary,
-    kept: list[tuple[Any, ...]],
+    kept: list[tuple[Any, ...]], failed: set[str],
 ) -> Iterator[tuple[Any, ...]]:
     """Each row converted for the COPY just before it is written, so Python's work on the next row overlaps
-    Postgres's on the last; a row that cannot be converted is a counted failure and nothing of it is written.
+    Postgres's on the last; a row that cannot be converted is a counted failure and nothing of it is written
+    (its key goes to `failed`: its claim is not written either).
     Every row yielded is also appended to `kept`, for a batch that has to be written a second way."""
     for row in rows:
         try:
             values = copy_row(row, converters)
         except (ValueError, TypeError, AttributeError, OverflowError) as exc:
             record_failure(summary, row, exc)  # this row only: nothing of it reached the COPY
+            failed.add(row["dedupe_key"])
             continue
         kept.append(values)
         yield values
@@ -195,7 +199,7 @@ def _checked_rows(
 
 def _copy_batch(
     engine: Engine, table: ImportTable, converters: list[tuple[str, str, Converter]], summary: ImportSummary,
-    new: list[dict[str, Any]], known: list[dict[str, Any]],
+    new: list[dict[str, Any]], known: list[dict[str, Any]], verdicts: Verdicts,
 ) -> tuple[int, int, int]:
     """Write one batch; returns (inserted, updated, unchanged).
 
@@ -203,24 +207,38 @@ def _copy_batch(
     (no staging table, no second write of each 6 kB vector, no upsert): most of an import's rows on a first run.
     If another import stored one of those keys since, the unique index refuses the whole COPY (nothing of it is
     kept) and those rows join the known ones, which go through the staging table and the policy's upsert.
+    The batch's claims (harvest/import_/provenance.py) are one more statement in the first transaction that
+    commits: after the COPY (which says which rows failed), or before the upsert (whose precedence reads them).
     """
     types = [kind for _, kind, _ in converters]
+    failed: set[str] = set()
     try:
         inserted = 0
-        staged: list[tuple[Any, ...]] = []
+        claimed = False
+        staged: list[tuple[Any, ...]] = list(_checked_rows(known, converters, summary, [], failed)) if known else []
         if new:
             copied: list[tuple[Any, ...]] = []
-            pending = _checked_rows(new, converters, summary, copied)
+            pending = _checked_rows(new, converters, summary, copied, failed)
             try:
                 with transaction(engine) as connection:
                     _copy_into(connection, "activities", table.columns, types, pending)
-                inserted = len(copied)
+                    # Claims on the keys just COPYed cannot exist yet (a claim needs its row): COPYed too.
+                    fresh = {row["dedupe_key"] for row in new}
+                    claims = verdicts.without_failed(failed)
+                    _copy_claims(connection, [claim for claim in claims if claim["dedupe_key"] in fresh])
+                    write_claims(connection, [claim for claim in claims if claim["dedupe_key"] not in fresh],
+                                 verdicts.touch)
+                inserted, claimed = len(copied), True
             except UniqueViolation:
-                staged = copied + list(pending)  # the rows not yet converted are converted now
-        staged += [] if not known else list(_checked_rows(known, converters, summary, []))
+                staged = copied + list(pending) + staged  # the rows not yet converted are converted now
         if not staged:
+            if not claimed and verdicts.claimed:
+                with transaction(engine) as connection:
+                    write_claims(connection, verdicts.without_failed(failed), verdicts.touch)
             return inserted, 0, 0
         with transaction(engine) as connection:
+            if not claimed:
+                write_claims(connection, verdicts.without_failed(failed), verdicts.touch)
             connection.exec_driver_sql(
                 f"CREATE TEMPORARY TABLE {STAGE} (LIKE activities INCLUDING DEFAULTS) ON COMMIT DROP"
             )
@@ -232,6 +250,26 @@ def _copy_batch(
         raise database_error(exc) from exc
     upserted = sum(1 for flag in flags if flag)
     return inserted + upserted, len(flags) - upserted, len(staged) - len(flags)
+
+
+_CLAIM_COLUMNS = ("dedupe_key", "source_url", "first_party", "run_id", "first_seen_at", "last_seen_at", "fields",
+                  "updated_at")
+_CLAIM_TYPES = ("text", "text", "bool", "text", "timestamptz", "timestamptz", "jsonb", "timestamptz")
+
+
+def _copy_claims(connection: sa.Connection, claims: list[dict[str, Any]]) -> None:
+    """New claims (harvest/import_/provenance.py) by binary COPY: no ON CONFLICT to evaluate, no per-row
+    parameters in Python."""
+    if not claims:
+        return
+    driver = cast(Any, connection.connection.driver_connection)
+    with driver.cursor() as cursor:
+        with cursor.copy(f"COPY activity_sources ({', '.join(_CLAIM_COLUMNS)}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(list(_CLAIM_TYPES))
+            for claim in claims:
+                copy.write_row(tuple(
+                    _jsonb(claim[name]) if name == "fields" else claim[name] for name in _CLAIM_COLUMNS
+                ))
 
 
 def _copy_into(

@@ -11,7 +11,10 @@ group's key: a NULL from a run whose image, geocode or embedding step failed nev
 stored image stays referenced, so the sweep keeps it). The cost: an image a site really removed stays until
 another image replaces it. (3) A row is written when its content hash changed, or when, content unchanged, the
 run brings an enrichment group that differs from the stored one (a geocode that now succeeds, a new embedding
-model: `embedding_hash`, a sha256 of the vector's JSON, says so without parsing it).
+model: `embedding_hash`, a sha256 of the vector's JSON, says so without parsing it). (4) Sources (issue 32): a row
+is written only when its source's claim takes precedence over every other source's claim on the activity
+(harvest/import_/provenance.py); recency (1) compares runs of the same source only (between sources, precedence
+decides, and it already prefers the newest among equals).
 
 The groups come from the registry (harvest/enrich/registry.py), so a new enrichment's columns follow the same
 rule with no edit here; a column of it that harvest/db/schema.py does not list (its migration added it) is part
@@ -30,6 +33,7 @@ from sqlalchemy.dialects import postgresql
 
 from harvest.db.schema import activities
 from harvest.enrich.base import Enrichment
+from harvest.import_.provenance import not_outranked
 
 STAGE = "harvest_import_stage"  # the COPY's staging table (harvest/import_/copy.py)
 
@@ -60,7 +64,7 @@ class ImportTable:
         ]
         self._group_of = {column: group.key for group in self.groups for column in group.columns}
         # What the pre-check reads of a stored row to apply the policy without sending the new one.
-        self.policy_columns = ["dedupe_key", "content_hash", "run_started_at",
+        self.policy_columns = ["dedupe_key", "content_hash", "run_started_at", "source",
                                *(c for group in self.groups for c in group.compared)]
 
     def on_conflict(self, statement: Any) -> Any:
@@ -81,17 +85,21 @@ class ImportTable:
             index_elements=[stored.dedupe_key],
             set_={name: value(name) for name in self.updatable},
             where=sa.and_(
-                sa.or_(stored.run_started_at.is_(None), stored.run_started_at <= new.run_started_at),
+                not_outranked(),
+                sa.or_(stored.source.is_distinct_from(new.source), stored.run_started_at.is_(None),
+                       stored.run_started_at <= new.run_started_at),
                 sa.or_(stored.content_hash.is_distinct_from(new.content_hash), *better_enrichment),
             ),
         )
 
     def writes(self, stored: Any, row: dict[str, Any]) -> bool:
-        """The policy's WHERE in Python, for the rows looked up before a batch is sent (skipped without work)."""
+        """The policy's WHERE in Python, for the rows looked up before a batch is sent (skipped without work); the
+        claims' precedence (rule 4) is judged apart, over the claims (harvest/import_/provenance.py::outranks)."""
         if stored is None:
             return True
-        if stored["run_started_at"] is not None and stored["run_started_at"] > row["run_started_at"]:
-            return False  # a newer run wrote this row
+        if (stored["source"] == row.get("source") and stored["run_started_at"] is not None
+                and stored["run_started_at"] > row["run_started_at"]):
+            return False  # a newer run of the same source wrote this row
         if stored["content_hash"] != row["content_hash"]:
             return True
         return any(

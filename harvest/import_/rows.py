@@ -14,10 +14,11 @@ from harvest.standardize.standardizer import coordinates_place, identity_key
 
 def record_to_row(
     record: dict[str, Any], run_id: str, now: datetime, run_started_at: datetime | None = None,
-    enrichments: Iterable[Enrichment] | None = None,
+    enrichments: Iterable[Enrichment] | None = None, source: str | None = None,
 ) -> dict[str, Any]:
     """Map one final JSONL record to an `activities` row; raises ValueError/KeyError on a malformed one.
-    `enrichments`: whose columns the row carries (default: the registry's)."""
+    `enrichments`: whose columns the row carries (default: the registry's); `source`: the run's start URL (the
+    source whose claim the row is, harvest/import_/provenance.py), None for a record of no known run."""
     name = (record.get("name") or "").strip()
     if not name or not record.get("id"):
         raise ValueError("record has no name or id")
@@ -49,6 +50,7 @@ def record_to_row(
         "run_started_at": run_started_at or now,
         "created_at": now,
         "updated_at": now,
+        "source": source,
     }
     for enrichment in registered() if enrichments is None else enrichments:
         row.update(enrichment.row(record))

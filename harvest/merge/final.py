@@ -71,6 +71,7 @@ def final_record(merged: dict[str, Any], vector: list[float] | np.ndarray | orjs
         "embedding": vector,
         "image": None,  # images fill it
         "source_url": activity.get("source_url"),
+        "item_url": activity.get("item_url"),  # the item's own URL: which source is first-party (import provenance)
         "content_hash": activity.get("content_hash"),
     }
     for enrichment in registered() if enrichments is None else enrichments:

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from harvest.db.engine import transaction, utcnow
-from harvest.db.schema import activities, image_cache, page_cache, run_files, scrape_runs
+from harvest.db.schema import activities, activity_sources, image_cache, page_cache, run_files, scrape_runs
 from harvest.db.sources import degraded_urls
 
 # Retention states in which a run's files are supposed to exist.
@@ -252,13 +252,21 @@ def images_maps_in_use(engine: Engine) -> list[tuple[str, str]]:
 
 
 def imported_and_claimed_images(engine: Engine, claimed_since: datetime) -> list[str]:
-    """Image URIs of every activity, and of every cached image a run claimed (looked up to reuse) since then."""
+    """Image URIs of every activity and of every source's claim on one (a row is re-derived from a claim when the
+    source it shows is withdrawn: harvest/import_/provenance.py), and of every cached image a run claimed (looked
+    up to reuse) since then."""
+    claimed_image = activity_sources.c.fields["image_uri"].as_string()
     with transaction(engine) as connection:
         uris = [
             row.image_uri
             for row in connection.execute(
                 sa.select(activities.c.image_uri).where(activities.c.image_uri.is_not(None)).distinct()
             )
+        ]
+        uris += [
+            uri for uri in connection.execute(
+                sa.select(claimed_image).where(claimed_image.is_not(None)).distinct()
+            ).scalars()
         ]
         uris += [
             row.uri

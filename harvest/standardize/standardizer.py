@@ -385,6 +385,7 @@ class Standardizer:
             tags=tags,
             image_url=image_url,
             source_url=clean_text(raw.sourceUrl, max_chars=4_000),
+            item_url=absolute_http_url(raw.itemUrl, raw.sourceUrl),
             content_hash="",
         )
         activity.content_hash = content_hash(activity)

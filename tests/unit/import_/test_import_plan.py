@@ -201,23 +201,32 @@ def test_a_first_import_builds_and_looks_up_each_row_once(engine, store, tmp_pat
     assert len(table(engine)) == 1200
 
 
-@pytest.mark.parametrize("other_run", ["newer", "older"])
+@pytest.mark.parametrize("other_run", ["newer", "older", "older-venue"])
 def test_a_key_another_run_stores_after_the_lookup_is_decided_at_write_time(
     engine, store, tmp_path: Path, other_run: str,  # noqa: ANN001
 ) -> None:
     """Between one batch's key lookup and its write, another run (another URL listing the same activity) stores
     one of the keys judged new. The row must then be written by the upsert policy, not by the stale verdict:
-    a newer run's row stays (Postgres counts ours unchanged), an older run's row is overwritten (updated)."""
+    a newer run's row stays (Postgres counts ours unchanged), an older run's row is overwritten (updated). When
+    ours lists the activity as an aggregator (its item's URL at the other site) and the other run is that venue's,
+    the venue's row stays though its run is older: the write's precedence reads the claims as they are at write
+    time, not as the lookup saw them (issue 32)."""
     from harvest.import_.activities import import_activities
     from harvest.merge.final import final_record
 
     items = [_activity(n) for n in range(30)]
-    if other_run == "older":
+    if other_run == "older-venue":
+        items[7] = {**items[7], "item_url": "https://other.example/7"}  # we list the venue's activity
+    if other_run.startswith("older"):
         runs.create_run(engine, "other", "https://other.example/", {})
     final = write_run(engine, store, tmp_path, "run-1", items)
     if other_run == "newer":
         runs.create_run(engine, "other", "https://other.example/", {})
-    theirs = final_record({"activity": _activity(7, "Swings, as the other site says")}, None)
+    # The other site lists it as its own (its page on its own host): first-party, like ours unless we list it as an
+    # aggregator; between equals the newest wins (harvest/import_/provenance.py).
+    theirs = final_record(
+        {"activity": {**_activity(7, "Swings, as the other site says"), "source_url": "https://other.example/7"}}, None
+    )
     state = {"looked_up": False, "stored": False}
 
     def store_theirs() -> None:
@@ -246,11 +255,13 @@ def test_a_key_another_run_stores_after_the_lookup_is_decided_at_write_time(
     assert state["stored"]
     rows = {row["id"]: row for row in table(engine)}
     assert len(rows) == 30
-    kept = theirs if other_run == "newer" else items[7]
+    theirs_stay = other_run in ("newer", "older-venue")
+    kept = theirs if theirs_stay else items[7]
     assert (rows["a7"]["description"], rows["a7"]["content_hash"]) == (kept["description"], kept["content_hash"])
-    assert rows["a7"]["run_id"] == ("other" if other_run == "newer" else "run-1")
+    assert rows["a7"]["run_id"] == ("other" if theirs_stay else "run-1")
+    assert rows["a7"]["source"] == ("https://other.example/" if theirs_stay else "https://site.example/")
     if engine.dialect.name == "postgresql":  # the portable path counts by its lookup (see Verdicts)
-        expected = (29, 0, 1) if other_run == "newer" else (29, 1, 0)
+        expected = (29, 0, 1) if theirs_stay else (29, 1, 0)
         assert (summary.imported, summary.updated, summary.skipped) == expected
 
 

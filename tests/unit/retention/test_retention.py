@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from harvest.db import runs as run_rows
 from harvest.db.engine import utcnow
-from harvest.db.schema import scrape_runs
+from harvest.db.schema import activity_sources, scrape_runs
 from harvest.diff.compare import digest_key
 from harvest.errors import ConfigError, RunAlreadyRunningError
 from harvest.retention.policy import (
@@ -220,6 +220,27 @@ def test_orphans_and_unreferenced_images_go_only_after_the_grace_period(engine, 
         f"runs/{kept}/results/crawl.json",
     ])
     print("left after the sweep:", *left, sep="\n  ")
+
+
+def test_an_image_only_a_source_claim_holds_stays(engine, store) -> None:  # noqa: ANN001
+    """A source's claim keeps its own image (issue 32): the row shows another source's, and is re-derived from the
+    claim if that source is withdrawn, so the sweep must not take the claim's image away meanwhile."""
+    shown_image, claim_image = ("images/" + letter * 64 + ".webp" for letter in "de")
+    for key in (shown_image, claim_image):
+        write_json(store, key, "image", {"pixels": key})
+    with engine.begin() as connection:
+        connection.execute(sa.text(
+            "INSERT INTO activities (id, dedupe_key, name, urgency, is_public, tags, content_hash, image_uri, "
+            "created_at, updated_at) VALUES ('y', 'y', 'Y', 'low', true, '[]', 'h', :uri, now(), now())"
+        ), {"uri": store.uri_for(shown_image)})
+        connection.execute(activity_sources.insert().values(
+            dedupe_key="y", source_url="https://aggregator.example/", first_party=False, run_id="r",
+            first_seen_at=NOW, last_seen_at=NOW, updated_at=NOW,
+            fields={"description": "theirs", "image_uri": store.uri_for(claim_image)},
+        ))
+    report = sweep(engine, store, POLICY, flow_run_state=never_heard_of, now=NOW + timedelta(days=2))
+    assert claim_image not in report.images
+    assert {shown_image, claim_image} <= set(keys(store))
 
 
 def test_superseded_digests_of_cleaned_runs_are_dropped(engine, store) -> None:

@@ -239,6 +239,22 @@ def test_image_urls_are_resolved_or_dropped() -> None:
     assert "javascript:alert(1)" in standardizer.warnings[0]
 
 
+def test_the_items_own_url_reaches_the_final_record_and_not_its_content_hash() -> None:
+    """The item's own URL (schema.org url, an aggregator's link to the venue) is what the import judges first-party
+    by (harvest/import_/provenance.py): carried, made absolute, and outside the content hash (no re-embedding)."""
+    from harvest.merge.final import final_record
+
+    standardizer = Standardizer(RunConfig())
+    listed = standardizer.standardize(raw(name="A", itemUrl="/e/1", sourceUrl="https://agg.example/list"))
+    assert listed is not None and listed.item_url == "https://agg.example/e/1"
+    elsewhere = standardizer.standardize(raw(name="A", itemUrl="https://venue.example/e", sourceUrl="https://agg.example/list"))
+    bare = standardizer.standardize(raw(name="A", sourceUrl="https://agg.example/list"))
+    assert elsewhere is not None and bare is not None and bare.item_url is None
+    assert elsewhere.content_hash == bare.content_hash
+    record = final_record({"activity": elsewhere.model_dump(mode="json")}, None)
+    assert record["item_url"] == "https://venue.example/e"
+
+
 def test_duplicates_by_normalized_name_and_address() -> None:
     standardizer = Standardizer(RunConfig())
     place = Location(formattedAddress="Lake Grove, Coburg VIC 3058")
