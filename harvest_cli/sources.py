@@ -204,18 +204,29 @@ def sources_remove(
     source_id: str = typer.Argument(..., metavar="ID", help="The source's id."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """Remove the source: its schedule in Prefect, then its row (its runs and activities stay)."""
+    """Remove the source: its schedule in Prefect, its claims on activities (a row another source also lists is
+    kept, shown from the best remaining claim; a row only this source listed is deleted), then its row. Its runs
+    and their files stay."""
     from blocks.schedules import remove_schedule
     from harvest.db.sources import remove_source
+    from harvest.enrich.registry import enrichments
+    from harvest.import_.policy import import_table
+    from harvest.import_.provenance import withdraw_source
 
     engine = checked_engine()
     source = _source(engine, source_id)
     had = _prefect(remove_schedule, source["deployment"], source["schedule_slug"])
+    withdrawn = withdraw_source(engine, source["url"], import_table(enrichments()).table)
     remove_source(engine, source["id"])
+    claims = {"claims": withdrawn.claims, "rederived": withdrawn.rederived, "deleted": withdrawn.deleted}
     if as_json:
-        output.emit_json({"id": source["id"], "url": source["url"], "removed": True, "schedule_removed": had})
+        output.emit_json({"id": source["id"], "url": source["url"], "removed": True, "schedule_removed": had,
+                          "withdrawn": claims})
         return
     output.line(f"removed source {source['id']} ({source['url']})" + ("" if had else "; it had no schedule left"))
+    if withdrawn.claims:
+        output.line(f"  its claims on {withdrawn.claims} activities withdrawn: {withdrawn.rederived} now shown from "
+                    f"another source, {withdrawn.deleted} no other source lists deleted")
 
 
 @sources_app.command("cost")

@@ -100,7 +100,8 @@ def test_sources_crud_through_the_cli_and_through_prefect(harvest_env, demo_site
     assert_one_error_line(run_cli(["sources", "resume", str(added["id"])], harvest_env), 2, "has no schedule")
 
     removed = cli_json(["sources", "remove", str(added["id"])], harvest_env)
-    assert removed == {"id": added["id"], "url": url, "removed": True, "schedule_removed": False}
+    assert removed == {"id": added["id"], "url": url, "removed": True, "schedule_removed": False,
+                       "withdrawn": {"claims": 0, "rederived": 0, "deleted": 0}}
     assert cli_json(["sources", "list"], harvest_env) == []
 
     # Added again with a cron, then removed: the schedule goes with it.
@@ -157,3 +158,45 @@ def test_sources_without_prefects_api_is_exit_3(harvest_env) -> None:  # noqa: A
     done = subprocess.run([HARVEST, "sources", "list"], env={**os.environ, **harvest_env, "PREFECT_API_URL": api},
                           capture_output=True, text=True, timeout=300)
     assert_one_error_line(done, 3, f"Prefect's API at {api} is unavailable: ConnectError")
+
+
+def test_removing_a_source_withdraws_only_its_claims(harvest_env, demo_site, deployment) -> None:  # noqa: ANN001
+    """`sources remove` takes the source's claims with it (harvest.import_.provenance.withdraw_source): an activity
+    another source also lists stays, shown from that source; one only the removed source listed goes."""
+    import orjson
+    import sqlalchemy as sa
+
+    from harvest.db import runs
+    from harvest.db.engine import get_engine
+    from harvest.db.schema import activities
+    from harvest.enrich.embeddings.vectors import parse_final_line
+    from harvest.import_.activities import import_activities
+    from harvest.import_.provenance import sources_of
+
+    url, aggregator = demo_site.base_url + "/", "https://kids-events.example/"
+    engine = get_engine(harvest_env["HARVEST_DATABASE_URL"])
+
+    def imported(run_id: str, source: str, name: str, description: str) -> None:
+        runs.create_run(engine, run_id, source, {})
+        runs.finish_run(engine, run_id, "completed")
+        record = {"id": name, "name": name, "description": description, "urgency": "medium", "is_public": True,
+                  "location": {"formatted_address": "1 Main Rd, Eltham"}, "tags": [], "content_hash": description,
+                  "source_url": f"{source}events"}
+        import_activities(engine, [parse_final_line(orjson.dumps(record))], run_id=run_id)
+
+    imported("agg-run", aggregator, "Puppet Show", "Puppets!")
+    imported("site-run", url, "Puppet Show", "A puppet show for ages 3-8.")  # the newer run: its values show
+    imported("site-run-2", url, "Story Time", "Only on the site itself.")
+    with engine.begin() as connection:
+        shown = dict(connection.execute(sa.select(activities.c.name, activities.c.description)).all())
+    assert shown == {"Puppet Show": "A puppet show for ages 3-8.", "Story Time": "Only on the site itself."}
+
+    added = cli_json(["sources", "add", url, "--every", "1d"], harvest_env)
+    removed = cli_json(["sources", "remove", str(added["id"])], harvest_env)
+    assert removed["withdrawn"] == {"claims": 2, "rederived": 1, "deleted": 1}
+    with engine.begin() as connection:
+        rows = connection.execute(sa.select(activities.c.dedupe_key, activities.c.name, activities.c.description,
+                                            activities.c.source)).all()
+    assert [(name, description, source) for _, name, description, source in rows] == [
+        ("Puppet Show", "Puppets!", aggregator)]
+    assert [claim.source_url for claim in sources_of(engine, [rows[0][0]])[rows[0][0]]] == [aggregator]
