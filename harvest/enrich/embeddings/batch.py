@@ -18,10 +18,9 @@ import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 import numpy as np
-import openai
 
 from harvest.enrich.embeddings.api import (
     EMBEDDINGS_ENDPOINT,
@@ -34,6 +33,9 @@ from harvest.enrich.embeddings.api import (
 )
 from harvest.errors import BatchNotReadyError, EmbeddingError
 from harvest.models import Activity
+
+if TYPE_CHECKING:  # openai costs ~0.5 s to import: only where a call is made (issue 32)
+    import openai
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +126,8 @@ class EmbeddingRow:
 def submit_batch(client: openai.OpenAI, input_path: Path, *, metadata: dict[str, str],
                  completion_window: Literal["24h"] = "24h") -> BatchHandle:
     """Upload the input JSONL (purpose "batch") and create an embeddings batch for it."""
+    import openai
+
     input_path = Path(input_path)
     try:
         size = input_path.stat().st_size
@@ -162,6 +166,8 @@ def find_run_batch(client: openai.OpenAI, run_id: str, *, since: float) -> Batch
     the search stops at the first one older than the run. A failed lookup returns None (the caller submits:
     a second batch costs money, a run without embeddings loses data) and logs why.
     """
+    import openai
+
     try:
         for batch in client.batches.list(limit=100):  # the SDK follows the `after` cursor page by page
             if batch.created_at < since:
@@ -178,6 +184,8 @@ def check_batch(client: openai.OpenAI, batch_id: str) -> BatchResult:
     """The finished batch, or BatchNotReadyError while it runs, or EmbeddingError if it failed, or expired or was
     cancelled before finishing any line. An expired/cancelled batch with an output file is returned (status
     says so): its finished vectors are kept."""
+    import openai
+
     try:
         batch = client.batches.retrieve(batch_id)
     except openai.OpenAIError as exc:
@@ -255,6 +263,8 @@ def iter_batch_results(client: openai.OpenAI, result: BatchResult, *, dimensions
     Files are streamed line by line (``with_streaming_response``), so a 50,000-line output never sits in
     memory as one string. Raises EmbeddingError only when a file cannot be downloaded at all.
     """
+    import openai
+
     for file_id in (result.output_file_id, result.error_file_id):
         if not file_id:
             continue
