@@ -436,12 +436,12 @@ def main() -> int:
     parser.add_argument("--query-seconds", type=float, default=2.0)
     parser.add_argument("out", type=Path)
     args = parser.parse_args()
+    import tempfile
+
     from bench.run import DEFAULT_PG, start_prefect_server
     from testkit.geocoder_server import GeocoderTestServer
     from testkit.openai_server import OpenAITestServer
     from testkit.s3 import MotoS3
-
-    import tempfile
 
     workdir = Path(tempfile.mkdtemp(prefix="harvest-fleet-"))
     for name, value in {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",

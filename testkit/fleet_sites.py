@@ -95,7 +95,7 @@ class HostTally:
     requests: int = 0
     in_flight: int = 0
     max_in_flight: int = 0
-    starts: list[float] = field(default_factory=list)
+    starts: list[tuple[float, str]] = field(default_factory=list)
     disallowed: list[str] = field(default_factory=list)
 
 
@@ -189,7 +189,7 @@ class FleetServer:
             tally.in_flight += 1
             tally.max_in_flight = max(tally.max_in_flight, tally.in_flight)
             if path != "/robots.txt":  # fetched before the crawler can know the delay it asks for
-                tally.starts.append(time.monotonic())
+                tally.starts.append((time.monotonic(), path))
             if path.startswith("/private/"):
                 tally.disallowed.append(path)
 
@@ -206,11 +206,14 @@ class FleetServer:
         with self._lock:
             max_in_flight = max((t.max_in_flight for t in self.tally.values()), default=0)
             disallowed = sum(len(t.disallowed) for t in self.tally.values())
-            gaps = []
+            gaps, early = [], []
             for host, delay in delays.items():
                 starts = sorted(self.tally[host].starts)
-                if len(starts) > 1:
-                    gaps.append((min(b - a for a, b in zip(starts, starts[1:], strict=False)), delay))
+                pairs = list(zip(starts, starts[1:], strict=False))
+                if pairs:
+                    gaps.append((min(b[0] - a[0] for a, b in pairs), delay))
+                    early += [f"{host}: {a[1]} then {b[1]} {b[0] - a[0]:.3f} s" for a, b in pairs
+                              if b[0] - a[0] < delay - 0.05]
             requests = sum(t.requests for t in self.tally.values())
         smallest = min((gap for gap, _ in gaps), default=None)
         delay_kept = all(gap >= delay - 0.05 for gap, delay in gaps)
@@ -219,6 +222,6 @@ class FleetServer:
             "max_in_flight_per_host": max_in_flight, "in_flight_held": max_in_flight <= per_host_limit,
             "disallowed_requests": disallowed, "robots_kept": disallowed == 0,
             "crawl_delay_sites": len(delays), "smallest_gap_on_delay_sites_s": round(smallest, 3) if smallest else None,
-            "crawl_delay_kept": delay_kept,
+            "crawl_delay_kept": delay_kept, "early_starts": len(early), "early_examples": early[:5],
             "held": max_in_flight <= per_host_limit and disallowed == 0 and delay_kept,
         }
