@@ -204,6 +204,16 @@ def _wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.5) 
     raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
 
 
+def create_pool(fleet: Fleet, pool: str) -> None:
+    """A process work pool with Prefect's own base job template (what `prefect work-pool create --type process`
+    sends; through the API, without starting the CLI: ~5 s of a core, more on a busy machine)."""
+    from prefect.workers.process import ProcessWorker
+
+    fleet.api("POST", "/work_pools/", json={
+        "name": pool, "type": "process", "base_job_template": ProcessWorker.get_default_base_job_template(),
+    })
+
+
 def deploy(fleet: Fleet, mode: str, pool: str, tag: str) -> str:
     """The flow deployed from this checkout on `pool` (through the API, as `prefect deploy` records a local
     checkout: a set_working_directory pull step); its id."""
@@ -381,10 +391,7 @@ def run_fleet(api_url: str, env: dict[str, str], workdir: Path, *, sites: int, m
     sampler = Sampler()
     try:
         with FleetServer(generated) as server:
-            created = subprocess.run([PREFECT, "work-pool", "create", pool, "--type", "process"], env=fleet.env,
-                                     cwd=ROOT, capture_output=True, text=True, timeout=180)
-            if created.returncode:
-                raise RuntimeError(f"work-pool create: {created.stdout}{created.stderr}")
+            create_pool(fleet, pool)
             deployment_id = deploy(fleet, mode, pool, tag)
             if mode == "dask":
                 cluster = _dask_cluster(fleet.env)
