@@ -254,6 +254,7 @@ def start_workers(fleet: Fleet, pool: str, count: int, limit: int, tag: str) -> 
 def create_runs(fleet: Fleet, deployment_id: str, urls: list[str], mode: str, batch: int) -> list[str]:
     """Every source due now: one flow run per source (single), or one per `batch` sources."""
     config = dict(SOURCE_CONFIG)
+    parameters: list[dict[str, Any]]
     if mode == "single":
         parameters = [{"url": url, "config": config} for url in urls]
     else:
@@ -271,7 +272,7 @@ def wait_runs(fleet: Fleet, flow_run_ids: list[str], timeout: float) -> list[dic
             return list(runs)
         return None
 
-    return _wait_for(final, timeout, f"{len(flow_run_ids)} flow runs to finish", interval=2)  # type: ignore[no-any-return]
+    return _wait_for(final, timeout, f"{len(flow_run_ids)} flow runs to finish", interval=2)
 
 
 def _rows(database_url: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
