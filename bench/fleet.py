@@ -331,6 +331,13 @@ def measure(sampler: Sampler, flow_runs: list[dict[str, Any]], runs: list[dict[s
         return max(inside) if inside else None
 
     peaks = [p for p in (peak_during(r) for r in sources) if p is not None]
+    # Within one flow-run process running several sources in turn (batch): its peak while its last source ran
+    # over its peak while its first one ran (flat: <= 1.1), the worst process.
+    by_process: dict[int, list[float]] = defaultdict(list)
+    for row in sources:
+        if (peak := peak_during(row)) is not None:
+            by_process[row["pid"]].append(peak)
+    growth = [p[-1] / p[0] for p in by_process.values() if len(p) > 1 and p[0]]
     first, last = peaks[:50], peaks[-50:]
     latency = [
         (_ts(r["start_time"]) - _ts(r["expected_start_time"])) for r in flow_runs
@@ -359,6 +366,7 @@ def measure(sampler: Sampler, flow_runs: list[dict[str, Any]], runs: list[dict[s
         "peak_rss_mb_first_50_sources": round(max(first), 1) if first else None,
         "peak_rss_mb_last_50_sources": round(max(last), 1) if last else None,
         "rss_last_over_first": round(max(last) / max(first), 2) if first and last else None,
+        "rss_last_over_first_within_process_max": round(max(growth), 2) if growth else None,
         "worker_peak_rss_mb": worker_peaks,
     }
 
