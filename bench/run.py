@@ -16,6 +16,11 @@ BENCH_RERUN=0 skips the re-runs, BENCH_WHOLE_LISTS=0 the alternative, BENCH_CRAW
 BENCH_WHOLE_LISTS_MAX (10000: at 50,000 it would hold ~15 GB of lists). BENCH_DASK=0 skips the Dask entry;
 BENCH_DASK_N (10000) and BENCH_DASK_PROCESSES (2) size it. BENCH_CLI_START=0 skips `cli_start`;
 BENCH_CLI_START_ROUNDS (3) rounds of it, the medians reported.
+`bench.fleet`: a fleet of BENCH_FLEET_SITES (200) generated small sites on their own loopback addresses, run as due
+flow runs by two process workers on a Prefect server of its own: first with one `scrape-website` flow run per
+source, then with `scrape-sources` (BENCH_FLEET_BATCH, 10, sources per flow-run process), then the batches on a
+local Dask cluster of 2 worker processes (the `fleet` entry). BENCH_FLEET=0 skips it; BENCH_FLEET=quick runs 20
+sites; BENCH_FLEET_MODES ("single,batch,dask") chooses the modes.
 BENCH_RSS_TIMELINE=FILE: each flow case appends its memory second by second, and what it kept (bench/rss.py).
 """
 
@@ -202,6 +207,20 @@ def run_dask(env: dict[str, str], workdir: Path) -> dict[str, Any]:
     }
 
 
+def run_fleet(workdir: Path) -> dict[str, Any]:
+    """The `fleet` entry: bench.fleet once per mode, each with its own Prefect server and an emptied database."""
+    flag = os.environ.get("BENCH_FLEET", "1").strip().lower()
+    sites = os.environ.get("BENCH_FLEET_SITES", "20" if flag == "quick" else "200")
+    batch = os.environ.get("BENCH_FLEET_BATCH", "10")
+    modes = [m for m in os.environ.get("BENCH_FLEET_MODES", "single,batch,dask").split(",") if m.strip()]
+    fleet: dict[str, Any] = {}
+    for mode in modes:
+        print(f"bench: fleet of {sites} sites, {mode} ...", file=sys.stderr, flush=True)
+        fleet[mode] = child("bench.fleet", ["--sites", sites, "--mode", mode, "--batch", batch], {},
+                            workdir / f"fleet-{mode}.json")
+    return fleet
+
+
 def targets(results: list[dict[str, Any]], crawl: dict[str, Any], start: dict[str, Any] | None = None,
             ) -> dict[str, Any]:
     """The issue's target ratios, computed from this run (None when a needed case was not run)."""
@@ -277,6 +296,19 @@ def markdown(document: dict[str, Any]) -> str:
                   "|---|---|---|---|",
                   f"| {dask['threads_wall_s']} | {dask['dask_processes_wall_s']} | {dask['dask_over_threads']} | "
                   f"{dask['output_identical']} |"]
+    fleet = document.get("fleet") or {}
+    if fleet:
+        lines += ["", "### Fleet (bench/fleet.py: due sources on two process workers)", "",
+                  "| mode | sources | completed | sources/h | activities/h | worker s/source | CPU s/source "
+                  "| step work s/source | fixed overhead s/source | peak RSS MiB first 50 / last 50 | politeness held "
+                  "| load before / after |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for mode, f in fleet.items():
+            lines.append(
+                f"| {mode} (batch {f['batch']}) | {f['sources']} | {f['completed']} | {f['sources_per_hour']} | "
+                f"{f['activities_per_hour']} | {f['worker_s_per_source']} | {f['cpu_s_per_source']} | "
+                f"{f['step_work_s_per_source']} | {f['fixed_overhead_s_per_source']} | "
+                f"{f['peak_rss_mb_first_50_sources']} / {f['peak_rss_mb_last_50_sources']} | "
+                f"{f['politeness']['held']} | {f['load_average_before']} / {f['load_average_after']} |")
     start = document.get("cli_start") or {}
     if start:
         lines += ["", "### `harvest scrape` to its first request (cli_start, median of the rounds)", "",
@@ -357,6 +389,10 @@ def main() -> int:
     crawl: dict[str, Any] = {}
     if _flag("BENCH_CRAWL"):
         crawl = run_crawls(workdir, base_env)
+    # The fleet: its own Prefect server (on Postgres) and workers per mode, before this run's server starts.
+    fleet: dict[str, Any] = {}
+    if _flag("BENCH_FLEET"):
+        fleet = run_fleet(workdir)
     # One Prefect server for every case, as in production: a flow's wall time is then the flow, not the start
     # of an ephemeral API inside each measured process (~10-20 s that would hide what the flow does).
     server, base_env["PREFECT_API_URL"] = start_prefect_server(workdir, base_env)
@@ -393,6 +429,7 @@ def main() -> int:
         "crawl": crawl,
         "dask": dask,
         "cli_start": start,
+        "fleet": fleet,
     }
     document["targets"] = targets(results, crawl, start)
     (RESULTS / "latest.json").write_text(json.dumps(document, indent=2) + "\n")

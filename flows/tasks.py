@@ -41,13 +41,11 @@ from harvest.enrich.join import combine_parts
 from harvest.enrich.registry import enrichments
 from harvest.errors import DatabaseError
 from harvest.extract.answers import LLMAnswerCache
-from harvest.extract.llm import LLMExtractor
 from harvest.import_.stage import import_final_records
 from harvest.memory import release_free_memory
 from harvest.merge.final import write_final_records
 from harvest.merge.stage import merge_enrichments
 from harvest.models import FileRef, ImportSummary, RunConfig
-from harvest.net.openai_client import make_openai_client
 from harvest.pipeline import Chunk, StageResult
 from harvest.standardize.stage import standardize_raw_activities
 from harvest.storage.keys import chunk_result_step, combined_result_step, result_key_template
@@ -100,6 +98,10 @@ def crawl(run_id: str, url: str, config: RunConfig, progress_id: str | None = No
     res = resources()
     llm = None
     if res.settings.has_openai:
+        # Imported here: the OpenAI SDK (~0.5 s) only in a run that has a key (issue 32)
+        from harvest.extract.llm import LLMExtractor
+        from harvest.net.openai_client import make_openai_client
+
         assert res.settings.openai_api_key is not None
         client = make_openai_client(res.settings.openai_api_key.get_secret_value(), res.settings.openai_base_url)
         llm = LLMExtractor(client, res.settings.extraction_model, cache=LLMAnswerCache(res.engine),

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Literal
+from urllib.parse import urlsplit
 
 from harvest.crawl.browser import (
     MISSING_BROWSER,
@@ -301,7 +302,8 @@ class _Engine:
         robots = await self.fetching.robots_for(start)
         candidates = robots.sitemaps or [f"{origin_of(start)}/sitemap.xml"]
         lastmods = self.reuse.lastmods if self.reuse.memory is not None else None
-        urls, problems = await collect_sitemap_urls(self.fetcher, candidates, lastmods=lastmods)
+        self.gates.get(urlsplit(start).netloc).delay = robots.crawl_delay or 0.0  # sitemaps are requests too
+        urls, problems = await collect_sitemap_urls(self.fetcher, candidates, lastmods=lastmods, gates=self.gates)
         if problems:
             for problem in problems:
                 log.warning("%s", problem)

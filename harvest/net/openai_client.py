@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import math
 import re
-
-import openai
+from typing import TYPE_CHECKING
 
 from harvest.errors import ConfigError
 from harvest.net.sdk_transport import deadline_http_client
+
+if TYPE_CHECKING:  # openai costs ~0.5 s to import: only where a call is made (issue 32)
+    import openai
 
 
 def make_openai_client(api_key: str, base_url: str | None = None, max_retries: int = 5,
@@ -19,6 +21,8 @@ def make_openai_client(api_key: str, base_url: str | None = None, max_retries: i
     Each HTTP request ends within `timeout_s` in total, body included (a file download within
     `download_timeout_s`), however slowly the answer trickles in (`harvest.net.sdk_transport`).
     """
+    import openai
+
     if not api_key or not api_key.strip():
         raise ConfigError("OPENAI_API_KEY is empty: set it, or leave it unset to skip embeddings")
     if max_retries < 0 or not (timeout_s > 0 and math.isfinite(timeout_s)):

@@ -45,6 +45,7 @@ DEPLOYMENTS = {
     "scrape-website/default": (POOL, ["0 1 * * *"], (4, "ENQUEUE")),
     "scrape-website/docker": (DOCKER_POOL, ["0 1 * * *"], (4, "ENQUEUE")),
     "scrape-website/git": (POOL, ["0 1 * * *"], (4, "ENQUEUE")),
+    "scrape-sources/sources": (POOL, [], (4, "ENQUEUE")),
     "import-run/manual": (POOL, [], None),
     "sweep-expired/nightly": (POOL, ["0 3 * * *"], (1, "CANCEL_NEW")),
     "settle-run/crashed": (POOL, [], None),
@@ -215,7 +216,7 @@ def file_rows(db_url: str, run_id: str) -> dict[str, dict[str, Any]]:
 
 
 def test_deploy_all_creates_every_deployment(stack) -> None:  # noqa: ANN001
-    """`prefect --no-prompt deploy --all` ran unattended (in the fixture) and created all six deployments."""
+    """`prefect --no-prompt deploy --all` ran unattended (in the fixture) and created all seven deployments."""
     print(f"deploy --all {stack.timings['deploy_s']:.1f}s")
     for name, (pool, crons, limit) in DEPLOYMENTS.items():
         deployment = stack.api("GET", f"/deployments/name/{name}")

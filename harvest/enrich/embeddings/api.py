@@ -4,13 +4,15 @@ vectors decoded and checked, the usage an answer reports, and SDK errors said as
 from __future__ import annotations
 
 import base64
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
-import openai
 
 from harvest.errors import EmbeddingError
 from harvest.models import Activity
+
+if TYPE_CHECKING:  # openai costs ~0.5 s to import: only where a call is made (issue 32)
+    import openai
 
 EMBEDDINGS_ENDPOINT: Final = "/v1/embeddings"
 # ~8,191 tokens per input; 8,000 characters is about 2,000 tokens: room for any language.

@@ -19,10 +19,9 @@ import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 import numpy as np
-import openai
 
 from harvest.enrich.embeddings.api import (
     EMBEDDINGS_ENDPOINT,
@@ -35,6 +34,9 @@ from harvest.enrich.embeddings.api import (
 )
 from harvest.errors import BatchNotReadyError, EmbeddingError
 from harvest.models import Activity
+
+if TYPE_CHECKING:  # openai costs ~0.5 s to import: only where a call is made (issue 32)
+    import openai
 
 logger = logging.getLogger(__name__)
 
@@ -175,6 +177,8 @@ class EmbeddingRow:
 def submit_batch(client: openai.OpenAI, input_path: Path, *, metadata: dict[str, str],
                  completion_window: Literal["24h"] = "24h", max_bytes: int = MAX_BATCH_BYTES) -> BatchHandle:
     """Upload the input JSONL (purpose "batch") and create an embeddings batch for it."""
+    import openai
+
     input_path = Path(input_path)
     try:
         size = input_path.stat().st_size
@@ -208,6 +212,8 @@ def run_batches(client: openai.OpenAI, run_id: str, *, since: float) -> list[Any
     """Every batch (the SDK's objects) of run `run_id` (its `harvest_run_id` metadata) created at or after `since`
     (epoch seconds), newest first, whatever its status; [] when the lookup fails (logged: the caller submits, a
     second batch costs money, a run without embeddings loses data)."""
+    import openai
+
     found: list[Any] = []
     try:
         for batch in client.batches.list(limit=100):  # the SDK follows the `after` cursor page by page
@@ -225,6 +231,8 @@ def run_batches(client: openai.OpenAI, run_id: str, *, since: float) -> list[Any
 def input_lines(client: openai.OpenAI, file_id: str) -> dict[str, bytes]:
     """custom_id → request line (with its newline) of an uploaded batch input file: what an earlier attempt
     asked for, compared line by line with what this attempt would ask for."""
+    import openai
+
     try:
         data = client.files.content(file_id).content
     except openai.OpenAIError as exc:
@@ -250,6 +258,8 @@ def check_batch(client: openai.OpenAI, batch_id: str) -> BatchResult:
     """The finished batch, or BatchNotReadyError while it runs, or EmbeddingError if it failed, or expired or was
     cancelled before finishing any line. An expired/cancelled batch with an output file is returned (status
     says so): its finished vectors are kept."""
+    import openai
+
     try:
         batch = client.batches.retrieve(batch_id)
     except openai.OpenAIError as exc:
@@ -327,6 +337,8 @@ def iter_batch_results(client: openai.OpenAI, result: BatchResult, *, dimensions
     Files are streamed line by line (``with_streaming_response``), so a 50,000-line output never sits in
     memory as one string. Raises EmbeddingError only when a file cannot be downloaded at all.
     """
+    import openai
+
     for file_id in (result.output_file_id, result.error_file_id):
         if not file_id:
             continue

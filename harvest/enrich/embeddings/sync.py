@@ -4,13 +4,15 @@ in chunks within the endpoint's input and token limits."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import openai
 
 from harvest.enrich.embeddings.api import api_failure, check_vector, decode_vector, prompt_tokens, supports_dimensions
 from harvest.errors import EmbeddingError
+
+if TYPE_CHECKING:  # openai costs ~0.5 s to import: only where a call is made (issue 32)
+    import openai
 
 # Sync endpoint: at most 2,048 inputs and 300k tokens per request; these bounds stay well inside both.
 SYNC_CHUNK_INPUTS = 256
@@ -37,6 +39,8 @@ def embed_texts(client: openai.OpenAI, texts: list[str], *, model: str, dimensio
     A wrong-length vector here means the model/dimensions setting is wrong for every text, so it raises
     EmbeddingError rather than returning a partial answer.
     """
+    import openai
+
     for index, text in enumerate(texts):
         if not isinstance(text, str) or not text.strip():
             raise EmbeddingError(f"text {index} is empty: the embeddings API refuses empty input")

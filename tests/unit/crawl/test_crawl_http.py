@@ -218,6 +218,21 @@ def test_robots_crawl_delay_spaces_requests(site, run_crawl, cfg) -> None:
     assert min(gaps) >= 0.28, gaps
 
 
+def test_robots_crawl_delay_spaces_the_sitemap_fetch_too(site, run_crawl, cfg) -> None:
+    """The sitemap is asked for through the host's gate like a page (issue 32's fleet bench saw a site asking for
+    Crawl-delay 0.2 get its /sitemap.xml 0.13 s after the start page)."""
+    site.page("/robots.txt", "User-agent: *\nCrawl-delay: 0.5\n", content_type="text/plain")
+    site.html("/", links=["/a"])
+    site.html("/a")
+
+    run_crawl(site.url("/"), cfg())
+
+    starts = sorted(hit.at for hit in site.hits if hit.path in ("/", "/sitemap.xml", "/a"))
+    assert len(starts) == 3, [hit.path for hit in site.hits]
+    gaps = [later - earlier for earlier, later in zip(starts, starts[1:])]
+    assert min(gaps) >= 0.4, gaps
+
+
 def test_robots_txt_server_error_means_disallow_everything(site, run_crawl, cfg) -> None:
     site.page("/robots.txt", "overloaded", status=503, content_type="text/plain")
     site.html("/")
