@@ -144,28 +144,6 @@ def test_runs_with_and_without_the_llm_keep_their_own_memory(engine: sa.Engine, 
     assert {extractor for extractor, _ in kinds} == {without, with_llm}
 
 
-@pytest.fixture(params=["postgres", "sqlite"])
-def fresh_url(request, tmp_path):  # noqa: ANN001, ANN201
-    """A database of its own, migrated by the test (Postgres: a new database beside the session's)."""
-    import uuid
-
-    from harvest.db.engine import dispose_all
-
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'old.db'}"
-        return
-    base = sa.engine.make_url(request.getfixturevalue("pg_url"))
-    name = f"harvest_mig_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    yield base.set(database=name).render_as_string(hide_password=False)
-    dispose_all()
-    with admin.connect() as connection:
-        connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.dispose()
-
-
 def test_migration_0016_keys_rows_by_render_and_extractor_and_goes_both_ways(fresh_url: str) -> None:
     """Rows of the old table (keyed by URL, no render mode, no run) are dropped: no crawl could recall them
     under the new key, no cleanup could account for them. After it, one URL has a row per render mode and

@@ -5,15 +5,13 @@ key (name + address) are re-keyed by migration 0015 so that a re-import updates 
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
 
 from harvest.db import runs
-from harvest.db.engine import dispose_all, get_engine, upgrade, utcnow
+from harvest.db.engine import get_engine, upgrade, utcnow
 from harvest.db.schema import activities, scrape_runs
 from harvest.import_.activities import import_activities
 from harvest.models import Location
@@ -87,24 +85,6 @@ def test_a_later_run_with_the_other_place_never_overwrites_the_first(target) -> 
     assert load(engine, method, make_run(engine, "r3", 3), [final("Nature Walk", PLACE_A, "v2")]) == {
         "imported": 0, "updated": 1, "skipped": 0, "failed": 0}
     assert places(engine)[a["id"]] == (*PLACE_A, "v2") and places(engine)[b["id"]] == (*PLACE_B, "v1")
-
-
-@pytest.fixture(params=["postgres", "sqlite"])
-def fresh_url(request, tmp_path) -> Iterator[str]:  # noqa: ANN001
-    """A database of its own, migrated by the test (Postgres: a new database beside the session's)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'old.db'}"
-        return
-    base = sa.engine.make_url(request.getfixturevalue("pg_url"))
-    name = f"harvest_mig_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    yield base.set(database=name).render_as_string(hide_password=False)
-    dispose_all()
-    with admin.connect() as connection:
-        connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.dispose()
 
 
 def test_migration_0015_rekeys_stored_rows_so_a_reimport_updates_them(fresh_url) -> None:  # noqa: ANN001
