@@ -58,32 +58,10 @@ def load_sites() -> list[Site]:
 @contextlib.contextmanager
 def serve(site: Site) -> Iterator[str]:
     """The page on 127.0.0.1 at its own path (and query), everything else 404; yields the page's URL."""
-    body = (CORPUS / site.file).read_bytes()
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_GET(self) -> None:  # noqa: N802 - http.server naming
-            found = self.path in (site.target, site.path) if not site.query else self.path == site.target
-            payload, status, ctype = (body, 200, site.content_type) if found else (b"not here", 404, "text/plain")
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}{site.target}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    page = ((CORPUS / site.file).read_bytes(), site.content_type)
+    routes = {site.target: page} if site.query else {site.target: page, site.path: page}
+    with serve_pages(routes) as base:
+        yield base + site.target
 
 
 @contextlib.contextmanager
