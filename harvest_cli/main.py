@@ -314,21 +314,27 @@ def db_upgrade(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) ->
     output.line(f"database {where} is at the latest revision ({revision})")
 
 
+LOCAL_HELP = ("Without PREFECT_API_URL: register into the Prefect API harvest's own commands use on this machine "
+              "(PREFECT_HOME's database), which no worker elsewhere sees.")
+
+
+def _need_workers_api(command: str, local: bool) -> None:
+    """What is registered is for workers: without --local, refuse a Prefect API only this machine's commands use."""
+    if not local and not (os.environ.get("PREFECT_API_URL") or server.profile_api_url()):
+        fail(f"{command} needs the Prefect server your workers use: set PREFECT_API_URL (e.g. "
+             "http://127.0.0.1:4200/api); --local registers into this machine's own Prefect database instead")
+
+
 @blocks_app.command("register")
 def blocks_register(
-    local: bool = typer.Option(
-        False, "--local", help="Without PREFECT_API_URL: register into the Prefect API harvest's own commands use on "
-        "this machine (PREFECT_HOME's database), which no worker elsewhere sees."
-    ),
+    local: bool = typer.Option(False, "--local", help=LOCAL_HELP),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Create or update harvest's AWS credentials, S3 bucket and API-key Secret blocks from the environment."""
     from pydantic import ValidationError
 
     checked_settings()
-    if not local and not (os.environ.get("PREFECT_API_URL") or server.profile_api_url()):
-        fail("blocks register needs the Prefect server your workers use: set PREFECT_API_URL (e.g. "
-             "http://127.0.0.1:4200/api); --local registers into this machine's own Prefect database instead")
+    _need_workers_api("blocks register", local)
     use_prefect()
     from blocks.register import register_blocks
 
@@ -350,10 +356,7 @@ def automations_register(
         None, "--zombie-after", help="Seconds without an event after a heartbeat before a run is marked Crashed "
         "(default: 3 × PREFECT_FLOWS_HEARTBEAT_FREQUENCY, at least 90)."
     ),
-    local: bool = typer.Option(
-        False, "--local", help="Without PREFECT_API_URL: register into the Prefect API harvest's own commands use on "
-        "this machine (PREFECT_HOME's database), which no worker elsewhere sees."
-    ),
+    local: bool = typer.Option(False, "--local", help=LOCAL_HELP),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Create or update the automations that crash zombie runs, settle crashed runs and notify on failures."""
@@ -362,9 +365,7 @@ def automations_register(
     from harvest.errors import HarvestError
 
     checked_settings()
-    if not local and not (os.environ.get("PREFECT_API_URL") or server.profile_api_url()):
-        fail("automations register needs the Prefect server your workers use: set PREFECT_API_URL (e.g. "
-             "http://127.0.0.1:4200/api); --local registers into this machine's own Prefect database instead")
+    _need_workers_api("automations register", local)
     use_prefect()
     from blocks.automations import register_automations
 
