@@ -137,6 +137,16 @@ def _signal_group(pid: int, sig: int) -> None:
         pass
 
 
+def stop_worker(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the worker's process group (it and its flow-run processes), SIGKILL when it is not gone in 15 s."""
+    _signal_group(process.pid, signal.SIGTERM)
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        _signal_group(process.pid, signal.SIGKILL)
+        process.wait(5)
+
+
 def _marked_pids(marker: str) -> list[int]:
     """Processes whose environment carries HARVEST_E2E_MARKER=<marker> (only ones this test started)."""
     needle = f"HARVEST_E2E_MARKER={marker}".encode()
@@ -178,12 +188,7 @@ def worker(stack: Stack, harvest_env: dict[str, str]) -> Iterator[subprocess.Pop
     wait_for(lambda: _worker_online(stack, name) or process.poll() is not None, 90, "the worker to register")
     assert process.poll() is None, f"worker exited:\n{stack.log_tail('worker')}"
     yield process
-    _signal_group(process.pid, signal.SIGTERM)
-    try:
-        process.wait(15)
-    except subprocess.TimeoutExpired:
-        _signal_group(process.pid, signal.SIGKILL)
-        process.wait(5)
+    stop_worker(process)
 
 
 def _worker_online(stack: Stack, name: str) -> bool:

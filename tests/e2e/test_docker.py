@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -35,10 +34,10 @@ from tests.e2e.test_deployment import (
     ROOT,
     UUID_RE,
     Stack,
-    _signal_group,
     assert_files_kept,
     file_rows,
     settled_row,
+    stop_worker,
     wait_for,
 )
 
@@ -127,11 +126,7 @@ def docker_worker(stack: Stack, image: str, harvest_env: dict[str, str], tmp_pat
     assert process.poll() is None, f"docker worker exited:\n{stack.log_tail('docker-worker')}"
     flow_runs: list[str] = []
     yield flow_runs
-    _signal_group(process.pid, signal.SIGTERM)
-    try:
-        process.wait(15)
-    except subprocess.TimeoutExpired:
-        _signal_group(process.pid, signal.SIGKILL)
+    stop_worker(process)
     for flow_run_id in flow_runs:
         for container in containers_of(flow_run_id):
             docker("rm", "-f", container)

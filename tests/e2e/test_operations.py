@@ -46,6 +46,7 @@ from tests.e2e.test_deployment import (
     _signal_group,
     _worker_online,
     run_row,
+    stop_worker,
     wait_for,
 )
 from tests.failures.support import all_runs
@@ -127,11 +128,7 @@ def worker(stack: Stack, ops_env: dict[str, str]) -> Iterator[subprocess.Popen[b
     wait_for(lambda: _worker_online(stack, name) or process.poll() is not None, 90, "the worker to register")
     assert process.poll() is None, f"worker exited:\n{stack.log_tail(name)}"
     yield process
-    _signal_group(process.pid, signal.SIGTERM)
-    try:
-        process.wait(15)
-    except subprocess.TimeoutExpired:
-        _signal_group(process.pid, signal.SIGKILL)
+    stop_worker(process)
 
 
 def logs_of(stack: Stack, flow_run_id: str) -> list[dict[str, Any]]:
