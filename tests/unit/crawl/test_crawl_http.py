@@ -215,7 +215,10 @@ def test_robots_crawl_delay_spaces_requests(site, run_crawl, cfg) -> None:
     starts = sorted(hit.at for hit in site.hits if hit.path in ("/", "/a", "/b"))
     assert len(starts) == 3
     gaps = [later - earlier for earlier, later in zip(starts, starts[1:])]
-    assert min(gaps) >= 0.28, gaps
+    # Arrival times at the server: a gap is short by however late the earlier request arrived (a clean-clone CI
+    # saw 0.27988 s against a 0.28 bound), so each gap gets 50 ms for that and the whole span holds the delay.
+    assert min(gaps) >= 0.25, gaps
+    assert starts[-1] - starts[0] >= 2 * 0.3 - 0.02, gaps
 
 
 def test_robots_crawl_delay_spaces_the_sitemap_fetch_too(site, run_crawl, cfg) -> None:
