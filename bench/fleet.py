@@ -485,6 +485,7 @@ def main() -> int:
     parser.add_argument("--mode", choices=sorted(ENTRYPOINTS), default="single")
     parser.add_argument("--batch", type=int, default=10)
     parser.add_argument("--query-seconds", type=float, default=2.0)
+    parser.add_argument("--timeout", type=float, default=3600, help="Seconds to wait for every run to finish.")
     parser.add_argument("out", type=Path)
     args = parser.parse_args()
     import tempfile
@@ -495,6 +496,9 @@ def main() -> int:
     from testkit.s3 import MotoS3
 
     workdir = Path(tempfile.mkdtemp(prefix="harvest-fleet-"))
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a SIGTERM stops the workers and servers too
     for name, value in {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
                         "AWS_DEFAULT_REGION": "us-east-1"}.items():
         os.environ.setdefault(name, value)  # moto accepts any credentials; boto3 needs some
@@ -524,7 +528,7 @@ def main() -> int:
             print(f"bench: fleet of {args.sites} sites, mode {args.mode} (load {load_before}) ...", file=sys.stderr,
                   flush=True)
             result = run_fleet(api_url, env, workdir, sites=args.sites, mode=args.mode, batch=args.batch,
-                               query_seconds=args.query_seconds)
+                               query_seconds=args.query_seconds, timeout=args.timeout)
         pages = s3.client().get_paginator("list_objects_v2").paginate(Bucket=bucket)
         objects = [item for page in pages for item in page.get("Contents", [])]
         result["s3_objects_left"] = len(objects)

@@ -183,7 +183,8 @@ class FleetWorker:
         try:
             while True:
                 now = time.monotonic()
-                self._reap()
+                if self._reap():
+                    next_poll = now  # a slot is free: look for the next due run now, not at the next poll
                 if self.stop_requests or self._done_claiming():
                     self._wind_down(now)
                     if not self.children and not self.settlers:
@@ -260,9 +261,15 @@ class FleetWorker:
         return (result or {}).get("status") == "ACCEPT" and state.get("type") == "PENDING"
 
     def _start(self, flow_run: dict[str, Any]) -> None:
-        env, working_dir = self._job_variables(flow_run)
-        child = self._fork(fleet_child.execute, flow_run["id"], "run", env, working_dir, (flow_run["id"], env,
-                                                                                         working_dir))
+        try:
+            env, working_dir = self._job_variables(flow_run)
+            child = self._fork(fleet_child.execute, flow_run["id"], "run", env, working_dir,
+                               (flow_run["id"], env, working_dir))
+        except BaseException as exc:  # claimed but not started: never leave it Pending for ever
+            crashed = {"state": {"type": "CRASHED", "name": "Crashed", "message": "The fleet worker could not start "
+                                 f"it: {exc.__class__.__name__}: {exc}"}, "force": True}
+            self._quietly(lambda: self.api.call("POST", f"/flow_runs/{flow_run['id']}/set_state", json=crashed))
+            raise
         self.children[flow_run["id"]] = child
         logger.info("fleet worker %s: flow run %s (%s) in process %s", self.options.name, flow_run["id"],
                     flow_run.get("name"), child.process.pid)
@@ -324,17 +331,21 @@ class FleetWorker:
             if now - settler.started >= SETTLE_TIMEOUT:
                 _signal(settler.process.pid, signal.SIGKILL)
 
-    def _reap(self) -> None:
+    def _reap(self) -> bool:
+        """Join the children that exited (settling their runs if need be); True when a run's child was among them."""
+        freed = False
         for flow_run_id, child in list(self.children.items()):
             if child.process.is_alive():
                 continue
             child.process.join()
             del self.children[flow_run_id]
+            freed = True
             self._after(child)
         for settler in list(self.settlers):
             if not settler.process.is_alive():
                 settler.process.join()
                 self.settlers.remove(settler)
+        return freed
 
     def _after(self, child: Child) -> None:
         """A run's child exited: settle its flow run unless it reached a state of its own."""
