@@ -13,11 +13,12 @@ talks to the API with a plain httpx client, never Prefect's client (which starts
 a flow or a hook itself, and refuses to fork when `threading.active_count()` is not 1.
 
 Cancellation (the UI's Cancel sets the flow run Cancelling): the parent sees it at its next poll, signals the child
-(fleet_child.CANCEL_SIGNAL: Prefect's engine ends the run Cancelled and runs on_cancellation in the child), and kills
-it after `cancel_grace` seconds. A child that exits while its flow run is not final (killed, out of memory, a
-cancel it could not finish) is settled by a short settling child: the flow's on_crashed or on_cancellation hooks
-(harvest's settle the run row), then Crashed or Cancelled. SIGTERM or SIGINT to the worker: no new claims; running
-children get `grace` seconds to finish, then are cancelled the same way; a second signal cancels them at once.
+(fleet_child.CANCEL_SIGNAL: Prefect's engine ends the run Cancelled and runs on_cancellation in the child, once the
+tasks running then have ended), and kills it after `cancel_grace` seconds. A child that exits while its flow run is
+not final (killed, out of memory, a cancel it could not finish) is settled by a short settling child: the flow's
+on_crashed or on_cancellation hooks (harvest's settle the run row), then Crashed or Cancelled. SIGTERM or SIGINT to
+the worker: no new claims; running children get `grace` seconds to finish, then are cancelled the same way; a second
+signal cancels them at once.
 """
 
 from __future__ import annotations
@@ -147,7 +148,10 @@ class Options:
     limit: int = 2
     poll_seconds: float = 2.0
     grace: float = 30.0  # on SIGTERM/SIGINT: how long running children may go on before they are cancelled
-    cancel_grace: float = 20.0  # after a cancel signal: how long before the child is killed
+    # After a cancel signal: how long before the child is killed (Prefect's runner waits 30 s too). The engine's
+    # cancellation waits for the tasks running at that moment to end (its thread pool's shutdown) before it sets
+    # Cancelled; a child killed before then is cancelled and settled by the worker instead (fleet_child.settle).
+    cancel_grace: float = 30.0
     max_runs: int | None = None  # stop (as on SIGTERM, without the grace) after claiming this many runs
 
 

@@ -176,6 +176,9 @@ def test_cancelled_and_sigkilled_runs_are_settled(stack, fleet_workers, harvest_
         crashed = wait_for(lambda: (r := run_row(db_url, kill_id)) and r["status"] != "running" and r, 60,
                            "the killed run's row to be settled")
         assert (cancelled["status"], cancelled["retention"]) == ("cancelled", "kept"), cancelled
+        # Cancelled by Prefect's engine in the child ("Flow run was cancelled."), or, when the tasks it waits for
+        # outlast the worker's grace, by the worker once it killed the child ("...; its process was killed ...").
+        assert stack.flow_run(cancel_id)["state"]["message"].startswith("Flow run was cancelled"), stack.log_tail(name)
         assert (crashed["status"], crashed["retention"]) == ("crashed", "kept"), crashed
         assert "SIGKILL" in stack.flow_run(kill_id)["state"]["message"]
         assert "standardized" in file_rows(db_url, kill_id)  # kept for debugging
@@ -205,3 +208,14 @@ def test_sigterm_stops_claiming_and_settles_what_runs(stack, fleet_workers, harv
         assert run_row(db_url, flow_run_id)["status"] == "cancelled"  # type: ignore[index]
     finally:
         openai_server.reset()
+
+
+def test_the_worker_refuses_a_missing_pool_or_api_in_one_line(stack, harvest_env) -> None:  # noqa: ANN001
+    env = {**os.environ, **stack.env, **harvest_env}
+    missing = subprocess.run([HARVEST, "sources", "worker", "--pool", "nowhere"], env=env, capture_output=True,
+                             text=True, timeout=120)
+    assert missing.returncode == 2, missing.stderr[-2000:]
+    assert "no work pool nowhere" in missing.stderr and "prefect work-pool create nowhere" in missing.stderr
+    no_api = {k: v for k, v in env.items() if k != "PREFECT_API_URL"}
+    unset = subprocess.run([HARVEST, "sources", "worker"], env=no_api, capture_output=True, text=True, timeout=120)
+    assert unset.returncode == 2 and "set PREFECT_API_URL" in unset.stderr, unset.stderr[-2000:]
