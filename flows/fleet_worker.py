@@ -92,6 +92,23 @@ def warm(modules: tuple[str, ...] = WARM_MODULES) -> list[str]:
     return missing
 
 
+def warm_resources() -> None:
+    """Do once, here, the set-up every run would repeat in its child: the database's migrations checked (Alembic)
+    and the object store's client built (harvest caches both per process; the children inherit them). A store that
+    is a Prefect block is left to the runs (loading it would start Prefect's client threads here). The database
+    connections this opened are closed before any fork: a pooled connection two processes share corrupts both;
+    each child opens its own."""
+    from blocks.storage import BLOCK_SLUG_PREFIX, resolve_store
+    from harvest.db.engine import get_engine, upgrade
+    from harvest.settings import get_settings
+
+    settings = get_settings()
+    upgrade(settings.database_url)
+    get_engine(settings.database_url).dispose()
+    if not settings.storage_url.startswith(BLOCK_SLUG_PREFIX):
+        resolve_store(settings)
+
+
 def assert_fork_safe() -> None:
     """Refuse to fork while another thread runs: its locks would stay held in the child."""
     threads = threading.enumerate()
@@ -401,6 +418,7 @@ def serve(options: Options) -> int:
     if not url:
         raise ValueError("the fleet worker needs a Prefect server: set PREFECT_API_URL (as for `prefect worker`)")
     missing = warm()
+    warm_resources()
     if missing:
         logger.info("fleet worker: not installed, imported by the runs that need them: %s", ", ".join(missing))
     api = Api(url, _secret(PREFECT_API_KEY.value()), _secret(PREFECT_API_AUTH_STRING.value()))
