@@ -58,7 +58,7 @@ XDIST = $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile
 test: venv system postgres
 	scripts/ensure-docker.sh
 	setsid scripts/prebuild-images.sh </dev/null >/dev/null 2>&1 &
-	HARVEST_TEST_DATABASE_URL=$(PG_URL) $(BIN)/pytest -q $(XDIST) -m "not pg_restart" $(PYTEST_ARGS)
+	HARVEST_TEST_DATABASE_URL=$(PG_URL) $(BIN)/pytest -q $(XDIST) --durations=15 -m "not pg_restart" $(PYTEST_ARGS)
 	$(if $(PG_RESTART),$(if $(PYTEST_ARGS),,HARVEST_TEST_DATABASE_URL=$(PG_URL) $(BIN)/pytest -q -m pg_restart tests/failures))
 
 ## make test-durations: run the suite and write how long each file took to tests/durations.json (make test starts

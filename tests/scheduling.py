@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 
 DURATIONS_FILE = Path(__file__).with_name("durations.json")
-# The two e2e chains: the docker module (which may wait for the background image build, scripts/prebuild-images.sh)
-# and the deployment module on one, everything else of tests/e2e on the other.
-E2E_CHAIN_A = ("tests/e2e/test_deployment.py", "tests/e2e/test_docker.py")
+# The two e2e chains, of about equal length: the deployment, docker (which may wait for the background image build,
+# scripts/prebuild-images.sh) and fleet bench modules on one, everything else of tests/e2e on the other.
+E2E_CHAIN_A = ("tests/e2e/test_deployment.py", "tests/e2e/test_docker.py", "tests/e2e/test_fleet_bench.py")
 
 
 def e2e_chain(module: str) -> str | None:
