@@ -112,15 +112,15 @@ def run_flow(call: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             result = _call(call, *args, **kwargs)
         except KeyboardInterrupt:
-            raise Interrupted(interrupts.finish()) from None
+            raise Interrupted(interrupts.finish(), interrupts.say) from None
         except RuntimeError as exc:
             if interrupts.triggered:
-                raise Interrupted(interrupts.finish()) from None
+                raise Interrupted(interrupts.finish(), interrupts.say) from None
             if is_startup_timeout(exc):
                 fail(f"{exc}. {STARTUP_HINT}", ExitCode.UNAVAILABLE)
             raise
         if interrupts.triggered:  # the engine swallowed the interrupt and returned a state
-            raise Interrupted(interrupts.finish())
+            raise Interrupted(interrupts.finish(), interrupts.say)
     return result
 
 

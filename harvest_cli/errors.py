@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from enum import IntEnum
 from typing import Any, NoReturn
 
@@ -37,10 +38,19 @@ class CliError(Exception):
 
 
 class Interrupted(CliError):
-    """Ctrl-C stopped the command: `message` says what became of the run (printed as is, not as an error)."""
+    """Ctrl-C stopped the command: `message` says what became of the run (printed as is, not as an error, by
+    `say`, which prints it only if a forced exit on another thread has not already)."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, say: Callable[[], None] | None = None) -> None:
         super().__init__(message, ExitCode.INTERRUPTED)
+        self._say = say
+
+    def say(self) -> None:
+        if self._say is not None:
+            self._say()
+            return
+        sys.stderr.write(self.message + "\n")
+        sys.stderr.flush()
 
 
 def debugging() -> bool:

@@ -8,6 +8,13 @@ Prefect's engine. The settle needs nothing from Prefect on purpose: when Ctrl-C 
 it, and waiting on it took minutes and left the row `running`. If unwinding has not finished GRACE_SECONDS
 later, or on a second Ctrl-C, the process leaves at once (os._exit: threads blocked on a dead API are not waited
 for). Either way it exits 130 with one line naming the run and the command that resumes it.
+
+The forced exit runs on the watchdog thread, never in the signal handler: a handler runs on the main thread in
+the middle of whatever it was doing, and the exit's own steps (stopping Prefect's temporary server waits on its
+Popen's lock; saying the outcome takes a lock) could wait forever on a lock that interrupted code held, with the
+watchdog then stuck behind the same lock. That is the likely cause of a CI run where `harvest` was still running
+120 s after two Ctrl-C (1 run in 4; not reproduced alone in 24 runs, while tests/test_cli_interrupt.py reproduces
+the deadlock itself). The handler only wakes the watchdog, and every step before os._exit has a deadline.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from harvest_cli.errors import ExitCode
 
 GRACE_SECONDS = 20.0  # from the first Ctrl-C to a forced exit, if the run has not stopped by then
 SETTLE_WAIT_SECONDS = 15.0  # how long a forced exit waits for the database write that settles the run
+CALLBACKS_WAIT_SECONDS = 10.0  # how long a forced exit waits for its callbacks (a temporary server's stop)
 WHY = "stopped by an interrupt (Ctrl-C)"
 _BEFORE_EXIT: list[Callable[[], None]] = []
 
@@ -46,6 +54,7 @@ class Interrupts:
         self.count = 0
         self.settled: list[str] = []
         self._settle_done = threading.Event()
+        self._force_now = threading.Event()
         self._said = threading.Lock()
         self._done_saying = False
 
@@ -57,37 +66,44 @@ class Interrupts:
         self.count += 1
         if self.count == 1:
             _silence()
-            sys.stderr.write("\nharvest: stopping (Ctrl-C again to force) ...\n")
-            sys.stderr.flush()
+            with contextlib.suppress(RuntimeError):  # a write to stderr that this signal interrupted (reentrant)
+                sys.stderr.write("\nharvest: stopping (Ctrl-C again to force) ...\n")
+                sys.stderr.flush()
             threading.Thread(target=self._settle, name="harvest-settle", daemon=True).start()
             threading.Thread(target=self._watchdog, name="harvest-interrupt-watchdog", daemon=True).start()
             raise KeyboardInterrupt
-        self.force()
+        self._force_now.set()  # the watchdog leaves now; nothing here may wait (see the module's docstring)
 
     def force(self) -> None:
-        """Leave now: wait (bounded) for the settle, say what became of the run, exit 130."""
+        """Leave now: wait (bounded) for the settle, say what became of the run, run the exit callbacks (bounded),
+        exit 130. Called on the watchdog thread, never from the signal handler."""
         self._settle_done.wait(SETTLE_WAIT_SECONDS)
         self.say()
-        for callback in [*_BEFORE_EXIT, _stop_prefect_temporary_servers]:
-            with contextlib.suppress(Exception):
-                callback()
+        callbacks = threading.Thread(target=_run_exit_callbacks, name="harvest-exit-callbacks", daemon=True)
+        callbacks.start()
+        callbacks.join(CALLBACKS_WAIT_SECONDS)
         os._exit(int(ExitCode.INTERRUPTED))
 
     def finish(self) -> str:
-        """The main thread unwound: wait for the settle; what became of the run (the caller says it once the
-        live display is gone, and exits 130)."""
+        """The main thread unwound: wait for the settle; what became of the run (the caller says it with `say()`
+        once the live display is gone, and exits 130)."""
         self._settle_done.wait(SETTLE_WAIT_SECONDS)
-        with self._said:
-            self._done_saying = True
         return self.outcome()
 
     def say(self) -> None:
+        """Print what became of the run, once: by the main thread at its end, or by a forced exit, whichever
+        comes first (the other then prints nothing)."""
+        try:
+            text = self.outcome()
+        except Exception:  # noqa: BLE001 - the exit goes on whatever the database does
+            text = "harvest: interrupted"
         with self._said:
             if self._done_saying:
                 return
+            with contextlib.suppress(Exception):
+                sys.stderr.write(text + "\n")
+                sys.stderr.flush()
             self._done_saying = True
-        sys.stderr.write(self.outcome() + "\n")
-        sys.stderr.flush()
 
     def outcome(self) -> str:
         if not self.settled:
@@ -96,7 +112,7 @@ class Interrupts:
                          f"{run_id}" for run_id, status in _statuses(self.database_url, self.settled).items())
 
     def _watchdog(self) -> None:
-        time.sleep(GRACE_SECONDS)
+        self._force_now.wait(GRACE_SECONDS)  # a second Ctrl-C, or the grace ran out
         self.force()
 
     def _settle(self) -> None:
@@ -145,6 +161,13 @@ def _statuses(database_url: str, run_ids: list[str]) -> dict[str, str]:
         return {run_id: str((get_run(engine, run_id) or {}).get("status", "unknown")) for run_id in run_ids}
     except Exception:  # noqa: BLE001 - the line is said anyway
         return {run_id: "cancelled" for run_id in run_ids}
+
+
+def _run_exit_callbacks() -> None:
+    """What atexit would have done, which a forced exit skips; a failing callback does not stop the others."""
+    for callback in [*_BEFORE_EXIT, _stop_prefect_temporary_servers]:
+        with contextlib.suppress(Exception):
+            callback()
 
 
 def _stop_prefect_temporary_servers() -> None:

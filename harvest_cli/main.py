@@ -472,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         say_error("interrupted")
         return int(ExitCode.INTERRUPTED)
     except Interrupted as exc:  # a run stopped by Ctrl-C: what became of it, once the live line is gone
-        sys.stderr.write(exc.message + "\n")
+        exc.say()
         return int(exc.code)
     except CliError as exc:
         say_error(exc.message)

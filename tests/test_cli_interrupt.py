@@ -9,10 +9,13 @@ that resumes it, and exits 130; nothing is left `running`, and no process of the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pty
 import signal
 import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -32,8 +35,9 @@ class Terminal:
 
     def __init__(self, args: list[str], env: dict[str, str]) -> None:
         master, slave = pty.openpty()
-        self.process = subprocess.Popen([HARVEST, *args], env={**env, "COLUMNS": "200"}, stdin=slave, stdout=slave,
-                                        stderr=slave, start_new_session=True)
+        # PYTHONFAULTHANDLER: a hang is diagnosed by SIGABRT, which then prints every thread's stack (wait())
+        self.process = subprocess.Popen([HARVEST, *args], env={**env, "COLUMNS": "200", "PYTHONFAULTHANDLER": "1"},
+                                        stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
         os.close(slave)
         self._master = master
         self._chunks: list[bytes] = []
@@ -60,7 +64,15 @@ class Terminal:
         return time.monotonic()
 
     def wait(self, timeout: float) -> int:
-        code = self.process.wait(timeout)
+        """The exit code; a command still running after `timeout` fails the test with every thread's stack."""
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.send_signal(signal.SIGABRT)  # faulthandler dumps the threads to the terminal
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(10)
+            self._reader.join(timeout=5)
+            pytest.fail(f"harvest did not exit within {timeout:.0f}s; its threads:\n{self.text[-12000:]}")
         self._reader.join(timeout=5)
         return code
 
@@ -206,3 +218,51 @@ def test_ctrl_c_to_harvest_alone_or_twice(harvest_env, slow_site, tmp_path, how)
         _assert_cancelled_cleanly(terminal, sent, harvest_env["HARVEST_DATABASE_URL"], quiet=how == "harvest-alone")
     finally:
         terminal.close()
+
+
+HELD_LOCK = textwrap.dedent("""
+    import sys, threading, time
+    from harvest_cli import interrupt
+
+    held = threading.Lock()
+    interrupt.before_exit(lambda: held.acquire())  # an exit step that needs what the interrupted code holds
+    with interrupt.guard(sys.argv[1]):
+        try:
+            with held:
+                print("ready", flush=True)
+                while True:
+                    time.sleep(0.05)
+        except KeyboardInterrupt:
+            with held:  # unwinding takes the lock again, and the second Ctrl-C lands while it is held
+                print("unwinding", flush=True)
+                while True:
+                    time.sleep(0.05)
+""")
+
+
+def test_a_second_ctrl_c_leaves_while_the_interrupted_code_holds_a_lock_the_exit_needs(harvest_env, tmp_path) -> None:
+    """The forced exit runs on the watchdog thread with a deadline for each step, not in the signal handler: run
+    inside the handler, an exit step waiting on a lock the interrupted main thread holds (Popen's wait lock while
+    Prefect's temporary server is stopped) deadlocked the main thread, and the watchdog then waited on the same lock
+    for ever (a CI run: `harvest` still running 120 s after two Ctrl-C)."""
+    script = tmp_path / "held_lock.py"
+    script.write_text(HELD_LOCK)
+    process = subprocess.Popen([sys.executable, str(script), harvest_env["HARVEST_DATABASE_URL"]], text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=Path(__file__).parents[1])
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "ready"
+        process.send_signal(signal.SIGINT)
+        assert process.stdout.readline().strip() == "unwinding"
+        process.send_signal(signal.SIGINT)
+        try:
+            code = process.wait(120)
+        except subprocess.TimeoutExpired:
+            pytest.fail("a second Ctrl-C did not make the process leave")
+        stderr = process.stderr.read() if process.stderr else ""
+        assert code == 130, stderr
+        assert stderr.count("harvest: interrupted before a run was recorded") == 1, stderr
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(30)
