@@ -19,6 +19,7 @@ import pytest
 from testkit.fleet_sites import FleetServer, fleet_sites
 from tests.cli_support import HARVEST
 from tests.e2e.test_deployment import (
+    PREFECT,
     SOURCES_POOL,
     Stack,
     _final_state,
@@ -219,3 +220,25 @@ def test_the_worker_refuses_a_missing_pool_or_api_in_one_line(stack, harvest_env
     no_api = {k: v for k, v in env.items() if k != "PREFECT_API_URL"}
     unset = subprocess.run([HARVEST, "sources", "worker"], env=no_api, capture_output=True, text=True, timeout=120)
     assert unset.returncode == 2 and "set PREFECT_API_URL" in unset.stderr, unset.stderr[-2000:]
+
+
+def test_a_plain_process_worker_serves_the_sources_pool_too(stack, harvest_env) -> None:  # noqa: ANN001
+    """The slow fallback: harvest-sources is an ordinary process pool, so `prefect worker start` runs its flow runs
+    (a fresh Python each) when no fleet worker does."""
+    sites = fleet_sites(1, seed=11)
+    name = f"plain-{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, **stack.env, **harvest_env, "PREFECT_WORKER_QUERY_SECONDS": "1"}
+    process = stack.start(name, [PREFECT, "worker", "start", "--pool", SOURCES_POOL, "--name", name, "--limit", "1"],
+                          env)
+    try:
+        wait_for(lambda: _online(stack, name) or process.poll() is not None, 90, "the process worker to register")
+        with FleetServer(sites) as server:
+            deployment = stack.api("GET", f"/deployments/name/{FLEET_DEPLOYMENT}")
+            flow_run_id = stack.api("POST", f"/deployments/{deployment['id']}/create_flow_run",
+                                    json={"parameters": {"url": server.url(sites[0]), "config": SMALL}})["id"]
+            assert _final_state(stack, flow_run_id, 300, "the run to finish") == "COMPLETED", stack.log_tail(name)
+        row = run_row(harvest_env["HARVEST_DATABASE_URL"], flow_run_id)
+        assert row is not None and row["status"] == "completed" and row["work_pool"] == SOURCES_POOL, row
+        assert flow_run_id in stack.log_tail(name, 10**6)  # this worker submitted it
+    finally:
+        stop_worker(process)
