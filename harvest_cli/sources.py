@@ -271,8 +271,9 @@ def sources_worker(
                                         "have finished."),
 ) -> None:
     """Run the sources' scheduled flow runs: a worker of the pool that imports the flow once and forks a process
-    per flow run (each keeps its own flow run, logs, run row and files; Cancel in the UI works). A third of a
-    `prefect worker`'s overhead per source, which starts Python afresh for each run. Needs PREFECT_API_URL."""
+    per flow run (each keeps its own flow run, logs, run row and files; Cancel in the UI works). Per source
+    about a third of the overhead of a `prefect worker`, which starts Python afresh for each run. Needs
+    PREFECT_API_URL."""
     import logging
     import os
     import sys
