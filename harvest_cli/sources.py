@@ -281,6 +281,7 @@ def sources_worker(
     if os.environ.get("PREFECT_LOGGING_LEVEL") == "CRITICAL":  # before Prefect is imported: it reads it then
         os.environ["PREFECT_LOGGING_LEVEL"] = "INFO"  # the runs' logs are for the UI, not this terminal's quiet
     settings = checked_settings()
+    checked_engine()  # a database that is wrong or down is one line now, not a failed run per source later
     import httpx
     from prefect.settings import PREFECT_API_URL
 

@@ -220,6 +220,9 @@ def test_the_worker_refuses_a_missing_pool_or_api_in_one_line(stack, harvest_env
     no_api = {k: v for k, v in env.items() if k != "PREFECT_API_URL"}
     unset = subprocess.run([HARVEST, "sources", "worker"], env=no_api, capture_output=True, text=True, timeout=120)
     assert unset.returncode == 2 and "set PREFECT_API_URL" in unset.stderr, unset.stderr[-2000:]
+    no_db = {**env, "HARVEST_DATABASE_URL": "postgresql+psycopg://harvest:harvest@127.0.0.1:1/nowhere"}
+    down = subprocess.run([HARVEST, "sources", "worker"], env=no_db, capture_output=True, text=True, timeout=120)
+    assert down.returncode == 3 and down.stderr.startswith("error:"), down.stderr[-2000:]
 
 
 def test_a_plain_process_worker_serves_the_sources_pool_too(stack, harvest_env) -> None:  # noqa: ANN001
