@@ -12,14 +12,18 @@ Modes (`--mode`):
 - `batch`: the `scrape-sources` flow (flows/scrape_sources.py), K sources per flow run (`--batch`, 10): each source its
   own `scrape-website` subflow run (own run row, files, retention and UI view) in one flow-run process;
 - `dask`: as `batch`, with every subflow's tasks on one local Dask cluster of 2 worker processes
-  (HARVEST_TASK_RUNNER=dask, HARVEST_DASK_ADDRESS), started here.
+  (HARVEST_TASK_RUNNER=dask, HARVEST_DASK_ADDRESS), started here;
+- `fleetworker`: as `single` (one `scrape-website` flow run per source), drained by `harvest sources worker`
+  processes instead of process workers (flows/fleet_worker.py): each run in a child forked from one warm process.
 
 What it measures, sampling /proc every 0.2 s: each flow-run process's lifetime, CPU seconds and RSS, and each
-worker's RSS. Per source: worker seconds (the lifetimes of the flow-run processes over the sources they ran)
-less its pages' work (the seconds its steps recorded) = its fixed overhead; the peak RSS of the process that ran it
-while it ran (first 50 sources against the last 50: flat means <= 1.1x). Sources and activities per hour (from
-the first run created to the last one finished), rows and stored bytes, the worker's pick-up latency, and the
-politeness the sites saw.
+worker's RSS and CPU seconds (its own, not its flow runs': polling, heartbeats, forking). Per source: worker
+seconds (the lifetimes of the flow-run processes over the sources they ran) less its pages' work (the seconds its
+steps recorded) = its fixed overhead; the peak RSS of the process that ran it while it ran (first 50 sources
+against the last 50: flat means <= 1.1x). Sources and activities per hour (from the first run created to the last
+one finished), rows and stored bytes, the worker's pick-up latency, and the politeness the sites saw. The workers'
+own RSS while the first 50 sources ran against while the last 50 did (flat: <= 1.1x) says whether a long-lived
+worker grows.
 
 `run_fleet` is the runner itself; tests/e2e/test_fleet_bench.py drives it at 3 sites on the session's server.
 """
@@ -50,7 +54,9 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 ENTRYPOINTS = {"single": ("scrape-website", "flows/scrape.py:scrape_website"),
                "batch": ("scrape-sources", "flows/scrape_sources.py:scrape_sources"),
-               "dask": ("scrape-sources", "flows/scrape_sources.py:scrape_sources")}
+               "dask": ("scrape-sources", "flows/scrape_sources.py:scrape_sources"),
+               "fleetworker": ("scrape-website", "flows/scrape.py:scrape_website")}
+HARVEST = str(Path(sys.executable).parent / "harvest")
 # What each source asks for: a small site, imported, its files then cleaned up (as a scheduled source would be).
 SOURCE_CONFIG = {"max_pages": 60, "max_depth": 2, "max_extractions": 60, "auto_import": True, "render": "http"}
 
@@ -96,6 +102,7 @@ class Sampler:
         self.interval = interval
         self.workers: dict[int, str] = {}
         self.worker_rss: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        self.worker_cpu: dict[str, float] = {}
         self.procs: dict[int, Proc] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fleet-sampler", daemon=True)
@@ -134,6 +141,7 @@ class Sampler:
         for worker, name in list(self.workers.items()):
             if worker in stats:
                 self.worker_rss[name].append((now, stats[worker][3]))
+                self.worker_cpu[name] = stats[worker][1]
             for pid in children.get(worker, []):  # a flow run's process: the worker's direct child
                 parent, cpu, started, _ = stats[pid]
                 proc = self.procs.setdefault(pid, Proc(pid, parent, started))
@@ -227,14 +235,19 @@ def deploy(fleet: Fleet, mode: str, pool: str, tag: str) -> str:
     return str(deployment["id"])
 
 
-def start_workers(fleet: Fleet, pool: str, count: int, limit: int, tag: str) -> dict[int, str]:
-    """`count` process workers on `pool`, each running up to `limit` flow runs at once; their pids -> names,
-    once each is online."""
+def start_workers(fleet: Fleet, pool: str, count: int, limit: int, tag: str, mode: str = "single",
+                  query_seconds: float = 2.0) -> dict[int, str]:
+    """`count` workers on `pool` (process workers; `harvest sources worker` in mode fleetworker), each running up
+    to `limit` flow runs at once; their pids -> names, once each is online."""
     workers = {}
     for number in range(count):
         name = f"fleet-{tag}-{number}"
-        process = fleet.start(name, [PREFECT, "worker", "start", "--pool", pool, "--name", name,
-                                     "--limit", str(limit)], fleet.env)
+        if mode == "fleetworker":
+            command = [HARVEST, "sources", "worker", "--pool", pool, "--name", name, "--limit", str(limit),
+                       "--poll", f"{query_seconds:g}"]
+        else:
+            command = [PREFECT, "worker", "start", "--pool", pool, "--name", name, "--limit", str(limit)]
+        process = fleet.start(name, command, fleet.env)
         workers[process.pid] = name
 
     def online() -> bool:
@@ -255,7 +268,7 @@ def create_runs(fleet: Fleet, deployment_id: str, urls: list[str], mode: str, ba
     """Every source due now: one flow run per source (single), or one per `batch` sources."""
     config = dict(SOURCE_CONFIG)
     parameters: list[dict[str, Any]]
-    if mode == "single":
+    if mode in ("single", "fleetworker"):
         parameters = [{"url": url, "config": config} for url in urls]
     else:
         parameters = [{"sources": [{"url": url, "config": config} for url in urls[i:i + batch]]}
@@ -346,6 +359,7 @@ def measure(sampler: Sampler, flow_runs: list[dict[str, Any]], runs: list[dict[s
     activities = sum(r.get("activities_processed") or 0 for r in sources)
     hours = max(finished - started, 1e-9) / 3600
     worker_peaks = {name: round(max(mb for _, mb in samples), 1) for name, samples in sampler.worker_rss.items()}
+    worker_first, worker_last = _worker_rss_during(sampler, sources[:50]), _worker_rss_during(sampler, sources[-50:])
     return {
         "sources": len(sources),
         "completed": sum(1 for r in sources if r["status"] == "completed"),
@@ -368,7 +382,28 @@ def measure(sampler: Sampler, flow_runs: list[dict[str, Any]], runs: list[dict[s
         "rss_last_over_first": round(max(last) / max(first), 2) if first and last else None,
         "rss_last_over_first_within_process_max": round(max(growth), 2) if growth else None,
         "worker_peak_rss_mb": worker_peaks,
+        "worker_peak_rss_mb_first_50_sources": worker_first,
+        "worker_peak_rss_mb_last_50_sources": worker_last,
+        "worker_rss_last_over_first_max": max(
+            (round(worker_last[w] / worker_first[w], 2) for w in worker_first if w in worker_last and worker_first[w]),
+            default=None),
+        "worker_own_cpu_s_per_source": round(sum(sampler.worker_cpu.values()) / n, 3),
     }
+
+
+def _worker_rss_during(sampler: Sampler, rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Each worker's own peak RSS (MiB) while `rows` ran (from the first one's start to the last one's end)."""
+    ends = [r["finished_at"] for r in rows if r.get("finished_at")]
+    if not rows or not ends:
+        return {}
+    offset = _uptime() - time.time()  # run rows are timestamped in UTC; samples in seconds since boot
+    begin, end = rows[0]["started_at"].timestamp() + offset, max(ends).timestamp() + offset
+    out = {}
+    for name, samples in sampler.worker_rss.items():
+        inside = [mb for t, mb in samples if begin - 0.3 <= t <= end + 0.3]
+        if inside:
+            out[name] = round(max(inside), 1)
+    return out
 
 
 def _count(values: Any) -> dict[str, int]:
@@ -405,7 +440,7 @@ def run_fleet(api_url: str, env: dict[str, str], workdir: Path, *, sites: int, m
             if mode == "dask":
                 cluster = _dask_cluster(fleet.env)
                 fleet.env.update({"HARVEST_TASK_RUNNER": "dask", "HARVEST_DASK_ADDRESS": cluster.scheduler_address})
-            sampler.workers = start_workers(fleet, pool, workers, worker_limit, tag)
+            sampler.workers = start_workers(fleet, pool, workers, worker_limit, tag, mode, query_seconds)
             sampler.start()
             started = time.time()
             ids = create_runs(fleet, deployment_id, [server.url(s) for s in generated], mode, batch)
@@ -422,7 +457,7 @@ def run_fleet(api_url: str, env: dict[str, str], workdir: Path, *, sites: int, m
         fleet.stop_all()
         if cluster is not None:
             cluster.close()
-    result.update({"mode": mode, "batch": batch if mode != "single" else 1, "workers": workers,
+    result.update({"mode": mode, "batch": batch if mode in ("batch", "dask") else 1, "workers": workers,
                    "worker_limit": worker_limit, "worker_query_seconds": query_seconds,
                    "site_activities": sum(s.activities for s in generated)})
     return result
@@ -450,6 +485,7 @@ def main() -> int:
     parser.add_argument("--mode", choices=sorted(ENTRYPOINTS), default="single")
     parser.add_argument("--batch", type=int, default=10)
     parser.add_argument("--query-seconds", type=float, default=2.0)
+    parser.add_argument("--timeout", type=float, default=3600, help="Seconds to wait for every run to finish.")
     parser.add_argument("out", type=Path)
     args = parser.parse_args()
     import tempfile
@@ -460,6 +496,9 @@ def main() -> int:
     from testkit.s3 import MotoS3
 
     workdir = Path(tempfile.mkdtemp(prefix="harvest-fleet-"))
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a SIGTERM stops the workers and servers too
     for name, value in {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
                         "AWS_DEFAULT_REGION": "us-east-1"}.items():
         os.environ.setdefault(name, value)  # moto accepts any credentials; boto3 needs some
@@ -489,7 +528,7 @@ def main() -> int:
             print(f"bench: fleet of {args.sites} sites, mode {args.mode} (load {load_before}) ...", file=sys.stderr,
                   flush=True)
             result = run_fleet(api_url, env, workdir, sites=args.sites, mode=args.mode, batch=args.batch,
-                               query_seconds=args.query_seconds)
+                               query_seconds=args.query_seconds, timeout=args.timeout)
         pages = s3.client().get_paginator("list_objects_v2").paginate(Bucket=bucket)
         objects = [item for page in pages for item in page.get("Contents", [])]
         result["s3_objects_left"] = len(objects)

@@ -246,9 +246,14 @@ class HarvestSettings(BaseSettings):
         description="A source whose last this-many runs all failed (failed or crashed) raises the same alarm.",
     )
     sources_deployment: str = Field(
-        default="scrape-website/default",
+        default="scrape-website/fleet",
         description="The scrape deployment (flow/name) whose schedules carry the sources' cadences "
         "(`harvest sources add`).",
+    )
+    sources_pool: str = Field(
+        default="harvest-sources",
+        description="The work pool `harvest sources worker` serves: the sources deployment's (a process pool, so a "
+        "plain `prefect worker` can serve it too, slower).",
     )
     notify_webhook_url: SecretStr | None = Field(
         default=None,

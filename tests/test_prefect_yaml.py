@@ -99,9 +99,9 @@ def test_the_scrape_deployments_share_one_config_written_once() -> None:
     text = (ROOT / "prefect.yaml").read_text()
     assert text.count("max_pages:") == 1, "the config is written once and referenced (*scrape_config)"
     scrapes = [d for d in deployments() if d["entrypoint"] == "flows/scrape.py:scrape_website"]
-    assert [d["name"] for d in scrapes] == ["default", "docker", "git"]
+    assert [d["name"] for d in scrapes] == ["default", "docker", "git", "fleet"]
     configs = [d["parameters"]["config"] for d in scrapes]
-    assert configs[0] == configs[1] == configs[2]
+    assert configs[0] == configs[1] == configs[2] == configs[3]
     assert RunConfig.model_validate(configs[0]).max_pages == 150
 
 

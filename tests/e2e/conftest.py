@@ -1,4 +1,4 @@
-"""The e2e stack, once per session: a Prefect server on a Postgres database of its own, both work pools and every
+"""The e2e stack, once per session: a Prefect server on a Postgres database of its own, the three work pools and every
 deployment of prefect.yaml (`prefect --no-prompt deploy --all`). Every module of a session uses the one stack
 (setting it up took ~25 s a module); `make test` runs these modules as two chains, each on one worker with a stack
 of its own (tests/scheduling.py)."""
@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from testkit.net import free_port
-from tests.e2e.test_deployment import DOCKER_POOL, POOL, PREFECT, Stack, wait_for
+from tests.e2e.test_deployment import DOCKER_POOL, POOL, PREFECT, SOURCES_POOL, Stack, wait_for
 
 
 @pytest.fixture(scope="session")
@@ -67,7 +67,7 @@ def stack(prefect_database: str) -> Iterator[Stack]:
         # Both pools, as the operator steps in prefect.yaml say. The docker pool needs no prefect-docker: the
         # server knows the `docker` worker type (and its base job template) from its bundled collection registry.
         pools = [stack.cli_async("work-pool", "create", name, "--type", kind)
-                 for name, kind in ((POOL, "process"), (DOCKER_POOL, "docker"))]
+                 for name, kind in ((POOL, "process"), (DOCKER_POOL, "docker"), (SOURCES_POOL, "process"))]
         for pool in pools:
             out, err = pool.communicate(timeout=120)
             assert pool.returncode == 0, out + err

@@ -39,12 +39,14 @@ BIN = Path(sys.executable).parent
 PREFECT = str(BIN / "prefect")
 POOL = "harvest-process"
 DOCKER_POOL = "harvest-docker"
+SOURCES_POOL = "harvest-sources"
 DEPLOYMENT = "scrape-website/default"
 # Every deployment in prefect.yaml: name → (work pool, cron schedules, concurrency limit and strategy).
 DEPLOYMENTS = {
     "scrape-website/default": (POOL, ["0 1 * * *"], (4, "ENQUEUE")),
     "scrape-website/docker": (DOCKER_POOL, ["0 1 * * *"], (4, "ENQUEUE")),
     "scrape-website/git": (POOL, ["0 1 * * *"], (4, "ENQUEUE")),
+    "scrape-website/fleet": (SOURCES_POOL, [], None),
     "scrape-sources/sources": (POOL, [], (4, "ENQUEUE")),
     "import-run/manual": (POOL, [], None),
     "sweep-expired/nightly": (POOL, ["0 3 * * *"], (1, "CANCEL_NEW")),
@@ -62,7 +64,7 @@ UUID_RE = re.compile(r"UUID: ([0-9a-f-]{36})")
 
 @dataclass
 class Stack:
-    """A Prefect server on Postgres (with its UI) with both work pools and every deployment of prefect.yaml."""
+    """A Prefect server on Postgres (with its UI) with the three work pools and every deployment of prefect.yaml."""
 
     api_url: str
     ui_url: str
@@ -221,7 +223,7 @@ def file_rows(db_url: str, run_id: str) -> dict[str, dict[str, Any]]:
 
 
 def test_deploy_all_creates_every_deployment(stack) -> None:  # noqa: ANN001
-    """`prefect --no-prompt deploy --all` ran unattended (in the fixture) and created all seven deployments."""
+    """`prefect --no-prompt deploy --all` ran unattended (in the fixture) and created all eight deployments."""
     print(f"deploy --all {stack.timings['deploy_s']:.1f}s")
     for name, (pool, crons, limit) in DEPLOYMENTS.items():
         deployment = stack.api("GET", f"/deployments/name/{name}")
@@ -231,13 +233,17 @@ def test_deploy_all_creates_every_deployment(stack) -> None:  # noqa: ANN001
         held = (deployment["global_concurrency_limit"] or {}).get("limit")
         strategy = (deployment["concurrency_options"] or {}).get("collision_strategy")
         assert (held, strategy) == (limit or (None, None)), name
-        if name.startswith("scrape-website/"):
+        if name.startswith("scrape-website/") and crons:
             # The nightly re-crawl: its own parameters, paused as shipped; the shared config (a YAML anchor).
             (schedule,) = deployment["schedules"]
             assert (schedule["active"], schedule["slug"]) == (False, "nightly-example-org"), name
             assert schedule["parameters"]["url"] == "https://example.org/"
             assert schedule["parameters"]["config"] == {**deployment["parameters"]["config"], "auto_import": True}
             assert deployment["parameters"]["config"]["max_pages"] == 150
+    fleet = stack.api("GET", "/deployments/name/scrape-website/fleet")  # the sources' schedules go here
+    default = stack.api("GET", "/deployments/name/scrape-website/default")
+    assert fleet["parameters"]["config"] == default["parameters"]["config"]
+    assert fleet["entrypoint"] == default["entrypoint"] == "flows/scrape.py:scrape_website"
     nightly = stack.api("GET", "/deployments/name/sweep-expired/nightly")
     (schedule,) = nightly["schedules"]
     assert schedule["active"] and schedule["schedule"]["timezone"] == "UTC"

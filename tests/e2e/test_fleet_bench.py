@@ -29,3 +29,20 @@ def test_fleet_runner_runs_three_sources_and_measures_them(stack: Stack, harvest
     politeness = result["politeness"]
     assert politeness["hosts_requested"] == 3 and politeness["held"], politeness
     assert politeness["disallowed_requests"] == 0
+
+
+def test_fleet_runner_drains_three_sources_with_fleet_workers(stack: Stack, harvest_env: dict[str, str],
+                                                              tmp_path: Path) -> None:
+    """Mode fleetworker: one flow run per source, drained by a `harvest sources worker`: each run in its own
+    forked child (a flow-run process per source), the worker's own memory and CPU measured."""
+    result = run_fleet(stack.api_url, {**stack.env, **harvest_env}, tmp_path, sites=3, mode="fleetworker",
+                       workers=1, worker_limit=2, query_seconds=0.5, timeout=600)
+
+    assert (result["sources"], result["completed"], result["flow_runs"]) == (3, 3, 3), result
+    assert result["flow_run_states"] == {"COMPLETED": 3}
+    assert result["flow_run_processes"] == 3  # a forked child per flow run, each a child of the worker
+    assert result["activities"] == result["site_activities"] == result["activities_rows"] > 0
+    assert result["worker_s_per_source"] > result["step_work_s_per_source"] > 0
+    (worker,) = result["worker_peak_rss_mb_first_50_sources"].values()
+    assert worker > 0 and result["worker_own_cpu_s_per_source"] > 0
+    assert result["politeness"]["disallowed_requests"] == 0

@@ -1,6 +1,7 @@
 """A source's schedule fires from a worker (issue 32): `harvest sources add` on the e2e stack's server adds a
-schedule to scrape-website/default that is due in seconds; the process worker runs it as a scheduled flow run of
-that deployment with the source's parameters; `harvest sources list` then shows its last run, activities and next
+schedule to scrape-website/default (HARVEST_SOURCES_DEPLOYMENT set to it: the sources' own deployment,
+scrape-website/fleet, is the fleet worker's, tests/e2e/test_fleet_worker.py) that is due in seconds; a plain process
+worker runs it as a scheduled flow run of that deployment with the source's parameters; `harvest sources list` then shows its last run, activities and next
 run, and the fleet artifact is published."""
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def runs_of(db_url: str, url: str) -> list[dict[str, Any]]:
 
 
 def test_a_source_schedule_fires_from_the_worker(stack, worker, harvest_env, demo_site) -> None:  # noqa: ANN001, F811
-    env = {**os.environ, **stack.env, **harvest_env}
+    env = {**os.environ, **stack.env, **harvest_env, "HARVEST_SOURCES_DEPLOYMENT": "scrape-website/default"}
     url = demo_site.base_url + "/?from=sources"  # a URL of its own (the site ignores the query): no other runs
     db_url = harvest_env["HARVEST_DATABASE_URL"]
     source = harvest(env, "sources", "add", url, "--every", "1h", "--config", '{"max_pages": 20, "max_extractions": 5}')
