@@ -18,7 +18,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 # again, ~0.9 CPU-seconds each on a clean clone.
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: venv lock system postgres demo test test-durations test-fast bench image lint clean
+.PHONY: venv lock system postgres demo test test-fast bench image lint clean
 
 venv: $(STAMP)
 
@@ -49,11 +49,12 @@ postgres:
 demo: venv system
 	$(BIN)/python -m testkit.demo
 
-# make test's worker processes (pytest-xdist, one test file per worker at a time, the longest files first, tests/e2e
-# as two chains of one worker each: tests/scheduling.py): the suite mostly waits on servers and subprocesses, so more
-# workers than cores pay. `make test PYTEST_WORKERS=0` runs in one process. PG_RESTART= (empty) skips the Postgres
-# cluster-restart test while others share the server.
-PYTEST_WORKERS ?= 4
+# make test's worker processes (pytest-xdist, one test file per worker at a time, tests/e2e on one worker): the
+# suite mostly waits on servers and subprocesses, so more workers than cores pay. `make test PYTEST_WORKERS=0`
+# runs in one process. PG_RESTART= (empty) skips the Postgres cluster-restart test while others share the server.
+# (Four workers with the e2e modules on two, the longest files first, took 25 min here against ~12.5: the suite is
+# CPU-bound, and each worker and e2e stack keeps a Prefect server busy for the whole run.)
+PYTEST_WORKERS ?= 3
 PG_RESTART ?= 1
 XDIST = $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
@@ -64,11 +65,6 @@ test: venv system postgres
 	setsid scripts/prebuild-images.sh </dev/null >/dev/null 2>&1 &
 	HARVEST_TEST_DATABASE_URL=$(PG_URL) $(BIN)/pytest -q $(XDIST) --durations=15 -m "not pg_restart" $(PYTEST_ARGS)
 	$(if $(PG_RESTART),$(if $(PYTEST_ARGS),,HARVEST_TEST_DATABASE_URL=$(PG_URL) $(BIN)/pytest -q -m pg_restart tests/failures))
-
-## make test-durations: run the suite and write how long each file took to tests/durations.json (make test starts
-## the longest files first)
-test-durations:
-	$(MAKE) test PYTEST_ARGS="--record-durations tests/durations.json"
 
 ## make test-fast: the inner loop: the unit, hostile-input and top-level tests (no flow runs on Prefect, no e2e
 ## stack, no failure scenarios)

@@ -411,7 +411,7 @@ def _secret(value: Any) -> str | None:
 
 
 def serve(options: Options) -> int:
-    """Warm the flow code, then serve the pool until stopped (`harvest sources worker`)."""
+    """Warm the flow code, then serve the pool until stopped (`harvest sources worker`); how many runs it claimed."""
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_KEY, PREFECT_API_URL
 
     url = PREFECT_API_URL.value()
@@ -424,6 +424,8 @@ def serve(options: Options) -> int:
     api = Api(url, _secret(PREFECT_API_KEY.value()), _secret(PREFECT_API_AUTH_STRING.value()))
     try:
         assert_fork_safe()
-        return FleetWorker(api, options).run()
+        worker = FleetWorker(api, options)
+        worker.run()
+        return worker.claimed
     finally:
         api.close()

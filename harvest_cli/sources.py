@@ -269,6 +269,8 @@ def sources_worker(
                                 "go on before they are cancelled (a second signal cancels them at once)."),
     max_runs: int | None = typer.Option(None, "--max-runs", min=1, help="Stop once this many runs were claimed and "
                                         "have finished."),
+    as_json: bool = typer.Option(False, "--json", help="When it stops, print what it did as JSON on stdout "
+                                 "(worker, pool, runs claimed)."),
 ) -> None:
     """Run the sources' scheduled flow runs: a worker of the pool that imports the flow once and forks a process
     per flow run (each keeps its own flow run, logs, run row and files; Cancel in the UI works). Per source
@@ -300,7 +302,7 @@ def sources_worker(
     options = Options(pool=pool or settings.sources_pool, name=name or default_name(), limit=limit,
                       poll_seconds=poll, grace=grace, max_runs=max_runs)
     try:
-        serve(options)
+        claimed = serve(options)
     except httpx.HTTPStatusError as exc:
         if exc.response.status_code == 404:
             fail(f"no work pool {options.pool} on the Prefect API: `prefect work-pool create {options.pool} --type "
@@ -309,3 +311,7 @@ def sources_worker(
     except httpx.TransportError as exc:
         fail(f"Prefect's API at {PREFECT_API_URL.value()} is unavailable: {exc.__class__.__name__}: {exc}",
              ExitCode.UNAVAILABLE)
+    if as_json:
+        output.emit_json({"worker": options.name, "pool": options.pool, "runs_claimed": claimed})
+    else:
+        output.line(f"fleet worker {options.name} stopped after {claimed} run(s) of pool {options.pool}")

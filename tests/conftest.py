@@ -11,6 +11,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,7 +25,7 @@ os.environ.update(
         "DO_NOT_TRACK": "1",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_LOGGING_LEVEL": "WARNING",
-        # A hang guard, not a promise: four workers start their APIs at once, beside the e2e stacks and the image
+        # A hang guard, not a promise: the workers start their APIs at once, beside the e2e stack and the image
         # build (a clean-clone run at load 10-12 timed out at 120 s)
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "600",
         # `harvest` subprocesses use Prefect's own temporary server, as before issue 28: a background server per
@@ -38,9 +39,6 @@ os.environ.update(
 )
 for _name in ("PREFECT_API_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL", "GOOGLE_MAPS_API_KEY"):
     os.environ.pop(_name, None)
-
-# make test's scheduling over its workers, and `--record-durations` (tests/scheduling.py)
-pytest_plugins = ["tests.scheduling"]
 
 DEFAULT_PG_URL = "postgresql+psycopg://harvest:harvest@127.0.0.1:5432/harvest_test"
 
@@ -171,3 +169,30 @@ def harvest_env(
     reset_harvest_caches()
     yield env
     reset_harvest_caches()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """`--dist loadfile` (what `make test` runs), with every module of tests/e2e on one worker: they share one
+    Prefect server, work pools and `deploy --all` (tests/e2e/conftest.py), which take ~25 s to set up.
+
+    Each worker is a process of its own with its own session fixtures: its own database (pg_url), PREFECT_HOME
+    and HARVEST_HOME (the temporary folder above), moto S3 server, API stand-ins and ports (free ports)."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class E2EOnOneWorker(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            scope = super()._split_scope(nodeid)
+            return "tests/e2e" if scope.startswith("tests/e2e/") else scope
+
+        def _reschedule(self, node: Any) -> None:
+            # The e2e modules are the longest chain (~5-10 min): their worker takes no other file until they are
+            # done (xdist would queue one behind them, and that file would wait there while others sit idle).
+            if any(scope == "tests/e2e" and not all(done.values())
+                   for scope, done in self.assigned_work.get(node, {}).items()):
+                return
+            super()._reschedule(node)
+
+    return E2EOnOneWorker(config, log)  # type: ignore[arg-type]

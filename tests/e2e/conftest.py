@@ -1,7 +1,7 @@
 """The e2e stack, once per session: a Prefect server on a Postgres database of its own, the three work pools and every
 deployment of prefect.yaml (`prefect --no-prompt deploy --all`). Every module of a session uses the one stack
-(setting it up took ~25 s a module); `make test` runs these modules as two chains, each on one worker with a stack
-of its own (tests/scheduling.py)."""
+(setting it up took ~25 s a module); `make test` keeps these modules on one worker (tests/conftest.py) so there is
+one."""
 
 from __future__ import annotations
 
