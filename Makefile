@@ -52,8 +52,9 @@ demo: venv system
 # make test's worker processes (pytest-xdist, one test file per worker at a time, tests/e2e on one worker): the
 # suite mostly waits on servers and subprocesses, so more workers than cores pay. `make test PYTEST_WORKERS=0`
 # runs in one process. PG_RESTART= (empty) skips the Postgres cluster-restart test while others share the server.
-# (Four workers with the e2e modules on two, the longest files first, took 25 min here against ~12.5: the suite is
-# CPU-bound, and each worker and e2e stack keeps a Prefect server busy for the whole run.)
+# (Four workers with the e2e modules on two, the longest files first, took 25 min of tests on a clean clone here, a run
+# that also had the fleet worker's new e2e module: not faster, as the suite is CPU-bound (42 CPU-minutes) and each
+# worker and e2e stack keeps a Prefect server busy for the whole run.)
 PYTEST_WORKERS ?= 3
 PG_RESTART ?= 1
 XDIST = $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder)
