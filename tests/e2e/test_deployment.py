@@ -187,15 +187,16 @@ def worker(stack: Stack, harvest_env: dict[str, str]) -> Iterator[subprocess.Pop
     }
     name = f"e2e-{uuid.uuid4().hex[:8]}"
     process = stack.start("worker", [PREFECT, "worker", "start", "--pool", POOL, "--name", name, "--limit", "2"], env)
-    wait_for(lambda: _worker_online(stack, name) or process.poll() is not None, 90, "the worker to register")
+    wait_for(lambda: worker_online(stack, name) or process.poll() is not None, 90, "the worker to register")
     assert process.poll() is None, f"worker exited:\n{stack.log_tail('worker')}"
     yield process
     stop_worker(process)
 
 
-def _worker_online(stack: Stack, name: str) -> bool:
+def worker_online(stack: Stack, name: str, pool: str = POOL) -> bool:
+    """Whether the worker `name` is listed ONLINE under `pool`."""
     try:
-        workers = stack.api("POST", f"/work_pools/{POOL}/workers/filter", json={})
+        workers = stack.api("POST", f"/work_pools/{pool}/workers/filter", json={})
     except httpx.HTTPError:  # a busy server may answer 503 for a moment: ask again
         return False
     return any(w.get("name") == name and w.get("status") == "ONLINE" for w in workers)

@@ -41,6 +41,7 @@ from tests.e2e.test_deployment import (
     settled_row,
     stop_worker,
     wait_for,
+    worker_online,
 )
 
 # The first test of this file also pays for the cold builds (module fixtures) when nothing built them earlier (make
@@ -145,7 +146,8 @@ def docker_worker(stack: Stack, image: str, harvest_env: dict[str, str], tmp_pat
     worker_env = {**stack.env, "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "5"}
     process = stack.start("docker-worker", [PREFECT, "worker", "start", "--pool", DOCKER_POOL, "--type", "docker",
                                             "--name", name], worker_env)
-    wait_for(lambda: _online(stack, name) or process.poll() is not None, 90, "the docker worker to register")
+    wait_for(lambda: worker_online(stack, name, DOCKER_POOL) or process.poll() is not None, 90,
+             "the docker worker to register")
     assert process.poll() is None, f"docker worker exited:\n{stack.log_tail('docker-worker')}"
     flow_runs: list[str] = []
     yield flow_runs
@@ -153,14 +155,6 @@ def docker_worker(stack: Stack, image: str, harvest_env: dict[str, str], tmp_pat
     for flow_run_id in flow_runs:
         for container in containers_of(flow_run_id):
             docker("rm", "-f", container)
-
-
-def _online(stack: Stack, name: str) -> bool:
-    try:
-        workers = stack.api("POST", f"/work_pools/{DOCKER_POOL}/workers/filter", json={})
-    except Exception:  # noqa: BLE001 - a busy server may answer 503 for a moment: ask again
-        return False
-    return any(w.get("name") == name and w.get("status") == "ONLINE" for w in workers)
 
 
 def containers_of(flow_run_id: str) -> list[str]:

@@ -13,7 +13,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from testkit.fleet_sites import FleetServer, fleet_sites
@@ -29,6 +28,7 @@ from tests.e2e.test_deployment import (
     settled_row,
     stop_worker,
     wait_for,
+    worker_online,
 )
 from tests.e2e.test_sources_schedule import harvest, runs_of
 
@@ -37,14 +37,6 @@ pytestmark = pytest.mark.e2e
 FLEET_DEPLOYMENT = "scrape-website/fleet"
 SMALL = {"max_pages": 20, "max_depth": 2, "max_extractions": 20, "auto_import": True, "render": "http"}
 STARTED = re.compile(r"flow run ([0-9a-f-]{36}) \(.*\) in process (\d+)")
-
-
-def _online(stack: Stack, name: str) -> bool:
-    try:
-        workers = stack.api("POST", f"/work_pools/{SOURCES_POOL}/workers/filter", json={})
-    except httpx.HTTPError:  # a busy server may answer 503 for a moment: ask again
-        return False
-    return any(w.get("name") == name and w.get("status") == "ONLINE" for w in workers)
 
 
 @pytest.fixture
@@ -59,7 +51,8 @@ def fleet_workers(stack: Stack, harvest_env: dict[str, str]) -> Iterator[Callabl
         process = stack.start(name, [HARVEST, "sources", "worker", "--name", name, "--poll", "0.5", *args],
                               {**os.environ, **stack.env, **harvest_env, **(env or {})})
         started.append(process)
-        wait_for(lambda: _online(stack, name) or process.poll() is not None, 90, f"fleet worker {name} to register")
+        wait_for(lambda: worker_online(stack, name, SOURCES_POOL) or process.poll() is not None, 90,
+                 f"fleet worker {name} to register")
         assert process.poll() is None, f"fleet worker exited:\n{stack.log_tail(name)}"
         return process, name
 
@@ -234,7 +227,8 @@ def test_a_plain_process_worker_serves_the_sources_pool_too(stack, harvest_env) 
     process = stack.start(name, [PREFECT, "worker", "start", "--pool", SOURCES_POOL, "--name", name, "--limit", "1"],
                           env)
     try:
-        wait_for(lambda: _online(stack, name) or process.poll() is not None, 90, "the process worker to register")
+        wait_for(lambda: worker_online(stack, name, SOURCES_POOL) or process.poll() is not None, 90,
+                 "the process worker to register")
         with FleetServer(sites) as server:
             deployment = stack.api("GET", f"/deployments/name/{FLEET_DEPLOYMENT}")
             flow_run_id = stack.api("POST", f"/deployments/{deployment['id']}/create_flow_run",

@@ -44,10 +44,10 @@ from tests.e2e.test_deployment import (
     Stack,
     _final_state,
     _signal_group,
-    _worker_online,
     run_row,
     stop_worker,
     wait_for,
+    worker_online,
 )
 from tests.failures.support import all_runs
 
@@ -125,7 +125,7 @@ def worker(stack: Stack, ops_env: dict[str, str]) -> Iterator[subprocess.Popen[b
     name = f"ops-{uuid.uuid4().hex[:8]}"
     env = {**stack.env, **ops_env, "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "5"}
     process = stack.start(name, [PREFECT, "worker", "start", "--pool", POOL, "--name", name, "--limit", "2"], env)
-    wait_for(lambda: _worker_online(stack, name) or process.poll() is not None, 90, "the worker to register")
+    wait_for(lambda: worker_online(stack, name) or process.poll() is not None, 90, "the worker to register")
     assert process.poll() is None, f"worker exited:\n{stack.log_tail(name)}"
     yield process
     stop_worker(process)

@@ -38,10 +38,10 @@ from tests.e2e.test_deployment import (
     _flow_run_pids,
     _signal,
     _signal_group,
-    _worker_online,
     file_rows,
     run_row,
     wait_for,
+    worker_online,
 )
 
 pytestmark = pytest.mark.e2e
@@ -224,7 +224,7 @@ def two_workers(stack: Stack, harvest_env: dict[str, str]) -> Iterator[dict[str,
     tag = uuid.uuid4().hex[:6]
     workers = {name: start_worker(stack, harvest_env, name) for name in (f"a-{tag}", f"b-{tag}")}
     for name, process in workers.items():
-        wait_for(lambda n=name, p=process: _worker_online(stack, n) or p.poll() is not None, 90, f"worker {name}")
+        wait_for(lambda n=name, p=process: worker_online(stack, n) or p.poll() is not None, 90, f"worker {name}")
         assert process.poll() is None, f"worker {name} exited:\n{stack.log_tail(name)}"
     yield workers
     for process in workers.values():
