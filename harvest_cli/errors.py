@@ -41,13 +41,13 @@ class Interrupted(CliError):
     """Ctrl-C stopped the command: `message` says what became of the run (printed as is, not as an error, by
     `say`, which prints it only if a forced exit on another thread has not already)."""
 
-    def __init__(self, message: str, say: Callable[[], None] | None = None) -> None:
+    def __init__(self, message: str, say: Callable[[str], None] | None = None) -> None:
         super().__init__(message, ExitCode.INTERRUPTED)
         self._say = say
 
     def say(self) -> None:
         if self._say is not None:
-            self._say()
+            self._say(self.message)
             return
         sys.stderr.write(self.message + "\n")
         sys.stderr.flush()

@@ -90,13 +90,14 @@ class Interrupts:
         self._settle_done.wait(SETTLE_WAIT_SECONDS)
         return self.outcome()
 
-    def say(self) -> None:
-        """Print what became of the run, once: by the main thread at its end, or by a forced exit, whichever
-        comes first (the other then prints nothing)."""
-        try:
-            text = self.outcome()
-        except Exception:  # noqa: BLE001 - the exit goes on whatever the database does
-            text = "harvest: interrupted"
+    def say(self, text: str | None = None) -> None:
+        """Print what became of the run (`text`, else asked of the database now), once: by the main thread at its
+        end, or by a forced exit, whichever comes first (the other then prints nothing)."""
+        if text is None:
+            try:
+                text = self.outcome()
+            except Exception:  # noqa: BLE001 - the exit goes on whatever the database does
+                text = "harvest: interrupted"
         with self._said:
             if self._done_saying:
                 return
