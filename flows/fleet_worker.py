@@ -36,6 +36,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_incrementing
 
 from flows import fleet_child
 
@@ -126,21 +127,23 @@ class Api:
         self.client = httpx.Client(base_url=self.url, headers=headers, auth=auth, timeout=30)  # type: ignore[arg-type]
 
     def call(self, method: str, path: str, json: Any = None, attempts: int = 3) -> Any:
-        """The response's JSON (None when empty); a busy server (503) or a dropped connection is retried."""
-        for attempt in range(attempts):
-            try:
+        """The response's JSON (None when empty); a busy server (503) or a dropped connection is retried, after
+        0.5 s, then 1 s."""
+        for attempt in Retrying(stop=stop_after_attempt(attempts), wait=wait_incrementing(start=0.5, increment=0.5),
+                                retry=retry_if_exception(_busy_or_dropped), reraise=True):
+            with attempt:
                 response = self.client.request(method, path, json=json)
-                if response.status_code != 503 or attempt == attempts - 1:
-                    response.raise_for_status()
-                    return response.json() if response.content else None
-            except httpx.TransportError:
-                if attempt == attempts - 1:
-                    raise
-            time.sleep(0.5 * (attempt + 1))
+                response.raise_for_status()
+                return response.json() if response.content else None
         return None
 
     def close(self) -> None:
         self.client.close()
+
+
+def _busy_or_dropped(exc: BaseException) -> bool:
+    return isinstance(exc, httpx.TransportError) or (
+        isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == 503)
 
 
 @dataclass

@@ -73,3 +73,30 @@ def test_the_warm_imports_start_no_thread(harvest_env: dict[str, str]) -> None:
     imported, missing, threads = (int(x) for x in done.stdout.split())
     assert (missing, threads) == (0, 1), done.stdout
     assert imported > 10
+
+
+def test_the_api_client_retries_a_busy_server_and_a_dropped_connection_but_not_a_refusal() -> None:
+    """Api.call on a real loopback server: two 503s, then the answer (three requests); a 404 at once (one)."""
+    import httpx
+
+    from flows.fleet_worker import Api
+    from testkit.hostile_site import HostileSite
+
+    answers = iter([503, 503, 200])
+
+    def busy(req) -> None:  # noqa: ANN001 - the loopback handler
+        status = next(answers)
+        req.send_bytes(status, b'{"ok": true}' if status == 200 else b"busy", "application/json")
+
+    with HostileSite() as site:
+        site.route("/busy", busy)
+        site.page("/missing", "no", status=404)
+        api = Api(site.base_url)
+        try:
+            assert api.call("GET", "/busy") == {"ok": True}
+            assert len(site.hits("/busy")) == 3
+            with pytest.raises(httpx.HTTPStatusError):
+                api.call("GET", "/missing")
+            assert len(site.hits("/missing")) == 1
+        finally:
+            api.close()
