@@ -171,6 +171,19 @@ def harvest_env(
     reset_harvest_caches()
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The docker test last among the e2e modules: its image is built in the background from the start of
+    `make test` (scripts/prebuild-images.sh) and, cold, takes minutes; run second, as file order had it, the e2e
+    worker sat waiting for that build (87 s on a clean clone) while the other modules could have run."""
+    docker = [item for item in items if item.nodeid.startswith("tests/e2e/test_docker.py")]
+    if not docker:
+        return
+    others = [item for item in items if not item.nodeid.startswith("tests/e2e/test_docker.py")]
+    e2e = [index for index, item in enumerate(others) if item.nodeid.startswith("tests/e2e/")]
+    at = e2e[-1] + 1 if e2e else len(others)
+    items[:] = others[:at] + docker + others[at:]
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
     """`--dist loadfile` (what `make test` runs), with every module of tests/e2e on one worker: they share one
