@@ -51,6 +51,19 @@ class MotoS3:
         self.client().create_bucket(Bucket=name)
         return name
 
+    def emptied(self, bucket: str) -> str:
+        """`bucket` with no objects (created when missing): what a new bucket gives a test, under the same name."""
+        client = self.client()
+        try:
+            client.head_bucket(Bucket=bucket)
+        except client.exceptions.ClientError:
+            client.create_bucket(Bucket=bucket)
+            return bucket
+        keys = self.keys(bucket)
+        for start in range(0, len(keys), 1000):  # DeleteObjects takes at most 1,000 keys
+            client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": key} for key in keys[start:start + 1000]]})
+        return bucket
+
     def keys(self, bucket: str, prefix: str = "") -> list[str]:
         pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
         return [item["Key"] for page in pages for item in page.get("Contents", [])]

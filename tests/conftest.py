@@ -139,12 +139,24 @@ def demo_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
         yield server
 
 
+@pytest.fixture(scope="session")
+def harvest_bucket(s3: MotoS3) -> str:
+    """The bucket harvest_env gives every test of the session, emptied before each.
+
+    One name rather than a new bucket per test: a run checks that Prefect's result-storage block `harvest-results`
+    is rooted at HARVEST_STORAGE_URL and saves it again when not, and Prefect's block save costs ~1.1 CPU-s
+    (it builds the block's JSON schema once per field), so a new bucket per test made nearly every flow run of
+    the suite pay it. Emptied, the bucket is what a new one was to the test."""
+    return s3.new_bucket()
+
+
 @pytest.fixture
 def harvest_env(
-    monkeypatch: pytest.MonkeyPatch, clean_db: str, s3: MotoS3, openai_server: object, geocoder_server: object
+    monkeypatch: pytest.MonkeyPatch, clean_db: str, s3: MotoS3, harvest_bucket: str, openai_server: object,
+    geocoder_server: object,
 ) -> Iterator[dict[str, str]]:
-    """HARVEST_* settings for a flow run against Postgres, a fresh S3 bucket and the local API servers."""
-    bucket = s3.new_bucket()
+    """HARVEST_* settings for a flow run against Postgres, an empty S3 bucket and the local API servers."""
+    bucket = s3.emptied(harvest_bucket)
     env = {
         "HARVEST_DATABASE_URL": clean_db,
         "HARVEST_STORAGE_URL": f"s3://{bucket}/harvest",
