@@ -68,28 +68,37 @@ def _apply(env: dict[str, str], working_dir: str | None) -> None:
 
 def execute(flow_run_id: str, env: dict[str, str], working_dir: str | None) -> None:
     """Run flow run `flow_run_id` to its end as `python -m prefect.engine` does (the same calls, in order)."""
+    from flows.fleet_profile import phases
+
+    marks = phases()
     _isolate()
     os.environ["PREFECT__FLOW_RUN_ID"] = flow_run_id
     _apply(env, working_dir)
     from prefect._internal.control_listener import configure_from_env
     from prefect.engine import _drive_run_flow_result, handle_engine_signals
 
-    configure_from_env()
-    run_id = UUID(flow_run_id)
-    with handle_engine_signals(run_id):
-        from prefect._internal.metrics import RunMetrics
-        from prefect.flow_engine import flow_run_logger, load_flow, load_flow_run, run_flow
+    with marks.profiled():
+        configure_from_env()
+        run_id = UUID(flow_run_id)
+        with handle_engine_signals(run_id):
+            from prefect._internal.metrics import RunMetrics
+            from prefect.flow_engine import flow_run_logger, load_flow, load_flow_run, run_flow
 
-        flow_run = load_flow_run(flow_run_id=run_id)
-        run_logger = flow_run_logger(flow_run=flow_run)
-        try:
-            flow = load_flow(flow_run)
-        except Exception:
-            run_logger.error("Unexpected exception encountered when trying to load flow", exc_info=True)
-            raise
-        with RunMetrics(flow_run, flow):
-            result = run_flow(flow, flow_run=flow_run, error_logger=run_logger)  # type: ignore[arg-type] # as prefect.engine
-            _drive_run_flow_result(flow, result)
+            marks.phase("load_flow_run")
+            flow_run = load_flow_run(flow_run_id=run_id)
+            run_logger = flow_run_logger(flow_run=flow_run)
+            marks.phase("load_flow")
+            try:
+                flow = load_flow(flow_run)
+            except Exception:
+                run_logger.error("Unexpected exception encountered when trying to load flow", exc_info=True)
+                raise
+            marks.phase("run_flow")
+            with RunMetrics(flow_run, flow):
+                result = run_flow(flow, flow_run=flow_run, error_logger=run_logger)  # type: ignore[arg-type] # as prefect.engine
+                marks.phase("drive_result")
+                _drive_run_flow_result(flow, result)
+    marks.write(flow_run_id)
 
 
 def settle(flow_run_id: str, outcome: str, message: str, env: dict[str, str], working_dir: str | None) -> None:
