@@ -43,12 +43,19 @@ from flows import fleet_child
 logger = logging.getLogger("harvest.fleet_worker")
 
 # Imported once in the parent, so each forked run finds them loaded: the scrape flow and everything it imports,
-# Prefect's engine, and the libraries its steps import when they first run.
+# Prefect's engine, and what the steps import when they first run (the extractors' libraries, the OpenAI resources
+# the enrichments call, requests for extruct's RDFa, Prefect's task graph helpers). The list is what children still
+# imported on the fleet bench (HARVEST_FLEET_PROFILE shows it per run); tests/e2e/test_fleet_worker.py checks a child
+# imports none of the heavy ones again.
 WARM_MODULES = (
     "flows.scrape", "flows.settle", "flows.hooks", "prefect.engine", "prefect.flow_engine", "prefect.task_engine",
     "prefect._internal.metrics", "prefect.deployments.steps", "prefect.logging.handlers", "prefect.events.worker",
-    "prefect.results", "harvest.enrich.registry", "harvest.crawl.stage", "prefect_aws", "boto3", "psycopg",
-    "playwright.sync_api", "openai", "sqlalchemy.dialects.postgresql.psycopg",
+    "prefect.results", "prefect.utilities.visualization", "prefect.blocks.system", "harvest.enrich.registry",
+    "harvest.crawl.stage", "harvest.extract.jsonld", "harvest.extract.llm", "harvest.extract.microformats",
+    "harvest.extract.structured", "harvest.extract.visible_time", "prefect_aws", "boto3", "psycopg",
+    "playwright.sync_api", "openai", "openai.resources.chat", "openai.resources.embeddings", "openai.pagination",
+    "sqlalchemy.dialects.postgresql.psycopg", "extruct", "json_repair", "requests", "xml.dom.minidom",
+    "anyio._backends._asyncio", "encodings.utf_8_sig", "encodings.utf_16_le", "encodings.utf_16_be",
 )
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 # A run whose child exited in one of these states is left as it is: it ended, or Prefect will run it again (a
@@ -90,6 +97,11 @@ def warm(modules: tuple[str, ...] = WARM_MODULES) -> list[str]:
             importlib.import_module(name)
         except ImportError:
             missing.append(name)
+    # The installed Prefect collections (prefect-aws, -dask, -docker: ~0.4 s of imports), which Prefect imports at a
+    # run's first block lookup (its result storage block): once here, not in every child.
+    from prefect._internal.plugins.collections import load_prefect_collections
+
+    load_prefect_collections()
     return missing
 
 
