@@ -53,7 +53,8 @@ WARM_MODULES = (
     "prefect.results", "prefect.utilities.visualization", "prefect.blocks.system", "harvest.enrich.registry",
     "harvest.crawl.stage", "harvest.extract.jsonld", "harvest.extract.llm", "harvest.extract.microformats",
     "harvest.extract.structured", "harvest.extract.visible_time", "prefect_aws", "boto3", "psycopg",
-    "playwright.sync_api", "openai", "openai.resources.chat", "openai.resources.embeddings", "openai.pagination",
+    "playwright.sync_api", "openai", "openai.resources.chat.chat", "openai.resources.chat.completions",
+    "openai.resources.embeddings", "openai.lib.streaming.chat", "openai.pagination", "jiter",
     "sqlalchemy.dialects.postgresql.psycopg", "extruct", "json_repair", "requests", "xml.dom.minidom",
     "anyio._backends._asyncio", "encodings.utf_8_sig", "encodings.utf_16_le", "encodings.utf_16_be",
 )
