@@ -21,6 +21,8 @@ import sys
 from typing import Any
 from uuid import UUID
 
+from flows.fleet_flows import Resolved
+
 # The signal the worker sends a child to cancel its run: the child records Prefect's "cancel" intent, then raises
 # SIGTERM in itself, which Prefect's engine (capture_sigterm) turns into Cancelling -> Cancelled with the flow's
 # on_cancellation hooks run in the child, exactly as for a runner-delivered cancel.
@@ -51,10 +53,11 @@ def _cancel_requested(signum: int, frame: Any) -> None:
     signal.raise_signal(signal.SIGTERM)
 
 
-def _apply(env: dict[str, str], working_dir: str | None) -> None:
-    """The run's environment (its job variables' `env`) and working directory. Settings read from the environment
-    at import in the warm parent (Prefect's, harvest's) are read again when the run changes any."""
-    if env:
+def _apply(env: dict[str, str], working_dir: str | None) -> bool:
+    """The run's environment (its job variables' `env`) and working directory; whether the environment changed.
+    Settings read from the environment at import in the warm parent (Prefect's, harvest's) are read again then."""
+    changed = any(os.environ.get(name) != value for name, value in env.items())
+    if changed:
         os.environ.update(env)
         from prefect.context import refresh_global_settings_context
 
@@ -64,16 +67,35 @@ def _apply(env: dict[str, str], working_dir: str | None) -> None:
         get_settings.cache_clear()
     if working_dir:
         os.chdir(working_dir)
+    return changed
 
 
-def execute(flow_run_id: str, env: dict[str, str], working_dir: str | None) -> None:
-    """Run flow run `flow_run_id` to its end as `python -m prefect.engine` does (the same calls, in order)."""
+def _load_resolved(resolved: Resolved, reuse: bool, run_logger: Any) -> Any:
+    """The run's flow as the parent resolved its deployment (flows/fleet_flows.py): its pull step's directory, then
+    the parent's flow object, or, when it has none or the run's environment differs from the parent's (a flow's
+    decorators read settings at import), the entrypoint loaded here. No API call, no pull step run."""
+    os.chdir(resolved.directory)
+    if resolved.flow is not None and reuse:
+        flow = resolved.flow
+    else:
+        from prefect.flows import load_flow_from_entrypoint
+
+        flow = load_flow_from_entrypoint(resolved.entrypoint, use_placeholder_flow=False)
+    run_logger.info("Flow %r from %s in %s (deployment %s, updated %s), loaded by the fleet worker%s",
+                    flow.name, resolved.entrypoint, resolved.directory, resolved.deployment_id, resolved.updated,
+                    "" if flow is resolved.flow else " in the run's own environment")
+    return flow
+
+
+def execute(flow_run_id: str, env: dict[str, str], working_dir: str | None, resolved: Resolved | None = None) -> None:
+    """Run flow run `flow_run_id` to its end as `python -m prefect.engine` does (the same calls, in order), its flow
+    loaded from `resolved` when the parent resolved its deployment, else by Prefect's load_flow."""
     from flows.fleet_profile import phases
 
     marks = phases()
     _isolate()
     os.environ["PREFECT__FLOW_RUN_ID"] = flow_run_id
-    _apply(env, working_dir)
+    changed = _apply(env, working_dir)
     from prefect._internal.control_listener import configure_from_env
     from prefect.engine import _drive_run_flow_result, handle_engine_signals
 
@@ -89,7 +111,7 @@ def execute(flow_run_id: str, env: dict[str, str], working_dir: str | None) -> N
             run_logger = flow_run_logger(flow_run=flow_run)
             marks.phase("load_flow")
             try:
-                flow = load_flow(flow_run)
+                flow = _load_resolved(resolved, not changed, run_logger) if resolved else load_flow(flow_run)
             except Exception:
                 run_logger.error("Unexpected exception encountered when trying to load flow", exc_info=True)
                 raise

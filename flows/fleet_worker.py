@@ -39,6 +39,7 @@ import httpx
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_incrementing
 
 from flows import fleet_child
+from flows.fleet_flows import FlowCache, Resolved
 
 logger = logging.getLogger("harvest.fleet_worker")
 
@@ -205,7 +206,8 @@ class FleetWorker:
         self.stopping_since: float | None = None
         self.context = multiprocessing.get_context("fork")
         self.pool_env: dict[str, str] = {}
-        self.deployments: dict[str, tuple[float, dict[str, Any]]] = {}  # id -> (read at, job variables)
+        self.deployments: dict[str, dict[str, Any]] = {}  # id -> the deployment as last read
+        self.flows = FlowCache()
 
     # ---- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -299,9 +301,11 @@ class FleetWorker:
 
     def _start(self, flow_run: dict[str, Any]) -> None:
         try:
-            env, working_dir = self._job_variables(flow_run)
+            deployment = self._deployment(flow_run)
+            env, working_dir = self._job_variables(flow_run, deployment)
+            resolved = self._resolve(deployment)
             child = self._fork(fleet_child.execute, flow_run["id"], "run", env, working_dir,
-                               (flow_run["id"], env, working_dir))
+                               (flow_run["id"], env, working_dir, resolved))
         except BaseException as exc:  # claimed but not started: never leave it Pending for ever
             crashed = {"state": {"type": "CRASHED", "name": "Crashed", "message": "The fleet worker could not start "
                                  f"it: {exc.__class__.__name__}: {exc}"}, "force": True}
@@ -320,25 +324,39 @@ class FleetWorker:
         process.start()
         return Child(flow_run_id, process, kind, env, working_dir)
 
-    def _job_variables(self, flow_run: dict[str, Any]) -> tuple[dict[str, str], str | None]:
+    def _deployment(self, flow_run: dict[str, Any]) -> dict[str, Any]:
+        """The run's deployment as it is now (read for every run, so a redeploy is seen by the next one; the last
+        read when the API does not answer); {} for a run without one."""
+        deployment_id = flow_run.get("deployment_id")
+        if not deployment_id:
+            return {}
+        try:
+            self.deployments[str(deployment_id)] = self.api.call("GET", f"/deployments/{deployment_id}") or {}
+        except httpx.HTTPError:
+            if str(deployment_id) not in self.deployments:
+                raise
+            logger.warning("deployment %s could not be read; using it as last read", deployment_id)
+        return self.deployments[str(deployment_id)]
+
+    def _resolve(self, deployment: dict[str, Any]) -> Resolved | None:
+        """The deployment's flow, resolved once per version (flows/fleet_flows.py); None: Prefect loads it per run."""
+        if not deployment:
+            return None
+        loads = self.flows.loads
+        resolved = self.flows.resolve(deployment)
+        if self.flows.loads > loads:
+            logger.info("fleet worker %s: loaded %s of deployment %s (updated %s) for its runs", self.options.name,
+                        deployment.get("entrypoint"), deployment.get("id"), deployment.get("updated"))
+        return resolved
+
+    def _job_variables(self, flow_run: dict[str, Any], deployment: dict[str, Any]) -> tuple[dict[str, str], str | None]:
         """The run's `env` and `working_dir`: the pool's defaults, the deployment's job variables, the run's own
         (the order a process worker merges them in). Other job variables (a command, a stream setting) are a
         process worker's and ignored here."""
-        merged: dict[str, Any] = {}
-        deployment_id = flow_run.get("deployment_id")
-        if deployment_id:
-            merged.update(self._deployment_variables(str(deployment_id)))
+        merged: dict[str, Any] = dict(deployment.get("job_variables") or {})
         merged.update(flow_run.get("job_variables") or {})
         env = {**self.pool_env, **{k: str(v) for k, v in (merged.get("env") or {}).items() if v is not None}}
         return env, merged.get("working_dir") or None
-
-    def _deployment_variables(self, deployment_id: str) -> dict[str, Any]:
-        cached = self.deployments.get(deployment_id)
-        if cached is None or time.monotonic() - cached[0] > 60:
-            deployment = self.api.call("GET", f"/deployments/{deployment_id}") or {}
-            cached = (time.monotonic(), dict(deployment.get("job_variables") or {}))
-            self.deployments[deployment_id] = cached
-        return cached[1]
 
     # ---- cancellation and the end of children ------------------------------------------------------------------
 
