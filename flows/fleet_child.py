@@ -123,6 +123,19 @@ def execute(flow_run_id: str, env: dict[str, str], working_dir: str | None, reso
     marks.write(flow_run_id)
 
 
+def prepare() -> None:
+    """Once per worker, before its first run: save harvest's result storage block when it is missing (or rooted
+    elsewhere). Every run loads it; a run that finds it missing saves it (~2.5 CPU-s of Prefect's block schema), and
+    a worker's first runs start together, so without this each of them saved it."""
+    _isolate()
+    signal.signal(CANCEL_SIGNAL, signal.SIG_IGN)
+    from blocks.storage import result_storage_block
+    from flows.resources import with_block_secrets
+    from harvest.settings import get_settings
+
+    result_storage_block(with_block_secrets(get_settings()))
+
+
 def settle(flow_run_id: str, outcome: str, message: str, env: dict[str, str], working_dir: str | None) -> None:
     """Run the flow's hooks for a run whose process is gone, then set its final state: `outcome` is "crashed"
     (on_crashed, then Crashed) or "cancelled" (on_cancellation with a Cancelling state, then Cancelled), as

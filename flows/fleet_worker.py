@@ -124,6 +124,22 @@ def warm_resources() -> None:
         resolve_store(settings)
 
 
+def prepare_runs(timeout: float = 120.0) -> bool:
+    """Run fleet_child.prepare in a child of its own (it talks to Prefect, which starts threads: never here); whether
+    it succeeded. A failure is only logged: each run then does the same itself, and reports what is wrong."""
+    assert_fork_safe()
+    process = multiprocessing.get_context("fork").Process(target=fleet_child.prepare, name="prepare", daemon=False)
+    process.start()
+    process.join(timeout)
+    if process.is_alive():
+        _signal(process.pid, signal.SIGKILL)
+        process.join()
+    if process.exitcode != 0:
+        logger.warning("fleet worker: preparing the runs' result storage block failed (its process %s); each run "
+                       "prepares it itself", describe_exit(process.exitcode))
+    return process.exitcode == 0
+
+
 def assert_fork_safe() -> None:
     """Refuse to fork while another thread runs: its locks would stay held in the child."""
     threads = threading.enumerate()
@@ -453,6 +469,7 @@ def serve(options: Options) -> int:
         raise ValueError("the fleet worker needs a Prefect server: set PREFECT_API_URL (as for `prefect worker`)")
     missing = warm()
     warm_resources()
+    prepare_runs()
     if missing:
         logger.info("fleet worker: not installed, imported by the runs that need them: %s", ", ".join(missing))
     api = Api(url, _secret(PREFECT_API_KEY.value()), _secret(PREFECT_API_AUTH_STRING.value()))
