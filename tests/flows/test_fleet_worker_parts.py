@@ -64,7 +64,8 @@ def test_forking_is_refused_while_another_thread_runs() -> None:
 def test_the_warm_imports_start_no_thread(harvest_env: dict[str, str]) -> None:
     """In a fresh interpreter, as `harvest sources worker` starts: every warm module imported and the runs' set-up
     done (migrations checked, the store's client built), still one thread."""
-    code = ("import threading; from flows.fleet_worker import warm, warm_resources, assert_fork_safe, WARM_MODULES; "
+    code = ("import threading; from flows.fleet_warm import warm, warm_resources, WARM_MODULES; "
+            "from flows.fleet_worker import assert_fork_safe; "
             "missing = warm(); warm_resources(); assert_fork_safe(); import sys; "
             "print(len([m for m in WARM_MODULES if m in sys.modules]), len(missing), threading.active_count())")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
