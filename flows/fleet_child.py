@@ -55,16 +55,19 @@ def _cancel_requested(signum: int, frame: Any) -> None:
 
 def _apply(env: dict[str, str], working_dir: str | None) -> bool:
     """The run's environment (its job variables' `env`) and working directory; whether the environment changed.
-    Settings read from the environment at import in the warm parent (Prefect's, harvest's) are read again then."""
+    Settings read from the environment at import in the warm parent (Prefect's, harvest's) are read again then, and
+    the clients the parent built from its own environment are dropped."""
     changed = any(os.environ.get(name) != value for name, value in env.items())
     if changed:
         os.environ.update(env)
         from prefect.context import refresh_global_settings_context
 
+        from blocks.storage import forget_clients
         from harvest.settings import get_settings
 
         refresh_global_settings_context()
         get_settings.cache_clear()
+        forget_clients()
     if working_dir:
         os.chdir(working_dir)
     return changed

@@ -1,8 +1,8 @@
 """What a fleet worker does once, in its warm parent, so that the runs it forks do not each do it (issue 32): import
-every module a run uses, check the database's migrations, build the object store's client. Two rules hold for
-everything here, because the parent forks: no thread is started (Prefect's client starts an event-loop thread, so
-it is never used here), and no connection stays open (a pooled connection or socket shared by two processes
-corrupts both; the clients built here have made no request, and the database engine is disposed).
+every module a run uses, check the database's migrations, build the object store's and the results block's S3
+clients. Two rules hold for everything here, because the parent forks: no thread is started (Prefect's client starts
+an event-loop thread, so it is never used here), and no connection stays open (a pooled connection or socket shared
+by two processes corrupts both; the clients built here have made no request, and the database engine is disposed).
 """
 
 from __future__ import annotations
@@ -47,12 +47,13 @@ def warm(modules: tuple[str, ...] = WARM_MODULES) -> list[str]:
 
 
 def warm_resources() -> None:
-    """Do once, here, the set-up every run would repeat in its child: the database's migrations checked (Alembic)
-    and the object store's client built (harvest caches both per process; the children inherit them). A store that
+    """Do once, here, the set-up every run would repeat in its child: the database's migrations checked (Alembic),
+    the object store's client and harvest's results block's S3 client built (harvest caches them per process; the
+    children inherit them). A store that
     is a Prefect block is left to the runs (loading it would start Prefect's client threads here). The database
     connections this opened are closed before any fork: a pooled connection two processes share corrupts both;
     each child opens its own."""
-    from blocks.storage import BLOCK_SLUG_PREFIX, resolve_store
+    from blocks.storage import BLOCK_SLUG_PREFIX, prebuild_results_client, resolve_store
     from harvest.db.engine import get_engine, upgrade
     from harvest.settings import get_settings
 
@@ -61,5 +62,6 @@ def warm_resources() -> None:
     get_engine(settings.database_url).dispose()
     if not settings.storage_url.startswith(BLOCK_SLUG_PREFIX):
         resolve_store(settings)
+    prebuild_results_client(settings)
 
 
