@@ -14,9 +14,9 @@ logger = logging.getLogger("harvest.fleet_worker")
 
 # Imported once in the parent, so each forked run finds them loaded: the scrape flow and everything it imports,
 # Prefect's engine, and what the steps import when they first run (the extractors' libraries, the OpenAI resources
-# the enrichments call, requests for extruct's RDFa, Prefect's task graph helpers). The list is what children still
-# imported on the fleet bench (HARVEST_FLEET_PROFILE shows it per run); tests/e2e/test_fleet_worker.py checks a child
-# imports none of the heavy ones again.
+# the enrichments call, the LLM batch API's, rdflib's JSON-LD plugins, requests for extruct's RDFa, Prefect's task graph
+# helpers). The list is what children still imported on the fleet bench and the e2e demo site (HARVEST_FLEET_PROFILE
+# shows it per run); tests/e2e/test_fleet_worker.py checks a child imports none of the heavy ones again.
 WARM_MODULES = (
     "flows.scrape", "flows.settle", "flows.hooks", "prefect.engine", "prefect.flow_engine", "prefect.task_engine",
     "prefect._internal.metrics", "prefect.deployments.steps", "prefect.logging.handlers", "prefect.events.worker",
@@ -24,7 +24,10 @@ WARM_MODULES = (
     "harvest.crawl.stage", "harvest.extract.jsonld", "harvest.extract.llm", "harvest.extract.microformats",
     "harvest.extract.structured", "harvest.extract.visible_time", "prefect_aws", "boto3", "psycopg",
     "playwright.sync_api", "openai", "openai.resources.chat.chat", "openai.resources.chat.completions",
-    "openai.resources.embeddings", "openai.lib.streaming.chat", "openai.pagination", "jiter",
+    "openai.resources.embeddings", "openai.resources.batches", "openai.resources.files", "openai.lib._files",
+    "openai.lib.streaming.chat", "openai.pagination", "jiter", "rdflib.plugins.serializers.jsonld",
+    "rdflib.plugins.stores.memory", "rdflib.plugins.shared.jsonld.context", "multiprocessing.synchronize",
+    "multiprocessing.popen_forkserver", "prefect._internal.pytz", "rich._emoji_codes",
     "sqlalchemy.dialects.postgresql.psycopg", "extruct", "json_repair", "requests", "xml.dom.minidom",
     "anyio._backends._asyncio", "encodings.utf_8_sig", "encodings.utf_16_le", "encodings.utf_16_be",
 )
