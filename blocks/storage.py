@@ -62,7 +62,11 @@ def shared_s3_client(credentials: AwsCredentials | MinIOCredentials) -> Any:
         for kind, known, client in _S3_CLIENTS:
             if kind is type(credentials) and known == values:
                 return client
-        client = credentials.get_s3_client()
+        # What prefect-aws's own cached get_client does, outside its cache (forget_clients must reach every copy).
+        params = credentials.aws_client_parameters.get_params_override()
+        if credentials.region_name is not None:
+            params["region_name"] = credentials.region_name
+        client = credentials.get_boto3_session().client(service_name="s3", **params)
         _S3_CLIENTS.append((type(credentials), values, client))
         return client
 
