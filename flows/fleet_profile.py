@@ -77,15 +77,18 @@ class Phases:
         self.folder.mkdir(parents=True, exist_ok=True)
         usage = resource.getrusage(resource.RUSAGE_SELF)
         imported = sorted(set(sys.modules) - self._modules)
-        (self.folder / f"{flow_run_id}.json").write_text(json.dumps({
+        report = json.dumps({
             "pid": os.getpid(), "phases": self.rows, "cpu_s": round(sum(r["cpu_s"] for r in self.rows), 4),
             "user_s": round(usage.ru_utime, 3), "system_s": round(usage.ru_stime, 3),
             "minor_faults": usage.ru_minflt, "max_rss_mib": round(usage.ru_maxrss / 1024, 1),
             "imported_in_child": imported,
             "imported_top_level": sorted({m.split(".")[0] for m in imported}),
             "cache_misses": {k: v - self._misses.get(k, 0) for k, v in _misses().items()},
-        }, indent=1))
+        }, indent=1)
         self._profile.dump_stats(str(self.folder / f"{flow_run_id}.prof"))
+        staged = self.folder / f".{flow_run_id}.json"
+        staged.write_text(report)
+        staged.rename(self.folder / f"{flow_run_id}.json")  # whole when it appears: a reader may be waiting for it
 
 
 def phases() -> Phases:

@@ -110,7 +110,9 @@ def test_a_source_runs_in_a_forked_child_of_the_fleet_worker(stack, fleet_worker
         assert any("loaded by the fleet worker" in line["message"] for line in logs), logs
         assert "loaded flows/scrape.py:scrape_website of deployment" in stack.log_tail(name, 10**7)
         # What the child did that the warm parent had not (flows/fleet_profile.py).
-        child = json.loads((profile / f"{run['id']}.json").read_text())
+        report = profile / f"{run['id']}.json"  # written as the child ends, after its run settled
+        wait_for(report.exists, 60, f"the child's profile {report}")
+        child = json.loads(report.read_text())
         assert not set(child["imported_top_level"]) & HEAVY, child["imported_top_level"]
         assert len(child["imported_in_child"]) <= 20, child["imported_in_child"]
         assert child["cache_misses"]["blocks.storage._cached_store"] == 0, child["cache_misses"]
