@@ -105,9 +105,17 @@ def test_a_source_runs_in_a_forked_child_of_the_fleet_worker(stack, fleet_worker
         # The run's process was a child the worker forked (and is gone), the pid the worker logged.
         assert _started_runs(stack, name).get(run["id"]) == row["pid"], stack.log_tail(name)
         assert row["pid"] != worker.pid
-        logs = stack.api("POST", "/logs/filter", json={"logs": {"flow_run_id": {"any_": [run["id"]]}}, "limit": 200})
-        assert any("completed" in line["message"] for line in logs)  # the run's own logs reached the UI
-        assert any("loaded by the fleet worker" in line["message"] for line in logs), logs
+
+        def run_logs() -> list[str]:
+            """The run's log lines once its last ones arrived: the child sends them as it exits (Prefect drains its
+            log worker then), which is after the run settled its row."""
+            found = stack.api("POST", "/logs/filter", json={"logs": {"flow_run_id": {"any_": [run["id"]]}},
+                                                           "limit": 200})
+            messages = [line["message"] for line in found]
+            return messages if any("completed" in message for message in messages) else []
+
+        messages = wait_for(run_logs, 60, "the run's own logs to reach the UI")
+        assert any("loaded by the fleet worker" in message for message in messages), messages
         assert "loaded flows/scrape.py:scrape_website of deployment" in stack.log_tail(name, 10**7)
         # What the child did that the warm parent had not (flows/fleet_profile.py).
         report = profile / f"{run['id']}.json"  # written as the child ends, after its run settled
