@@ -485,7 +485,10 @@ def main() -> int:
     parser.add_argument("--mode", choices=sorted(ENTRYPOINTS), default="single")
     parser.add_argument("--batch", type=int, default=10)
     parser.add_argument("--query-seconds", type=float, default=2.0)
+    parser.add_argument("--worker-limit", type=int, default=2, help="Flow runs each of the two workers runs at once.")
     parser.add_argument("--timeout", type=float, default=3600, help="Seconds to wait for every run to finish.")
+    parser.add_argument("--profile", type=Path, help="fleetworker: each run's child writes its phases, the modules it "
+                        "imported and a cProfile here (flows/fleet_profile.py).")
     parser.add_argument("out", type=Path)
     args = parser.parse_args()
     import tempfile
@@ -525,10 +528,13 @@ def main() -> int:
                 "HARVEST_GEOCODER_RATE_PER_SECOND": "2000", "HARVEST_ALLOW_PRIVATE_NETWORKS": "true",
                 "HARVEST_BATCH_POLL_SECONDS": "0.5", "HARVEST_BATCH_POLL_MAX_SECONDS": "2",
             }
+            if args.profile:
+                env["HARVEST_FLEET_PROFILE"] = str(args.profile.resolve())
             print(f"bench: fleet of {args.sites} sites, mode {args.mode} (load {load_before}) ...", file=sys.stderr,
                   flush=True)
             result = run_fleet(api_url, env, workdir, sites=args.sites, mode=args.mode, batch=args.batch,
-                               query_seconds=args.query_seconds, timeout=args.timeout)
+                               worker_limit=args.worker_limit, query_seconds=args.query_seconds,
+                               timeout=args.timeout)
         pages = s3.client().get_paginator("list_objects_v2").paginate(Bucket=bucket)
         objects = [item for page in pages for item in page.get("Contents", [])]
         result["s3_objects_left"] = len(objects)

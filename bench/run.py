@@ -19,8 +19,9 @@ BENCH_CLI_START_ROUNDS (3) rounds of it, the medians reported.
 `bench.fleet`: a fleet of BENCH_FLEET_SITES (200) generated small sites on their own loopback addresses, run as due
 flow runs by two process workers on a Prefect server of its own: first with one `scrape-website` flow run per
 source, then with `scrape-sources` (BENCH_FLEET_BATCH, 10, sources per flow-run process), then the batches on a
-local Dask cluster of 2 worker processes (the `fleet` entry). BENCH_FLEET=0 skips it; BENCH_FLEET=quick runs 20
-sites; BENCH_FLEET_MODES ("single,batch,dask") chooses the modes.
+local Dask cluster of 2 worker processes, then one flow run per source again drained by two `harvest sources worker`s
+(a forked child per run: `fleetworker`) (the `fleet` entry). BENCH_FLEET=0 skips it; BENCH_FLEET=quick runs 20
+sites; BENCH_FLEET_MODES ("single,batch,dask,fleetworker") chooses the modes.
 BENCH_RSS_TIMELINE=FILE: each flow case appends its memory second by second, and what it kept (bench/rss.py).
 """
 
@@ -212,7 +213,7 @@ def run_fleet(workdir: Path) -> dict[str, Any]:
     flag = os.environ.get("BENCH_FLEET", "1").strip().lower()
     sites = os.environ.get("BENCH_FLEET_SITES", "20" if flag == "quick" else "200")
     batch = os.environ.get("BENCH_FLEET_BATCH", "10")
-    modes = [m for m in os.environ.get("BENCH_FLEET_MODES", "single,batch,dask").split(",") if m.strip()]
+    modes = [m for m in os.environ.get("BENCH_FLEET_MODES", "single,batch,dask,fleetworker").split(",") if m.strip()]
     fleet: dict[str, Any] = {}
     for mode in modes:
         print(f"bench: fleet of {sites} sites, {mode} ...", file=sys.stderr, flush=True)
@@ -298,7 +299,7 @@ def markdown(document: dict[str, Any]) -> str:
                   f"{dask['output_identical']} |"]
     fleet = document.get("fleet") or {}
     if fleet:
-        lines += ["", "### Fleet (bench/fleet.py: due sources on two process workers)", "",
+        lines += ["", "### Fleet (bench/fleet.py: due sources on two process workers, or two fleet workers)", "",
                   "| mode | sources | completed | sources/h | activities/h | worker s/source | CPU s/source "
                   "| step work s/source | fixed overhead s/source | peak RSS MiB first 50 / last 50 | politeness held "
                   "| load before / after |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 from prefect.filesystems import LocalFileSystem, WritableFileSystem
-from prefect_aws import AwsClientParameters, AwsCredentials, S3Bucket
+from prefect_aws import AwsClientParameters, AwsCredentials, MinIOCredentials, S3Bucket
 
 from harvest.errors import ConfigError
 from harvest.settings import HarvestSettings
@@ -46,6 +47,49 @@ def resolve_store(settings: HarvestSettings) -> ObjectStore:
     return _cached_store(settings.storage_url, settings.s3_endpoint_url)
 
 
+_S3_CLIENTS: list[tuple[type, dict[str, Any], Any]] = []  # (credentials type, their field values, client)
+_S3_CLIENTS_LOCK = threading.Lock()
+
+
+def shared_s3_client(credentials: AwsCredentials | MinIOCredentials) -> Any:
+    """The S3 client for `credentials`, one per distinct credential values per process (boto3 clients are
+    thread-safe). prefect-aws caches its clients by the credentials block itself, saved document included, which only
+    a loaded block matches; matched by the values instead (secrets compare by value), a fleet worker builds the client
+    of harvest's own results block before forking (prebuild_results_client) and its runs find it, rather than each
+    parsing botocore's S3 model again (~0.4 CPU-s a run). A scan, not a hash: a process has one or two."""
+    values = {name: getattr(credentials, name) for name in type(credentials).model_fields}
+    with _S3_CLIENTS_LOCK:
+        for kind, known, client in _S3_CLIENTS:
+            if kind is type(credentials) and known == values:
+                return client
+        # What prefect-aws's own cached get_client does, outside its cache (forget_clients must reach every copy).
+        params = credentials.aws_client_parameters.get_params_override()
+        if credentials.region_name is not None:
+            params["region_name"] = credentials.region_name
+        client = credentials.get_boto3_session().client(service_name="s3", **params)
+        _S3_CLIENTS.append((type(credentials), values, client))
+        return client
+
+
+def prebuild_results_client(settings: HarvestSettings) -> bool:
+    """Build now the S3 client harvest's own results block (`s3-bucket/harvest-results`, saved from the environment)
+    will use; whether there was one to build. Another block's credentials are not known without loading it."""
+    if results_block_slug(settings) != f"{S3Bucket.get_block_type_slug()}/{RESULTS_BLOCK}":
+        return False
+    block = _block_for(settings, None)
+    assert isinstance(block, S3Bucket)
+    shared_s3_client(block.credentials)
+    return True
+
+
+def forget_clients() -> None:
+    """Drop the object store and the S3 clients built so far: they resolved credentials from this process's
+    environment, and a forked run whose environment differs (its job variables) must build its own."""
+    _cached_store.cache_clear()
+    with _S3_CLIENTS_LOCK:
+        _S3_CLIENTS.clear()
+
+
 RESULTS_BLOCK = "harvest-results"  # harvest's own result-storage block, unless HARVEST_RESULT_STORAGE_BLOCK names one
 
 
@@ -72,6 +116,16 @@ def result_storage_block(settings: HarvestSettings) -> WritableFileSystem:
     if settings.storage_url.startswith(BLOCK_SLUG_PREFIX):
         return run_scoped(_load_bucket_block(settings.storage_url))
     return run_scoped(own_results_block(settings))
+
+
+def results_block_slug(settings: HarvestSettings) -> str:
+    """The `<type>/<name>` of the block result_storage_block loads: HARVEST_RESULT_STORAGE_BLOCK's,
+    HARVEST_STORAGE_URL's own block, or harvest's `<type>/harvest-results`."""
+    if settings.result_storage_block:
+        return settings.result_storage_block
+    if settings.storage_url.startswith(BLOCK_SLUG_PREFIX):
+        return settings.storage_url
+    return f"{_slug_type(_block_for(settings, None))}/{RESULTS_BLOCK}"
 
 
 def own_results_block(settings: HarvestSettings) -> WritableFileSystem:
@@ -195,9 +249,13 @@ class _RunScoped:
 
 
 class RunScopedS3Bucket(_RunScoped, S3Bucket):
-    """The saved S3Bucket as harvest's tasks write through it (not a block type of its own: never saved)."""
+    """The saved S3Bucket as harvest's tasks write through it (not a block type of its own: never saved); its reads
+    and writes go through the process's shared client for its credentials."""
 
     _block_type_slug = "harvest-run-scoped-s3-bucket"
+
+    def _get_s3_client(self) -> Any:
+        return shared_s3_client(self.credentials)
 
 
 class RunScopedLocalFileSystem(_RunScoped, LocalFileSystem):
@@ -222,5 +280,6 @@ def run_scoped(block: WritableFileSystem) -> WritableFileSystem:
     return scoped
 
 
-__all__ = ["resolve_store", "result_storage_block", "own_results_block", "save_results_block", "run_scoped",
-           "LocalStore", "S3Store", "make_s3_client"]
+__all__ = ["resolve_store", "result_storage_block", "results_block_slug", "own_results_block", "save_results_block",
+           "run_scoped", "shared_s3_client", "prebuild_results_client", "forget_clients", "LocalStore", "S3Store",
+           "make_s3_client"]

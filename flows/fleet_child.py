@@ -21,6 +21,8 @@ import sys
 from typing import Any
 from uuid import UUID
 
+from flows.fleet_flows import Resolved
+
 # The signal the worker sends a child to cancel its run: the child records Prefect's "cancel" intent, then raises
 # SIGTERM in itself, which Prefect's engine (capture_sigterm) turns into Cancelling -> Cancelled with the flow's
 # on_cancellation hooks run in the child, exactly as for a runner-delivered cancel.
@@ -51,45 +53,90 @@ def _cancel_requested(signum: int, frame: Any) -> None:
     signal.raise_signal(signal.SIGTERM)
 
 
-def _apply(env: dict[str, str], working_dir: str | None) -> None:
-    """The run's environment (its job variables' `env`) and working directory. Settings read from the environment
-    at import in the warm parent (Prefect's, harvest's) are read again when the run changes any."""
-    if env:
+def _apply(env: dict[str, str], working_dir: str | None) -> bool:
+    """The run's environment (its job variables' `env`) and working directory; whether the environment changed.
+    Settings read from the environment at import in the warm parent (Prefect's, harvest's) are read again then, and
+    the clients the parent built from its own environment are dropped."""
+    changed = any(os.environ.get(name) != value for name, value in env.items())
+    if changed:
         os.environ.update(env)
         from prefect.context import refresh_global_settings_context
 
+        from blocks.storage import forget_clients
         from harvest.settings import get_settings
 
         refresh_global_settings_context()
         get_settings.cache_clear()
+        forget_clients()
     if working_dir:
         os.chdir(working_dir)
+    return changed
 
 
-def execute(flow_run_id: str, env: dict[str, str], working_dir: str | None) -> None:
-    """Run flow run `flow_run_id` to its end as `python -m prefect.engine` does (the same calls, in order)."""
+def _load_resolved(resolved: Resolved, reuse: bool, run_logger: Any) -> Any:
+    """The run's flow as the parent resolved its deployment (flows/fleet_flows.py): its pull step's directory, then
+    the parent's flow object, or, when it has none or the run's environment differs from the parent's (a flow's
+    decorators read settings at import), the entrypoint loaded here. No API call, no pull step run."""
+    os.chdir(resolved.directory)
+    if resolved.flow is not None and reuse:
+        flow = resolved.flow
+    else:
+        from prefect.flows import load_flow_from_entrypoint
+
+        flow = load_flow_from_entrypoint(resolved.entrypoint, use_placeholder_flow=False)
+    run_logger.info("Flow %r from %s in %s (deployment %s, updated %s), loaded by the fleet worker%s",
+                    flow.name, resolved.entrypoint, resolved.directory, resolved.deployment_id, resolved.updated,
+                    "" if flow is resolved.flow else " in the run's own environment")
+    return flow
+
+
+def execute(flow_run_id: str, env: dict[str, str], working_dir: str | None, resolved: Resolved | None = None) -> None:
+    """Run flow run `flow_run_id` to its end as `python -m prefect.engine` does (the same calls, in order), its flow
+    loaded from `resolved` when the parent resolved its deployment, else by Prefect's load_flow."""
+    from flows.fleet_profile import phases
+
+    marks = phases()
     _isolate()
     os.environ["PREFECT__FLOW_RUN_ID"] = flow_run_id
-    _apply(env, working_dir)
+    changed = _apply(env, working_dir)
     from prefect._internal.control_listener import configure_from_env
     from prefect.engine import _drive_run_flow_result, handle_engine_signals
 
-    configure_from_env()
-    run_id = UUID(flow_run_id)
-    with handle_engine_signals(run_id):
-        from prefect._internal.metrics import RunMetrics
-        from prefect.flow_engine import flow_run_logger, load_flow, load_flow_run, run_flow
+    with marks.profiled():
+        configure_from_env()
+        run_id = UUID(flow_run_id)
+        with handle_engine_signals(run_id):
+            from prefect._internal.metrics import RunMetrics
+            from prefect.flow_engine import flow_run_logger, load_flow, load_flow_run, run_flow
 
-        flow_run = load_flow_run(flow_run_id=run_id)
-        run_logger = flow_run_logger(flow_run=flow_run)
-        try:
-            flow = load_flow(flow_run)
-        except Exception:
-            run_logger.error("Unexpected exception encountered when trying to load flow", exc_info=True)
-            raise
-        with RunMetrics(flow_run, flow):
-            result = run_flow(flow, flow_run=flow_run, error_logger=run_logger)  # type: ignore[arg-type] # as prefect.engine
-            _drive_run_flow_result(flow, result)
+            marks.phase("load_flow_run")
+            flow_run = load_flow_run(flow_run_id=run_id)
+            run_logger = flow_run_logger(flow_run=flow_run)
+            marks.phase("load_flow")
+            try:
+                flow = _load_resolved(resolved, not changed, run_logger) if resolved else load_flow(flow_run)
+            except Exception:
+                run_logger.error("Unexpected exception encountered when trying to load flow", exc_info=True)
+                raise
+            marks.phase("run_flow")
+            with RunMetrics(flow_run, flow):
+                result = run_flow(flow, flow_run=flow_run, error_logger=run_logger)  # type: ignore[arg-type] # as prefect.engine
+                marks.phase("drive_result")
+                _drive_run_flow_result(flow, result)
+    marks.write(flow_run_id)
+
+
+def prepare() -> None:
+    """Once per worker, before its first run: save harvest's result storage block when it is missing (or rooted
+    elsewhere). Every run loads it; a run that finds it missing saves it (~2.5 CPU-s of Prefect's block schema), and
+    a worker's first runs start together, so without this each of them saved it."""
+    _isolate()
+    signal.signal(CANCEL_SIGNAL, signal.SIG_IGN)
+    from blocks.storage import result_storage_block
+    from flows.resources import with_block_secrets
+    from harvest.settings import get_settings
+
+    result_storage_block(with_block_secrets(get_settings()))
 
 
 def settle(flow_run_id: str, outcome: str, message: str, env: dict[str, str], working_dir: str | None) -> None:

@@ -23,7 +23,6 @@ signal cancels them at once.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import multiprocessing
 import os
@@ -39,17 +38,11 @@ import httpx
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_incrementing
 
 from flows import fleet_child
+from flows.fleet_flows import FlowCache, Resolved
+from flows.fleet_warm import warm, warm_resources
 
 logger = logging.getLogger("harvest.fleet_worker")
 
-# Imported once in the parent, so each forked run finds them loaded: the scrape flow and everything it imports,
-# Prefect's engine, and the libraries its steps import when they first run.
-WARM_MODULES = (
-    "flows.scrape", "flows.settle", "flows.hooks", "prefect.engine", "prefect.flow_engine", "prefect.task_engine",
-    "prefect._internal.metrics", "prefect.deployments.steps", "prefect.logging.handlers", "prefect.events.worker",
-    "prefect.results", "harvest.enrich.registry", "harvest.crawl.stage", "prefect_aws", "boto3", "psycopg",
-    "playwright.sync_api", "openai", "sqlalchemy.dialects.postgresql.psycopg",
-)
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 # A run whose child exited in one of these states is left as it is: it ended, or Prefect will run it again (a
 # retry, a reschedule, a pause that resumes later).
@@ -82,32 +75,20 @@ def describe_exit(exitcode: int | None) -> str:
     return f"exited with status {exitcode}"
 
 
-def warm(modules: tuple[str, ...] = WARM_MODULES) -> list[str]:
-    """Import the modules a run needs (those installed); the ones that could not be imported."""
-    missing = []
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            missing.append(name)
-    return missing
-
-
-def warm_resources() -> None:
-    """Do once, here, the set-up every run would repeat in its child: the database's migrations checked (Alembic)
-    and the object store's client built (harvest caches both per process; the children inherit them). A store that
-    is a Prefect block is left to the runs (loading it would start Prefect's client threads here). The database
-    connections this opened are closed before any fork: a pooled connection two processes share corrupts both;
-    each child opens its own."""
-    from blocks.storage import BLOCK_SLUG_PREFIX, resolve_store
-    from harvest.db.engine import get_engine, upgrade
-    from harvest.settings import get_settings
-
-    settings = get_settings()
-    upgrade(settings.database_url)
-    get_engine(settings.database_url).dispose()
-    if not settings.storage_url.startswith(BLOCK_SLUG_PREFIX):
-        resolve_store(settings)
+def prepare_runs(timeout: float = 120.0) -> bool:
+    """Run fleet_child.prepare in a child of its own (it talks to Prefect, which starts threads: never here); whether
+    it succeeded. A failure is only logged: each run then does the same itself, and reports what is wrong."""
+    assert_fork_safe()
+    process = multiprocessing.get_context("fork").Process(target=fleet_child.prepare, name="prepare", daemon=False)
+    process.start()
+    process.join(timeout)
+    if process.is_alive():
+        _signal(process.pid, signal.SIGKILL)
+        process.join()
+    if process.exitcode != 0:
+        logger.warning("fleet worker: preparing the runs' result storage block failed (its process %s); each run "
+                       "prepares it itself", describe_exit(process.exitcode))
+    return process.exitcode == 0
 
 
 def assert_fork_safe() -> None:
@@ -192,7 +173,8 @@ class FleetWorker:
         self.stopping_since: float | None = None
         self.context = multiprocessing.get_context("fork")
         self.pool_env: dict[str, str] = {}
-        self.deployments: dict[str, tuple[float, dict[str, Any]]] = {}  # id -> (read at, job variables)
+        self.deployments: dict[str, dict[str, Any]] = {}  # id -> the deployment as last read
+        self.flows = FlowCache()
 
     # ---- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -286,9 +268,11 @@ class FleetWorker:
 
     def _start(self, flow_run: dict[str, Any]) -> None:
         try:
-            env, working_dir = self._job_variables(flow_run)
+            deployment = self._deployment(flow_run)
+            env, working_dir = self._job_variables(flow_run, deployment)
+            resolved = self._resolve(deployment)
             child = self._fork(fleet_child.execute, flow_run["id"], "run", env, working_dir,
-                               (flow_run["id"], env, working_dir))
+                               (flow_run["id"], env, working_dir, resolved))
         except BaseException as exc:  # claimed but not started: never leave it Pending for ever
             crashed = {"state": {"type": "CRASHED", "name": "Crashed", "message": "The fleet worker could not start "
                                  f"it: {exc.__class__.__name__}: {exc}"}, "force": True}
@@ -307,25 +291,39 @@ class FleetWorker:
         process.start()
         return Child(flow_run_id, process, kind, env, working_dir)
 
-    def _job_variables(self, flow_run: dict[str, Any]) -> tuple[dict[str, str], str | None]:
+    def _deployment(self, flow_run: dict[str, Any]) -> dict[str, Any]:
+        """The run's deployment as it is now (read for every run, so a redeploy is seen by the next one; the last
+        read when the API does not answer); {} for a run without one."""
+        deployment_id = flow_run.get("deployment_id")
+        if not deployment_id:
+            return {}
+        try:
+            self.deployments[str(deployment_id)] = self.api.call("GET", f"/deployments/{deployment_id}") or {}
+        except httpx.HTTPError:
+            if str(deployment_id) not in self.deployments:
+                raise
+            logger.warning("deployment %s could not be read; using it as last read", deployment_id)
+        return self.deployments[str(deployment_id)]
+
+    def _resolve(self, deployment: dict[str, Any]) -> Resolved | None:
+        """The deployment's flow, resolved once per version (flows/fleet_flows.py); None: Prefect loads it per run."""
+        if not deployment:
+            return None
+        loads = self.flows.loads
+        resolved = self.flows.resolve(deployment)
+        if self.flows.loads > loads:
+            logger.info("fleet worker %s: loaded %s of deployment %s (updated %s) for its runs", self.options.name,
+                        deployment.get("entrypoint"), deployment.get("id"), deployment.get("updated"))
+        return resolved
+
+    def _job_variables(self, flow_run: dict[str, Any], deployment: dict[str, Any]) -> tuple[dict[str, str], str | None]:
         """The run's `env` and `working_dir`: the pool's defaults, the deployment's job variables, the run's own
         (the order a process worker merges them in). Other job variables (a command, a stream setting) are a
         process worker's and ignored here."""
-        merged: dict[str, Any] = {}
-        deployment_id = flow_run.get("deployment_id")
-        if deployment_id:
-            merged.update(self._deployment_variables(str(deployment_id)))
+        merged: dict[str, Any] = dict(deployment.get("job_variables") or {})
         merged.update(flow_run.get("job_variables") or {})
         env = {**self.pool_env, **{k: str(v) for k, v in (merged.get("env") or {}).items() if v is not None}}
         return env, merged.get("working_dir") or None
-
-    def _deployment_variables(self, deployment_id: str) -> dict[str, Any]:
-        cached = self.deployments.get(deployment_id)
-        if cached is None or time.monotonic() - cached[0] > 60:
-            deployment = self.api.call("GET", f"/deployments/{deployment_id}") or {}
-            cached = (time.monotonic(), dict(deployment.get("job_variables") or {}))
-            self.deployments[deployment_id] = cached
-        return cached[1]
 
     # ---- cancellation and the end of children ------------------------------------------------------------------
 
@@ -422,6 +420,7 @@ def serve(options: Options) -> int:
         raise ValueError("the fleet worker needs a Prefect server: set PREFECT_API_URL (as for `prefect worker`)")
     missing = warm()
     warm_resources()
+    prepare_runs()
     if missing:
         logger.info("fleet worker: not installed, imported by the runs that need them: %s", ", ".join(missing))
     api = Api(url, _secret(PREFECT_API_KEY.value()), _secret(PREFECT_API_AUTH_STRING.value()))

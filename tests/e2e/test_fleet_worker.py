@@ -5,6 +5,7 @@ is SIGKILLed, ends Cancelled or Crashed with its run row settled; the worker for
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -36,6 +37,9 @@ pytestmark = pytest.mark.e2e
 
 FLEET_DEPLOYMENT = "scrape-website/fleet"
 SMALL = {"max_pages": 20, "max_depth": 2, "max_extractions": 20, "auto_import": True, "render": "http"}
+# Libraries the warm worker imports, which a forked run must not import again (it would pay for them per source).
+HEAVY = {"prefect", "prefect_aws", "prefect_dask", "dask", "boto3", "botocore", "openai", "lxml", "extruct", "rdflib",
+         "playwright", "sqlalchemy", "psycopg", "alembic", "harvest", "flows", "blocks", "pydantic", "httpx"}
 STARTED = re.compile(r"flow run ([0-9a-f-]{36}) \(.*\) in process (\d+)")
 
 
@@ -70,10 +74,14 @@ def _threads(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
 
 
-def test_a_source_runs_in_a_forked_child_of_the_fleet_worker(stack, fleet_workers, harvest_env, demo_site) -> None:  # noqa: ANN001
+def test_a_source_runs_in_a_forked_child_of_the_fleet_worker(stack, fleet_workers, harvest_env, demo_site,  # noqa: ANN001
+                                                              tmp_path: Path) -> None:
     """`harvest sources add` then the fleet worker: the scheduled flow run is a top-level run of scrape-website/fleet,
-    run by a child of the worker (no plain worker serves the pool), completed, imported, its row settled."""
-    worker, name = fleet_workers("--limit", "2")
+    run by a child of the worker (no plain worker serves the pool), completed, imported, its row settled. The child
+    repeats none of the worker's set-up: it imports nothing heavy, builds no client the worker built, and runs the
+    flow the worker loaded for the deployment (no load_flow, no pull step)."""
+    profile = tmp_path / "profile"
+    worker, name = fleet_workers("--limit", "2", env={"HARVEST_FLEET_PROFILE": str(profile)})
     env = {**os.environ, **stack.env, **harvest_env}
     url = demo_site.base_url + "/?from=fleet-worker"
     db_url = harvest_env["HARVEST_DATABASE_URL"]
@@ -97,8 +105,28 @@ def test_a_source_runs_in_a_forked_child_of_the_fleet_worker(stack, fleet_worker
         # The run's process was a child the worker forked (and is gone), the pid the worker logged.
         assert _started_runs(stack, name).get(run["id"]) == row["pid"], stack.log_tail(name)
         assert row["pid"] != worker.pid
-        logs = stack.api("POST", "/logs/filter", json={"logs": {"flow_run_id": {"any_": [run["id"]]}}, "limit": 200})
-        assert any("completed" in line["message"] for line in logs)  # the run's own logs reached the UI
+
+        def run_logs() -> list[str]:
+            """The run's log lines once its last ones arrived: the child sends them as it exits (Prefect drains its
+            log worker then), which is after the run settled its row."""
+            found = stack.api("POST", "/logs/filter", json={"logs": {"flow_run_id": {"any_": [run["id"]]}},
+                                                           "limit": 200})
+            messages = [line["message"] for line in found]
+            return messages if any("completed" in message for message in messages) else []
+
+        messages = wait_for(run_logs, 60, "the run's own logs to reach the UI")
+        assert any("loaded by the fleet worker" in message for message in messages), messages
+        assert "loaded flows/scrape.py:scrape_website of deployment" in stack.log_tail(name, 10**7)
+        # What the child did that the warm parent had not (flows/fleet_profile.py).
+        report = profile / f"{run['id']}.json"  # written as the child ends, after its run settled
+        wait_for(report.exists, 60, f"the child's profile {report}")
+        child = json.loads(report.read_text())
+        assert not set(child["imported_top_level"]) & HEAVY, child["imported_top_level"]
+        assert len(child["imported_in_child"]) <= 20, child["imported_in_child"]
+        assert child["cache_misses"]["blocks.storage._cached_store"] == 0, child["cache_misses"]
+        assert child["cache_misses"].get("prefect_aws.credentials._get_client_cached", 0) == 0, child["cache_misses"]
+        load_flow = next(phase for phase in child["phases"] if phase["phase"] == "load_flow")
+        assert load_flow["wall_s"] < 0.5, child["phases"]  # the parent's flow object: no API read, no pull step
         # The worker forks from one thread: it never started Prefect's threads (it asserts so before each fork).
         assert _threads(worker.pid) == 1
         pool = stack.api("GET", f"/work_pools/{SOURCES_POOL}")

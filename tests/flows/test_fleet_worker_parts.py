@@ -64,7 +64,8 @@ def test_forking_is_refused_while_another_thread_runs() -> None:
 def test_the_warm_imports_start_no_thread(harvest_env: dict[str, str]) -> None:
     """In a fresh interpreter, as `harvest sources worker` starts: every warm module imported and the runs' set-up
     done (migrations checked, the store's client built), still one thread."""
-    code = ("import threading; from flows.fleet_worker import warm, warm_resources, assert_fork_safe, WARM_MODULES; "
+    code = ("import threading; from flows.fleet_warm import warm, warm_resources, WARM_MODULES; "
+            "from flows.fleet_worker import assert_fork_safe; "
             "missing = warm(); warm_resources(); assert_fork_safe(); import sys; "
             "print(len([m for m in WARM_MODULES if m in sys.modules]), len(missing), threading.active_count())")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
@@ -100,3 +101,62 @@ def test_the_api_client_retries_a_busy_server_and_a_dropped_connection_but_not_a
             assert len(site.hits("/missing")) == 1
         finally:
             api.close()
+
+
+SET_DIRECTORY = "prefect.deployments.steps.set_working_directory"
+
+
+def _deployment(updated: str, entrypoint: str = "flows/scrape.py:scrape_website", directory: str = str(ROOT),
+                deployment_id: str = "d1") -> dict[str, object]:
+    return {"id": deployment_id, "updated": updated, "entrypoint": entrypoint,
+            "pull_steps": [{SET_DIRECTORY: {"directory": directory}}]}
+
+
+def test_only_a_literal_working_directory_pull_step_is_resolved_in_the_parent() -> None:
+    from flows.fleet_flows import working_directory
+
+    assert working_directory([{SET_DIRECTORY: {"directory": "/app"}}]) == "/app"
+    assert working_directory([{"prefect.deployments.steps.pull.set_working_directory": {"directory": "/app",
+                                                                                         "id": "cd"}}]) == "/app"
+    assert working_directory(None) is None and working_directory([]) is None  # Prefect downloads from storage
+    assert working_directory([{SET_DIRECTORY: {"directory": "{{ prefect.variables.dir }}"}}]) is None
+    assert working_directory([{SET_DIRECTORY: {"directory": "relative"}}]) is None
+    assert working_directory([{SET_DIRECTORY: {"directory": "/app", "requires": "x"}}]) is None
+    assert working_directory([{"prefect.deployments.steps.git_clone": {"repository": "https://x"}}]) is None
+    assert working_directory([{SET_DIRECTORY: {"directory": "/app"}},
+                              {"prefect.deployments.steps.run_shell_script": {"script": "true"}}]) is None
+
+
+def test_the_flow_is_loaded_once_per_deployment_version_and_again_when_it_changes() -> None:
+    """The warm flow code's deployment: loaded in this process once for its `updated`, the same object for every
+    run; a redeploy (a new `updated`) loads it again; another deployment has its own entry."""
+    import flows.scrape  # noqa: F401 - the warm parent has imported it
+    from flows.fleet_flows import FlowCache
+
+    cache = FlowCache()
+    first = cache.resolve(_deployment("2026-12-07T10:00:00Z"))
+    assert first is not None and first.flow is not None and first.flow.name == "scrape-website"
+    assert (first.directory, first.entrypoint) == (str(ROOT), "flows/scrape.py:scrape_website")
+    again = cache.resolve(_deployment("2026-12-07T10:00:00Z"))
+    assert again is first and cache.loads == 1
+    redeployed = cache.resolve(_deployment("2026-12-07T11:00:00Z"))
+    assert redeployed is not None and redeployed.flow is not first.flow and cache.loads == 2
+    assert cache.resolve(_deployment("2026-12-07T11:00:00Z")) is redeployed and cache.loads == 2
+    other = cache.resolve(_deployment("2026-12-07T11:00:00Z", deployment_id="d2"))
+    assert other is not None and other is not redeployed and cache.loads == 3
+    assert set(cache.entries) == {"d1", "d2"}  # one entry per deployment: the old version is gone
+
+
+def test_a_deployment_that_needs_its_pull_steps_or_unknown_code_is_left_to_the_child(tmp_path: Path) -> None:
+    """A git clone is Prefect's load_flow's to run (None); a script the parent never imported is not executed here:
+    the child loads it itself (resolved, without a flow object)."""
+    from flows.fleet_flows import FlowCache
+
+    script = tmp_path / "elsewhere.py"
+    script.write_text("from prefect import flow\n\n@flow\ndef elsewhere() -> None:\n    pass\n")
+    cache = FlowCache()
+    cloned = {**_deployment("1"), "pull_steps": [{"prefect.deployments.steps.git_clone": {"repository": "x"}}]}
+    assert cache.resolve(cloned) is None
+    resolved = cache.resolve(_deployment("1", entrypoint="elsewhere.py:elsewhere", directory=str(tmp_path)))
+    assert resolved is not None and resolved.flow is None and resolved.directory == str(tmp_path)
+    assert cache.loads == 0 and "elsewhere" not in sys.modules

@@ -87,3 +87,24 @@ def test_runs_load_the_one_result_storage_block_and_save_it_only_when_it_is_miss
     assert refused.is_failed()
     with pytest.raises(Exception, match="rooted at s3://somewhere-else/x( at [^,]+)?, not at HARVEST_STORAGE_URL"):
         refused.result()
+
+
+def test_the_results_blocks_s3_client_is_shared_by_credential_values() -> None:
+    """One S3 client per distinct credential values (a secret compared by value), whichever block instance asks: the
+    instance a run loads finds the client its fleet worker built before forking; forget_clients drops them (a run
+    whose environment differs from the worker's builds its own)."""
+    from prefect_aws import AwsClientParameters, AwsCredentials
+
+    from blocks.storage import RunScopedS3Bucket, forget_clients, shared_s3_client
+
+    def credentials(secret: str) -> AwsCredentials:
+        return AwsCredentials(aws_access_key_id="id", aws_secret_access_key=secret,
+                              aws_client_parameters=AwsClientParameters(endpoint_url="http://127.0.0.1:9"))
+
+    forget_clients()
+    built = shared_s3_client(credentials("one"))
+    bucket = RunScopedS3Bucket(bucket_name="b", credentials=credentials("one"))
+    assert bucket._get_s3_client() is built  # noqa: SLF001 - what read_path and write_path call
+    assert shared_s3_client(credentials("two")) is not built
+    forget_clients()
+    assert shared_s3_client(credentials("one")) is not built
