@@ -102,27 +102,33 @@ def execute(flow_run_id: str, env: dict[str, str], working_dir: str | None, reso
     from prefect._internal.control_listener import configure_from_env
     from prefect.engine import _drive_run_flow_result, handle_engine_signals
 
-    with marks.profiled():
-        configure_from_env()
-        run_id = UUID(flow_run_id)
-        with handle_engine_signals(run_id):
-            from prefect._internal.metrics import RunMetrics
-            from prefect.flow_engine import flow_run_logger, load_flow, load_flow_run, run_flow
+    try:
+        with marks.profiled():
+            configure_from_env()
+            run_id = UUID(flow_run_id)
+            with handle_engine_signals(run_id):
+                from prefect._internal.metrics import RunMetrics
+                from prefect.flow_engine import flow_run_logger, load_flow, load_flow_run, run_flow
 
-            marks.phase("load_flow_run")
-            flow_run = load_flow_run(flow_run_id=run_id)
-            run_logger = flow_run_logger(flow_run=flow_run)
-            marks.phase("load_flow")
-            try:
-                flow = _load_resolved(resolved, not changed, run_logger) if resolved else load_flow(flow_run)
-            except Exception:
-                run_logger.error("Unexpected exception encountered when trying to load flow", exc_info=True)
-                raise
-            marks.phase("run_flow")
-            with RunMetrics(flow_run, flow):
-                result = run_flow(flow, flow_run=flow_run, error_logger=run_logger)  # type: ignore[arg-type] # as prefect.engine
-                marks.phase("drive_result")
-                _drive_run_flow_result(flow, result)
+                marks.phase("load_flow_run")
+                flow_run = load_flow_run(flow_run_id=run_id)
+                run_logger = flow_run_logger(flow_run=flow_run)
+                marks.phase("load_flow")
+                try:
+                    flow = _load_resolved(resolved, not changed, run_logger) if resolved else load_flow(flow_run)
+                except Exception:
+                    run_logger.error("Unexpected exception encountered when trying to load flow", exc_info=True)
+                    raise
+                marks.phase("run_flow")
+                with RunMetrics(flow_run, flow):
+                    result = run_flow(flow, flow_run=flow_run, error_logger=run_logger)  # type: ignore[arg-type] # as prefect.engine
+                    marks.phase("drive_result")
+                    _drive_run_flow_result(flow, result)
+    finally:
+        # The images pool's workers are this process's children: multiprocessing joins them as it exits.
+        from harvest.enrich.images.client import shutdown_pool
+
+        shutdown_pool()
     marks.write(flow_run_id)
 
 

@@ -105,6 +105,10 @@ def test_a_source_runs_in_a_forked_child_of_the_fleet_worker(stack, fleet_worker
         # The run's process was a child the worker forked (and is gone), the pid the worker logged.
         assert _started_runs(stack, name).get(run["id"]) == row["pid"], stack.log_tail(name)
         assert row["pid"] != worker.pid
+        # ... and leaves once its run has ended: it started the images enrichment's process pool, whose workers it
+        # joins as it exits (it waited on them for ever, holding a worker slot, before the run shut the pool down).
+        ended = f"flow run {run['id']} ended COMPLETED, its process exited with status 0"
+        wait_for(lambda: ended in stack.log_tail(name, 10**7), 60, f"the run's process to exit\n{stack.log_tail(name)}")
 
         def run_logs() -> list[str]:
             """The run's log lines once its last ones arrived: the child sends them as it exits (Prefect drains its

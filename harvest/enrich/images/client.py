@@ -229,6 +229,18 @@ def _pool() -> ProcessPoolExecutor | None:
         return _POOL
 
 
+def shutdown_pool() -> None:
+    """Stop this process's pool, if it started one, and wait for its workers to leave. A process that ends through
+    multiprocessing (a fleet worker's forked run: flows/fleet_child.py) joins every child process it started before
+    it exits, and the pool's workers wait for work until told to stop: without this, such a run's process outlived
+    its completed run for ever and held one of its worker's slots."""
+    global _POOL
+    with _POOL_GUARD:
+        pool, _POOL = _POOL, None
+    if pool is not None:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _start_worker() -> None:
     """A worker is stopped by its parent, never by Ctrl-C: a terminal sends SIGINT to the whole process group, and
     each worker printed a KeyboardInterrupt traceback over the command's own line (issue 28).
