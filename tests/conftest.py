@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 
 from testkit.s3 import MotoS3
-from tests.helpers import TEST_OPENAI_KEY, database_url, reset_harvest_caches
+from tests.helpers import TEST_OPENAI_KEY, database_url, reset_harvest_caches, seed_prefect_home
 
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="harvest-tests-"))
+seed_prefect_home(_SESSION_HOME / "prefect")  # the session's temporary API starts on a migrated database
 os.environ.update(
     {
         "PREFECT_HOME": str(_SESSION_HOME / "prefect"),

@@ -27,6 +27,50 @@ def reset_harvest_caches() -> None:
     _cached_store.cache_clear()
 
 
+def prefect_database_template() -> Path:
+    """A Prefect SQLite database already migrated to the installed Prefect's head, built once per machine and
+    Prefect version (`prefect server database upgrade`) under a file lock, so the xdist workers share one build.
+
+    Why: a Prefect server on a new PREFECT_HOME migrates its database before it answers, ~21.6 CPU-s to healthy
+    against ~9 once migrated; the suite starts a dozen of them (each worker's temporary API, the CLI tests'
+    own servers). Tests whose point is a first start on a new machine (tests/test_first_run.py,
+    tests/flows/test_embedded_defaults.py) do not use it."""
+    import fcntl
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    from importlib.metadata import version
+
+    root = Path(tempfile.gettempdir()) / f"harvest-test-prefect-db-{version('prefect')}-{os.getuid()}"
+    database = root / "prefect.db"
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not database.exists():
+            building = Path(tempfile.mkdtemp(prefix="building-", dir=root))
+            env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(building),
+                   "PREFECT_HOME": str(building), "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+            done = subprocess.run([str(Path(sys.executable).parent / "prefect"), "server", "database", "upgrade",
+                                   "-y"], env=env, capture_output=True, text=True, timeout=900)
+            if done.returncode != 0 or not (building / "prefect.db").is_file():
+                raise RuntimeError(f"could not build the migrated Prefect database:\n{done.stdout}{done.stderr}")
+            os.replace(building / "prefect.db", database)  # whole or absent: a build cut short is not used
+            shutil.rmtree(building, ignore_errors=True)
+    return database
+
+
+def seed_prefect_home(home: Path) -> Path:
+    """`home` as a PREFECT_HOME whose database a server already migrated, as on a user's second start: a copy of
+    prefect_database_template()."""
+    import shutil
+
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(prefect_database_template(), home / "prefect.db")
+    return home
+
+
 def session_prefect_api_url() -> str:
     """The URL of this session's Prefect API: the temporary server its in-process flows use, started here if no
     flow has started it yet. `harvest` subprocesses given it as PREFECT_API_URL talk to it, where each on a new

@@ -26,6 +26,7 @@ import pytest
 from testkit.hostile_site import HostileSite
 from tests.cli_support import HARVEST
 from tests.failures.support import all_runs, run_row, wait_for
+from tests.helpers import seed_prefect_home
 
 SLOW_PAGES = 40
 
@@ -118,7 +119,7 @@ def slow_site() -> Iterator[tuple[HostileSite, threading.Event]]:
 def _cli_env(harvest_env: dict[str, str], tmp_path: Path, server: str) -> dict[str, str]:
     """The test services, a PREFECT_HOME and HARVEST_HOME of its own, and how the command gets its Prefect API
     (HARVEST_PREFECT_SERVER: a server of its own session, or Prefect's temporary one inside the job)."""
-    return {**os.environ, **harvest_env, "PREFECT_HOME": str(tmp_path / "prefect-cli"),
+    return {**os.environ, **harvest_env, "PREFECT_HOME": str(seed_prefect_home(tmp_path / "prefect-cli")),
             "HARVEST_HOME": str(tmp_path / "harvest-home"), "HARVEST_PREFECT_SERVER": server}
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tests.cli_support import HARVEST
 from tests.failures.support import all_runs
+from tests.helpers import seed_prefect_home
 
 
 def test_the_crawl_starts_before_the_run_exists_and_is_adopted(harvest_env, demo_site, tmp_path: Path) -> None:
@@ -31,7 +32,7 @@ def test_the_crawl_starts_before_the_run_exists_and_is_adopted(harvest_env, demo
 
     demo_site.reset_counters()
     demo_site._record = watch
-    env = {**os.environ, **harvest_env, "PREFECT_HOME": str(tmp_path / "prefect-cli"),
+    env = {**os.environ, **harvest_env, "PREFECT_HOME": str(seed_prefect_home(tmp_path / "prefect-cli")),
            "HARVEST_HOME": str(tmp_path / "harvest-home"), "HARVEST_PREFECT_SERVER": "temporary"}
     try:
         done = subprocess.run([HARVEST, "scrape", demo_site.base_url + "/", "--max-pages", "25", "--max-extractions",
@@ -50,7 +51,7 @@ def test_the_crawl_starts_before_the_run_exists_and_is_adopted(harvest_env, demo
 def test_a_second_command_reuses_the_local_server(harvest_env, demo_site, tmp_path: Path) -> None:
     """The first flow command starts the background server and says where its UI is; the next reuses it (same
     process, nothing said); `harvest server stop` ends it."""
-    env = {**os.environ, **harvest_env, "PREFECT_HOME": str(tmp_path / "prefect-cli"),
+    env = {**os.environ, **harvest_env, "PREFECT_HOME": str(seed_prefect_home(tmp_path / "prefect-cli")),
            "HARVEST_HOME": str(tmp_path / "harvest-home"), "HARVEST_PREFECT_SERVER": "background"}
     args = ["scrape", demo_site.base_url + "/", "--max-pages", "5", "--max-extractions", "2", "--json"]
     try:
