@@ -181,7 +181,7 @@ def register_automations(
     settings: HarvestSettings | None = None, zombie_after: float | None = None
 ) -> list[Registered]:
     """Create or update the three automations (see the module docstring)."""
-    from prefect import get_client
+    from prefect.client.orchestration import get_client  # not `prefect`: its get_client imports flows and tasks too
     from prefect.exceptions import ObjectNotFound
     from prefect.settings import get_current_settings
 

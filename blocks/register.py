@@ -120,7 +120,7 @@ def register_blocks(
 
 def register_limits(settings: HarvestSettings) -> list[Registered]:
     """Create or update the global concurrency limits the enrichments' calls go through (`flows/limits.py`)."""
-    from prefect import get_client
+    from prefect.client.orchestration import get_client  # not `prefect`: its get_client imports flows and tasks too
 
     from harvest.enrich.registry import enrichments
 

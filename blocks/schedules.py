@@ -43,7 +43,7 @@ class ScheduleView:
 
 
 def _client() -> SyncPrefectClient:
-    from prefect import get_client
+    from prefect.client.orchestration import get_client  # not `prefect`: its get_client imports flows and tasks too
 
     return get_client(sync_client=True)
 

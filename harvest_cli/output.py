@@ -38,13 +38,13 @@ def line(text: str = "") -> None:
 def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], *, empty: str, title: str | None = None,
           right: Sequence[str] = ()) -> None:
     """A table with a header row, or the `empty` sentence when there is nothing to show."""
-    from rich import box
-    from rich.table import Table
-
     rows = [list(row) for row in rows]
     if not rows:
         line(empty)
         return
+    from rich import box
+    from rich.table import Table
+
     grid = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False, show_edge=False)
     for column in columns:
         grid.add_column(column, justify="right" if column in right else "left", no_wrap=column in right)

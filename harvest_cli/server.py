@@ -30,8 +30,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -93,6 +91,11 @@ class LocalServer:
         return True
 
     def healthy(self) -> bool:
+        # Here: urllib.request (http.client, ssl, email) cost every command ~0.04 CPU-s at startup (harvest_cli.main
+        # imports this module), most of which never ask the server anything.
+        import urllib.error
+        import urllib.request
+
         try:
             with urllib.request.urlopen(f"{self.api_url}/health", timeout=HEALTH_TIMEOUT_SECONDS) as answer:
                 return bool(answer.status == 200)

@@ -7,6 +7,8 @@ callers that hold a transaction open around storage work (`harvest.retention.pol
 
 from __future__ import annotations
 
+import ast
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -91,6 +93,9 @@ def upgrade(url: str, revision: str = "head") -> None:
 def _upgrade(url: str, revision: str) -> None:
     if revision == "head" and url in _upgraded:
         return
+    if revision == "head" and _at_head(url):
+        _upgraded.add(url)
+        return
     from alembic import command
     from alembic.config import Config
 
@@ -105,6 +110,44 @@ def _upgrade(url: str, revision: str) -> None:
         raise DatabaseError(f"cannot migrate {make_url(url).render_as_string(hide_password=True)}: {exc}") from exc
     if revision == "head":
         _upgraded.add(url)
+
+
+_ASSIGNMENT = re.compile(r"^(revision|down_revision)\s*(?::[^=]*)?=\s*(.+?)\s*$", re.MULTILINE)
+
+
+def script_head(versions: Path) -> str | None:
+    """The one head revision of the migration scripts in `versions`, read from their text. None unless every
+    script names its revision and down_revision as plain literals in one line and they form one head: then the
+    caller asks Alembic, which imports every script (and what they import) to find out."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for script in versions.glob("*.py"):
+        found = {name: value for name, value in _ASSIGNMENT.findall(script.read_text(encoding="utf-8"))}
+        try:
+            revision, parent = (ast.literal_eval(found[name]) for name in ("revision", "down_revision"))
+        except (KeyError, ValueError, SyntaxError):
+            return None
+        if not isinstance(revision, str) or not (parent is None or isinstance(parent, str)):
+            return None
+        revisions.add(revision)
+        if parent is not None:
+            parents.add(parent)
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
+
+
+def _at_head(url: str) -> bool:
+    """Whether the database is already at the scripts' head, asked without Alembic: importing it and loading the
+    scripts cost every command (`harvest runs list`) about 0.3 CPU-s for nothing to do."""
+    head = script_head(migrations_dir() / "versions")
+    if head is None:
+        return False
+    try:
+        with get_engine(url).connect() as connection:
+            current = connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all()
+    except sa.exc.SQLAlchemyError:
+        return False  # no alembic_version yet (a new database) or not readable: Alembic says what is wrong
+    return current == [head]
 
 
 def dispose_all() -> None:

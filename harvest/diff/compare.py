@@ -13,13 +13,14 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from functools import lru_cache
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from harvest.models import FileRef
 from harvest.storage import ObjectStore, iter_jsonl, write_jsonl
 from harvest.storage.keys import digest_key as digest_key  # re-exported: callers ask harvest.diff.compare
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # Fields of a final record that a reviewer cares about; `location` is split so an address edit and a
 # geocode edit are told apart.
@@ -68,6 +69,8 @@ def vector_hash(vector: np.ndarray | list[float] | None) -> str:
     the list read back from final.jsonl (a JSON float round-trips exactly), and far cheaper than JSON."""
     if vector is None:
         return _short_hash(None)
+    import numpy as np  # here: `harvest runs diff` reads digests and never hashes a vector (~0.1 CPU-s)
+
     return hashlib.sha256(np.asarray(vector, dtype=np.float64).tobytes()).hexdigest()[:12]
 
 

@@ -40,7 +40,6 @@ from harvest.liveness import Verdict, judge
 from harvest.retention import queries as rows
 from harvest.retention.queries import FILES_KEPT
 from harvest.settings import HarvestSettings
-from harvest.steps import holds_a_resume_settles
 from harvest.storage import ObjectStore, delete_prefix, iter_jsonl, keys
 
 logger = logging.getLogger("harvest.retention.policy")
@@ -256,6 +255,10 @@ def reconcile_run(engine: Engine, policy: RetentionPolicy, run_id: str, status: 
     they were held for died with the process and will never report back, and a resumed run must be able to
     spend its budget. A submitted embeddings batch keeps its hold: the resumed run collects and charges it.
     """
+    # Here, not at the top: harvest.steps imports the crawl and every enrichment (numpy, PIL, lxml, httpx), which
+    # `harvest runs show|files|cleanup` (file_state, cleanup_run) paid for at startup without using them.
+    from harvest.steps import holds_a_resume_settles
+
     with transaction(engine) as connection:
         row = rows.lock_run(connection, run_id, skip_locked=True)
         if row is None or row["status"] != "running":

@@ -46,4 +46,6 @@ def month_names(languages: tuple[str, ...]) -> MonthNames:
 
 def check_date_languages(languages: Sequence[str]) -> None:
     """ValueError naming the first of `languages` dateparser has no month names for."""
+    if set(languages) <= set(DEFAULT_DATE_LANGUAGES):
+        return  # known (tests/unit check the defaults): loading dateparser's locales cost every command ~0.06 CPU-s
     month_names(tuple(languages))

@@ -19,6 +19,7 @@ from harvest.merge.final import final_record
 from harvest.models import Location, RawActivity, RunConfig
 from harvest.pipeline import Chunk
 from harvest.settings import HarvestSettings
+from harvest.standardize.languages import DEFAULT_DATE_LANGUAGES, month_names
 from harvest.standardize.stage import standardize_raw_activities
 from harvest.standardize.standardizer import DateRefused, Standardizer, read_date
 from harvest.storage import iter_jsonl, write_jsonl
@@ -252,6 +253,7 @@ def test_only_the_configured_languages_are_read() -> None:
 
 def test_date_languages_setting_is_a_checked_comma_separated_list(monkeypatch, store) -> None:  # noqa: ANN001
     assert HarvestSettings().date_languages == ("en", "fr", "de", "es", "it", "nl", "pt")
+    month_names(DEFAULT_DATE_LANGUAGES)  # the defaults are not checked at startup: dateparser must know them
     monkeypatch.setenv("HARVEST_DATE_LANGUAGES", "en, IT")
     settings = HarvestSettings()
     assert settings.date_languages == ("en", "it")
