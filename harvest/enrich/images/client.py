@@ -222,11 +222,7 @@ def _pool() -> ProcessPoolExecutor | None:
     with _POOL_GUARD:
         if _POOL is None and get_settings().image_processes and not current_process().daemon:
             try:
-                context = get_context("forkserver")
-                # The forkserver imports this module (PIL, harvest's settings, storage…) once, before it forks
-                # each worker; without it every worker imported it again on its first image.
-                context.set_forkserver_preload(["__main__", __name__])
-                _POOL = ProcessPoolExecutor(max_workers=os.cpu_count() or 1, mp_context=context,
+                _POOL = ProcessPoolExecutor(max_workers=os.cpu_count() or 1, mp_context=get_context("forkserver"),
                                             initializer=_start_worker)
             except (OSError, ValueError):
                 return None
