@@ -14,10 +14,21 @@ import threading
 from collections import defaultdict
 from typing import Any
 
+import pytest
 from typer.testing import CliRunner
 
 from testkit.demo_site import DATA_PATH, build_demo_site, serve_site
 from tests.failures.support import SMALL, activity_rows, all_runs, file_rows, scrape, wait_for
+from tests.helpers import reset_harvest_caches
+
+
+def _hold_batches(monkeypatch: pytest.MonkeyPatch, openai_server: Any) -> None:
+    """Every embeddings batch stays in progress until the test releases it, and a run polls it for up to 10 min:
+    the runs' 30 s of harvest_env ran out on a loaded machine before the last of four threads had submitted its
+    batch (the first runs gave up on their embeddings and completed, so four never ran at once)."""
+    monkeypatch.setenv("HARVEST_BATCH_MAX_WAIT_SECONDS", "600")
+    reset_harvest_caches()
+    openai_server.configure(polls_until_complete=1_000_000)
 
 
 def _in_threads(calls: list[tuple[str, dict[str, Any]]]) -> tuple[list[threading.Thread], list[Any]]:
@@ -44,10 +55,10 @@ def _in_threads(calls: list[tuple[str, dict[str, Any]]]) -> tuple[list[threading
     return threads, states
 
 
-def test_two_starts_for_the_same_url_at_once_make_one_run(harvest_env, demo_site, openai_server) -> None:
+def test_two_starts_for_the_same_url_at_once_make_one_run(harvest_env, demo_site, openai_server, monkeypatch) -> None:
     db_url = harvest_env["HARVEST_DATABASE_URL"]
     url = demo_site.base_url + "/"
-    openai_server.configure(polls_until_complete=1_000_000)  # the winner waits in its poll until the loser is back
+    _hold_batches(monkeypatch, openai_server)  # the winner waits in its poll until the loser is back
     threads, states = _in_threads([(url, SMALL), (url, SMALL)])
     try:
         wait_for(lambda: any(s is not None for s in states), 180, "one of the two starts to return")
@@ -79,7 +90,8 @@ def _distinct_activities(count: int, skip: int) -> list[dict[str, Any]]:
     return chosen[skip: skip + count]
 
 
-def test_four_urls_at_once_keep_their_files_rows_and_cleanup_apart(harvest_env, s3, openai_server, tmp_path) -> None:
+def test_four_urls_at_once_keep_their_files_rows_and_cleanup_apart(harvest_env, s3, openai_server, tmp_path,
+                                                                   monkeypatch) -> None:
     from harvest_cli import app
 
     db_url, bucket = harvest_env["HARVEST_DATABASE_URL"], harvest_env["HARVEST_BUCKET"]
@@ -92,7 +104,7 @@ def test_four_urls_at_once_keep_their_files_rows_and_cleanup_apart(harvest_env, 
         sites.append(serve_site(tmp_path / f"site{n}"))
         names.append({a["name"] for a in acts})
     urls = [site.base_url + "/" for site in sites]
-    openai_server.configure(polls_until_complete=1_000_000)  # hold every batch until all four runs have one
+    _hold_batches(monkeypatch, openai_server)  # every batch held until all four runs have one
     threads, states = _in_threads([(url, {"max_pages": 60, "auto_import": True, "keep_files": True}) for url in urls])
     try:
         wait_for(lambda: openai_server.stats().get("batches.create", 0) == 4
