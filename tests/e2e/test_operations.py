@@ -6,7 +6,7 @@ deployment of prefect.yaml) (issue 29):
   heartbeats stop, the zombie automation marks its flow run Crashed, the settle automation runs
   `settle-run/crashed` on the worker, whose on_crashed hook records the run crashed with its files kept; the hook's
   line is in the crashed run's logs, and the webhook receiver (a local HTTP server) gets the notification;
-- a deployed run that fails is notified the same way;
+- a deployed run that fails is notified the same way (checked while the killed run's heartbeats run out);
 - the crashed run's page in the Prefect UI (state, logs), screenshot kept under tests/e2e/artifacts/.
 
 Flow runs here beat every 30 s (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, its minimum) and the zombie automation waits 60 s:
@@ -182,6 +182,10 @@ def test_a_killed_flow_run_is_crashed_by_the_automation_and_settled_by_its_hook(
     assert stack.flow_run(flow_run_id)["state"]["type"] == "RUNNING", "nothing could report the kill"
     assert run_row(db_url, flow_run_id)["status"] == "running"
 
+    # While the killed run's heartbeats run out (a minute with nothing to do here): a deployed run that fails is
+    # notified too, by the same automation.
+    failed_notice_s = a_failed_deployed_run_is_notified(stack, receiver)
+
     # The zombie automation: no heartbeat for ZOMBIE_AFTER_S, the flow run is marked Crashed.
     assert _final_state(stack, flow_run_id, 4 * ZOMBIE_AFTER_S, "the automation to crash the silent run") == "CRASHED"
     crashed_after = time.monotonic() - killed_at
@@ -205,13 +209,16 @@ def test_a_killed_flow_run_is_crashed_by_the_automation_and_settled_by_its_hook(
     notified = wait_for(lambda: receiver.about(flow_run_id), 60, "the notification of the crash")
     assert "is Crashed" in notified[0]["subject"] and "harvest runs show" in notified[0]["body"]
     print(f"SIGKILL → Crashed by the automation {crashed_after:.1f}s; → row settled by the hook "
-          f"{settled_after:.1f}s (heartbeat {HEARTBEAT_S}s, zombie after {ZOMBIE_AFTER_S}s)")
+          f"{settled_after:.1f}s (heartbeat {HEARTBEAT_S}s, zombie after {ZOMBIE_AFTER_S}s); a failed deployed run "
+          f"→ notification {failed_notice_s:.1f}s after it was started")
 
     seconds = screenshot_run(stack, flow_run_id)
     print(f"UI: crashed run page with the hook's line in {seconds:.1f}s; screenshots {SCREENSHOT}, {SCREENSHOT_LOGS}")
 
 
-def test_a_failed_deployed_run_is_notified(stack, automations, worker, receiver) -> None:  # noqa: ANN001
+def a_failed_deployed_run_is_notified(stack: Stack, receiver: Receiver) -> float:
+    """A deployed run that fails (its raw file does not exist) ends Failed and the notification automation sends
+    its subject and a Slack-style `text` to the receiver; returns the seconds from its start to the notification."""
     started = time.monotonic()
     done = stack.cli("deployment", "run", DEPLOYMENT, "-p", "url=https://example.org/",
                      "-p", "from_raw=/nonexistent/raw_activities.jsonl", "--watch", timeout=240)
@@ -221,7 +228,7 @@ def test_a_failed_deployed_run_is_notified(stack, automations, worker, receiver)
     notified = wait_for(lambda: receiver.about(flow_run_id), 60, "the notification of the failure")
     assert "is Failed" in notified[0]["subject"]
     assert notified[0]["text"].startswith(notified[0]["subject"])  # Slack-style `text` too
-    print(f"failed deployed run → notification {time.monotonic() - started:.1f}s after the run was started")
+    return time.monotonic() - started
 
 
 def worker_log(stack: Stack) -> str:
