@@ -203,6 +203,11 @@ class HarvestSettings(BaseSettings):
     image_processes: bool = Field(
         default=True, description="Decode and re-encode images in a process pool sized to the cores (false: threads)."
     )
+    image_pool_from: int = Field(
+        default=32, ge=0,
+        description="A stage converts its first N images in its own threads and starts the process pool only for "
+        "more: starting the pool's processes costs more CPU and seconds than converting a few dozen images.",
+    )
     task_runner: Literal["threads", "dask"] = Field(
         default="threads", description="threads: a thread pool in the flow's process; dask: a Dask cluster."
     )

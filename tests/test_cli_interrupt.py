@@ -175,7 +175,9 @@ def test_ctrl_c_mid_enrichment_cancels_the_run(harvest_env, demo_site, openai_se
     job and dies with the Ctrl-C (its own dying words reach the terminal), and the run is settled without it."""
     openai_server.configure(polls_until_complete=1_000_000)  # the embeddings batch never completes
     db_url = harvest_env["HARVEST_DATABASE_URL"]
-    env = {**_cli_env(harvest_env, tmp_path, server), "HARVEST_BATCH_MAX_WAIT_SECONDS": "900"}
+    # The image workers are started as a big run's are (a run with few images converts them in its threads).
+    env = {**_cli_env(harvest_env, tmp_path, server), "HARVEST_BATCH_MAX_WAIT_SECONDS": "900",
+           "HARVEST_IMAGE_POOL_FROM": "0"}
     terminal = Terminal(["scrape", demo_site.base_url + "/", "--max-pages", "30", "--max-extractions", "10"], env)
     try:
         def polling() -> bool:

@@ -272,6 +272,25 @@ def convert_in_pool(data: bytes, *, max_pixels: int) -> ProcessedImage:
     return to_webp(data, max_pixels=max_pixels)
 
 
+class Converter:
+    """Converts one stage's images: its first `pool_from` in the calling thread, the rest in the process pool.
+
+    Starting the pool (a forkserver, then a fresh Python per core importing PIL and harvest) cost ~0.7 CPU-s and
+    1.5-2 s before its first result here, more than converting a few dozen card-size images in threads; a run
+    with few images never pays it. A pool this process already runs is used from the first image."""
+
+    def __init__(self, pool_from: int) -> None:
+        self._pool_from = pool_from
+        self._converted = 0
+        self._lock = threading.Lock()
+
+    def convert(self, data: bytes, *, max_pixels: int) -> ProcessedImage:
+        with self._lock:
+            self._converted += 1
+            pooled = self._converted > self._pool_from or _POOL is not None
+        return convert_in_pool(data, max_pixels=max_pixels) if pooled else to_webp(data, max_pixels=max_pixels)
+
+
 def _bomb_message(width: int, height: int, max_pixels: int) -> str:
     return (f"image refused as a decompression bomb: {width}x{height} = {width * height} pixels, "
             f"over the {max_pixels}-pixel limit")
@@ -295,13 +314,13 @@ def store_webp(store: ObjectStore, image: ProcessedImage) -> str:
 def process_activity_image(activity_id: str, url: str | None, store: ObjectStore, *, max_bytes: int,
                            max_pixels: int, timeout_s: float, user_agent: str,
                            allow_private_networks: bool, previous: ImageInfo | None = None,
-                           host_slots: HostSlots | None = None) -> ImageInfo:
+                           host_slots: HostSlots | None = None, converter: Converter | None = None) -> ImageInfo:
     """Fetch, convert and store one activity's image; a bad image comes back as ImageInfo(error=…), never raised.
 
     No URL is not a failure: the result is empty with no error. A broken store (StorageError) is not one
     bad image but every image failing, so it propagates for the caller's retry. With `previous` (what an
     earlier run stored for this URL, with the source's validators), a conditional GET answered 304 reuses
-    the stored WebP: nothing is downloaded or converted again.
+    the stored WebP: nothing is downloaded or converted again. Without `converter`, the process pool converts.
     """
     if not url:
         return ImageInfo(id=activity_id)
@@ -321,7 +340,8 @@ def process_activity_image(activity_id: str, url: str | None, store: ObjectStore
         if data is None and previous is not None:
             return previous.model_copy(update={"id": activity_id, "source_url": url, "reused": True, "error": None})
         assert data is not None
-        processed = convert_in_pool(data, max_pixels=max_pixels)
+        processed = (converter.convert(data, max_pixels=max_pixels) if converter
+                     else convert_in_pool(data, max_pixels=max_pixels))
     except ImageError as exc:
         message = str(exc) if url in str(exc) else f"image {url}: {exc}"
         return ImageInfo(id=activity_id, source_url=url, error=message)

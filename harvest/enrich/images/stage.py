@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 
 from harvest.enrich.concurrency import ordered_map
 from harvest.enrich.images.cache import cached_images, store_images
-from harvest.enrich.images.client import HostSlots, process_activity_image
+from harvest.enrich.images.client import Converter, HostSlots, process_activity_image
 from harvest.models import FileRef, ImageInfo
 from harvest.pipeline import Chunk, StageResult, timed
 from harvest.settings import HarvestSettings
@@ -52,6 +52,7 @@ def process_images(
     previous = _previous_images(records(), engine) if engine is not None else {}
     fresh: dict[str, ImageInfo] = {}
     host_slots = HostSlots(settings.per_host_concurrency)
+    converter = Converter(settings.image_pool_from)
 
     def no_image(record: dict[str, Any]) -> ImageInfo | None:
         return None if record.get("image_url") else ImageInfo(id=record["id"])
@@ -64,7 +65,7 @@ def process_images(
             max_bytes=settings.image_max_bytes, max_pixels=settings.image_max_pixels,
             timeout_s=settings.request_timeout_seconds, user_agent=settings.user_agent,
             allow_private_networks=settings.allow_private_networks, previous=previous.get(image_url),
-            host_slots=host_slots,
+            host_slots=host_slots, converter=converter,
         )
 
     def activities() -> Iterator[dict[str, Any]]:

@@ -437,6 +437,43 @@ def test_conversion_runs_in_a_worker_process_of_the_pool(monkeypatch: pytest.Mon
     assert converted == to_webp(data, max_pixels=50_000_000)
 
 
+def test_a_stage_converts_its_first_images_in_its_threads_and_the_rest_in_the_pool(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """HARVEST_IMAGE_POOL_FROM: starting the pool costs more than converting a few images, so a Converter converts
+    its first `pool_from` in the calling thread (no pool is started) and starts the pool for the next one, whose
+    CPU then shows up in the pool's workers."""
+    import io
+    import multiprocessing
+
+    from PIL import Image
+
+    from harvest.enrich.images import client
+
+    monkeypatch.delenv("HARVEST_IMAGE_PROCESSES", raising=False)
+    client.shutdown_pool()  # another test of this process may have started it
+    small = io.BytesIO()
+    Image.effect_noise((400, 300), 64).convert("RGB").save(small, "JPEG")
+    large = io.BytesIO()
+    Image.effect_noise((3000, 2000), 64).convert("RGB").save(large, "JPEG", quality=95)
+    others = {child.pid for child in multiprocessing.active_children()}
+
+    def worker_ticks() -> int:
+        return sum(_cpu_ticks(child.pid) for child in multiprocessing.active_children()
+                   if child.pid and child.pid not in others)
+
+    converter = client.Converter(pool_from=2)
+    for _ in range(2):
+        assert converter.convert(small.getvalue(), max_pixels=50_000_000).width == 400
+    assert client._POOL is None and worker_ticks() == 0  # converted here: no pool, no worker
+    converted = converter.convert(large.getvalue(), max_pixels=50_000_000)
+    assert client._POOL is not None
+    after_third = worker_ticks()
+    assert after_third >= 3  # 6 MP of noise: well over 30 ms (3 ticks at 100 Hz) of a worker's CPU
+    assert converted == client.to_webp(large.getvalue(), max_pixels=50_000_000)
+    client.Converter(pool_from=100).convert(large.getvalue(), max_pixels=50_000_000)
+    assert worker_ticks() >= after_third + 3  # a running pool is used from a new stage's first image
+
+
 _LEAVE_ABRUPTLY = """
 import os
 import sys
