@@ -46,6 +46,11 @@ def warm(modules: tuple[str, ...] = WARM_MODULES) -> list[str]:
     from prefect._internal.plugins.collections import load_prefect_collections
 
     load_prefect_collections()
+    # Pillow's image format plugins (~40 modules), which its first Image.open imports: a run with few images converts
+    # them in its own process (HARVEST_IMAGE_POOL_FROM), so in the child, not in a pool's worker.
+    from PIL import Image
+
+    Image.init()
     return missing
 
 
