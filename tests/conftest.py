@@ -16,7 +16,13 @@ from typing import Any
 import pytest
 
 from testkit.s3 import MotoS3
-from tests.helpers import TEST_OPENAI_KEY, database_url, reset_harvest_caches, seed_prefect_home
+from tests.helpers import (
+    SEEDED_HOME_SERVER_SETTINGS,
+    TEST_OPENAI_KEY,
+    database_url,
+    reset_harvest_caches,
+    seed_prefect_home,
+)
 
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="harvest-tests-"))
 seed_prefect_home(_SESSION_HOME / "prefect")  # the session's temporary API starts on a migrated database
@@ -36,6 +42,7 @@ os.environ.update(
         "AWS_ACCESS_KEY_ID": "testing-access-key",
         "AWS_SECRET_ACCESS_KEY": "testing-secret-key-do-not-leak",
         "AWS_DEFAULT_REGION": "us-east-1",
+        **SEEDED_HOME_SERVER_SETTINGS,  # every PREFECT_HOME the session's servers start on is a seeded one
     }
 )
 for _name in ("PREFECT_API_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL", "GOOGLE_MAPS_API_KEY"):

@@ -27,9 +27,31 @@ def reset_harvest_caches() -> None:
     _cached_store.cache_clear()
 
 
+# What a server on a seeded home (seed_prefect_home) skips on start, set for the whole session in conftest: the
+# template database is at Prefect's head with every block type registered (a server start built it), so migrating
+# and registering again find nothing to do, at ~3 of a start's ~12 CPU-s here (alembic loads every migration script;
+# registration builds every block type's schema to compare them). A first start on a new home does both: the tests
+# of that (tests/test_first_run.py, tests/flows/test_embedded_defaults.py, the e2e stack) leave these out.
+SEEDED_HOME_SERVER_SETTINGS = {
+    "PREFECT_SERVER_DATABASE_MIGRATE_ON_START": "false",
+    "PREFECT_SERVER_REGISTER_BLOCKS_ON_START": "false",
+}
+
+_BUILD_TEMPLATE = """
+import sqlite3, sys
+from prefect.server.api.server import SubprocessASGIServer
+server = SubprocessASGIServer()
+server.start()  # healthy: migrated and its block types registered
+server.stop()
+with sqlite3.connect(sys.argv[1]) as db:  # everything in the file itself, none of it in a write-ahead log
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+"""
+
+
 def prefect_database_template() -> Path:
-    """A Prefect SQLite database already migrated to the installed Prefect's head, built once per machine and
-    Prefect version (`prefect server database upgrade`) under a file lock, so the xdist workers share one build.
+    """A Prefect SQLite database as a first server start leaves it (migrated to the installed Prefect's head, its
+    block types registered), built once per machine and Prefect version under a file lock, so the xdist workers
+    share one build.
 
     Why: a Prefect server on a new PREFECT_HOME migrates its database before it answers, ~21.6 CPU-s to healthy
     against ~9 once migrated; the suite starts a dozen of them (each worker's temporary API, the CLI tests'
@@ -44,16 +66,17 @@ def prefect_database_template() -> Path:
     from importlib.metadata import version
 
     root = Path(tempfile.gettempdir()) / f"harvest-test-prefect-db-{version('prefect')}-{os.getuid()}"
-    database = root / "prefect.db"
+    database = root / "prefect-started.db"
     root.mkdir(parents=True, exist_ok=True)
     with open(root / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not database.exists():
             building = Path(tempfile.mkdtemp(prefix="building-", dir=root))
             env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(building),
-                   "PREFECT_HOME": str(building), "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-            done = subprocess.run([str(Path(sys.executable).parent / "prefect"), "server", "database", "upgrade",
-                                   "-y"], env=env, capture_output=True, text=True, timeout=900)
+                   "PREFECT_HOME": str(building), "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                   "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "600"}
+            done = subprocess.run([sys.executable, "-c", _BUILD_TEMPLATE, str(building / "prefect.db")], env=env,
+                                  capture_output=True, text=True, timeout=900)
             if done.returncode != 0 or not (building / "prefect.db").is_file():
                 raise RuntimeError(f"could not build the migrated Prefect database:\n{done.stdout}{done.stderr}")
             os.replace(building / "prefect.db", database)  # whole or absent: a build cut short is not used
@@ -62,7 +85,7 @@ def prefect_database_template() -> Path:
 
 
 def seed_prefect_home(home: Path) -> Path:
-    """`home` as a PREFECT_HOME whose database a server already migrated, as on a user's second start: a copy of
+    """`home` as a PREFECT_HOME whose database a server already started on, as on a user's second start: a copy of
     prefect_database_template()."""
     import shutil
 

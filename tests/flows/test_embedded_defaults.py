@@ -15,7 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
-from tests.helpers import TEST_OPENAI_KEY
+from tests.helpers import SEEDED_HOME_SERVER_SETTINGS, TEST_OPENAI_KEY
 
 HARVEST = str(Path(sys.executable).parent / "harvest")
 
@@ -29,8 +29,8 @@ def test_a_whole_scrape_on_sqlite_and_a_local_folder_through_the_cli(
     demo_site, openai_server, geocoder_server, tmp_path
 ) -> None:
     home = tmp_path / "harvest-home"
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("HARVEST_", "OPENAI_", "AWS_", "GOOGLE_"))}  # nothing but the defaults
+    env = {k: v for k, v in os.environ.items()  # nothing but the defaults: a new home's server migrates it
+           if not k.startswith(("HARVEST_", "OPENAI_", "AWS_", "GOOGLE_")) and k not in SEEDED_HOME_SERVER_SETTINGS}
     env.update({
         "HARVEST_HOME": str(home),
         "PREFECT_HOME": str(tmp_path / "prefect"),
