@@ -410,22 +410,27 @@ def _cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])
 
 
+def _noise_jpeg(width: int, height: int) -> bytes:
+    """A JPEG of random noise: real work to decode and encode, unlike a flat picture."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.effect_noise((width, height), 64).convert("RGB").save(buffer, "JPEG", quality=95)
+    return buffer.getvalue()
+
+
 def test_conversion_runs_in_a_worker_process_of_the_pool(monkeypatch: pytest.MonkeyPatch) -> None:
     """`convert_in_pool` falls back to converting in this thread, so equal output alone proves nothing: the
     CPU time the conversion took must show up in the pool's worker processes (children of this process)."""
-    import io
     import multiprocessing
     import os
-
-    from PIL import Image
 
     from harvest.enrich.images.client import _pool, convert_in_pool, to_webp
 
     monkeypatch.delenv("HARVEST_IMAGE_PROCESSES", raising=False)
-    noise = Image.effect_noise((3000, 2000), 64).convert("RGB")  # noise: real work to decode and encode
-    buffer = io.BytesIO()
-    noise.save(buffer, "JPEG", quality=95)
-    data = buffer.getvalue()
+    data = _noise_jpeg(3000, 2000)
     pool = _pool()
     assert pool is not None and pool.submit(os.getpid).result() != os.getpid()  # a pool of other processes
     before = {child.pid: _cpu_ticks(child.pid) for child in multiprocessing.active_children() if child.pid}
@@ -442,19 +447,13 @@ def test_a_stage_converts_its_first_images_in_its_threads_and_the_rest_in_the_po
     """HARVEST_IMAGE_POOL_FROM: starting the pool costs more than converting a few images, so a Converter converts
     its first `pool_from` in the calling thread (no pool is started) and starts the pool for the next one, whose
     CPU then shows up in the pool's workers."""
-    import io
     import multiprocessing
-
-    from PIL import Image
 
     from harvest.enrich.images import client
 
     monkeypatch.delenv("HARVEST_IMAGE_PROCESSES", raising=False)
     client.shutdown_pool()  # another test of this process may have started it
-    small = io.BytesIO()
-    Image.effect_noise((400, 300), 64).convert("RGB").save(small, "JPEG")
-    large = io.BytesIO()
-    Image.effect_noise((3000, 2000), 64).convert("RGB").save(large, "JPEG", quality=95)
+    small, large = _noise_jpeg(400, 300), _noise_jpeg(3000, 2000)
     others = {child.pid for child in multiprocessing.active_children()}
 
     def worker_ticks() -> int:
@@ -463,14 +462,14 @@ def test_a_stage_converts_its_first_images_in_its_threads_and_the_rest_in_the_po
 
     converter = client.Converter(pool_from=2)
     for _ in range(2):
-        assert converter.convert(small.getvalue(), max_pixels=50_000_000).width == 400
+        assert converter.convert(small, max_pixels=50_000_000).width == 400
     assert client._POOL is None and worker_ticks() == 0  # converted here: no pool, no worker
-    converted = converter.convert(large.getvalue(), max_pixels=50_000_000)
+    converted = converter.convert(large, max_pixels=50_000_000)
     assert client._POOL is not None
     after_third = worker_ticks()
     assert after_third >= 3  # 6 MP of noise: well over 30 ms (3 ticks at 100 Hz) of a worker's CPU
-    assert converted == client.to_webp(large.getvalue(), max_pixels=50_000_000)
-    client.Converter(pool_from=100).convert(large.getvalue(), max_pixels=50_000_000)
+    assert converted == client.to_webp(large, max_pixels=50_000_000)
+    client.Converter(pool_from=100).convert(large, max_pixels=50_000_000)
     assert worker_ticks() >= after_third + 3  # a running pool is used from a new stage's first image
 
 
