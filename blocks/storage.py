@@ -2,35 +2,50 @@
 
 Run files and Prefect's persisted task results share one root, so deleting `runs/<id>/` removes both: every
 result of a run, its failed tasks' included, is under `runs/<id>/results/`.
+
+prefect-aws is imported only where an S3 block is made or loaded: importing it costs ~0.7 CPU-s (its ECS worker and
+observers come with the package), which every command and run on a local folder paid for nothing.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import sys
 import threading
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import unquote, urlsplit
 
 from prefect.filesystems import LocalFileSystem, WritableFileSystem
-from prefect_aws import AwsClientParameters, AwsCredentials, MinIOCredentials, S3Bucket
 
 from harvest.errors import ConfigError
 from harvest.settings import HarvestSettings
 from harvest.storage import LocalStore, ObjectStore, S3Store, make_s3_client, open_store
 from harvest.storage.keys import failed_result_key
 
+if TYPE_CHECKING:
+    from prefect_aws import AwsCredentials, MinIOCredentials, S3Bucket
+
 logger = logging.getLogger("harvest.blocks")
 
-BLOCK_SLUG_PREFIX = "s3-bucket/"
+S3_BUCKET_TYPE = "s3-bucket"  # prefect-aws's S3Bucket.get_block_type_slug()
+BLOCK_SLUG_PREFIX = f"{S3_BUCKET_TYPE}/"
 S3_CLIENT_CONFIG = {"retries": {"max_attempts": 3, "mode": "standard"}, "connect_timeout": 5, "read_timeout": 60}
 
 
 def _load_bucket_block(slug: str) -> S3Bucket:
+    from prefect_aws import S3Bucket
+
     # A sync call: Prefect types its sync/async dispatch as value-or-coroutine.
     return cast(S3Bucket, S3Bucket.load(slug.removeprefix(BLOCK_SLUG_PREFIX)))
+
+
+def _is_s3_bucket(block: object) -> bool:
+    """isinstance(block, S3Bucket), without importing prefect-aws in a process that never made one."""
+    module = sys.modules.get("prefect_aws.s3")
+    return module is not None and isinstance(block, module.S3Bucket)
 
 
 @lru_cache(maxsize=8)
@@ -74,11 +89,11 @@ def shared_s3_client(credentials: AwsCredentials | MinIOCredentials) -> Any:
 def prebuild_results_client(settings: HarvestSettings) -> bool:
     """Build now the S3 client harvest's own results block (`s3-bucket/harvest-results`, saved from the environment)
     will use; whether there was one to build. Another block's credentials are not known without loading it."""
-    if results_block_slug(settings) != f"{S3Bucket.get_block_type_slug()}/{RESULTS_BLOCK}":
+    if results_block_slug(settings) != f"{BLOCK_SLUG_PREFIX}{RESULTS_BLOCK}":
         return False
     block = _block_for(settings, None)
-    assert isinstance(block, S3Bucket)
-    shared_s3_client(block.credentials)
+    assert _is_s3_bucket(block)
+    shared_s3_client(cast("S3Bucket", block).credentials)
     return True
 
 
@@ -165,6 +180,8 @@ def _block_for(settings: HarvestSettings, credentials: AwsCredentials | None) ->
         root = Path(unquote(parts.path))
         root.mkdir(parents=True, exist_ok=True)
         return LocalFileSystem(basepath=str(root))
+    from prefect_aws import AwsClientParameters, AwsCredentials, S3Bucket
+
     if credentials is None:
         # Bounded retries and timeouts: a dead endpoint should fail a step in seconds, not minutes.
         client_parameters = AwsClientParameters(endpoint_url=settings.s3_endpoint_url, config=S3_CLIENT_CONFIG)
@@ -177,20 +194,35 @@ def _slug_type(block: WritableFileSystem) -> str:
 
 
 def _load(slug: str) -> WritableFileSystem | None:
-    """A saved block by `<type>/<name>`, None when there is none."""
+    """A saved block by `<type>/<name>`, None when there is none.
+
+    The two types harvest saves load through their own class: `Block.load` finds the class of any other type by
+    first importing every installed Prefect collection (prefect-dask's `distributed`, prefect-docker's SDK), ~1.1
+    CPU-s more for every process that loads harvest's results block, that is every run."""
     from prefect.blocks.core import Block
     from prefect.exceptions import ObjectNotFound
 
+    kind, _, name = slug.partition("/")
+    block_class: type[WritableFileSystem] | None = None
+    if kind == S3_BUCKET_TYPE:
+        from prefect_aws import S3Bucket
+
+        block_class = S3Bucket
+    elif kind == LocalFileSystem.get_block_type_slug():
+        block_class = LocalFileSystem
     try:
-        return cast(WritableFileSystem, Block.load(slug))  # sync call (see _load_bucket_block)
+        if block_class is None:
+            return cast(WritableFileSystem, Block.load(slug))  # sync call (see _load_bucket_block)
+        return cast(WritableFileSystem, block_class.load(name))
     except (ValueError, ObjectNotFound):
         return None
 
 
 def _root_of(block: WritableFileSystem | None) -> str:
-    if isinstance(block, S3Bucket):
-        endpoint = block.credentials.aws_client_parameters.endpoint_url
-        where = f"s3://{block.bucket_name}/{(block.bucket_folder or '').strip('/')}"
+    if _is_s3_bucket(block):
+        bucket = cast("S3Bucket", block)
+        endpoint = bucket.credentials.aws_client_parameters.endpoint_url
+        where = f"s3://{bucket.bucket_name}/{(bucket.bucket_folder or '').strip('/')}"
         return where + (f" at {endpoint}" if endpoint else "")
     if isinstance(block, LocalFileSystem):
         return Path(block.basepath or ".").expanduser().resolve().as_uri()
@@ -200,9 +232,10 @@ def _root_of(block: WritableFileSystem | None) -> str:
 def _rooted_at(block: WritableFileSystem, settings: HarvestSettings) -> bool:
     """Whether `block` stores at HARVEST_STORAGE_URL's root (bucket, folder and endpoint, or folder)."""
     parts = urlsplit(settings.storage_url)
-    if isinstance(block, S3Bucket) and parts.scheme == "s3":
-        endpoint = block.credentials.aws_client_parameters.endpoint_url
-        return (block.bucket_name, (block.bucket_folder or "").strip("/"), endpoint or None) == (
+    if _is_s3_bucket(block) and parts.scheme == "s3":
+        bucket = cast("S3Bucket", block)
+        endpoint = bucket.credentials.aws_client_parameters.endpoint_url
+        return (bucket.bucket_name, (bucket.bucket_folder or "").strip("/"), endpoint or None) == (
             parts.netloc, parts.path.strip("/"), settings.s3_endpoint_url or None)
     if isinstance(block, LocalFileSystem) and parts.scheme == "file":
         return Path(block.basepath or ".").expanduser().resolve() == Path(unquote(parts.path)).resolve()
@@ -248,14 +281,37 @@ class _RunScoped:
                                      *args, **kwargs)
 
 
-class RunScopedS3Bucket(_RunScoped, S3Bucket):
-    """The saved S3Bucket as harvest's tasks write through it (not a block type of its own: never saved); its reads
-    and writes go through the process's shared client for its credentials."""
+_RUN_SCOPED_S3_LOCK = threading.Lock()
 
-    _block_type_slug = "harvest-run-scoped-s3-bucket"
 
-    def _get_s3_client(self) -> Any:
-        return shared_s3_client(self.credentials)
+def _run_scoped_s3_bucket_class() -> type[WritableFileSystem]:
+    """RunScopedS3Bucket, made on first use (it subclasses prefect-aws's S3Bucket). Kept as a module attribute under
+    its own name, so pickle finds it by reference (module __getattr__ below makes it in a process that unpickles
+    one first)."""
+    with _RUN_SCOPED_S3_LOCK:  # one class per process: Prefect registers each block class by its type slug
+        made = globals().get("RunScopedS3Bucket")
+        if made is not None:
+            return cast(type[WritableFileSystem], made)
+        from prefect_aws import S3Bucket
+
+        class RunScopedS3Bucket(_RunScoped, S3Bucket):
+            """The saved S3Bucket as harvest's tasks write through it (not a block type of its own: never saved);
+            its reads and writes go through the process's shared client for its credentials."""
+
+            _block_type_slug = "harvest-run-scoped-s3-bucket"
+
+            def _get_s3_client(self) -> Any:
+                return shared_s3_client(self.credentials)
+
+        RunScopedS3Bucket.__qualname__ = "RunScopedS3Bucket"
+        globals()["RunScopedS3Bucket"] = RunScopedS3Bucket
+        return RunScopedS3Bucket
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RunScopedS3Bucket":
+        return _run_scoped_s3_bucket_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class RunScopedLocalFileSystem(_RunScoped, LocalFileSystem):
@@ -268,7 +324,7 @@ def run_scoped(block: WritableFileSystem) -> WritableFileSystem:
     """`block` (a saved S3Bucket or LocalFileSystem) as a run-scoped copy that keeps its saved document's id, so
     Prefect accepts it as task result storage and records results against that document; other types as they are."""
     scoped_type: type[WritableFileSystem] | None = (
-        RunScopedS3Bucket if isinstance(block, S3Bucket) else
+        _run_scoped_s3_bucket_class() if _is_s3_bucket(block) else
         RunScopedLocalFileSystem if isinstance(block, LocalFileSystem) else None
     )
     if scoped_type is None or isinstance(block, _RunScoped):

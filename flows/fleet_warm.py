@@ -42,7 +42,8 @@ def warm(modules: tuple[str, ...] = WARM_MODULES) -> list[str]:
         except ImportError:
             missing.append(name)
     # The installed Prefect collections (prefect-aws, -dask, -docker: ~0.4 s of imports), which Prefect imports at a
-    # run's first block lookup (its result storage block): once here, not in every child.
+    # run's first lookup of a block by a type it has not imported (a result storage block of another type, a result
+    # read by its block's id; harvest's own blocks load through their classes): once here, not in every child.
     from prefect._internal.plugins.collections import load_prefect_collections
 
     load_prefect_collections()

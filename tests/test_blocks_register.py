@@ -3,14 +3,18 @@ second run only updates them, and secret values never reach the output."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from harvest_cli import app
-from tests.helpers import TEST_OPENAI_KEY
+from tests.helpers import TEST_OPENAI_KEY, session_prefect_api_url
 
 GOOGLE_KEY = "google-maps-secret-key-987654"
 AWS_SECRET = "testing-secret-key-do-not-leak"  # conftest puts it in AWS_SECRET_ACCESS_KEY
@@ -184,3 +188,37 @@ def test_result_storage_is_saved_once_and_then_loaded(block_env: dict[str, str])
     drifted.save(name, overwrite=True)
     assert result_storage_block(settings).bucket_folder == "harvest/prod"
     assert S3Bucket.load(name).bucket_folder == "harvest/prod"
+
+
+LOADS_RESULTS_BLOCK = """
+import json, sys
+from blocks.storage import result_storage_block
+from harvest.settings import HarvestSettings
+
+def seen():
+    return sorted(m for m in ("prefect_aws", "distributed", "prefect_dask", "prefect_docker") if m in sys.modules)
+
+kinds = {}
+for url in sys.argv[1:]:  # the local folder first: nothing has imported prefect-aws yet
+    settings = HarvestSettings(storage_url=url)
+    first, again = result_storage_block(settings), result_storage_block(settings)  # saved, then loaded
+    assert again._block_document_id == first._block_document_id
+    kinds[url.split(":")[0]] = [type(again).__name__, seen()]
+print(json.dumps(kinds))
+"""
+
+
+def test_loading_the_results_block_imports_only_its_own_collection(s3, tmp_path: Path) -> None:  # noqa: ANN001
+    """Every run loads harvest's results block. Loaded through its own class it costs what that class needs:
+    Prefect's generic Block.load first imports every installed collection (prefect-dask's distributed,
+    prefect-docker), ~1.1 CPU-s a run, and a run on a local folder imported prefect-aws (~0.7 CPU-s) for nothing."""
+    env = {**os.environ, "PREFECT_API_URL": session_prefect_api_url(), "HARVEST_S3_ENDPOINT_URL": s3.endpoint}
+    code = LOADS_RESULTS_BLOCK
+    urls = [(tmp_path / "store").as_uri(), f"s3://{s3.new_bucket()}/harvest"]
+    done = subprocess.run([sys.executable, "-c", code, *urls], cwd=Path(__file__).parents[1], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {
+        "file": ["RunScopedLocalFileSystem", []],
+        "s3": ["RunScopedS3Bucket", ["prefect_aws"]],
+    }
