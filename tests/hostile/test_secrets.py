@@ -9,6 +9,9 @@ import logging
 
 import sqlalchemy as sa
 
+# Imported here, as a user's process imports the flows before a run: importing them configures Prefect's logging,
+# whose first set-up replaces the root logger's handlers, caplog's too when it happens inside the test.
+from flows.scrape import scrape_website
 from harvest.db.engine import get_engine
 from harvest.db.schema import activities, run_files, scrape_runs
 from harvest.models import RunConfig
@@ -42,8 +45,6 @@ def test_no_secret_in_rows_files_prefect_logs_artifacts_or_captured_output(
         openai.fail_next("/v1/files", 1, status=500)
         geocoder.fail_next(3, mode="status", status=500, path="/maps/api/geocode/json")
         geocoder.fail_next(1, mode="timeout", path="/maps/api/geocode/json")
-
-        from flows.scrape import scrape_website
 
         with caplog.at_level(logging.DEBUG):
             state = scrape_website(url=demo_site.base_url + "/",
