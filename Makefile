@@ -1,5 +1,7 @@
 # The two commands a new user needs: `make demo` and `make test`. Both set everything up on a fresh machine.
-PYTHON ?= python3
+# The venv's interpreter: Debian's python3.11 (built with PGO and LTO) where there is one, else python3 from PATH;
+# scripts/venv-python.sh says why. `make venv PYTHON=...` picks another.
+PYTHON ?= $(shell scripts/venv-python.sh)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
