@@ -25,12 +25,15 @@ unexport PYTHONDONTWRITEBYTECODE
 venv: $(STAMP)
 
 # The dev lock holds the runtime lock's versions plus the dev tools; the project itself goes in without
-# dependencies, so nothing is resolved afresh and two installs a week apart get the same packages.
+# dependencies, so nothing is resolved afresh and two installs a week apart get the same packages. uv (the dev lock's
+# own pin, checked against the lock's hashes) installs them: it fetches and unpacks in parallel, where pip took
+# ~35-50 s of a clean clone's `make test` on one core.
 $(STAMP): pyproject.toml $(DEV_LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q --require-hashes -r $(DEV_LOCK)
-	$(BIN)/pip install -q --no-deps -e .
+	test -x $(BIN)/uv || { sed -n '/^uv==/,/^[^ ]/p' $(DEV_LOCK) | sed '$$d' > $(VENV)/uv.lock.txt; \
+		$(BIN)/pip install -q --disable-pip-version-check --no-deps --require-hashes -r $(VENV)/uv.lock.txt; }
+	$(BIN)/uv pip install -q --python $(BIN)/python --require-hashes -r $(DEV_LOCK)
+	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
 	touch $(STAMP)
 
 ## make lock: re-resolve requirements/runtime.lock and requirements/dev.lock from pyproject.toml (after editing
