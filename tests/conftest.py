@@ -191,26 +191,6 @@ def harvest_env(
     reset_harvest_caches()
 
 
-# How much lower the CPU priority of a `make test` worker's other tests is than the e2e chain's (os.nice steps).
-OTHERS_NICE = 5
-_niced = False
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    """Under xdist, a worker lowers its CPU priority (and its later children's) at its first test outside tests/e2e.
-
-    Why: the e2e modules run on one worker (below) and are the suite's longest chain, mostly real servers, workers
-    and flow runs, with waits between; the other workers' files are many and short, and xdist hands them to whichever
-    worker is free. On a CPU-bound 2-core machine the e2e chain ended last, stretched by its neighbours. Served first,
-    it ends nearer its own length while the others fill the rest of the CPU. The e2e worker itself lowers its
-    priority only when it takes other files after the e2e modules."""
-    global _niced
-    if not _niced and os.environ.get("PYTEST_XDIST_WORKER") and not item.nodeid.startswith("tests/e2e/"):
-        _niced = True
-        os.nice(OTHERS_NICE)
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The docker test last among the e2e modules: its image is built in the background from the start of
     `make test` (scripts/prebuild-images.sh) and, cold, takes minutes; run second, as file order had it, the e2e
