@@ -203,17 +203,12 @@ def _load(slug: str) -> WritableFileSystem | None:
     from prefect.exceptions import ObjectNotFound
 
     kind, _, name = slug.partition("/")
-    block_class: type[WritableFileSystem] | None = None
-    if kind == S3_BUCKET_TYPE:
-        from prefect_aws import S3Bucket
-
-        block_class = S3Bucket
-    elif kind == LocalFileSystem.get_block_type_slug():
-        block_class = LocalFileSystem
     try:
-        if block_class is None:
-            return cast(WritableFileSystem, Block.load(slug))  # sync call (see _load_bucket_block)
-        return cast(WritableFileSystem, block_class.load(name))
+        if kind == S3_BUCKET_TYPE:
+            return _load_bucket_block(slug)
+        if kind == LocalFileSystem.get_block_type_slug():
+            return cast(WritableFileSystem, LocalFileSystem.load(name))  # sync call (see _load_bucket_block)
+        return cast(WritableFileSystem, Block.load(slug))
     except (ValueError, ObjectNotFound):
         return None
 

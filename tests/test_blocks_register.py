@@ -213,9 +213,8 @@ def test_loading_the_results_block_imports_only_its_own_collection(s3, tmp_path:
     Prefect's generic Block.load first imports every installed collection (prefect-dask's distributed,
     prefect-docker), ~1.1 CPU-s a run, and a run on a local folder imported prefect-aws (~0.7 CPU-s) for nothing."""
     env = {**os.environ, "PREFECT_API_URL": session_prefect_api_url(), "HARVEST_S3_ENDPOINT_URL": s3.endpoint}
-    code = LOADS_RESULTS_BLOCK
     urls = [(tmp_path / "store").as_uri(), f"s3://{s3.new_bucket()}/harvest"]
-    done = subprocess.run([sys.executable, "-c", code, *urls], cwd=Path(__file__).parents[1], env=env,
+    done = subprocess.run([sys.executable, "-c", LOADS_RESULTS_BLOCK, *urls], cwd=Path(__file__).parents[1], env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {
